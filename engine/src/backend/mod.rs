@@ -1,0 +1,235 @@
+//! State backends: where a slot's keyed state lives. Two implementations behind one trait:
+//! [`rocks::RocksDbBackend`] (one RocksDB per slot, one column family per state) and
+//! [`heap::HeapBackend`] (in-memory tables per key group, copy-on-write for snapshots).
+//!
+//! The trait is a raw-bytes API scoped by a [`ScopeKey`] (key group + serialized key +
+//! namespace). [`crate::Slot`] is the public entry point: it validates sizes, key groups and
+//! state kinds before a backend sees a call, so backends only store.
+
+pub mod heap;
+pub mod rocks;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::keygroup::{KeyGroup, KeyGroupRange};
+use crate::layout;
+
+/// Index of a registered state inside one slot.
+pub type StateId = u32;
+
+/// The kinds of keyed state (Flink's `ValueState`, `ListState`, `MapState`, `ReducingState`,
+/// `AggregatingState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateKind {
+    /// One value per (key, namespace).
+    Value,
+    /// A list per (key, namespace), appended without reading it.
+    List,
+    /// A map per (key, namespace), ordered by the user key's bytes.
+    Map,
+    /// One value folded by a reduce function.
+    Reducing,
+    /// One accumulator folded by an aggregate function.
+    Aggregating,
+}
+
+impl StateKind {
+    /// Lower-case name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateKind::Value => "value",
+            StateKind::List => "list",
+            StateKind::Map => "map",
+            StateKind::Reducing => "reducing",
+            StateKind::Aggregating => "aggregating",
+        }
+    }
+}
+
+/// A named state of an operator. Its column family is named `<operator>/<state>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateDescriptor {
+    /// Operator id (e.g. `"counter"`).
+    pub operator: String,
+    /// State name inside the operator (e.g. `"count"`).
+    pub name: String,
+    /// The kind.
+    pub kind: StateKind,
+}
+
+impl StateDescriptor {
+    /// A descriptor.
+    pub fn new(operator: impl Into<String>, name: impl Into<String>, kind: StateKind) -> Self {
+        Self {
+            operator: operator.into(),
+            name: name.into(),
+            kind,
+        }
+    }
+
+    /// `operator/name`: the column family name and the name in messages.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.operator, self.name)
+    }
+}
+
+/// The serialized (key group, key, namespace) a state access is scoped to; built once per
+/// record (or per namespace) and reused for every state access of that record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeKey {
+    pub(crate) key_group: KeyGroup,
+    /// `[kg][len][key][len][ns]`, see [`crate::layout`].
+    pub(crate) composite: Vec<u8>,
+}
+
+impl ScopeKey {
+    /// Builds the scope of `key`/`namespace` for a job with the given key-group prefix size.
+    pub fn new(key_group: KeyGroup, prefix_bytes: usize, key: &[u8], namespace: &[u8]) -> Self {
+        let mut composite = Vec::new();
+        layout::encode_composite(&mut composite, key_group, prefix_bytes, key, namespace);
+        Self {
+            key_group,
+            composite,
+        }
+    }
+
+    /// The key group.
+    pub fn key_group(&self) -> KeyGroup {
+        self.key_group
+    }
+
+    /// The encoded `[kg][key][ns]` bytes.
+    pub fn composite(&self) -> &[u8] {
+        &self.composite
+    }
+}
+
+/// One stored entry, as a scan returns it (backend-portable: savepoints and rescaling use it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateEntry {
+    /// The serialized key.
+    pub key: Vec<u8>,
+    /// The serialized namespace.
+    pub namespace: Vec<u8>,
+    /// The map user key (empty unless map state).
+    pub user_key: Vec<u8>,
+    /// The value; list state gives the [`list_codec`] encoding.
+    pub value: Vec<u8>,
+}
+
+/// Size of one column family / state table, for the run summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StateSize {
+    /// `operator/state`.
+    pub state: String,
+    /// Bytes on disk (RocksDB live SST bytes) or estimated heap bytes.
+    pub bytes: u64,
+    /// Estimated number of entries.
+    pub entries: u64,
+}
+
+/// The raw-bytes contract both backends implement. See the module doc.
+///
+/// # Contract
+/// - Reads see every write made before them through the same backend.
+/// - `clear` removes the (key, namespace) entry of any kind, including every map entry.
+/// - `map_entries` returns entries in ascending byte order of the user key.
+/// - `scan_key_group` returns every entry of one key group of one state, and nothing else.
+pub trait StateBackend: Send {
+    /// The key groups this backend holds.
+    fn key_groups(&self) -> KeyGroupRange;
+    /// Creates the storage of a new state (a column family or a table). Called once per state.
+    fn create_state(&mut self, id: StateId, desc: &StateDescriptor) -> Result<()>;
+    /// Value of a value/reducing/aggregating state.
+    fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>>;
+    /// Sets the value of a value/reducing/aggregating state.
+    fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()>;
+    /// Removes the (key, namespace) entry of any state kind.
+    fn clear(&mut self, state: StateId, scope: &ScopeKey) -> Result<()>;
+    /// The list's elements, in append order (empty when absent).
+    fn list_get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<Vec<u8>>>;
+    /// Appends elements without reading the list (RocksDB: one merge).
+    fn list_append(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()>;
+    /// Replaces the list (empty `elements` clears it).
+    fn list_update(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()>;
+    /// One map entry.
+    fn map_get(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8])
+    -> Result<Option<Vec<u8>>>;
+    /// Sets one map entry.
+    fn map_put(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8], value: &[u8])
+    -> Result<()>;
+    /// Removes one map entry.
+    fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()>;
+    /// All entries of the map, ascending by user key bytes.
+    fn map_entries(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Every entry of one key group of one state (map entries one by one).
+    fn scan_key_group(&mut self, state: StateId, key_group: KeyGroup) -> Result<Vec<StateEntry>>;
+    /// Per-state sizes.
+    fn state_sizes(&self) -> Vec<StateSize>;
+    /// Bytes the backend's state takes on disk (0 for heap).
+    fn disk_bytes(&self) -> u64;
+    /// Memory the backend uses, as it reports it, plus process RSS.
+    fn memory_report(&self) -> cairn_memory::MemoryReport;
+    /// The RocksDB backend, for checkpointing and RocksDB-specific reports.
+    fn as_rocksdb(&self) -> Option<&rocks::RocksDbBackend> {
+        None
+    }
+    /// Makes every write durable in the backend's files (RocksDB: flush all memtables). Used
+    /// before measuring disk size; checkpoints use their own snapshot path.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// The list encoding shared by both backends and by snapshots:
+/// `([varint len][element bytes])*`. Concatenating two encoded lists gives the encoded
+/// concatenation, which is what makes RocksDB's merge operator a plain byte append.
+pub mod list_codec {
+    use crate::layout::{read_varint, write_varint};
+
+    /// Appends one encoded element.
+    pub fn push(out: &mut Vec<u8>, element: &[u8]) {
+        write_varint(out, element.len() as u64);
+        out.extend_from_slice(element);
+    }
+
+    /// Encodes elements.
+    pub fn encode<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in elements {
+            push(&mut out, e);
+        }
+        out
+    }
+
+    /// Decodes; `None` when the bytes are not a valid encoding.
+    pub fn decode(mut buf: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let (len, n) = read_varint(buf)?;
+            let end = n.checked_add(usize::try_from(len).ok()?)?;
+            out.push(buf.get(n..end)?.to_vec());
+            buf = &buf[end..];
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::list_codec;
+
+    #[test]
+    fn list_encoding_concatenates() {
+        let a = list_codec::encode([&b"x"[..], b""]);
+        let b = list_codec::encode([&b"yz"[..]]);
+        let mut ab = a.clone();
+        ab.extend_from_slice(&b);
+        assert_eq!(
+            list_codec::decode(&ab).unwrap(),
+            vec![b"x".to_vec(), vec![], b"yz".to_vec()]
+        );
+        assert_eq!(a, [1, b'x', 0]);
+        assert!(list_codec::decode(&[5, 1]).is_none());
+    }
+}

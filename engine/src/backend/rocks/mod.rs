@@ -1,0 +1,486 @@
+//! The RocksDB backend: one RocksDB instance per slot in a local working directory, one column
+//! family per registered state (`<operator>/<state>`), all sharing the slot's block cache and
+//! write-buffer manager (see `cairn-memory`).
+//!
+//! Writes skip the WAL (Flink's choice): durability comes from checkpoints, and the working
+//! directory is disposable — a slot wipes its RocksDB directory when it opens and only ever
+//! restores from a checkpoint. A `cairn.lock` file (an OS file lock) keeps two slots, in this or
+//! another process, from using one directory.
+
+mod options;
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_memory::{MemoryReport, SlotMemory};
+use rocksdb::{
+    ColumnFamilyDescriptor, DBWithThreadMode, MergeOperands, MultiThreaded, ReadOptions,
+    WriteBatch, WriteOptions,
+};
+
+pub use options::RocksDbOptionsHook;
+use options::OptionsBuilder;
+
+use crate::backend::{
+    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, list_codec,
+};
+use crate::config::RocksDbConfig;
+use crate::error::{EngineError, Result};
+use crate::keygroup::{self, KeyGroup, KeyGroupRange};
+use crate::layout;
+
+/// Name of the merge operator that appends encoded list elements.
+pub(crate) const LIST_MERGE_OPERATOR: &str = "cairn.list-append";
+
+/// The list merge: encoded lists concatenate (see [`list_codec`]), so a merge is an append.
+pub(crate) fn list_append_merge(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &MergeOperands,
+) -> Option<Vec<u8>> {
+    let extra: usize = operands.iter().map(|o| o.len()).sum();
+    let mut out = Vec::with_capacity(existing.map_or(0, |e| e.len()) + extra);
+    if let Some(e) = existing {
+        out.extend_from_slice(e);
+    }
+    for op in operands {
+        out.extend_from_slice(op);
+    }
+    Some(out)
+}
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// Everything needed to open a slot's RocksDB.
+pub struct RocksDbParams<'a> {
+    /// The slot's working directory (`cairn.lock` + `db/` inside).
+    pub dir: &'a Path,
+    /// The key groups of the slot.
+    pub range: KeyGroupRange,
+    /// Number of key groups of the job.
+    pub max_parallelism: u32,
+    /// RocksDB knobs.
+    pub config: &'a RocksDbConfig,
+    /// The slot's shared cache and write-buffer manager.
+    pub memory: SlotMemory,
+    /// Optional user options hook.
+    pub hook: Option<Arc<dyn RocksDbOptionsHook>>,
+}
+
+/// Keyed state of one slot in RocksDB. See the module doc.
+pub struct RocksDbBackend {
+    // Field order is drop order: the DB closes before the cache and write-buffer manager it uses.
+    db: Db,
+    memory: SlotMemory,
+    config: RocksDbConfig,
+    hook: Option<Arc<dyn RocksDbOptionsHook>>,
+    db_path: PathBuf,
+    range: KeyGroupRange,
+    prefix_bytes: usize,
+    states: Vec<(String, StateKind)>,
+    write_opts: WriteOptions,
+    scratch: Vec<u8>,
+    _lock: File,
+}
+
+impl RocksDbBackend {
+    /// Locks the working directory, wipes its old RocksDB files and opens a fresh RocksDB.
+    pub fn open(p: RocksDbParams<'_>) -> Result<Self> {
+        let not_writable = |source| EngineError::WorkingDirNotWritable {
+            path: p.dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(p.dir).map_err(not_writable)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(p.dir.join("cairn.lock"))
+            .map_err(not_writable)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(EngineError::WorkingDirLocked {
+                    path: p.dir.display().to_string(),
+                    detail: "cairn.lock is held".into(),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(not_writable(e)),
+        }
+        let db_path = p.dir.join("db");
+        if db_path.exists() {
+            std::fs::remove_dir_all(&db_path).map_err(not_writable)?;
+        }
+        let builder = OptionsBuilder {
+            config: p.config,
+            memory: &p.memory,
+            hook: p.hook.as_ref(),
+        };
+        let db_opts = builder.db_options();
+        // Always pass "default" with the shared options: without it RocksDB opens the default
+        // column family with its own cache, outside the budget.
+        let default_cf = ColumnFamilyDescriptor::new("default", builder.cf_options("default"));
+        let db = Db::open_cf_descriptors(&db_opts, &db_path, [default_cf]).map_err(|e| {
+            if e.to_string().to_lowercase().contains("lock") {
+                EngineError::WorkingDirLocked {
+                    path: db_path.display().to_string(),
+                    detail: e.to_string(),
+                }
+            } else {
+                EngineError::RocksDb {
+                    op: "open",
+                    source: e,
+                }
+            }
+        })?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.disable_wal(true);
+        Ok(Self {
+            db,
+            memory: p.memory,
+            config: p.config.clone(),
+            hook: p.hook,
+            db_path,
+            range: p.range,
+            prefix_bytes: keygroup::prefix_bytes(p.max_parallelism),
+            states: Vec::new(),
+            write_opts,
+            scratch: Vec::new(),
+            _lock: lock,
+        })
+    }
+
+    /// The RocksDB directory (for checkpoints and disk-usage reports).
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// The underlying database (checkpointing takes native checkpoints from it).
+    pub fn db(&self) -> &DBWithThreadMode<MultiThreaded> {
+        &self.db
+    }
+
+    /// Names of the column families of the registered states, by state id.
+    pub fn column_families(&self) -> impl Iterator<Item = &str> {
+        self.states.iter().map(|(n, _)| n.as_str())
+    }
+
+    fn cf(&self, state: StateId) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
+        let (name, _) = self
+            .states
+            .get(state as usize)
+            .ok_or(EngineError::UnknownState(state))?;
+        self.db
+            .cf_handle(name)
+            .ok_or(EngineError::UnknownState(state))
+    }
+
+    fn corrupt(&self, state: StateId, reason: impl Into<String>) -> EngineError {
+        EngineError::Corrupt {
+            state: self
+                .states
+                .get(state as usize)
+                .map(|s| s.0.clone())
+                .unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Iterates `[lower, upper)` of one column family, calling `f(key, value)`.
+    fn scan(
+        &self,
+        state: StateId,
+        lower: &[u8],
+        upper: Option<Vec<u8>>,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let cf = self.cf(state)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        if let Some(u) = upper {
+            ro.set_iterate_upper_bound(u);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek(lower);
+        while it.valid() {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                f(k, v)?;
+            }
+            it.next();
+        }
+        it.status().map_err(EngineError::rocks("iterate"))
+    }
+
+    fn map_key(&mut self, scope: &ScopeKey, user_key: &[u8]) -> Vec<u8> {
+        let mut k = std::mem::take(&mut self.scratch);
+        k.clear();
+        k.extend_from_slice(&scope.composite);
+        k.extend_from_slice(user_key);
+        k
+    }
+}
+
+impl StateBackend for RocksDbBackend {
+    fn key_groups(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn create_state(&mut self, id: StateId, desc: &StateDescriptor) -> Result<()> {
+        debug_assert_eq!(id as usize, self.states.len());
+        let name = desc.full_name();
+        let builder = OptionsBuilder {
+            config: &self.config,
+            memory: &self.memory,
+            hook: self.hook.as_ref(),
+        };
+        let opts = builder.cf_options(&name);
+        self.db
+            .create_cf(&name, &opts)
+            .map_err(EngineError::rocks("create column family"))?;
+        self.states.push((name.clone(), desc.kind));
+        if let Some(cache) = self.memory.cache() {
+            let cf = self.cf(id)?;
+            let cap = self
+                .db
+                .property_int_value_cf(&cf, "rocksdb.block-cache-capacity")
+                .map_err(EngineError::rocks("read block-cache-capacity"))?;
+            if cap != Some(cache.get_capacity() as u64) {
+                tracing::warn!(
+                    state = name,
+                    capacity = ?cap,
+                    "column family does not use the slot's shared block cache; its memory is outside the budget"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
+        let cf = self.cf(state)?;
+        let v = self
+            .db
+            .get_pinned_cf(&cf, &scope.composite)
+            .map_err(EngineError::rocks("get"))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {
+        let cf = self.cf(state)?;
+        self.db
+            .put_cf_opt(&cf, &scope.composite, value, &self.write_opts)
+            .map_err(EngineError::rocks("put"))
+    }
+
+    fn clear(&mut self, state: StateId, scope: &ScopeKey) -> Result<()> {
+        let kind = self
+            .states
+            .get(state as usize)
+            .map(|s| s.1)
+            .ok_or(EngineError::UnknownState(state))?;
+        let cf = self.cf(state)?;
+        if kind != StateKind::Map {
+            return self
+                .db
+                .delete_cf_opt(&cf, &scope.composite, &self.write_opts)
+                .map_err(EngineError::rocks("delete"));
+        }
+        // Point deletes of the map's entries rather than a range tombstone per clear: many
+        // range tombstones slow every later read of the column family.
+        let mut batch = WriteBatch::default();
+        self.scan(
+            state,
+            &scope.composite,
+            layout::prefix_successor(&scope.composite),
+            |k, _| {
+                batch.delete_cf(&cf, k);
+                Ok(())
+            },
+        )?;
+        self.db
+            .write_opt(&batch, &self.write_opts)
+            .map_err(EngineError::rocks("clear map"))
+    }
+
+    fn list_get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<Vec<u8>>> {
+        let cf = self.cf(state)?;
+        let v = self
+            .db
+            .get_pinned_cf(&cf, &scope.composite)
+            .map_err(EngineError::rocks("get list"))?;
+        match v {
+            None => Ok(Vec::new()),
+            Some(bytes) => list_codec::decode(&bytes)
+                .ok_or_else(|| self.corrupt(state, "list value is not a valid list encoding")),
+        }
+    }
+
+    fn list_append(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()> {
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let encoded = list_codec::encode(elements.iter().copied());
+        let cf = self.cf(state)?;
+        self.db
+            .merge_cf_opt(&cf, &scope.composite, encoded, &self.write_opts)
+            .map_err(EngineError::rocks("merge list"))
+    }
+
+    fn list_update(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()> {
+        if elements.is_empty() {
+            return self.clear(state, scope);
+        }
+        let encoded = list_codec::encode(elements.iter().copied());
+        let cf = self.cf(state)?;
+        self.db
+            .put_cf_opt(&cf, &scope.composite, encoded, &self.write_opts)
+            .map_err(EngineError::rocks("put list"))
+    }
+
+    fn map_get(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        user_key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let k = self.map_key(scope, user_key);
+        let cf = self.cf(state)?;
+        let v = self
+            .db
+            .get_pinned_cf(&cf, &k)
+            .map_err(EngineError::rocks("map get"))?
+            .map(|v| v.to_vec());
+        drop(cf);
+        self.scratch = k;
+        Ok(v)
+    }
+
+    fn map_put(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        user_key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        let k = self.map_key(scope, user_key);
+        let cf = self.cf(state)?;
+        let r = self
+            .db
+            .put_cf_opt(&cf, &k, value, &self.write_opts)
+            .map_err(EngineError::rocks("map put"));
+        drop(cf);
+        self.scratch = k;
+        r
+    }
+
+    fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()> {
+        let k = self.map_key(scope, user_key);
+        let cf = self.cf(state)?;
+        let r = self
+            .db
+            .delete_cf_opt(&cf, &k, &self.write_opts)
+            .map_err(EngineError::rocks("map remove"));
+        drop(cf);
+        self.scratch = k;
+        r
+    }
+
+    fn map_entries(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let plen = scope.composite.len();
+        self.scan(
+            state,
+            &scope.composite,
+            layout::prefix_successor(&scope.composite),
+            |k, v| {
+                out.push((k[plen..].to_vec(), v.to_vec()));
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    fn scan_key_group(&mut self, state: StateId, key_group: KeyGroup) -> Result<Vec<StateEntry>> {
+        let lower = layout::key_group_prefix(key_group, self.prefix_bytes);
+        let upper = layout::key_group_upper_bound(key_group, self.prefix_bytes);
+        let mut out = Vec::new();
+        let prefix_bytes = self.prefix_bytes;
+        self.scan(state, &lower, upper, |k, v| {
+            let ck = layout::decode_composite(k, prefix_bytes)
+                .ok_or_else(|| self.corrupt(state, "key does not follow the composite layout"))?;
+            out.push(StateEntry {
+                key: ck.key.to_vec(),
+                namespace: ck.namespace.to_vec(),
+                user_key: ck.user_key.to_vec(),
+                value: v.to_vec(),
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn state_sizes(&self) -> Vec<StateSize> {
+        let prop = |name: &str, p: &str| -> u64 {
+            self.db
+                .cf_handle(name)
+                .and_then(|cf| self.db.property_int_value_cf(&cf, p).ok().flatten())
+                .unwrap_or(0)
+        };
+        self.states
+            .iter()
+            .map(|(name, _)| StateSize {
+                state: name.clone(),
+                bytes: prop(name, "rocksdb.live-sst-files-size")
+                    + prop(name, "rocksdb.cur-size-all-mem-tables"),
+                entries: prop(name, "rocksdb.estimate-num-keys"),
+            })
+            .collect()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        dir_size(&self.db_path)
+    }
+
+    fn memory_report(&self) -> MemoryReport {
+        let names: Vec<&str> = std::iter::once("default")
+            .chain(self.states.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        MemoryReport::collect(&self.db, &names, &self.memory)
+    }
+
+    fn as_rocksdb(&self) -> Option<&RocksDbBackend> {
+        Some(self)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        // `flush()` alone flushes only the default column family.
+        let cfs: Vec<_> = self
+            .states
+            .iter()
+            .filter_map(|(n, _)| self.db.cf_handle(n))
+            .collect();
+        let refs: Vec<_> = cfs.iter().collect();
+        self.db
+            .flush_cfs_opt(&refs, &rocksdb::FlushOptions::default())
+            .map_err(EngineError::rocks("flush"))
+    }
+}
+
+/// Total size of the regular files under `dir` (0 when unreadable).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,153 @@
+//! RocksDB options of a slot: predefined profile, then configured knobs, then the user hook, then
+//! the managed-memory settings, which always stay in force (Flink's precedence, except that
+//! Flink lets a factory replace the shared cache).
+
+use std::sync::Arc;
+
+use cairn_memory::SlotMemory;
+use rocksdb::{BlockBasedOptions, DBCompactionStyle, DBCompressionType, LogLevel, Options};
+
+use crate::config::{CompactionStyle, Compression, PredefinedOptions, RocksDbConfig};
+
+/// User hook run after the profile and the configured knobs, so it wins over both (Flink's
+/// `RocksDBOptionsFactory`). Under managed memory the shared block cache and write-buffer
+/// manager are applied *after* the hook: a cache or write-buffer manager set here is replaced,
+/// and the slot checks every column family's cache capacity after creating it.
+///
+/// ```
+/// use cairn_engine::backend::rocks::RocksDbOptionsHook;
+/// struct BiggerBlocks;
+/// impl RocksDbOptionsHook for BiggerBlocks {
+///     fn cf_options(&self, _state: &str, _cf: &mut rocksdb::Options, table: &mut rocksdb::BlockBasedOptions) {
+///         table.set_block_size(32 * 1024);
+///     }
+/// }
+/// ```
+pub trait RocksDbOptionsHook: Send + Sync {
+    /// Adjusts the DB-wide options.
+    fn db_options(&self, _db: &mut Options) {}
+    /// Adjusts the options of the column family of `state` (`operator/name`, or `default`).
+    fn cf_options(&self, _state: &str, _cf: &mut Options, _table: &mut BlockBasedOptions) {}
+}
+
+/// The number of LSM levels `compression-per-level` is expanded to (RocksDB's default).
+const NUM_LEVELS: usize = 7;
+
+/// Builds DB and column-family options for one slot.
+pub(crate) struct OptionsBuilder<'a> {
+    pub config: &'a RocksDbConfig,
+    pub memory: &'a SlotMemory,
+    pub hook: Option<&'a Arc<dyn RocksDbOptionsHook>>,
+}
+
+impl OptionsBuilder<'_> {
+    /// DB-wide options.
+    pub fn db_options(&self) -> Options {
+        let mut db = Options::default();
+        db.create_if_missing(true);
+        db.create_missing_column_families(true);
+        // Flink's always-set options: durability comes from checkpoints, not fsync or the WAL.
+        db.set_use_fsync(false);
+        db.set_stats_dump_period_sec(0);
+        db.set_avoid_flush_during_shutdown(true);
+        db.set_log_level(LogLevel::Header);
+        db.set_keep_log_file_num(2);
+        db.set_max_log_file_size(8 << 20);
+        match self.config.predefined_options {
+            PredefinedOptions::Default => {}
+            PredefinedOptions::SpinningDiskOptimized
+            | PredefinedOptions::SpinningDiskOptimizedHighMem
+            | PredefinedOptions::FlashSsdOptimized => {
+                db.increase_parallelism(4);
+                db.set_max_open_files(-1);
+            }
+        }
+        if let Some(n) = self.config.max_open_files {
+            db.set_max_open_files(n);
+        }
+        if let Some(n) = self.config.background_threads {
+            db.set_max_background_jobs(n);
+        }
+        if let Some(hook) = self.hook {
+            hook.db_options(&mut db);
+        }
+        self.memory.apply_to_db_options(&mut db);
+        db
+    }
+
+    /// Options of the column family for `state`, with the list merge operator (every column
+    /// family has it: opening without it would silently drop merge operands).
+    pub fn cf_options(&self, state: &str) -> Options {
+        let mut cf = Options::default();
+        let mut table = BlockBasedOptions::default();
+        let profile = self.config.predefined_options;
+        match profile {
+            PredefinedOptions::Default | PredefinedOptions::FlashSsdOptimized => {}
+            PredefinedOptions::SpinningDiskOptimized => {
+                cf.set_compaction_style(DBCompactionStyle::Level);
+                cf.set_level_compaction_dynamic_level_bytes(true);
+            }
+            PredefinedOptions::SpinningDiskOptimizedHighMem => {
+                cf.set_compaction_style(DBCompactionStyle::Level);
+                cf.set_level_compaction_dynamic_level_bytes(true);
+                cf.set_target_file_size_base(256 << 20);
+                cf.set_max_bytes_for_level_base(1 << 30);
+                cf.set_write_buffer_size(64 << 20);
+                cf.set_min_write_buffer_number_to_merge(3);
+                cf.set_max_write_buffer_number(4);
+                table.set_block_size(128 << 10);
+                if self.memory.is_managed() {
+                    tracing::warn!(
+                        state,
+                        "profile SPINNING_DISK_OPTIMIZED_HIGH_MEM sets a 256 MiB block cache; \
+                         managed memory keeps the slot's shared cache instead"
+                    );
+                } else {
+                    table.set_block_cache(&rocksdb::Cache::new_lru_cache(256 << 20));
+                }
+            }
+        }
+        let c = self.config;
+        if let Some(b) = c.block_size {
+            table.set_block_size(b.as_u64() as usize);
+        }
+        if let Some(s) = c.compaction_style {
+            cf.set_compaction_style(match s {
+                CompactionStyle::Level => DBCompactionStyle::Level,
+                CompactionStyle::Universal => DBCompactionStyle::Universal,
+                CompactionStyle::Fifo => DBCompactionStyle::Fifo,
+            });
+        }
+        if let Some(n) = c.write_buffer_count {
+            cf.set_max_write_buffer_number(n);
+        }
+        if let Some(s) = c.target_file_size_base {
+            cf.set_target_file_size_base(s.as_u64());
+        }
+        if let Some(s) = c.max_size_level_base {
+            cf.set_max_bytes_for_level_base(s.as_u64());
+        }
+        if let Some(d) = c.use_dynamic_level_size {
+            cf.set_level_compaction_dynamic_level_bytes(d);
+        }
+        let per_level: Vec<DBCompressionType> = (0..NUM_LEVELS)
+            .map(|i| {
+                let last = c.compression_per_level.len().saturating_sub(1);
+                match c.compression_per_level.get(i.min(last)) {
+                    Some(Compression::None) | None => DBCompressionType::None,
+                    Some(Compression::Lz4) => DBCompressionType::Lz4,
+                    Some(Compression::Zstd) => DBCompressionType::Zstd,
+                }
+            })
+            .collect();
+        cf.set_compression_per_level(&per_level);
+        if let Some(hook) = self.hook {
+            hook.cf_options(state, &mut cf, &mut table);
+        }
+        // After the hook: a column family without this operator loses list appends on reopen.
+        cf.set_merge_operator_associative(super::LIST_MERGE_OPERATOR, super::list_append_merge);
+        self.memory.apply_to_cf_options(&mut cf, &mut table);
+        cf.set_block_based_table_factory(&table);
+        cf
+    }
+}

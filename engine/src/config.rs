@@ -1,0 +1,419 @@
+//! Cairn's configuration: one [`CairnConfig`] from a TOML file and/or the builder API, with
+//! per-run overrides on top (like Flink's per-job settings over `flink-conf.yaml`).
+//!
+//! Every knob documents its default, its trade-off and its Flink equivalent. Unknown keys are
+//! rejected (`deny_unknown_fields`) so a typo never silently falls back to a default.
+//!
+//! ```
+//! use cairn_engine::config::{BackendKind, CairnConfig};
+//! let cfg = CairnConfig::from_toml_str(r#"
+//!     [state]
+//!     backend = "rocksdb"
+//!     max-value-size = "1MiB"
+//!     [memory]
+//!     managed-size = "128MiB"
+//!     write-buffer-ratio = 0.4
+//! "#).unwrap();
+//! assert_eq!(cfg.state.backend, BackendKind::RocksDb);
+//! cfg.validate().unwrap();
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use cairn_memory::MemoryConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::keygroup;
+
+/// The whole configuration of a Cairn slot (or of all slots of a run).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CairnConfig {
+    /// Keyed-state settings.
+    pub state: StateConfig,
+    /// Managed memory per slot (Flink: `state.backend.rocksdb.memory.*`).
+    pub memory: MemoryConfig,
+    /// RocksDB tuning (Flink: `state.backend.rocksdb.*`).
+    pub rocksdb: RocksDbConfig,
+}
+
+/// Which state backend a slot uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// One RocksDB instance per slot: state larger than memory, incremental checkpoints.
+    /// Flink: `EmbeddedRocksDBStateBackend`.
+    #[default]
+    #[serde(rename = "rocksdb")]
+    RocksDb,
+    /// In-memory tables: fastest, bounded by memory, full snapshots.
+    /// Flink: `HashMapStateBackend`.
+    Heap,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::RocksDb => "rocksdb",
+            BackendKind::Heap => "heap",
+        })
+    }
+}
+
+/// Keyed-state settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StateConfig {
+    /// State backend. Default `rocksdb`. Flink: `state.backend.type`.
+    pub backend: BackendKind,
+    /// Number of key groups, i.e. the largest parallelism a checkpoint can be rescaled to.
+    /// Default: derived from the parallelism like Flink (`round_up_pow2(1.5 p)` in
+    /// `[128, 32768]`); explicit values must be in `[1, 32768]`. It can never change for a job
+    /// once checkpoints exist. Flink: `pipeline.max-parallelism`.
+    pub max_parallelism: Option<u32>,
+    /// Largest value or list element accepted, checked before anything is written. Default 16 MiB:
+    /// far below RocksDB's 4 GiB value limit and JNI's 2 GiB, so merged lists of many elements
+    /// stay readable. Larger values get `ValueTooLarge`.
+    pub max_value_size: ByteSize,
+    /// Local working directory of the slots (`<dir>/slot-<i>`). Disposable: a slot wipes its own
+    /// RocksDB directory on open and restores only from checkpoints. Default `./cairn-data/work`.
+    /// Flink: `state.backend.rocksdb.localdir`.
+    pub working_dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::RocksDb,
+            max_parallelism: None,
+            max_value_size: ByteSize::mib(16),
+            working_dir: PathBuf::from("cairn-data/work"),
+        }
+    }
+}
+
+/// Flink's predefined RocksDB option profiles (`PredefinedOptions`), same tunings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PredefinedOptions {
+    /// No fsync, no stats dumps, header-only info log.
+    #[default]
+    Default,
+    /// Default + 4 background threads, unlimited open files, level compaction with dynamic level
+    /// sizes.
+    SpinningDiskOptimized,
+    /// Spinning-disk + 256 MiB target files, 1 GiB level base, 64 MiB write buffers (4, merge 3),
+    /// 128 KiB blocks and a 256 MiB block cache (ignored under managed memory, with a warning).
+    SpinningDiskOptimizedHighMem,
+    /// Default + 4 background threads and unlimited open files.
+    FlashSsdOptimized,
+}
+
+/// Compaction style (Flink: `state.backend.rocksdb.compaction.style`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompactionStyle {
+    /// Leveled compaction: low space and read amplification (Flink's default).
+    Level,
+    /// Universal compaction: lower write amplification, up to 2x space.
+    Universal,
+    /// FIFO: drops oldest files; only for TTL-like state.
+    Fifo,
+}
+
+/// Block compression (only the codecs Cairn builds RocksDB with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// LZ4: fast, moderate ratio.
+    Lz4,
+    /// Zstandard: better ratio, more CPU.
+    Zstd,
+}
+
+/// RocksDB tuning. Each `None` leaves the profile's (then RocksDB's) value in place; precedence
+/// is: configured value > predefined profile > RocksDB default, then the options hook (Flink's
+/// order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RocksDbConfig {
+    /// Profile applied first. Default `DEFAULT`. Flink: `state.backend.rocksdb.predefined-options`.
+    pub predefined_options: PredefinedOptions,
+    /// Data block size. Larger blocks: fewer index entries, more read amplification for point
+    /// reads. Flink: `state.backend.rocksdb.block.blocksize` (4 KiB).
+    pub block_size: Option<ByteSize>,
+    /// Compaction style. Flink: `state.backend.rocksdb.compaction.style` (LEVEL).
+    pub compaction_style: Option<CompactionStyle>,
+    /// Max open files (-1 = unlimited, keeps table readers open). Flink:
+    /// `state.backend.rocksdb.files.open` (-1).
+    pub max_open_files: Option<i32>,
+    /// Memtables per column family. More = fewer write stalls, more memory (inside the
+    /// write-buffer manager's budget). Flink: `state.backend.rocksdb.writebuffer.count` (2).
+    pub write_buffer_count: Option<i32>,
+    /// Compression per level, the last entry repeats for deeper levels. Default `["lz4"]`
+    /// (Flink uses SNAPPY, which Cairn does not build; LZ4 has a similar speed).
+    /// Flink: `state.backend.rocksdb.compression.per.level`.
+    pub compression_per_level: Vec<Compression>,
+    /// Background flush + compaction threads. Flink: `state.backend.rocksdb.thread.num` (2).
+    pub background_threads: Option<i32>,
+    /// Target SST size at L1. Flink: `state.backend.rocksdb.compaction.level.target-file-size-base` (64 MiB).
+    pub target_file_size_base: Option<ByteSize>,
+    /// Size of L1. Flink: `state.backend.rocksdb.compaction.level.max-size-level-base` (256 MiB).
+    pub max_size_level_base: Option<ByteSize>,
+    /// Dynamic level sizes. Flink: `state.backend.rocksdb.compaction.level.use-dynamic-size` (false).
+    pub use_dynamic_level_size: Option<bool>,
+}
+
+impl Default for RocksDbConfig {
+    fn default() -> Self {
+        Self {
+            predefined_options: PredefinedOptions::Default,
+            block_size: None,
+            compaction_style: None,
+            max_open_files: None,
+            write_buffer_count: None,
+            compression_per_level: vec![Compression::Lz4],
+            background_threads: None,
+            target_file_size_base: None,
+            max_size_level_base: None,
+            use_dynamic_level_size: None,
+        }
+    }
+}
+
+impl CairnConfig {
+    /// Parses a TOML document; unknown keys and wrong types are errors naming the key.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| EngineError::ConfigFile {
+            path: "<string>".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| EngineError::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Checks every rule; the error names the field and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        self.memory.validate()?;
+        self.state.validate()?;
+        self.rocksdb.validate()?;
+        Ok(())
+    }
+
+    /// The max parallelism for a run with `parallelism` slots: the configured value (which must
+    /// be at least the parallelism) or Flink's default.
+    pub fn max_parallelism_for(&self, parallelism: u32) -> Result<u32> {
+        match self.state.max_parallelism {
+            Some(m) => {
+                keygroup::validate_max_parallelism(m)?;
+                if parallelism > m {
+                    return Err(EngineError::config(
+                        "slots",
+                        parallelism,
+                        format!("[1, state.max-parallelism = {m}]"),
+                    ));
+                }
+                Ok(m)
+            }
+            None => Ok(keygroup::default_max_parallelism(parallelism)),
+        }
+    }
+}
+
+/// Smallest allowed `state.max-value-size`: below this even small lists would be rejected.
+pub const MIN_MAX_VALUE_SIZE: u64 = 1024;
+/// Largest allowed `state.max-value-size`: RocksDB values are limited to 4 GiB - 1 and merged
+/// lists must stay readable, so 1 GiB leaves room for many elements.
+pub const MAX_MAX_VALUE_SIZE: u64 = 1 << 30;
+
+impl StateConfig {
+    /// Checks the state settings.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(m) = self.max_parallelism {
+            keygroup::validate_max_parallelism(m)?;
+        }
+        let v = self.max_value_size.as_u64();
+        // Values beyond 1 GiB make RocksDB merges and reads of lists fail late (Flink's 2^31
+        // JNI limit problem); below 1 KiB nothing useful fits.
+        if !(MIN_MAX_VALUE_SIZE..=MAX_MAX_VALUE_SIZE).contains(&v) {
+            return Err(EngineError::config(
+                "state.max-value-size",
+                self.max_value_size,
+                "[1KiB, 1GiB]",
+            ));
+        }
+        if self.working_dir.as_os_str().is_empty() {
+            return Err(EngineError::config("state.working-dir", "\"\"", "a non-empty path"));
+        }
+        Ok(())
+    }
+}
+
+impl RocksDbConfig {
+    /// Checks the RocksDB knobs.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(b) = self.block_size {
+            // RocksDB accepts any size, but blocks below 1 KiB explode the index and above
+            // 16 MiB make every point read load megabytes.
+            if !(1024..=16 << 20).contains(&b.as_u64()) {
+                return Err(EngineError::config("rocksdb.block-size", b, "[1KiB, 16MiB]"));
+            }
+        }
+        if let Some(n) = self.max_open_files {
+            if n != -1 && n < 16 {
+                return Err(EngineError::config("rocksdb.max-open-files", n, "-1 or >= 16"));
+            }
+        }
+        if let Some(n) = self.write_buffer_count {
+            if !(1..=64).contains(&n) {
+                return Err(EngineError::config("rocksdb.write-buffer-count", n, "[1, 64]"));
+            }
+        }
+        if let Some(n) = self.background_threads {
+            if !(1..=256).contains(&n) {
+                return Err(EngineError::config("rocksdb.background-threads", n, "[1, 256]"));
+            }
+        }
+        if self.compression_per_level.is_empty() {
+            return Err(EngineError::config(
+                "rocksdb.compression-per-level",
+                "[]",
+                "at least one of none, lz4, zstd",
+            ));
+        }
+        if let Some(s) = self.target_file_size_base {
+            if s.as_u64() < 1 << 20 {
+                return Err(EngineError::config(
+                    "rocksdb.target-file-size-base",
+                    s,
+                    ">= 1MiB",
+                ));
+            }
+        }
+        if let Some(s) = self.max_size_level_base {
+            if s.as_u64() < 1 << 20 {
+                return Err(EngineError::config("rocksdb.max-size-level-base", s, ">= 1MiB"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn field_error(cfg: &CairnConfig) -> String {
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        e.to_string()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        CairnConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = CairnConfig::from_toml_str("[state]\nbackend = \"heap\"\nmax-value-sise = \"1MiB\"")
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("max-value-sise"), "{e}");
+        let e = CairnConfig::from_toml_str("[rocksdb]\nblock-size = 5\nbogus = 1").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = CairnConfig::from_toml_str("[state]\nbackend = \"lmdb\"").unwrap_err();
+        assert!(e.to_string().contains("lmdb"), "{e}");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let mut c = CairnConfig::default();
+        c.state.max_parallelism = Some(0);
+        assert!(field_error(&c).contains("state.max-parallelism"));
+        c.state.max_parallelism = Some(40000);
+        assert!(field_error(&c).contains("state.max-parallelism"));
+
+        let mut c = CairnConfig::default();
+        c.state.max_value_size = ByteSize::b(10);
+        assert!(field_error(&c).contains("state.max-value-size"));
+        c.state.max_value_size = ByteSize::gib(2);
+        assert!(field_error(&c).contains("state.max-value-size"));
+
+        let mut c = CairnConfig::default();
+        c.state.working_dir = PathBuf::new();
+        assert!(field_error(&c).contains("state.working-dir"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.block_size = Some(ByteSize::b(100));
+        assert!(field_error(&c).contains("rocksdb.block-size"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.max_open_files = Some(3);
+        assert!(field_error(&c).contains("rocksdb.max-open-files"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.write_buffer_count = Some(0);
+        assert!(field_error(&c).contains("rocksdb.write-buffer-count"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.background_threads = Some(0);
+        assert!(field_error(&c).contains("rocksdb.background-threads"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.compression_per_level.clear();
+        assert!(field_error(&c).contains("rocksdb.compression-per-level"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.target_file_size_base = Some(ByteSize::kib(4));
+        assert!(field_error(&c).contains("rocksdb.target-file-size-base"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.max_size_level_base = Some(ByteSize::kib(4));
+        assert!(field_error(&c).contains("rocksdb.max-size-level-base"));
+
+        let mut c = CairnConfig::default();
+        c.memory.write_buffer_ratio = 1.5;
+        assert!(field_error(&c).contains("memory.write-buffer-ratio"));
+    }
+
+    #[test]
+    fn max_parallelism_derivation() {
+        let c = CairnConfig::default();
+        assert_eq!(c.max_parallelism_for(4).unwrap(), 128);
+        let mut c = CairnConfig::default();
+        c.state.max_parallelism = Some(8);
+        assert_eq!(c.max_parallelism_for(4).unwrap(), 8);
+        assert!(c.max_parallelism_for(9).unwrap_err().to_string().contains("slots"));
+    }
+
+    #[test]
+    fn toml_roundtrip_with_readable_sizes() {
+        let c = CairnConfig::from_toml_str(
+            "[rocksdb]\npredefined-options = \"FLASH_SSD_OPTIMIZED\"\nblock-size = \"16KiB\"\ncompression-per-level = [\"none\", \"lz4\", \"zstd\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.rocksdb.predefined_options, PredefinedOptions::FlashSsdOptimized);
+        assert_eq!(c.rocksdb.block_size, Some(ByteSize::kib(16)));
+        let back = CairnConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}

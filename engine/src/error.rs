@@ -1,0 +1,170 @@
+//! Errors of the engine: one internal enum whose messages name the object and the values, sorted
+//! into a small public [`ErrorKind`] that tells callers what to do.
+
+pub use cairn_memory::ConfigError;
+
+/// What the caller should do about an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A configuration value is wrong: fix the config and start again.
+    InvalidConfig,
+    /// A call's argument is wrong (oversized value, unknown state, wrong state kind): fix the call.
+    /// Nothing was written.
+    InvalidArgument,
+    /// Stored state is damaged (checksum mismatch, undecodable bytes): restore from a checkpoint.
+    Corrupt,
+    /// A resource is unavailable (directory not writable, locked by another slot, I/O error):
+    /// retry later or fix the environment.
+    Unavailable,
+    /// A bug or an unexpected RocksDB status; report it.
+    Internal,
+}
+
+/// Engine errors. Each message names what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A configuration value is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A configuration file could not be read or parsed (unknown keys included).
+    #[error("cannot read config {path}: {reason}")]
+    ConfigFile {
+        /// The file.
+        path: String,
+        /// Parser message, naming the key and line.
+        reason: String,
+    },
+    /// A value or list element is larger than `state.max-value-size`.
+    #[error("value of {size} bytes for state '{state}' exceeds state.max-value-size = {max} bytes")]
+    ValueTooLarge {
+        /// The state the write was for.
+        state: String,
+        /// Size of the rejected value.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A state name is registered twice with different kinds, or is used with the wrong kind.
+    #[error("state '{state}' is a {registered} state, not a {requested} state")]
+    StateKindMismatch {
+        /// Full state name (`operator/state`).
+        state: String,
+        /// The kind it was registered with.
+        registered: &'static str,
+        /// The kind the caller asked for.
+        requested: &'static str,
+    },
+    /// A state id that this slot never handed out.
+    #[error("unknown state id {0}")]
+    UnknownState(u32),
+    /// Any other invalid argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The key's key group is not in this slot's range.
+    #[error("key group {key_group} is outside this slot's range {range}")]
+    KeyGroupOutOfRange {
+        /// The key's key group.
+        key_group: u16,
+        /// The slot's range.
+        range: crate::keygroup::KeyGroupRange,
+    },
+    /// The working directory cannot be created or written.
+    #[error("working directory {path} is not writable: {source}")]
+    WorkingDirNotWritable {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another slot (or process) has the working directory open.
+    #[error("working directory {path} is locked by another slot or process: {detail}")]
+    WorkingDirLocked {
+        /// The directory.
+        path: String,
+        /// RocksDB's message.
+        detail: String,
+    },
+    /// Stored bytes could not be decoded.
+    #[error("corrupt state in '{state}': {reason}")]
+    Corrupt {
+        /// The state.
+        state: String,
+        /// What failed to decode.
+        reason: String,
+    },
+    /// A typed value could not be encoded.
+    #[error("cannot encode value for state '{state}': {reason}")]
+    Encode {
+        /// The state.
+        state: String,
+        /// Codec message.
+        reason: String,
+    },
+    /// RocksDB returned an error during `op`.
+    #[error("rocksdb {op} failed: {source}")]
+    RocksDb {
+        /// What Cairn was doing.
+        op: &'static str,
+        /// RocksDB's status.
+        source: rocksdb::Error,
+    },
+    /// An I/O error outside RocksDB.
+    #[error("{op}: {source}")]
+    Io {
+        /// What Cairn was doing.
+        op: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Result with [`EngineError`].
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    /// An out-of-range configuration value naming the field and the allowed range.
+    pub fn config(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        allowed: impl Into<String>,
+    ) -> Self {
+        EngineError::Config(ConfigError::OutOfRange {
+            field: field.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        })
+    }
+
+    /// Wraps a RocksDB error with the operation that failed.
+    pub fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> Self {
+        move |source| EngineError::RocksDb { op, source }
+    }
+
+    /// The kind of the error: what the caller must do.
+    pub fn kind(&self) -> ErrorKind {
+        use rocksdb::ErrorKind as R;
+        match self {
+            EngineError::Config(_) | EngineError::ConfigFile { .. } => ErrorKind::InvalidConfig,
+            EngineError::ValueTooLarge { .. }
+            | EngineError::StateKindMismatch { .. }
+            | EngineError::UnknownState(_)
+            | EngineError::InvalidArgument(_)
+            | EngineError::KeyGroupOutOfRange { .. }
+            | EngineError::Encode { .. } => ErrorKind::InvalidArgument,
+            EngineError::Corrupt { .. } => ErrorKind::Corrupt,
+            EngineError::WorkingDirNotWritable { .. }
+            | EngineError::WorkingDirLocked { .. }
+            | EngineError::Io { .. } => ErrorKind::Unavailable,
+            EngineError::RocksDb { source, .. } => match source.kind() {
+                R::Corruption => ErrorKind::Corrupt,
+                R::IOError | R::Busy | R::TimedOut | R::TryAgain | R::Incomplete => {
+                    ErrorKind::Unavailable
+                }
+                R::InvalidArgument | R::NotSupported => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
+            },
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Cairn's engine: slots, state backends (heap and RocksDB), keyed state and key groups.
+//!
+//! A host stream engine opens one [`Slot`] per parallel worker. Each slot owns one backend for
+//! its contiguous range of key groups: one RocksDB instance (one column family per state, all
+//! sharing the slot's memory budget) or in-memory tables. State is accessed through typed
+//! handles ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`],
+//! [`AggregatingState`]) or the raw-bytes methods of [`Slot`], always scoped by a key and a
+//! namespace ([`ScopeKey`]).
+//!
+//! Not here: checkpoint storage (`cairn-snapshot`), timers (`cairn-timers`), the memory budget
+//! arithmetic (`cairn-memory`).
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod keygroup;
+pub mod layout;
+pub mod slot;
+pub mod state;
+
+pub use backend::{ScopeKey, StateDescriptor, StateEntry, StateId, StateKind, StateSize};
+pub use codec::VoidNamespace;
+pub use config::{BackendKind, CairnConfig};
+pub use error::{EngineError, ErrorKind, Result};
+pub use keygroup::{KeyGroup, KeyGroupRange};
+pub use slot::{Slot, SlotBuilder};
+pub use state::{AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState};

@@ -1,0 +1,411 @@
+//! A [`Slot`]: the keyed state of one parallel worker of the host engine.
+//!
+//! A slot owns one backend (one RocksDB instance, or heap tables) for its range of key groups,
+//! registers states on first use, and is the one entry point for state access: it checks state
+//! kinds, value sizes and key groups before the backend sees a call, so a rejected call has
+//! written nothing.
+//!
+//! ```
+//! use cairn_engine::{CairnConfig, Slot, VoidNamespace};
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut config = CairnConfig::default();
+//! config.state.working_dir = dir.path().to_path_buf();
+//! let mut slot = Slot::builder(&config).open().unwrap();
+//! let count = slot.value_state::<u64>("counter", "count").unwrap();
+//! let scope = slot.scope(&"user-1", &VoidNamespace).unwrap();
+//! let n = count.get(&mut slot, &scope).unwrap().unwrap_or(0);
+//! count.update(&mut slot, &scope, &(n + 1)).unwrap();
+//! assert_eq!(count.get(&mut slot, &scope).unwrap(), Some(1));
+//! ```
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::backend::heap::HeapBackend;
+use crate::backend::rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams};
+use crate::backend::{ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize};
+use crate::codec;
+use crate::config::{BackendKind, CairnConfig};
+use crate::error::{EngineError, Result};
+use crate::keygroup::{self, KeyGroup, KeyGroupRange};
+
+/// Opens a [`Slot`]: which slot of how many, and the live parts that are not configuration.
+#[must_use]
+pub struct SlotBuilder<'a> {
+    config: &'a CairnConfig,
+    index: u32,
+    parallelism: u32,
+    hook: Option<Arc<dyn RocksDbOptionsHook>>,
+    working_dir: Option<PathBuf>,
+}
+
+impl<'a> SlotBuilder<'a> {
+    /// This slot's index among `parallelism` slots (default: slot 0 of 1).
+    pub fn slot(mut self, index: u32, parallelism: u32) -> Self {
+        self.index = index;
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// A RocksDB options hook (runs after profile and knobs).
+    pub fn options_hook(mut self, hook: Arc<dyn RocksDbOptionsHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// Overrides the slot's working directory (default `<state.working-dir>/slot-<index>`).
+    pub fn working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.working_dir = Some(dir.into());
+        self
+    }
+
+    /// Validates the configuration and opens the backend.
+    pub fn open(self) -> Result<Slot> {
+        let config = self.config;
+        config.validate()?;
+        let max_parallelism = config.max_parallelism_for(self.parallelism)?;
+        let range = KeyGroupRange::for_slot(max_parallelism, self.parallelism, self.index)?;
+        let dir = self.working_dir.unwrap_or_else(|| {
+            config
+                .state
+                .working_dir
+                .join(format!("slot-{}", self.index))
+        });
+        let backend: Box<dyn StateBackend> = match config.state.backend {
+            BackendKind::Heap => Box::new(HeapBackend::new(range, max_parallelism)),
+            BackendKind::RocksDb => {
+                let memory = cairn_memory::SlotMemory::build_shared(&config.memory)?;
+                Box::new(RocksDbBackend::open(RocksDbParams {
+                    dir: &dir,
+                    range,
+                    max_parallelism,
+                    config: &config.rocksdb,
+                    memory,
+                    hook: self.hook,
+                })?)
+            }
+        };
+        Ok(Slot {
+            backend,
+            kind: config.state.backend,
+            index: self.index,
+            parallelism: self.parallelism,
+            max_parallelism,
+            range,
+            prefix_bytes: keygroup::prefix_bytes(max_parallelism),
+            states: Vec::new(),
+            by_name: HashMap::new(),
+            max_value_size: config.state.max_value_size.as_u64() as usize,
+            working_dir: dir,
+            key_buf: Vec::new(),
+            ns_buf: Vec::new(),
+        })
+    }
+}
+
+/// The keyed state of one parallel worker. See the module doc.
+pub struct Slot {
+    backend: Box<dyn StateBackend>,
+    kind: BackendKind,
+    index: u32,
+    parallelism: u32,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+    prefix_bytes: usize,
+    states: Vec<StateDescriptor>,
+    by_name: HashMap<String, StateId>,
+    max_value_size: usize,
+    working_dir: PathBuf,
+    key_buf: Vec<u8>,
+    ns_buf: Vec<u8>,
+}
+
+impl Slot {
+    /// Starts opening a slot with `config`.
+    pub fn builder(config: &CairnConfig) -> SlotBuilder<'_> {
+        SlotBuilder {
+            config,
+            index: 0,
+            parallelism: 1,
+            hook: None,
+            working_dir: None,
+        }
+    }
+
+    /// The backend kind.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// This slot's index and the parallelism it was opened with.
+    pub fn index(&self) -> (u32, u32) {
+        (self.index, self.parallelism)
+    }
+
+    /// The number of key groups of the job.
+    pub fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    /// The key groups this slot owns.
+    pub fn key_groups(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    /// The slot's working directory.
+    pub fn working_dir(&self) -> &std::path::Path {
+        &self.working_dir
+    }
+
+    /// The registered states, by id.
+    pub fn states(&self) -> &[StateDescriptor] {
+        &self.states
+    }
+
+    /// The backend (checkpointing and reports need backend-specific access).
+    pub fn backend(&self) -> &dyn StateBackend {
+        self.backend.as_ref()
+    }
+
+    /// Registers a state (creating its column family or table) or returns the id it already has.
+    /// Registering a name again with another kind is an error.
+    pub fn register(&mut self, desc: &StateDescriptor) -> Result<StateId> {
+        let full = desc.full_name();
+        if let Some(&id) = self.by_name.get(&full) {
+            let registered = self.states[id as usize].kind;
+            if registered != desc.kind {
+                return Err(EngineError::StateKindMismatch {
+                    state: full,
+                    registered: registered.name(),
+                    requested: desc.kind.name(),
+                });
+            }
+            return Ok(id);
+        }
+        if desc.operator.is_empty() || desc.name.is_empty() || full == "default" {
+            return Err(EngineError::InvalidArgument(format!(
+                "state name '{full}' needs a non-empty operator and name"
+            )));
+        }
+        let id = self.states.len() as StateId;
+        self.backend.create_state(id, desc)?;
+        self.states.push(desc.clone());
+        self.by_name.insert(full, id);
+        Ok(id)
+    }
+
+    /// The scope of raw key and namespace bytes. The key's key group must belong to this slot.
+    pub fn scope_raw(&self, key: &[u8], namespace: &[u8]) -> Result<ScopeKey> {
+        let kg = keygroup::assign_to_key_group(key, self.max_parallelism);
+        self.check_key_group(kg)?;
+        Ok(ScopeKey::new(kg, self.prefix_bytes, key, namespace))
+    }
+
+    /// The scope of a typed key and namespace (both serialized with [`crate::codec`]).
+    pub fn scope<K: Serialize + ?Sized, N: Serialize + ?Sized>(
+        &mut self,
+        key: &K,
+        namespace: &N,
+    ) -> Result<ScopeKey> {
+        let mut kb = std::mem::take(&mut self.key_buf);
+        let mut nb = std::mem::take(&mut self.ns_buf);
+        let r = codec::encode_into(&mut kb, key, "<key>")
+            .and_then(|_| codec::encode_into(&mut nb, namespace, "<namespace>"))
+            .and_then(|_| self.scope_raw(&kb, &nb));
+        self.key_buf = kb;
+        self.ns_buf = nb;
+        r
+    }
+
+    /// The key group of a serialized key (for routing records to slots).
+    pub fn key_group_of(&self, key: &[u8]) -> KeyGroup {
+        keygroup::assign_to_key_group(key, self.max_parallelism)
+    }
+
+    fn check_key_group(&self, kg: KeyGroup) -> Result<()> {
+        if self.range.contains(kg) {
+            Ok(())
+        } else {
+            Err(EngineError::KeyGroupOutOfRange {
+                key_group: kg,
+                range: self.range,
+            })
+        }
+    }
+
+    fn check(&self, state: StateId, kinds: &[StateKind], requested: StateKind) -> Result<()> {
+        let desc = self
+            .states
+            .get(state as usize)
+            .ok_or(EngineError::UnknownState(state))?;
+        if kinds.contains(&desc.kind) {
+            Ok(())
+        } else {
+            Err(EngineError::StateKindMismatch {
+                state: desc.full_name(),
+                registered: desc.kind.name(),
+                requested: requested.name(),
+            })
+        }
+    }
+
+    fn check_size(&self, state: StateId, len: usize) -> Result<()> {
+        if len > self.max_value_size {
+            return Err(EngineError::ValueTooLarge {
+                state: self.state_name(state),
+                size: len,
+                max: self.max_value_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// `operator/name` of a state id (for messages).
+    pub fn state_name(&self, state: StateId) -> String {
+        self.states
+            .get(state as usize)
+            .map(|d| d.full_name())
+            .unwrap_or_else(|| format!("#{state}"))
+    }
+
+    const SINGLE: &'static [StateKind] =
+        &[StateKind::Value, StateKind::Reducing, StateKind::Aggregating];
+
+    /// Raw get of a value, reducing or aggregating state.
+    pub fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
+        self.check(state, Self::SINGLE, StateKind::Value)?;
+        self.backend.get(state, scope)
+    }
+
+    /// Raw put of a value, reducing or aggregating state.
+    pub fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {
+        self.check(state, Self::SINGLE, StateKind::Value)?;
+        self.check_size(state, value.len())?;
+        self.backend.put(state, scope, value)
+    }
+
+    /// Removes the (key, namespace) entry of any state kind.
+    pub fn clear(&mut self, state: StateId, scope: &ScopeKey) -> Result<()> {
+        if state as usize >= self.states.len() {
+            return Err(EngineError::UnknownState(state));
+        }
+        self.backend.clear(state, scope)
+    }
+
+    /// Raw list read.
+    pub fn list_get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<Vec<u8>>> {
+        self.check(state, &[StateKind::List], StateKind::List)?;
+        self.backend.list_get(state, scope)
+    }
+
+    /// Raw list append (no read).
+    pub fn list_append(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        elements: &[&[u8]],
+    ) -> Result<()> {
+        self.check(state, &[StateKind::List], StateKind::List)?;
+        for e in elements {
+            self.check_size(state, e.len())?;
+        }
+        self.backend.list_append(state, scope, elements)
+    }
+
+    /// Raw list replace.
+    pub fn list_update(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        elements: &[&[u8]],
+    ) -> Result<()> {
+        self.check(state, &[StateKind::List], StateKind::List)?;
+        for e in elements {
+            self.check_size(state, e.len())?;
+        }
+        self.backend.list_update(state, scope, elements)
+    }
+
+    /// Raw map get.
+    pub fn map_get(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        user_key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        self.check(state, &[StateKind::Map], StateKind::Map)?;
+        self.backend.map_get(state, scope, user_key)
+    }
+
+    /// Raw map put.
+    pub fn map_put(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        user_key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        self.check(state, &[StateKind::Map], StateKind::Map)?;
+        self.check_size(state, value.len())?;
+        self.check_size(state, user_key.len())?;
+        self.backend.map_put(state, scope, user_key, value)
+    }
+
+    /// Raw map remove.
+    pub fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()> {
+        self.check(state, &[StateKind::Map], StateKind::Map)?;
+        self.backend.map_remove(state, scope, user_key)
+    }
+
+    /// Whether the map has `user_key`.
+    pub fn map_contains(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        user_key: &[u8],
+    ) -> Result<bool> {
+        Ok(self.map_get(state, scope, user_key)?.is_some())
+    }
+
+    /// All map entries, ascending by user-key bytes.
+    pub fn map_entries(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.check(state, &[StateKind::Map], StateKind::Map)?;
+        self.backend.map_entries(state, scope)
+    }
+
+    /// Every entry of one key group of one state.
+    pub fn scan_key_group(&mut self, state: StateId, key_group: KeyGroup) -> Result<Vec<StateEntry>> {
+        if state as usize >= self.states.len() {
+            return Err(EngineError::UnknownState(state));
+        }
+        self.check_key_group(key_group)?;
+        self.backend.scan_key_group(state, key_group)
+    }
+
+    /// Per-state sizes (RocksDB: live SST + memtable bytes per column family).
+    pub fn state_sizes(&self) -> Vec<StateSize> {
+        self.backend.state_sizes()
+    }
+
+    /// Bytes of state on local disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.backend.disk_bytes()
+    }
+
+    /// Memory figures of the backend and the process.
+    pub fn memory_report(&self) -> cairn_memory::MemoryReport {
+        self.backend.memory_report()
+    }
+
+    /// Flushes buffered writes into the backend's files.
+    pub fn flush(&mut self) -> Result<()> {
+        self.backend.flush()
+    }
+}

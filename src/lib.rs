@@ -1,0 +1,14 @@
+//! Cairn: a RocksDB state engine for stream processors.
+//!
+//! This crate re-exports the workspace's crates under one name and holds the `cairn` CLI's
+//! workloads. Library users embed [`Slot`]s (one per parallel worker); see [`engine`].
+#![deny(missing_docs)]
+
+pub use cairn_engine as engine;
+pub use cairn_memory as memory;
+
+pub use cairn_engine::{
+    AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
+    KeyGroupRange, ListState, MapState, ReducingState, ScopeKey, Slot, StateDescriptor, StateKind,
+    ValueState, VoidNamespace,
+};
