@@ -19,8 +19,24 @@ use rocksdb::{
     WriteBatch, WriteOptions,
 };
 
-pub use options::RocksDbOptionsHook;
 use options::OptionsBuilder;
+pub use options::RocksDbOptionsHook;
+
+/// The DB and column-family options a slot would use, for tools and benchmarks that open a
+/// plain RocksDB with exactly Cairn's settings (e.g. the raw-RocksDB baseline of
+/// `benches/state_ops.rs`).
+pub fn slot_options(
+    config: &RocksDbConfig,
+    memory: &SlotMemory,
+    hook: Option<&Arc<dyn RocksDbOptionsHook>>,
+) -> (rocksdb::Options, rocksdb::Options) {
+    let b = OptionsBuilder {
+        config,
+        memory,
+        hook,
+    };
+    (b.db_options(), b.cf_options("default"))
+}
 
 use crate::backend::{
     ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, list_codec,
