@@ -1,0 +1,33 @@
+//! Cairn's checkpoint storage: incremental SST snapshots with a refcounted shared-file
+//! registry, commit by metadata written last, subsumption, orphan collection, verification and
+//! verified parallel downloads for restore.
+//!
+//! This crate moves files; it knows nothing about slots or RocksDB. The engine takes a slot's
+//! local snapshot (RocksDB native checkpoint or heap snapshot file) in its synchronous phase and
+//! hands the directory to [`CheckpointStore::upload_slot`]; a checkpoint commits when
+//! [`CheckpointStore::commit`] writes its `_metadata`.
+//!
+//! ```no_run
+//! # async fn demo() -> cairn_snapshot::Result<()> {
+//! use cairn_snapshot::{CheckpointStorage, CheckpointStore, StorageOptions};
+//! let storage = CheckpointStorage::from_url("file:///tmp/cairn-checkpoints", &StorageOptions::default())?;
+//! let store = CheckpointStore::open(storage, "job-1", 1).await?;
+//! println!("retained: {:?}", store.retained_ids()?);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod layout;
+pub mod metadata;
+pub mod registry;
+pub mod storage;
+pub mod store;
+pub mod transfer;
+
+pub use error::{Result, SnapshotError, SnapshotErrorKind};
+pub use layout::{CheckpointId, JobLayout};
+pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, StateInfo};
+pub use registry::SharedRegistry;
+pub use storage::{CheckpointStorage, StorageOptions};
+pub use store::{GcReport, LocalSnapshot, SlotUploadReport, SlotUploadState, CheckpointStore, VerifyProblem};
