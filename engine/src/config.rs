@@ -38,6 +38,8 @@ pub struct CairnConfig {
     pub memory: MemoryConfig,
     /// RocksDB tuning (Flink: `state.backend.rocksdb.*`).
     pub rocksdb: RocksDbConfig,
+    /// Checkpointing (Flink: `execution.checkpointing.*`).
+    pub checkpoint: crate::checkpoint::CheckpointConfig,
 }
 
 /// Which state backend a slot uses.
@@ -214,6 +216,7 @@ impl CairnConfig {
         self.memory.validate()?;
         self.state.validate()?;
         self.rocksdb.validate()?;
+        self.checkpoint.validate()?;
         Ok(())
     }
 

@@ -110,6 +110,17 @@ pub enum EngineError {
         /// RocksDB's status.
         source: rocksdb::Error,
     },
+    /// Checkpoint storage failed (missing or corrupt file, storage unavailable, ...).
+    #[error(transparent)]
+    Checkpoint(#[from] cairn_snapshot::SnapshotError),
+    /// A checkpoint was aborted (failure or timeout) and the tolerance is used up.
+    #[error("checkpoint {id} failed: {reason}")]
+    CheckpointFailed {
+        /// The checkpoint.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
     /// An I/O error outside RocksDB.
     #[error("{op}: {source}")]
     Io {
@@ -156,7 +167,14 @@ impl EngineError {
             EngineError::Corrupt { .. } => ErrorKind::Corrupt,
             EngineError::WorkingDirNotWritable { .. }
             | EngineError::WorkingDirLocked { .. }
+            | EngineError::CheckpointFailed { .. }
             | EngineError::Io { .. } => ErrorKind::Unavailable,
+            EngineError::Checkpoint(e) => match e.kind() {
+                cairn_snapshot::SnapshotErrorKind::Corrupt => ErrorKind::Corrupt,
+                cairn_snapshot::SnapshotErrorKind::Unavailable => ErrorKind::Unavailable,
+                cairn_snapshot::SnapshotErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
+            },
             EngineError::RocksDb { source, .. } => match source.kind() {
                 R::Corruption => ErrorKind::Corrupt,
                 R::IOError | R::Busy | R::TimedOut | R::TryAgain | R::Incomplete => {

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod error;

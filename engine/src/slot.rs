@@ -40,9 +40,34 @@ pub struct SlotBuilder<'a> {
     parallelism: u32,
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
     working_dir: Option<PathBuf>,
+    restore: Option<SlotRestore>,
+}
+
+/// Local files to open a slot from (downloaded and verified by the checkpoint layer).
+#[derive(Clone, Debug)]
+pub enum SlotRestore {
+    /// A RocksDB checkpoint directory (moved into place) and the states it holds, in id order.
+    RocksDb {
+        /// The directory with SSTs, MANIFEST, CURRENT, OPTIONS.
+        files: PathBuf,
+        /// The registered states.
+        states: Vec<StateDescriptor>,
+    },
+    /// Heap snapshot files; entries of key groups outside the slot's range are skipped, so
+    /// snapshots of any number of slots restore into any other number.
+    Heap {
+        /// The snapshot files.
+        files: Vec<PathBuf>,
+    },
 }
 
 impl<'a> SlotBuilder<'a> {
+    /// Opens the slot from restored files instead of empty.
+    pub fn restore(mut self, restore: SlotRestore) -> Self {
+        self.restore = Some(restore);
+        self
+    }
+
     /// This slot's index among `parallelism` slots (default: slot 0 of 1).
     pub fn slot(mut self, index: u32, parallelism: u32) -> Self {
         self.index = index;
@@ -74,10 +99,47 @@ impl<'a> SlotBuilder<'a> {
                 .working_dir
                 .join(format!("slot-{}", self.index))
         });
-        let backend: Box<dyn StateBackend> = match config.state.backend {
-            BackendKind::Heap => Box::new(HeapBackend::new(range, max_parallelism)),
-            BackendKind::RocksDb => {
+        let mut restored_states: Vec<StateDescriptor> = Vec::new();
+        let backend: Box<dyn StateBackend> = match (config.state.backend, self.restore) {
+            (BackendKind::Heap, restore) => {
+                let mut heap = HeapBackend::new(range, max_parallelism);
+                match restore {
+                    None => {}
+                    Some(SlotRestore::Heap { files }) => {
+                        for f in files {
+                            heap.load(&f, |b, desc| {
+                                if let Some(i) = restored_states.iter().position(|d| d == desc) {
+                                    return Ok(i as StateId);
+                                }
+                                let id = restored_states.len() as StateId;
+                                b.create_state(id, desc)?;
+                                restored_states.push(desc.clone());
+                                Ok(id)
+                            })?;
+                        }
+                    }
+                    Some(SlotRestore::RocksDb { .. }) => {
+                        return Err(EngineError::InvalidArgument(
+                            "a RocksDB checkpoint can't be restored into the heap backend (use a savepoint)".into(),
+                        ));
+                    }
+                }
+                Box::new(heap)
+            }
+            (BackendKind::RocksDb, restore) => {
                 let memory = cairn_memory::SlotMemory::build_shared(&config.memory)?;
+                let restore = match restore {
+                    None => None,
+                    Some(SlotRestore::RocksDb { files, states }) => {
+                        restored_states = states.clone();
+                        Some((files, states))
+                    }
+                    Some(SlotRestore::Heap { .. }) => {
+                        return Err(EngineError::InvalidArgument(
+                            "a heap checkpoint can't be restored into the RocksDB backend (use a savepoint)".into(),
+                        ));
+                    }
+                };
                 Box::new(RocksDbBackend::open(RocksDbParams {
                     dir: &dir,
                     range,
@@ -85,10 +147,11 @@ impl<'a> SlotBuilder<'a> {
                     config: &config.rocksdb,
                     memory,
                     hook: self.hook,
+                    restore,
                 })?)
             }
         };
-        Ok(Slot {
+        let mut slot = Slot {
             backend,
             kind: config.state.backend,
             index: self.index,
@@ -102,7 +165,22 @@ impl<'a> SlotBuilder<'a> {
             working_dir: dir,
             key_buf: Vec::new(),
             ns_buf: Vec::new(),
-        })
+        };
+        match slot.kind {
+            // Heap tables were created while loading; record them.
+            BackendKind::Heap => {
+                for (i, d) in restored_states.into_iter().enumerate() {
+                    slot.by_name.insert(d.full_name(), i as StateId);
+                    slot.states.push(d);
+                }
+            }
+            BackendKind::RocksDb => {
+                for d in &restored_states {
+                    slot.register(d)?;
+                }
+            }
+        }
+        Ok(slot)
     }
 }
 
@@ -132,6 +210,7 @@ impl Slot {
             parallelism: 1,
             hook: None,
             working_dir: None,
+            restore: None,
         }
     }
 
@@ -402,6 +481,14 @@ impl Slot {
     /// Memory figures of the backend and the process.
     pub fn memory_report(&self) -> cairn_memory::MemoryReport {
         self.backend.memory_report()
+    }
+
+    /// A copy-on-write view of the heap tables (heap backend only).
+    pub(crate) fn heap_view(&self) -> Result<crate::backend::heap::HeapSnapshotView> {
+        self.backend
+            .as_heap()
+            .map(|h| h.snapshot_view())
+            .ok_or_else(|| EngineError::InvalidArgument("backend is not heap".into()))
     }
 
     /// Flushes buffered writes into the backend's files.

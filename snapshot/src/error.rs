@@ -135,7 +135,7 @@ impl SnapshotError {
     }
 
     /// Wraps a local I/O error.
-    pub fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+    pub fn io<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> Self + 'a {
         move |source| SnapshotError::Io {
             op,
             path: path.display().to_string(),

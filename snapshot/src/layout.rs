@@ -71,7 +71,7 @@ impl JobLayout {
 
     /// `<root>/<job>`.
     pub fn job_dir(&self) -> Path {
-        self.root.child(self.job.as_str())
+        self.root.clone().join(self.job.as_str())
     }
 
     /// `<job>/shared/<sha>` relative to the root: how metadata names a shared file.
@@ -83,19 +83,19 @@ impl JobLayout {
     pub fn resolve(&self, reference: &str) -> Path {
         let mut p = self.root.clone();
         for part in reference.split('/') {
-            p = p.child(part);
+            p = p.join(part);
         }
         p
     }
 
     /// `<root>/<job>/chk-<id>`.
     pub fn checkpoint_dir(&self, id: CheckpointId) -> Path {
-        self.job_dir().child(format!("chk-{id}"))
+        self.job_dir().join(format!("chk-{id}").as_str())
     }
 
     /// `<root>/<job>/chk-<id>/_metadata`.
     pub fn metadata(&self, id: CheckpointId) -> Path {
-        self.checkpoint_dir(id).child(METADATA_FILE)
+        self.checkpoint_dir(id).join(METADATA_FILE)
     }
 
     /// `<job>/chk-<id>/slot-<i>/<name>.zst` relative to the root.

@@ -172,6 +172,19 @@ impl CheckpointStore {
         Ok(me)
     }
 
+    /// Opens another job's directory to read it (list, load, verify, download): nothing is
+    /// subsumed or deleted.
+    pub async fn open_read_only(storage: CheckpointStorage, job: &str) -> Result<Self> {
+        let layout = JobLayout::new(storage.root().clone(), job);
+        Ok(Self {
+            storage,
+            layout,
+            registry: Mutex::new(SharedRegistry::new()),
+            claimed: Mutex::new(HashMap::new()),
+            retained: usize::MAX,
+        })
+    }
+
     fn registry(&self) -> Result<std::sync::MutexGuard<'_, SharedRegistry>> {
         self.registry
             .lock()

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::backend::{
-    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateSize, list_codec,
+    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, list_codec,
 };
 use crate::error::{EngineError, Result};
 use crate::keygroup::{KeyGroup, KeyGroupRange};
@@ -311,14 +311,241 @@ impl StateBackend for HeapBackend {
         0
     }
 
+    fn as_heap(&self) -> Option<&HeapBackend> {
+        Some(self)
+    }
+
     fn memory_report(&self) -> cairn_memory::MemoryReport {
-        cairn_memory::MemoryReport {
-            rss_bytes: cairn_memory::process_rss_bytes(),
-            ..Default::default()
-        }
+        let mut r = cairn_memory::MemoryReport::default();
+        r.rss_bytes = cairn_memory::process_rss_bytes();
+        r
     }
 
     fn flush(&mut self) -> Result<()> {
         Ok(())
     }
+}
+
+/// A consistent view of a heap backend's tables at one instant: cloning the `Arc`s of every
+/// key group's table (O(states x key groups)). Writes after the view copy a key group's table
+/// on first touch, so the view never changes; it is `Send` and is written out by the
+/// checkpoint's asynchronous phase.
+pub struct HeapSnapshotView {
+    range: KeyGroupRange,
+    states: Vec<(StateDescriptor, Vec<Arc<Table>>)>,
+}
+
+/// Magic and version of the heap snapshot file.
+const HEAP_MAGIC: &[u8; 9] = b"CAIRNHEAP";
+const HEAP_VERSION: u8 = 1;
+
+impl HeapBackend {
+    /// Takes a consistent view for a snapshot (the synchronous phase).
+    pub fn snapshot_view(&self) -> HeapSnapshotView {
+        HeapSnapshotView {
+            range: self.range,
+            states: self
+                .states
+                .iter()
+                .map(|s| (s.desc.clone(), s.tables.clone()))
+                .collect(),
+        }
+    }
+
+    /// Loads a snapshot file written by [`HeapSnapshotView::write`], keeping only the entries
+    /// of this backend's key groups (so a snapshot of any slot layout restores into any other).
+    /// States are registered through `register` in file order.
+    pub fn load(
+        &mut self,
+        path: &std::path::Path,
+        mut register: impl FnMut(&mut Self, &StateDescriptor) -> Result<StateId>,
+    ) -> Result<()> {
+        use std::io::Read;
+        let bad = |reason: String| EngineError::Corrupt {
+            state: path.display().to_string(),
+            reason,
+        };
+        let mut data = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| EngineError::Io {
+                op: format!("read heap snapshot {}", path.display()),
+                source: e,
+            })?;
+        let mut r = Reader { buf: &data, pos: 0 };
+        if r.take(HEAP_MAGIC.len()).map_err(bad)? != HEAP_MAGIC {
+            return Err(bad("not a heap snapshot (bad magic)".into()));
+        }
+        let version = r.take(1).map_err(bad)?[0];
+        if version != HEAP_VERSION {
+            return Err(bad(format!("heap snapshot version {version}, this build reads {HEAP_VERSION}")));
+        }
+        let n_states = r.varint().map_err(bad)?;
+        let mut ids = Vec::new();
+        for _ in 0..n_states {
+            let operator = String::from_utf8(r.bytes().map_err(bad)?.to_vec()).map_err(|e| bad(e.to_string()))?;
+            let name = String::from_utf8(r.bytes().map_err(bad)?.to_vec()).map_err(|e| bad(e.to_string()))?;
+            let kind = match r.take(1).map_err(bad)?[0] {
+                0 => StateKind::Value,
+                1 => StateKind::List,
+                2 => StateKind::Map,
+                3 => StateKind::Reducing,
+                4 => StateKind::Aggregating,
+                k => return Err(bad(format!("unknown state kind {k}"))),
+            };
+            ids.push(register(self, &StateDescriptor::new(operator, name, kind))?);
+        }
+        loop {
+            let tag = r.take(1).map_err(bad)?[0];
+            if tag == 0 {
+                break;
+            }
+            let kg = r.varint().map_err(bad)? as KeyGroup;
+            let state = r.varint().map_err(bad)? as usize;
+            let n = r.varint().map_err(bad)?;
+            let id = *ids.get(state).ok_or_else(|| bad(format!("state index {state} out of range")))?;
+            let keep = self.range.contains(kg);
+            for _ in 0..n {
+                let composite = r.bytes().map_err(bad)?.to_vec();
+                let entry = match r.take(1).map_err(bad)?[0] {
+                    0 => HeapEntry::Value(r.bytes().map_err(bad)?.to_vec()),
+                    1 => {
+                        let m = r.varint().map_err(bad)?;
+                        let mut l = Vec::new();
+                        for _ in 0..m {
+                            l.push(r.bytes().map_err(bad)?.to_vec());
+                        }
+                        HeapEntry::List(l)
+                    }
+                    2 => {
+                        let m = r.varint().map_err(bad)?;
+                        let mut map = BTreeMap::new();
+                        for _ in 0..m {
+                            let k = r.bytes().map_err(bad)?.to_vec();
+                            let v = r.bytes().map_err(bad)?.to_vec();
+                            map.insert(k, v);
+                        }
+                        HeapEntry::Map(map)
+                    }
+                    t => return Err(bad(format!("unknown entry tag {t}"))),
+                };
+                if keep {
+                    self.table_mut(id, kg)?.insert(composite.into_boxed_slice(), entry);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
+        match end {
+            Some(e) => {
+                let s = &self.buf[self.pos..e];
+                self.pos = e;
+                Ok(s)
+            }
+            None => Err(format!("truncated at byte {}", self.pos)),
+        }
+    }
+    fn varint(&mut self) -> std::result::Result<u64, String> {
+        let (v, n) = layout::read_varint(&self.buf[self.pos..])
+            .ok_or_else(|| format!("bad varint at byte {}", self.pos))?;
+        self.pos += n;
+        Ok(v)
+    }
+    fn bytes(&mut self) -> std::result::Result<&'a [u8], String> {
+        let n = self.varint()? as usize;
+        self.take(n)
+    }
+}
+
+impl HeapSnapshotView {
+    /// Writes the view to `path`.
+    ///
+    /// ## Format (version 1)
+    /// `"CAIRNHEAP" 0x01 varint(n_states) (bytes(operator) bytes(name) kind)*` then blocks
+    /// `0x01 varint(key group) varint(state index) varint(n) (bytes(composite) entry)*`, then
+    /// `0x00`. `bytes(x)` is `varint(len) x`; an entry is `0x00 bytes(value)`,
+    /// `0x01 varint(n) bytes(element)*` or `0x02 varint(n) (bytes(user key) bytes(value))*`.
+    pub fn write(&self, path: &std::path::Path) -> Result<u64> {
+        use std::io::Write;
+        let io = |e| EngineError::Io {
+            op: format!("write heap snapshot {}", path.display()),
+            source: e,
+        };
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut buf = Vec::with_capacity(1 << 16);
+        buf.extend_from_slice(HEAP_MAGIC);
+        buf.push(HEAP_VERSION);
+        layout::write_varint(&mut buf, self.states.len() as u64);
+        for (desc, _) in &self.states {
+            put_bytes(&mut buf, desc.operator.as_bytes());
+            put_bytes(&mut buf, desc.name.as_bytes());
+            buf.push(match desc.kind {
+                StateKind::Value => 0,
+                StateKind::List => 1,
+                StateKind::Map => 2,
+                StateKind::Reducing => 3,
+                StateKind::Aggregating => 4,
+            });
+        }
+        for (si, (_, tables)) in self.states.iter().enumerate() {
+            for (ti, table) in tables.iter().enumerate() {
+                if table.is_empty() {
+                    continue;
+                }
+                buf.push(1);
+                layout::write_varint(&mut buf, u64::from(self.range.start) + ti as u64);
+                layout::write_varint(&mut buf, si as u64);
+                layout::write_varint(&mut buf, table.len() as u64);
+                for (k, e) in table.iter() {
+                    put_bytes(&mut buf, k);
+                    match e {
+                        HeapEntry::Value(v) => {
+                            buf.push(0);
+                            put_bytes(&mut buf, v);
+                        }
+                        HeapEntry::List(l) => {
+                            buf.push(1);
+                            layout::write_varint(&mut buf, l.len() as u64);
+                            for x in l {
+                                put_bytes(&mut buf, x);
+                            }
+                        }
+                        HeapEntry::Map(m) => {
+                            buf.push(2);
+                            layout::write_varint(&mut buf, m.len() as u64);
+                            for (a, b) in m {
+                                put_bytes(&mut buf, a);
+                                put_bytes(&mut buf, b);
+                            }
+                        }
+                    }
+                    if buf.len() >= 1 << 16 {
+                        w.write_all(&buf).map_err(io)?;
+                        buf.clear();
+                    }
+                }
+            }
+        }
+        buf.push(0);
+        w.write_all(&buf).map_err(io)?;
+        w.flush().map_err(io)?;
+        w.get_ref().sync_all().map_err(io)?;
+        Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    layout::write_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
 }

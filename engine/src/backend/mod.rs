@@ -176,6 +176,10 @@ pub trait StateBackend: Send {
     fn as_rocksdb(&self) -> Option<&rocks::RocksDbBackend> {
         None
     }
+    /// The heap backend, for snapshots.
+    fn as_heap(&self) -> Option<&heap::HeapBackend> {
+        None
+    }
     /// Makes every write durable in the backend's files (RocksDB: flush all memtables). Used
     /// before measuring disk size; checkpoints use their own snapshot path.
     fn flush(&mut self) -> Result<()>;

@@ -82,6 +82,9 @@ pub struct RocksDbParams<'a> {
     pub memory: SlotMemory,
     /// Optional user options hook.
     pub hook: Option<Arc<dyn RocksDbOptionsHook>>,
+    /// Restore: a directory holding a checkpoint's files (moved into place as the new RocksDB
+    /// directory; must be on the working directory's file system) and the states it holds.
+    pub restore: Option<(PathBuf, Vec<StateDescriptor>)>,
 }
 
 /// Keyed state of one slot in RocksDB. See the module doc.
@@ -128,6 +131,16 @@ impl RocksDbBackend {
         if db_path.exists() {
             std::fs::remove_dir_all(&db_path).map_err(not_writable)?;
         }
+        let restored_states = match &p.restore {
+            Some((files, states)) => {
+                std::fs::rename(files, &db_path).map_err(|e| EngineError::Io {
+                    op: format!("move restored files {} into {}", files.display(), db_path.display()),
+                    source: e,
+                })?;
+                states.clone()
+            }
+            None => Vec::new(),
+        };
         let builder = OptionsBuilder {
             config: p.config,
             memory: &p.memory,
@@ -136,8 +149,13 @@ impl RocksDbBackend {
         let db_opts = builder.db_options();
         // Always pass "default" with the shared options: without it RocksDB opens the default
         // column family with its own cache, outside the budget.
-        let default_cf = ColumnFamilyDescriptor::new("default", builder.cf_options("default"));
-        let db = Db::open_cf_descriptors(&db_opts, &db_path, [default_cf]).map_err(|e| {
+        let mut cfs = vec![ColumnFamilyDescriptor::new("default", builder.cf_options("default"))];
+        for s in &restored_states {
+            let name = s.full_name();
+            let opts = builder.cf_options(&name);
+            cfs.push(ColumnFamilyDescriptor::new(name, opts));
+        }
+        let db = Db::open_cf_descriptors(&db_opts, &db_path, cfs).map_err(|e| {
             if e.to_string().to_lowercase().contains("lock") {
                 EngineError::WorkingDirLocked {
                     path: db_path.display().to_string(),
@@ -250,10 +268,13 @@ impl StateBackend for RocksDbBackend {
             memory: &self.memory,
             hook: self.hook.as_ref(),
         };
-        let opts = builder.cf_options(&name);
-        self.db
-            .create_cf(&name, &opts)
-            .map_err(EngineError::rocks("create column family"))?;
+        // A restored column family already exists (opened with the slot's options).
+        if self.db.cf_handle(&name).is_none() {
+            let opts = builder.cf_options(&name);
+            self.db
+                .create_cf(&name, &opts)
+                .map_err(EngineError::rocks("create column family"))?;
+        }
         self.states.push((name.clone(), desc.kind));
         if let Some(cache) = self.memory.cache() {
             let cf = self.cf(id)?;

@@ -1,0 +1,499 @@
+//! The job-level checkpoint coordinator: ids, the asynchronous phase, failure tolerance,
+//! restore. One per job (it owns the job's `CheckpointStore` and a small tokio runtime for
+//! transfers); slots hand it their [`SyncSnapshot`]s.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_snapshot::{
+    CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, RestoredFrom, SlotHandle,
+    SlotUploadState, SnapshotError,
+};
+use serde::Serialize;
+
+use super::config::{CheckpointConfig, RestoreMode};
+use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
+use crate::backend::{StateDescriptor, StateKind};
+use crate::error::{EngineError, Result};
+use crate::keygroup::KeyGroupRange;
+use crate::slot::SlotRestore;
+
+/// What one completed checkpoint did (the run JSON's `checkpoints[]`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckpointReport {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Completion time, ms since the Unix epoch.
+    pub completed_at_ms: u64,
+    /// Bytes uploaded by this checkpoint (Flink's "Checkpointed Data Size").
+    pub incremental_bytes: u64,
+    /// Bytes of every file the checkpoint references (Flink's "Full Checkpoint Data Size").
+    pub full_bytes: u64,
+    /// Shared files uploaded now.
+    pub files_uploaded: u64,
+    /// Shared files reused from earlier checkpoints.
+    pub files_reused: u64,
+    /// Shared files copied inside the store (first checkpoint after a no-claim restore).
+    pub files_copied: u64,
+    /// Bytes copied inside the store.
+    pub bytes_copied: u64,
+    /// Longest synchronous pause over the slots, ms.
+    pub sync_ms: f64,
+    /// Asynchronous phase (materialize, upload, commit), ms.
+    pub async_ms: f64,
+    /// Upload throughput of the asynchronous phase, MB/s.
+    pub upload_mb_per_s: f64,
+}
+
+/// Where to restore from: `<storage url>/<job>[/chk-<id>]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreSource {
+    /// The storage root (as for `checkpoint.dir`).
+    pub storage_url: String,
+    /// The job directory.
+    pub job: String,
+    /// The checkpoint; `None` = the latest committed one.
+    pub checkpoint: Option<u64>,
+}
+
+impl RestoreSource {
+    /// Parses `<storage url>/<job>` or `<storage url>/<job>/chk-<id>`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad = |reason: &str| EngineError::InvalidArgument(format!("restore location {url}: {reason}"));
+        let trimmed = url.trim_end_matches('/');
+        let (rest, checkpoint) = match trimmed.rsplit_once('/') {
+            Some((rest, last)) if last.starts_with("chk-") => {
+                let id = cairn_snapshot::layout::parse_checkpoint_dir(last)
+                    .ok_or_else(|| bad("bad chk-<id>"))?;
+                (rest, Some(id))
+            }
+            _ => (trimmed, None),
+        };
+        let (base, job) = rest
+            .rsplit_once('/')
+            .ok_or_else(|| bad("expected <checkpoint dir>/<job>[/chk-<id>]"))?;
+        if job.is_empty() || base.is_empty() || base.ends_with(':') {
+            return Err(bad("expected <checkpoint dir>/<job>[/chk-<id>]"));
+        }
+        let base = if base.ends_with(":/") { format!("{base}/") } else { base.to_string() };
+        Ok(Self {
+            storage_url: base,
+            job: job.to_string(),
+            checkpoint,
+        })
+    }
+}
+
+/// A checkpoint chosen for restore.
+#[derive(Clone, Debug)]
+pub struct RestoredCheckpoint {
+    /// Its metadata.
+    pub metadata: CheckpointMetadata,
+    /// Where it is.
+    pub source: RestoreSource,
+    storage: CheckpointStorage,
+}
+
+/// The job-level checkpoint coordinator. See the module doc.
+pub struct Checkpointer {
+    rt: tokio::runtime::Runtime,
+    store: Arc<CheckpointStore>,
+    cfg: CheckpointConfig,
+    uploads: HashMap<u32, SlotUploadState>,
+    next_id: u64,
+    max_parallelism: u32,
+    restored_from: Option<RestoredFrom>,
+    consecutive_failures: u32,
+    reports: Vec<CheckpointReport>,
+}
+
+/// A readable, unique job name: `job-YYYYMMDDTHHMMSSZ-<pid hex><nanos hex>`.
+pub fn new_job_name() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "job-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:x}{:04x}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        std::process::id(),
+        now.subsec_nanos() & 0xffff
+    )
+}
+
+impl Checkpointer {
+    /// Opens the coordinator of job `job` (a fresh name from [`new_job_name`] for a new run).
+    pub fn open(cfg: &CheckpointConfig, job: &str, max_parallelism: u32) -> Result<Self> {
+        cfg.validate()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cairn-checkpoint")
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError::Io {
+                op: "start checkpoint runtime".into(),
+                source: e,
+            })?;
+        let storage = CheckpointStorage::from_url(&cfg.dir, &cfg.storage)?;
+        let store = rt.block_on(CheckpointStore::open(storage, job, cfg.retained as usize))?;
+        let next_id = store.retained_ids()?.last().map_or(1, |l| l + 1);
+        Ok(Self {
+            rt,
+            store: Arc::new(store),
+            cfg: cfg.clone(),
+            uploads: HashMap::new(),
+            next_id,
+            max_parallelism,
+            restored_from: None,
+            consecutive_failures: 0,
+            reports: Vec::new(),
+        })
+    }
+
+    /// The job's name.
+    pub fn job(&self) -> &str {
+        self.store.layout().job()
+    }
+
+    /// `<checkpoint dir>/<job>`: what `--restore-from` takes.
+    pub fn job_url(&self) -> String {
+        format!("{}/{}", self.cfg.dir.trim_end_matches('/'), self.job())
+    }
+
+    /// The job's checkpoint store.
+    pub fn store(&self) -> &CheckpointStore {
+        &self.store
+    }
+
+    /// Runs a future on the coordinator's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Reports of the checkpoints completed so far.
+    pub fn reports(&self) -> &[CheckpointReport] {
+        &self.reports
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CheckpointConfig {
+        &self.cfg
+    }
+
+    /// The id the next checkpoint gets (ids continue after a restored checkpoint's, as Flink's).
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Whether the consecutive failures so far are within `tolerable-failed`.
+    pub fn failure_tolerated(&self) -> bool {
+        self.consecutive_failures <= self.cfg.tolerable_failed
+    }
+
+    /// The asynchronous phase of checkpoint `id` for all slots: materialize, upload in
+    /// parallel, commit. On failure or timeout the checkpoint is aborted (its uploads
+    /// released and deleted), counted as a failure, and the error returned.
+    pub fn complete(&mut self, id: u64, syncs: Vec<SyncSnapshot>) -> Result<CheckpointReport> {
+        let t = Instant::now();
+        let sync_ms = syncs
+            .iter()
+            .map(|s| s.sync_duration.as_secs_f64() * 1000.0)
+            .fold(0.0, f64::max);
+        let dirs: Vec<PathBuf> = syncs.iter().map(|s| s.dir().to_path_buf()).collect();
+        let result = self.run_async_phase(id, syncs);
+        for d in &dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        match result {
+            Ok((meta, incremental, files)) => {
+                for s in self.uploads.values_mut() {
+                    s.confirm(id);
+                }
+                self.consecutive_failures = 0;
+                let async_ms = t.elapsed().as_secs_f64() * 1000.0;
+                let report = CheckpointReport {
+                    id,
+                    completed_at_ms: meta.created_at_ms,
+                    incremental_bytes: incremental + meta.to_bytes().len() as u64,
+                    full_bytes: meta.full_bytes() + meta.to_bytes().len() as u64,
+                    files_uploaded: files.0,
+                    files_reused: files.1,
+                    files_copied: files.2,
+                    bytes_copied: files.3,
+                    sync_ms,
+                    async_ms,
+                    upload_mb_per_s: incremental as f64 / 1e6 / (async_ms / 1000.0).max(1e-6),
+                };
+                if self.cfg.gc_after_checkpoint {
+                    if let Err(e) = self.rt.block_on(self.store.gc(self.cfg.gc_grace, true)) {
+                        tracing::warn!(error = %e, "orphan collection after checkpoint {id} failed");
+                    }
+                }
+                self.reports.push(report.clone());
+                Ok(report)
+            }
+            Err(e) => {
+                for s in self.uploads.values_mut() {
+                    s.discard(id);
+                }
+                if let Err(abort_err) = self.rt.block_on(self.store.abort(id)) {
+                    tracing::warn!(error = %abort_err, "cleaning up aborted checkpoint {id} failed; GC will collect its files");
+                }
+                self.consecutive_failures += 1;
+                tracing::warn!(error = %e, failures = self.consecutive_failures, "checkpoint {id} failed");
+                Err(EngineError::CheckpointFailed {
+                    id,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_async_phase(
+        &mut self,
+        id: u64,
+        syncs: Vec<SyncSnapshot>,
+    ) -> Result<(CheckpointMetadata, u64, (u64, u64, u64, u64))> {
+        let mut locals = Vec::new();
+        for s in syncs {
+            locals.push(s.materialize()?);
+        }
+        let threads = self.cfg.transfer_threads as usize;
+        let store = self.store.clone();
+        let mut states: Vec<SlotUploadState> = locals
+            .iter()
+            .map(|l| self.uploads.remove(&l.slot).unwrap_or_default())
+            .collect();
+        let timeout = self.cfg.timeout;
+        let restored_from = self.restored_from.clone();
+        let max_p = self.max_parallelism;
+        let fut = async {
+            let uploads = futures::future::join_all(
+                locals
+                    .iter()
+                    .zip(states.iter_mut())
+                    .map(|(l, st)| store.upload_slot(id, l, st, threads)),
+            )
+            .await;
+            let mut handles: Vec<SlotHandle> = Vec::new();
+            let mut totals = (0u64, (0u64, 0u64, 0u64, 0u64));
+            for u in uploads {
+                let (h, r) = u?;
+                totals.0 += r.bytes_uploaded;
+                totals.1.0 += r.files_uploaded;
+                totals.1.1 += r.files_reused;
+                totals.1.2 += r.files_copied;
+                totals.1.3 += r.bytes_copied;
+                handles.push(h);
+            }
+            let meta = store.commit(id, max_p, handles, restored_from).await?;
+            Ok::<_, SnapshotError>((meta, totals.0, totals.1))
+        };
+        let r = self.rt.block_on(async { tokio::time::timeout(timeout, fut).await });
+        for (l, st) in locals.iter().zip(states) {
+            self.uploads.insert(l.slot, st);
+        }
+        match r {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(EngineError::CheckpointFailed {
+                id,
+                reason: format!("timed out after {timeout:?}"),
+            }),
+        }
+    }
+
+    /// Orphan collection over the job directory.
+    pub fn gc(&self, grace: Duration, apply: bool) -> Result<cairn_snapshot::GcReport> {
+        Ok(self.rt.block_on(self.store.gc(grace, apply))?)
+    }
+
+    /// Picks the checkpoint to restore (the given id or the latest committed one) and prepares
+    /// this job to continue from it: ids continue after it; in `claim` mode it is adopted into
+    /// this job's registry, in `no-claim` mode the first checkpoint copies its files.
+    pub fn prepare_restore(&mut self, source: &RestoreSource) -> Result<RestoredCheckpoint> {
+        let storage = CheckpointStorage::from_url(&source.storage_url, &self.cfg.storage)?;
+        let src_store = self
+            .rt
+            .block_on(CheckpointStore::open_read_only(storage.clone(), &source.job))?;
+        let id = match source.checkpoint {
+            Some(id) => id,
+            None => *self
+                .rt
+                .block_on(src_store.committed_ids())?
+                .last()
+                .ok_or_else(|| {
+                    EngineError::Checkpoint(SnapshotError::NoCheckpoint {
+                        what: "(none committed)".into(),
+                        location: format!("{}/{}", source.storage_url, source.job),
+                    })
+                })?,
+        };
+        let metadata = self.rt.block_on(src_store.load(id))?;
+        if metadata.max_parallelism != self.max_parallelism {
+            return Err(EngineError::InvalidArgument(format!(
+                "checkpoint {id} has max parallelism {}, this job {}: max parallelism can't change",
+                metadata.max_parallelism, self.max_parallelism
+            )));
+        }
+        let same_store = source.storage_url.trim_end_matches('/') == self.cfg.dir.trim_end_matches('/');
+        let mode = self.cfg.restore_mode;
+        if mode == RestoreMode::Claim {
+            if !same_store {
+                return Err(EngineError::InvalidArgument(format!(
+                    "claim mode needs the checkpoint in this job's storage {}, not {}",
+                    self.cfg.dir, source.storage_url
+                )));
+            }
+            self.store.claim(&JobLayout::new(storage.root().clone(), source.job.clone()), &metadata)?;
+        }
+        for h in &metadata.slots {
+            // Different storage: nothing can be referenced or copied; the first checkpoint
+            // uploads everything.
+            if same_store {
+                self.uploads
+                    .insert(h.slot, SlotUploadState::restored(h, mode == RestoreMode::NoClaim));
+            }
+        }
+        self.next_id = self.next_id.max(id + 1);
+        self.restored_from = Some(RestoredFrom {
+            job: source.job.clone(),
+            checkpoint_id: id,
+            mode: match mode {
+                RestoreMode::Claim => "claim".into(),
+                RestoreMode::NoClaim => "no-claim".into(),
+            },
+        });
+        Ok(RestoredCheckpoint {
+            metadata,
+            source: source.clone(),
+            storage,
+        })
+    }
+
+    /// Downloads (in parallel, verified) what the slot owning `range` needs from the restored
+    /// checkpoint into `dest` (on the working directory's file system), and says how to open
+    /// the slot. RocksDB needs a handle with exactly this key-group range; heap snapshots of
+    /// any ranges are filtered by key group.
+    pub fn download_for_slot(
+        &self,
+        restored: &RestoredCheckpoint,
+        range: KeyGroupRange,
+        dest: &Path,
+    ) -> Result<(SlotRestore, u64)> {
+        let handles: Vec<&SlotHandle> = restored
+            .metadata
+            .slots
+            .iter()
+            .filter(|h| h.key_groups.start <= range.end && range.start <= h.key_groups.end)
+            .collect();
+        let threads = self.cfg.transfer_threads as usize;
+        if dest.exists() {
+            std::fs::remove_dir_all(dest).map_err(|e| EngineError::Io {
+                op: format!("remove {}", dest.display()),
+                source: e,
+            })?;
+        }
+        let backend = handles.first().map(|h| h.backend.clone()).unwrap_or_default();
+        if backend == "rocksdb" {
+            let h = handles
+                .iter()
+                .find(|h| h.key_groups.start == range.start && h.key_groups.end == range.end)
+                .ok_or_else(|| {
+                    EngineError::InvalidArgument(format!(
+                        "checkpoint {} has no RocksDB slot with key groups {range}; restoring into a different number of RocksDB slots (rescaling) is not supported yet",
+                        restored.metadata.checkpoint_id
+                    ))
+                })?;
+            let bytes = self.rt.block_on(CheckpointStore::download_slot(
+                &restored.storage,
+                h,
+                dest,
+                threads,
+            ))?;
+            let states = states_of(h)?;
+            return Ok((SlotRestore::RocksDb { files: dest.to_path_buf(), states }, bytes));
+        }
+        let mut files = Vec::new();
+        let mut bytes = 0;
+        for h in handles {
+            let d = dest.join(format!("slot-{}", h.slot));
+            bytes += self.rt.block_on(CheckpointStore::download_slot(
+                &restored.storage,
+                h,
+                &d,
+                threads,
+            ))?;
+            files.push(d.join(HEAP_SNAPSHOT_FILE));
+        }
+        Ok((SlotRestore::Heap { files }, bytes))
+    }
+}
+
+fn states_of(h: &SlotHandle) -> Result<Vec<StateDescriptor>> {
+    h.states
+        .iter()
+        .map(|s| {
+            let (op, name) = s.name.split_once('/').ok_or_else(|| {
+                EngineError::Checkpoint(SnapshotError::BadMetadata {
+                    path: format!("slot {}", h.slot),
+                    reason: format!("state name {:?} is not operator/name", s.name),
+                })
+            })?;
+            let kind = match s.kind.as_str() {
+                "value" => StateKind::Value,
+                "list" => StateKind::List,
+                "map" => StateKind::Map,
+                "reducing" => StateKind::Reducing,
+                "aggregating" => StateKind::Aggregating,
+                k => {
+                    return Err(EngineError::Checkpoint(SnapshotError::BadMetadata {
+                        path: format!("slot {}", h.slot),
+                        reason: format!("unknown state kind {k:?}"),
+                    }));
+                }
+            };
+            Ok(StateDescriptor::new(op, name, kind))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_source_parsing() {
+        let s = RestoreSource::parse("file:///tmp/cp/job-1/chk-7").unwrap();
+        assert_eq!(s, RestoreSource { storage_url: "file:///tmp/cp".into(), job: "job-1".into(), checkpoint: Some(7) });
+        let s = RestoreSource::parse("cairn-data/checkpoints/job-1/").unwrap();
+        assert_eq!(s.storage_url, "cairn-data/checkpoints");
+        assert_eq!(s.checkpoint, None);
+        let s = RestoreSource::parse("memory:///job-1").unwrap();
+        assert_eq!(s.storage_url, "memory://");
+        assert!(RestoreSource::parse("job-only").is_err());
+        assert!(RestoreSource::parse("x/job/chk-x").is_err());
+    }
+
+    #[test]
+    fn job_names_are_readable() {
+        let n = new_job_name();
+        assert!(n.starts_with("job-2"), "{n}");
+        assert_eq!(&n[12..13], "T");
+    }
+}

@@ -1,0 +1,14 @@
+//! Checkpoints of slots: the synchronous phase on the slot's thread (a RocksDB native checkpoint
+//! of hard links, or a copy-on-write view of the heap tables), the asynchronous phase on the
+//! [`Checkpointer`] (heap view written to a file, files uploaded incrementally through
+//! `cairn-snapshot`, metadata committed), and restore.
+
+mod checkpointer;
+mod config;
+mod sync;
+
+pub use checkpointer::{
+    CheckpointReport, Checkpointer, RestoreSource, RestoredCheckpoint, new_job_name,
+};
+pub use config::{CheckpointConfig, RestoreMode};
+pub use sync::SyncSnapshot;

@@ -1,0 +1,142 @@
+//! The synchronous phase: the only part of a checkpoint that stops the slot.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cairn_snapshot::{KeyGroups, LocalSnapshot, StateInfo};
+
+use crate::backend::heap::HeapSnapshotView;
+use crate::config::BackendKind;
+use crate::error::{EngineError, Result};
+use crate::slot::Slot;
+
+/// Name of the heap backend's snapshot file inside a local snapshot directory.
+pub const HEAP_SNAPSHOT_FILE: &str = "heap.snapshot";
+
+enum Kind {
+    RocksDb { shared: Vec<String>, private: Vec<String> },
+    Heap(HeapSnapshotView),
+}
+
+/// A slot's snapshot after the synchronous phase; `Send`, finished off the slot's thread.
+pub struct SyncSnapshot {
+    /// The checkpoint id.
+    pub id: u64,
+    /// The slot's index.
+    pub slot: u32,
+    /// How long the slot was stopped.
+    pub sync_duration: Duration,
+    key_groups: KeyGroups,
+    backend: BackendKind,
+    states: Vec<StateInfo>,
+    dir: PathBuf,
+    kind: Kind,
+}
+
+impl Slot {
+    /// Takes the synchronous part of checkpoint `id`: RocksDB flushes its memtables and
+    /// hard-links its live files into `<working dir>/snapshots/chk-<id>` (RocksDB's
+    /// `Checkpoint`); the heap backend takes a copy-on-write view of its tables.
+    pub fn snapshot_sync(&mut self, id: u64) -> Result<SyncSnapshot> {
+        let t = Instant::now();
+        let base = self.working_dir().join("snapshots");
+        std::fs::create_dir_all(&base).map_err(|e| EngineError::Io {
+            op: format!("create {}", base.display()),
+            source: e,
+        })?;
+        let dir = base.join(format!("chk-{id}"));
+        if dir.exists() {
+            // Left by a crashed or aborted attempt with the same id.
+            std::fs::remove_dir_all(&dir).map_err(|e| EngineError::Io {
+                op: format!("remove stale {}", dir.display()),
+                source: e,
+            })?;
+        }
+        let kind = match self.backend_kind() {
+            BackendKind::RocksDb => {
+                let Some(rocks) = self.backend().as_rocksdb() else {
+                    return Err(EngineError::InvalidArgument("backend is not RocksDB".into()));
+                };
+                rocksdb::checkpoint::Checkpoint::new(rocks.db())
+                    .and_then(|c| c.create_checkpoint(&dir))
+                    .map_err(EngineError::rocks("native checkpoint"))?;
+                let (mut shared, mut private) = (Vec::new(), Vec::new());
+                for e in std::fs::read_dir(&dir).map_err(|e| EngineError::Io {
+                    op: format!("list {}", dir.display()),
+                    source: e,
+                })? {
+                    let e = e.map_err(|e| EngineError::Io {
+                        op: format!("list {}", dir.display()),
+                        source: e,
+                    })?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // Flink's rule: SSTs are shared, everything else is private.
+                    if name.ends_with(".sst") {
+                        shared.push(name);
+                    } else {
+                        private.push(name);
+                    }
+                }
+                shared.sort();
+                private.sort();
+                Kind::RocksDb { shared, private }
+            }
+            BackendKind::Heap => {
+                std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io {
+                    op: format!("create {}", dir.display()),
+                    source: e,
+                })?;
+                Kind::Heap(self.heap_view()?)
+            }
+        };
+        let r = self.key_groups();
+        Ok(SyncSnapshot {
+            id,
+            slot: self.index().0,
+            sync_duration: t.elapsed(),
+            key_groups: KeyGroups {
+                start: r.start,
+                end: r.end,
+            },
+            backend: self.backend_kind(),
+            states: self
+                .states()
+                .iter()
+                .map(|d| StateInfo {
+                    name: d.full_name(),
+                    kind: d.kind.name().into(),
+                })
+                .collect(),
+            dir,
+            kind,
+        })
+    }
+}
+
+impl SyncSnapshot {
+    /// The asynchronous local part: writes the heap view to its file (RocksDB files are ready)
+    /// and describes the directory for upload.
+    pub fn materialize(self) -> Result<LocalSnapshot> {
+        let (shared, private) = match self.kind {
+            Kind::RocksDb { shared, private } => (shared, private),
+            Kind::Heap(view) => {
+                view.write(&self.dir.join(HEAP_SNAPSHOT_FILE))?;
+                (Vec::new(), vec![HEAP_SNAPSHOT_FILE.to_string()])
+            }
+        };
+        Ok(LocalSnapshot {
+            slot: self.slot,
+            key_groups: self.key_groups,
+            backend: self.backend.to_string(),
+            states: self.states,
+            dir: self.dir,
+            shared,
+            private,
+        })
+    }
+
+    /// The local directory (removed after upload).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
