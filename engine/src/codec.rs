@@ -39,7 +39,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], state: &str) -> Result<T> {
 
 /// The namespace of state that is not scoped by a window (Flink's `VoidNamespace`); encodes to
 /// zero bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct VoidNamespace;
 
 #[cfg(test)]

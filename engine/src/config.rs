@@ -263,7 +263,11 @@ impl StateConfig {
             ));
         }
         if self.working_dir.as_os_str().is_empty() {
-            return Err(EngineError::config("state.working-dir", "\"\"", "a non-empty path"));
+            return Err(EngineError::config(
+                "state.working-dir",
+                "\"\"",
+                "a non-empty path",
+            ));
         }
         Ok(())
     }
@@ -276,22 +280,38 @@ impl RocksDbConfig {
             // RocksDB accepts any size, but blocks below 1 KiB explode the index and above
             // 16 MiB make every point read load megabytes.
             if !(1024..=16 << 20).contains(&b.as_u64()) {
-                return Err(EngineError::config("rocksdb.block-size", b, "[1KiB, 16MiB]"));
+                return Err(EngineError::config(
+                    "rocksdb.block-size",
+                    b,
+                    "[1KiB, 16MiB]",
+                ));
             }
         }
         if let Some(n) = self.max_open_files {
             if n != -1 && n < 16 {
-                return Err(EngineError::config("rocksdb.max-open-files", n, "-1 or >= 16"));
+                return Err(EngineError::config(
+                    "rocksdb.max-open-files",
+                    n,
+                    "-1 or >= 16",
+                ));
             }
         }
         if let Some(n) = self.write_buffer_count {
             if !(1..=64).contains(&n) {
-                return Err(EngineError::config("rocksdb.write-buffer-count", n, "[1, 64]"));
+                return Err(EngineError::config(
+                    "rocksdb.write-buffer-count",
+                    n,
+                    "[1, 64]",
+                ));
             }
         }
         if let Some(n) = self.background_threads {
             if !(1..=256).contains(&n) {
-                return Err(EngineError::config("rocksdb.background-threads", n, "[1, 256]"));
+                return Err(EngineError::config(
+                    "rocksdb.background-threads",
+                    n,
+                    "[1, 256]",
+                ));
             }
         }
         if self.compression_per_level.is_empty() {
@@ -312,7 +332,11 @@ impl RocksDbConfig {
         }
         if let Some(s) = self.max_size_level_base {
             if s.as_u64() < 1 << 20 {
-                return Err(EngineError::config("rocksdb.max-size-level-base", s, ">= 1MiB"));
+                return Err(EngineError::config(
+                    "rocksdb.max-size-level-base",
+                    s,
+                    ">= 1MiB",
+                ));
             }
         }
         Ok(())
@@ -337,8 +361,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
-        let e = CairnConfig::from_toml_str("[state]\nbackend = \"heap\"\nmax-value-sise = \"1MiB\"")
-            .unwrap_err();
+        let e =
+            CairnConfig::from_toml_str("[state]\nbackend = \"heap\"\nmax-value-sise = \"1MiB\"")
+                .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         assert!(e.to_string().contains("max-value-sise"), "{e}");
         let e = CairnConfig::from_toml_str("[rocksdb]\nblock-size = 5\nbogus = 1").unwrap_err();
@@ -405,7 +430,12 @@ mod tests {
         let mut c = CairnConfig::default();
         c.state.max_parallelism = Some(8);
         assert_eq!(c.max_parallelism_for(4).unwrap(), 8);
-        assert!(c.max_parallelism_for(9).unwrap_err().to_string().contains("slots"));
+        assert!(
+            c.max_parallelism_for(9)
+                .unwrap_err()
+                .to_string()
+                .contains("slots")
+        );
     }
 
     #[test]
@@ -414,7 +444,10 @@ mod tests {
             "[rocksdb]\npredefined-options = \"FLASH_SSD_OPTIMIZED\"\nblock-size = \"16KiB\"\ncompression-per-level = [\"none\", \"lz4\", \"zstd\"]\n",
         )
         .unwrap();
-        assert_eq!(c.rocksdb.predefined_options, PredefinedOptions::FlashSsdOptimized);
+        assert_eq!(
+            c.rocksdb.predefined_options,
+            PredefinedOptions::FlashSsdOptimized
+        );
         assert_eq!(c.rocksdb.block_size, Some(ByteSize::kib(16)));
         let back = CairnConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);

@@ -186,7 +186,10 @@ mod tests {
     fn key_group_hash_is_pinned() {
         assert_eq!(key_hash(b""), 0x2d06800538d394c2);
         assert_eq!(key_hash(b"hello"), 0x9555e8555c62dcfd);
-        assert_eq!(assign_to_key_group(b"hello", 128), (0x9555e8555c62dcfdu64 % 128) as u16);
+        assert_eq!(
+            assign_to_key_group(b"hello", 128),
+            (0x9555e8555c62dcfdu64 % 128) as u16
+        );
         let golden: Vec<u16> = (0u64..8)
             .map(|k| assign_to_key_group(&k.to_be_bytes(), 128))
             .collect();
@@ -200,7 +203,14 @@ mod tests {
         let r: Vec<_> = (0..3)
             .map(|i| KeyGroupRange::for_slot(128, 3, i).unwrap())
             .collect();
-        assert_eq!(r, vec![KeyGroupRange::new(0, 42), KeyGroupRange::new(43, 85), KeyGroupRange::new(86, 127)]);
+        assert_eq!(
+            r,
+            vec![
+                KeyGroupRange::new(0, 42),
+                KeyGroupRange::new(43, 85),
+                KeyGroupRange::new(86, 127)
+            ]
+        );
         assert!(KeyGroupRange::for_slot(128, 129, 0).is_err());
         assert!(KeyGroupRange::for_slot(128, 2, 2).is_err());
     }

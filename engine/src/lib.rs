@@ -27,4 +27,6 @@ pub use config::{BackendKind, CairnConfig};
 pub use error::{EngineError, ErrorKind, Result};
 pub use keygroup::{KeyGroup, KeyGroupRange};
 pub use slot::{Slot, SlotBuilder};
-pub use state::{AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState};
+pub use state::{
+    AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,
+};

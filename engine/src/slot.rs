@@ -26,7 +26,9 @@ use serde::Serialize;
 
 use crate::backend::heap::HeapBackend;
 use crate::backend::rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams};
-use crate::backend::{ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize};
+use crate::backend::{
+    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize,
+};
 use crate::codec;
 use crate::config::{BackendKind, CairnConfig};
 use crate::error::{EngineError, Result};
@@ -350,8 +352,11 @@ impl Slot {
             .unwrap_or_else(|| format!("#{state}"))
     }
 
-    const SINGLE: &'static [StateKind] =
-        &[StateKind::Value, StateKind::Reducing, StateKind::Aggregating];
+    const SINGLE: &'static [StateKind] = &[
+        StateKind::Value,
+        StateKind::Reducing,
+        StateKind::Aggregating,
+    ];
 
     /// Raw get of a value, reducing or aggregating state.
     pub fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
@@ -460,7 +465,11 @@ impl Slot {
     }
 
     /// Every entry of one key group of one state.
-    pub fn scan_key_group(&mut self, state: StateId, key_group: KeyGroup) -> Result<Vec<StateEntry>> {
+    pub fn scan_key_group(
+        &mut self,
+        state: StateId,
+        key_group: KeyGroup,
+    ) -> Result<Vec<StateEntry>> {
         if state as usize >= self.states.len() {
             return Err(EngineError::UnknownState(state));
         }

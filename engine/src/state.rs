@@ -20,7 +20,12 @@ use crate::slot::Slot;
 pub trait StateValue: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> StateValue for T {}
 
-fn register(slot: &mut Slot, operator: &str, name: &str, kind: StateKind) -> Result<(StateId, Arc<str>)> {
+fn register(
+    slot: &mut Slot,
+    operator: &str,
+    name: &str,
+    kind: StateKind,
+) -> Result<(StateId, Arc<str>)> {
     let desc = StateDescriptor::new(operator, name, kind);
     let id = slot.register(&desc)?;
     Ok((id, Arc::from(desc.full_name())))
@@ -243,7 +248,9 @@ impl<A: AggregateFunction> AggregatingState<A> {
 
     /// The aggregation result, or `None` when nothing was added.
     pub fn get(&self, slot: &mut Slot, scope: &ScopeKey) -> Result<Option<A::Out>> {
-        Ok(self.accumulator(slot, scope)?.map(|a| self.agg.get_result(&a)))
+        Ok(self
+            .accumulator(slot, scope)?
+            .map(|a| self.agg.get_result(&a)))
     }
 
     fn accumulator(&self, slot: &mut Slot, scope: &ScopeKey) -> Result<Option<A::Acc>> {
@@ -271,15 +278,31 @@ impl<A: AggregateFunction> AggregatingState<A> {
 
 impl Slot {
     /// Registers (or looks up) a value state.
-    pub fn value_state<V: StateValue>(&mut self, operator: &str, name: &str) -> Result<ValueState<V>> {
+    pub fn value_state<V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+    ) -> Result<ValueState<V>> {
         let (id, name) = register(self, operator, name, StateKind::Value)?;
-        Ok(ValueState { id, name, _v: PhantomData })
+        Ok(ValueState {
+            id,
+            name,
+            _v: PhantomData,
+        })
     }
 
     /// Registers (or looks up) a list state.
-    pub fn list_state<V: StateValue>(&mut self, operator: &str, name: &str) -> Result<ListState<V>> {
+    pub fn list_state<V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+    ) -> Result<ListState<V>> {
         let (id, name) = register(self, operator, name, StateKind::List)?;
-        Ok(ListState { id, name, _v: PhantomData })
+        Ok(ListState {
+            id,
+            name,
+            _v: PhantomData,
+        })
     }
 
     /// Registers (or looks up) a map state.
@@ -289,7 +312,11 @@ impl Slot {
         name: &str,
     ) -> Result<MapState<K, V>> {
         let (id, name) = register(self, operator, name, StateKind::Map)?;
-        Ok(MapState { id, name, _kv: PhantomData })
+        Ok(MapState {
+            id,
+            name,
+            _kv: PhantomData,
+        })
     }
 
     /// Registers (or looks up) a reducing state with its reduce function.
@@ -300,7 +327,12 @@ impl Slot {
         reduce: F,
     ) -> Result<ReducingState<V, F>> {
         let (id, name) = register(self, operator, name, StateKind::Reducing)?;
-        Ok(ReducingState { id, name, reduce, _v: PhantomData })
+        Ok(ReducingState {
+            id,
+            name,
+            reduce,
+            _v: PhantomData,
+        })
     }
 
     /// Registers (or looks up) an aggregating state with its aggregate function.

@@ -53,7 +53,9 @@ pub enum SnapshotError {
         reason: String,
     },
     /// Metadata of a version this build can't read.
-    #[error("checkpoint metadata {path} has version {actual}; this build reads version {supported}")]
+    #[error(
+        "checkpoint metadata {path} has version {actual}; this build reads version {supported}"
+    )]
     UnsupportedVersion {
         /// The object path.
         path: String,
@@ -74,7 +76,9 @@ pub enum SnapshotError {
     #[error("checkpoint {0} already exists")]
     AlreadyExists(u64),
     /// The in-memory store's size cap would be exceeded.
-    #[error("in-memory checkpoint storage is full: {used} + {needed} bytes exceeds the cap of {cap} bytes (raise it or use file:// or s3://)")]
+    #[error(
+        "in-memory checkpoint storage is full: {used} + {needed} bytes exceeds the cap of {cap} bytes (raise it or use file:// or s3://)"
+    )]
     StorageFull {
         /// Bytes stored.
         used: u64,
@@ -121,7 +125,10 @@ pub type Result<T, E = SnapshotError> = std::result::Result<T, E>;
 
 impl SnapshotError {
     /// Wraps an object-store error; `NotFound` becomes [`SnapshotError::MissingFile`].
-    pub fn storage(op: &'static str, path: impl std::fmt::Display) -> impl FnOnce(object_store::Error) -> Self {
+    pub fn storage(
+        op: &'static str,
+        path: impl std::fmt::Display,
+    ) -> impl FnOnce(object_store::Error) -> Self {
         move |source| match source {
             object_store::Error::NotFound { .. } => SnapshotError::MissingFile {
                 path: path.to_string(),
@@ -135,7 +142,10 @@ impl SnapshotError {
     }
 
     /// Wraps a local I/O error.
-    pub fn io<'a>(op: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> Self + 'a {
+    pub fn io<'a>(
+        op: &'static str,
+        path: &'a std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self + 'a {
         move |source| SnapshotError::Io {
             op,
             path: path.display().to_string(),

@@ -130,7 +130,9 @@ pub fn parse_checkpoint_dir(name: &str) -> Option<CheckpointId> {
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -144,8 +146,14 @@ mod tests {
         let l = JobLayout::new(Path::from("base"), "job-1");
         assert_eq!(l.metadata(7).as_ref(), "base/job-1/chk-7/_metadata");
         assert_eq!(l.shared_ref(SHA), format!("job-1/shared/{SHA}"));
-        assert_eq!(l.resolve(&l.shared_ref(SHA)).as_ref(), format!("base/job-1/shared/{SHA}"));
-        assert_eq!(l.private_ref(7, 2, "MANIFEST-000005"), "job-1/chk-7/slot-2/MANIFEST-000005.zst");
+        assert_eq!(
+            l.resolve(&l.shared_ref(SHA)).as_ref(),
+            format!("base/job-1/shared/{SHA}")
+        );
+        assert_eq!(
+            l.private_ref(7, 2, "MANIFEST-000005"),
+            "job-1/chk-7/slot-2/MANIFEST-000005.zst"
+        );
     }
 
     #[test]
@@ -155,13 +163,25 @@ mod tests {
             l.classify(&Path::from(format!("base/job-1/shared/{SHA}"))),
             ObjectKind::Shared { sha256: SHA.into() }
         );
-        assert_eq!(l.classify(&Path::from("base/job-1/chk-12/_metadata")), ObjectKind::Metadata(12));
+        assert_eq!(
+            l.classify(&Path::from("base/job-1/chk-12/_metadata")),
+            ObjectKind::Metadata(12)
+        );
         assert_eq!(
             l.classify(&Path::from("base/job-1/chk-12/slot-0/CURRENT.zst")),
             ObjectKind::Private(12)
         );
-        assert_eq!(l.classify(&Path::from("base/job-1/shared/not-a-sha")), ObjectKind::Other);
-        assert_eq!(l.classify(&Path::from("base/job-2/chk-1/_metadata")), ObjectKind::Other);
-        assert_eq!(l.classify(&Path::from("base/job-1/chk-x/_metadata")), ObjectKind::Other);
+        assert_eq!(
+            l.classify(&Path::from("base/job-1/shared/not-a-sha")),
+            ObjectKind::Other
+        );
+        assert_eq!(
+            l.classify(&Path::from("base/job-2/chk-1/_metadata")),
+            ObjectKind::Other
+        );
+        assert_eq!(
+            l.classify(&Path::from("base/job-1/chk-x/_metadata")),
+            ObjectKind::Other
+        );
     }
 }

@@ -30,4 +30,6 @@ pub use layout::{CheckpointId, JobLayout};
 pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, StateInfo};
 pub use registry::SharedRegistry;
 pub use storage::{CheckpointStorage, StorageOptions};
-pub use store::{GcReport, LocalSnapshot, SlotUploadReport, SlotUploadState, CheckpointStore, VerifyProblem};
+pub use store::{
+    CheckpointStore, GcReport, LocalSnapshot, SlotUploadReport, SlotUploadState, VerifyProblem,
+};

@@ -227,7 +227,10 @@ mod tests {
         let mut m = sample();
         m.version = 2;
         let e = CheckpointMetadata::from_bytes("chk-3/_metadata", &m.to_bytes()).unwrap_err();
-        assert!(matches!(e, SnapshotError::UnsupportedVersion { actual: 2, .. }), "{e}");
+        assert!(
+            matches!(e, SnapshotError::UnsupportedVersion { actual: 2, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("chk-3/_metadata"));
         let e = CheckpointMetadata::from_bytes("p", b"{not json").unwrap_err();
         assert!(matches!(e, SnapshotError::BadMetadata { .. }));

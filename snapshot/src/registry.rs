@@ -275,12 +275,18 @@ mod tests {
     #[test]
     fn acquire_reports_stored_objects_and_refuses_completed() {
         let mut r = SharedRegistry::new();
-        assert_eq!(r.acquire(1, objs(&["a", "a"]), true).unwrap(), vec![false, true]);
+        assert_eq!(
+            r.acquire(1, objs(&["a", "a"]), true).unwrap(),
+            vec![false, true]
+        );
         assert_eq!(r.refs("a"), 1);
         assert_eq!(r.acquire(1, objs(&["b"]), true).unwrap(), vec![false]);
         r.complete(1).unwrap();
         assert!(r.acquire(1, objs(&["c"]), true).is_err());
-        assert_eq!(r.acquire(2, objs(&["a", "c"]), true).unwrap(), vec![true, false]);
+        assert_eq!(
+            r.acquire(2, objs(&["a", "c"]), true).unwrap(),
+            vec![true, false]
+        );
         assert!(r.register_completed(1, objs(&["a"]), true).is_err());
         assert!(r.complete(9).is_err());
     }

@@ -213,7 +213,12 @@ impl CheckpointStore {
         ids.sort_unstable();
         let mut out = Vec::new();
         for id in ids {
-            if self.storage.size(&self.layout.metadata(id)).await?.is_some() {
+            if self
+                .storage
+                .size(&self.layout.metadata(id))
+                .await?
+                .is_some()
+            {
                 out.push(id);
             }
         }
@@ -313,8 +318,9 @@ impl CheckpointStore {
             .filter(|(_, p)| **p)
             .map(|(f, _)| f.object.as_str())
             .collect();
-        let mut jobs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send + '_>>> =
-            Vec::new();
+        let mut jobs: Vec<
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send + '_>>,
+        > = Vec::new();
         for (from, own) in copies {
             if already.contains(own.object.as_str()) {
                 report.files_reused += 1;
@@ -373,9 +379,10 @@ impl CheckpointStore {
         report.bytes_uploaded += private.iter().map(|p| p.stored_size).sum::<u64>();
         report.full_bytes = files.iter().map(|f| f.size).sum::<u64>()
             + private.iter().map(|p| p.stored_size).sum::<u64>();
-        state
-            .pending
-            .insert(id, files.iter().map(|f| (f.name.clone(), f.clone())).collect());
+        state.pending.insert(
+            id,
+            files.iter().map(|f| (f.name.clone(), f.clone())).collect(),
+        );
         files.sort_by(|a, b| a.name.cmp(&b.name));
         let handle = SlotHandle {
             slot: snap.slot,
@@ -519,7 +526,9 @@ impl CheckpointStore {
                 continue;
             }
             let age = now
-                .checked_sub(Duration::from_millis(m.last_modified.timestamp_millis().max(0) as u64))
+                .checked_sub(Duration::from_millis(
+                    m.last_modified.timestamp_millis().max(0) as u64,
+                ))
                 .unwrap_or_default();
             if age < grace {
                 report.too_young += 1;
@@ -604,7 +613,10 @@ impl CheckpointStore {
                 Ok(expected.size)
             });
         }
-        let shared: u64 = transfer::run_parallel(jobs, parallelism).await?.iter().sum();
+        let shared: u64 = transfer::run_parallel(jobs, parallelism)
+            .await?
+            .iter()
+            .sum();
         let mut jobs = Vec::new();
         for f in &handle.private {
             let path = root_layout.resolve(&f.object);
@@ -620,7 +632,10 @@ impl CheckpointStore {
                 Ok(stored)
             });
         }
-        let private: u64 = transfer::run_parallel(jobs, parallelism).await?.iter().sum();
+        let private: u64 = transfer::run_parallel(jobs, parallelism)
+            .await?
+            .iter()
+            .sum();
         Ok(shared + private)
     }
 }
@@ -656,7 +671,10 @@ fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
 
 fn relative(root: &Path, path: &Path) -> String {
     match path.prefix_match(root) {
-        Some(parts) => parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"),
+        Some(parts) => parts
+            .map(|p| p.as_ref().to_string())
+            .collect::<Vec<_>>()
+            .join("/"),
         None => path.to_string(),
     }
 }

@@ -83,7 +83,10 @@ pub async fn upload_file(storage: &CheckpointStorage, local: &FsPath, to: &Path)
         .map_err(SnapshotError::io("open", local))?;
     let mut buf = vec![0u8; PART_SIZE];
     loop {
-        let n = f.read(&mut buf).await.map_err(SnapshotError::io("read", local))?;
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(SnapshotError::io("read", local))?;
         if n == 0 {
             break;
         }
@@ -114,11 +117,14 @@ pub async fn compress_file(local: &FsPath) -> Result<(PathBuf, String, u64, u64)
             size: 0,
         };
         let out = std::fs::File::create(&dst).map_err(SnapshotError::io("create", &dst))?;
-        let mut enc = zstd::Encoder::new(out, ZSTD_LEVEL).map_err(SnapshotError::io("compress", &dst))?;
+        let mut enc =
+            zstd::Encoder::new(out, ZSTD_LEVEL).map_err(SnapshotError::io("compress", &dst))?;
         std::io::copy(&mut reader, &mut enc).map_err(SnapshotError::io("compress", &src))?;
         let mut out = enc.finish().map_err(SnapshotError::io("compress", &dst))?;
         out.flush().map_err(SnapshotError::io("write", &dst))?;
-        let stored = std::fs::metadata(&dst).map_err(SnapshotError::io("stat", &dst))?.len();
+        let stored = std::fs::metadata(&dst)
+            .map_err(SnapshotError::io("stat", &dst))?
+            .len();
         Ok((dst, hex(&reader.hasher.finalize()), reader.size, stored))
     })
     .await
@@ -169,20 +175,26 @@ pub async fn download_file(
     let to_owned = to.to_path_buf();
     let compressed = expected.compressed;
     let writer = tokio::task::spawn_blocking(move || -> Result<(String, u64)> {
-        let file = std::fs::File::create(&to_owned).map_err(SnapshotError::io("create", &to_owned))?;
+        let file =
+            std::fs::File::create(&to_owned).map_err(SnapshotError::io("create", &to_owned))?;
         let mut sink = HashingWriter {
             inner: std::io::BufWriter::with_capacity(1 << 20, file),
             hasher: Sha256::new(),
             size: 0,
         };
-        let mut chan = ChannelReader { rx, cur: Bytes::new() };
+        let mut chan = ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        };
         if compressed {
             zstd::stream::copy_decode(&mut chan, &mut sink)
                 .map_err(SnapshotError::io("decompress", &to_owned))?;
         } else {
             std::io::copy(&mut chan, &mut sink).map_err(SnapshotError::io("write", &to_owned))?;
         }
-        sink.inner.flush().map_err(SnapshotError::io("write", &to_owned))?;
+        sink.inner
+            .flush()
+            .map_err(SnapshotError::io("write", &to_owned))?;
         Ok((hex(&sink.hasher.finalize()), sink.size))
     });
     let mut send_err = None;
@@ -212,7 +224,9 @@ pub async fn download_file(
     }
     let (sha, size) = match written {
         Ok(v) => v,
-        Err(SnapshotError::Io { op: "decompress", .. }) => {
+        Err(SnapshotError::Io {
+            op: "decompress", ..
+        }) => {
             return fail(SnapshotError::ChecksumMismatch {
                 path: from.to_string(),
                 expected: expected.sha256.clone(),
@@ -239,7 +253,11 @@ pub async fn download_file(
 }
 
 /// Reads an object fully and checks it against `expected` without keeping it (for `verify --deep`).
-pub async fn verify_object(storage: &CheckpointStorage, from: &Path, expected: &Expected) -> Result<()> {
+pub async fn verify_object(
+    storage: &CheckpointStorage,
+    from: &Path,
+    expected: &Expected,
+) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!(
         "cairn-verify-{}-{}",
         std::process::id(),

@@ -102,7 +102,10 @@ impl StateBackend for HeapBackend {
     }
 
     fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
-        match self.table(state, scope.key_group)?.get(&scope.composite[..]) {
+        match self
+            .table(state, scope.key_group)?
+            .get(&scope.composite[..])
+        {
             None => Ok(None),
             Some(HeapEntry::Value(v)) => Ok(Some(v.clone())),
             Some(_) => Err(self.corrupt(state, "value")),
@@ -128,7 +131,10 @@ impl StateBackend for HeapBackend {
 
     fn clear(&mut self, state: StateId, scope: &ScopeKey) -> Result<()> {
         // Skip the copy-on-write when there is nothing to remove.
-        if self.table(state, scope.key_group)?.contains_key(&scope.composite[..]) {
+        if self
+            .table(state, scope.key_group)?
+            .contains_key(&scope.composite[..])
+        {
             self.table_mut(state, scope.key_group)?
                 .remove(&scope.composite[..]);
         }
@@ -136,7 +142,10 @@ impl StateBackend for HeapBackend {
     }
 
     fn list_get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<Vec<u8>>> {
-        match self.table(state, scope.key_group)?.get(&scope.composite[..]) {
+        match self
+            .table(state, scope.key_group)?
+            .get(&scope.composite[..])
+        {
             None => Ok(Vec::new()),
             Some(HeapEntry::List(l)) => Ok(l.clone()),
             Some(_) => Err(self.corrupt(state, "list")),
@@ -175,7 +184,10 @@ impl StateBackend for HeapBackend {
         scope: &ScopeKey,
         user_key: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        match self.table(state, scope.key_group)?.get(&scope.composite[..]) {
+        match self
+            .table(state, scope.key_group)?
+            .get(&scope.composite[..])
+        {
             None => Ok(None),
             Some(HeapEntry::Map(m)) => Ok(m.get(user_key).cloned()),
             Some(_) => Err(self.corrupt(state, "map")),
@@ -203,7 +215,10 @@ impl StateBackend for HeapBackend {
     }
 
     fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()> {
-        let present = match self.table(state, scope.key_group)?.get(&scope.composite[..]) {
+        let present = match self
+            .table(state, scope.key_group)?
+            .get(&scope.composite[..])
+        {
             Some(HeapEntry::Map(m)) => m.contains_key(user_key),
             Some(_) => return Err(self.corrupt(state, "map")),
             None => false,
@@ -225,12 +240,11 @@ impl StateBackend for HeapBackend {
         Ok(())
     }
 
-    fn map_entries(
-        &mut self,
-        state: StateId,
-        scope: &ScopeKey,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        match self.table(state, scope.key_group)?.get(&scope.composite[..]) {
+    fn map_entries(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self
+            .table(state, scope.key_group)?
+            .get(&scope.composite[..])
+        {
             None => Ok(Vec::new()),
             Some(HeapEntry::Map(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
             Some(_) => Err(self.corrupt(state, "map")),
@@ -262,13 +276,20 @@ impl StateBackend for HeapBackend {
         }
         // Same order as RocksDB's: by composite key, then user key.
         out.sort_by(|a, b| {
-            (a.key.len(), &a.key, a.namespace.len(), &a.namespace, &a.user_key).cmp(&(
-                b.key.len(),
-                &b.key,
-                b.namespace.len(),
-                &b.namespace,
-                &b.user_key,
-            ))
+            (
+                a.key.len(),
+                &a.key,
+                a.namespace.len(),
+                &a.namespace,
+                &a.user_key,
+            )
+                .cmp(&(
+                    b.key.len(),
+                    &b.key,
+                    b.namespace.len(),
+                    &b.namespace,
+                    &b.user_key,
+                ))
         });
         Ok(out)
     }
@@ -292,7 +313,10 @@ impl StateBackend for HeapBackend {
                                 entries += 1;
                             }
                             HeapEntry::Map(m) => {
-                                bytes += m.iter().map(|(a, b)| (a.len() + b.len()) as u64).sum::<u64>();
+                                bytes += m
+                                    .iter()
+                                    .map(|(a, b)| (a.len() + b.len()) as u64)
+                                    .sum::<u64>();
                                 entries += m.len() as u64;
                             }
                         }
@@ -378,13 +402,17 @@ impl HeapBackend {
         }
         let version = r.take(1).map_err(bad)?[0];
         if version != HEAP_VERSION {
-            return Err(bad(format!("heap snapshot version {version}, this build reads {HEAP_VERSION}")));
+            return Err(bad(format!(
+                "heap snapshot version {version}, this build reads {HEAP_VERSION}"
+            )));
         }
         let n_states = r.varint().map_err(bad)?;
         let mut ids = Vec::new();
         for _ in 0..n_states {
-            let operator = String::from_utf8(r.bytes().map_err(bad)?.to_vec()).map_err(|e| bad(e.to_string()))?;
-            let name = String::from_utf8(r.bytes().map_err(bad)?.to_vec()).map_err(|e| bad(e.to_string()))?;
+            let operator = String::from_utf8(r.bytes().map_err(bad)?.to_vec())
+                .map_err(|e| bad(e.to_string()))?;
+            let name = String::from_utf8(r.bytes().map_err(bad)?.to_vec())
+                .map_err(|e| bad(e.to_string()))?;
             let kind = match r.take(1).map_err(bad)?[0] {
                 0 => StateKind::Value,
                 1 => StateKind::List,
@@ -403,7 +431,9 @@ impl HeapBackend {
             let kg = r.varint().map_err(bad)? as KeyGroup;
             let state = r.varint().map_err(bad)? as usize;
             let n = r.varint().map_err(bad)?;
-            let id = *ids.get(state).ok_or_else(|| bad(format!("state index {state} out of range")))?;
+            let id = *ids
+                .get(state)
+                .ok_or_else(|| bad(format!("state index {state} out of range")))?;
             let keep = self.range.contains(kg);
             for _ in 0..n {
                 let composite = r.bytes().map_err(bad)?.to_vec();
@@ -430,7 +460,8 @@ impl HeapBackend {
                     t => return Err(bad(format!("unknown entry tag {t}"))),
                 };
                 if keep {
-                    self.table_mut(id, kg)?.insert(composite.into_boxed_slice(), entry);
+                    self.table_mut(id, kg)?
+                        .insert(composite.into_boxed_slice(), entry);
                 }
             }
         }

@@ -155,11 +155,20 @@ pub trait StateBackend: Send {
     /// Replaces the list (empty `elements` clears it).
     fn list_update(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()>;
     /// One map entry.
-    fn map_get(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8])
-    -> Result<Option<Vec<u8>>>;
+    fn map_get(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        user_key: &[u8],
+    ) -> Result<Option<Vec<u8>>>;
     /// Sets one map entry.
-    fn map_put(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8], value: &[u8])
-    -> Result<()>;
+    fn map_put(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        user_key: &[u8],
+        value: &[u8],
+    ) -> Result<()>;
     /// Removes one map entry.
     fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()>;
     /// All entries of the map, ascending by user key bytes.

@@ -61,7 +61,9 @@ pub struct RestoreSource {
 impl RestoreSource {
     /// Parses `<storage url>/<job>` or `<storage url>/<job>/chk-<id>`.
     pub fn parse(url: &str) -> Result<Self> {
-        let bad = |reason: &str| EngineError::InvalidArgument(format!("restore location {url}: {reason}"));
+        let bad = |reason: &str| {
+            EngineError::InvalidArgument(format!("restore location {url}: {reason}"))
+        };
         let trimmed = url.trim_end_matches('/');
         let (rest, checkpoint) = match trimmed.rsplit_once('/') {
             Some((rest, last)) if last.starts_with("chk-") => {
@@ -77,7 +79,11 @@ impl RestoreSource {
         if job.is_empty() || base.is_empty() || base.ends_with(':') {
             return Err(bad("expected <checkpoint dir>/<job>[/chk-<id>]"));
         }
-        let base = if base.ends_with(":/") { format!("{base}/") } else { base.to_string() };
+        let base = if base.ends_with(":/") {
+            format!("{base}/")
+        } else {
+            base.to_string()
+        };
         Ok(Self {
             storage_url: base,
             job: job.to_string(),
@@ -111,7 +117,9 @@ pub struct Checkpointer {
 
 /// A readable, unique job name: `job-YYYYMMDDTHHMMSSZ-<pid hex><nanos hex>`.
 pub fn new_job_name() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
@@ -305,7 +313,9 @@ impl Checkpointer {
             let meta = store.commit(id, max_p, handles, restored_from).await?;
             Ok::<_, SnapshotError>((meta, totals.0, totals.1))
         };
-        let r = self.rt.block_on(async { tokio::time::timeout(timeout, fut).await });
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, fut).await });
         for (l, st) in locals.iter().zip(states) {
             self.uploads.insert(l.slot, st);
         }
@@ -328,9 +338,10 @@ impl Checkpointer {
     /// this job's registry, in `no-claim` mode the first checkpoint copies its files.
     pub fn prepare_restore(&mut self, source: &RestoreSource) -> Result<RestoredCheckpoint> {
         let storage = CheckpointStorage::from_url(&source.storage_url, &self.cfg.storage)?;
-        let src_store = self
-            .rt
-            .block_on(CheckpointStore::open_read_only(storage.clone(), &source.job))?;
+        let src_store = self.rt.block_on(CheckpointStore::open_read_only(
+            storage.clone(),
+            &source.job,
+        ))?;
         let id = match source.checkpoint {
             Some(id) => id,
             None => *self
@@ -351,7 +362,8 @@ impl Checkpointer {
                 metadata.max_parallelism, self.max_parallelism
             )));
         }
-        let same_store = source.storage_url.trim_end_matches('/') == self.cfg.dir.trim_end_matches('/');
+        let same_store =
+            source.storage_url.trim_end_matches('/') == self.cfg.dir.trim_end_matches('/');
         let mode = self.cfg.restore_mode;
         if mode == RestoreMode::Claim {
             if !same_store {
@@ -360,14 +372,19 @@ impl Checkpointer {
                     self.cfg.dir, source.storage_url
                 )));
             }
-            self.store.claim(&JobLayout::new(storage.root().clone(), source.job.clone()), &metadata)?;
+            self.store.claim(
+                &JobLayout::new(storage.root().clone(), source.job.clone()),
+                &metadata,
+            )?;
         }
         for h in &metadata.slots {
             // Different storage: nothing can be referenced or copied; the first checkpoint
             // uploads everything.
             if same_store {
-                self.uploads
-                    .insert(h.slot, SlotUploadState::restored(h, mode == RestoreMode::NoClaim));
+                self.uploads.insert(
+                    h.slot,
+                    SlotUploadState::restored(h, mode == RestoreMode::NoClaim),
+                );
             }
         }
         self.next_id = self.next_id.max(id + 1);
@@ -409,7 +426,10 @@ impl Checkpointer {
                 source: e,
             })?;
         }
-        let backend = handles.first().map(|h| h.backend.clone()).unwrap_or_default();
+        let backend = handles
+            .first()
+            .map(|h| h.backend.clone())
+            .unwrap_or_default();
         if backend == "rocksdb" {
             let h = handles
                 .iter()
@@ -427,7 +447,13 @@ impl Checkpointer {
                 threads,
             ))?;
             let states = states_of(h)?;
-            return Ok((SlotRestore::RocksDb { files: dest.to_path_buf(), states }, bytes));
+            return Ok((
+                SlotRestore::RocksDb {
+                    files: dest.to_path_buf(),
+                    states,
+                },
+                bytes,
+            ));
         }
         let mut files = Vec::new();
         let mut bytes = 0;
@@ -480,7 +506,14 @@ mod tests {
     #[test]
     fn restore_source_parsing() {
         let s = RestoreSource::parse("file:///tmp/cp/job-1/chk-7").unwrap();
-        assert_eq!(s, RestoreSource { storage_url: "file:///tmp/cp".into(), job: "job-1".into(), checkpoint: Some(7) });
+        assert_eq!(
+            s,
+            RestoreSource {
+                storage_url: "file:///tmp/cp".into(),
+                job: "job-1".into(),
+                checkpoint: Some(7)
+            }
+        );
         let s = RestoreSource::parse("cairn-data/checkpoints/job-1/").unwrap();
         assert_eq!(s.storage_url, "cairn-data/checkpoints");
         assert_eq!(s.checkpoint, None);

@@ -99,7 +99,11 @@ impl CheckpointConfig {
             ));
         }
         if self.retained == 0 || self.retained > 1000 {
-            return Err(EngineError::config("checkpoint.retained", self.retained, "[1, 1000]"));
+            return Err(EngineError::config(
+                "checkpoint.retained",
+                self.retained,
+                "[1, 1000]",
+            ));
         }
         if self.transfer_threads == 0 || self.transfer_threads > 256 {
             return Err(EngineError::config(
@@ -125,7 +129,11 @@ impl CheckpointConfig {
             ));
         }
         if self.dir.trim().is_empty() {
-            return Err(EngineError::config("checkpoint.dir", "\"\"", "a URL or path"));
+            return Err(EngineError::config(
+                "checkpoint.dir",
+                "\"\"",
+                "a URL or path",
+            ));
         }
         Ok(())
     }

@@ -14,7 +14,10 @@ use crate::slot::Slot;
 pub const HEAP_SNAPSHOT_FILE: &str = "heap.snapshot";
 
 enum Kind {
-    RocksDb { shared: Vec<String>, private: Vec<String> },
+    RocksDb {
+        shared: Vec<String>,
+        private: Vec<String>,
+    },
     Heap(HeapSnapshotView),
 }
 
@@ -55,7 +58,9 @@ impl Slot {
         let kind = match self.backend_kind() {
             BackendKind::RocksDb => {
                 let Some(rocks) = self.backend().as_rocksdb() else {
-                    return Err(EngineError::InvalidArgument("backend is not RocksDB".into()));
+                    return Err(EngineError::InvalidArgument(
+                        "backend is not RocksDB".into(),
+                    ));
                 };
                 rocksdb::checkpoint::Checkpoint::new(rocks.db())
                     .and_then(|c| c.create_checkpoint(&dir))

@@ -134,7 +134,11 @@ impl RocksDbBackend {
         let restored_states = match &p.restore {
             Some((files, states)) => {
                 std::fs::rename(files, &db_path).map_err(|e| EngineError::Io {
-                    op: format!("move restored files {} into {}", files.display(), db_path.display()),
+                    op: format!(
+                        "move restored files {} into {}",
+                        files.display(),
+                        db_path.display()
+                    ),
                     source: e,
                 })?;
                 states.clone()
@@ -149,7 +153,10 @@ impl RocksDbBackend {
         let db_opts = builder.db_options();
         // Always pass "default" with the shared options: without it RocksDB opens the default
         // column family with its own cache, outside the budget.
-        let mut cfs = vec![ColumnFamilyDescriptor::new("default", builder.cf_options("default"))];
+        let mut cfs = vec![ColumnFamilyDescriptor::new(
+            "default",
+            builder.cf_options("default"),
+        )];
         for s in &restored_states {
             let name = s.full_name();
             let opts = builder.cf_options(&name);
@@ -422,11 +429,7 @@ impl StateBackend for RocksDbBackend {
         r
     }
 
-    fn map_entries(
-        &mut self,
-        state: StateId,
-        scope: &ScopeKey,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn map_entries(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         let plen = scope.composite.len();
         self.scan(

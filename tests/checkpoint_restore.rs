@@ -1,0 +1,335 @@
+//! Checkpoint and restore on both backends: the state read after restore equals a model of the
+//! state at the checkpoint (writes after it are absent), checkpoints are incremental, old ones
+//! are subsumed without leaking files, and damaged files fail restore with a typed error.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cairn::engine::checkpoint::{Checkpointer, RestoreMode, RestoreSource, new_job_name};
+use cairn::engine::slot::SlotBuilder;
+use cairn::{BackendKind, CairnConfig, ErrorKind, Slot, VoidNamespace};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn config(backend: BackendKind, root: &Path) -> CairnConfig {
+    let mut cfg = CairnConfig::default();
+    cfg.state.backend = backend;
+    cfg.state.working_dir = root.join("work");
+    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
+    cfg
+}
+
+/// The expected state: counters, lists and maps per key.
+#[derive(Clone, Default, PartialEq, Debug)]
+struct Model {
+    counts: BTreeMap<u64, u64>,
+    lists: BTreeMap<u64, Vec<u32>>,
+    maps: BTreeMap<u64, BTreeMap<u32, String>>,
+}
+
+fn apply(slot: &mut Slot, model: &mut Model, from: u64, to: u64, keys: u64) -> TestResult {
+    let count = slot.value_state::<u64>("op", "count")?;
+    let list = slot.list_state::<u32>("op", "list")?;
+    let map = slot.map_state::<u32, String>("op", "map")?;
+    for g in from..to {
+        let key = g.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys;
+        let scope = slot.scope(&key, &VoidNamespace)?;
+        let n = count.get(slot, &scope)?.unwrap_or(0) + 1;
+        count.update(slot, &scope, &n)?;
+        model.counts.insert(key, n);
+        if g % 3 == 0 {
+            list.add(slot, &scope, &(g as u32))?;
+            model.lists.entry(key).or_default().push(g as u32);
+        }
+        if g % 5 == 0 {
+            map.put(slot, &scope, &((g % 7) as u32), &format!("v{g}"))?;
+            model
+                .maps
+                .entry(key)
+                .or_default()
+                .insert((g % 7) as u32, format!("v{g}"));
+        }
+        if g % 97 == 0 {
+            map.clear(slot, &scope)?;
+            model.maps.remove(&key);
+        }
+    }
+    Ok(())
+}
+
+fn read_back(slot: &mut Slot, keys: u64) -> Result<Model, Box<dyn std::error::Error>> {
+    let count = slot.value_state::<u64>("op", "count")?;
+    let list = slot.list_state::<u32>("op", "list")?;
+    let map = slot.map_state::<u32, String>("op", "map")?;
+    let mut m = Model::default();
+    for key in 0..keys {
+        let scope = slot.scope(&key, &VoidNamespace)?;
+        if let Some(n) = count.get(slot, &scope)? {
+            m.counts.insert(key, n);
+        }
+        let l = list.get(slot, &scope)?;
+        if !l.is_empty() {
+            m.lists.insert(key, l);
+        }
+        let e = map.entries(slot, &scope)?;
+        if !e.is_empty() {
+            m.maps.insert(key, e.into_iter().collect());
+        }
+    }
+    Ok(m)
+}
+
+/// Takes one checkpoint of `slot` and returns its id.
+fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> Result<u64, Box<dyn std::error::Error>> {
+    let id = cp.next_id();
+    let sync = slot.snapshot_sync(id)?;
+    cp.complete(id, vec![sync])?;
+    Ok(id)
+}
+
+/// Opens a new job that restores `source` and returns the restored slot.
+fn restore(
+    cfg: &CairnConfig,
+    source: &str,
+) -> Result<(Checkpointer, Slot), Box<dyn std::error::Error>> {
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let restored = cp.prepare_restore(&RestoreSource::parse(source)?)?;
+    let builder: SlotBuilder<'_> = Slot::builder(cfg);
+    let range = cairn::KeyGroupRange::for_slot(128, 1, 0)?;
+    let dest = cfg.state.working_dir.join("restore-slot-0");
+    let (restore, _bytes) = cp.download_for_slot(&restored, range, &dest)?;
+    let slot = builder.restore(restore).open()?;
+    Ok((cp, slot))
+}
+
+fn restore_equivalence(backend: BackendKind) -> TestResult {
+    let root = tempfile::tempdir()?;
+    let cfg = config(backend, root.path());
+    let keys = 3000;
+    let mut slot = Slot::builder(&cfg).open()?;
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let mut model = Model::default();
+    apply(&mut slot, &mut model, 0, 20_000, keys)?;
+    checkpoint(&mut cp, &mut slot)?;
+    apply(&mut slot, &mut model, 20_000, 30_000, keys)?;
+    let id = checkpoint(&mut cp, &mut slot)?;
+    let at_checkpoint = model.clone();
+    // Writes after the checkpoint must not be restored.
+    apply(&mut slot, &mut model, 30_000, 35_000, keys)?;
+    assert_ne!(model, at_checkpoint);
+    let job_url = format!("{}/chk-{id}", cp.job_url());
+    drop(slot);
+    drop(cp);
+
+    let (_cp2, mut restored) = restore(&cfg, &job_url)?;
+    assert_eq!(read_back(&mut restored, keys)?, at_checkpoint);
+    Ok(())
+}
+
+#[test]
+fn rocksdb_restore_equals_state_at_checkpoint() -> TestResult {
+    restore_equivalence(BackendKind::RocksDb)
+}
+
+#[test]
+fn heap_restore_equals_state_at_checkpoint() -> TestResult {
+    restore_equivalence(BackendKind::Heap)
+}
+
+/// After changing 1% of the keys, the next checkpoint uploads only the new SSTs.
+#[test]
+fn rocksdb_checkpoints_are_incremental() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, root.path());
+    let mut slot = Slot::builder(&cfg).open()?;
+    let state = slot.value_state::<Vec<u8>>("op", "payload")?;
+    let keys = 50_000u64;
+    for k in 0..keys {
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        state.update(&mut slot, &scope, &vec![(k % 251) as u8; 100])?;
+    }
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    checkpoint(&mut cp, &mut slot)?;
+    let first = cp.reports()[0].clone();
+    let sst_before: BTreeMap<String, u64> = live_ssts(&slot);
+    for k in (0..keys).step_by(100) {
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        state.update(&mut slot, &scope, &vec![7; 100])?;
+    }
+    checkpoint(&mut cp, &mut slot)?;
+    let second = cp.reports()[1].clone();
+    let sst_after = live_ssts(&slot);
+    let new_sst_bytes: u64 = sst_after
+        .iter()
+        .filter(|(name, _)| !sst_before.contains_key(*name))
+        .map(|(_, size)| size)
+        .sum();
+    assert!(second.files_reused > 0, "{second:?}");
+    assert!(
+        second.incremental_bytes < first.incremental_bytes / 4,
+        "{first:?} {second:?}"
+    );
+    // Uploaded = new SSTs + compressed private files + metadata: a few KiB on top.
+    let overhead = second.incremental_bytes - new_sst_bytes;
+    assert!(
+        overhead < 64 * 1024,
+        "uploaded {} for {new_sst_bytes} new SST bytes",
+        second.incremental_bytes
+    );
+    Ok(())
+}
+
+fn live_ssts(slot: &Slot) -> BTreeMap<String, u64> {
+    let dir = slot.working_dir().join("db");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().map(|m| m.len()).unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With `retained = 1`, older checkpoints and the files only they used are deleted, and no
+/// object is left that the retained checkpoint doesn't reference.
+#[test]
+fn subsumed_checkpoints_leave_no_files() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, root.path());
+    let mut slot = Slot::builder(&cfg).open()?;
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let mut model = Model::default();
+    for round in 0..4u64 {
+        apply(
+            &mut slot,
+            &mut model,
+            round * 10_000,
+            (round + 1) * 10_000,
+            2000,
+        )?;
+        checkpoint(&mut cp, &mut slot)?;
+        // Force compaction so later checkpoints drop earlier SSTs.
+        if let Some(rocks) = slot.backend().as_rocksdb() {
+            for cf in ["op/count", "op/list", "op/map"] {
+                if let Some(h) = rocks.db().cf_handle(cf) {
+                    rocks
+                        .db()
+                        .compact_range_cf(&h, None::<&[u8]>, None::<&[u8]>);
+                }
+            }
+        }
+    }
+    assert_eq!(cp.store().retained_ids()?, vec![4]);
+    let report = cp.gc(std::time::Duration::ZERO, false)?;
+    assert!(report.orphans.is_empty(), "leaked: {:?}", report.orphans);
+    let problems = cp.block_on(cp.store().verify(&[4], true))?;
+    assert!(problems.is_empty(), "{problems:?}");
+    Ok(())
+}
+
+/// Flipping, truncating or deleting a shared file makes restore fail with a typed error naming
+/// the file, and `verify --deep` reports it.
+#[test]
+fn damaged_checkpoint_files_fail_restore_with_typed_errors() -> TestResult {
+    for damage in ["flip", "truncate", "delete"] {
+        let root = tempfile::tempdir()?;
+        let cfg = config(BackendKind::RocksDb, root.path());
+        let mut slot = Slot::builder(&cfg).open()?;
+        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+        let mut model = Model::default();
+        apply(&mut slot, &mut model, 0, 5000, 500)?;
+        let id = checkpoint(&mut cp, &mut slot)?;
+        let meta = cp.block_on(cp.store().load(id))?;
+        let victim = &meta.slots[0].shared[0];
+        let path = root.path().join("checkpoints").join(&victim.object);
+        match damage {
+            "flip" => {
+                let mut b = std::fs::read(&path)?;
+                let mid = b.len() / 2;
+                b[mid] ^= 0x40;
+                std::fs::write(&path, b)?;
+            }
+            "truncate" => {
+                let b = std::fs::read(&path)?;
+                std::fs::write(&path, &b[..b.len() / 2])?;
+            }
+            _ => std::fs::remove_file(&path)?,
+        }
+        let problems = cp.block_on(cp.store().verify(&[id], true))?;
+        assert_eq!(problems.len(), 1, "{damage}: {problems:?}");
+        assert!(
+            problems[0].problem.contains(&victim.sha256),
+            "{damage}: {problems:?}"
+        );
+        let url = format!("{}/chk-{id}", cp.job_url());
+        drop(slot);
+        let err = match restore(&cfg, &url) {
+            Ok(_) => panic!("{damage}: restore of a damaged checkpoint succeeded"),
+            Err(e) => e,
+        };
+        let e = err.downcast::<cairn::EngineError>()?;
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{damage}: {e}");
+        assert!(e.to_string().contains(&victim.sha256), "{damage}: {e}");
+    }
+    Ok(())
+}
+
+/// A claim-mode restore adopts the checkpoint and deletes it once subsumed; no-claim never
+/// touches it, and its first checkpoint copies the files into the new job.
+#[test]
+fn claim_and_no_claim_ownership() -> TestResult {
+    for mode in [RestoreMode::NoClaim, RestoreMode::Claim] {
+        let root = tempfile::tempdir()?;
+        let mut cfg = config(BackendKind::RocksDb, root.path());
+        let mut slot = Slot::builder(&cfg).open()?;
+        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+        let mut model = Model::default();
+        apply(&mut slot, &mut model, 0, 5000, 500)?;
+        let id = checkpoint(&mut cp, &mut slot)?;
+        let url = format!("{}/chk-{id}", cp.job_url());
+        let old_job = cp.job().to_string();
+        drop(slot);
+        drop(cp);
+        cfg.checkpoint.restore_mode = mode;
+        let (mut cp2, mut slot2) = restore(&cfg, &url)?;
+        apply(&mut slot2, &mut model, 5000, 6000, 500)?;
+        let id2 = checkpoint(&mut cp2, &mut slot2)?;
+        assert_eq!(id2, id + 1);
+        let report = cp2.reports()[0].clone();
+        let old_meta = root
+            .path()
+            .join("checkpoints")
+            .join(&old_job)
+            .join(format!("chk-{id}/_metadata"));
+        match mode {
+            RestoreMode::NoClaim => {
+                assert!(report.files_copied > 0, "{report:?}");
+                assert!(
+                    old_meta.exists(),
+                    "no-claim deleted the restored checkpoint"
+                );
+                let meta = cp2.block_on(cp2.store().load(id2))?;
+                assert!(
+                    meta.slots[0]
+                        .shared
+                        .iter()
+                        .all(|f| f.object.starts_with(cp2.job()))
+                );
+            }
+            RestoreMode::Claim => {
+                assert_eq!(report.files_copied, 0);
+                assert!(!old_meta.exists(), "claimed checkpoint was not subsumed");
+            }
+        }
+        drop(slot2);
+        let (_cp3, mut slot3) = restore(&cfg, &format!("{}/chk-{id2}", cp2.job_url()))?;
+        assert_eq!(read_back(&mut slot3, 500)?, model);
+    }
+    Ok(())
+}
