@@ -6,9 +6,19 @@
 
 pub use cairn_engine as engine;
 pub use cairn_memory as memory;
+pub use cairn_snapshot as snapshot;
 
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
     KeyGroupRange, ListState, MapState, ReducingState, ScopeKey, Slot, StateDescriptor, StateKind,
     ValueState, VoidNamespace,
 };
+
+pub mod bench_cmd;
+pub mod checkpointing;
+pub mod checkpoints_cmd;
+pub mod cli;
+pub mod report;
+pub mod run;
+pub mod stream;
+pub mod workload;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `cairn` binary: see [`cairn::cli`].
+
+fn main() -> std::process::ExitCode {
+    cairn::cli::main()
+}

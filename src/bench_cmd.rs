@@ -1,0 +1,316 @@
+//! `cairn bench checkpoint`: the incremental-checkpoint and restore benchmarks. Prints a table
+//! and writes JSON (`--json`) so runs can be compared.
+//!
+//! - churn: load `--keys` keys of `--value-size` bytes, then for each churn level (1 %, 10 %,
+//!   100 % of the keys rewritten) take `--rounds` checkpoints; report incremental and full
+//!   bytes, uploaded bytes / bytes of the SSTs new in that checkpoint (target <= 1.05) and the
+//!   synchronous pause p50/p99.
+//! - restore: load `--restore-keys` keys (flink-anchor's `load` stream), take a final
+//!   checkpoint, then restore it into a fresh slot (time until the slot is open), and, in the
+//!   same run, copy the same files with a plain parallel copy from the same storage; report
+//!   restore throughput / raw copy throughput (target >= 0.8).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use cairn_engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::stream::{key_for, payload_into};
+
+/// `cairn bench ...`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Incremental checkpoints under churn, and restore speed against a raw copy.
+    Checkpoint(CheckpointBenchArgs),
+}
+
+/// `cairn bench checkpoint` flags.
+#[derive(Debug, Args)]
+pub struct CheckpointBenchArgs {
+    /// Keys of the churn benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Checkpoints per churn level.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Keys of the restore benchmark (0 skips it). flink-anchor's restore state is 8,000,000
+    /// keys of 200 bytes.
+    #[arg(long, default_value_t = 8_000_000)]
+    pub restore_keys: u64,
+    /// Value size of the restore benchmark.
+    #[arg(long, default_value_t = 200)]
+    pub restore_value_size: usize,
+    /// Where to work (a temporary directory under it is used and removed).
+    #[arg(long, default_value = "cairn-data/bench")]
+    pub dir: PathBuf,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ChurnResult {
+    churn_percent: f64,
+    checkpoints: u32,
+    incremental_bytes_mean: f64,
+    full_bytes_mean: f64,
+    uploaded_over_new_sst: f64,
+    sync_ms_p50: f64,
+    sync_ms_p99: f64,
+    async_ms_mean: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct RestoreResult {
+    keys: u64,
+    value_size: usize,
+    state_bytes: u64,
+    files: usize,
+    checkpoint_ms: f64,
+    restore_ms: f64,
+    download_ms: f64,
+    open_ms: f64,
+    restore_mb_per_s: f64,
+    raw_copy_ms: f64,
+    raw_copy_mb_per_s: f64,
+    restore_over_raw_copy: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct CheckpointBench {
+    churn: Vec<ChurnResult>,
+    restore: Option<RestoreResult>,
+}
+
+/// Runs `cairn bench ...`.
+pub fn run(args: BenchArgs) -> ExitCode {
+    let BenchCommand::Checkpoint(a) = args.command;
+    match checkpoint_bench(&a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn config(root: &Path) -> CairnConfig {
+    let mut cfg = CairnConfig::default();
+    cfg.state.backend = BackendKind::RocksDb;
+    cfg.state.working_dir = root.join("work");
+    cfg.checkpoint.dir = root.join("checkpoints").display().to_string();
+    cfg
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn checkpoint_bench(a: &CheckpointBenchArgs) -> BResult<()> {
+    std::fs::create_dir_all(&a.dir)?;
+    let tmp = tempfile::tempdir_in(&a.dir)?;
+    let mut out = CheckpointBench::default();
+    out.churn = churn(a, &tmp.path().join("churn"))?;
+    println!("\nchurn over {} keys x {} B:", a.keys, a.value_size);
+    println!("{:>7} {:>14} {:>14} {:>14} {:>9} {:>9} {:>10}", "churn", "incremental", "full", "upload/newSST", "sync p50", "sync p99", "async ms");
+    for c in &out.churn {
+        println!(
+            "{:>6}% {:>14.0} {:>14.0} {:>14.3} {:>9.2} {:>9.2} {:>10.1}",
+            c.churn_percent, c.incremental_bytes_mean, c.full_bytes_mean, c.uploaded_over_new_sst, c.sync_ms_p50, c.sync_ms_p99, c.async_ms_mean
+        );
+    }
+    if a.restore_keys > 0 {
+        let r = restore(a, &tmp.path().join("restore"))?;
+        println!(
+            "\nrestore of {} keys x {} B ({} bytes in {} files): {:.0} ms (download {:.0} ms + open {:.0} ms) = {:.0} MB/s; raw parallel copy {:.0} ms = {:.0} MB/s; ratio {:.3} (target >= 0.8)",
+            r.keys, r.value_size, r.state_bytes, r.files, r.restore_ms, r.download_ms, r.open_ms, r.restore_mb_per_s, r.raw_copy_ms, r.raw_copy_mb_per_s, r.restore_over_raw_copy
+        );
+        out.restore = Some(r);
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&out)?)?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn load(slot: &mut Slot, keys: u64, value_size: usize, key_of: impl Fn(u64) -> u64) -> BResult<u32> {
+    let id = slot.register(&StateDescriptor::new("bench", "value", StateKind::Value))?;
+    let mut buf = Vec::new();
+    for g in 0..keys {
+        let k = key_of(g);
+        payload_into(&mut buf, k, value_size);
+        let scope = slot.scope(&k, &cairn_engine::VoidNamespace)?;
+        slot.put(id, &scope, &buf)?;
+    }
+    Ok(id)
+}
+
+fn churn(a: &CheckpointBenchArgs, root: &Path) -> BResult<Vec<ChurnResult>> {
+    let cfg = config(root);
+    let mut slot = Slot::builder(&cfg).open()?;
+    let max_p = slot.max_parallelism();
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
+    let state = load(&mut slot, a.keys, a.value_size, |g| g)?;
+    let first = cp.next_id();
+    let sync = slot.snapshot_sync(first)?;
+    cp.complete(first, vec![sync])?;
+    let mut prev: HashMap<String, u64> = shared_of(&cp, first)?;
+    let mut results = Vec::new();
+    let mut g = 0u64;
+    let mut buf = Vec::new();
+    for pct in [1.0f64, 10.0, 100.0] {
+        let n = ((a.keys as f64) * pct / 100.0) as u64;
+        let mut r = ChurnResult {
+            churn_percent: pct,
+            checkpoints: a.rounds,
+            ..Default::default()
+        };
+        let (mut sync_ms, mut uploaded, mut new_sst) = (Vec::new(), 0u64, 0u64);
+        for _ in 0..a.rounds {
+            for _ in 0..n {
+                let k = key_for(g, a.keys, 7);
+                payload_into(&mut buf, k ^ g, a.value_size);
+                let scope = slot.scope(&k, &cairn_engine::VoidNamespace)?;
+                slot.put(state, &scope, &buf)?;
+                g += 1;
+            }
+            let id = cp.next_id();
+            let sync = slot.snapshot_sync(id)?;
+            let rep = cp.complete(id, vec![sync])?;
+            let now = shared_of(&cp, id)?;
+            new_sst += now
+                .iter()
+                .filter(|(obj, _)| !prev.contains_key(*obj))
+                .map(|(_, s)| s)
+                .sum::<u64>();
+            uploaded += rep.incremental_bytes;
+            sync_ms.push(rep.sync_ms);
+            r.incremental_bytes_mean += rep.incremental_bytes as f64 / a.rounds as f64;
+            r.full_bytes_mean += rep.full_bytes as f64 / a.rounds as f64;
+            r.async_ms_mean += rep.async_ms / a.rounds as f64;
+            prev = now;
+        }
+        r.uploaded_over_new_sst = uploaded as f64 / (new_sst.max(1)) as f64;
+        r.sync_ms_p50 = percentile(&mut sync_ms, 0.5);
+        r.sync_ms_p99 = percentile(&mut sync_ms, 0.99);
+        results.push(r);
+    }
+    Ok(results)
+}
+
+/// Shared objects (object -> size) of checkpoint `id`.
+fn shared_of(cp: &Checkpointer, id: u64) -> BResult<HashMap<String, u64>> {
+    let meta = cp.block_on(cp.store().load(id))?;
+    Ok(meta
+        .shared_objects()
+        .into_iter()
+        .map(|f| (f.object.clone(), f.size))
+        .collect())
+}
+
+fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
+    let cfg = config(root);
+    let (job_url, id, t_chk) = {
+        let mut slot = Slot::builder(&cfg).open()?;
+        let max_p = slot.max_parallelism();
+        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
+        let keys = a.restore_keys;
+        eprintln!("loading {keys} keys x {} B for the restore benchmark...", a.restore_value_size);
+        load(&mut slot, keys, a.restore_value_size, |g| g % keys)?;
+        let id = cp.next_id();
+        let t = Instant::now();
+        let sync = slot.snapshot_sync(id)?;
+        cp.complete(id, vec![sync])?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        (cp.job_url(), id, ms)
+    };
+    // Restore into a fresh job and working directory.
+    let mut cfg2 = cfg.clone();
+    cfg2.state.working_dir = root.join("work-restored");
+    let t = Instant::now();
+    let mut cp2 = Checkpointer::open(&cfg2.checkpoint, &new_job_name(), 128)?;
+    let restored = cp2.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
+    let range = KeyGroupRange::for_slot(restored.metadata.max_parallelism, 1, 0)?;
+    std::fs::create_dir_all(&cfg2.state.working_dir)?;
+    let dest = cfg2.state.working_dir.join("restore-slot-0");
+    let (files, bytes) = cp2.download_for_slot(&restored, range, &dest)?;
+    let download_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t_open = Instant::now();
+    let slot = Slot::builder(&cfg2).restore(files).open()?;
+    let open_ms = t_open.elapsed().as_secs_f64() * 1000.0;
+    let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(slot);
+    // Raw baseline: the same objects copied with the same parallelism from the same storage.
+    let objects: Vec<PathBuf> = restored
+        .metadata
+        .slots
+        .iter()
+        .flat_map(|s| s.shared.iter().map(|f| f.object.clone()).chain(s.private.iter().map(|f| f.object.clone())))
+        .map(|o| root.join("checkpoints").join(o))
+        .collect();
+    let raw_dir = root.join("raw-copy");
+    std::fs::create_dir_all(&raw_dir)?;
+    let threads = cfg.checkpoint.transfer_threads as usize;
+    let t = Instant::now();
+    std::thread::scope(|s| -> BResult<()> {
+        let chunks: Vec<Vec<(usize, &PathBuf)>> = (0..threads)
+            .map(|i| objects.iter().enumerate().filter(|(j, _)| j % threads == i).collect())
+            .collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let raw_dir = &raw_dir;
+                s.spawn(move || -> std::io::Result<()> {
+                    for (j, p) in chunk {
+                        std::fs::copy(p, raw_dir.join(format!("f{j}")))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "copy thread panicked")??;
+        }
+        Ok(())
+    })?;
+    let raw_copy_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mb = bytes as f64 / 1e6;
+    Ok(RestoreResult {
+        keys: a.restore_keys,
+        value_size: a.restore_value_size,
+        state_bytes: bytes,
+        files: objects.len(),
+        checkpoint_ms: t_chk,
+        restore_ms,
+        download_ms,
+        open_ms,
+        restore_mb_per_s: mb / (restore_ms / 1000.0),
+        raw_copy_ms,
+        raw_copy_mb_per_s: mb / (raw_copy_ms / 1000.0),
+        restore_over_raw_copy: raw_copy_ms / restore_ms,
+    })
+}

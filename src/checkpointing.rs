@@ -1,0 +1,224 @@
+//! Periodic checkpoints during `cairn run`: barrier positions in the record stream, the
+//! coordinator thread, and restore of the slots at start.
+//!
+//! ## Barriers
+//! Every slot walks the same stream `g = 0..records`. To checkpoint, the coordinator picks a
+//! position `B` a little ahead of the fastest slot and publishes `(B, id)`; each slot takes its
+//! synchronous snapshot just before record `B` (or at the end of the stream when `B >= records`),
+//! so all slots' snapshots hold exactly the records `< B` — a consistent cut, like Flink's
+//! aligned barriers. A slot that is already past `B` declines, and the checkpoint is dropped
+//! (not counted as a failure). `B` is stored as the checkpoint's `position` property, and a run
+//! restored from it continues at `g = B`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, SyncSnapshot};
+use cairn_engine::{EngineError, Slot};
+
+/// The property holding a checkpoint's stream position.
+pub const POSITION: &str = "position";
+
+/// What a slot answers to a barrier.
+pub enum BarrierReply {
+    /// The synchronous snapshot (or its error).
+    Snapshot(Result<SyncSnapshot, EngineError>),
+    /// The slot was already past the barrier.
+    Missed,
+}
+
+/// State shared by the slot threads and the coordinator.
+pub struct Barriers {
+    pos: AtomicU64,
+    id: AtomicU64,
+    /// Each slot's current stream position (published in batches).
+    pub positions: Vec<AtomicU64>,
+    /// Slots that finished their records.
+    pub slots_done: AtomicU32,
+    /// Set when the final checkpoint is done: slots may leave.
+    pub final_done: AtomicBool,
+    /// Whether checkpoints are taken at all.
+    pub enabled: bool,
+    /// "chk-7: 3.1 MB incremental / 40 MB full" for the progress line.
+    pub last: Mutex<String>,
+    replies: Mutex<Sender<(u32, u64, BarrierReply)>>,
+}
+
+impl Barriers {
+    /// Barriers for `slots` slots; replies arrive on the returned receiver.
+    pub fn new(slots: u32, enabled: bool) -> (Self, Receiver<(u32, u64, BarrierReply)>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            Self {
+                pos: AtomicU64::new(u64::MAX),
+                id: AtomicU64::new(0),
+                positions: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+                slots_done: AtomicU32::new(0),
+                final_done: AtomicBool::new(!enabled),
+                enabled,
+                last: Mutex::new(String::new()),
+                replies: Mutex::new(tx),
+            },
+            rx,
+        )
+    }
+
+    fn publish(&self, pos: u64, id: u64) {
+        self.pos.store(pos, Ordering::Release);
+        self.id.store(id, Ordering::Release);
+    }
+
+    /// Called by a slot before record `g` (and at the end of the stream with `g = records`):
+    /// takes the snapshot when a new barrier is at `g`, declines when it is behind.
+    #[inline]
+    pub fn check(&self, slot: &mut Slot, g: u64, records: u64, last_seen: &mut u64) {
+        let id = self.id.load(Ordering::Acquire);
+        if id <= *last_seen {
+            return;
+        }
+        let pos = self.pos.load(Ordering::Acquire);
+        let at_end = g >= records && pos >= records;
+        let reply = if g == pos || at_end {
+            BarrierReply::Snapshot(slot.snapshot_sync(id))
+        } else if g > pos {
+            BarrierReply::Missed
+        } else {
+            return;
+        };
+        *last_seen = id;
+        if let Ok(tx) = self.replies.lock() {
+            let _ = tx.send((slot.index().0, id, reply));
+        }
+    }
+}
+
+/// Runs the coordinator until the final checkpoint is done (or `abort` is set). Returns the
+/// reports of the completed checkpoints, or the error that must fail the run.
+pub fn coordinate(
+    cp: &mut Checkpointer,
+    barriers: &Barriers,
+    replies: &Receiver<(u32, u64, BarrierReply)>,
+    slots: u32,
+    records: u64,
+    abort: &AtomicBool,
+) -> Result<(), EngineError> {
+    let interval = cp.config().interval;
+    let min_pause = cp.config().min_pause;
+    // Far enough ahead that no slot passes the barrier before it sees it: the positions slots
+    // publish are up to one progress batch per slot stale.
+    let margin = 64 * 1024 * u64::from(slots) + 10_000;
+    let mut last_done = Instant::now();
+    loop {
+        if abort.load(Ordering::Relaxed) {
+            barriers.final_done.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let all_done = barriers.slots_done.load(Ordering::Acquire) == slots;
+        let due = interval.is_some_and(|i| last_done.elapsed() >= i.max(min_pause));
+        if all_done || due {
+            let pos = if all_done {
+                records
+            } else {
+                let max = barriers
+                    .positions
+                    .iter()
+                    .map(|p| p.load(Ordering::Relaxed))
+                    .max()
+                    .unwrap_or(0);
+                max + margin
+            };
+            if all_done || pos < records {
+                let id = cp.next_id();
+                barriers.publish(pos, id);
+                match collect(replies, id, slots, abort) {
+                    Collected::All(syncs) => {
+                        let props = BTreeMap::from([(POSITION.to_string(), pos.min(records).to_string())]);
+                        match cp.complete_with(id, syncs, props) {
+                            Ok(r) => note(barriers, &r),
+                            Err(e) if cp.failure_tolerated() && !all_done => {
+                                tracing::warn!(error = %e, "checkpoint failed (tolerated)");
+                            }
+                            Err(e) => {
+                                barriers.final_done.store(true, Ordering::Release);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Collected::Declined(syncs) => {
+                        for s in syncs {
+                            let _ = std::fs::remove_dir_all(s.dir());
+                        }
+                        tracing::info!("checkpoint {id} declined: a slot was past its barrier");
+                    }
+                    Collected::Failed(e) => {
+                        barriers.final_done.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                    Collected::Aborted => {}
+                }
+                last_done = Instant::now();
+            }
+            if all_done {
+                barriers.final_done.store(true, Ordering::Release);
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+enum Collected {
+    All(Vec<SyncSnapshot>),
+    Declined(Vec<SyncSnapshot>),
+    Failed(EngineError),
+    Aborted,
+}
+
+fn collect(
+    replies: &Receiver<(u32, u64, BarrierReply)>,
+    id: u64,
+    slots: u32,
+    abort: &AtomicBool,
+) -> Collected {
+    let (mut syncs, mut answered, mut missed) = (Vec::new(), 0u32, false);
+    while answered < slots {
+        match replies.recv_timeout(Duration::from_millis(50)) {
+            Ok((_, rid, _)) if rid != id => {}
+            Ok((_, _, BarrierReply::Missed)) => {
+                answered += 1;
+                missed = true;
+            }
+            Ok((_, _, BarrierReply::Snapshot(Ok(s)))) => {
+                answered += 1;
+                syncs.push(s);
+            }
+            // A failed synchronous phase fails the run (Flink fails over on it too).
+            Ok((_, _, BarrierReply::Snapshot(Err(e)))) => return Collected::Failed(e),
+            Err(RecvTimeoutError::Timeout) => {
+                if abort.load(Ordering::Relaxed) {
+                    return Collected::Aborted;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Collected::Aborted,
+        }
+    }
+    if missed {
+        Collected::Declined(syncs)
+    } else {
+        Collected::All(syncs)
+    }
+}
+
+fn note(barriers: &Barriers, r: &CheckpointReport) {
+    if let Ok(mut l) = barriers.last.lock() {
+        *l = format!(
+            "chk-{}: {:.1} MB uploaded / {:.1} MB full",
+            r.id,
+            r.incremental_bytes as f64 / 1e6,
+            r.full_bytes as f64 / 1e6
+        );
+    }
+}
