@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 
 /// The smallest memory budget Cairn accepts for one slot: 16 MiB.
 ///
-/// At the default write-buffer ratio this leaves a 13.3 MiB block cache and a 5.3 MiB write-buffer
-/// manager. Below that the pinned entries (write-buffer reservations in 256 KiB chunks, L0 index and
-/// filter blocks) crowd out data blocks in every cache shard, and with a strict capacity limit reads
-/// start failing with `MemoryLimit` instead of merely running slowly.
+/// At the default write-buffer ratio this gives a 13.3 MiB block cache and a 5.3 MiB write-buffer
+/// manager, so 2.7 MiB memtables. Smaller budgets mean memtables of a megabyte or less (state
+/// flushes into many tiny L0 files) and a cache with little room beside its pinned entries (the
+/// write-buffer manager's 256 KiB reservations, L0 index and filter blocks). The integration tests
+/// run at this minimum and at 32 MiB.
 pub const MIN_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The smallest write-buffer-manager capacity Cairn accepts: 1 MiB.
@@ -89,8 +90,8 @@ impl ConfigError {
 /// With a budget (the default), every RocksDB instance of a slot shares one LRU block cache and one
 /// write-buffer manager charged to that cache, so block cache + memtables + index/filter blocks stay
 /// within the budget (see [`crate::MemoryPlan`] for the split). This is Flink's
-/// `state.backend.rocksdb.memory.*` model, with two differences: the cache can enforce its
-/// capacity strictly, and memtable sizes are derived from the budget instead of warned about.
+/// `state.backend.rocksdb.memory.*` model, except that memtable and arena sizes are derived from
+/// the budget instead of warned about.
 ///
 /// ```toml
 /// [memory]
@@ -156,13 +157,19 @@ pub struct MemoryConfig {
     /// Flink: `state.backend.rocksdb.memory.partitioned-index-filters`.
     pub partitioned_index_filters: bool,
 
-    /// Make the block cache refuse inserts beyond its capacity. Default: `true`.
+    /// Make the block cache refuse inserts beyond its capacity. Default: `false`.
     ///
-    /// With `true` the budget is a bound for the cache: when a cache shard is full of pinned entries
-    /// a read that needs a new block fails with `MemoryLimit` instead of growing the cache. With
-    /// `false` the cache overshoots instead (Flink always runs with `false`, FLINK-15532). Cairn's
-    /// `memory_bound` test writes 10x the budget at the minimum-size budget and reads it back with
-    /// `true` without a single failed read, and keeps RocksDB within 10 % of the budget.
+    /// `true` turns the cache's capacity into a hard limit: an insert that does not fit beside
+    /// the pinned entries fails with `MemoryLimit`. RocksDB enforces it per cache shard (as small
+    /// as 512 KiB; rust-rocksdb cannot choose the shard count of a strict cache), and index and
+    /// filter blocks and the write-buffer manager's 256 KiB reservations are pinned, so inserts
+    /// fail long before the whole cache is full. The failure is not confined to reads: a flush or
+    /// compaction that cannot cache a block fails, RocksDB sets a background error and stops the
+    /// DB, and writers stalled by the write-buffer manager then wait forever. Cairn's
+    /// `memory_bound` test (32 MiB budget, 10x the budget written) stops the DB this way in most
+    /// runs with `true`, while with `false` RocksDB peaks at about 0.85x the budget without a
+    /// failed operation; so Cairn keeps Flink's `false` (FLINK-15532) and `true` is for
+    /// experiments only.
     ///
     /// Flink: none (always off).
     pub strict_capacity_limit: bool,
@@ -177,7 +184,7 @@ impl Default for MemoryConfig {
             write_buffer_ratio: 0.5,
             high_priority_pool_ratio: 0.1,
             partitioned_index_filters: false,
-            strict_capacity_limit: true,
+            strict_capacity_limit: false,
         }
     }
 }
@@ -255,7 +262,7 @@ impl MemoryConfig {
         let Some((budget_field, budget)) = self.budget() else {
             return Ok(());
         };
-        // See MIN_BUDGET_BYTES: smaller budgets fail reads (strict limit) or thrash.
+        // See MIN_BUDGET_BYTES: in smaller budgets pinned entries crowd out the cache shards.
         if budget < MIN_BUDGET_BYTES {
             return Err(ConfigError::out_of_range(
                 budget_field,
@@ -311,7 +318,7 @@ mod tests {
         assert_eq!(c.write_buffer_ratio, 0.5);
         assert_eq!(c.high_priority_pool_ratio, 0.1);
         assert!(!c.partitioned_index_filters);
-        assert!(c.strict_capacity_limit);
+        assert!(!c.strict_capacity_limit);
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.budget_bytes(), Some(256 * 1024 * 1024));
     }
@@ -327,7 +334,7 @@ mod tests {
             write-buffer-ratio = 0.4
             high-priority-pool-ratio = 0.2
             partitioned-index-filters = true
-            strict-capacity-limit = false
+            strict-capacity-limit = true
             "#,
         )
         .expect("valid [memory] table");
@@ -336,7 +343,7 @@ mod tests {
         assert_eq!(c.write_buffer_ratio, 0.4);
         assert_eq!(c.high_priority_pool_ratio, 0.2);
         assert!(c.partitioned_index_filters);
-        assert!(!c.strict_capacity_limit);
+        assert!(c.strict_capacity_limit);
         // fixed-per-slot overrides managed-size.
         assert_eq!(c.budget_bytes(), Some(1024 * 1024 * 1024));
         assert_eq!(c.validate(), Ok(()));

@@ -3,8 +3,8 @@
 //! A slot's budget `M` (`[memory] managed-size`) is split the way Flink's RocksDB state backend
 //! splits managed memory: one LRU block cache of `(3 - r)/3 * M` and one write-buffer manager of
 //! `2r/3 * M` that charges memtable memory to that cache, shared by every column family of every
-//! RocksDB instance in the slot. Unlike Flink, the cache can enforce its capacity strictly, and
-//! memtable and arena sizes are derived from the budget so small budgets do not flush constantly.
+//! RocksDB instance in the slot. Unlike Flink, memtable and arena sizes are derived from the
+//! budget, so small budgets do not flush constantly.
 //!
 //! - [`MemoryConfig`]: the `[memory]` settings, with [`MemoryConfig::validate`]; [`ConfigError`]
 //!   is the configuration error type of all of Cairn.

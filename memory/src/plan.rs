@@ -168,13 +168,14 @@ mod tests {
         // 2 * 0.5 / 3 * M = M/3.
         assert_eq!(p.write_buffer_manager_bytes, m / 3);
         assert_eq!(p.write_buffer_manager_bytes, 89_478_485);
-        assert_eq!(p.write_buffer_size, 64 * MIB);
+        // min(64 MiB, wbm / 2), and the arena capped at 1 MiB.
+        assert_eq!(p.write_buffer_size, 89_478_485 / 2);
         assert_eq!(p.arena_block_size, MIB);
         assert_eq!(p.high_priority_pool_ratio_configured, 0.1);
         assert_eq!(p.high_priority_pool_ratio_effective, 0.5);
         assert!(!p.high_priority_pool_ratio_honoured);
         assert!(p.high_priority_pool_note().is_some());
-        assert!(p.strict_capacity_limit);
+        assert!(!p.strict_capacity_limit);
     }
 
     #[test]

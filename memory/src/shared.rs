@@ -99,6 +99,12 @@ impl SlotMemory {
         if let Some(note) = plan.high_priority_pool_note() {
             tracing::warn!("{note}");
         }
+        if plan.strict_capacity_limit {
+            tracing::warn!(
+                "memory.strict-capacity-limit = true: a flush or compaction that cannot cache a \
+                 block fails with MemoryLimit and stops the DB; use only for experiments"
+            );
+        }
         tracing::info!(
             budget_bytes = plan.budget_bytes,
             block_cache_bytes = plan.block_cache_bytes,

@@ -1,10 +1,11 @@
-//! Does a slot's RocksDB memory stay within its budget, and does a strict cache fail reads?
+//! Does a slot's RocksDB memory stay within its budget, and what does a strict cache do?
 //!
 //! Opens a MultiThreaded RocksDB with "default" + 3 column families, all in one small budget,
 //! writes 10x the budget of ~1 KB random values (WAL off, as in Flink) and reads them back at
-//! random from two threads, sampling [`MemoryReport::collect`] all along. With the strict capacity
-//! limit (Cairn's default) the peak must stay within 110 % of the budget and no operation may fail;
-//! the unbounded-cache run is printed for comparison only.
+//! random from two threads, sampling [`MemoryReport::collect`] all along. With Cairn's default
+//! settings the peak must stay within 110 % of the budget and no operation may fail. The run with
+//! `strict-capacity-limit = true` is printed for comparison only: it is why that setting is off by
+//! default (a strict cache fails compactions with `MemoryLimit`, which stops the DB).
 
 use std::error::Error;
 use std::sync::Mutex;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytesize::ByteSize;
 use cairn_memory::{MemoryConfig, MemoryReport, SlotMemory};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBWithThreadMode, ErrorKind, MultiThreaded, Options,
     WriteOptions,
 };
 
@@ -27,6 +28,8 @@ const VALUE_LEN: usize = 1000;
 const KEYS: u64 = 10 * BUDGET / VALUE_LEN as u64;
 const READS_PER_THREAD: u64 = 100_000;
 const CF_NAMES: [&str; 4] = ["default", "cf_a", "cf_b", "cf_c"];
+/// A write stalled this long counts as stuck: the test gives up writing instead of hanging.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 /// The two tests measure memory and RSS, so they must not overlap.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -112,6 +115,7 @@ impl Peaks {
 
 struct Outcome {
     peaks: Peaks,
+    keys_written: u64,
     write_failures: u64,
     read_failures: u64,
     first_failure: Option<String>,
@@ -143,6 +147,7 @@ fn run(strict_capacity_limit: bool) -> Result<Outcome> {
         }
     };
 
+    let mut keys_written = 0;
     let started = Instant::now();
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(|| {
@@ -154,16 +159,40 @@ fn run(strict_capacity_limit: bool) -> Result<Outcome> {
 
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
+        // A write-buffer-manager stall returns `Incomplete` instead of blocking, so a DB that stops
+        // after a background error makes this test fail instead of hang; the retry loop below
+        // waits like a blocking write would.
+        write_opts.set_no_slowdown(true);
         let handles = CF_NAMES.map(|name| db.cf_handle(name));
         let mut buf = Vec::with_capacity(VALUE_LEN);
-        for i in 0..KEYS {
+        'write: for i in 0..KEYS {
             let Some(cf) = &handles[(i % CF_NAMES.len() as u64) as usize] else {
                 return Err(format!("column family {} is not open", cf_of(i)).into());
             };
             value(i, &mut buf);
-            if let Err(e) = db.put_cf_opt(cf, key(i), &buf, &write_opts) {
-                fail(&write_failures, format!("put {i}: {e}"));
+            let mut stalled_since = None;
+            loop {
+                match db.put_cf_opt(cf, key(i), &buf, &write_opts) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::Incomplete => {
+                        let since = *stalled_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > STUCK_AFTER {
+                            fail(
+                                &write_failures,
+                                format!("put {i}: stalled for {STUCK_AFTER:?}"),
+                            );
+                            break 'write;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => {
+                        // The DB stopped (background error): every further write fails the same.
+                        fail(&write_failures, format!("put {i}: {e}"));
+                        break 'write;
+                    }
+                }
             }
+            keys_written = i + 1;
             if i % 4096 == 0 {
                 sample();
             }
@@ -174,12 +203,13 @@ fn run(strict_capacity_limit: bool) -> Result<Outcome> {
             .map(|t| {
                 let (db, fail, read_failures, peaks, mem) =
                     (&db, &fail, &read_failures, &peaks, &mem);
+                let keys_written = keys_written;
                 scope.spawn(move || {
                     let mut state = mix(t + 1);
                     let mut expected = Vec::with_capacity(VALUE_LEN);
                     for n in 0..READS_PER_THREAD {
                         state = mix(state);
-                        let i = state % KEYS;
+                        let i = state % keys_written.max(1);
                         let Some(cf) = db.cf_handle(cf_of(i)) else {
                             fail(read_failures, format!("cf of {i} not open"));
                             continue;
@@ -208,9 +238,10 @@ fn run(strict_capacity_limit: bool) -> Result<Outcome> {
         }
         stop.store(true, Ordering::Relaxed);
         eprintln!(
-            "strict={strict_capacity_limit}: wrote {} keys ({}) in {:.1?}, read {} in {:.1?}",
+            "strict={strict_capacity_limit}: wrote {} of {} keys ({}) in {:.1?}, read {} in {:.1?}",
+            keys_written,
             KEYS,
-            ByteSize(KEYS * VALUE_LEN as u64),
+            ByteSize(keys_written * VALUE_LEN as u64),
             wrote,
             2 * READS_PER_THREAD,
             started.elapsed() - wrote
@@ -223,6 +254,7 @@ fn run(strict_capacity_limit: bool) -> Result<Outcome> {
     let first_failure = first_failure.into_inner().map_err(|_| "poisoned")?;
     Ok(Outcome {
         peaks,
+        keys_written,
         write_failures: write_failures.into_inner(),
         read_failures: read_failures.into_inner(),
         first_failure,
@@ -264,14 +296,15 @@ fn print(label: &str, outcome: &Outcome) {
 }
 
 #[test]
-fn strict_budget_holds_under_10x_writes_and_random_reads() -> Result<()> {
+fn default_budget_holds_under_10x_writes_and_random_reads() -> Result<()> {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let outcome = run(true)?;
-    print("strict capacity limit", &outcome);
+    let outcome = run(MemoryConfig::default().strict_capacity_limit)?;
+    print("default settings", &outcome);
     assert_eq!(outcome.write_failures, 0, "{:?}", outcome.first_failure);
     assert_eq!(outcome.read_failures, 0, "{:?}", outcome.first_failure);
+    assert_eq!(outcome.keys_written, KEYS);
     let limit = BUDGET + BUDGET / 10;
     assert!(
         outcome.peaks.total <= limit,
@@ -283,13 +316,15 @@ fn strict_budget_holds_under_10x_writes_and_random_reads() -> Result<()> {
     Ok(())
 }
 
+/// Measures the alternative to the default; asserts only that it ran.
 #[test]
-fn non_strict_cache_for_comparison() -> Result<()> {
+fn strict_capacity_limit_for_comparison() -> Result<()> {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let outcome = run(false)?;
-    print("no strict capacity limit", &outcome);
+    let strict = !MemoryConfig::default().strict_capacity_limit;
+    let outcome = run(strict)?;
+    print(&format!("strict-capacity-limit = {strict}"), &outcome);
     assert!(outcome.peaks.samples > 0);
     Ok(())
 }
