@@ -341,6 +341,8 @@ fn run_slot(
 
     let records = opts.spec.records;
     let mut last_barrier = 0u64;
+    // One scope, re-encoded per record: no allocation on the hot path.
+    let mut scope = cairn_engine::ScopeKey::new(0, 1, &[], &[]);
     for g in start_position..records {
         if barriers.enabled {
             barriers.check(&mut slot, g, records, &mut last_barrier);
@@ -354,8 +356,7 @@ fn run_slot(
         let timed = processed.is_multiple_of(LATENCY_SAMPLE_EVERY);
         let t0 = timed.then(Instant::now);
         // The namespace is VoidNamespace, which encodes to no bytes.
-        let scope = slot
-            .scope_raw(&key_bytes, &[])
+        slot.rescope_raw(&mut scope, &key_bytes, &[])
             .map_err(err("building a scope"))?;
         driver
             .apply(&mut slot, g, key, &scope)

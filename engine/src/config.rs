@@ -171,6 +171,34 @@ pub struct RocksDbConfig {
     pub max_size_level_base: Option<ByteSize>,
     /// Dynamic level sizes. Flink: `state.backend.rocksdb.compaction.level.use-dynamic-size` (false).
     pub use_dynamic_level_size: Option<bool>,
+    /// Number of L0 files (under universal compaction: sorted runs) that triggers a compaction.
+    /// Default: RocksDB's 4. Higher means fewer compactions, so fewer SSTs that an incremental
+    /// checkpoint already uploaded are rewritten and uploaded again; the price is more L0 files
+    /// (no bloom filters by default: each point read probes every L0 file that may hold the
+    /// key), more disk and a larger full checkpoint between compactions, and bigger, rarer
+    /// compactions. Cairn raises the write slowdown and stop triggers with it, to
+    /// `max(20, n + 16)` and `max(36, n + 32)` (RocksDB's 20 and 36 at `n = 4`), so a higher
+    /// trigger never stalls writes earlier. Flink: none (only a `RocksDBOptionsFactory` calling
+    /// `setLevel0FileNumCompactionTrigger`; FRocksDB's default is 4).
+    pub level0_file_num_compaction_trigger: Option<i32>,
+    /// Universal compaction only: percentage by which a candidate set of sorted runs may be
+    /// smaller than the next (older) run and still take it in. Default: RocksDB's 1. Higher
+    /// merges more eagerly (less space, more rewriting of old, already-uploaded runs).
+    /// Flink: none (`RocksDBOptionsFactory`: `CompactionOptionsUniversal.setSizeRatio`).
+    pub universal_size_ratio: Option<i32>,
+    /// Universal compaction only: fewest sorted runs merged by one size-ratio compaction.
+    /// Default: RocksDB's 2. Higher: fewer, bigger merges. Flink: none (`setMinMergeWidth`).
+    pub universal_min_merge_width: Option<i32>,
+    /// Universal compaction only: most sorted runs merged by one size-ratio compaction.
+    /// Default: unlimited. Lower keeps old runs out of merges (less re-upload) at the cost of more
+    /// runs, i.e. more read amplification. Flink: none (`setMaxMergeWidth`).
+    pub universal_max_merge_width: Option<i32>,
+    /// Universal compaction only: when all runs but the oldest exceed this percentage of the
+    /// oldest, everything is compacted into one run (a full rewrite, hence a full re-upload).
+    /// Default: RocksDB's 200. Higher: rarer full rewrites, more space (the full checkpoint grows
+    /// with it, up to `1 + p/100` times the live data). Flink: none
+    /// (`setMaxSizeAmplificationPercent`).
+    pub universal_max_size_amplification_percent: Option<i32>,
 }
 
 impl Default for RocksDbConfig {
@@ -186,6 +214,11 @@ impl Default for RocksDbConfig {
             target_file_size_base: None,
             max_size_level_base: None,
             use_dynamic_level_size: None,
+            level0_file_num_compaction_trigger: None,
+            universal_size_ratio: None,
+            universal_min_merge_width: None,
+            universal_max_merge_width: None,
+            universal_max_size_amplification_percent: None,
         }
     }
 }
@@ -339,6 +372,51 @@ impl RocksDbConfig {
                 ));
             }
         }
+        if let Some(n) = self.level0_file_num_compaction_trigger {
+            // Beyond a few hundred files every point read probes hundreds of tables.
+            if !(1..=256).contains(&n) {
+                return Err(EngineError::config(
+                    "rocksdb.level0-file-num-compaction-trigger",
+                    n,
+                    "[1, 256]",
+                ));
+            }
+        }
+        let universal = self.compaction_style == Some(CompactionStyle::Universal);
+        let universal_knobs = [
+            ("rocksdb.universal-size-ratio", self.universal_size_ratio, 0, 10_000),
+            ("rocksdb.universal-min-merge-width", self.universal_min_merge_width, 2, 1024),
+            ("rocksdb.universal-max-merge-width", self.universal_max_merge_width, 2, 1024),
+            (
+                "rocksdb.universal-max-size-amplification-percent",
+                self.universal_max_size_amplification_percent,
+                1,
+                100_000,
+            ),
+        ];
+        for (field, value, min, max) in universal_knobs {
+            let Some(v) = value else { continue };
+            if !universal {
+                return Err(EngineError::config(
+                    field,
+                    v,
+                    "unset unless rocksdb.compaction-style = \"universal\"",
+                ));
+            }
+            if !(min..=max).contains(&v) {
+                return Err(EngineError::config(field, v, format!("[{min}, {max}]")));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.universal_min_merge_width, self.universal_max_merge_width)
+        {
+            if hi < lo {
+                return Err(EngineError::config(
+                    "rocksdb.universal-max-merge-width",
+                    hi,
+                    format!(">= rocksdb.universal-min-merge-width = {lo}"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -417,6 +495,41 @@ mod tests {
         let mut c = CairnConfig::default();
         c.rocksdb.max_size_level_base = Some(ByteSize::kib(4));
         assert!(field_error(&c).contains("rocksdb.max-size-level-base"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.level0_file_num_compaction_trigger = Some(0);
+        assert!(field_error(&c).contains("rocksdb.level0-file-num-compaction-trigger"));
+        c.rocksdb.level0_file_num_compaction_trigger = Some(1000);
+        assert!(field_error(&c).contains("rocksdb.level0-file-num-compaction-trigger"));
+
+        // Universal knobs: out of range, or set without universal compaction.
+        let mut c = CairnConfig::default();
+        c.rocksdb.universal_size_ratio = Some(10);
+        assert!(field_error(&c).contains("rocksdb.universal-size-ratio"));
+        c.rocksdb.compaction_style = Some(CompactionStyle::Universal);
+        c.validate().unwrap();
+        c.rocksdb.universal_size_ratio = Some(-1);
+        assert!(field_error(&c).contains("rocksdb.universal-size-ratio"));
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.compaction_style = Some(CompactionStyle::Universal);
+        c.rocksdb.universal_min_merge_width = Some(1);
+        assert!(field_error(&c).contains("rocksdb.universal-min-merge-width"));
+        c.rocksdb.universal_min_merge_width = Some(4);
+        c.rocksdb.universal_max_merge_width = Some(3);
+        assert!(field_error(&c).contains("rocksdb.universal-max-merge-width"));
+        c.rocksdb.universal_max_merge_width = Some(4);
+        c.validate().unwrap();
+
+        let mut c = CairnConfig::default();
+        c.rocksdb.universal_max_size_amplification_percent = Some(400);
+        assert!(field_error(&c).contains("rocksdb.universal-max-size-amplification-percent"));
+        c.rocksdb.compaction_style = Some(CompactionStyle::Level);
+        assert!(field_error(&c).contains("rocksdb.universal-max-size-amplification-percent"));
+        c.rocksdb.compaction_style = Some(CompactionStyle::Universal);
+        c.validate().unwrap();
+        c.rocksdb.universal_max_size_amplification_percent = Some(0);
+        assert!(field_error(&c).contains("rocksdb.universal-max-size-amplification-percent"));
 
         let mut c = CairnConfig::default();
         c.memory.write_buffer_ratio = 1.5;

@@ -167,6 +167,7 @@ impl<'a> SlotBuilder<'a> {
             working_dir: dir,
             key_buf: Vec::new(),
             ns_buf: Vec::new(),
+            value_buf: Vec::new(),
         };
         match slot.kind {
             // Heap tables were created while loading; record them.
@@ -201,6 +202,7 @@ pub struct Slot {
     working_dir: PathBuf,
     key_buf: Vec<u8>,
     ns_buf: Vec<u8>,
+    value_buf: Vec<u8>,
 }
 
 impl Slot {
@@ -285,6 +287,15 @@ impl Slot {
         Ok(ScopeKey::new(kg, self.prefix_bytes, key, namespace))
     }
 
+    /// Re-targets `scope` at raw key and namespace bytes, reusing its buffer (the per-record
+    /// hot path of a host engine).
+    pub fn rescope_raw(&self, scope: &mut ScopeKey, key: &[u8], namespace: &[u8]) -> Result<()> {
+        let kg = keygroup::assign_to_key_group(key, self.max_parallelism);
+        self.check_key_group(kg)?;
+        scope.reset(kg, self.prefix_bytes, key, namespace);
+        Ok(())
+    }
+
     /// The scope of a typed key and namespace (both serialized with [`crate::codec`]).
     pub fn scope<K: Serialize + ?Sized, N: Serialize + ?Sized>(
         &mut self,
@@ -362,6 +373,38 @@ impl Slot {
     pub fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
         self.check(state, Self::SINGLE, StateKind::Value)?;
         self.backend.get(state, scope)
+    }
+
+    /// Raw get that lends the stored bytes to `f` instead of copying them.
+    pub fn get_with<T>(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        f: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> Result<T> {
+        self.check(state, Self::SINGLE, StateKind::Value)?;
+        let mut f = Some(f);
+        let mut out = None;
+        self.backend.get_with(state, scope, &mut |v| {
+            if let Some(f) = f.take() {
+                out = Some(f(v));
+            }
+        })?;
+        out.ok_or_else(|| EngineError::InvalidArgument("backend did not answer a get".into()))
+    }
+
+    /// Encodes `value` into the slot's scratch buffer and puts it (no allocation per write).
+    pub(crate) fn put_encoded<V: Serialize + ?Sized>(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        value: &V,
+        name: &str,
+    ) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.value_buf);
+        let r = codec::encode_into(&mut buf, value, name).and_then(|_| self.put(state, scope, &buf));
+        self.value_buf = buf;
+        r
     }
 
     /// Raw put of a value, reducing or aggregating state.

@@ -46,15 +46,13 @@ impl<V: StateValue> ValueState<V> {
 
     /// The value, or `None`.
     pub fn get(&self, slot: &mut Slot, scope: &ScopeKey) -> Result<Option<V>> {
-        slot.get(self.id, scope)?
-            .map(|b| codec::decode(&b, &self.name))
+        slot.get_with(self.id, scope, |b| b.map(|b| codec::decode(b, &self.name)))?
             .transpose()
     }
 
     /// Sets the value.
     pub fn update(&self, slot: &mut Slot, scope: &ScopeKey, value: &V) -> Result<()> {
-        let bytes = codec::encode(value, &self.name)?;
-        slot.put(self.id, scope, &bytes)
+        slot.put_encoded(self.id, scope, value, &self.name)
     }
 
     /// Removes the value.

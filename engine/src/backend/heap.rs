@@ -101,15 +101,21 @@ impl StateBackend for HeapBackend {
         Ok(())
     }
 
-    fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
+    fn get_with(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        f: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()> {
         match self
             .table(state, scope.key_group)?
             .get(&scope.composite[..])
         {
-            None => Ok(None),
-            Some(HeapEntry::Value(v)) => Ok(Some(v.clone())),
-            Some(_) => Err(self.corrupt(state, "value")),
+            None => f(None),
+            Some(HeapEntry::Value(v)) => f(Some(v)),
+            Some(_) => return Err(self.corrupt(state, "value")),
         }
+        Ok(())
     }
 
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {

@@ -85,6 +85,12 @@ pub struct ScopeKey {
 }
 
 impl ScopeKey {
+    /// Re-encodes this scope for another key and namespace, reusing its buffer.
+    pub fn reset(&mut self, key_group: KeyGroup, prefix_bytes: usize, key: &[u8], namespace: &[u8]) {
+        self.key_group = key_group;
+        layout::encode_composite(&mut self.composite, key_group, prefix_bytes, key, namespace);
+    }
+
     /// Builds the scope of `key`/`namespace` for a job with the given key-group prefix size.
     pub fn new(key_group: KeyGroup, prefix_bytes: usize, key: &[u8], namespace: &[u8]) -> Self {
         let mut composite = Vec::new();
@@ -142,8 +148,20 @@ pub trait StateBackend: Send {
     fn key_groups(&self) -> KeyGroupRange;
     /// Creates the storage of a new state (a column family or a table). Called once per state.
     fn create_state(&mut self, id: StateId, desc: &StateDescriptor) -> Result<()>;
-    /// Value of a value/reducing/aggregating state.
-    fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>>;
+    /// Calls `f` with the value of a value/reducing/aggregating state, borrowed from the
+    /// backend (no copy: the hot path of typed reads decodes straight from it).
+    fn get_with(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        f: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()>;
+    /// Value of a value/reducing/aggregating state, copied.
+    fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
+        let mut out = None;
+        self.get_with(state, scope, &mut |v| out = v.map(<[u8]>::to_vec))?;
+        Ok(out)
+    }
     /// Sets the value of a value/reducing/aggregating state.
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()>;
     /// Removes the (key, namespace) entry of any state kind.

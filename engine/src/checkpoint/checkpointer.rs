@@ -217,13 +217,24 @@ impl Checkpointer {
     /// parallel, commit. On failure or timeout the checkpoint is aborted (its uploads
     /// released and deleted), counted as a failure, and the error returned.
     pub fn complete(&mut self, id: u64, syncs: Vec<SyncSnapshot>) -> Result<CheckpointReport> {
+        self.complete_with(id, syncs, Default::default())
+    }
+
+    /// [`Checkpointer::complete`] with host properties stored in the metadata (e.g. the source
+    /// position the checkpoint was taken at; read back from [`RestoredCheckpoint::metadata`]).
+    pub fn complete_with(
+        &mut self,
+        id: u64,
+        syncs: Vec<SyncSnapshot>,
+        properties: std::collections::BTreeMap<String, String>,
+    ) -> Result<CheckpointReport> {
         let t = Instant::now();
         let sync_ms = syncs
             .iter()
             .map(|s| s.sync_duration.as_secs_f64() * 1000.0)
             .fold(0.0, f64::max);
         let dirs: Vec<PathBuf> = syncs.iter().map(|s| s.dir().to_path_buf()).collect();
-        let result = self.run_async_phase(id, syncs);
+        let result = self.run_async_phase(id, syncs, properties);
         for d in &dirs {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -277,6 +288,7 @@ impl Checkpointer {
         &mut self,
         id: u64,
         syncs: Vec<SyncSnapshot>,
+        properties: std::collections::BTreeMap<String, String>,
     ) -> Result<(CheckpointMetadata, u64, (u64, u64, u64, u64))> {
         let mut locals = Vec::new();
         for s in syncs {
@@ -310,7 +322,9 @@ impl Checkpointer {
                 totals.1.3 += r.bytes_copied;
                 handles.push(h);
             }
-            let meta = store.commit(id, max_p, handles, restored_from).await?;
+            let meta = store
+                .commit(id, max_p, handles, restored_from, properties)
+                .await?;
             Ok::<_, SnapshotError>((meta, totals.0, totals.1))
         };
         let r = self

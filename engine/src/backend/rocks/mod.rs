@@ -300,13 +300,19 @@ impl StateBackend for RocksDbBackend {
         Ok(())
     }
 
-    fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
+    fn get_with(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        f: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()> {
         let cf = self.cf(state)?;
         let v = self
             .db
             .get_pinned_cf(&cf, &scope.composite)
             .map_err(EngineError::rocks("get"))?;
-        Ok(v.map(|v| v.to_vec()))
+        f(v.as_deref());
+        Ok(())
     }
 
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {

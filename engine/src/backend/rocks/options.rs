@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use cairn_memory::SlotMemory;
-use rocksdb::{BlockBasedOptions, DBCompactionStyle, DBCompressionType, LogLevel, Options};
+use rocksdb::{
+    BlockBasedOptions, DBCompactionStyle, DBCompressionType, LogLevel, Options,
+    UniversalCompactOptions,
+};
 
 use crate::config::{CompactionStyle, Compression, PredefinedOptions, RocksDbConfig};
 
@@ -32,6 +35,13 @@ pub trait RocksDbOptionsHook: Send + Sync {
 
 /// The number of LSM levels `compression-per-level` is expanded to (RocksDB's default).
 const NUM_LEVELS: usize = 7;
+
+/// Write slowdown and stop triggers for an L0 compaction trigger `n`: RocksDB's 20 and 36 at its
+/// default `n = 4`, and always 16 and 32 files above `n`, so raising the compaction trigger never
+/// makes writes stall before compaction had a chance to run.
+pub(crate) fn level0_write_triggers(n: i32) -> (i32, i32) {
+    (n.saturating_add(16).max(20), n.saturating_add(32).max(36))
+}
 
 /// Builds DB and column-family options for one slot.
 pub(crate) struct OptionsBuilder<'a> {
@@ -130,6 +140,29 @@ impl OptionsBuilder<'_> {
         if let Some(d) = c.use_dynamic_level_size {
             cf.set_level_compaction_dynamic_level_bytes(d);
         }
+        if let Some(n) = c.level0_file_num_compaction_trigger {
+            let (slowdown, stop) = level0_write_triggers(n);
+            cf.set_level_zero_file_num_compaction_trigger(n);
+            cf.set_level_zero_slowdown_writes_trigger(slowdown);
+            cf.set_level_zero_stop_writes_trigger(stop);
+        }
+        if c.compaction_style == Some(CompactionStyle::Universal) {
+            // RocksDB's defaults for every knob left unset.
+            let mut u = UniversalCompactOptions::default();
+            if let Some(r) = c.universal_size_ratio {
+                u.set_size_ratio(r);
+            }
+            if let Some(w) = c.universal_min_merge_width {
+                u.set_min_merge_width(w);
+            }
+            if let Some(w) = c.universal_max_merge_width {
+                u.set_max_merge_width(w);
+            }
+            if let Some(p) = c.universal_max_size_amplification_percent {
+                u.set_max_size_amplification_percent(p);
+            }
+            cf.set_universal_compaction_options(&u);
+        }
         let per_level: Vec<DBCompressionType> = (0..NUM_LEVELS)
             .map(|i| {
                 let last = c.compression_per_level.len().saturating_sub(1);
@@ -149,5 +182,21 @@ impl OptionsBuilder<'_> {
         self.memory.apply_to_cf_options(&mut cf, &mut table);
         cf.set_block_based_table_factory(&table);
         cf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::level0_write_triggers;
+
+    #[test]
+    fn level0_write_triggers_keep_rocksdb_defaults_and_stay_above_the_trigger() {
+        assert_eq!(level0_write_triggers(4), (20, 36));
+        assert_eq!(level0_write_triggers(1), (20, 36));
+        assert_eq!(level0_write_triggers(16), (32, 48));
+        for n in 1..=256 {
+            let (slow, stop) = level0_write_triggers(n);
+            assert!(n < slow && slow < stop, "n={n}");
+        }
     }
 }
