@@ -159,6 +159,10 @@ impl StateBackend for HeapBackend {
     }
 
     fn list_append(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()> {
+        // Appending nothing must not create an (empty) entry: RocksDB wouldn't either.
+        if elements.is_empty() {
+            return Ok(());
+        }
         let table = self.table_mut(state, scope.key_group)?;
         let entry = table
             .entry(scope.composite.clone().into_boxed_slice())
@@ -262,15 +266,22 @@ impl StateBackend for HeapBackend {
             return Ok(Vec::new());
         }
         let table = self.table(state, key_group)?;
-        let mut out = Vec::with_capacity(table.len());
+        // (stored key bytes, entry): sorting by the bytes RocksDB would store gives RocksDB's
+        // order exactly (a length varint's bytes do not sort like the length).
+        let mut out: Vec<(Vec<u8>, StateEntry)> = Vec::with_capacity(table.len());
         for (composite, entry) in table.iter() {
             let ck = layout::decode_composite(composite, self.prefix_bytes)
                 .ok_or_else(|| self.corrupt(state, "composite key"))?;
-            let mk = |user_key: &[u8], value: Vec<u8>| StateEntry {
-                key: ck.key.to_vec(),
-                namespace: ck.namespace.to_vec(),
-                user_key: user_key.to_vec(),
-                value,
+            let mk = |user_key: &[u8], value: Vec<u8>| {
+                let mut stored = composite.to_vec();
+                stored.extend_from_slice(user_key);
+                let e = StateEntry {
+                    key: ck.key.to_vec(),
+                    namespace: ck.namespace.to_vec(),
+                    user_key: user_key.to_vec(),
+                    value,
+                };
+                (stored, e)
             };
             match entry {
                 HeapEntry::Value(v) => out.push(mk(&[], v.clone())),
@@ -280,24 +291,8 @@ impl StateBackend for HeapBackend {
                 HeapEntry::Map(m) => out.extend(m.iter().map(|(uk, v)| mk(uk, v.clone()))),
             }
         }
-        // Same order as RocksDB's: by composite key, then user key.
-        out.sort_by(|a, b| {
-            (
-                a.key.len(),
-                &a.key,
-                a.namespace.len(),
-                &a.namespace,
-                &a.user_key,
-            )
-                .cmp(&(
-                    b.key.len(),
-                    &b.key,
-                    b.namespace.len(),
-                    &b.namespace,
-                    &b.user_key,
-                ))
-        });
-        Ok(out)
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().map(|(_, e)| e).collect())
     }
 
     fn state_sizes(&self) -> Vec<StateSize> {
