@@ -139,6 +139,10 @@ pub struct CheckpointStore {
     retained: usize,
 }
 
+/// One shared-file transfer (upload or server-side copy) of a slot: (bytes sent, bytes copied).
+type Transfer<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send + 'a>>;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -318,9 +322,7 @@ impl CheckpointStore {
             .filter(|(_, p)| **p)
             .map(|(f, _)| f.object.as_str())
             .collect();
-        let mut jobs: Vec<
-            std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send + '_>>,
-        > = Vec::new();
+        let mut jobs: Vec<Transfer<'_>> = Vec::new();
         for (from, own) in copies {
             if already.contains(own.object.as_str()) {
                 report.files_reused += 1;
@@ -403,6 +405,7 @@ impl CheckpointStore {
         max_parallelism: u32,
         mut slots: Vec<SlotHandle>,
         restored_from: Option<RestoredFrom>,
+        properties: std::collections::BTreeMap<String, String>,
     ) -> Result<CheckpointMetadata> {
         slots.sort_by_key(|s| s.slot);
         let meta = CheckpointMetadata {
@@ -414,6 +417,7 @@ impl CheckpointStore {
             max_parallelism,
             slots,
             restored_from,
+            properties,
         };
         {
             let reg = self.registry()?;
@@ -599,8 +603,12 @@ impl CheckpointStore {
             .await
             .map_err(SnapshotError::io("create", dest))?;
         let root_layout = JobLayout::new(storage.root().clone(), "");
+        // Largest first: verifying a file is one sequential sha256, so a big file started last
+        // would finish alone on one core while the others idle.
+        let mut shared: Vec<_> = handle.shared.iter().collect();
+        shared.sort_by_key(|f| std::cmp::Reverse(f.size));
         let mut jobs = Vec::new();
-        for f in &handle.shared {
+        for f in shared {
             let path = root_layout.resolve(&f.object);
             let to = dest.join(&f.name);
             let expected = Expected {

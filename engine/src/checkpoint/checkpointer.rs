@@ -258,10 +258,10 @@ impl Checkpointer {
                     async_ms,
                     upload_mb_per_s: incremental as f64 / 1e6 / (async_ms / 1000.0).max(1e-6),
                 };
-                if self.cfg.gc_after_checkpoint {
-                    if let Err(e) = self.rt.block_on(self.store.gc(self.cfg.gc_grace, true)) {
-                        tracing::warn!(error = %e, "orphan collection after checkpoint {id} failed");
-                    }
+                if self.cfg.gc_after_checkpoint
+                    && let Err(e) = self.rt.block_on(self.store.gc(self.cfg.gc_grace, true))
+                {
+                    tracing::warn!(error = %e, "orphan collection after checkpoint {id} failed");
                 }
                 self.reports.push(report.clone());
                 Ok(report)

@@ -112,14 +112,14 @@ impl CheckpointConfig {
                 "[1, 256]",
             ));
         }
-        if let Some(i) = self.interval {
-            if i < Duration::from_millis(10) {
-                return Err(EngineError::config(
-                    "checkpoint.interval",
-                    format!("{i:?}"),
-                    ">= 10ms",
-                ));
-            }
+        if let Some(i) = self.interval
+            && i < Duration::from_millis(10)
+        {
+            return Err(EngineError::config(
+                "checkpoint.interval",
+                format!("{i:?}"),
+                ">= 10ms",
+            ));
         }
         if self.timeout < Duration::from_millis(100) {
             return Err(EngineError::config(
