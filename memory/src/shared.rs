@@ -92,12 +92,20 @@ impl SlotMemory {
             Cache::new_lru_cache(cache_bytes)
         };
         // allow_stall: when memtables reach the manager's capacity, writers wait for a flush
-        // instead of growing memory further; the budget holds under write bursts.
-        let write_buffer_manager =
-            WriteBufferManager::new_write_buffer_manager_with_cache(wbm_bytes, true, cache.clone());
+        // instead of growing memory further; the budget holds under write bursts. Not with the
+        // strict limit: a flush that fails on the full cache stops the DB and would leave a
+        // stalled writer waiting forever (seen in tests/memory_budget.rs); without stalls the
+        // writer gets the DB's error instead.
+        let allow_stall = !plan.strict_capacity_limit;
+        let write_buffer_manager = WriteBufferManager::new_write_buffer_manager_with_cache(
+            wbm_bytes,
+            allow_stall,
+            cache.clone(),
+        );
 
+        // The run summary and MemoryPlan report it; a warning per slot would only repeat it.
         if let Some(note) = plan.high_priority_pool_note() {
-            tracing::warn!("{note}");
+            tracing::info!("{note}");
         }
         if plan.strict_capacity_limit {
             tracing::warn!(
