@@ -233,11 +233,17 @@ fn subsumed_checkpoints_leave_no_files() -> TestResult {
     Ok(())
 }
 
-/// Flipping, truncating or deleting a shared file makes restore fail with a typed error naming
+/// Flipping, truncating or deleting a shared or private file makes restore fail with a typed error naming
 /// the file, and `verify --deep` reports it.
 #[test]
 fn damaged_checkpoint_files_fail_restore_with_typed_errors() -> TestResult {
-    for damage in ["flip", "truncate", "delete"] {
+    for damage in [
+        "flip",
+        "truncate",
+        "delete",
+        "flip-private",
+        "delete-private",
+    ] {
         let root = tempfile::tempdir()?;
         let cfg = config(BackendKind::RocksDb, root.path());
         let mut slot = Slot::builder(&cfg).open()?;
@@ -246,10 +252,16 @@ fn damaged_checkpoint_files_fail_restore_with_typed_errors() -> TestResult {
         apply(&mut slot, &mut model, 0, 5000, 500)?;
         let id = checkpoint(&mut cp, &mut slot)?;
         let meta = cp.block_on(cp.store().load(id))?;
-        let victim = &meta.slots[0].shared[0];
-        let path = root.path().join("checkpoints").join(&victim.object);
+        let (object, name) = if damage.ends_with("private") {
+            let p = &meta.slots[0].private[0];
+            (p.object.clone(), p.object.clone())
+        } else {
+            let f = &meta.slots[0].shared[0];
+            (f.object.clone(), f.sha256.clone())
+        };
+        let path = root.path().join("checkpoints").join(&object);
         match damage {
-            "flip" => {
+            "flip" | "flip-private" => {
                 let mut b = std::fs::read(&path)?;
                 let mid = b.len() / 2;
                 b[mid] ^= 0x40;
@@ -264,7 +276,7 @@ fn damaged_checkpoint_files_fail_restore_with_typed_errors() -> TestResult {
         let problems = cp.block_on(cp.store().verify(&[id], true))?;
         assert_eq!(problems.len(), 1, "{damage}: {problems:?}");
         assert!(
-            problems[0].problem.contains(&victim.sha256),
+            problems[0].problem.contains(&name),
             "{damage}: {problems:?}"
         );
         let url = format!("{}/chk-{id}", cp.job_url());
@@ -275,7 +287,7 @@ fn damaged_checkpoint_files_fail_restore_with_typed_errors() -> TestResult {
         };
         let e = err.downcast::<cairn::EngineError>()?;
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{damage}: {e}");
-        assert!(e.to_string().contains(&victim.sha256), "{damage}: {e}");
+        assert!(e.to_string().contains(&name), "{damage}: {e}");
     }
     Ok(())
 }

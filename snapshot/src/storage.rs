@@ -245,3 +245,46 @@ impl CheckpointStorage {
         Ok(r.common_prefixes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_enforces_its_cap() {
+        let mut opts = StorageOptions::default();
+        opts.memory_cap_bytes = 1000;
+        let s = CheckpointStorage::from_url("memory://", &opts).unwrap();
+        s.put(&Path::from("a"), Bytes::from(vec![0u8; 600]))
+            .await
+            .unwrap();
+        let e = s
+            .put(&Path::from("b"), Bytes::from(vec![0u8; 600]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SnapshotError::StorageFull {
+                    used: 600,
+                    needed: 600,
+                    cap: 1000
+                }
+            ),
+            "{e}"
+        );
+        // Deleting frees room.
+        s.delete(&Path::from("a")).await.unwrap();
+        s.put(&Path::from("b"), Bytes::from(vec![0u8; 600]))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        let e = CheckpointStorage::from_url("ftp://x/y", &StorageOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("ftp://x/y"), "{e}");
+        assert!(CheckpointStorage::from_url("memory://x", &StorageOptions::default()).is_err());
+        assert!(CheckpointStorage::from_url("s3://", &StorageOptions::default()).is_err());
+    }
+}
