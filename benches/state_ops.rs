@@ -180,14 +180,18 @@ fn list_and_map(c: &mut Criterion) {
         let mut i = 0u64;
         c.bench_function(&format!("list_append/{backend}"), |b| {
             b.iter(|| {
-                let scope = slot.scope(&key_for(i, keys), &VoidNamespace).expect("scope");
+                let scope = slot
+                    .scope(&key_for(i, keys), &VoidNamespace)
+                    .expect("scope");
                 list.add(&mut slot, &scope, &i).expect("add");
                 i += 1;
             })
         });
         c.bench_function(&format!("map_put/{backend}"), |b| {
             b.iter(|| {
-                let scope = slot.scope(&key_for(i, keys), &VoidNamespace).expect("scope");
+                let scope = slot
+                    .scope(&key_for(i, keys), &VoidNamespace)
+                    .expect("scope");
                 map.put(&mut slot, &scope, &(i % 16), &i).expect("put");
                 i += 1;
             })
@@ -226,12 +230,20 @@ fn ratio_report() {
     let total = (rounds as u64 * per_round) as f64;
     let (r_raw, r_cairn, r_heap) = (total / t_raw, total / t_cairn, total / t_heap);
     black_box(&mut cairn.key_buf);
-    println!("\nvalue update (get + put, {VALUE_SIZE} B values, {n} keys), interleaved {rounds} x {per_round}:");
+    println!(
+        "\nvalue update (get + put, {VALUE_SIZE} B values, {n} keys), interleaved {rounds} x {per_round}:"
+    );
     println!("  raw rust-rocksdb : {r_raw:>12.0} updates/s");
     println!("  cairn rocksdb    : {r_cairn:>12.0} updates/s");
     println!("  cairn heap       : {r_heap:>12.0} updates/s");
-    println!("  ratio cairn_rocksdb / raw_rocksdb = {:.3} (target >= 0.85)", r_cairn / r_raw);
-    println!("  ratio cairn_heap / raw_rocksdb    = {:.3}", r_heap / r_raw);
+    println!(
+        "  ratio cairn_rocksdb / raw_rocksdb = {:.3} (target >= 0.85)",
+        r_cairn / r_raw
+    );
+    println!(
+        "  ratio cairn_heap / raw_rocksdb    = {:.3}",
+        r_heap / r_raw
+    );
 }
 
 criterion_group! {

@@ -11,9 +11,9 @@
 //! restored from it continues at `g = B`.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, SyncSnapshot};
@@ -135,7 +135,8 @@ pub fn coordinate(
                 barriers.publish(pos, id);
                 match collect(replies, id, slots, abort) {
                     Collected::All(syncs) => {
-                        let props = BTreeMap::from([(POSITION.to_string(), pos.min(records).to_string())]);
+                        let props =
+                            BTreeMap::from([(POSITION.to_string(), pos.min(records).to_string())]);
                         match cp.complete_with(id, syncs, props) {
                             Ok(r) => note(barriers, &r),
                             Err(e) if cp.failure_tolerated() && !all_done => {

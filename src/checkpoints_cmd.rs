@@ -90,7 +90,10 @@ async fn jobs_at(url: &str) -> CmdResult<(CheckpointStorage, Vec<String>)> {
                 .list_dirs(&store.layout().job_dir())
                 .await?
                 .iter()
-                .any(|p| p.filename().is_some_and(|f| f.starts_with("chk-") || f == "shared"));
+                .any(|p| {
+                    p.filename()
+                        .is_some_and(|f| f.starts_with("chk-") || f == "shared")
+                });
             if has_chk {
                 return Ok((storage, vec![src.job]));
             }
@@ -120,7 +123,10 @@ struct ListRow {
 
 /// Runs a `cairn checkpoints` subcommand.
 pub fn run(args: CheckpointsArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -161,7 +167,11 @@ async fn list(url: &str, json: bool) -> CmdResult<ExitCode> {
                 id,
                 created_at_ms: m.created_at_ms,
                 slots: m.slots.len(),
-                files: m.slots.iter().map(|s| s.shared.len() + s.private.len()).sum(),
+                files: m
+                    .slots
+                    .iter()
+                    .map(|s| s.shared.len() + s.private.len())
+                    .sum(),
                 full_bytes: m.full_bytes(),
                 restored_from: m
                     .restored_from
@@ -172,7 +182,10 @@ async fn list(url: &str, json: bool) -> CmdResult<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<36} {:>8} {:>6} {:>7} {:>14}  restored from", "job", "chk", "slots", "files", "full bytes");
+        println!(
+            "{:<36} {:>8} {:>6} {:>7} {:>14}  restored from",
+            "job", "chk", "slots", "files", "full bytes"
+        );
         for r in &rows {
             println!(
                 "{:<36} {:>8} {:>6} {:>7} {:>14}  {}",
@@ -247,7 +260,10 @@ async fn inspect(url: &str, checkpoint: &str, json: bool) -> CmdResult<ExitCode>
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"metadata": meta, "files": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"metadata": meta, "files": rows}))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -262,10 +278,17 @@ async fn inspect(url: &str, checkpoint: &str, json: bool) -> CmdResult<ExitCode>
             s.key_groups.start,
             s.key_groups.end,
             s.backend,
-            s.states.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+            s.states
+                .iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
-    println!("{:>4} {:<8} {:<24} {:>12} {:>12} {:>4}  object", "slot", "kind", "name", "size", "stored", "refs");
+    println!(
+        "{:>4} {:<8} {:<24} {:>12} {:>12} {:>4}  object",
+        "slot", "kind", "name", "size", "stored", "refs"
+    );
     for r in rows {
         println!(
             "{:>4} {:<8} {:<24} {:>12} {:>12} {:>4}  {}",
@@ -292,7 +315,11 @@ async fn verify(url: &str, deep: bool) -> CmdResult<ExitCode> {
         "verified {checked} checkpoint(s){}: {bad} problem(s)",
         if deep { " (deep)" } else { "" }
     );
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn gc(url: &str, apply: bool, grace: Duration) -> CmdResult<ExitCode> {
@@ -306,14 +333,21 @@ async fn gc(url: &str, apply: bool, grace: Duration) -> CmdResult<ExitCode> {
             println!("{} {o}", if apply { "deleted" } else { "orphan" });
         }
         if r.too_young > 0 {
-            println!("{job}: kept {} unreferenced file(s) younger than {grace:?}", r.too_young);
+            println!(
+                "{job}: kept {} unreferenced file(s) younger than {grace:?}",
+                r.too_young
+            );
         }
         n += r.orphans.len();
         bytes += r.orphan_bytes;
     }
     println!(
         "{n} orphan file(s), {bytes} bytes{}",
-        if apply { " deleted" } else { " (dry run; --apply deletes)" }
+        if apply {
+            " deleted"
+        } else {
+            " (dry run; --apply deletes)"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

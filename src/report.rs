@@ -467,7 +467,11 @@ impl RunSummary {
             );
         }
         if let Some(url) = &self.job_url {
-            row(w, "checkpoints", format!("{url} (restore with --restore-from {url})"));
+            row(
+                w,
+                "checkpoints",
+                format!("{url} (restore with --restore-from {url})"),
+            );
         }
         if !self.checkpoints.is_empty() {
             let _ = writeln!(

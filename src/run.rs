@@ -171,16 +171,22 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         let mut bytes = 0;
-        std::fs::create_dir_all(&opts.config.state.working_dir).map_err(|e| RunError::Checkpoint {
-            phase: "restore",
-            source: Box::new(EngineError::Io {
-                op: "create working directory".into(),
-                source: e,
-            }),
+        std::fs::create_dir_all(&opts.config.state.working_dir).map_err(|e| {
+            RunError::Checkpoint {
+                phase: "restore",
+                source: Box::new(EngineError::Io {
+                    op: "create working directory".into(),
+                    source: e,
+                }),
+            }
         })?;
         for (i, r) in restores.iter_mut().enumerate() {
             let range = KeyGroupRange::for_slot(max_p, n, i as u32).map_err(ck_err("restore"))?;
-            let dest = opts.config.state.working_dir.join(format!("restore-slot-{i}"));
+            let dest = opts
+                .config
+                .state
+                .working_dir
+                .join(format!("restore-slot-{i}"));
             let (files, b) = cp
                 .download_for_slot(&restored, range, &dest)
                 .map_err(ck_err("restore"))?;
@@ -188,7 +194,10 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
             *r = Some(files);
         }
         restore_summary = Some(RestoreSummary {
-            source: format!("{}/{}/chk-{}", src.storage_url, src.job, restored.metadata.checkpoint_id),
+            source: format!(
+                "{}/{}/chk-{}",
+                src.storage_url, src.job, restored.metadata.checkpoint_id
+            ),
             checkpoint_id: restored.metadata.checkpoint_id,
             position: start_position,
             bytes_downloaded: bytes,
@@ -206,12 +215,20 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
             source: Box::new(source),
         })?;
         // Heap snapshots were read; RocksDB files were moved into place.
-        let _ = std::fs::remove_dir_all(opts.config.state.working_dir.join(format!("restore-slot-{i}")));
+        let _ = std::fs::remove_dir_all(
+            opts.config
+                .state
+                .working_dir
+                .join(format!("restore-slot-{i}")),
+        );
         slots.push(slot);
     }
     let open_time = open_start.elapsed();
     let (barriers, replies) = Barriers::new(n, checkpointing);
-    let job_url = checkpointer.as_ref().filter(|_| checkpointing).map(Checkpointer::job_url);
+    let job_url = checkpointer
+        .as_ref()
+        .filter(|_| checkpointing)
+        .map(Checkpointer::job_url);
     let max_parallelism = slots.first().map_or(0, Slot::max_parallelism);
     let working_dirs: Vec<PathBuf> = slots
         .iter()
@@ -250,7 +267,14 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
                 let (barriers, shared) = (&barriers, &shared);
                 let records = opts.spec.records;
                 Some(scope.spawn(move || {
-                    let r = checkpointing::coordinate(cp, barriers, &replies, n, records, &shared.abort);
+                    let r = checkpointing::coordinate(
+                        cp,
+                        barriers,
+                        &replies,
+                        n,
+                        records,
+                        &shared.abort,
+                    );
                     if r.is_err() {
                         shared.abort.store(true, Ordering::Relaxed);
                     }
@@ -272,7 +296,9 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         }
         if let Some(c) = coordinator {
             coordinator_result = c.join().unwrap_or_else(|_| {
-                Err(EngineError::InvalidArgument("checkpoint coordinator panicked".into()))
+                Err(EngineError::InvalidArgument(
+                    "checkpoint coordinator panicked".into(),
+                ))
             });
         }
         handles
@@ -307,7 +333,10 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         max_parallelism,
         &working_dirs,
     );
-    summary.checkpoints = checkpointer.as_ref().map(|c| c.reports().to_vec()).unwrap_or_default();
+    summary.checkpoints = checkpointer
+        .as_ref()
+        .map(|c| c.reports().to_vec())
+        .unwrap_or_default();
     summary.job_url = job_url;
     summary.restored_from = restore_summary;
     Ok(summary)

@@ -402,7 +402,8 @@ impl Slot {
         name: &str,
     ) -> Result<()> {
         let mut buf = std::mem::take(&mut self.value_buf);
-        let r = codec::encode_into(&mut buf, value, name).and_then(|_| self.put(state, scope, &buf));
+        let r =
+            codec::encode_into(&mut buf, value, name).and_then(|_| self.put(state, scope, &buf));
         self.value_buf = buf;
         r
     }

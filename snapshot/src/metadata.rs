@@ -111,6 +111,10 @@ pub struct CheckpointMetadata {
     pub slots: Vec<SlotHandle>,
     /// Set on the checkpoints of a job that started from another checkpoint.
     pub restored_from: Option<RestoredFrom>,
+    /// The host's own facts about the checkpoint (e.g. the source position it was taken at),
+    /// returned unchanged on restore.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 impl CheckpointMetadata {
@@ -211,6 +215,7 @@ mod tests {
                 }],
             }],
             restored_from: None,
+            properties: Default::default(),
         }
     }
 

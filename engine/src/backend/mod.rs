@@ -86,7 +86,13 @@ pub struct ScopeKey {
 
 impl ScopeKey {
     /// Re-encodes this scope for another key and namespace, reusing its buffer.
-    pub fn reset(&mut self, key_group: KeyGroup, prefix_bytes: usize, key: &[u8], namespace: &[u8]) {
+    pub fn reset(
+        &mut self,
+        key_group: KeyGroup,
+        prefix_bytes: usize,
+        key: &[u8],
+        namespace: &[u8],
+    ) {
         self.key_group = key_group;
         layout::encode_composite(&mut self.composite, key_group, prefix_bytes, key, namespace);
     }
