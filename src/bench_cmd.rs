@@ -7,8 +7,10 @@
 //!   synchronous pause p50/p99.
 //! - restore: load `--restore-keys` keys (flink-anchor's `load` stream), take a final
 //!   checkpoint, then restore it into a fresh slot (time until the slot is open), and, in the
-//!   same run, copy the same files with a plain parallel copy from the same storage; report
-//!   restore throughput / raw copy throughput (target >= 0.8).
+//!   same run, copy the same files from the same storage with the same parallelism, twice: with
+//!   the storage client and no hashing, and with a kernel copy (`std::fs::copy`); report
+//!   restore throughput / each copy's throughput (target >= 0.8 against the kernel copy) and
+//!   sha256 of the files alone, the floor of any verified restore.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,7 +80,8 @@ struct ChurnResult {
 }
 
 /// Restore against baselines measured in the same run, on the same files, with the same
-/// parallelism (`transfer_threads`) and the same largest-first order.
+/// parallelism (`transfer_threads`) and the same largest-first order. The restore is measured
+/// once (first, right after the checkpoint); each baseline is the best of [`BASELINE_RUNS`].
 #[derive(Debug, Default, Serialize)]
 struct RestoreResult {
     keys: u64,
@@ -107,9 +110,25 @@ struct RestoreResult {
     /// Floor of any verified restore: sha256 of the stored files, nothing written.
     hash_only_ms: f64,
     hash_only_mb_per_s: f64,
-    /// Which baseline the target ratio (>= 0.8) is computed against, and that ratio.
+    /// `hash_only_ms / restore_ms`: how close restore gets to the sha256 floor (1.0 = at it).
+    restore_over_hash_only: f64,
+    /// Which baseline the target ratio (>= 0.8) is computed against, and that ratio. The
+    /// kernel copy: the faster, stricter baseline, and the one the target was first stated
+    /// against. The client copy's ratio swings with the cost of page-cache writes (it writes
+    /// every byte; restore from local storage writes none), so it is reported, not targeted.
+    /// Either way the ratio is capped by `raw_copy_ms / hash_only_ms`: a verified restore can't
+    /// be faster than hashing the bytes.
     target_baseline: String,
     target_ratio: f64,
+    /// CPU time (user + system, all threads of this process) of each measurement: on a busy
+    /// machine wall times swing, CPU time much less; with `n` idle cores a CPU-bound phase
+    /// takes about `cpu_ms / n`. Linux only (0 elsewhere); 10 ms resolution.
+    restore_cpu_ms: f64,
+    raw_copy_cpu_ms: f64,
+    client_copy_cpu_ms: f64,
+    hash_only_cpu_ms: f64,
+    /// Runs of each baseline (kernel copy, client copy, sha256 only); the fastest is reported.
+    baseline_runs: u32,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -155,11 +174,20 @@ fn checkpoint_bench(a: &CheckpointBenchArgs) -> BResult<()> {
     let mut out = CheckpointBench::default();
     out.churn = churn(a, &tmp.path().join("churn"))?;
     println!("\nchurn over {} keys x {} B:", a.keys, a.value_size);
-    println!("{:>7} {:>14} {:>14} {:>14} {:>9} {:>9} {:>10}", "churn", "incremental", "full", "upload/newSST", "sync p50", "sync p99", "async ms");
+    println!(
+        "{:>7} {:>14} {:>14} {:>14} {:>9} {:>9} {:>10}",
+        "churn", "incremental", "full", "upload/newSST", "sync p50", "sync p99", "async ms"
+    );
     for c in &out.churn {
         println!(
             "{:>6}% {:>14.0} {:>14.0} {:>14.3} {:>9.2} {:>9.2} {:>10.1}",
-            c.churn_percent, c.incremental_bytes_mean, c.full_bytes_mean, c.uploaded_over_new_sst, c.sync_ms_p50, c.sync_ms_p99, c.async_ms_mean
+            c.churn_percent,
+            c.incremental_bytes_mean,
+            c.full_bytes_mean,
+            c.uploaded_over_new_sst,
+            c.sync_ms_p50,
+            c.sync_ms_p99,
+            c.async_ms_mean
         );
     }
     if a.restore_keys > 0 {
@@ -174,7 +202,12 @@ fn checkpoint_bench(a: &CheckpointBenchArgs) -> BResult<()> {
     Ok(())
 }
 
-fn load(slot: &mut Slot, keys: u64, value_size: usize, key_of: impl Fn(u64) -> u64) -> BResult<u32> {
+fn load(
+    slot: &mut Slot,
+    keys: u64,
+    value_size: usize,
+    key_of: impl Fn(u64) -> u64,
+) -> BResult<u32> {
     let id = slot.register(&StateDescriptor::new("bench", "value", StateKind::Value))?;
     let mut buf = Vec::new();
     for g in 0..keys {
@@ -270,13 +303,40 @@ fn print_restore(r: &RestoreResult) {
         r.raw_copy_ms, r.raw_copy_mb_per_s, r.restore_over_raw_copy
     );
     println!(
-        "  sha256 only (verification floor)               {:.0} ms = {:.0} MB/s",
-        r.hash_only_ms, r.hash_only_mb_per_s
+        "  sha256 only (verification floor)               {:.0} ms = {:.0} MB/s; restore/sha256 {:.3}",
+        r.hash_only_ms, r.hash_only_mb_per_s, r.restore_over_hash_only
+    );
+    println!(
+        "  cpu ms: restore {:.0}, client copy {:.0}, kernel copy {:.0}, sha256 only {:.0}",
+        r.restore_cpu_ms, r.client_copy_cpu_ms, r.raw_copy_cpu_ms, r.hash_only_cpu_ms
     );
     println!(
         "  target: restore/{} = {:.3} (>= 0.8)",
         r.target_baseline, r.target_ratio
     );
+}
+
+/// CPU time of this process so far (utime + stime from `/proc/self/stat`, in ms; 0 when
+/// unavailable). Ticks are `USER_HZ`, which is 100 on every Linux architecture Cairn targets.
+fn cpu_ms() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name (which may contain spaces): state is field
+    // 3, utime 14, stime 15.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) * 10.0
+}
+
+/// Runs `f`, returning its result and the wall and CPU milliseconds it took.
+fn timed<T>(f: impl FnOnce() -> BResult<T>) -> BResult<(T, f64, f64)> {
+    let (t, cpu) = (Instant::now(), cpu_ms());
+    let v = f()?;
+    Ok((v, t.elapsed().as_secs_f64() * 1000.0, cpu_ms() - cpu))
 }
 
 fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
@@ -302,6 +362,7 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
     let mut cfg2 = cfg.clone();
     cfg2.state.working_dir = root.join("work-restored");
     let t = Instant::now();
+    let cpu0 = cpu_ms();
     let mut cp2 = Checkpointer::open(&cfg2.checkpoint, &new_job_name(), 128)?;
     let restored = cp2.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
     let range = KeyGroupRange::for_slot(restored.metadata.max_parallelism, 1, 0)?;
@@ -313,6 +374,7 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
     let slot = Slot::builder(&cfg2).restore(files).open()?;
     let open_ms = t_open.elapsed().as_secs_f64() * 1000.0;
     let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let restore_cpu_ms = cpu_ms() - cpu0;
     drop(slot);
     // Baselines: the same objects, largest first, with the same parallelism.
     let mut objects: Vec<(String, u64)> = restored
@@ -327,9 +389,16 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
     objects.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     let threads = cfg.checkpoint.transfer_threads as usize;
     let storage = CheckpointStorage::from_url(&cfg.checkpoint.dir, &cfg.checkpoint.storage)?;
-    let raw_copy_ms = kernel_copy(root, &objects, threads)?;
-    let client_copy_ms = client_copy(&cp2, &storage, root, &objects, threads)?;
-    let hash_only_ms = hash_only(&cp2, root, &objects, threads)?;
+    let (raw_copy_ms, raw_copy_cpu_ms) = time_copy(root, "raw-copy", |dir| {
+        kernel_copy(root, &objects, threads, dir)
+    })?;
+    let (client_copy_ms, client_copy_cpu_ms) = time_copy(root, "client-copy", |dir| {
+        client_copy(&cp2, &storage, &objects, threads, dir)
+    })?;
+    let (hash_only_ms, hash_only_cpu_ms) = best_of(|| {
+        let ((), ms, cpu) = timed(|| hash_only(&cp2, root, &objects, threads))?;
+        Ok((ms, cpu))
+    })?;
     let mb = bytes as f64 / 1e6;
     let mb_per_s = |ms: f64| mb / (ms / 1000.0);
     Ok(RestoreResult {
@@ -350,25 +419,55 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         restore_over_client_copy: client_copy_ms / restore_ms,
         hash_only_ms,
         hash_only_mb_per_s: mb_per_s(hash_only_ms),
-        target_baseline: "client_copy".into(),
-        target_ratio: client_copy_ms / restore_ms,
+        restore_over_hash_only: hash_only_ms / restore_ms,
+        target_baseline: "kernel_copy".into(),
+        target_ratio: raw_copy_ms / restore_ms,
+        restore_cpu_ms,
+        raw_copy_cpu_ms,
+        client_copy_cpu_ms,
+        hash_only_cpu_ms,
+        baseline_runs: BASELINE_RUNS,
     })
 }
 
-/// A fresh directory for a baseline's copies; `done` removes it, which also drops the copies'
-/// dirty pages before they are written back behind the next measurement's back.
-fn baseline_dir(root: &Path, name: &str) -> BResult<PathBuf> {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// Runs of each baseline; the fastest counts. Page-cache writes on this kind of VM swing by
+/// 3x from run to run (fresh pages are expensive when the host reclaimed them), and giving
+/// each baseline its best run keeps the ratios conservative.
+const BASELINE_RUNS: u32 = 2;
+
+/// The fastest of [`BASELINE_RUNS`] runs of `copy` into a fresh directory `root/name`, which is
+/// removed after each run (dropping the copies' dirty pages before they are written back
+/// behind the next measurement's back). Returns wall and CPU milliseconds of that run.
+fn time_copy(
+    root: &Path,
+    name: &str,
+    mut copy: impl FnMut(&Path) -> BResult<()>,
+) -> BResult<(f64, f64)> {
+    best_of(|| {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let ((), ms, cpu) = timed(|| copy(&dir))?;
+        std::fs::remove_dir_all(&dir)?;
+        Ok((ms, cpu))
+    })
+}
+
+/// The (wall ms, CPU ms) of the fastest of [`BASELINE_RUNS`] runs of `run`.
+fn best_of(mut run: impl FnMut() -> BResult<(f64, f64)>) -> BResult<(f64, f64)> {
+    let mut best = (f64::INFINITY, 0.0);
+    for _ in 0..BASELINE_RUNS {
+        let r = run()?;
+        if r.0 < best.0 {
+            best = r;
+        }
+    }
+    Ok(best)
 }
 
 /// Kernel copy baseline: `threads` threads take the next object (largest first) and
-/// `std::fs::copy` it. Returns milliseconds.
-fn kernel_copy(root: &Path, objects: &[(String, u64)], threads: usize) -> BResult<f64> {
-    let dir = baseline_dir(root, "raw-copy")?;
+/// `std::fs::copy` it into `dir`.
+fn kernel_copy(root: &Path, objects: &[(String, u64)], threads: usize, dir: &Path) -> BResult<()> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let t = Instant::now();
     std::thread::scope(|s| -> BResult<()> {
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
@@ -378,10 +477,8 @@ fn kernel_copy(root: &Path, objects: &[(String, u64)], threads: usize) -> BResul
                         let Some((object, _)) = objects.get(j) else {
                             return Ok(());
                         };
-                        std::fs::copy(
-                            root.join("checkpoints").join(object),
-                            dir.join(format!("f{j}")),
-                        )?;
+                        let from = root.join("checkpoints").join(object);
+                        std::fs::copy(from, dir.join(format!("f{j}")))?;
                     }
                 })
             })
@@ -390,22 +487,18 @@ fn kernel_copy(root: &Path, objects: &[(String, u64)], threads: usize) -> BResul
             h.join().map_err(|_| "copy thread panicked")??;
         }
         Ok(())
-    })?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
-    std::fs::remove_dir_all(&dir)?;
-    Ok(ms)
+    })
 }
 
 /// Client copy baseline: `transfer::copy_unverified` (object_store `get` + write, no hash)
-/// through `transfer::run_parallel`, like restore. Returns milliseconds.
+/// into `dir` through `transfer::run_parallel`, like restore.
 fn client_copy(
     cp: &Checkpointer,
     storage: &CheckpointStorage,
-    root: &Path,
     objects: &[(String, u64)],
     threads: usize,
-) -> BResult<f64> {
-    let dir = baseline_dir(root, "client-copy")?;
+    dir: &Path,
+) -> BResult<()> {
     let layout = JobLayout::new(storage.root().clone(), "");
     let jobs: Vec<_> = objects
         .iter()
@@ -415,21 +508,17 @@ fn client_copy(
             async move { transfer::copy_unverified(storage, &from, &to).await }
         })
         .collect();
-    let t = Instant::now();
     cp.block_on(transfer::run_parallel(jobs, threads))?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
-    std::fs::remove_dir_all(&dir)?;
-    Ok(ms)
+    Ok(())
 }
 
 /// Verification floor: sha256 of every stored file (`transfer::hash_file`), nothing written.
-/// Returns milliseconds.
 fn hash_only(
     cp: &Checkpointer,
     root: &Path,
     objects: &[(String, u64)],
     threads: usize,
-) -> BResult<f64> {
+) -> BResult<()> {
     let jobs: Vec<_> = objects
         .iter()
         .map(|(object, _)| {
@@ -437,7 +526,6 @@ fn hash_only(
             async move { transfer::hash_file(&path).await }
         })
         .collect();
-    let t = Instant::now();
     cp.block_on(transfer::run_parallel(jobs, threads))?;
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
+    Ok(())
 }
