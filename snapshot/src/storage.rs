@@ -252,8 +252,10 @@ mod tests {
 
     #[tokio::test]
     async fn memory_store_enforces_its_cap() {
-        let mut opts = StorageOptions::default();
-        opts.memory_cap_bytes = 1000;
+        let opts = StorageOptions {
+            memory_cap_bytes: 1000,
+            ..StorageOptions::default()
+        };
         let s = CheckpointStorage::from_url("memory://", &opts).unwrap();
         s.put(&Path::from("a"), Bytes::from(vec![0u8; 600]))
             .await
