@@ -171,8 +171,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 fn checkpoint_bench(a: &CheckpointBenchArgs) -> BResult<()> {
     std::fs::create_dir_all(&a.dir)?;
     let tmp = tempfile::tempdir_in(&a.dir)?;
-    let mut out = CheckpointBench::default();
-    out.churn = churn(a, &tmp.path().join("churn"))?;
+    let mut out = CheckpointBench {
+        churn: churn(a, &tmp.path().join("churn"))?,
+        ..CheckpointBench::default()
+    };
     println!("\nchurn over {} keys x {} B:", a.keys, a.value_size);
     println!(
         "{:>7} {:>14} {:>14} {:>14} {:>9} {:>9} {:>10}",

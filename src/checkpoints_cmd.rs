@@ -82,21 +82,21 @@ type CmdResult<T> = Result<T, Box<dyn std::error::Error>>;
 /// every child directory is a job.
 async fn jobs_at(url: &str) -> CmdResult<(CheckpointStorage, Vec<String>)> {
     let opts = storage_options();
-    if let Ok(src) = RestoreSource::parse(url) {
-        if src.checkpoint.is_none() {
-            let storage = CheckpointStorage::from_url(&src.storage_url, &opts)?;
-            let store = CheckpointStore::open_read_only(storage.clone(), &src.job).await?;
-            let has_chk = storage
-                .list_dirs(&store.layout().job_dir())
-                .await?
-                .iter()
-                .any(|p| {
-                    p.filename()
-                        .is_some_and(|f| f.starts_with("chk-") || f == "shared")
-                });
-            if has_chk {
-                return Ok((storage, vec![src.job]));
-            }
+    if let Ok(src) = RestoreSource::parse(url)
+        && src.checkpoint.is_none()
+    {
+        let storage = CheckpointStorage::from_url(&src.storage_url, &opts)?;
+        let store = CheckpointStore::open_read_only(storage.clone(), &src.job).await?;
+        let has_chk = storage
+            .list_dirs(&store.layout().job_dir())
+            .await?
+            .iter()
+            .any(|p| {
+                p.filename()
+                    .is_some_and(|f| f.starts_with("chk-") || f == "shared")
+            });
+        if has_chk {
+            return Ok((storage, vec![src.job]));
         }
     }
     let storage = CheckpointStorage::from_url(url, &opts)?;

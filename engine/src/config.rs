@@ -320,32 +320,33 @@ impl RocksDbConfig {
                 ));
             }
         }
-        if let Some(n) = self.max_open_files {
-            if n != -1 && n < 16 {
-                return Err(EngineError::config(
-                    "rocksdb.max-open-files",
-                    n,
-                    "-1 or >= 16",
-                ));
-            }
+        if let Some(n) = self.max_open_files
+            && n != -1
+            && n < 16
+        {
+            return Err(EngineError::config(
+                "rocksdb.max-open-files",
+                n,
+                "-1 or >= 16",
+            ));
         }
-        if let Some(n) = self.write_buffer_count {
-            if !(1..=64).contains(&n) {
-                return Err(EngineError::config(
-                    "rocksdb.write-buffer-count",
-                    n,
-                    "[1, 64]",
-                ));
-            }
+        if let Some(n) = self.write_buffer_count
+            && !(1..=64).contains(&n)
+        {
+            return Err(EngineError::config(
+                "rocksdb.write-buffer-count",
+                n,
+                "[1, 64]",
+            ));
         }
-        if let Some(n) = self.background_threads {
-            if !(1..=256).contains(&n) {
-                return Err(EngineError::config(
-                    "rocksdb.background-threads",
-                    n,
-                    "[1, 256]",
-                ));
-            }
+        if let Some(n) = self.background_threads
+            && !(1..=256).contains(&n)
+        {
+            return Err(EngineError::config(
+                "rocksdb.background-threads",
+                n,
+                "[1, 256]",
+            ));
         }
         if self.compression_per_level.is_empty() {
             return Err(EngineError::config(
@@ -354,23 +355,23 @@ impl RocksDbConfig {
                 "at least one of none, lz4, zstd",
             ));
         }
-        if let Some(s) = self.target_file_size_base {
-            if s.as_u64() < 1 << 20 {
-                return Err(EngineError::config(
-                    "rocksdb.target-file-size-base",
-                    s,
-                    ">= 1MiB",
-                ));
-            }
+        if let Some(s) = self.target_file_size_base
+            && s.as_u64() < 1 << 20
+        {
+            return Err(EngineError::config(
+                "rocksdb.target-file-size-base",
+                s,
+                ">= 1MiB",
+            ));
         }
-        if let Some(s) = self.max_size_level_base {
-            if s.as_u64() < 1 << 20 {
-                return Err(EngineError::config(
-                    "rocksdb.max-size-level-base",
-                    s,
-                    ">= 1MiB",
-                ));
-            }
+        if let Some(s) = self.max_size_level_base
+            && s.as_u64() < 1 << 20
+        {
+            return Err(EngineError::config(
+                "rocksdb.max-size-level-base",
+                s,
+                ">= 1MiB",
+            ));
         }
         if let Some(n) = self.level0_file_num_compaction_trigger {
             // Beyond a few hundred files every point read probes hundreds of tables.
@@ -384,9 +385,24 @@ impl RocksDbConfig {
         }
         let universal = self.compaction_style == Some(CompactionStyle::Universal);
         let universal_knobs = [
-            ("rocksdb.universal-size-ratio", self.universal_size_ratio, 0, 10_000),
-            ("rocksdb.universal-min-merge-width", self.universal_min_merge_width, 2, 1024),
-            ("rocksdb.universal-max-merge-width", self.universal_max_merge_width, 2, 1024),
+            (
+                "rocksdb.universal-size-ratio",
+                self.universal_size_ratio,
+                0,
+                10_000,
+            ),
+            (
+                "rocksdb.universal-min-merge-width",
+                self.universal_min_merge_width,
+                2,
+                1024,
+            ),
+            (
+                "rocksdb.universal-max-merge-width",
+                self.universal_max_merge_width,
+                2,
+                1024,
+            ),
             (
                 "rocksdb.universal-max-size-amplification-percent",
                 self.universal_max_size_amplification_percent,
@@ -407,15 +423,16 @@ impl RocksDbConfig {
                 return Err(EngineError::config(field, v, format!("[{min}, {max}]")));
             }
         }
-        if let (Some(lo), Some(hi)) = (self.universal_min_merge_width, self.universal_max_merge_width)
+        if let (Some(lo), Some(hi)) = (
+            self.universal_min_merge_width,
+            self.universal_max_merge_width,
+        ) && hi < lo
         {
-            if hi < lo {
-                return Err(EngineError::config(
-                    "rocksdb.universal-max-merge-width",
-                    hi,
-                    format!(">= rocksdb.universal-min-merge-width = {lo}"),
-                ));
-            }
+            return Err(EngineError::config(
+                "rocksdb.universal-max-merge-width",
+                hi,
+                format!(">= rocksdb.universal-min-merge-width = {lo}"),
+            ));
         }
         Ok(())
     }
@@ -549,6 +566,26 @@ mod tests {
                 .to_string()
                 .contains("slots")
         );
+    }
+
+    #[test]
+    fn compaction_knobs_parse_from_kebab_case_toml() {
+        let c = CairnConfig::from_toml_str(
+            "[rocksdb]\ncompaction-style = \"universal\"\nlevel0-file-num-compaction-trigger = 8\n\
+             universal-size-ratio = 10\nuniversal-min-merge-width = 3\nuniversal-max-merge-width = 6\n\
+             universal-max-size-amplification-percent = 400\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let r = &c.rocksdb;
+        assert_eq!(r.compaction_style, Some(CompactionStyle::Universal));
+        assert_eq!(r.level0_file_num_compaction_trigger, Some(8));
+        assert_eq!(r.universal_size_ratio, Some(10));
+        assert_eq!(r.universal_min_merge_width, Some(3));
+        assert_eq!(r.universal_max_merge_width, Some(6));
+        assert_eq!(r.universal_max_size_amplification_percent, Some(400));
+        let back = CairnConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]
