@@ -187,7 +187,72 @@ impl OptionsBuilder<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::level0_write_triggers;
+    use cairn_memory::SlotMemory;
+
+    use super::{OptionsBuilder, level0_write_triggers};
+    use crate::config::{CompactionStyle, RocksDbConfig};
+
+    /// Opens a DB with `config` and returns the OPTIONS file RocksDB persisted for it.
+    fn persisted_options(config: &RocksDbConfig) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let memory = SlotMemory::unmanaged();
+        let b = OptionsBuilder {
+            config,
+            memory: &memory,
+            hook: None,
+        };
+        let db = rocksdb::DB::open_cf_with_opts(
+            &b.db_options(),
+            dir.path(),
+            [("default", b.cf_options("default"))],
+        )
+        .expect("open");
+        drop(db);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("OPTIONS-"))
+            .collect();
+        names.sort();
+        let last = names.last().expect("an OPTIONS file");
+        std::fs::read_to_string(dir.path().join(last)).expect("read OPTIONS")
+    }
+
+    #[test]
+    fn compaction_knobs_reach_rocksdb() {
+        let c = RocksDbConfig {
+            compaction_style: Some(CompactionStyle::Universal),
+            level0_file_num_compaction_trigger: Some(8),
+            universal_size_ratio: Some(10),
+            universal_min_merge_width: Some(3),
+            universal_max_merge_width: Some(6),
+            universal_max_size_amplification_percent: Some(400),
+            ..RocksDbConfig::default()
+        };
+        let o = persisted_options(&c);
+        for want in [
+            "compaction_style=kCompactionStyleUniversal",
+            "level0_file_num_compaction_trigger=8",
+            "level0_slowdown_writes_trigger=24",
+            "level0_stop_writes_trigger=40",
+            "size_ratio=10;",
+            "min_merge_width=3;",
+            "max_merge_width=6;",
+            "max_size_amplification_percent=400;",
+        ] {
+            assert!(o.contains(want), "missing {want}");
+        }
+        // Unset knobs keep RocksDB's defaults.
+        let o = persisted_options(&RocksDbConfig::default());
+        for want in [
+            "compaction_style=kCompactionStyleLevel",
+            "level0_file_num_compaction_trigger=4",
+            "level0_slowdown_writes_trigger=20",
+            "level0_stop_writes_trigger=36",
+        ] {
+            assert!(o.contains(want), "missing {want}");
+        }
+    }
 
     #[test]
     fn level0_write_triggers_keep_rocksdb_defaults_and_stay_above_the_trigger() {
