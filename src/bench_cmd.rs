@@ -101,6 +101,16 @@ struct RestoreResult {
     raw_copy_mb_per_s: f64,
     /// `raw_copy_ms / restore_ms`: restore throughput over the kernel copy's.
     restore_over_raw_copy: f64,
+    /// Asynchronous phase of the first checkpoint after the no-claim restore (server-side copy).
+    first_checkpoint_copy_ms: f64,
+    /// Bytes that checkpoint copied inside the store.
+    first_checkpoint_copied_bytes: u64,
+    /// Bytes that checkpoint sent from the slot (private files + metadata).
+    first_checkpoint_copy_uploaded_bytes: u64,
+    /// Asynchronous phase of a first checkpoint that re-uploads everything (Flink's no-claim).
+    first_checkpoint_reupload_ms: f64,
+    /// Bytes that checkpoint uploaded.
+    first_checkpoint_reupload_bytes: u64,
     /// Client copy baseline: object_store `get` + large-buffer write, no hashing
     /// (`transfer::copy_unverified`); works for every storage.
     client_copy_ms: f64,
@@ -316,6 +326,14 @@ fn print_restore(r: &RestoreResult) {
         "  target: restore/{} = {:.3} (>= 0.8)",
         r.target_baseline, r.target_ratio
     );
+    println!(
+        "  first checkpoint after no-claim restore: copy inside the store {:.0} ms ({} bytes copied, {} sent); re-upload (Flink) {:.0} ms ({} bytes sent)",
+        r.first_checkpoint_copy_ms,
+        r.first_checkpoint_copied_bytes,
+        r.first_checkpoint_copy_uploaded_bytes,
+        r.first_checkpoint_reupload_ms,
+        r.first_checkpoint_reupload_bytes
+    );
 }
 
 /// CPU time of this process so far (utime + stime from `/proc/self/stat`, in ms; 0 when
@@ -373,11 +391,29 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
     let (files, bytes) = cp2.download_for_slot(&restored, range, &dest)?;
     let download_ms = t.elapsed().as_secs_f64() * 1000.0;
     let t_open = Instant::now();
-    let slot = Slot::builder(&cfg2).restore(files).open()?;
+    let mut slot = Slot::builder(&cfg2).restore(files).open()?;
     let open_ms = t_open.elapsed().as_secs_f64() * 1000.0;
     let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
     let restore_cpu_ms = cpu_ms() - cpu0;
+    // The first checkpoint after a no-claim restore: Cairn copies the restored files inside the
+    // store (same storage here), where Flink uploads the whole state again.
+    let first_copy = first_checkpoint(&mut cp2, &mut slot)?;
     drop(slot);
+    // The re-upload Flink does, measured in the same run: a job whose checkpoint storage is
+    // another directory can neither reference nor copy, so its first checkpoint uploads it all.
+    let first_reupload = {
+        let mut cfg3 = cfg.clone();
+        cfg3.state.working_dir = root.join("work-reupload");
+        cfg3.checkpoint.dir = root.join("checkpoints-other").display().to_string();
+        let mut cp3 = Checkpointer::open(&cfg3.checkpoint, &new_job_name(), 128)?;
+        let restored3 =
+            cp3.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
+        std::fs::create_dir_all(&cfg3.state.working_dir)?;
+        let dest3 = cfg3.state.working_dir.join("restore-slot-0");
+        let (files3, _) = cp3.download_for_slot(&restored3, range, &dest3)?;
+        let mut slot3 = Slot::builder(&cfg3).restore(files3).open()?;
+        first_checkpoint(&mut cp3, &mut slot3)?
+    };
     // Baselines: the same objects, largest first, with the same parallelism.
     let mut objects: Vec<(String, u64)> = restored
         .metadata
@@ -429,7 +465,22 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         client_copy_cpu_ms,
         hash_only_cpu_ms,
         baseline_runs: BASELINE_RUNS,
+        first_checkpoint_copy_ms: first_copy.async_ms,
+        first_checkpoint_copied_bytes: first_copy.bytes_copied,
+        first_checkpoint_copy_uploaded_bytes: first_copy.incremental_bytes,
+        first_checkpoint_reupload_ms: first_reupload.async_ms,
+        first_checkpoint_reupload_bytes: first_reupload.incremental_bytes,
     })
+}
+
+/// Takes one checkpoint of `slot` and returns its report.
+fn first_checkpoint(
+    cp: &mut Checkpointer,
+    slot: &mut Slot,
+) -> BResult<cairn_engine::checkpoint::CheckpointReport> {
+    let id = cp.next_id();
+    let sync = slot.snapshot_sync(id)?;
+    Ok(cp.complete(id, vec![sync])?)
 }
 
 /// Runs of each baseline; the fastest counts. Page-cache writes on this kind of VM swing by
