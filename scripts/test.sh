@@ -7,7 +7,7 @@ bash scripts/setup.sh
 . scripts/env.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+echo "== cargo clippy --release"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
-echo "== cargo test"
+echo "== cargo test --release --workspace"
 cargo test --release --workspace
