@@ -12,7 +12,8 @@
 #   benches/amplification.sh table                              # one row per JSON in $OUT
 #
 #   WORKLOAD: update (10M records over 1M keys) or load (8M keys x 200 B values), both with
-#             3 s checkpoints, as in flink-anchor.md.
+#             3 s checkpoints, as in flink-anchor.md; mixed (4M records over 2M keys, 200 B
+#             values) to see what a compaction setting costs in reads.
 #   Environment: CAIRN (binary, default ~/.cache/cairn-target/release/cairn), OUT (results,
 #             default /tmp/amp/results), SCRATCH (checkpoint + working dirs, default /tmp/amp),
 #             REPS (runs per `run`, default 1), INTERVAL (default 3s).
@@ -43,7 +44,10 @@ run_one() {
     case $workload in
         update) args=(--workload update --records 10000000 --keys 1000000) ;;
         load) args=(--workload load --keys 8000000 --records 8000000 --value-size 200) ;;
-        *) echo "unknown workload $workload (update | load)" >&2; exit 2 ;;
+        # Read-heavy check (value rmw, lists, maps) on a state larger than the block cache: the
+        # read-amplification side of the compaction trade-off.
+        mixed) args=(--workload mixed --records 4000000 --keys 2000000 --value-size 200) ;;
+        *) echo "unknown workload $workload (update | load | mixed)" >&2; exit 2 ;;
     esac
     [[ -n $config ]] && args+=(--config "$config")
     mkdir -p "$OUT"

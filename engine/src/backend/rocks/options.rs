@@ -10,7 +10,10 @@ use rocksdb::{
     UniversalCompactOptions,
 };
 
-use crate::config::{CompactionStyle, Compression, PredefinedOptions, RocksDbConfig};
+use crate::config::{
+    CompactionStyle, Compression, DEFAULT_UNIVERSAL_MAX_SIZE_AMPLIFICATION_PERCENT,
+    PredefinedOptions, RocksDbConfig,
+};
 
 /// User hook run after the profile and the configured knobs, so it wins over both (Flink's
 /// `RocksDBOptionsFactory`). Under managed memory the shared block cache and write-buffer
@@ -121,13 +124,18 @@ impl OptionsBuilder<'_> {
         if let Some(b) = c.block_size {
             table.set_block_size(b.as_u64() as usize);
         }
-        if let Some(s) = c.compaction_style {
-            cf.set_compaction_style(match s {
-                CompactionStyle::Level => DBCompactionStyle::Level,
-                CompactionStyle::Universal => DBCompactionStyle::Universal,
-                CompactionStyle::Fifo => DBCompactionStyle::Fifo,
-            });
+        if let Some(bits) = c.effective_bloom_filter_bits_per_key() {
+            // Full (not block-based) filters, Flink's default mode.
+            table.set_bloom_filter(bits, false);
         }
+        // Configured, else the profile's (level for the spinning-disk profiles), else Cairn's
+        // universal default.
+        let style = c.effective_compaction_style();
+        cf.set_compaction_style(match style {
+            CompactionStyle::Level => DBCompactionStyle::Level,
+            CompactionStyle::Universal => DBCompactionStyle::Universal,
+            CompactionStyle::Fifo => DBCompactionStyle::Fifo,
+        });
         if let Some(n) = c.write_buffer_count {
             cf.set_max_write_buffer_number(n);
         }
@@ -140,14 +148,14 @@ impl OptionsBuilder<'_> {
         if let Some(d) = c.use_dynamic_level_size {
             cf.set_level_compaction_dynamic_level_bytes(d);
         }
-        if let Some(n) = c.level0_file_num_compaction_trigger {
+        if let Some(n) = c.effective_level0_file_num_compaction_trigger() {
             let (slowdown, stop) = level0_write_triggers(n);
             cf.set_level_zero_file_num_compaction_trigger(n);
             cf.set_level_zero_slowdown_writes_trigger(slowdown);
             cf.set_level_zero_stop_writes_trigger(stop);
         }
-        if c.compaction_style == Some(CompactionStyle::Universal) {
-            // RocksDB's defaults for every knob left unset.
+        if style == CompactionStyle::Universal {
+            // RocksDB's defaults for every knob left unset, except the size amplification.
             let mut u = UniversalCompactOptions::default();
             if let Some(r) = c.universal_size_ratio {
                 u.set_size_ratio(r);
@@ -158,9 +166,10 @@ impl OptionsBuilder<'_> {
             if let Some(w) = c.universal_max_merge_width {
                 u.set_max_merge_width(w);
             }
-            if let Some(p) = c.universal_max_size_amplification_percent {
-                u.set_max_size_amplification_percent(p);
-            }
+            u.set_max_size_amplification_percent(
+                c.universal_max_size_amplification_percent
+                    .unwrap_or(DEFAULT_UNIVERSAL_MAX_SIZE_AMPLIFICATION_PERCENT),
+            );
             cf.set_universal_compaction_options(&u);
         }
         let per_level: Vec<DBCompressionType> = (0..NUM_LEVELS)
@@ -190,7 +199,7 @@ mod tests {
     use cairn_memory::SlotMemory;
 
     use super::{OptionsBuilder, level0_write_triggers};
-    use crate::config::{CompactionStyle, RocksDbConfig};
+    use crate::config::{CompactionStyle, PredefinedOptions, RocksDbConfig};
 
     /// Opens a DB with `config` and returns the OPTIONS file RocksDB persisted for it.
     fn persisted_options(config: &RocksDbConfig) -> String {
@@ -222,35 +231,65 @@ mod tests {
     fn compaction_knobs_reach_rocksdb() {
         let c = RocksDbConfig {
             compaction_style: Some(CompactionStyle::Universal),
-            level0_file_num_compaction_trigger: Some(8),
+            level0_file_num_compaction_trigger: Some(12),
             universal_size_ratio: Some(10),
             universal_min_merge_width: Some(3),
             universal_max_merge_width: Some(6),
-            universal_max_size_amplification_percent: Some(400),
+            universal_max_size_amplification_percent: Some(300),
+            bloom_filter_bits_per_key: Some(12.0),
             ..RocksDbConfig::default()
         };
         let o = persisted_options(&c);
         for want in [
             "compaction_style=kCompactionStyleUniversal",
-            "level0_file_num_compaction_trigger=8",
-            "level0_slowdown_writes_trigger=24",
-            "level0_stop_writes_trigger=40",
+            "level0_file_num_compaction_trigger=12",
+            "level0_slowdown_writes_trigger=28",
+            "level0_stop_writes_trigger=44",
             "size_ratio=10;",
             "min_merge_width=3;",
             "max_merge_width=6;",
-            "max_size_amplification_percent=400;",
+            "max_size_amplification_percent=300;",
+            "filter_policy=bloomfilter\n",
         ] {
             assert!(o.contains(want), "missing {want}");
         }
-        // Unset knobs keep RocksDB's defaults.
+        // Cairn's defaults: universal, 8 sorted runs, 400 %, a 10-bit bloom filter.
         let o = persisted_options(&RocksDbConfig::default());
         for want in [
-            "compaction_style=kCompactionStyleLevel",
-            "level0_file_num_compaction_trigger=4",
-            "level0_slowdown_writes_trigger=20",
-            "level0_stop_writes_trigger=36",
+            "compaction_style=kCompactionStyleUniversal",
+            "level0_file_num_compaction_trigger=8",
+            "level0_slowdown_writes_trigger=24",
+            "level0_stop_writes_trigger=40",
+            "size_ratio=1;",
+            "min_merge_width=2;",
+            "max_size_amplification_percent=400;",
+            "filter_policy=bloomfilter\n",
         ] {
             assert!(o.contains(want), "missing {want}");
+        }
+        // Level compaction (configured, or from a spinning-disk profile) and no filter: RocksDB's
+        // (and Flink's) settings.
+        let level = RocksDbConfig {
+            compaction_style: Some(CompactionStyle::Level),
+            bloom_filter_bits_per_key: Some(0.0),
+            ..RocksDbConfig::default()
+        };
+        let spinning = RocksDbConfig {
+            predefined_options: PredefinedOptions::SpinningDiskOptimized,
+            bloom_filter_bits_per_key: Some(0.0),
+            ..RocksDbConfig::default()
+        };
+        for c in [level, spinning] {
+            let o = persisted_options(&c);
+            for want in [
+                "compaction_style=kCompactionStyleLevel",
+                "level0_file_num_compaction_trigger=4",
+                "level0_slowdown_writes_trigger=20",
+                "level0_stop_writes_trigger=36",
+                "filter_policy=nullptr\n",
+            ] {
+                assert!(o.contains(want), "missing {want} for {c:?}");
+            }
         }
     }
 
