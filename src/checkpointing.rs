@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, SyncSnapshot};
-use cairn_engine::{EngineError, Slot};
+use cairn_engine::{EngineError, Metrics, Slot};
 
 /// The property holding a checkpoint's stream position.
 pub const POSITION: &str = "position";
@@ -104,6 +104,7 @@ pub fn coordinate(
     slots: u32,
     records: u64,
     abort: &AtomicBool,
+    metrics: &Metrics,
 ) -> Result<(), EngineError> {
     let interval = cp.config().interval;
     let min_pause = cp.config().min_pause;
@@ -138,23 +139,30 @@ pub fn coordinate(
                         let props =
                             BTreeMap::from([(POSITION.to_string(), pos.min(records).to_string())]);
                         match cp.complete_with(id, syncs, props) {
-                            Ok(r) => note(barriers, &r),
+                            Ok(r) => {
+                                metrics.checkpoint_completed(&r);
+                                note(barriers, &r);
+                            }
                             Err(e) if cp.failure_tolerated() && !all_done => {
+                                metrics.checkpoint_failed();
                                 tracing::warn!(error = %e, "checkpoint failed (tolerated)");
                             }
                             Err(e) => {
+                                metrics.checkpoint_failed();
                                 barriers.final_done.store(true, Ordering::Release);
                                 return Err(e);
                             }
                         }
                     }
                     Collected::Declined(syncs) => {
+                        metrics.checkpoint_declined();
                         for s in syncs {
                             let _ = std::fs::remove_dir_all(s.dir());
                         }
                         tracing::info!("checkpoint {id} declined: a slot was past its barrier");
                     }
                     Collected::Failed(e) => {
+                        metrics.checkpoint_failed();
                         barriers.final_done.store(true, Ordering::Release);
                         return Err(e);
                     }

@@ -6,12 +6,14 @@
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use bytesize::ByteSize;
-use cairn_engine::{BackendKind, CairnConfig, EngineError, ErrorKind};
+use cairn_engine::{BackendKind, CairnConfig, EngineError, ErrorKind, Metrics};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::metrics_server::MetricsServer;
 use crate::run::{self, RunError, RunOptions};
 use crate::workload::{Skew, WorkloadKind, WorkloadSpec};
 
@@ -107,6 +109,13 @@ pub struct RunArgs {
     /// Skip the final scan that checksums the state.
     #[arg(long)]
     pub no_checksum: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` while the run lasts, e.g.
+    /// `127.0.0.1:9249` (port 0 picks a free port; the address is printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Write the final metrics, in Prometheus's text format, to this file.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
     /// Checkpoint storage: `file:///dir`, a path, `s3://bucket/prefix` or `memory://`
     /// [default: the config file's checkpoint.dir, else ./cairn-data/checkpoints].
     #[arg(long, value_name = "URL")]
@@ -166,6 +175,14 @@ pub enum CliError {
     /// The JSON summary could not be written.
     #[error("cannot write the JSON summary to {path}: {source}")]
     WriteJson {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The metrics file could not be written.
+    #[error("cannot write the metrics to {path}: {source}")]
+    WriteMetrics {
         /// The file.
         path: String,
         /// The I/O error.
@@ -354,11 +371,26 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         config,
         checksum: !args.no_checksum,
         restore_from,
+        metrics: Arc::new(Metrics::new()),
     })
 }
 
 fn run_command(args: &RunArgs) -> Result<(), CliError> {
     let opts = resolve(args)?;
+    let _metrics_server = match &args.metrics_addr {
+        Some(addr) => {
+            let server = MetricsServer::start(addr, Arc::clone(&opts.metrics)).map_err(|e| {
+                CliError::Flag {
+                    flag: "--metrics-addr",
+                    value: addr.clone(),
+                    allowed: format!("a bindable HOST:PORT ({e})"),
+                }
+            })?;
+            eprintln!("metrics: http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let bar = progress_bar(opts.spec.records);
     let summary = run::run(&opts, &|n, last| {
         bar.set_position(n);
@@ -377,6 +409,12 @@ fn run_command(args: &RunArgs) -> Result<(), CliError> {
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| write_err(std::io::Error::other(e)))?;
         std::fs::write(path, json + "\n").map_err(write_err)?;
+    }
+    if let Some(path) = &args.metrics_file {
+        std::fs::write(path, opts.metrics.encode()).map_err(|source| CliError::WriteMetrics {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     Ok(())
 }

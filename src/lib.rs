@@ -18,6 +18,7 @@ pub mod bench_cmd;
 pub mod checkpointing;
 pub mod checkpoints_cmd;
 pub mod cli;
+pub mod metrics_server;
 pub mod report;
 pub mod run;
 pub mod stream;

@@ -20,12 +20,15 @@
 //!   taken after the last record and before the flush.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
 use cairn_engine::keygroup::assign_to_key_group;
-use cairn_engine::{BackendKind, CairnConfig, EngineError, KeyGroupRange, Slot, StateSize};
+use cairn_engine::{
+    BackendKind, CairnConfig, EngineError, KeyGroupRange, Metrics, Slot, StateSize,
+};
 use cairn_memory::{MemoryPlan, MemoryReport};
 use hdrhistogram::Histogram;
 
@@ -53,6 +56,9 @@ pub struct RunOptions {
     pub checksum: bool,
     /// Continue from this checkpoint (`--restore-from`).
     pub restore_from: Option<RestoreSource>,
+    /// Where the run publishes its metrics (records, memory, checkpoints, restore); share it
+    /// with a `/metrics` endpoint to watch the run.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a run failed.
@@ -114,10 +120,12 @@ struct Shared {
     latest_total: Vec<AtomicU64>,
     peak_total: AtomicU64,
     peak_rss: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
     fn sample(&self, slot: usize, report: &MemoryReport) -> u64 {
+        self.metrics.observe_memory(slot as u32, report);
         let total = report.rocksdb_total_bytes();
         self.latest_total[slot].store(total, Ordering::Relaxed);
         let sum = self
@@ -193,6 +201,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
             bytes += b;
             *r = Some(files);
         }
+        opts.metrics.restored(t.elapsed().as_secs_f64(), bytes);
         restore_summary = Some(RestoreSummary {
             source: format!(
                 "{}/{}/chk-{}",
@@ -241,6 +250,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         latest_total: (0..n).map(|_| AtomicU64::new(0)).collect(),
         peak_total: AtomicU64::new(0),
         peak_rss: AtomicU64::new(0),
+        metrics: Arc::clone(&opts.metrics),
     };
     let start = Instant::now();
     let mut coordinator_result: Result<(), EngineError> = Ok(());
@@ -274,6 +284,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
                         n,
                         records,
                         &shared.abort,
+                        &shared.metrics,
                     );
                     if r.is_err() {
                         shared.abort.store(true, Ordering::Relaxed);
@@ -367,6 +378,7 @@ fn run_slot(
     let mut key_bytes = Vec::with_capacity(10);
     let mut processed = 0u64;
     let mut unreported = 0u64;
+    let latency = shared.metrics.record_latency(index);
 
     let records = opts.spec.records;
     let mut last_barrier = 0u64;
@@ -391,13 +403,16 @@ fn run_slot(
             .apply(&mut slot, g, key, &scope)
             .map_err(err("processing a record"))?;
         if let Some(t0) = t0 {
-            histogram.saturating_record(t0.elapsed().as_nanos().max(1) as u64);
+            let elapsed = t0.elapsed();
+            histogram.saturating_record(elapsed.as_nanos().max(1) as u64);
+            latency.observe(elapsed.as_secs_f64());
         }
         processed += 1;
         unreported += 1;
         if unreported == PROGRESS_BATCH {
             barriers.positions[index as usize].store(g, Ordering::Relaxed);
             shared.processed.fetch_add(unreported, Ordering::Relaxed);
+            shared.metrics.add_records(index, unreported);
             unreported = 0;
             if shared.abort.load(Ordering::Relaxed) {
                 break;
@@ -408,6 +423,7 @@ fn run_slot(
         }
     }
     shared.processed.fetch_add(unreported, Ordering::Relaxed);
+    shared.metrics.add_records(index, unreported);
     let processing_done = Instant::now();
     // Stay for the final checkpoint (taken once every slot is at the end of the stream).
     barriers.positions[index as usize].store(records, Ordering::Relaxed);

@@ -199,3 +199,76 @@ fn bad_input_exits_non_zero_naming_the_field() -> TestResult {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--keys"));
     Ok(())
 }
+
+/// The Prometheus file agrees with the JSON summary of the same run: records, checkpoint count,
+/// bytes uploaded, the last checkpoint's full size.
+#[test]
+fn metrics_file_agrees_with_the_json_summary() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let prom = dir.path().join("metrics.prom");
+    let checkpoints = dir.path().join("checkpoints");
+    let v = run_json(
+        dir.path(),
+        &[
+            "--checkpoint-dir",
+            checkpoints.to_str().ok_or("utf-8 path")?,
+            "--checkpoint-interval",
+            "100ms",
+            "--metrics-file",
+            prom.to_str().ok_or("utf-8 path")?,
+        ],
+    )?;
+    let text = std::fs::read_to_string(&prom)?;
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let cps = v["checkpoints"].as_array().ok_or("checkpoints array")?;
+    assert!(!cps.is_empty(), "the final checkpoint at least");
+    let uploaded: u64 = cps.iter().map(|c| u64_at(c, "/incremental_bytes")).sum();
+    let last = cps.last().ok_or("a checkpoint")?;
+    assert_eq!(
+        sample("cairn_records_processed_total{slot=\"0\"}"),
+        RECORDS as f64
+    );
+    assert_eq!(
+        sample("cairn_checkpoints_completed_total"),
+        cps.len() as f64
+    );
+    assert_eq!(
+        sample("cairn_checkpoint_sync_seconds_count"),
+        cps.len() as f64
+    );
+    assert_eq!(
+        sample("cairn_checkpoint_uploaded_bytes_total"),
+        uploaded as f64
+    );
+    assert_eq!(
+        sample("cairn_last_checkpoint_full_bytes"),
+        u64_at(last, "/full_bytes") as f64
+    );
+    assert_eq!(
+        sample("cairn_last_checkpoint_id"),
+        u64_at(last, "/id") as f64
+    );
+    assert_eq!(
+        sample("cairn_memory_budget_bytes{slot=\"0\"}"),
+        (16u64 << 20) as f64
+    );
+    Ok(())
+}
+
+#[test]
+fn unbindable_metrics_address_is_a_flag_error() -> TestResult {
+    let out = cairn(&["--records", "10", "--metrics-addr", "not-an-address"])?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--metrics-addr = not-an-address"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod keygroup;
 pub mod layout;
+pub mod metrics;
 pub mod slot;
 pub mod state;
 
@@ -26,6 +27,7 @@ pub use codec::VoidNamespace;
 pub use config::{BackendKind, CairnConfig};
 pub use error::{EngineError, ErrorKind, Result};
 pub use keygroup::{KeyGroup, KeyGroupRange};
+pub use metrics::Metrics;
 pub use slot::{Slot, SlotBuilder};
 pub use state::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,
