@@ -32,7 +32,7 @@ use cairn_engine::{
 use cairn_memory::{MemoryPlan, MemoryReport};
 use hdrhistogram::Histogram;
 
-use crate::checkpointing::{self, Barriers};
+use crate::checkpointing::{self, BarrierCursor, Barriers};
 use crate::report::{LatencySummary, MemorySummary, RestoreSummary, RunSummary, SlotSummary};
 use crate::workload::{self, Checksum, Driver, OpCounts, WorkloadKind, WorkloadSpec};
 
@@ -233,7 +233,8 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         slots.push(slot);
     }
     let open_time = open_start.elapsed();
-    let (barriers, replies) = Barriers::new(n, checkpointing);
+    let (mut barriers, replies) = Barriers::new(n, checkpointing);
+    barriers.pre_flush = opts.config.checkpoint.pre_flush;
     let job_url = checkpointer
         .as_ref()
         .filter(|_| checkpointing)
@@ -381,7 +382,7 @@ fn run_slot(
     let latency = shared.metrics.record_latency(index);
 
     let records = opts.spec.records;
-    let mut last_barrier = 0u64;
+    let mut last_barrier = BarrierCursor::default();
     // One scope, re-encoded per record: no allocation on the hot path.
     let mut scope = cairn_engine::ScopeKey::new(0, 1, &[], &[]);
     for g in start_position..records {

@@ -64,6 +64,12 @@ pub struct CheckpointConfig {
     pub gc_grace: Duration,
     /// Run orphan collection after each completed checkpoint. Default false.
     pub gc_after_checkpoint: bool,
+    /// Start flushing RocksDB's memtables in the background as soon as a slot sees a checkpoint
+    /// coming (its barrier is published a little ahead of the slot's position), so the
+    /// synchronous phase only flushes what was written since, instead of every memtable byte
+    /// written since the last checkpoint. The price: one more, smaller L0 file per checkpoint.
+    /// Default true. Flink: none (its synchronous phase flushes everything).
+    pub pre_flush: bool,
     /// Storage settings (S3 endpoint and credentials, memory cap).
     pub storage: StorageOptions,
 }
@@ -83,6 +89,7 @@ impl Default for CheckpointConfig {
             restore_mode: RestoreMode::NoClaim,
             gc_grace: Duration::from_secs(3600),
             gc_after_checkpoint: false,
+            pre_flush: true,
             storage: StorageOptions::default(),
         }
     }

@@ -5,6 +5,7 @@
 
 mod checkpointer;
 mod config;
+mod prepare;
 mod sync;
 
 pub use checkpointer::{
