@@ -57,7 +57,10 @@ fn read_back(slot: &mut Slot) -> Result<Model, Box<dyn std::error::Error>> {
 
 /// Runs a job for `rounds` checkpoints, then writes more (not checkpointed). Returns the job's
 /// URL, the last checkpoint id and the model at it.
-fn run_job(cfg: &CairnConfig, rounds: u64) -> Result<(String, u64, Model), Box<dyn std::error::Error>> {
+fn run_job(
+    cfg: &CairnConfig,
+    rounds: u64,
+) -> Result<(String, u64, Model), Box<dyn std::error::Error>> {
     let mut slot = Slot::builder(cfg).open()?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
     let mut model = Model::new();
@@ -106,13 +109,14 @@ fn local_snapshot(cfg: &CairnConfig, id: u64) -> PathBuf {
 }
 
 fn local_entries(cfg: &CairnConfig) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(cfg.state.working_dir.join("slot-0").join("local-recovery"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut v: Vec<String> =
+        std::fs::read_dir(cfg.state.working_dir.join("slot-0").join("local-recovery"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
     v.sort();
     v
 }
@@ -134,7 +138,10 @@ fn largest(dir: &Path, suffix: &str) -> Result<PathBuf, Box<dyn std::error::Erro
 
 /// Flips one byte in the middle of `path`, in place.
 fn flip_byte(path: &Path) -> TestResult {
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let mid = f.metadata()?.len() / 2;
     let mut b = [0u8];
     f.seek(SeekFrom::Start(mid))?;

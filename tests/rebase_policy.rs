@@ -73,7 +73,10 @@ fn checkpoint(
 }
 
 /// Shared objects of checkpoint `id` (object -> uploaded_at_ms).
-fn objects(cp: &Checkpointer, id: u64) -> Result<BTreeMap<String, u64>, Box<dyn std::error::Error>> {
+fn objects(
+    cp: &Checkpointer,
+    id: u64,
+) -> Result<BTreeMap<String, u64>, Box<dyn std::error::Error>> {
     let meta = cp.block_on(cp.store().load(id))?;
     Ok(meta
         .shared_objects()
@@ -118,10 +121,7 @@ fn restored_state(
 #[test]
 fn every_n_rebase_shares_nothing_and_frees_the_old_chain() -> TestResult {
     let root = tempfile::tempdir()?;
-    let cfg = config(
-        root.path(),
-        rebase(|r| r.every_n_checkpoints = 3),
-    );
+    let cfg = config(root.path(), rebase(|r| r.every_n_checkpoints = 3));
     let keys = 4000;
     let mut slot = Slot::builder(&cfg).open()?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
@@ -202,7 +202,10 @@ fn max_file_age_reuploads_old_files_only() -> TestResult {
     assert_eq!(young.files_reuploaded, 0, "{young:?}");
     assert!(young.rebase.is_none());
     let young_objects = objects(&cp, young.id)?;
-    let kept: Vec<&String> = old.keys().filter(|o| young_objects.contains_key(*o)).collect();
+    let kept: Vec<&String> = old
+        .keys()
+        .filter(|o| young_objects.contains_key(*o))
+        .collect();
     assert!(!kept.is_empty(), "chk-2 should reuse chk-1's files");
     std::thread::sleep(Duration::from_millis(1100));
     churn(&mut slot, &mut model, keys, 2, 10)?;
@@ -212,7 +215,10 @@ fn max_file_age_reuploads_old_files_only() -> TestResult {
     assert!(aged.files_reuploaded as usize >= kept.len(), "{aged:?}");
     let now = objects(&cp, aged.id)?;
     for o in kept {
-        assert!(!now.contains_key(o), "{o} is older than 1s but still referenced");
+        assert!(
+            !now.contains_key(o),
+            "{o} is older than 1s but still referenced"
+        );
     }
     let limit = aged.completed_at_ms - 1000;
     assert!(

@@ -493,8 +493,8 @@ impl CheckpointStore {
         }
         report.bytes_uploaded += private.iter().map(|p| p.stored_size).sum::<u64>();
         report.shared_bytes = files.iter().map(|f| f.size).sum::<u64>();
-        report.full_bytes = report.shared_bytes
-            + private.iter().map(|p| p.stored_size).sum::<u64>();
+        report.full_bytes =
+            report.shared_bytes + private.iter().map(|p| p.stored_size).sum::<u64>();
         state.pending.insert(
             id,
             files.iter().map(|f| (f.name.clone(), f.clone())).collect(),

@@ -17,10 +17,10 @@ use super::config::{CheckpointConfig, RestoreMode};
 use super::local::{self, RestorePath, SlotRestoreReport};
 use super::rebase::{self, CompactionStats, RebaseState};
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
-use crate::slot::Slot;
 use crate::backend::{StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
+use crate::slot::Slot;
 use crate::slot::SlotRestore;
 
 /// What one completed checkpoint did (the run JSON's `checkpoints[]`).

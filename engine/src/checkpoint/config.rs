@@ -267,7 +267,10 @@ mod tests {
         let mut bad = c.clone();
         bad.rebase.max_space_amplification = Some(1.0);
         let e = bad.validate().unwrap_err().to_string();
-        assert!(e.contains("checkpoint.rebase.max-space-amplification"), "{e}");
+        assert!(
+            e.contains("checkpoint.rebase.max-space-amplification"),
+            "{e}"
+        );
         let mut bad = c;
         bad.rebase.max_file_age = Some(Duration::from_millis(10));
         let e = bad.validate().unwrap_err().to_string();

@@ -153,7 +153,9 @@ pub(crate) async fn place(
     verify: LocalVerify,
     parallelism: usize,
 ) -> std::result::Result<u64, String> {
-    let src = slot_dir.join(LOCAL_DIR).join(format!("chk-{checkpoint_id}"));
+    let src = slot_dir
+        .join(LOCAL_DIR)
+        .join(format!("chk-{checkpoint_id}"));
     let marker = std::fs::read(src.join(MARKER)).map_err(|_| {
         let found = std::fs::read_dir(slot_dir.join(LOCAL_DIR))
             .map(|d| {

@@ -189,7 +189,9 @@ mod tests {
         }
         assert_eq!(
             fulls,
-            [false, false, false, true, false, false, true, false, false, true]
+            [
+                false, false, false, true, false, false, true, false, false, true
+            ]
         );
         let off = RebaseConfig::off();
         assert!(!s.decide(&off, 0).policy.full);
