@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, SyncSnapshot};
+use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, CompactionStats, SyncSnapshot};
 use cairn_engine::{EngineError, Metrics, Slot};
 
 /// The property holding a checkpoint's stream position.
@@ -48,6 +48,10 @@ pub struct Barriers {
     /// "chk-7: 3.1 MB incremental / 40 MB full" for the progress line.
     pub last: Mutex<String>,
     replies: Mutex<Sender<(u32, u64, BarrierReply)>>,
+    /// Per slot: compact before the next snapshot (`checkpoint.rebase.max-space-amplification`).
+    compact: Vec<AtomicBool>,
+    /// Compactions the slots ran, for the next checkpoint's report.
+    compacted: Mutex<Vec<(u32, CompactionStats)>>,
 }
 
 impl Barriers {
@@ -65,6 +69,8 @@ impl Barriers {
                 pre_flush: true,
                 last: Mutex::new(String::new()),
                 replies: Mutex::new(tx),
+                compact: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+                compacted: Mutex::new(Vec::new()),
             },
             rx,
         )
@@ -80,6 +86,20 @@ impl Barriers {
     /// the pre-flush when it first sees the barrier ahead.
     #[inline]
     pub fn check(&self, slot: &mut Slot, g: u64, records: u64, cursor: &mut BarrierCursor) {
+        let index = slot.index().0;
+        if let Some(flag) = self.compact.get(index as usize)
+            && flag.load(Ordering::Relaxed)
+            && flag.swap(false, Ordering::AcqRel)
+        {
+            match slot.compact_state() {
+                Ok(stats) => {
+                    if let Ok(mut c) = self.compacted.lock() {
+                        c.push((index, stats));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, slot = index, "rebase compaction failed"),
+            }
+        }
         let id = self.id.load(Ordering::Acquire);
         if id <= cursor.seen {
             return;
@@ -157,11 +177,22 @@ pub fn coordinate(
                 barriers.publish(pos, id);
                 match collect(replies, id, slots, abort) {
                     Collected::All(syncs) => {
+                        // Compactions ran on the slot threads before their snapshots.
+                        if let Ok(mut c) = barriers.compacted.lock() {
+                            for (slot, stats) in c.drain(..) {
+                                cp.note_compaction(slot, stats);
+                            }
+                        }
                         let props =
                             BTreeMap::from([(POSITION.to_string(), pos.min(records).to_string())]);
                         match cp.complete_with(id, syncs, props) {
                             Ok(r) => {
                                 metrics.checkpoint_completed(&r);
+                                for s in &r.compact_slots {
+                                    if let Some(f) = barriers.compact.get(*s as usize) {
+                                        f.store(true, Ordering::Release);
+                                    }
+                                }
                                 note(barriers, &r);
                             }
                             Err(e) if cp.failure_tolerated() && !all_done => {

@@ -133,6 +133,10 @@ pub struct RunArgs {
     /// Ownership of the restored checkpoint (checkpoint.restore-mode).
     #[arg(long, value_enum)]
     pub restore_mode: Option<RestoreModeArg>,
+    /// Keep each slot's last checkpoint locally and restore from it when it verifies
+    /// (checkpoint.local-recovery).
+    #[arg(long)]
+    pub local_recovery: bool,
 }
 
 /// `--restore-mode`.
@@ -286,6 +290,10 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     if let Some(r) = args.retained {
         config.checkpoint.retained = r;
         set_by.push(("checkpoint.retained", "--retained"));
+    }
+    if args.local_recovery {
+        config.checkpoint.local_recovery = true;
+        set_by.push(("checkpoint.local-recovery", "--local-recovery"));
     }
     if let Some(m) = args.restore_mode {
         config.checkpoint.restore_mode = match m {

@@ -66,8 +66,8 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `checksum` | `{digest, entries, counter_total}` of the final state (see `workload::checksum`); `null` with `--no-checksum`. `update`: `counter_total == records`; `mixed`: `counter_total == ops.value_rmw` |
 /// | `per_slot[]` | `{index, key_groups, records, working_dir, state_bytes_on_disk, memory_peak_bytes, memory}` with the slot's `MemoryReport` at the end of the run |
 /// | `job_url` | `<checkpoint dir>/<job>` of this run's checkpoints (`null` with `--checkpoint-interval off`) |
-/// | `checkpoints[]` | per completed checkpoint: `{id, completed_at_ms, incremental_bytes, full_bytes, files_uploaded, files_reused, files_copied, bytes_copied, sync_ms, async_ms, upload_mb_per_s}`; the last is the final checkpoint |
-/// | `restored_from` | `{source, checkpoint_id, position, bytes_downloaded, download_s}` with `--restore-from`, else `null` |
+/// | `checkpoints[]` | per completed checkpoint: `{id, completed_at_ms, incremental_bytes, full_bytes, files_uploaded, files_reused, files_copied, bytes_copied, sync_ms, async_ms, upload_mb_per_s, rebase, files_reuploaded, bytes_reuploaded, space_amplification, compact_slots, kept_locally}`; `rebase` says why the checkpoint rebased (`null` if it did not); the last is the final checkpoint |
+/// | `restored_from` | `{source, checkpoint_id, position, bytes_downloaded, download_s, slots[]}` with `--restore-from`, else `null`; `slots[]`: `{key_groups, path ("local"/"remote"), ms, bytes, local_rejected?}` |
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     /// Version of the binary.
@@ -140,6 +140,9 @@ pub struct RestoreSummary {
     pub bytes_downloaded: u64,
     /// Seconds until every slot's files were local.
     pub download_s: f64,
+    /// Per slot: restored from its local snapshot or from storage, time, bytes, and why the
+    /// local snapshot was not used (`checkpoint.local-recovery`).
+    pub slots: Vec<cairn_engine::checkpoint::SlotRestoreReport>,
 }
 
 /// Per-record latency percentiles in microseconds.
@@ -465,6 +468,22 @@ impl RunSummary {
                     r.download_s
                 ),
             );
+            for (i, sr) in r.slots.iter().enumerate() {
+                let path = match sr.path {
+                    cairn_engine::checkpoint::RestorePath::Local => "local snapshot",
+                    cairn_engine::checkpoint::RestorePath::Remote => "storage",
+                };
+                let why = sr
+                    .local_rejected
+                    .as_deref()
+                    .map(|w| format!("; local not used: {w}"))
+                    .unwrap_or_default();
+                row(
+                    w,
+                    &format!("  slot {i}"),
+                    format!("from {path}, {} in {:.0} ms{why}", size(sr.bytes), sr.ms),
+                );
+            }
         }
         if let Some(url) = &self.job_url {
             row(
@@ -492,6 +511,11 @@ impl RunSummary {
                     c.async_ms,
                     c.upload_mb_per_s
                 );
+            }
+            for c in &self.checkpoints {
+                if let Some(why) = &c.rebase {
+                    let _ = writeln!(w, "  chk-{} rebased: {why}", c.id);
+                }
             }
         }
         o

@@ -179,6 +179,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         let mut bytes = 0;
+        let mut slot_reports = Vec::new();
         std::fs::create_dir_all(&opts.config.state.working_dir).map_err(|e| {
             RunError::Checkpoint {
                 phase: "restore",
@@ -195,10 +196,12 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
                 .state
                 .working_dir
                 .join(format!("restore-slot-{i}"));
-            let (files, b) = cp
-                .download_for_slot(&restored, range, &dest)
+            let slot_dir = opts.config.state.working_dir.join(format!("slot-{i}"));
+            let (files, report) = cp
+                .restore_slot(&restored, range, &slot_dir, &dest)
                 .map_err(ck_err("restore"))?;
-            bytes += b;
+            bytes += report.bytes;
+            slot_reports.push(report);
             *r = Some(files);
         }
         opts.metrics.restored(t.elapsed().as_secs_f64(), bytes);
@@ -211,6 +214,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
             position: start_position,
             bytes_downloaded: bytes,
             download_s: t.elapsed().as_secs_f64(),
+            slots: slot_reports,
         });
     }
     let mut slots = Vec::with_capacity(n as usize);

@@ -54,12 +54,12 @@ pub enum SnapshotError {
     },
     /// Metadata of a version this build can't read.
     #[error(
-        "checkpoint metadata {path} has version {actual}; this build reads version {supported}"
+        "checkpoint metadata {path} has version {actual}; this build reads versions 1 to {supported}"
     )]
     UnsupportedVersion {
         /// The object path.
         path: String,
-        /// The version this build reads.
+        /// The newest version this build reads.
         supported: u32,
         /// The version found.
         actual: u32,

@@ -6,6 +6,9 @@
 //!   <job>/                          one directory per job run (e.g. job-20261125T130000Z-3fa1)
 //!     shared/<sha256>               SST files, content-addressed: identical files dedupe and every
 //!                                   download is verified against its name
+//!     shared/<sha256>-c<id>         the same content uploaded again by checkpoint <id> (a rebase
+//!                                   or a `max-file-age` re-upload): a new object, so the new chain
+//!                                   shares nothing with the old one, which subsumption then frees
 //!     chk-<id>/slot-<i>/<file>.zst  private files of a slot: RocksDB MANIFEST, CURRENT, OPTIONS,
 //!                                   heap snapshots (zstd-compressed)
 //!     chk-<id>/_metadata            the checkpoint's metadata, written LAST with a create-only
@@ -79,6 +82,12 @@ impl JobLayout {
         format!("{}/{SHARED_DIR}/{sha256}", self.job)
     }
 
+    /// `<job>/shared/<sha>-c<id>` relative to the root: content `sha` uploaded again by checkpoint
+    /// `id` (rebase, file-age re-upload), deliberately a different object from `shared_ref(sha)`.
+    pub fn shared_ref_at(&self, sha256: &str, id: CheckpointId) -> String {
+        format!("{}/{SHARED_DIR}/{sha256}-c{id}", self.job)
+    }
+
     /// The absolute object path of a shared-file reference (as stored in metadata).
     pub fn resolve(&self, reference: &str) -> Path {
         let mut p = self.root.clone();
@@ -111,8 +120,11 @@ impl JobLayout {
         };
         let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
         match parts.as_slice() {
-            [dir, sha] if dir == SHARED_DIR && is_sha256_hex(sha) => ObjectKind::Shared {
-                sha256: sha.clone(),
+            [dir, name] if dir == SHARED_DIR => match parse_shared_name(name) {
+                Some(sha) => ObjectKind::Shared {
+                    sha256: sha.to_string(),
+                },
+                None => ObjectKind::Other,
             },
             [chk, rest @ ..] if !rest.is_empty() => match parse_checkpoint_dir(chk) {
                 Some(id) if rest.len() == 1 && rest[0] == METADATA_FILE => ObjectKind::Metadata(id),
@@ -127,6 +139,16 @@ impl JobLayout {
 /// Parses `chk-<id>`.
 pub fn parse_checkpoint_dir(name: &str) -> Option<CheckpointId> {
     name.strip_prefix("chk-")?.parse().ok()
+}
+
+/// The sha256 of a shared object's name: `<sha256>` or `<sha256>-c<id>`.
+fn parse_shared_name(name: &str) -> Option<&str> {
+    let (sha, rest) = match name.split_once("-c") {
+        Some((sha, id)) => (sha, Some(id)),
+        None => (name, None),
+    };
+    let id_ok = rest.is_none_or(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    (is_sha256_hex(sha) && id_ok).then_some(sha)
 }
 
 fn is_sha256_hex(s: &str) -> bool {
@@ -150,6 +172,7 @@ mod tests {
             l.resolve(&l.shared_ref(SHA)).as_ref(),
             format!("base/job-1/shared/{SHA}")
         );
+        assert_eq!(l.shared_ref_at(SHA, 9), format!("job-1/shared/{SHA}-c9"));
         assert_eq!(
             l.private_ref(7, 2, "MANIFEST-000005"),
             "job-1/chk-7/slot-2/MANIFEST-000005.zst"
@@ -172,9 +195,20 @@ mod tests {
             ObjectKind::Private(12)
         );
         assert_eq!(
+            l.classify(&Path::from(format!("base/job-1/shared/{SHA}-c12"))),
+            ObjectKind::Shared { sha256: SHA.into() }
+        );
+        assert_eq!(
             l.classify(&Path::from("base/job-1/shared/not-a-sha")),
             ObjectKind::Other
         );
+        for bad in [format!("{SHA}-c"), format!("{SHA}-cx"), format!("{SHA}-d1")] {
+            assert_eq!(
+                l.classify(&Path::from(format!("base/job-1/shared/{bad}"))),
+                ObjectKind::Other,
+                "{bad}"
+            );
+        }
         assert_eq!(
             l.classify(&Path::from("base/job-2/chk-1/_metadata")),
             ObjectKind::Other

@@ -31,5 +31,6 @@ pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, Stat
 pub use registry::SharedRegistry;
 pub use storage::{CheckpointStorage, StorageOptions};
 pub use store::{
-    CheckpointStore, GcReport, LocalSnapshot, SlotUploadReport, SlotUploadState, VerifyProblem,
+    CheckpointStore, GcReport, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy,
+    VerifyProblem,
 };

@@ -1,10 +1,15 @@
 //! `_metadata`: the versioned description of one committed checkpoint. Written last, with a
 //! create-only put; its existence is the commit.
 //!
-//! ## Format (version 1)
+//! ## Format (version 2)
 //! JSON (readable with `cairn checkpoints inspect`, small next to the files it lists):
-//! `{"format":"cairn-checkpoint","version":1,"checkpoint_id":..,"job":..,"created_at_ms":..,
+//! `{"format":"cairn-checkpoint","version":2,"checkpoint_id":..,"job":..,"created_at_ms":..,
 //!   "max_parallelism":..,"slots":[SlotHandle..],"restored_from":..}`.
+//!
+//! Version 2 adds `uploaded_at_ms` to every shared file (when its object was written, for
+//! `rebase.max-file-age`). Version 1 documents still read: the field is then 0, "unknown", which
+//! the age policy treats as older than any limit (re-uploading once is safe; keeping an object
+//! past a storage lifecycle rule is not).
 //! One [`SlotHandle`] per slot with its key-group range, so a checkpoint of N slots commits once
 //! and can be restored into M slots by handing out key-group ranges again.
 
@@ -15,8 +20,10 @@ use crate::layout::CheckpointId;
 
 /// The `format` field of every metadata file.
 pub const FORMAT: &str = "cairn-checkpoint";
-/// The metadata version this build writes and the only one it reads.
-pub const VERSION: u32 = 1;
+/// The metadata version this build writes.
+pub const VERSION: u32 = 2;
+/// The oldest metadata version this build reads.
+pub const MIN_VERSION: u32 = 1;
 
 /// An inclusive key-group range `[start, end]` (mirrors the engine's, which this crate can't use).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +45,10 @@ pub struct SharedFile {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+    /// When the object was written (uploaded or copied), ms since the Unix epoch; 0 = unknown
+    /// (version-1 metadata). Reused files keep the time of their first upload.
+    #[serde(default)]
+    pub uploaded_at_ms: u64,
 }
 
 /// A private file of a slot's snapshot (stored zstd-compressed under `chk-<id>/`).
@@ -164,7 +175,7 @@ impl CheckpointMetadata {
             });
         }
         match header.version {
-            Some(VERSION) => {}
+            Some(v) if (MIN_VERSION..=VERSION).contains(&v) => {}
             other => {
                 return Err(SnapshotError::UnsupportedVersion {
                     path: path.into(),
@@ -205,6 +216,7 @@ mod tests {
                     object: "job-1/shared/ab".into(),
                     sha256: "ab".into(),
                     size: 100,
+                    uploaded_at_ms: 1,
                 }],
                 private: vec![PrivateFile {
                     name: "CURRENT".into(),
@@ -230,10 +242,10 @@ mod tests {
     #[test]
     fn rejects_other_versions_and_garbage() {
         let mut m = sample();
-        m.version = 2;
+        m.version = VERSION + 1;
         let e = CheckpointMetadata::from_bytes("chk-3/_metadata", &m.to_bytes()).unwrap_err();
         assert!(
-            matches!(e, SnapshotError::UnsupportedVersion { actual: 2, .. }),
+            matches!(e, SnapshotError::UnsupportedVersion { actual, .. } if actual == VERSION + 1),
             "{e}"
         );
         assert!(e.to_string().contains("chk-3/_metadata"));
@@ -250,5 +262,22 @@ mod tests {
         let m = CheckpointMetadata::from_bytes("fixture", text.as_bytes()).unwrap();
         assert_eq!(m.checkpoint_id, 3);
         assert_eq!(m.slots[0].shared[0].size, 100);
+        // Version 1 has no upload times: "unknown" (0), which `rebase.max-file-age` treats as
+        // older than any limit.
+        assert_eq!(m.slots[0].shared[0].uploaded_at_ms, 0);
+    }
+
+    /// The version-2 document as written by this build.
+    #[test]
+    fn reads_v2_fixture() {
+        let text = include_str!("../tests/fixtures/metadata-v2.json");
+        let m = CheckpointMetadata::from_bytes("fixture", text.as_bytes()).unwrap();
+        assert_eq!(m.version, 2);
+        assert_eq!(m.slots[0].shared[0].uploaded_at_ms, 1_764_000_000_000);
+        assert_eq!(m.slots[0].shared[1].object, "job-1/shared/ef-c3");
+        // Writing it again gives the same document (the encoding is pinned).
+        let again: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
+        let fixture: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(again, fixture);
     }
 }

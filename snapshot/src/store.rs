@@ -89,6 +89,48 @@ impl SlotUploadState {
     }
 }
 
+/// How a checkpoint treats files earlier checkpoints already uploaded (the rebase policy's
+/// decision, made by the engine per checkpoint).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadPolicy {
+    /// Upload every shared file again as a new object (`<sha>-c<id>`): the checkpoint shares
+    /// nothing with earlier ones, so their objects are deleted once they are subsumed.
+    /// Flink: a `FULL_CHECKPOINT`.
+    pub full: bool,
+    /// Re-upload (as new objects) reused files whose `uploaded_at_ms` is before this time, ms
+    /// since the Unix epoch (`rebase.max-file-age`); files of unknown age (0) count as older.
+    pub reupload_before_ms: Option<u64>,
+}
+
+impl UploadPolicy {
+    /// The incremental default: reuse every confirmed upload.
+    pub fn incremental() -> Self {
+        Self::default()
+    }
+
+    /// A full upload that shares nothing with earlier checkpoints.
+    pub fn full() -> Self {
+        Self {
+            full: true,
+            ..Self::default()
+        }
+    }
+
+    /// Re-upload files uploaded before `before_ms`.
+    pub fn reupload_before(before_ms: u64) -> Self {
+        Self {
+            reupload_before_ms: Some(before_ms),
+            ..Self::default()
+        }
+    }
+
+    fn too_old(&self, uploaded_at_ms: u64) -> bool {
+        self.reupload_before_ms
+            .is_some_and(|before| uploaded_at_ms < before)
+    }
+}
+
 /// What uploading one slot's snapshot did (Flink's "Checkpointed Data Size" is `incremental`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SlotUploadReport {
@@ -104,6 +146,14 @@ pub struct SlotUploadReport {
     pub bytes_copied: u64,
     /// Bytes of all files the slot's handle references.
     pub full_bytes: u64,
+    /// Of `files_uploaded`: files an earlier checkpoint had uploaded, sent again as new objects
+    /// because of the [`UploadPolicy`] (a full upload or their age).
+    pub files_reuploaded: u64,
+    /// Bytes of those files.
+    pub bytes_reuploaded: u64,
+    /// Bytes of the slot's shared files (what its checkpoint references of them, for the space
+    /// amplification of the rebase policy).
+    pub shared_bytes: u64,
 }
 
 /// Result of a garbage collection.
@@ -234,6 +284,18 @@ impl CheckpointStore {
         Ok(self.registry()?.completed())
     }
 
+    /// Shared objects (count, bytes) the retained and in-flight checkpoints reference.
+    pub fn referenced_totals(&self) -> Result<(usize, u64)> {
+        Ok(self.registry()?.totals())
+    }
+
+    /// Objects (count, bytes) stored under the job directory, by listing it: what the storage
+    /// holds (and bills), including anything not yet subsumed or collected.
+    pub async fn stored_totals(&self) -> Result<(usize, u64)> {
+        let list = self.storage.list(&self.layout.job_dir()).await?;
+        Ok((list.len(), list.iter().map(|m| m.size).sum()))
+    }
+
     /// Reads a committed checkpoint's metadata.
     pub async fn load(&self, id: CheckpointId) -> Result<CheckpointMetadata> {
         let path = self.layout.metadata(id);
@@ -257,10 +319,29 @@ impl CheckpointStore {
         state: &mut SlotUploadState,
         parallelism: usize,
     ) -> Result<(SlotHandle, SlotUploadReport)> {
+        self.upload_slot_with(id, snap, state, parallelism, UploadPolicy::incremental())
+            .await
+    }
+
+    /// [`CheckpointStore::upload_slot`] under a rebase [`UploadPolicy`]: files the policy
+    /// selects are uploaded again from the local snapshot as new objects (`<sha>-c<id>`), with
+    /// their known sha256 (the local file is the one hashed when it was first uploaded: same
+    /// name and size in the same database).
+    pub async fn upload_slot_with(
+        &self,
+        id: CheckpointId,
+        snap: &LocalSnapshot,
+        state: &mut SlotUploadState,
+        parallelism: usize,
+        policy: UploadPolicy,
+    ) -> Result<(SlotHandle, SlotUploadReport)> {
         let mut report = SlotUploadReport::default();
         let job_prefix = format!("{}/", self.layout.job());
-        // 1. Decide each shared file: reuse a confirmed upload, or hash it.
+        let now = now_ms();
+        // 1. Decide each shared file: reuse a confirmed upload, upload it again (policy), or
+        //    hash it.
         let mut reused = Vec::new();
+        let mut again = Vec::new();
         let mut to_hash = Vec::new();
         for name in &snap.shared {
             let local = snap.dir.join(name);
@@ -268,6 +349,9 @@ impl CheckpointStore {
                 .map_err(SnapshotError::io("stat", &local))?
                 .len();
             match state.confirmed.get(name) {
+                Some(f) if f.size == size && (policy.full || policy.too_old(f.uploaded_at_ms)) => {
+                    again.push((local, f.clone()))
+                }
                 Some(f) if f.size == size => reused.push(f.clone()),
                 _ => to_hash.push((name.clone(), local)),
             }
@@ -291,6 +375,7 @@ impl CheckpointStore {
             if state.copy_foreign && !f.object.starts_with(&job_prefix) {
                 let own = SharedFile {
                     object: self.layout.shared_ref(&f.sha256),
+                    uploaded_at_ms: now,
                     ..f.clone()
                 };
                 copies.push((f.object.clone(), own.clone()));
@@ -300,13 +385,37 @@ impl CheckpointStore {
                 files.push(f);
             }
         }
+        // A new file whose content the store already holds keeps that object's upload time.
+        let known_times: HashMap<&str, u64> = state
+            .confirmed
+            .values()
+            .map(|f| (f.object.as_str(), f.uploaded_at_ms))
+            .collect();
         let mut uploads = Vec::new();
+        let mut reuploads: HashSet<String> = HashSet::new();
+        for (local, f) in again {
+            let f = SharedFile {
+                object: self.layout.shared_ref_at(&f.sha256, id),
+                uploaded_at_ms: now,
+                ..f
+            };
+            reuploads.insert(f.object.clone());
+            uploads.push((local, f.clone()));
+            files.push(f);
+        }
         for (name, local, sha, size) in hashed {
+            let object = if policy.full {
+                self.layout.shared_ref_at(&sha, id)
+            } else {
+                self.layout.shared_ref(&sha)
+            };
+            let uploaded_at_ms = known_times.get(object.as_str()).copied().unwrap_or(now);
             let f = SharedFile {
                 name,
-                object: self.layout.shared_ref(&sha),
+                object,
                 sha256: sha,
                 size,
+                uploaded_at_ms,
             };
             uploads.push((local, f.clone()));
             files.push(f);
@@ -343,6 +452,10 @@ impl CheckpointStore {
                 continue;
             }
             report.files_uploaded += 1;
+            if reuploads.contains(&f.object) {
+                report.files_reuploaded += 1;
+                report.bytes_reuploaded += f.size;
+            }
             let to = self.layout.resolve(&f.object);
             jobs.push(Box::pin(async move {
                 let n = transfer::upload_file(&self.storage, &local, &to).await?;
@@ -379,8 +492,9 @@ impl CheckpointStore {
             report.bytes_uploaded += up;
         }
         report.bytes_uploaded += private.iter().map(|p| p.stored_size).sum::<u64>();
-        report.full_bytes = files.iter().map(|f| f.size).sum::<u64>()
-            + private.iter().map(|p| p.stored_size).sum::<u64>();
+        report.shared_bytes = files.iter().map(|f| f.size).sum::<u64>();
+        report.full_bytes =
+            report.shared_bytes + private.iter().map(|p| p.stored_size).sum::<u64>();
         state.pending.insert(
             id,
             files.iter().map(|f| (f.name.clone(), f.clone())).collect(),

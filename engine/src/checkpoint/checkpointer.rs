@@ -9,15 +9,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_snapshot::{
     CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, RestoredFrom, SlotHandle,
-    SlotUploadState, SnapshotError,
+    SlotUploadState, SnapshotError, UploadPolicy,
 };
 use serde::Serialize;
 
 use super::config::{CheckpointConfig, RestoreMode};
+use super::local::{self, RestorePath, SlotRestoreReport};
+use super::rebase::{self, CompactionStats, RebaseState};
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
 use crate::backend::{StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
+use crate::slot::Slot;
 use crate::slot::SlotRestore;
 
 /// What one completed checkpoint did (the run JSON's `checkpoints[]`).
@@ -45,6 +48,33 @@ pub struct CheckpointReport {
     pub async_ms: f64,
     /// Upload throughput of the asynchronous phase, MB/s.
     pub upload_mb_per_s: f64,
+    /// Why this checkpoint rebased (`checkpoint.rebase.*`), `None` when it did not: a full
+    /// upload (`every-n-checkpoints`), files re-uploaded for their age (`max-file-age`), or
+    /// compacted slots (`max-space-amplification`).
+    pub rebase: Option<String>,
+    /// Of `files_uploaded`: files uploaded again as new objects because of the rebase policy.
+    pub files_reuploaded: u64,
+    /// Bytes of those files.
+    pub bytes_reuploaded: u64,
+    /// Largest referenced shared bytes / RocksDB live-data estimate over the slots (0 without
+    /// an estimate, e.g. the heap backend).
+    pub space_amplification: f64,
+    /// Slots whose space amplification exceeds `rebase.max-space-amplification`: the host
+    /// compacts them ([`Slot::compact_state`], or [`Checkpointer::compact_if_due`]) before the
+    /// next checkpoint.
+    pub compact_slots: Vec<u32>,
+    /// Whether each slot's snapshot was kept for local recovery.
+    pub kept_locally: bool,
+}
+
+/// What the asynchronous phase produced.
+struct AsyncOutcome {
+    meta: CheckpointMetadata,
+    incremental: u64,
+    files: (u64, u64, u64, u64),
+    reuploaded: (u64, u64),
+    /// (slot, shared bytes referenced by its handle)
+    shared_by_slot: Vec<(u32, u64)>,
 }
 
 /// Where to restore from: `<storage url>/<job>[/chk-<id>]`.
@@ -113,6 +143,17 @@ pub struct Checkpointer {
     restored_from: Option<RestoredFrom>,
     consecutive_failures: u32,
     reports: Vec<CheckpointReport>,
+    rebase: RebaseState,
+    /// Slots asked to compact (slot -> amplification measured then).
+    compact_due: HashMap<u32, f64>,
+    /// Compactions done since the last checkpoint (slot, amplification, stats).
+    compacted: Vec<(u32, f64, CompactionStats)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A readable, unique job name: `job-YYYYMMDDTHHMMSSZ-<pid hex><nanos hex>`.
@@ -168,6 +209,9 @@ impl Checkpointer {
             restored_from: None,
             consecutive_failures: 0,
             reports: Vec::new(),
+            rebase: RebaseState::default(),
+            compact_due: HashMap::new(),
+            compacted: Vec::new(),
         })
     }
 
@@ -233,30 +277,84 @@ impl Checkpointer {
             .iter()
             .map(|s| s.sync_duration.as_secs_f64() * 1000.0)
             .fold(0.0, f64::max);
-        let dirs: Vec<PathBuf> = syncs.iter().map(|s| s.dir().to_path_buf()).collect();
-        let result = self.run_async_phase(id, syncs, properties);
-        for d in &dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        // (slot, snapshot dir, slot working dir, live-data estimate)
+        let dirs: Vec<(u32, PathBuf, PathBuf, Option<u64>)> = syncs
+            .iter()
+            .map(|s| {
+                (
+                    s.slot,
+                    s.dir().to_path_buf(),
+                    s.slot_dir().to_path_buf(),
+                    s.live_data_bytes(),
+                )
+            })
+            .collect();
+        let decision = self.rebase.decide(&self.cfg.rebase, now_ms());
+        let result = self.run_async_phase(id, syncs, properties, decision.policy);
         match result {
-            Ok((meta, incremental, files)) => {
+            Ok(out) => {
                 for s in self.uploads.values_mut() {
                     s.confirm(id);
                 }
                 self.consecutive_failures = 0;
+                let kept_locally = self.keep_local_snapshots(id, &out.meta, &dirs);
+                // A checkpoint shares nothing with earlier ones when it is the job's first (or
+                // the first after a no-claim restore, which copies) or a full rebase.
+                self.rebase.completed(decision.policy.full);
+                let mut reasons: Vec<String> = decision.reason.into_iter().collect();
+                if out.reuploaded.0 > 0 && !decision.policy.full {
+                    reasons.push(format!(
+                        "max-file-age: {} files ({} bytes) older than {} uploaded again",
+                        out.reuploaded.0,
+                        out.reuploaded.1,
+                        self.cfg
+                            .rebase
+                            .max_file_age
+                            .map(rebase::human)
+                            .unwrap_or_default()
+                    ));
+                }
+                for (slot, amp, stats) in self.compacted.drain(..) {
+                    reasons.push(format!(
+                        "max-space-amplification: slot {slot} compacted at {amp:.2} (SSTs {} -> {} bytes, {:.0} ms)",
+                        stats.sst_bytes_before, stats.sst_bytes_after, stats.ms
+                    ));
+                }
+                let (mut max_amp, mut compact_slots) = (0.0f64, Vec::new());
+                for (slot, shared) in &out.shared_by_slot {
+                    let live = dirs.iter().find(|d| d.0 == *slot).and_then(|d| d.3);
+                    let amp = rebase::amplification(*shared, live);
+                    max_amp = max_amp.max(amp);
+                    if self
+                        .cfg
+                        .rebase
+                        .max_space_amplification
+                        .is_some_and(|max| amp > max)
+                    {
+                        compact_slots.push(*slot);
+                        self.compact_due.insert(*slot, amp);
+                    }
+                }
                 let async_ms = t.elapsed().as_secs_f64() * 1000.0;
+                let meta = &out.meta;
                 let report = CheckpointReport {
                     id,
                     completed_at_ms: meta.created_at_ms,
-                    incremental_bytes: incremental + meta.to_bytes().len() as u64,
+                    incremental_bytes: out.incremental + meta.to_bytes().len() as u64,
                     full_bytes: meta.full_bytes() + meta.to_bytes().len() as u64,
-                    files_uploaded: files.0,
-                    files_reused: files.1,
-                    files_copied: files.2,
-                    bytes_copied: files.3,
+                    files_uploaded: out.files.0,
+                    files_reused: out.files.1,
+                    files_copied: out.files.2,
+                    bytes_copied: out.files.3,
                     sync_ms,
                     async_ms,
-                    upload_mb_per_s: incremental as f64 / 1e6 / (async_ms / 1000.0).max(1e-6),
+                    upload_mb_per_s: out.incremental as f64 / 1e6 / (async_ms / 1000.0).max(1e-6),
+                    rebase: (!reasons.is_empty()).then(|| reasons.join("; ")),
+                    files_reuploaded: out.reuploaded.0,
+                    bytes_reuploaded: out.reuploaded.1,
+                    space_amplification: max_amp,
+                    compact_slots,
+                    kept_locally,
                 };
                 if self.cfg.gc_after_checkpoint
                     && let Err(e) = self.rt.block_on(self.store.gc(self.cfg.gc_grace, true))
@@ -267,6 +365,9 @@ impl Checkpointer {
                 Ok(report)
             }
             Err(e) => {
+                for (_, d, _, _) in &dirs {
+                    let _ = std::fs::remove_dir_all(d);
+                }
                 for s in self.uploads.values_mut() {
                     s.discard(id);
                 }
@@ -283,13 +384,69 @@ impl Checkpointer {
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// After checkpoint `id` committed: keeps each slot's snapshot directory as its local
+    /// snapshot (local recovery on), or removes it and any old local snapshot. Failures only
+    /// cost local recovery, never the checkpoint. Returns whether every slot kept its snapshot.
+    fn keep_local_snapshots(
+        &self,
+        id: u64,
+        meta: &CheckpointMetadata,
+        dirs: &[(u32, PathBuf, PathBuf, Option<u64>)],
+    ) -> bool {
+        let mut all = !dirs.is_empty();
+        for (slot, dir, slot_dir, _) in dirs {
+            let handle = meta.slots.iter().find(|h| h.slot == *slot);
+            let kept = match (self.cfg.local_recovery, handle) {
+                (true, Some(h)) => {
+                    match local::keep(slot_dir, dir, self.job(), id, *slot, h.key_groups) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, slot, "keeping the local snapshot of checkpoint {id} failed");
+                            false
+                        }
+                    }
+                }
+                _ => {
+                    if let Err(e) = local::discard_all(slot_dir) {
+                        tracing::warn!(error = %e, slot, "removing old local snapshots failed");
+                    }
+                    false
+                }
+            };
+            if !kept {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            all &= kept;
+        }
+        all
+    }
+
+    /// Compacts `slot` when the last checkpoint found its space amplification above
+    /// `rebase.max-space-amplification`; the next checkpoint's report says so. Hosts that own
+    /// their slots call this before each synchronous snapshot.
+    pub fn compact_if_due(&mut self, slot: &mut Slot) -> Result<Option<CompactionStats>> {
+        let Some(amp) = self.compact_due.remove(&slot.index().0) else {
+            return Ok(None);
+        };
+        let stats = slot.compact_state()?;
+        self.compacted.push((slot.index().0, amp, stats.clone()));
+        Ok(Some(stats))
+    }
+
+    /// Records a compaction a host ran on `slot` (from [`CheckpointReport::compact_slots`]) on
+    /// another thread, for the next checkpoint's report.
+    pub fn note_compaction(&mut self, slot: u32, stats: CompactionStats) {
+        let amp = self.compact_due.remove(&slot).unwrap_or(0.0);
+        self.compacted.push((slot, amp, stats));
+    }
+
     fn run_async_phase(
         &mut self,
         id: u64,
         syncs: Vec<SyncSnapshot>,
         properties: std::collections::BTreeMap<String, String>,
-    ) -> Result<(CheckpointMetadata, u64, (u64, u64, u64, u64))> {
+        policy: UploadPolicy,
+    ) -> Result<AsyncOutcome> {
         let mut locals = Vec::new();
         for s in syncs {
             locals.push(s.materialize()?);
@@ -308,11 +465,13 @@ impl Checkpointer {
                 locals
                     .iter()
                     .zip(states.iter_mut())
-                    .map(|(l, st)| store.upload_slot(id, l, st, threads)),
+                    .map(|(l, st)| store.upload_slot_with(id, l, st, threads, policy)),
             )
             .await;
             let mut handles: Vec<SlotHandle> = Vec::new();
             let mut totals = (0u64, (0u64, 0u64, 0u64, 0u64));
+            let mut reuploaded = (0u64, 0u64);
+            let mut shared_by_slot = Vec::new();
             for u in uploads {
                 let (h, r) = u?;
                 totals.0 += r.bytes_uploaded;
@@ -320,12 +479,21 @@ impl Checkpointer {
                 totals.1.1 += r.files_reused;
                 totals.1.2 += r.files_copied;
                 totals.1.3 += r.bytes_copied;
+                reuploaded.0 += r.files_reuploaded;
+                reuploaded.1 += r.bytes_reuploaded;
+                shared_by_slot.push((h.slot, r.shared_bytes));
                 handles.push(h);
             }
             let meta = store
                 .commit(id, max_p, handles, restored_from, properties)
                 .await?;
-            Ok::<_, SnapshotError>((meta, totals.0, totals.1))
+            Ok::<_, SnapshotError>(AsyncOutcome {
+                meta,
+                incremental: totals.0,
+                files: totals.1,
+                reuploaded,
+                shared_by_slot,
+            })
         };
         let r = self
             .rt
@@ -380,6 +548,8 @@ impl Checkpointer {
             source.storage_url.trim_end_matches('/') == self.cfg.dir.trim_end_matches('/');
         let mode = self.cfg.restore_mode;
         if mode == RestoreMode::Claim {
+            // The next checkpoint reuses the claimed files: the chain goes on.
+            self.rebase.restored();
             if !same_store {
                 return Err(EngineError::InvalidArgument(format!(
                     "claim mode needs the checkpoint in this job's storage {}, not {}",
@@ -415,6 +585,85 @@ impl Checkpointer {
             source: source.clone(),
             storage,
         })
+    }
+
+    /// Restores the files of the slot owning `range` into `dest`: from the slot's local snapshot
+    /// under `slot_dir` when `local-recovery` is on and the snapshot is of this checkpoint and
+    /// checks out, else downloaded from storage ([`Checkpointer::download_for_slot`]). The
+    /// report says which path was taken, why the local one was not, and how long it took.
+    pub fn restore_slot(
+        &self,
+        restored: &RestoredCheckpoint,
+        range: KeyGroupRange,
+        slot_dir: &Path,
+        dest: &Path,
+    ) -> Result<(SlotRestore, SlotRestoreReport)> {
+        let t = Instant::now();
+        let key_groups = format!("{}..={}", range.start, range.end);
+        let mut rejected = None;
+        if self.cfg.local_recovery {
+            let overlapping: Vec<&SlotHandle> = restored
+                .metadata
+                .slots
+                .iter()
+                .filter(|h| h.key_groups.start <= range.end && range.start <= h.key_groups.end)
+                .collect();
+            match overlapping.as_slice() {
+                [h] if h.key_groups.start == range.start && h.key_groups.end == range.end => {
+                    let placed = self.rt.block_on(local::place(
+                        slot_dir,
+                        h,
+                        &restored.source.job,
+                        restored.metadata.checkpoint_id,
+                        dest,
+                        self.cfg.local_recovery_verify,
+                        self.cfg.transfer_threads as usize,
+                    ));
+                    match placed {
+                        Ok(bytes) => {
+                            let restore = if h.backend == "rocksdb" {
+                                SlotRestore::RocksDb {
+                                    files: dest.to_path_buf(),
+                                    states: states_of(h)?,
+                                }
+                            } else {
+                                SlotRestore::Heap {
+                                    files: vec![dest.join(HEAP_SNAPSHOT_FILE)],
+                                }
+                            };
+                            let report = SlotRestoreReport {
+                                key_groups,
+                                path: RestorePath::Local,
+                                ms: t.elapsed().as_secs_f64() * 1000.0,
+                                bytes,
+                                local_rejected: None,
+                            };
+                            return Ok((restore, report));
+                        }
+                        Err(reason) => {
+                            tracing::warn!(%reason, "local snapshot not used; restoring from storage");
+                            rejected = Some(reason);
+                        }
+                    }
+                }
+                _ => {
+                    rejected = Some(format!(
+                        "the checkpoint has no single slot with key groups {key_groups} (rescaling restores from storage)"
+                    ))
+                }
+            }
+        }
+        let (restore, bytes) = self.download_for_slot(restored, range, dest)?;
+        Ok((
+            restore,
+            SlotRestoreReport {
+                key_groups,
+                path: RestorePath::Remote,
+                ms: t.elapsed().as_secs_f64() * 1000.0,
+                bytes,
+                local_rejected: rejected,
+            },
+        ))
     }
 
     /// Downloads (in parallel, verified) what the slot owning `range` needs from the restored

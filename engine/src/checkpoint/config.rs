@@ -21,6 +21,102 @@ pub enum RestoreMode {
     Claim,
 }
 
+/// When a checkpoint stops reusing old uploads (see [`RebaseConfig`]). Bounds what an
+/// incremental history pins in storage and how old its objects get. Flink's RocksDB backend has
+/// no such policy: history is pruned only by RocksDB's own compactions (FLINK-7449), and a
+/// `FULL_CHECKPOINT` is only taken after a no-claim restore or by hand.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RebaseConfig {
+    /// Every N-th checkpoint uploads all live files again as new objects, sharing nothing with
+    /// earlier checkpoints, so the old chain is deleted once subsumed. 0 = never (default).
+    /// Trade-off: a full upload every N checkpoints (N x the upload volume at low churn) buys
+    /// objects no older than N intervals and a chain independent of any older object; it does
+    /// *not* reduce referenced bytes, because Cairn (like Flink) reuses whole files and never
+    /// pins deleted files (see the measurements in `benches/RESULTS.md`, "Periodic rebase").
+    /// Flink: none (a manual `FULL_CHECKPOINT`; the changelog backend's
+    /// `state.backend.changelog.periodic-materialize.interval` plays this role there).
+    pub every_n_checkpoints: u32,
+    /// When a slot's referenced shared bytes / its live-data estimate (RocksDB
+    /// `rocksdb.estimate-live-data-size`, summed over the state's column families) exceeds this
+    /// after a checkpoint, the slot's column families are compacted (`compact_range`) before the
+    /// next checkpoint, so the next checkpoint uploads the compacted files and the dead data in
+    /// the old ones is freed when they are subsumed. `None` = off. Default 2.0: measured churn
+    /// (10 % updates + 5 % deletes per interval) stays below it most of the time with
+    /// universal compaction, and a compaction costs about one full upload, so triggering only
+    /// when half the stored bytes are dead keeps the extra upload below the bytes saved.
+    /// Flink: none (RocksDB's periodic compaction, `compaction.filter.periodic-compaction-time`,
+    /// is the nearest).
+    pub max_space_amplification: Option<f64>,
+    /// Re-upload (as new objects) shared files whose object is older than this, e.g. to stay
+    /// ahead of a storage lifecycle rule that moves or expires old objects. `None` = off
+    /// (default): without such a rule re-uploading old, still-live files only costs uploads.
+    /// Files from version-1 metadata have no upload time and count as older than any limit.
+    /// Flink: none.
+    #[serde(with = "humantime_serde")]
+    pub max_file_age: Option<Duration>,
+}
+
+impl Default for RebaseConfig {
+    fn default() -> Self {
+        Self {
+            every_n_checkpoints: 0,
+            max_space_amplification: Some(2.0),
+            max_file_age: None,
+        }
+    }
+}
+
+impl RebaseConfig {
+    /// Every policy off: plain incremental checkpoints.
+    pub fn off() -> Self {
+        Self {
+            every_n_checkpoints: 0,
+            max_space_amplification: None,
+            max_file_age: None,
+        }
+    }
+
+    /// Checks the settings, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(a) = self.max_space_amplification
+            && !(a.is_finite() && a > 1.0)
+        {
+            // Referenced bytes can't be below the live data for long; a limit <= 1 would compact
+            // after every checkpoint.
+            return Err(EngineError::config(
+                "checkpoint.rebase.max-space-amplification",
+                a,
+                "> 1.0 (or unset to disable)",
+            ));
+        }
+        if let Some(age) = self.max_file_age
+            && age < Duration::from_secs(1)
+        {
+            return Err(EngineError::config(
+                "checkpoint.rebase.max-file-age",
+                format!("{age:?}"),
+                ">= 1s (or unset to disable)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a local snapshot is checked before a restore uses it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalVerify {
+    /// Size and sha256 of every file against the metadata (default): the same guarantee as a
+    /// remote restore, for the cost of reading the files once.
+    #[default]
+    Sha256,
+    /// Sizes only: no file is read. RocksDB still checks every block's checksum when it reads
+    /// it, so a damaged file surfaces as a corruption error later, not as a fallback to remote.
+    Size,
+}
+
 /// Checkpoint settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -75,6 +171,16 @@ pub struct CheckpointConfig {
     pub pre_flush: bool,
     /// Storage settings (S3 endpoint and credentials, memory cap).
     pub storage: StorageOptions,
+    /// When checkpoints stop reusing old uploads.
+    pub rebase: RebaseConfig,
+    /// Keep each slot's last completed checkpoint on local disk (hard links, in
+    /// `<slot working dir>/local-recovery/`) and restore from it when it is present and
+    /// verified, else from storage. Default false. Trade-off: local disk for up to one
+    /// checkpoint of SSTs the live database has already compacted away, for a restore without
+    /// downloads. Flink: `execution.state-recovery.from-local` (was `state.backend.local-recovery`).
+    pub local_recovery: bool,
+    /// How a local snapshot is checked before use. Default `sha256`.
+    pub local_recovery_verify: LocalVerify,
 }
 
 impl Default for CheckpointConfig {
@@ -94,6 +200,9 @@ impl Default for CheckpointConfig {
             gc_after_checkpoint: false,
             pre_flush: true,
             storage: StorageOptions::default(),
+            rebase: RebaseConfig::default(),
+            local_recovery: false,
+            local_recovery_verify: LocalVerify::Sha256,
         }
     }
 }
@@ -101,6 +210,7 @@ impl Default for CheckpointConfig {
 impl CheckpointConfig {
     /// Checks the settings, naming the field.
     pub fn validate(&self) -> Result<()> {
+        self.rebase.validate()?;
         if self.max_concurrent != 1 {
             return Err(EngineError::config(
                 "checkpoint.max-concurrent",
@@ -146,5 +256,35 @@ impl CheckpointConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebase_keys_parse_and_validate() {
+        let c: CheckpointConfig = toml::from_str(
+            "local-recovery = true\n[rebase]\nevery-n-checkpoints = 10\nmax-space-amplification = 3.5\nmax-file-age = \"7d\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.rebase.every_n_checkpoints, 10);
+        assert_eq!(c.rebase.max_space_amplification, Some(3.5));
+        assert_eq!(c.rebase.max_file_age, Some(Duration::from_secs(7 * 86_400)));
+        assert!(c.local_recovery);
+        c.validate().unwrap();
+        let mut bad = c.clone();
+        bad.rebase.max_space_amplification = Some(1.0);
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("checkpoint.rebase.max-space-amplification"),
+            "{e}"
+        );
+        let mut bad = c;
+        bad.rebase.max_file_age = Some(Duration::from_millis(10));
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("checkpoint.rebase.max-file-age"), "{e}");
+        assert!(toml::from_str::<CheckpointConfig>("[rebase]\nevery-n = 1\n").is_err());
     }
 }

@@ -5,11 +5,15 @@
 
 mod checkpointer;
 mod config;
+mod local;
 mod prepare;
+mod rebase;
 mod sync;
 
 pub use checkpointer::{
     CheckpointReport, Checkpointer, RestoreSource, RestoredCheckpoint, new_job_name,
 };
-pub use config::{CheckpointConfig, RestoreMode};
+pub use config::{CheckpointConfig, LocalVerify, RebaseConfig, RestoreMode};
+pub use local::{RestorePath, SlotRestoreReport};
+pub use rebase::CompactionStats;
 pub use sync::SyncSnapshot;

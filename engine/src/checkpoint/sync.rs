@@ -34,6 +34,10 @@ pub struct SyncSnapshot {
     states: Vec<StateInfo>,
     dir: PathBuf,
     kind: Kind,
+    /// The slot's working directory (local recovery keeps snapshots below it).
+    slot_dir: PathBuf,
+    /// RocksDB's live-data estimate at snapshot time (rebase `max-space-amplification`).
+    live_data_bytes: Option<u64>,
 }
 
 impl Slot {
@@ -95,6 +99,7 @@ impl Slot {
             }
         };
         let r = self.key_groups();
+        let live_data_bytes = self.live_data_estimate();
         Ok(SyncSnapshot {
             id,
             slot: self.index().0,
@@ -114,6 +119,8 @@ impl Slot {
                 .collect(),
             dir,
             kind,
+            slot_dir: self.working_dir().to_path_buf(),
+            live_data_bytes,
         })
     }
 }
@@ -140,8 +147,19 @@ impl SyncSnapshot {
         })
     }
 
-    /// The local directory (removed after upload).
+    /// The local directory (removed after upload, or kept for local recovery).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The slot's working directory.
+    pub fn slot_dir(&self) -> &Path {
+        &self.slot_dir
+    }
+
+    /// RocksDB's live-data estimate of the slot's states when the snapshot was taken (`None`
+    /// for the heap backend).
+    pub fn live_data_bytes(&self) -> Option<u64> {
+        self.live_data_bytes
     }
 }
