@@ -19,6 +19,7 @@ pub mod checkpointing;
 pub mod checkpoints_cmd;
 pub mod cli;
 pub mod report;
+pub mod rebase_bench;
 pub mod run;
 pub mod stream;
 pub mod workload;
