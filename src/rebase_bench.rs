@@ -32,6 +32,10 @@ pub struct RebaseBenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// Cold keys: written once before the first checkpoint and never touched again (state that
+    /// compaction rarely rewrites, where file age and full uploads matter).
+    #[arg(long, default_value_t = 0)]
+    pub cold_keys: u64,
     /// Checkpoints per policy.
     #[arg(long, default_value_t = 100)]
     pub checkpoints: u32,
@@ -47,7 +51,7 @@ pub struct RebaseBenchArgs {
     /// Policies, comma-separated: `off`, `every-n:<N>`, `space-amp:<X>`, `file-age:<duration>`.
     #[arg(
         long,
-        default_value = "off,every-n:10,space-amp:1.5,space-amp:2,space-amp:3,file-age:10s"
+        default_value = "off,every-n:10,space-amp:1.5,space-amp:2,space-amp:3,file-age:3s"
     )]
     pub policies: String,
     /// Where to work (a temporary directory under it is used and removed).
@@ -103,6 +107,12 @@ struct PolicySummary {
     restore_bytes_mean: f64,
     restore_remote_ms_mean: f64,
     restore_local_ms_mean: f64,
+    /// Mean referenced / live-data estimate over the second half.
+    space_amplification_mean: f64,
+    /// Time the slot was stopped for rebase compactions, ms in total.
+    compaction_ms_total: f64,
+    /// Longest synchronous pause, ms.
+    sync_ms_max: f64,
     /// Ratios against the `off` policy of the same run (1.0 for `off` itself).
     stored_over_off: f64,
     uploaded_over_off: f64,
@@ -112,6 +122,7 @@ struct PolicySummary {
 #[derive(Debug, Serialize)]
 struct Output<'a> {
     keys: u64,
+    cold_keys: u64,
     value_size: usize,
     update_percent: f64,
     delete_percent: f64,
@@ -191,6 +202,7 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
     print_summary(a, &summary);
     let out = Output {
         keys: a.keys,
+        cold_keys: a.cold_keys,
         value_size: a.value_size,
         update_percent: a.update_percent,
         delete_percent: a.delete_percent,
@@ -218,6 +230,9 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
     );
     Ok(())
 }
+
+/// First id of the cold keys (far from the sliding window's ids).
+const COLD_BASE: u64 = 1 << 48;
 
 /// A small deterministic generator (xorshift64*), so every policy sees the same churn.
 struct Rng(u64);
@@ -250,6 +265,11 @@ fn run_policy(
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
     let state = slot.register(&StateDescriptor::new("bench", "value", StateKind::Value))?;
     let mut buf = Vec::new();
+    for k in COLD_BASE..COLD_BASE + a.cold_keys {
+        payload_into(&mut buf, k, a.value_size);
+        let scope = slot.scope(&k, &cairn_engine::VoidNamespace)?;
+        slot.put(state, &scope, &buf)?;
+    }
     let (mut lo, mut hi) = (0u64, a.keys);
     for k in lo..hi {
         payload_into(&mut buf, k, a.value_size);
@@ -374,19 +394,23 @@ fn summarize(name: &str, rows: &[Row]) -> PolicySummary {
         restore_bytes_mean: mean(half.iter().map(|r| r.restore_bytes as f64)),
         restore_remote_ms_mean: mean(rows.iter().filter_map(|r| r.restore_remote_ms)),
         restore_local_ms_mean: mean(rows.iter().filter_map(|r| r.restore_local_ms)),
+        space_amplification_mean: mean(half.iter().map(|r| r.space_amplification)),
+        compaction_ms_total: rows.iter().map(|r| r.compaction_ms).sum(),
+        sync_ms_max: rows.iter().map(|r| r.sync_ms).fold(0.0, f64::max),
         ..PolicySummary::default()
     }
 }
 
 fn print_summary(a: &RebaseBenchArgs, summary: &[PolicySummary]) {
     println!(
-        "\nrebase policies: {} live keys x {} B, {}% updated + {}% deleted/inserted per interval, retained 1 (means over the second half)",
-        a.keys, a.value_size, a.update_percent, a.delete_percent
+        "\nrebase policies: {} live keys (+ {} cold) x {} B, {}% updated + {}% deleted/inserted per interval, retained 1 (means over the second half)",
+        a.keys, a.cold_keys, a.value_size, a.update_percent, a.delete_percent
     );
     println!(
-        "{:>14} {:>7} {:>10} {:>10} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:>14} {:>7} {:>6} {:>10} {:>10} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "policy",
         "rebases",
+        "amp",
         "stored MB",
         "max MB",
         "restore MB",
@@ -395,13 +419,15 @@ fn print_summary(a: &RebaseBenchArgs, summary: &[PolicySummary]) {
         "upl/off",
         "remote ms",
         "local ms",
+        "compact ms",
         "wall s"
     );
     for s in summary {
         println!(
-            "{:>14} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>11.1} {:>9.3} {:>9.3} {:>9.1} {:>9.1} {:>9.1}",
+            "{:>14} {:>7} {:>6.2} {:>10.1} {:>10.1} {:>10.1} {:>11.1} {:>9.3} {:>9.3} {:>9.1} {:>9.1} {:>9.0} {:>9.1}",
             s.policy,
             s.rebases,
+            s.space_amplification_mean,
             s.stored_bytes_mean / 1e6,
             s.stored_bytes_max as f64 / 1e6,
             s.restore_bytes_mean / 1e6,
@@ -410,6 +436,7 @@ fn print_summary(a: &RebaseBenchArgs, summary: &[PolicySummary]) {
             s.uploaded_over_off,
             s.restore_remote_ms_mean,
             s.restore_local_ms_mean,
+            s.compaction_ms_total,
             s.wall_s
         );
     }
