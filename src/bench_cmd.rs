@@ -38,6 +38,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Incremental checkpoints under churn, and restore speed against a raw copy.
     Checkpoint(CheckpointBenchArgs),
+    /// Rebase policies over a long churn (storage, uploads, restores), local vs remote restore.
+    Rebase(crate::rebase_bench::RebaseBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -149,8 +151,11 @@ struct CheckpointBench {
 
 /// Runs `cairn bench ...`.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let BenchCommand::Checkpoint(a) = args.command;
-    match checkpoint_bench(&a) {
+    let r = match args.command {
+        BenchCommand::Checkpoint(a) => checkpoint_bench(&a),
+        BenchCommand::Rebase(a) => crate::rebase_bench::run(&a),
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

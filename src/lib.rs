@@ -20,6 +20,7 @@ pub mod checkpoints_cmd;
 pub mod cli;
 pub mod metrics_server;
 pub mod report;
+pub mod rebase_bench;
 pub mod run;
 pub mod stream;
 pub mod workload;
