@@ -91,6 +91,7 @@ impl Default for CheckpointConfig {
 impl CheckpointConfig {
     /// Checks the settings, naming the field.
     pub fn validate(&self) -> Result<()> {
+        self.storage.validate()?;
         if self.max_concurrent != 1 {
             return Err(EngineError::config(
                 "checkpoint.max-concurrent",
