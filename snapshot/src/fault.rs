@@ -321,6 +321,7 @@ impl Shared {
         let Ok(mut rules) = self.rules.lock() else {
             return Decision::Pass;
         };
+        let mut delay = None;
         for rule in rules.iter_mut() {
             if !rule.matches(op, path) {
                 continue;
@@ -333,8 +334,10 @@ impl Shared {
                 continue;
             }
             rule.times = rule.times.saturating_sub(1);
+            // A delay never hides a failure rule further down the list.
             if let FaultAction::Delay(d) = rule.action {
-                return Decision::Delay(d);
+                delay = Some(d);
+                continue;
             }
             self.stats.injected.fetch_add(1, Ordering::Relaxed);
             return match rule.action {
@@ -349,7 +352,7 @@ impl Shared {
                 _ => Decision::Fail(injected(op, path)),
             };
         }
-        Decision::Pass
+        delay.map_or(Decision::Pass, Decision::Delay)
     }
 
     /// Applies the decision for one call that is not a PUT: delay or fail, or run `call` and
@@ -404,7 +407,8 @@ impl FaultStore {
         })
     }
 
-    /// Adds a rule (rules are checked in the order added; the first that fires wins).
+    /// Adds a rule. Rules are checked in the order added: the first failure that fires wins;
+    /// delays apply when no failure fires.
     pub fn add(&self, fault: Fault) {
         if let Ok(mut r) = self.shared.rules.lock() {
             r.push(fault);
