@@ -115,6 +115,24 @@ pub enum SnapshotError {
         /// The error.
         source: std::io::Error,
     },
+    /// A fail point fired (tests only: see [`crate::fault::FailPoints`]).
+    #[error("injected failure at {point} ({path})")]
+    Injected {
+        /// The protocol step, e.g. `upload-shared-sst`.
+        point: &'static str,
+        /// The object the step was about to touch.
+        path: String,
+    },
+    /// A storage option outside its allowed range.
+    #[error("invalid storage option {field} = {value}: allowed {allowed}")]
+    InvalidOption {
+        /// The option, as written in the config file (`checkpoint.storage.<field>`).
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The allowed values.
+        allowed: &'static str,
+    },
     /// A protocol invariant does not hold (a bug); nothing was committed.
     #[error("checkpoint invariant violated: {0}")]
     Invariant(String),
@@ -153,6 +171,20 @@ impl SnapshotError {
         }
     }
 
+    /// Whether retrying the same request may succeed: a storage error that is not a definite
+    /// answer (missing, exists, precondition, permission, bad path, unsupported). Everything
+    /// `object_store` reports as `Generic` is here: network errors, 5xx after its own retries,
+    /// a stream cut mid-body. Local I/O errors and checksum mismatches are not transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::Storage {
+                source: object_store::Error::Generic { .. } | object_store::Error::JoinError { .. },
+                ..
+            }
+        )
+    }
+
     /// What the caller should do.
     pub fn kind(&self) -> SnapshotErrorKind {
         match self {
@@ -161,13 +193,14 @@ impl SnapshotError {
             | SnapshotError::SizeMismatch { .. }
             | SnapshotError::BadMetadata { .. }
             | SnapshotError::UnsupportedVersion { .. } => SnapshotErrorKind::Corrupt,
-            SnapshotError::Storage { .. } | SnapshotError::Io { .. } => {
-                SnapshotErrorKind::Unavailable
-            }
+            SnapshotError::Storage { .. }
+            | SnapshotError::Io { .. }
+            | SnapshotError::Injected { .. } => SnapshotErrorKind::Unavailable,
             SnapshotError::NoCheckpoint { .. }
             | SnapshotError::AlreadyExists(_)
             | SnapshotError::StorageFull { .. }
-            | SnapshotError::BadLocation { .. } => SnapshotErrorKind::InvalidArgument,
+            | SnapshotError::BadLocation { .. }
+            | SnapshotError::InvalidOption { .. } => SnapshotErrorKind::InvalidArgument,
             SnapshotError::Invariant(_) => SnapshotErrorKind::Internal,
         }
     }

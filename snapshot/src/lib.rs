@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod fault;
 pub mod layout;
 pub mod metadata;
 pub mod registry;
@@ -26,6 +27,7 @@ pub mod store;
 pub mod transfer;
 
 pub use error::{Result, SnapshotError, SnapshotErrorKind};
+pub use fault::{FailPoint, FailPoints, Fault, FaultAction, FaultStore};
 pub use layout::{CheckpointId, JobLayout};
 pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, StateInfo};
 pub use registry::SharedRegistry;

@@ -5,8 +5,34 @@
 //! | `file:///abs/dir`, or a plain path | `LocalFileSystem` rooted at the directory (created) |
 //! | `s3://bucket/prefix` | `AmazonS3`, configured from `AWS_*` env vars and [`StorageOptions`] |
 //! | `memory://` | `InMemory`, with a total size cap (like Flink's JobManager storage) |
+//!
+//! ## Retries
+//! Two layers. S3 requests go through `object_store`'s own [`RetryConfig`] (exponential
+//! backoff on connection errors, 5xx and throttling, per HTTP request; `s3-max-retries`,
+//! `s3-retry-timeout`). On top, every store gets Cairn's retry of whole operations
+//! (`retry-max-attempts`, exponential backoff from `retry-initial-backoff` to
+//! `retry-max-backoff`) for what a request-level retry cannot redo: a download stream cut
+//! mid-body, a multipart upload whose part failed (the file is uploaded again from the start),
+//! a local or in-memory store that has no retry of its own, and anything still failing after
+//! `object_store` gave up. Only transient errors are retried ([`SnapshotError::is_transient`]);
+//! "missing", "exists", permission and checksum errors are answers, not glitches. On S3 the two
+//! layers multiply (3 x 11 attempts at most with the defaults), bounded in time by
+//! `s3-retry-timeout` per request and the checkpoint timeout overall.
+//!
+//! ## The commit is a create-only put
+//! `_metadata` is written with `PutMode::Create` (S3: `If-None-Match: *`; local: a hard link
+//! that fails on an existing name), so two writers can never both commit one checkpoint id and
+//! a commit never overwrites another. The loopback S3 server of the tests (moto 5.x) honours it:
+//! the conformance suite (`tests/object_store_conformance.rs`) checks that a second create gets
+//! `AlreadyExists` and leaves the first content, and that of 8 concurrent creates exactly one
+//! wins; a server that ignored the header would fail that test, not weaken the commit silently.
+//! A retried create can meet its own earlier attempt (the write landed, the answer was lost):
+//! [`CheckpointStorage::put_create`] then reads the object back and succeeds only if it holds
+//! exactly the bytes it was writing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -14,10 +40,14 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    BackoffConfig, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SnapshotError};
+use crate::fault::{FailPoint, FailPoints};
 
 /// Storage settings that are not part of the URL.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +66,28 @@ pub struct StorageOptions {
     pub s3_allow_http: bool,
     /// Size cap of `memory://` storage in bytes. Default 512 MiB.
     pub memory_cap_bytes: u64,
+    /// Files larger than this upload with a multipart upload in parts of this size; smaller
+    /// ones with one PUT. Memory per upload stays at about 3 parts whatever the file size.
+    /// Default 8 MiB, allowed [5 MiB, 5 GiB] (S3's part limits). Larger parts = fewer requests
+    /// (S3 bills per request) but more memory per transfer thread.
+    /// Flink: `s3.upload.part.size` of its S3 filesystems.
+    pub multipart_part_size_bytes: u64,
+    /// Attempts of one storage operation (an upload, a download, a put, a list) on transient
+    /// errors, the first included. Default 3; 1 disables Cairn's retry. See the module doc.
+    pub retry_max_attempts: u32,
+    /// Backoff before the first retry; doubles per attempt. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    /// Upper bound of the backoff. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// `object_store`'s retries per S3 request. Default 10 (its default).
+    /// Flink (Presto S3): `s3.max-error-retries`.
+    pub s3_max_retries: usize,
+    /// `object_store` stops retrying an S3 request after this long. Default 3 min (its default;
+    /// keep it below the 5 min validity of a signed request).
+    #[serde(with = "humantime_serde")]
+    pub s3_retry_timeout: Duration,
 }
 
 impl Default for StorageOptions {
@@ -47,6 +99,62 @@ impl Default for StorageOptions {
             s3_secret_access_key: None,
             s3_allow_http: false,
             memory_cap_bytes: 512 << 20,
+            multipart_part_size_bytes: 8 << 20,
+            retry_max_attempts: 3,
+            retry_initial_backoff: Duration::from_millis(100),
+            retry_max_backoff: Duration::from_secs(5),
+            s3_max_retries: 10,
+            s3_retry_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+impl StorageOptions {
+    /// Checks the options, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        // S3 rejects non-final parts under 5 MiB and parts over 5 GiB.
+        if !(5 << 20..=5 << 30).contains(&self.multipart_part_size_bytes) {
+            return Err(SnapshotError::InvalidOption {
+                field: "multipart-part-size-bytes",
+                value: self.multipart_part_size_bytes.to_string(),
+                allowed: "[5 MiB, 5 GiB]",
+            });
+        }
+        if !(1..=100).contains(&self.retry_max_attempts) {
+            return Err(SnapshotError::InvalidOption {
+                field: "retry-max-attempts",
+                value: self.retry_max_attempts.to_string(),
+                allowed: "[1, 100]",
+            });
+        }
+        // A zero backoff would hammer a struggling server; a backoff above the maximum is a typo.
+        if self.retry_initial_backoff.is_zero()
+            || self.retry_initial_backoff > self.retry_max_backoff
+        {
+            return Err(SnapshotError::InvalidOption {
+                field: "retry-initial-backoff",
+                value: format!("{:?}", self.retry_initial_backoff),
+                allowed: "> 0 and <= retry-max-backoff",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Cairn's retry of whole operations (see the module doc).
+#[derive(Clone, Copy, Debug)]
+struct RetryPolicy {
+    max_attempts: u32,
+    initial: Duration,
+    max: Duration,
+}
+
+impl From<&StorageOptions> for RetryPolicy {
+    fn from(o: &StorageOptions) -> Self {
+        Self {
+            max_attempts: o.retry_max_attempts,
+            initial: o.retry_initial_backoff,
+            max: o.retry_max_backoff,
         }
     }
 }
@@ -58,11 +166,16 @@ pub struct CheckpointStorage {
     root: Path,
     url: String,
     memory_cap: Option<u64>,
+    part_size: usize,
+    retry: RetryPolicy,
+    retries: Arc<AtomicU64>,
+    fail_points: Option<Arc<FailPoints>>,
 }
 
 impl CheckpointStorage {
     /// Opens the storage named by `url` (see the module doc).
     pub fn from_url(url: &str, options: &StorageOptions) -> Result<Self> {
+        options.validate()?;
         let bad = |reason: String| SnapshotError::BadLocation {
             url: url.to_string(),
             reason,
@@ -71,12 +184,10 @@ impl CheckpointStorage {
             if !rest.trim_matches('/').is_empty() {
                 return Err(bad("memory:// takes no path".into()));
             }
-            return Ok(Self {
-                store: Arc::new(InMemory::new()),
-                root: Path::default(),
-                url: url.into(),
-                memory_cap: Some(options.memory_cap_bytes),
-            });
+            let mut s =
+                Self::with_options(Arc::new(InMemory::new()), Path::default(), url, options);
+            s.memory_cap = Some(options.memory_cap_bytes);
+            return Ok(s);
         }
         if url.starts_with("s3://") {
             let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
@@ -93,7 +204,15 @@ impl CheckpointStorage {
                 .clone()
                 .or_else(|| std::env::var("AWS_REGION").ok())
                 .unwrap_or_else(|| "us-east-1".into());
-            b = b.with_region(region).with_allow_http(options.s3_allow_http);
+            b = b.with_region(region).with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: options.s3_max_retries,
+                retry_timeout: options.s3_retry_timeout,
+            });
+            // `false` keeps what the environment says (`AWS_ALLOW_HTTP`).
+            if options.s3_allow_http {
+                b = b.with_allow_http(true);
+            }
             if let Some(k) = &options.s3_access_key_id {
                 b = b.with_access_key_id(k);
             }
@@ -101,12 +220,8 @@ impl CheckpointStorage {
                 b = b.with_secret_access_key(k);
             }
             let store = b.build().map_err(|e| bad(e.to_string()))?;
-            return Ok(Self {
-                store: Arc::new(store),
-                root: Path::from(parsed.path().trim_matches('/')),
-                url: url.into(),
-                memory_cap: None,
-            });
+            let root = Path::from(parsed.path().trim_matches('/'));
+            return Ok(Self::with_options(Arc::new(store), root, url, options));
         }
         let dir = match url.strip_prefix("file://") {
             Some(p) => std::path::PathBuf::from(p),
@@ -117,21 +232,81 @@ impl CheckpointStorage {
         };
         std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create directory: {e}")))?;
         let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-        Ok(Self {
-            store: Arc::new(store.with_automatic_cleanup(true)),
-            root: Path::default(),
-            url: url.into(),
-            memory_cap: None,
-        })
+        let store = Arc::new(store.with_automatic_cleanup(true));
+        Ok(Self::with_options(store, Path::default(), url, options))
     }
 
-    /// Wraps any object store (tests inject fault-injecting stores this way).
+    /// Wraps any object store (tests inject fault-injecting stores this way), with default
+    /// options.
     pub fn from_store(store: Arc<dyn ObjectStore>, root: Path, url: impl Into<String>) -> Self {
+        Self::with_options(store, root, url, &StorageOptions::default())
+    }
+
+    /// Wraps any object store with `options` (part size, retries; the S3 and memory settings
+    /// only apply to [`CheckpointStorage::from_url`]).
+    pub fn with_options(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        url: impl Into<String>,
+        options: &StorageOptions,
+    ) -> Self {
         Self {
             store,
             root,
             url: url.into(),
             memory_cap: None,
+            part_size: usize::try_from(options.multipart_part_size_bytes).unwrap_or(8 << 20),
+            retry: RetryPolicy::from(options),
+            retries: Arc::new(AtomicU64::new(0)),
+            fail_points: None,
+        }
+    }
+
+    /// The same storage, with `fail_points` checked at each protocol step.
+    pub fn with_fail_points(mut self, fail_points: Arc<FailPoints>) -> Self {
+        self.fail_points = Some(fail_points);
+        self
+    }
+
+    /// The protocol is about to do `point` on `path`: fails when a test armed that fail point.
+    pub fn fail_point(&self, point: FailPoint, path: &Path) -> Result<()> {
+        match &self.fail_points {
+            Some(fp) => fp.check(point, path),
+            None => Ok(()),
+        }
+    }
+
+    /// Multipart part size in bytes (files up to this size go in one PUT).
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// Operations retried so far by Cairn's retry layer (all clones of this storage count).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Runs `op` (named `what` on `path` in logs) until it succeeds, fails with a
+    /// non-transient error, or used `retry-max-attempts`; the backoff doubles from
+    /// `retry-initial-backoff` up to `retry-max-backoff`. `op` gets the attempt number (1-based).
+    pub async fn retrying<T, F, Fut>(&self, what: &str, path: &Path, mut op: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut backoff = self.retry.initial;
+        let mut attempt = 1;
+        loop {
+            match op(attempt).await {
+                Err(e) if e.is_transient() && attempt < self.retry.max_attempts => {
+                    tracing::warn!(%path, attempt, error = %e, "storage {what} failed; retrying in {backoff:?}");
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max);
+                    attempt += 1;
+                }
+                r => return r,
+            }
         }
     }
 
@@ -163,86 +338,124 @@ impl CheckpointStorage {
     }
 
     /// Writes `bytes` only if `path` does not exist (the commit of a checkpoint).
+    ///
+    /// Retried on transient errors. A retry that finds the object already there reads it back:
+    /// holding exactly `bytes`, it is this call's own earlier attempt whose answer was lost, and
+    /// the put succeeded; anything else is someone else's commit and an error.
     pub async fn put_create(&self, path: &Path, bytes: Vec<u8>) -> Result<()> {
         self.check_capacity(bytes.len() as u64).await?;
-        let opts = PutOptions::from(PutMode::Create);
-        match self
-            .store
-            .put_opts(path, PutPayload::from(bytes), opts)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(SnapshotError::Invariant(
-                format!("{path} already exists; refusing to overwrite a commit"),
-            )),
-            Err(e) => Err(SnapshotError::storage("create", path)(e)),
+        let bytes = Bytes::from(bytes);
+        let exists = self
+            .retrying("create", path, |attempt| {
+                let bytes = bytes.clone();
+                async move {
+                    let opts = PutOptions::from(PutMode::Create);
+                    match self
+                        .store
+                        .put_opts(path, PutPayload::from(bytes), opts)
+                        .await
+                    {
+                        Ok(_) => Ok(None),
+                        Err(object_store::Error::AlreadyExists { .. }) => Ok(Some(attempt)),
+                        Err(e) => Err(SnapshotError::storage("create", path)(e)),
+                    }
+                }
+            })
+            .await?;
+        match exists {
+            None => Ok(()),
+            Some(attempt) if attempt > 1 && self.get(path).await? == bytes => Ok(()),
+            Some(_) => Err(SnapshotError::Invariant(format!(
+                "{path} already exists; refusing to overwrite a commit"
+            ))),
         }
     }
 
     /// Writes (or overwrites) a small object.
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<()> {
         self.check_capacity(bytes.len() as u64).await?;
-        self.store
-            .put(path, PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(SnapshotError::storage("put", path))
+        self.retrying("put", path, |_| async {
+            self.store
+                .put(path, PutPayload::from(bytes.clone()))
+                .await
+                .map(|_| ())
+                .map_err(SnapshotError::storage("put", path))
+        })
+        .await
     }
 
     /// Reads a whole object.
     pub async fn get(&self, path: &Path) -> Result<Bytes> {
-        let r = self
-            .store
-            .get(path)
-            .await
-            .map_err(SnapshotError::storage("get", path))?;
-        r.bytes().await.map_err(SnapshotError::storage("get", path))
+        self.retrying("get", path, |_| async {
+            let r = self
+                .store
+                .get(path)
+                .await
+                .map_err(SnapshotError::storage("get", path))?;
+            r.bytes().await.map_err(SnapshotError::storage("get", path))
+        })
+        .await
     }
 
     /// Size of an object, or `None` when it does not exist.
     pub async fn size(&self, path: &Path) -> Result<Option<u64>> {
-        match self.store.head(path).await {
-            Ok(m) => Ok(Some(m.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(SnapshotError::storage("head", path)(e)),
-        }
+        self.retrying("head", path, |_| async {
+            match self.store.head(path).await {
+                Ok(m) => Ok(Some(m.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(SnapshotError::storage("head", path)(e)),
+            }
+        })
+        .await
     }
 
     /// Deletes an object; a missing object is not an error (S3 and local disagree otherwise).
     pub async fn delete(&self, path: &Path) -> Result<()> {
-        match self.store.delete(path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(SnapshotError::storage("delete", path)(e)),
-        }
+        self.retrying("delete", path, |_| async {
+            match self.store.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(SnapshotError::storage("delete", path)(e)),
+            }
+        })
+        .await
     }
 
     /// Server-side copy (S3: CopyObject; local: a file copy).
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
-        self.store
-            .copy(from, to)
-            .await
-            .map_err(SnapshotError::storage("copy", from))
+        self.retrying("copy", from, |_| async {
+            self.store
+                .copy(from, to)
+                .await
+                .map_err(SnapshotError::storage("copy", from))
+        })
+        .await
     }
 
     /// Every object under `prefix` (recursive).
     pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
         let prefix_opt = (!prefix.as_ref().is_empty()).then_some(prefix);
-        self.store
-            .list(prefix_opt)
-            .try_collect()
-            .await
-            .map_err(SnapshotError::storage("list", prefix))
+        self.retrying("list", prefix, |_| async {
+            self.store
+                .list(prefix_opt)
+                .try_collect()
+                .await
+                .map_err(SnapshotError::storage("list", prefix))
+        })
+        .await
     }
 
     /// The immediate child directories of `prefix`.
     pub async fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>> {
         let prefix_opt = (!prefix.as_ref().is_empty()).then_some(prefix);
-        let r = self
-            .store
-            .list_with_delimiter(prefix_opt)
-            .await
-            .map_err(SnapshotError::storage("list", prefix))?;
-        Ok(r.common_prefixes)
+        self.retrying("list", prefix, |_| async {
+            let r = self
+                .store
+                .list_with_delimiter(prefix_opt)
+                .await
+                .map_err(SnapshotError::storage("list", prefix))?;
+            Ok(r.common_prefixes)
+        })
+        .await
     }
 }
 

@@ -11,10 +11,12 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::TryFutureExt;
 use object_store::path::Path;
 use serde::Serialize;
 
 use crate::error::{Result, SnapshotError};
+use crate::fault::FailPoint;
 use crate::layout::{CheckpointId, JobLayout, ObjectKind};
 use crate::metadata::{
     CheckpointMetadata, FORMAT, KeyGroups, PrivateFile, RestoredFrom, SharedFile, SlotHandle,
@@ -187,6 +189,9 @@ pub struct CheckpointStore {
     /// Checkpoints of other jobs adopted by a `claim` restore: deleted from their job's dir.
     claimed: Mutex<HashMap<CheckpointId, (JobLayout, CheckpointMetadata)>>,
     retained: usize,
+    /// Shared objects released by subsumption whose deletion failed: retried by the next
+    /// subsumption unless a checkpoint references them again by then.
+    undeleted: Mutex<Vec<String>>,
 }
 
 /// One shared-file transfer (upload or server-side copy) of a slot: (bytes sent, bytes copied).
@@ -212,6 +217,7 @@ impl CheckpointStore {
             registry: Mutex::new(SharedRegistry::new()),
             claimed: Mutex::new(HashMap::new()),
             retained: retained.max(1),
+            undeleted: Mutex::new(Vec::new()),
         };
         for id in me.committed_ids().await? {
             let meta = me.load(id).await?;
@@ -236,6 +242,7 @@ impl CheckpointStore {
             registry: Mutex::new(SharedRegistry::new()),
             claimed: Mutex::new(HashMap::new()),
             retained: usize::MAX,
+            undeleted: Mutex::new(Vec::new()),
         })
     }
 
@@ -458,6 +465,7 @@ impl CheckpointStore {
             }
             let to = self.layout.resolve(&f.object);
             jobs.push(Box::pin(async move {
+                self.storage.fail_point(FailPoint::UploadSharedSst, &to)?;
                 let n = transfer::upload_file(&self.storage, &local, &to).await?;
                 Ok((n, 0))
             }));
@@ -472,6 +480,7 @@ impl CheckpointStore {
                     async move {
                         let (zst, sha, size, stored) = transfer::compress_file(&local).await?;
                         let to = self.layout.resolve(&object);
+                        self.storage.fail_point(FailPoint::UploadPrivateFile, &to)?;
                         let r = transfer::upload_file(&self.storage, &zst, &to).await;
                         let _ = tokio::fs::remove_file(&zst).await;
                         r?;
@@ -546,16 +555,26 @@ impl CheckpointStore {
             }
         }
         self.storage
+            .fail_point(FailPoint::WriteMetadata, &self.layout.metadata(id))?;
+        self.storage
             .put_create(&self.layout.metadata(id), meta.to_bytes())
             .await?;
         self.registry()?.complete(id)?;
-        self.subsume().await?;
+        // Committed: a failed subsumption must not fail (and so abort) this checkpoint. What it
+        // left is subsumed again after the next commit (or at `open`), or collected by GC.
+        if let Err(e) = self.subsume().await {
+            tracing::warn!(error = %e, "subsuming after checkpoint {id} failed; retried after the next one");
+        }
         Ok(meta)
     }
 
     /// Aborts checkpoint `id`: releases its references and deletes what only it uploaded
     /// (shared objects and its private files).
+    ///
+    /// `_metadata` goes first: a commit whose answer was lost (or that timed out) may have
+    /// written it, and a checkpoint reported failed must not stay committed over deleted files.
     pub async fn abort(&self, id: CheckpointId) -> Result<()> {
+        self.storage.delete(&self.layout.metadata(id)).await?;
         let released = self.registry()?.release(id);
         self.delete_checkpoint_files(id, &self.layout).await?;
         for obj in released.delete {
@@ -578,11 +597,40 @@ impl CheckpointStore {
             self.storage.delete(&layout.metadata(*id)).await?;
             self.delete_checkpoint_files(*id, &layout).await?;
             let released = self.registry()?.release(*id);
-            for obj in released.delete {
-                self.storage.delete(&self.layout.resolve(&obj)).await?;
-            }
+            self.delete_released(released.delete).await?;
+        }
+        if ids.is_empty() {
+            self.delete_released(Vec::new()).await?;
         }
         Ok(ids)
+    }
+
+    /// Deletes released shared objects, and those an earlier subsumption failed to delete. On
+    /// failure the rest is kept for the next call, so a failed delete leaks nothing.
+    async fn delete_released(&self, released: Vec<String>) -> Result<()> {
+        let lock = || {
+            self.undeleted
+                .lock()
+                .map_err(|_| SnapshotError::Invariant("undeleted lock poisoned".into()))
+        };
+        let mut todo = std::mem::take(&mut *lock()?);
+        todo.extend(released);
+        for (i, obj) in todo.iter().enumerate() {
+            // Content-addressed: a later checkpoint may have uploaded the same content again.
+            if self.registry()?.is_referenced(obj) {
+                continue;
+            }
+            let path = self.layout.resolve(obj);
+            let r = self.storage.fail_point(FailPoint::DeleteSubsumed, &path);
+            if let Err(e) = futures::future::ready(r)
+                .and_then(|()| self.storage.delete(&path))
+                .await
+            {
+                lock()?.extend(todo[i..].iter().cloned());
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     async fn delete_checkpoint_files(&self, id: CheckpointId, layout: &JobLayout) -> Result<()> {
@@ -731,6 +779,7 @@ impl CheckpointStore {
                 compressed: false,
             };
             jobs.push(async move {
+                storage.fail_point(FailPoint::DownloadSharedSst, &path)?;
                 transfer::download_file(storage, &path, &to, &expected).await?;
                 Ok(expected.size)
             });
@@ -750,6 +799,7 @@ impl CheckpointStore {
             };
             let stored = f.stored_size;
             jobs.push(async move {
+                storage.fail_point(FailPoint::DownloadPrivateFile, &path)?;
                 transfer::download_file(storage, &path, &to, &expected).await?;
                 Ok(stored)
             });

@@ -18,10 +18,9 @@ use tokio::io::AsyncReadExt;
 use crate::error::{Result, SnapshotError};
 use crate::storage::CheckpointStorage;
 
-/// Files at most this large are uploaded with one PUT; larger ones with multipart uploads.
-pub const SINGLE_PUT_MAX: usize = 8 << 20;
-/// Multipart part size (S3's minimum is 5 MiB).
-pub const PART_SIZE: usize = 8 << 20;
+/// In-flight parts per multipart upload: with the part being filled, an upload holds at most
+/// `(PARTS_IN_FLIGHT + 1) x part size` whatever the file size.
+const PARTS_IN_FLIGHT: usize = 2;
 /// zstd level of private files: fast, and MANIFEST/OPTIONS compress well at any level.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -64,15 +63,29 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Uploads a local file to `to`, streaming: one PUT up to [`SINGLE_PUT_MAX`], else multipart.
+/// Uploads a local file to `to`, streaming: one PUT up to the storage's part size, else a
+/// multipart upload with that part size. A transient failure uploads the file again (see
+/// [`CheckpointStorage::retrying`]); a failed multipart upload is aborted so S3 keeps no parts.
 pub async fn upload_file(storage: &CheckpointStorage, local: &FsPath, to: &Path) -> Result<u64> {
     let size = tokio::fs::metadata(local)
         .await
         .map_err(SnapshotError::io("stat", local))?
         .len();
     storage.check_capacity(size).await?;
+    storage
+        .retrying("upload", to, |_| upload_once(storage, local, to, size))
+        .await
+}
+
+async fn upload_once(
+    storage: &CheckpointStorage,
+    local: &FsPath,
+    to: &Path,
+    size: u64,
+) -> Result<u64> {
     let store = storage.store();
-    if size as usize <= SINGLE_PUT_MAX {
+    let part_size = storage.part_size();
+    if size <= part_size as u64 {
         let data = tokio::fs::read(local)
             .await
             .map_err(SnapshotError::io("read", local))?;
@@ -86,24 +99,35 @@ pub async fn upload_file(storage: &CheckpointStorage, local: &FsPath, to: &Path)
         .put_multipart(to)
         .await
         .map_err(SnapshotError::storage("start multipart upload", to))?;
-    let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-    let mut f = tokio::fs::File::open(local)
-        .await
-        .map_err(SnapshotError::io("open", local))?;
-    let mut buf = vec![0u8; PART_SIZE];
-    loop {
-        let n = f
-            .read(&mut buf)
+    let mut w = WriteMultipart::new_with_chunk_size(upload, part_size);
+    let r = async {
+        let mut f = tokio::fs::File::open(local)
             .await
-            .map_err(SnapshotError::io("read", local))?;
-        if n == 0 {
-            break;
+            .map_err(SnapshotError::io("open", local))?;
+        // Reads of at most one part: `WriteMultipart` copies them into the part it fills.
+        let mut buf = vec![0u8; part_size.min(BUF_SIZE)];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .await
+                .map_err(SnapshotError::io("read", local))?;
+            if n == 0 {
+                return Ok(());
+            }
+            // Bounded parts in flight per file: bounded memory for any file size.
+            w.wait_for_capacity(PARTS_IN_FLIGHT)
+                .await
+                .map_err(SnapshotError::storage("upload part", to))?;
+            w.write(&buf[..n]);
         }
-        // At most 2 parts in flight per file: bounded memory for any file size.
-        if let Err(e) = w.wait_for_capacity(2).await {
-            return Err(SnapshotError::storage("upload part", to)(e));
+    }
+    .await;
+    if let Err(e) = r {
+        // Best effort: S3 would otherwise keep (and bill) the parts of an upload nobody completes.
+        if let Err(abort) = w.abort().await {
+            tracing::debug!(%to, error = %abort, "aborting a failed multipart upload failed");
         }
-        w.write(&buf[..n]);
+        return Err(e);
     }
     w.finish()
         .await
@@ -175,7 +199,22 @@ pub struct Expected {
 ///   [`place_local`] (a hard link, else a kernel copy), then `to` itself is hashed;
 /// - a local file, zstd-compressed (private files, small): decompressed while hashing;
 /// - a stream (S3, memory): written while hashing, on a blocking thread fed by a channel.
+///
+/// A transient storage failure (e.g. the stream cut mid-body) downloads the file again.
 pub async fn download_file(
+    storage: &CheckpointStorage,
+    from: &Path,
+    to: &FsPath,
+    expected: &Expected,
+) -> Result<()> {
+    storage
+        .retrying("download", from, |_| {
+            download_once(storage, from, to, expected)
+        })
+        .await
+}
+
+async fn download_once(
     storage: &CheckpointStorage,
     from: &Path,
     to: &FsPath,
@@ -304,7 +343,9 @@ async fn receive_stream(
     compressed: bool,
 ) -> (Result<(String, u64)>, Option<SnapshotError>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let writer = blocking(move || {
+    // Spawned now, not when awaited: the writer must drain the channel while the loop below
+    // fills it (a lazily started writer deadlocked every download of more than 4 chunks).
+    let writer = tokio::task::spawn_blocking(move || {
         remove_stale(&to)?;
         let reader = ChannelReader {
             rx,
@@ -327,7 +368,12 @@ async fn receive_stream(
         }
     }
     drop(tx);
-    (writer.await, stream_err)
+    let written = writer.await.unwrap_or_else(|e| {
+        Err(SnapshotError::Invariant(format!(
+            "download task failed: {e}"
+        )))
+    });
+    (written, stream_err)
 }
 
 /// Buffer size of local reads and writes. Measured on the 2-core test machine: 1 MiB hashes

@@ -187,6 +187,19 @@ impl Checkpointer {
     /// Opens the coordinator of job `job` (a fresh name from [`new_job_name`] for a new run).
     pub fn open(cfg: &CheckpointConfig, job: &str, max_parallelism: u32) -> Result<Self> {
         cfg.validate()?;
+        let storage = CheckpointStorage::from_url(&cfg.dir, &cfg.storage)?;
+        Self::open_with_storage(cfg, storage, job, max_parallelism)
+    }
+
+    /// [`Checkpointer::open`] on storage built by the caller (`cfg.dir` then only names it):
+    /// tests hand in fault-injecting stores and fail points this way.
+    pub fn open_with_storage(
+        cfg: &CheckpointConfig,
+        storage: CheckpointStorage,
+        job: &str,
+        max_parallelism: u32,
+    ) -> Result<Self> {
+        cfg.validate()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cairn-checkpoint")
@@ -196,7 +209,6 @@ impl Checkpointer {
                 op: "start checkpoint runtime".into(),
                 source: e,
             })?;
-        let storage = CheckpointStorage::from_url(&cfg.dir, &cfg.storage)?;
         let store = rt.block_on(CheckpointStore::open(storage, job, cfg.retained as usize))?;
         let next_id = store.retained_ids()?.last().map_or(1, |l| l + 1);
         Ok(Self {

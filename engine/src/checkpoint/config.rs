@@ -211,6 +211,7 @@ impl CheckpointConfig {
     /// Checks the settings, naming the field.
     pub fn validate(&self) -> Result<()> {
         self.rebase.validate()?;
+        self.storage.validate()?;
         if self.max_concurrent != 1 {
             return Err(EngineError::config(
                 "checkpoint.max-concurrent",

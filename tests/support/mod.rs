@@ -1,0 +1,94 @@
+//! Helpers shared by integration tests (each test file that needs them says `mod support;`).
+//!
+//! ## The S3 server
+//! S3 legs run against the loopback S3-compatible server `scripts/test.sh` starts (moto, see
+//! `scripts/s3-server.sh`), found through `CAIRN_TEST_S3_ENDPOINT` and `CAIRN_TEST_S3_BUCKET`.
+//! - `CAIRN_TEST_S3=required` (set by `scripts/test.sh`, so by `.ci/run`): an S3 leg that finds
+//!   no endpoint, or cannot connect to it, FAILS.
+//! - A plain `cargo test` without the variables skips the S3 legs with a notice on stderr (the
+//!   file:// and memory:// legs still run): handy while iterating, never what CI does.
+//! - An endpoint that is set but unreachable fails in both cases.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_snapshot::StorageOptions;
+
+/// Where an S3 leg stores its objects: a fresh prefix in the test bucket.
+#[derive(Clone, Debug)]
+pub struct S3Target {
+    /// `s3://<bucket>/<unique prefix>`.
+    pub url: String,
+    /// Options naming the loopback endpoint and credentials.
+    pub options: StorageOptions,
+    /// The endpoint URL.
+    pub endpoint: String,
+}
+
+impl S3Target {
+    /// Environment for a child `cairn` process so that its `s3://` URLs reach the same server.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", key_id()),
+            ("AWS_SECRET_ACCESS_KEY", secret()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+fn key_id() -> String {
+    std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "cairn-test".into())
+}
+
+fn secret() -> String {
+    std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "cairn-test".into())
+}
+
+/// The S3 target for test `name`, or `None` (with a notice) when S3 is not configured and not
+/// required. Panics when S3 is required or configured but unreachable (see the module doc).
+pub fn s3_target(name: &str) -> Option<S3Target> {
+    let required = std::env::var("CAIRN_TEST_S3").is_ok_and(|v| v == "required");
+    let Ok(endpoint) = std::env::var("CAIRN_TEST_S3_ENDPOINT") else {
+        assert!(
+            !required,
+            "CAIRN_TEST_S3=required but CAIRN_TEST_S3_ENDPOINT is not set (run scripts/test.sh)"
+        );
+        eprintln!(
+            "NOTICE: skipping the S3 leg of {name}: CAIRN_TEST_S3_ENDPOINT is not set (scripts/test.sh starts a local S3 server and sets it)"
+        );
+        return None;
+    };
+    let hostport = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let reachable = hostport
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "the S3 server at CAIRN_TEST_S3_ENDPOINT={endpoint} is unreachable (test {name})"
+    );
+    let bucket = std::env::var("CAIRN_TEST_S3_BUCKET").unwrap_or_else(|_| "cairn-test".into());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut options = StorageOptions::default();
+    options.s3_endpoint = Some(endpoint.clone());
+    options.s3_allow_http = true;
+    options.s3_access_key_id = Some(key_id());
+    options.s3_secret_access_key = Some(secret());
+    options.s3_region = Some("us-east-1".into());
+    Some(S3Target {
+        url: format!("s3://{bucket}/{name}-{}-{nanos:x}", std::process::id()),
+        options,
+        endpoint,
+    })
+}
