@@ -87,6 +87,13 @@ pub struct RunArgs {
     /// Let every RocksDB use its own memory defaults (memory.managed = false).
     #[arg(long, conflicts_with = "memory")]
     pub unmanaged: bool,
+    /// Share of the budget for the RocksDB backend's write-back state cache, `0` = off
+    /// (memory.state-cache-ratio) [default: the config file's, else 0.4].
+    #[arg(long, value_name = "RATIO")]
+    pub state_cache_ratio: Option<f64>,
+    /// Fraction of the state cache that may be dirty (state-cache.max-dirty-ratio).
+    #[arg(long, value_name = "RATIO")]
+    pub max_dirty_ratio: Option<f64>,
     /// Seed of the record stream.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -270,6 +277,14 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     if args.unmanaged {
         config.memory.managed = false;
         set_by.push(("memory.managed", "--unmanaged"));
+    }
+    if let Some(r) = args.state_cache_ratio {
+        config.memory.state_cache_ratio = r;
+        set_by.push(("memory.state-cache-ratio", "--state-cache-ratio"));
+    }
+    if let Some(r) = args.max_dirty_ratio {
+        config.state_cache.max_dirty_ratio = r;
+        set_by.push(("state-cache.max-dirty-ratio", "--max-dirty-ratio"));
     }
     if let Some(d) = &args.checkpoint_dir {
         config.checkpoint.dir = d.clone();

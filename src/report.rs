@@ -54,8 +54,10 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `memory.write_buffer_manager_bytes` | memtable memory as the write-buffer manager counts it |
 /// | `memory.wbm_charged_to_cache_bytes` | memtable memory charged into the block cache |
 /// | `memory.table_readers_bytes` | table-reader memory outside the block cache |
-/// | `memory.total_bytes` | RocksDB memory at the end of the run with every byte counted once (`MemoryReport::rocksdb_total_bytes`) |
+/// | `memory.total_bytes` | memory inside the budget at the end of the run with every byte counted once: RocksDB (`MemoryReport::rocksdb_total_bytes`) plus the state cache (`MemoryReport::total_bytes`) |
 /// | `memory.peak_bytes` | peak of that counted-once total, sampled every 16,384 records per slot and summed across slots |
+/// | `memory.state_cache_bytes` | bytes held by the write-back state caches at the end (part of `total_bytes`) |
+/// | `memory.state_cache_capacity_bytes` | the caches' capacity from the plan (`memory.state-cache-ratio` of the budget), all slots; `null` when unmanaged or heap |
 /// | `memory.rss_bytes` | process resident set size at the end |
 /// | `memory.rss_peak_bytes` | peak RSS among the samples |
 /// | `memory.high_priority_pool_ratio_configured` | `memory.high-priority-pool-ratio` (`null` for heap) |
@@ -68,6 +70,11 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `job_url` | `<checkpoint dir>/<job>` of this run's checkpoints (`null` with `--checkpoint-interval off`) |
 /// | `checkpoints[]` | per completed checkpoint: `{id, completed_at_ms, incremental_bytes, full_bytes, files_uploaded, files_reused, files_copied, bytes_copied, sync_ms, async_ms, upload_mb_per_s, rebase, files_reuploaded, bytes_reuploaded, space_amplification, compact_slots, kept_locally}`; `rebase` says why the checkpoint rebased (`null` if it did not); the last is the final checkpoint |
 /// | `restored_from` | `{source, checkpoint_id, position, bytes_downloaded, download_s, slots[]}` with `--restore-from`, else `null`; `slots[]`: `{key_groups, path ("local"/"remote"), ms, bytes, local_rejected?}` |
+/// | `state_cache` | the RocksDB backend's write-back state cache, all slots ([`CacheSummary`]); `null` when off or heap |
+/// | `state_cache.{hits,misses,hit_rate}` | reads answered from the cache / from RocksDB, and `hits / (hits + misses)` |
+/// | `state_cache.{evictions,evicted_dirty}` | entries evicted, and the dirty ones among them (written to RocksDB) |
+/// | `state_cache.{dirty_flushes,dirty_flushed_entries}` | rounds of write-back because the dirty bound (`state-cache.max-dirty-ratio`) was passed, and the entries they wrote |
+/// | `state_cache.checkpoint_flush_ms.{count,p50,p99,max,mean}` | the sync-phase cache flush of each (slot, checkpoint), in ms; `checkpoint_flushed_entries` entries in all |
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     /// Version of the binary.
@@ -125,6 +132,92 @@ pub struct RunSummary {
     pub checkpoints: Vec<cairn_engine::checkpoint::CheckpointReport>,
     /// The checkpoint this run continued from.
     pub restored_from: Option<RestoreSummary>,
+    /// The state cache's counters (RocksDB with the cache on).
+    pub state_cache: Option<CacheSummary>,
+}
+
+/// The write-back state caches of a run, all slots (see [`RunSummary`] for each field).
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheSummary {
+    /// Capacity, all slots.
+    pub capacity_bytes: u64,
+    /// Bytes held at the end.
+    pub bytes: u64,
+    /// Entries held at the end.
+    pub entries: u64,
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that went to RocksDB.
+    pub misses: u64,
+    /// `hits / (hits + misses)`.
+    pub hit_rate: f64,
+    /// Entries evicted.
+    pub evictions: u64,
+    /// Dirty entries written on eviction.
+    pub evicted_dirty: u64,
+    /// Write-back rounds at the dirty bound.
+    pub dirty_flushes: u64,
+    /// Entries written by those rounds.
+    pub dirty_flushed_entries: u64,
+    /// Entries written by checkpoint flushes.
+    pub checkpoint_flushed_entries: u64,
+    /// Sync-phase flush durations.
+    pub checkpoint_flush_ms: DurationStats,
+}
+
+/// Percentiles of a set of durations, in ms.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DurationStats {
+    /// How many.
+    pub count: usize,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile (nearest rank).
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl DurationStats {
+    /// Nearest-rank percentiles of durations given in µs.
+    pub fn from_micros(us: &[u64]) -> Self {
+        if us.is_empty() {
+            return Self::default();
+        }
+        let mut v = us.to_vec();
+        v.sort_unstable();
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        let ms = |x: u64| x as f64 / 1000.0;
+        Self {
+            count: v.len(),
+            p50: ms(rank(0.5)),
+            p99: ms(rank(0.99)),
+            max: ms(v[v.len() - 1]),
+            mean: v.iter().sum::<u64>() as f64 / v.len() as f64 / 1000.0,
+        }
+    }
+}
+
+impl CacheSummary {
+    /// The summary of the slots' merged counters.
+    pub fn from_stats(s: &cairn_engine::backend::rocks::cache::CacheStats) -> Self {
+        Self {
+            capacity_bytes: s.capacity_bytes,
+            bytes: s.bytes,
+            entries: s.entries,
+            hits: s.hits,
+            misses: s.misses,
+            hit_rate: s.hit_rate(),
+            evictions: s.evictions,
+            evicted_dirty: s.evicted_dirty,
+            dirty_flushes: s.dirty_flushes,
+            dirty_flushed_entries: s.dirty_flushed_entries,
+            checkpoint_flushed_entries: s.checkpoint_flushed_entries,
+            checkpoint_flush_ms: DurationStats::from_micros(&s.checkpoint_flush_us),
+        }
+    }
 }
 
 /// The restore a run started with.
@@ -212,6 +305,10 @@ pub struct MemorySummary {
     pub total_bytes: u64,
     /// Peak of the counted-once total.
     pub peak_bytes: u64,
+    /// State cache bytes at the end (part of `total_bytes`).
+    pub state_cache_bytes: u64,
+    /// State cache capacity, all slots.
+    pub state_cache_capacity_bytes: Option<u64>,
     /// Process RSS at the end.
     pub rss_bytes: u64,
     /// Peak sampled RSS.
@@ -391,6 +488,14 @@ impl RunSummary {
                 ),
             );
             mrow(w, "table readers", m.table_readers_bytes, String::new());
+            if let Some(cap) = m.state_cache_capacity_bytes.filter(|&c| c > 0) {
+                mrow(
+                    w,
+                    "state cache",
+                    m.state_cache_bytes,
+                    format!("{} capacity", size(cap)),
+                );
+            }
             mrow(
                 w,
                 "total, counted once",
@@ -485,6 +590,45 @@ impl RunSummary {
                 );
             }
         }
+        if let Some(c) = &self.state_cache {
+            row(
+                w,
+                "state cache",
+                format!(
+                    "hit rate {:.1} % ({} hits, {} misses), {} entries",
+                    c.hit_rate * 100.0,
+                    thousands(c.hits),
+                    thousands(c.misses),
+                    thousands(c.entries)
+                ),
+            );
+            row(
+                w,
+                "  write-back",
+                format!(
+                    "{} evictions ({} dirty), {} dirty-bound flushes ({} entries)",
+                    thousands(c.evictions),
+                    thousands(c.evicted_dirty),
+                    thousands(c.dirty_flushes),
+                    thousands(c.dirty_flushed_entries)
+                ),
+            );
+            let f = &c.checkpoint_flush_ms;
+            if f.count > 0 {
+                row(
+                    w,
+                    "  checkpoint flush",
+                    format!(
+                        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} flushes ({} entries)",
+                        f.p50,
+                        f.p99,
+                        f.max,
+                        f.count,
+                        thousands(c.checkpoint_flushed_entries)
+                    ),
+                );
+            }
+        }
         if let Some(url) = &self.job_url {
             row(
                 w,
@@ -524,7 +668,15 @@ impl RunSummary {
 
 #[cfg(test)]
 mod tests {
-    use super::thousands;
+    use super::{DurationStats, thousands};
+
+    #[test]
+    fn duration_percentiles_use_nearest_rank() {
+        let d = DurationStats::from_micros(&[3000, 1000, 2000, 100_000]);
+        assert_eq!((d.count, d.p50, d.p99, d.max), (4, 2.0, 100.0, 100.0));
+        assert_eq!(d.mean, 26.5);
+        assert_eq!(DurationStats::from_micros(&[]).count, 0);
+    }
 
     #[test]
     fn thousands_groups_digits() {

@@ -111,6 +111,7 @@ struct SlotOutcome {
     disk_bytes: u64,
     sizes: Vec<StateSize>,
     checksum: Option<Checksum>,
+    cache: Option<cairn_engine::backend::rocks::cache::CacheStats>,
 }
 
 /// Shared between the slot threads and the progress loop.
@@ -126,7 +127,8 @@ struct Shared {
 impl Shared {
     fn sample(&self, slot: usize, report: &MemoryReport) -> u64 {
         self.metrics.observe_memory(slot as u32, report);
-        let total = report.rocksdb_total_bytes();
+        // RocksDB plus the state cache: everything the budget covers.
+        let total = report.total_bytes();
         self.latest_total[slot].store(total, Ordering::Relaxed);
         let sum = self
             .latest_total
@@ -439,6 +441,8 @@ fn run_slot(
     }
     let end_memory = slot.memory_report();
     peak_total = peak_total.max(shared.sample(index as usize, &end_memory));
+    // After the final checkpoint, before the flush below empties the dirty set.
+    let cache = slot.cache_stats();
 
     let t = Instant::now();
     slot.flush().map_err(err("flushing"))?;
@@ -468,6 +472,7 @@ fn run_slot(
         disk_bytes,
         sizes,
         checksum,
+        cache,
     })
 }
 
@@ -515,12 +520,10 @@ fn summarize(
         mem.write_buffer_manager_bytes += r.write_buffer_manager_bytes;
         mem.wbm_charged_to_cache_bytes += r.wbm_charged_to_cache_bytes;
         mem.table_readers_bytes += r.table_readers_bytes;
+        mem.state_cache_bytes += r.state_cache_bytes;
         mem.rss_bytes = mem.rss_bytes.max(r.rss_bytes);
     }
-    let total_bytes: u64 = outcomes
-        .iter()
-        .map(|o| o.end_memory.rocksdb_total_bytes())
-        .sum();
+    let total_bytes: u64 = outcomes.iter().map(|o| o.end_memory.total_bytes()).sum();
 
     // The plan is the same for every slot; heap slots have no RocksDB memory.
     let plan = if rocksdb {
@@ -545,6 +548,8 @@ fn summarize(
         table_readers_bytes: mem.table_readers_bytes,
         total_bytes,
         peak_bytes: shared.peak_total.load(Ordering::Relaxed).max(total_bytes),
+        state_cache_bytes: mem.state_cache_bytes,
+        state_cache_capacity_bytes: plan.as_ref().map(|p| p.state_cache_bytes * slots),
         rss_bytes: cairn_memory::process_rss_bytes().max(mem.rss_bytes),
         rss_peak_bytes: shared.peak_rss.load(Ordering::Relaxed).max(mem.rss_bytes),
         high_priority_pool_ratio_configured: rocksdb
@@ -629,5 +634,13 @@ fn summarize(
         job_url: None,
         checkpoints: Vec::new(),
         restored_from: None,
+        state_cache: {
+            let mut stats = outcomes.iter().filter_map(|o| o.cache.as_ref()).peekable();
+            stats.peek().is_some().then(|| {
+                let mut all = cairn_engine::backend::rocks::cache::CacheStats::default();
+                stats.for_each(|s| all.add(s));
+                crate::report::CacheSummary::from_stats(&all)
+            })
+        },
     }
 }

@@ -3,7 +3,10 @@
 //! Each contract function takes a [`Backend`] (a backend kind and its own temporary working
 //! directory) and checks one behaviour through the public [`Slot`] API; the `contract!` macro at
 //! the bottom generates one `#[test]` per (backend, behaviour), so `heap::map_state_...` and
-//! `rocks_db::map_state_...` are reported separately. RocksDB runs for real, on a tempdir.
+//! `rocks_db::map_state_...` are reported separately. RocksDB runs for real, on a tempdir, in
+//! three variants: with the default write-back state cache (`rocks_db`), without it
+//! (`rocks_db_no_cache`), and with a cache of a few dozen entries that evicts on nearly every
+//! write (`rocks_db_tiny_cache`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,14 +25,27 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 /// One backend under test: its kind and a working directory owned by this test.
 struct Backend {
     kind: BackendKind,
+    /// `memory.state-cache-ratio`; `None` keeps the default.
+    cache_ratio: Option<f64>,
     dir: tempfile::TempDir,
 }
+
+/// A state cache of ~3.3 KB at the 32 MiB test budget: a few dozen entries.
+const TINY_CACHE_RATIO: f64 = 0.0001;
 
 impl Backend {
     fn new(kind: BackendKind) -> Result<Self, Box<dyn std::error::Error>> {
         Ok(Self {
             kind,
+            cache_ratio: None,
             dir: tempfile::tempdir()?,
+        })
+    }
+
+    fn with_cache_ratio(kind: BackendKind, ratio: f64) -> Result<Self, Box<dyn std::error::Error>> {
+        Ok(Self {
+            cache_ratio: Some(ratio),
+            ..Self::new(kind)?
         })
     }
 
@@ -39,6 +55,11 @@ impl Backend {
         config.state.working_dir = self.dir.path().to_path_buf();
         // Small budget: many RocksDB instances run in parallel in this binary.
         config.memory.managed_size = bytesize::ByteSize::mib(32);
+        if let Some(r) = self.cache_ratio {
+            config.memory.state_cache_ratio = r;
+            // Half may be dirty: both eviction of dirty entries and the dirty bound write back.
+            config.state_cache.max_dirty_ratio = 0.5;
+        }
         config
     }
 
@@ -898,6 +919,104 @@ fn raw_api_is_equivalent_to_typed_api(b: &Backend) -> TestResult {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Many keys (the tiny state cache evicts on nearly every write)
+
+/// Hundreds of keys of every kind, overwritten, appended, removed and cleared, then read back
+/// through gets, map iteration and key-group scans, before and after a flush into the backend's
+/// files. With the tiny cache this runs through eviction, write-back of dirty entries, list
+/// deltas merged into RocksDB and tombstones hiding stored entries.
+fn many_keys_read_back_through_eviction(b: &Backend) -> TestResult {
+    let mut slot = b.open()?;
+    let count = slot.value_state::<u64>("op", "count")?;
+    let events = slot.list_state::<u32>("op", "events")?;
+    let attrs = slot.map_state::<u16, u64>("op", "attrs")?;
+    const KEYS: u32 = 300;
+    for round in 0..3u64 {
+        for k in 0..KEYS {
+            let s = slot.scope(&k, &VoidNamespace)?;
+            let n = count.get(&mut slot, &s)?.unwrap_or(0);
+            count.update(&mut slot, &s, &(n + 1))?;
+            if k % 3 == 0 {
+                events.add(&mut slot, &s, &(k + round as u32))?;
+            }
+            if k % 5 == 0 {
+                attrs.put(&mut slot, &s, &(round as u16), &u64::from(k))?;
+                attrs.put(&mut slot, &s, &300, &round)?;
+            }
+        }
+    }
+    for k in (0..KEYS).step_by(7) {
+        let s = slot.scope(&k, &VoidNamespace)?;
+        count.clear(&mut slot, &s)?;
+        attrs.remove(&mut slot, &s, &1)?;
+    }
+    for k in (0..KEYS).step_by(30) {
+        let s = slot.scope(&k, &VoidNamespace)?;
+        attrs.clear(&mut slot, &s)?;
+        events.update(&mut slot, &s, &[7, 8])?;
+    }
+    let mut check = |slot: &mut Slot| -> TestResult {
+        let mut values = BTreeSet::new();
+        for k in 0..KEYS {
+            let s = slot.scope(&k, &VoidNamespace)?;
+            let want = (k % 7 != 0).then_some(3);
+            assert_eq!(count.get(slot, &s)?, want, "count of {k}");
+            if let Some(v) = want {
+                values.insert((enc(&k), Vec::new(), Vec::new(), enc(&v)));
+            }
+            let list = events.get(slot, &s)?;
+            let want_list: Vec<u32> = match (k % 30 == 0, k % 3 == 0) {
+                (true, _) => vec![7, 8],
+                (false, true) => (0..3).map(|r| k + r).collect(),
+                (false, false) => vec![],
+            };
+            assert_eq!(list, want_list, "list of {k}");
+            let mut want_map: Vec<(u16, u64)> = Vec::new();
+            if k % 5 == 0 && k % 30 != 0 {
+                want_map = vec![
+                    (0, u64::from(k)),
+                    (1, u64::from(k)),
+                    (2, u64::from(k)),
+                    (300, 2),
+                ];
+                if k % 7 == 0 {
+                    want_map.retain(|(uk, _)| *uk != 1);
+                }
+            }
+            let mut got = attrs.entries(slot, &s)?;
+            got.sort();
+            assert_eq!(got, want_map, "map of {k}");
+            assert_eq!(
+                attrs.get(slot, &s, &2)?,
+                want_map.iter().find(|e| e.0 == 2).map(|e| e.1)
+            );
+        }
+        assert_eq!(as_set(scan_all(slot, count.id())?), values, "value scan");
+        let lists = scan_all(slot, events.id())?;
+        assert_eq!(lists.len(), (0..KEYS).filter(|k| k % 3 == 0).count());
+        let maps = scan_all(slot, attrs.id())?;
+        let want_maps: usize = (0..KEYS)
+            .filter(|k| k % 5 == 0 && k % 30 != 0)
+            .map(|k| if k % 7 == 0 { 3 } else { 4 })
+            .sum();
+        assert_eq!(maps.len(), want_maps, "map entries in scans");
+        Ok(())
+    };
+    check(&mut slot)?;
+    slot.flush()?;
+    check(&mut slot)?;
+    if let Some(stats) = slot.cache_stats()
+        && b.cache_ratio == Some(TINY_CACHE_RATIO)
+    {
+        assert!(stats.evictions > 1000, "{stats:?}");
+        assert!(stats.evicted_dirty > 20, "{stats:?}");
+        assert!(stats.dirty_flushes > 10, "{stats:?}");
+        assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
@@ -914,6 +1033,25 @@ macro_rules! contract {
                 #[test]
                 fn $name() -> super::TestResult {
                     super::$name(&super::Backend::new(super::BackendKind::RocksDb)?)
+                }
+            )*
+        }
+        mod rocks_db_no_cache {
+            $(
+                #[test]
+                fn $name() -> super::TestResult {
+                    super::$name(&super::Backend::with_cache_ratio(super::BackendKind::RocksDb, 0.0)?)
+                }
+            )*
+        }
+        mod rocks_db_tiny_cache {
+            $(
+                #[test]
+                fn $name() -> super::TestResult {
+                    super::$name(&super::Backend::with_cache_ratio(
+                        super::BackendKind::RocksDb,
+                        super::TINY_CACHE_RATIO,
+                    )?)
                 }
             )*
         }
@@ -940,4 +1078,5 @@ contract!(
     registering_a_name_with_another_kind_fails,
     reopening_a_state_returns_the_same_id_and_data,
     raw_api_is_equivalent_to_typed_api,
+    many_keys_read_back_through_eviction,
 );

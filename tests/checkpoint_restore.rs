@@ -1,6 +1,10 @@
 //! Checkpoint and restore on both backends: the state read after restore equals a model of the
 //! state at the checkpoint (writes after it are absent), checkpoints are incremental, old ones
 //! are subsumed without leaking files, and damaged files fail restore with a typed error.
+//!
+//! RocksDB's equivalence runs with the default write-back state cache (nothing is evicted, so
+//! every write reaches RocksDB through the sync phase's cache flush), without it, and with a tiny
+//! cache that evicts and writes back on nearly every record.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -103,8 +107,13 @@ fn restore(
 }
 
 fn restore_equivalence(backend: BackendKind) -> TestResult {
+    restore_equivalence_with(backend, |_| {})
+}
+
+fn restore_equivalence_with(backend: BackendKind, tune: impl Fn(&mut CairnConfig)) -> TestResult {
     let root = tempfile::tempdir()?;
-    let cfg = config(backend, root.path());
+    let mut cfg = config(backend, root.path());
+    tune(&mut cfg);
     let keys = 3000;
     let mut slot = Slot::builder(&cfg).open()?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
@@ -129,6 +138,50 @@ fn restore_equivalence(backend: BackendKind) -> TestResult {
 #[test]
 fn rocksdb_restore_equals_state_at_checkpoint() -> TestResult {
     restore_equivalence(BackendKind::RocksDb)
+}
+
+#[test]
+fn rocksdb_without_state_cache_restore_equals_state_at_checkpoint() -> TestResult {
+    restore_equivalence_with(BackendKind::RocksDb, |c| c.memory.state_cache_ratio = 0.0)
+}
+
+#[test]
+fn rocksdb_with_tiny_state_cache_restore_equals_state_at_checkpoint() -> TestResult {
+    restore_equivalence_with(BackendKind::RocksDb, |c| {
+        // ~27 KB of the 256 MiB default budget: a few hundred of the 3000 keys' entries.
+        c.memory.state_cache_ratio = 0.0001;
+        c.state_cache.max_dirty_ratio = 0.5;
+    })
+}
+
+/// The default cache holds all of this test's state, so only the sync phase's flush brings the
+/// writes since the last checkpoint into RocksDB: the checkpoint must contain them.
+#[test]
+fn rocksdb_checkpoint_contains_writes_still_in_the_state_cache() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, root.path());
+    let mut slot = Slot::builder(&cfg).open()?;
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let mut model = Model::default();
+    apply(&mut slot, &mut model, 0, 2_000, 500)?;
+    let dirty = slot
+        .cache_stats()
+        .ok_or("cache is on by default")?
+        .dirty_bytes;
+    assert!(dirty > 0, "writes are still only in the cache");
+    let id = checkpoint(&mut cp, &mut slot)?;
+    let stats = slot.cache_stats().ok_or("cache is on by default")?;
+    assert_eq!(
+        stats.dirty_bytes, 0,
+        "the sync phase wrote every dirty entry"
+    );
+    assert!(stats.checkpoint_flushed_entries > 0);
+    let job_url = format!("{}/chk-{id}", cp.job_url());
+    drop(slot);
+    drop(cp);
+    let (_cp2, mut restored) = restore(&cfg, &job_url)?;
+    assert_eq!(read_back(&mut restored, 500)?, model);
+    Ok(())
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! exactly 1 per record, so the counters sum to the position), and orphan collection leaves no
 //! unreferenced file. Each round continues from the previous round's latest checkpoint.
 //!
+//! Rounds rotate the child's write-back state cache: the default, a tiny one that evicts and
+//! writes back on nearly every record, and none.
+//!
 //! `CAIRN_CRASH_ROUNDS` sets the number of rounds (default 20).
 
 use std::path::Path;
@@ -100,6 +103,15 @@ fn kill_9_during_checkpoints_never_loses_committed_state() -> TestResult {
             .stderr(Stdio::null());
         if let Some((job, id)) = &previous {
             cmd.args(["--restore-from", &format!("{cp_url}/{job}/chk-{id}")]);
+        }
+        match round % 3 {
+            0 => {}
+            1 => {
+                cmd.args(["--state-cache-ratio", "0.0001", "--max-dirty-ratio", "0.5"]);
+            }
+            _ => {
+                cmd.args(["--state-cache-ratio", "0"]);
+            }
         }
         let mut child = cmd.spawn()?;
         let delay = 300 + mix64(u64::from(round) + 1) % 1200;

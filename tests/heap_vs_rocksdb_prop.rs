@@ -2,6 +2,9 @@
 //! reads on both, and the same reads as a plain in-test model (`BTreeMap`s), and leave the same
 //! entries in every key group.
 //!
+//! RocksDB runs with its default write-back state cache, without it, and with a tiny cache that
+//! evicts on nearly every write (one `#[test]` each, same sequences).
+//!
 //! Seeded: the run uses `PROPTEST_RNG_SEED` when set, else a fixed seed, and a failure prints the
 //! seed and the shrunk operation sequence. `PROPTEST_CASES` overrides the number of cases.
 
@@ -207,12 +210,31 @@ struct Side {
     map: MapState<u16, u32>,
 }
 
+/// The RocksDB state-cache variants every property runs on.
+#[derive(Clone, Copy, Debug)]
+enum Cache {
+    /// The default `memory.state-cache-ratio`.
+    Default,
+    /// `memory.state-cache-ratio = 0`.
+    Off,
+    /// ~1.7 KB at the 16 MiB test budget (about 20 entries), half of it may be dirty.
+    Tiny,
+}
+
 impl Side {
-    fn open(kind: BackendKind, dir: &Path) -> cairn::engine::Result<Self> {
+    fn open(kind: BackendKind, cache: Cache, dir: &Path) -> cairn::engine::Result<Self> {
         let mut config = CairnConfig::default();
         config.state.backend = kind;
         config.state.working_dir = dir.to_path_buf();
         config.memory.managed_size = bytesize::ByteSize::mib(16);
+        match cache {
+            Cache::Default => {}
+            Cache::Off => config.memory.state_cache_ratio = 0.0,
+            Cache::Tiny => {
+                config.memory.state_cache_ratio = 0.0001;
+                config.state_cache.max_dirty_ratio = 0.5;
+            }
+        }
         let mut slot = Slot::builder(&config).working_dir(dir).open()?;
         let value = slot.value_state("prop", "value")?;
         let list = slot.list_state("prop", "list")?;
@@ -319,9 +341,10 @@ fn fail(what: impl std::fmt::Display) -> impl FnOnce(cairn::EngineError) -> Test
 
 /// Runs `ops` on the model, a heap slot and a RocksDB slot (in `dir`), comparing every read,
 /// then compares every key group's scan.
-fn check_sequence(dir: &Path, ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut heap = Side::open(BackendKind::Heap, dir).map_err(fail("open heap slot"))?;
-    let mut rocks = Side::open(BackendKind::RocksDb, dir).map_err(fail("open rocksdb slot"))?;
+fn check_sequence(dir: &Path, cache: Cache, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut heap = Side::open(BackendKind::Heap, cache, dir).map_err(fail("open heap slot"))?;
+    let mut rocks =
+        Side::open(BackendKind::RocksDb, cache, dir).map_err(fail("open rocksdb slot"))?;
     prop_assert_eq!(heap.state_ids(), rocks.state_ids());
     let mut model = Model::default();
 
@@ -377,6 +400,22 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 #[test]
 fn random_operation_sequences_agree_on_heap_rocksdb_and_model()
 -> Result<(), Box<dyn std::error::Error>> {
+    random_sequences_agree(Cache::Default)
+}
+
+#[test]
+fn random_operation_sequences_agree_without_the_state_cache()
+-> Result<(), Box<dyn std::error::Error>> {
+    random_sequences_agree(Cache::Off)
+}
+
+#[test]
+fn random_operation_sequences_agree_with_a_tiny_evicting_state_cache()
+-> Result<(), Box<dyn std::error::Error>> {
+    random_sequences_agree(Cache::Tiny)
+}
+
+fn random_sequences_agree(cache: Cache) -> Result<(), Box<dyn std::error::Error>> {
     let seed = env_or("PROPTEST_RNG_SEED", DEFAULT_SEED);
     let cases = env_or("PROPTEST_CASES", DEFAULT_CASES);
     let config = ProptestConfig {
@@ -391,18 +430,18 @@ fn random_operation_sequences_agree_on_heap_rocksdb_and_model()
     let mut runner = TestRunner::new(config);
     let result = runner.run(
         &proptest::collection::vec(op_strategy(), 0..=MAX_OPS),
-        |ops| check_sequence(dir.path(), &ops),
+        |ops| check_sequence(dir.path(), cache, &ops),
     );
     match result {
         Ok(()) => {
             eprintln!(
-                "{cases} cases of up to {MAX_OPS} ops with seed {seed} passed in {:?}",
+                "{cache:?} cache: {cases} cases of up to {MAX_OPS} ops with seed {seed} passed in {:?}",
                 started.elapsed()
             );
             Ok(())
         }
         Err(TestError::Fail(reason, ops)) => panic!(
-            "heap/rocksdb/model disagree (rerun with PROPTEST_RNG_SEED={seed}): {reason}\n\
+            "heap/rocksdb ({cache:?} cache)/model disagree (rerun with PROPTEST_RNG_SEED={seed}): {reason}\n\
              minimal failing sequence ({} ops):\n{ops:#?}",
             ops.len()
         ),
@@ -432,8 +471,12 @@ fn scans_of_long_keys_list_entries_in_the_same_order_on_both_backends()
 
     let dir = tempfile::tempdir()?;
     let mut scans = Vec::new();
-    for kind in [BackendKind::Heap, BackendKind::RocksDb] {
-        let mut side = Side::open(kind, dir.path())?;
+    for (kind, cache) in [
+        (BackendKind::Heap, Cache::Default),
+        (BackendKind::RocksDb, Cache::Default),
+        (BackendKind::RocksDb, Cache::Off),
+    ] {
+        let mut side = Side::open(kind, cache, dir.path())?;
         assert_eq!(side.slot.max_parallelism(), max_p);
         let id = side.value.id();
         for (i, key) in [&short, &long].into_iter().enumerate() {
@@ -450,5 +493,6 @@ fn scans_of_long_keys_list_entries_in_the_same_order_on_both_backends()
         "key lengths in scan order: heap {:?} vs rocksdb {:?}",
         scans[0], scans[1]
     );
+    assert_eq!(scans[1], scans[2], "rocksdb with and without the cache");
     Ok(())
 }

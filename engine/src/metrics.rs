@@ -129,8 +129,9 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "memory_bytes",
-                        "RocksDB memory of a slot by component; component=\"total\" counts \
-                         every byte once and is what must stay inside the budget.",
+                        "Memory of a slot by component (RocksDB's parts and the state cache); \
+                         component=\"total\" counts every byte once and is what must stay \
+                         inside the budget.",
                     ),
                     &["slot", "component"],
                 )
@@ -253,7 +254,9 @@ impl Metrics {
             ("memtables", r.memtable_bytes),
             ("write_buffer_manager", r.write_buffer_manager_bytes),
             ("table_readers", r.table_readers_bytes),
-            ("total", r.rocksdb_total_bytes()),
+            ("state_cache", r.state_cache_bytes),
+            ("rocksdb_total", r.rocksdb_total_bytes()),
+            ("total", r.total_bytes()),
         ] {
             self.memory
                 .with_label_values(&[slot.as_str(), component])
@@ -376,7 +379,7 @@ mod tests {
         );
         assert_eq!(
             sample(&t, "cairn_memory_bytes{component=\"total\",slot=\"3\"}"),
-            r.rocksdb_total_bytes() as f64
+            r.total_bytes() as f64
         );
         assert_eq!(
             sample(&t, "cairn_memory_budget_bytes{slot=\"3\"}"),

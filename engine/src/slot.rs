@@ -150,6 +150,7 @@ impl<'a> SlotBuilder<'a> {
                     memory,
                     hook: self.hook,
                     restore,
+                    state_cache: &config.state_cache,
                 })?)
             }
         };
@@ -542,6 +543,16 @@ impl Slot {
             .as_heap()
             .map(|h| h.snapshot_view())
             .ok_or_else(|| EngineError::InvalidArgument("backend is not heap".into()))
+    }
+
+    /// Counters of the RocksDB backend's state cache (`None` when off or heap).
+    pub fn cache_stats(&self) -> Option<crate::backend::rocks::cache::CacheStats> {
+        self.backend.cache_stats()
+    }
+
+    /// Writes the state cache's dirty entries into the backend (the checkpoint's sync phase).
+    pub(crate) fn flush_cache(&mut self) -> Result<u64> {
+        self.backend.flush_cache()
     }
 
     /// Flushes buffered writes into the backend's files.

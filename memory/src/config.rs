@@ -173,7 +173,30 @@ pub struct MemoryConfig {
     ///
     /// Flink: none (always off).
     pub strict_capacity_limit: bool,
+
+    /// Fraction of the budget given to the RocksDB backend's write-back state cache (serialized
+    /// entries of hot keys in front of RocksDB, see `cairn_engine::backend::rocks::cache`).
+    /// Default: [`DEFAULT_STATE_CACHE_RATIO`], allowed `[0, 0.9]`; `0` turns the cache off.
+    ///
+    /// The cache gets `c * M`; block cache and write-buffer manager are split from the rest,
+    /// `(1 - c) * M`, with Flink's formulas, so cache + block cache + memtables stay within `M`.
+    /// More cache = more reads and writes served from memory (and updates of one key coalesced
+    /// into one RocksDB write per flush), but a smaller block cache for the keys that miss, and
+    /// smaller memtables. Without a budget (`managed = false` and no `fixed-per-slot`) there is
+    /// nothing to take a share of and the cache is off.
+    ///
+    /// Flink: none (Flink's RocksDB backend has no object cache). Kafka Streams:
+    /// `statestore.cache.max.bytes`.
+    pub state_cache_ratio: f64,
 }
+
+/// Default `memory.state-cache-ratio`: 0.4, measured with `cairn bench cache` (benches/RESULTS.md):
+/// at the default 256 MiB budget it holds about 1.3M small counters, so the 1M-key counter job runs
+/// from memory, while RocksDB keeps ~154 MiB for block cache and memtables.
+pub const DEFAULT_STATE_CACHE_RATIO: f64 = 0.4;
+
+/// Largest `memory.state-cache-ratio`: RocksDB keeps at least a tenth of the budget.
+pub const MAX_STATE_CACHE_RATIO: f64 = 0.9;
 
 impl Default for MemoryConfig {
     fn default() -> Self {
@@ -185,6 +208,7 @@ impl Default for MemoryConfig {
             high_priority_pool_ratio: 0.1,
             partitioned_index_filters: false,
             strict_capacity_limit: false,
+            state_cache_ratio: DEFAULT_STATE_CACHE_RATIO,
         }
     }
 }
@@ -195,6 +219,7 @@ pub(crate) mod field {
     pub const FIXED_PER_SLOT: &str = "memory.fixed-per-slot";
     pub const WRITE_BUFFER_RATIO: &str = "memory.write-buffer-ratio";
     pub const HIGH_PRIORITY_POOL_RATIO: &str = "memory.high-priority-pool-ratio";
+    pub const STATE_CACHE_RATIO: &str = "memory.state-cache-ratio";
 }
 
 impl MemoryConfig {
@@ -204,6 +229,18 @@ impl MemoryConfig {
     /// Flink.
     pub fn budget_bytes(&self) -> Option<u64> {
         self.budget().map(|(_, bytes)| bytes)
+    }
+
+    /// Bytes of the budget given to the state cache (`0` when off or unbounded).
+    pub fn state_cache_bytes(&self) -> u64 {
+        self.budget_bytes()
+            .map_or(0, |b| (b as f64 * self.state_cache_ratio) as u64)
+    }
+
+    /// Bytes of the budget left to RocksDB (block cache + write-buffer manager), `None` when
+    /// unbounded.
+    pub fn rocksdb_budget_bytes(&self) -> Option<u64> {
+        self.budget_bytes().map(|b| b - self.state_cache_bytes())
     }
 
     /// The budget together with the key of the setting it came from.
@@ -217,9 +254,9 @@ impl MemoryConfig {
 
     /// Checks every rule; the error names the setting to change.
     ///
-    /// Rules: both ratios in `(0, 1)`; `2r/(3 - r) + high-priority-pool-ratio < 1`; the budget in
+    /// Rules: both ratios in `(0, 1)`; `state-cache-ratio` in `[0, 0.9]`; `2r/(3 - r) + high-priority-pool-ratio < 1`; the budget in
     /// effect at least [`MIN_BUDGET_BYTES`]; the write-buffer manager at least
-    /// [`MIN_WRITE_BUFFER_MANAGER_BYTES`]. The ratios are checked even for an unbounded slot, so a
+    /// [`MIN_WRITE_BUFFER_MANAGER_BYTES`] of what the state cache leaves. The ratios are checked even for an unbounded slot, so a
     /// configuration does not turn invalid when a budget is added later.
     pub fn validate(&self) -> Result<(), ConfigError> {
         // Ratios are fractions of a positive whole; 0 or 1 would starve the cache or the memtables.
@@ -259,6 +296,16 @@ impl MemoryConfig {
             ));
         }
 
+        // A cache of (nearly) the whole budget would starve RocksDB's block cache and memtables;
+        // NaN is rejected by the negated comparison.
+        if !(self.state_cache_ratio >= 0.0 && self.state_cache_ratio <= MAX_STATE_CACHE_RATIO) {
+            return Err(ConfigError::out_of_range(
+                field::STATE_CACHE_RATIO,
+                self.state_cache_ratio,
+                format!("[0, {MAX_STATE_CACHE_RATIO}]"),
+            ));
+        }
+
         let Some((budget_field, budget)) = self.budget() else {
             return Ok(());
         };
@@ -271,15 +318,21 @@ impl MemoryConfig {
             ));
         }
         // See MIN_WRITE_BUFFER_MANAGER_BYTES: a tiny write-buffer manager flushes on every write.
-        if crate::plan::write_buffer_manager_bytes(budget, r) < MIN_WRITE_BUFFER_MANAGER_BYTES {
-            let min_ratio = 3.0 * MIN_WRITE_BUFFER_MANAGER_BYTES as f64 / (2.0 * budget as f64);
+        // The manager is split from RocksDB's share, what the state cache leaves.
+        let rocksdb_budget = budget - self.state_cache_bytes();
+        if crate::plan::write_buffer_manager_bytes(rocksdb_budget, r)
+            < MIN_WRITE_BUFFER_MANAGER_BYTES
+        {
+            let min_ratio =
+                3.0 * MIN_WRITE_BUFFER_MANAGER_BYTES as f64 / (2.0 * rocksdb_budget as f64);
             return Err(ConfigError::out_of_range(
                 field::WRITE_BUFFER_RATIO,
                 r,
                 format!(
-                    "[{min_ratio:.4}, 1) for a budget of {} (the write-buffer manager gets \
-                     2r/3 of the budget and needs at least {})",
-                    ByteSize(budget),
+                    "[{min_ratio:.4}, 1) for a RocksDB budget of {} (the budget minus \
+                     memory.state-cache-ratio; the write-buffer manager gets 2r/3 of it and \
+                     needs at least {})",
+                    ByteSize(rocksdb_budget),
                     ByteSize(MIN_WRITE_BUFFER_MANAGER_BYTES)
                 ),
             ));
@@ -503,5 +556,41 @@ mod tests {
             ..MemoryConfig::default()
         };
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn state_cache_ratio_is_checked_and_shrinks_rocksdb_share() {
+        let c = parse("[memory]\nmanaged-size = \"100MiB\"\nstate-cache-ratio = 0.25\n")
+            .expect("valid");
+        assert_eq!(c.state_cache_ratio, 0.25);
+        assert_eq!(c.state_cache_bytes(), 25 * 1024 * 1024);
+        assert_eq!(c.rocksdb_budget_bytes(), Some(75 * 1024 * 1024));
+        for bad in [-0.1, 0.95, 1.0, f64::NAN] {
+            let c = MemoryConfig {
+                state_cache_ratio: bad,
+                ..MemoryConfig::default()
+            };
+            assert_eq!(field_of(&c), "memory.state-cache-ratio", "c = {bad}");
+        }
+        let off = MemoryConfig {
+            state_cache_ratio: 0.0,
+            ..MemoryConfig::default()
+        };
+        assert_eq!(off.validate(), Ok(()));
+        assert_eq!(off.state_cache_bytes(), 0);
+        // Unbounded: no share to take.
+        let unmanaged = MemoryConfig {
+            managed: false,
+            ..MemoryConfig::default()
+        };
+        assert_eq!(unmanaged.state_cache_bytes(), 0);
+        // The write-buffer manager's minimum applies to what the cache leaves: 16 MiB at a 0.9
+        // cache leaves 1.6 MiB, whose manager (2 * 0.5 / 3 of it) is below 1 MiB.
+        let c = MemoryConfig {
+            managed_size: ByteSize::mib(16),
+            state_cache_ratio: 0.9,
+            ..MemoryConfig::default()
+        };
+        assert_eq!(field_of(&c), "memory.write-buffer-ratio");
     }
 }

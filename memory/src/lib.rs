@@ -8,7 +8,9 @@
 //!
 //! - [`MemoryConfig`]: the `[memory]` settings, with [`MemoryConfig::validate`]; [`ConfigError`]
 //!   is the configuration error type of all of Cairn.
-//! - [`MemoryPlan`]: the split, as plain numbers for the run summary.
+//! - [`MemoryPlan`]: the split, as plain numbers for the run summary. With
+//!   `memory.state-cache-ratio = c` the engine's write-back state cache takes `c * M` first and
+//!   RocksDB is split from the rest.
 //! - [`SlotMemory`]: the shared cache and write-buffer manager, applied to RocksDB options.
 //! - [`MemoryReport`]: what RocksDB really uses, counted once, plus the process RSS.
 //!
@@ -52,7 +54,10 @@ mod plan;
 mod report;
 mod shared;
 
-pub use config::{ConfigError, MIN_BUDGET_BYTES, MIN_WRITE_BUFFER_MANAGER_BYTES, MemoryConfig};
+pub use config::{
+    ConfigError, DEFAULT_STATE_CACHE_RATIO, MAX_STATE_CACHE_RATIO, MIN_BUDGET_BYTES,
+    MIN_WRITE_BUFFER_MANAGER_BYTES, MemoryConfig,
+};
 pub use plan::{
     MAX_ARENA_BLOCK_SIZE, MAX_WRITE_BUFFER_SIZE, MemoryPlan, ROCKSDB_HIGH_PRI_POOL_RATIO,
 };

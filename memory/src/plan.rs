@@ -69,11 +69,16 @@ pub(crate) fn arena_block_size(write_buffer_size: u64) -> u64 {
 pub struct MemoryPlan {
     /// The slot's budget `M` in bytes.
     pub budget_bytes: u64,
+    /// Capacity of the write-back state cache in front of RocksDB: `c * M`
+    /// (`memory.state-cache-ratio`); 0 when off. Block cache and write-buffer manager are split
+    /// from the rest, `M' = (1 - c) * M`.
+    pub state_cache_bytes: u64,
     /// The configured `memory.write-buffer-ratio` `r`.
     pub write_buffer_ratio: f64,
-    /// Capacity of the shared LRU block cache: `(3 - r)/3 * M` (Flink's formula).
+    /// Capacity of the shared LRU block cache: `(3 - r)/3 * M'` (Flink's formula on RocksDB's
+    /// share `M'`).
     pub block_cache_bytes: u64,
-    /// Capacity of the shared write-buffer manager, charged to the cache: `2r/3 * M` (Flink's).
+    /// Capacity of the shared write-buffer manager, charged to the cache: `2r/3 * M'` (Flink's).
     pub write_buffer_manager_bytes: u64,
     /// `memory.high-priority-pool-ratio` as configured; used for validation only.
     pub high_priority_pool_ratio_configured: f64,
@@ -99,13 +104,16 @@ impl MemoryPlan {
             return Ok(None);
         };
         let r = config.write_buffer_ratio;
-        let wbm = write_buffer_manager_bytes(budget, r);
+        let state_cache = config.state_cache_bytes();
+        let rocksdb_budget = budget - state_cache;
+        let wbm = write_buffer_manager_bytes(rocksdb_budget, r);
         let write_buffer_size = write_buffer_size(wbm);
         let configured = config.high_priority_pool_ratio;
         Ok(Some(MemoryPlan {
             budget_bytes: budget,
+            state_cache_bytes: state_cache,
             write_buffer_ratio: r,
-            block_cache_bytes: block_cache_bytes(budget, r),
+            block_cache_bytes: block_cache_bytes(rocksdb_budget, r),
             write_buffer_manager_bytes: wbm,
             high_priority_pool_ratio_configured: configured,
             high_priority_pool_ratio_effective: ROCKSDB_HIGH_PRI_POOL_RATIO,
@@ -151,6 +159,7 @@ mod tests {
             write_buffer_ratio: ratio,
             // Small enough that the Flink rule leaves every ratio below ~0.9 valid.
             high_priority_pool_ratio: 0.01,
+            state_cache_ratio: 0.0,
             ..MemoryConfig::default()
         })
     }
@@ -158,10 +167,14 @@ mod tests {
     #[test]
     fn flink_split_at_defaults() {
         let m = 256 * MIB;
-        let p = MemoryPlan::from_config(&MemoryConfig::default())
-            .expect("valid")
-            .expect("managed");
+        let p = MemoryPlan::from_config(&MemoryConfig {
+            state_cache_ratio: 0.0,
+            ..MemoryConfig::default()
+        })
+        .expect("valid")
+        .expect("managed");
         assert_eq!(p.budget_bytes, m);
+        assert_eq!(p.state_cache_bytes, 0);
         // (3 - 0.5)/3 * M = 5/6 M, truncated like Flink's (long) cast.
         assert_eq!(p.block_cache_bytes, m * 5 / 6);
         assert_eq!(p.block_cache_bytes, 223_696_213);
@@ -265,5 +278,24 @@ mod tests {
         }
         // Most combinations are allowed; make sure the loop did not silently skip them all.
         assert!(checked > 5000, "only {checked} combinations checked");
+    }
+
+    #[test]
+    fn state_cache_share_shrinks_block_cache_and_manager_within_the_budget() {
+        let m = 256 * MIB;
+        let p = MemoryPlan::from_config(&MemoryConfig::default())
+            .expect("valid")
+            .expect("managed");
+        let c = crate::config::DEFAULT_STATE_CACHE_RATIO;
+        assert_eq!(p.state_cache_bytes, (m as f64 * c) as u64);
+        let rest = m - p.state_cache_bytes;
+        assert_eq!(p.block_cache_bytes, block_cache_bytes(rest, 0.5));
+        assert_eq!(
+            p.write_buffer_manager_bytes,
+            write_buffer_manager_bytes(rest, 0.5)
+        );
+        // cache + block cache + memtables (1.5x the manager, half of it outside the cache) <= M.
+        let total = p.state_cache_bytes + p.block_cache_bytes + p.write_buffer_manager_bytes / 2;
+        assert!(total <= m && m - total <= 2, "{total} vs {m}");
     }
 }

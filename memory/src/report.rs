@@ -35,6 +35,10 @@ pub struct MemoryReport {
     pub table_readers_bytes: u64,
     /// Resident set size of the whole process; 0 where `/proc` is unavailable.
     pub rss_bytes: u64,
+    /// Bytes held by the engine's write-back state cache (its own accounting: entry bytes plus a
+    /// fixed per-entry overhead); 0 when off. Not part of RocksDB: set by the engine after
+    /// [`MemoryReport::collect`], added in [`MemoryReport::total_bytes`].
+    pub state_cache_bytes: u64,
 }
 
 impl MemoryReport {
@@ -103,19 +107,26 @@ impl MemoryReport {
             + self.table_readers_bytes
     }
 
-    /// [`Self::rocksdb_total_bytes`] as a fraction of the budget (`None` when unmanaged).
+    /// Everything the budget covers: [`Self::rocksdb_total_bytes`] plus the state cache.
+    pub fn total_bytes(&self) -> u64 {
+        self.rocksdb_total_bytes() + self.state_cache_bytes
+    }
+
+    /// [`Self::total_bytes`] as a fraction of the budget (`None` when unmanaged).
     pub fn budget_utilisation(&self) -> Option<f64> {
         self.budget_bytes
             .filter(|&budget| budget > 0)
-            .map(|budget| self.rocksdb_total_bytes() as f64 / budget as f64)
+            .map(|budget| self.total_bytes() as f64 / budget as f64)
     }
 }
 
 impl Serialize for MemoryReport {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("MemoryReport", 9)?;
+        let mut s = serializer.serialize_struct("MemoryReport", 11)?;
         s.serialize_field("budget_bytes", &self.budget_bytes)?;
+        s.serialize_field("total_bytes", &self.total_bytes())?;
         s.serialize_field("rocksdb_total_bytes", &self.rocksdb_total_bytes())?;
+        s.serialize_field("state_cache_bytes", &self.state_cache_bytes)?;
         s.serialize_field("block_cache_bytes", &self.block_cache_bytes)?;
         s.serialize_field("block_cache_pinned_bytes", &self.block_cache_pinned_bytes)?;
         s.serialize_field("memtable_bytes", &self.memtable_bytes)?;
@@ -200,6 +211,16 @@ mod tests {
         assert_eq!(json["rocksdb_total_bytes"], 45);
         assert_eq!(json["budget_bytes"], 100);
         assert_eq!(json["rss_bytes"], 0);
+        assert_eq!(json["state_cache_bytes"], 0);
+        let with_cache = MemoryReport {
+            state_cache_bytes: 10,
+            ..report
+        };
+        assert_eq!(with_cache.total_bytes(), 55);
+        assert_eq!(with_cache.budget_utilisation(), Some(0.55));
+        let json = serde_json::to_value(&with_cache).expect("serializable");
+        assert_eq!(json["total_bytes"], 55);
+        assert_eq!(json["rocksdb_total_bytes"], 45);
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl SlotMemory {
         }
         tracing::info!(
             budget_bytes = plan.budget_bytes,
+            state_cache_bytes = plan.state_cache_bytes,
             block_cache_bytes = plan.block_cache_bytes,
             write_buffer_manager_bytes = plan.write_buffer_manager_bytes,
             write_buffer_size = plan.write_buffer_size,
@@ -146,6 +147,12 @@ impl SlotMemory {
     /// The split of the budget, when managed.
     pub fn plan(&self) -> Option<&MemoryPlan> {
         self.shared.as_ref().map(|s| &s.plan)
+    }
+
+    /// Capacity of the engine's write-back state cache (`memory.state-cache-ratio` of the
+    /// budget); 0 when off or unmanaged.
+    pub fn state_cache_bytes(&self) -> u64 {
+        self.plan().map_or(0, |p| p.state_cache_bytes)
     }
 
     /// The shared block cache, when managed.

@@ -213,6 +213,15 @@ pub trait StateBackend: Send {
     fn as_heap(&self) -> Option<&heap::HeapBackend> {
         None
     }
+    /// Counters of the backend's state cache (`None`: no cache).
+    fn cache_stats(&self) -> Option<rocks::cache::CacheStats> {
+        None
+    }
+    /// Writes every buffered (cached, dirty) write into the backend's store; the checkpoint's
+    /// sync phase calls it before taking the snapshot. Returns the entries written.
+    fn flush_cache(&mut self) -> Result<u64> {
+        Ok(0)
+    }
     /// Makes every write durable in the backend's files (RocksDB: flush all memtables). Used
     /// before measuring disk size; checkpoints use their own snapshot path.
     fn flush(&mut self) -> Result<()>;

@@ -6,7 +6,13 @@
 //! directory is disposable — a slot wipes its RocksDB directory when it opens and only ever
 //! restores from a checkpoint. A `cairn.lock` file (an OS file lock) keeps two slots, in this or
 //! another process, from using one directory.
+//!
+//! In front of RocksDB sits the slot's write-back [`cache::StateCache`] (on by default; see its
+//! module doc): reads check it first, writes go to it, and RocksDB sees them when they are
+//! evicted, when the dirty bound is passed, and at the latest in the checkpoint's sync phase
+//! ([`RocksDbBackend::flush_cache`]).
 
+pub mod cache;
 mod options;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -41,10 +47,11 @@ pub fn slot_options(
 use crate::backend::{
     ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, list_codec,
 };
-use crate::config::RocksDbConfig;
+use crate::config::{RocksDbConfig, StateCacheConfig};
 use crate::error::{EngineError, Result};
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
 use crate::layout;
+use cache::{CacheStats, CacheWrite, Cached, StateCache};
 
 /// Name of the merge operator that appends encoded list elements.
 pub(crate) const LIST_MERGE_OPERATOR: &str = "cairn.list-append";
@@ -82,6 +89,8 @@ pub struct RocksDbParams<'a> {
     pub memory: SlotMemory,
     /// Optional user options hook.
     pub hook: Option<Arc<dyn RocksDbOptionsHook>>,
+    /// The state cache's dirty bound (its capacity comes from `memory`).
+    pub state_cache: &'a StateCacheConfig,
     /// Restore: a directory holding a checkpoint's files (moved into place as the new RocksDB
     /// directory; must be on the working directory's file system) and the states it holds.
     pub restore: Option<(PathBuf, Vec<StateDescriptor>)>,
@@ -100,6 +109,8 @@ pub struct RocksDbBackend {
     states: Vec<(String, StateKind)>,
     write_opts: WriteOptions,
     scratch: Vec<u8>,
+    /// `None` when `memory.state-cache-ratio` is 0 or memory is unmanaged.
+    cache: Option<StateCache>,
     _lock: File,
 }
 
@@ -177,7 +188,13 @@ impl RocksDbBackend {
         })?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
+        let capacity = p.memory.state_cache_bytes();
+        let cache = (capacity > 0).then(|| {
+            let max_dirty = (capacity as f64 * p.state_cache.max_dirty_ratio) as u64;
+            StateCache::new(capacity, max_dirty)
+        });
         Ok(Self {
+            cache,
             db,
             memory: p.memory,
             config: p.config.clone(),
@@ -253,6 +270,111 @@ impl RocksDbBackend {
         it.status().map_err(EngineError::rocks("iterate"))
     }
 
+    /// Counters of the state cache, `None` when it is off.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(StateCache::stats)
+    }
+
+    /// Writes every dirty cache entry into RocksDB (one `WriteBatch`): the checkpoint's sync
+    /// phase calls it right before the native checkpoint. Returns the entries written.
+    pub fn flush_cache(&mut self) -> Result<u64> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(0);
+        };
+        let t = std::time::Instant::now();
+        let mut w = BatchWriter::new(&self.db, &self.states);
+        let n = cache.flush_all(&mut |op| w.add(op));
+        let r = w.commit(&self.db, &self.write_opts, "flush state cache");
+        cache.record_checkpoint_flush(t.elapsed());
+        r.map(|()| n)
+    }
+
+    /// Evicts and writes back after a cache write, when the cache asks for it.
+    fn maintain_cache(&mut self) -> Result<()> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(());
+        };
+        if !cache.needs_maintenance() {
+            return Ok(());
+        }
+        let mut w = BatchWriter::new(&self.db, &self.states);
+        cache.maintain(&mut |op| w.add(op));
+        w.commit(&self.db, &self.write_opts, "write back state cache")
+    }
+
+    /// Reads `key` through the cache: a hit is answered from memory; a miss reads RocksDB and
+    /// caches what it found; a list delta is completed with the stored list.
+    fn read_through(
+        &mut self,
+        state: StateId,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<()> {
+        if let Some(cache) = self.cache.as_mut() {
+            let delta = match cache.get(state, key) {
+                Some(Cached::Value(v)) => {
+                    f(Some(v));
+                    return Ok(());
+                }
+                Some(Cached::Absent) => {
+                    f(None);
+                    return Ok(());
+                }
+                Some(Cached::Delta(d)) => Some(d.to_vec()),
+                None => None,
+            };
+            let cf = self.cf(state)?;
+            let stored = self
+                .db
+                .get_pinned_cf(&cf, key)
+                .map_err(EngineError::rocks("get"))?;
+            drop(cf);
+            let cache = self
+                .cache
+                .as_mut()
+                .ok_or(EngineError::UnknownState(state))?;
+            match delta {
+                Some(d) => {
+                    let mut full = stored.as_deref().unwrap_or_default().to_vec();
+                    full.extend_from_slice(&d);
+                    f(Some(&full));
+                    cache.resolve(state, key, &full);
+                }
+                None => {
+                    f(stored.as_deref());
+                    cache.insert_clean(state, key, stored.as_deref());
+                }
+            }
+            drop(stored);
+            return self.maintain_cache();
+        }
+        let cf = self.cf(state)?;
+        let v = self
+            .db
+            .get_pinned_cf(&cf, key)
+            .map_err(EngineError::rocks("get"))?;
+        f(v.as_deref());
+        Ok(())
+    }
+
+    /// Iterates `[lower, upper)` of a state, merged with the cache (see [`cache::merge_sorted`]).
+    fn merged_scan(
+        &self,
+        state: StateId,
+        lower: &[u8],
+        upper: Option<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut stored = Vec::new();
+        self.scan(state, lower, upper.clone(), |k, v| {
+            stored.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(match &self.cache {
+            Some(cache) => cache::merge_sorted(stored, cache.range(state, lower, upper)),
+            None => stored,
+        })
+    }
+
     fn map_key(&mut self, scope: &ScopeKey, user_key: &[u8]) -> Vec<u8> {
         let mut k = std::mem::take(&mut self.scratch);
         k.clear();
@@ -283,6 +405,9 @@ impl StateBackend for RocksDbBackend {
                 .map_err(EngineError::rocks("create column family"))?;
         }
         self.states.push((name.clone(), desc.kind));
+        if let Some(c) = self.cache.as_mut() {
+            c.register_state(id, desc.kind == StateKind::Map);
+        }
         if let Some(cache) = self.memory.cache() {
             let cf = self.cf(id)?;
             let cap = self
@@ -306,16 +431,14 @@ impl StateBackend for RocksDbBackend {
         scope: &ScopeKey,
         f: &mut dyn FnMut(Option<&[u8]>),
     ) -> Result<()> {
-        let cf = self.cf(state)?;
-        let v = self
-            .db
-            .get_pinned_cf(&cf, &scope.composite)
-            .map_err(EngineError::rocks("get"))?;
-        f(v.as_deref());
-        Ok(())
+        self.read_through(state, &scope.composite, f)
     }
 
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {
+        if let Some(c) = self.cache.as_mut() {
+            c.put(state, &scope.composite, value);
+            return self.maintain_cache();
+        }
         let cf = self.cf(state)?;
         self.db
             .put_cf_opt(&cf, &scope.composite, value, &self.write_opts)
@@ -328,6 +451,17 @@ impl StateBackend for RocksDbBackend {
             .get(state as usize)
             .map(|s| s.1)
             .ok_or(EngineError::UnknownState(state))?;
+        if kind != StateKind::Map
+            && let Some(c) = self.cache.as_mut()
+        {
+            c.delete(state, &scope.composite);
+            return self.maintain_cache();
+        }
+        // Cached entries of a map are dropped (dirty ones included: the clear supersedes them)
+        // and the stored ones deleted below.
+        if let Some(c) = self.cache.as_mut() {
+            c.remove_prefix(state, &scope.composite);
+        }
         let cf = self.cf(state)?;
         if kind != StateKind::Map {
             return self
@@ -353,16 +487,13 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn list_get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<Vec<u8>>> {
-        let cf = self.cf(state)?;
-        let v = self
-            .db
-            .get_pinned_cf(&cf, &scope.composite)
-            .map_err(EngineError::rocks("get list"))?;
-        match v {
-            None => Ok(Vec::new()),
-            Some(bytes) => list_codec::decode(&bytes)
-                .ok_or_else(|| self.corrupt(state, "list value is not a valid list encoding")),
-        }
+        let mut out = Ok(Vec::new());
+        self.read_through(state, &scope.composite, &mut |v| {
+            if let Some(bytes) = v {
+                out = list_codec::decode(bytes).ok_or(());
+            }
+        })?;
+        out.map_err(|()| self.corrupt(state, "list value is not a valid list encoding"))
     }
 
     fn list_append(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()> {
@@ -370,6 +501,10 @@ impl StateBackend for RocksDbBackend {
             return Ok(());
         }
         let encoded = list_codec::encode(elements.iter().copied());
+        if let Some(c) = self.cache.as_mut() {
+            c.append(state, &scope.composite, &encoded);
+            return self.maintain_cache();
+        }
         let cf = self.cf(state)?;
         self.db
             .merge_cf_opt(&cf, &scope.composite, encoded, &self.write_opts)
@@ -381,6 +516,10 @@ impl StateBackend for RocksDbBackend {
             return self.clear(state, scope);
         }
         let encoded = list_codec::encode(elements.iter().copied());
+        if let Some(c) = self.cache.as_mut() {
+            c.put(state, &scope.composite, &encoded);
+            return self.maintain_cache();
+        }
         let cf = self.cf(state)?;
         self.db
             .put_cf_opt(&cf, &scope.composite, encoded, &self.write_opts)
@@ -394,15 +533,10 @@ impl StateBackend for RocksDbBackend {
         user_key: &[u8],
     ) -> Result<Option<Vec<u8>>> {
         let k = self.map_key(scope, user_key);
-        let cf = self.cf(state)?;
-        let v = self
-            .db
-            .get_pinned_cf(&cf, &k)
-            .map_err(EngineError::rocks("map get"))?
-            .map(|v| v.to_vec());
-        drop(cf);
+        let mut out = None;
+        let r = self.read_through(state, &k, &mut |v| out = v.map(<[u8]>::to_vec));
         self.scratch = k;
-        Ok(v)
+        r.map(|()| out)
     }
 
     fn map_put(
@@ -413,6 +547,11 @@ impl StateBackend for RocksDbBackend {
         value: &[u8],
     ) -> Result<()> {
         let k = self.map_key(scope, user_key);
+        if let Some(c) = self.cache.as_mut() {
+            c.put(state, &k, value);
+            self.scratch = k;
+            return self.maintain_cache();
+        }
         let cf = self.cf(state)?;
         let r = self
             .db
@@ -425,6 +564,11 @@ impl StateBackend for RocksDbBackend {
 
     fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()> {
         let k = self.map_key(scope, user_key);
+        if let Some(c) = self.cache.as_mut() {
+            c.delete(state, &k);
+            self.scratch = k;
+            return self.maintain_cache();
+        }
         let cf = self.cf(state)?;
         let r = self
             .db
@@ -436,37 +580,39 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn map_entries(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
         let plen = scope.composite.len();
-        self.scan(
+        let merged = self.merged_scan(
             state,
             &scope.composite,
             layout::prefix_successor(&scope.composite),
-            |k, v| {
-                out.push((k[plen..].to_vec(), v.to_vec()));
-                Ok(())
-            },
         )?;
-        Ok(out)
+        Ok(merged
+            .into_iter()
+            .map(|(mut k, v)| {
+                k.drain(..plen);
+                (k, v)
+            })
+            .collect())
     }
 
     fn scan_key_group(&mut self, state: StateId, key_group: KeyGroup) -> Result<Vec<StateEntry>> {
         let lower = layout::key_group_prefix(key_group, self.prefix_bytes);
         let upper = layout::key_group_upper_bound(key_group, self.prefix_bytes);
-        let mut out = Vec::new();
         let prefix_bytes = self.prefix_bytes;
-        self.scan(state, &lower, upper, |k, v| {
-            let ck = layout::decode_composite(k, prefix_bytes)
-                .ok_or_else(|| self.corrupt(state, "key does not follow the composite layout"))?;
-            out.push(StateEntry {
-                key: ck.key.to_vec(),
-                namespace: ck.namespace.to_vec(),
-                user_key: ck.user_key.to_vec(),
-                value: v.to_vec(),
-            });
-            Ok(())
-        })?;
-        Ok(out)
+        self.merged_scan(state, &lower, upper)?
+            .into_iter()
+            .map(|(k, value)| {
+                let ck = layout::decode_composite(&k, prefix_bytes).ok_or_else(|| {
+                    self.corrupt(state, "key does not follow the composite layout")
+                })?;
+                Ok(StateEntry {
+                    key: ck.key.to_vec(),
+                    namespace: ck.namespace.to_vec(),
+                    user_key: ck.user_key.to_vec(),
+                    value,
+                })
+            })
+            .collect()
     }
 
     fn state_sizes(&self) -> Vec<StateSize> {
@@ -495,7 +641,17 @@ impl StateBackend for RocksDbBackend {
         let names: Vec<&str> = std::iter::once("default")
             .chain(self.states.iter().map(|(n, _)| n.as_str()))
             .collect();
-        MemoryReport::collect(&self.db, &names, &self.memory)
+        let mut report = MemoryReport::collect(&self.db, &names, &self.memory);
+        report.state_cache_bytes = self.cache.as_ref().map_or(0, StateCache::bytes);
+        report
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        RocksDbBackend::cache_stats(self)
+    }
+
+    fn flush_cache(&mut self) -> Result<u64> {
+        RocksDbBackend::flush_cache(self)
     }
 
     fn as_rocksdb(&self) -> Option<&RocksDbBackend> {
@@ -503,6 +659,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.flush_cache()?;
         // `flush()` alone flushes only the default column family.
         let cfs: Vec<_> = self
             .states
@@ -513,6 +670,45 @@ impl StateBackend for RocksDbBackend {
         self.db
             .flush_cfs_opt(&refs, &rocksdb::FlushOptions::default())
             .map_err(EngineError::rocks("flush"))
+    }
+}
+
+/// Collects the cache's writes into one `WriteBatch`, resolving each state's column family once.
+struct BatchWriter<'a> {
+    batch: WriteBatch,
+    cfs: Vec<Option<Arc<rocksdb::BoundColumnFamily<'a>>>>,
+}
+
+impl<'a> BatchWriter<'a> {
+    fn new(db: &'a Db, states: &[(String, StateKind)]) -> Self {
+        Self {
+            batch: WriteBatch::default(),
+            cfs: states.iter().map(|(n, _)| db.cf_handle(n)).collect(),
+        }
+    }
+
+    fn add(&mut self, op: CacheWrite<'_>) {
+        let state = match op {
+            CacheWrite::Put(s, ..) | CacheWrite::Delete(s, _) | CacheWrite::Merge(s, ..) => s,
+        };
+        // Every cached state was registered, so its column family exists.
+        let Some(Some(cf)) = self.cfs.get(state as usize) else {
+            debug_assert!(false, "cache entry of unknown state {state}");
+            return;
+        };
+        match op {
+            CacheWrite::Put(_, k, v) => self.batch.put_cf(cf, k, v),
+            CacheWrite::Delete(_, k) => self.batch.delete_cf(cf, k),
+            CacheWrite::Merge(_, k, v) => self.batch.merge_cf(cf, k, v),
+        }
+    }
+
+    fn commit(self, db: &Db, opts: &WriteOptions, op: &'static str) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        db.write_opt(&self.batch, opts)
+            .map_err(EngineError::rocks(op))
     }
 }
 

@@ -1,0 +1,905 @@
+//! The write-back state cache in front of a slot's RocksDB.
+//!
+//! Flink's RocksDB backend sends every state access through JNI, the serializer and RocksDB (a
+//! memtable and block-cache lookup for a read, a memtable insert for a write): ~7 µs per
+//! read-modify-write on these machines, ~10x its heap backend. This cache keeps the hot entries of
+//! a slot in memory, as Kafka Streams' record cache and RisingWave's executor caches do
+//! (`../shared/reference/state-caches.md`), while RocksDB holds the rest.
+//!
+//! ## What it holds
+//! One entry per RocksDB key (state id + `[kg][key][ns]` composite, plus the user key for map
+//! state), in one of four states:
+//! - **clean value**: RocksDB holds the same bytes (cached on a read miss or after a flush);
+//! - **clean absent**: RocksDB holds nothing (a negative entry, cached on a read miss);
+//! - **dirty value / dirty tombstone**: a put or a delete RocksDB has not seen yet;
+//! - **dirty delta**: list elements appended while the list itself was not cached; flushed as a
+//!   RocksDB merge (the list merge operator appends), so `add` never reads.
+//!
+//! Entries are **serialized bytes**, not decoded values. Measured (`cairn bench cache`, the
+//! codec row of benches/RESULTS.md): decoding plus encoding the 8-byte counter of the update job
+//! costs a few ns per record against several hundred ns for the cached read-modify-write, and
+//! bytes keep everything else simple and exact: the backend trait stays raw bytes (typed handles,
+//! the raw `Slot` API and host engines use one path), the byte size of an entry is known exactly
+//! for the budget, a flush writes the bytes as they are, and scans compare keys as RocksDB does.
+//! Decoded values would need a type-erased `Box<dyn Any>` per entry (one more allocation, a
+//! downcast per access), a size estimate per type, and an encode at every flush anyway.
+//!
+//! ## Structure
+//! A slab of entries (`key ++ value` in one allocation each), a `hashbrown::HashTable` of slab
+//! indices for point lookups, and, for map states only, a sorted set of the cached keys so that
+//! `entries()` of one (key, namespace) reads a narrow range. Eviction is CLOCK (a reference bit
+//! per entry, one sweeping hand): LRU-like for skewed access at 1 bit instead of two list
+//! pointers per entry.
+//!
+//! ## Memory
+//! An entry counts `key + value + ENTRY_OVERHEAD` bytes (slab slot, hash bucket, allocator
+//! header), a map-state entry also its sorted-set copy; the capacity is
+//! `memory.state-cache-ratio` of the slot budget, taken out of the block cache and write-buffer
+//! manager. When a put or insert takes the cache past its capacity, the CLOCK hand evicts down to
+//! `capacity - capacity / EVICT_SLACK_DIVISOR`, and the dirty entries among the evicted are
+//! written to RocksDB in one `WriteBatch` before the call returns, so a later read of an evicted
+//! key finds it in RocksDB.
+//!
+//! ## Dirty bound and checkpoints
+//! When the dirty bytes pass `state-cache.max-dirty-ratio` of the capacity, a second hand writes
+//! dirty entries (one `WriteBatch`) until half of that is left, and they stay cached as clean
+//! entries. The checkpoint's sync phase writes every dirty entry before RocksDB's native
+//! checkpoint, so the dirty bound is what bounds that flush (the stall). This runs on the slot's
+//! thread between records, like RisingWave's mem-table spill, rather than on a thread of its own:
+//! the entries would otherwise need locking on every access.
+//!
+//! ## Scans
+//! Map iteration and key-group scans merge the cached entries of the range (sorted) with a
+//! RocksDB iterator: on an equal key the cache wins, a tombstone hides the stored entry and a
+//! delta is appended to the stored list (Kafka Streams' merged iterator). A map `clear` drops the
+//! cached entries of its (key, namespace) and deletes the stored ones.
+
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use hashbrown::HashTable;
+use serde::Serialize;
+
+use crate::backend::StateId;
+
+/// Bytes counted per entry beyond its key and value: the 32-byte slab slot, the hash bucket
+/// (4-byte index + control byte at <= 7/8 load) and the allocator's header and rounding of the
+/// entry's buffer. Checked against the process RSS by `cairn bench cache`.
+pub const ENTRY_OVERHEAD: u64 = 64;
+/// Bytes counted per map-state entry for its copy in the sorted key set (B-tree node share and
+/// the copy's allocation header), beyond the key bytes themselves.
+pub const MAP_INDEX_OVERHEAD: u64 = 48;
+/// Eviction frees this fraction of the capacity beyond what is needed (1/256), so that evictions
+/// write their dirty entries in batches rather than one per put.
+pub const EVICT_SLACK_DIVISOR: u64 = 256;
+
+const OCCUPIED: u8 = 1;
+const REFERENCED: u8 = 2;
+const DIRTY: u8 = 4;
+const TOMBSTONE: u8 = 8;
+const DELTA: u8 = 16;
+/// Chosen by the CLOCK hand in the current eviction round.
+const EVICTING: u8 = 32;
+
+/// A write the cache hands to RocksDB (the backend turns it into a `WriteBatch` entry).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CacheWrite<'a> {
+    /// Put `value` at `key`.
+    Put(StateId, &'a [u8], &'a [u8]),
+    /// Delete `key`.
+    Delete(StateId, &'a [u8]),
+    /// Merge (list append) encoded elements into `key`.
+    Merge(StateId, &'a [u8], &'a [u8]),
+}
+
+/// What the cache knows about a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cached<'a> {
+    /// The current value.
+    Value(&'a [u8]),
+    /// The key has no value.
+    Absent,
+    /// Encoded list elements appended to whatever RocksDB holds.
+    Delta(&'a [u8]),
+}
+
+impl Cached<'_> {
+    fn owned(&self) -> CachedOwned {
+        match self {
+            Cached::Value(v) => CachedOwned::Value(v.to_vec()),
+            Cached::Absent => CachedOwned::Absent,
+            Cached::Delta(d) => CachedOwned::Delta(d.to_vec()),
+        }
+    }
+}
+
+/// [`Cached`], copied out for scans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CachedOwned {
+    /// The current value.
+    Value(Vec<u8>),
+    /// The key has no value.
+    Absent,
+    /// Encoded list elements appended to whatever RocksDB holds.
+    Delta(Vec<u8>),
+}
+
+/// Counters of one slot's cache, for `cairn run`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CacheStats {
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Bytes held now (entries + overhead).
+    pub bytes: u64,
+    /// Bytes of dirty entries now.
+    pub dirty_bytes: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that went to RocksDB.
+    pub misses: u64,
+    /// Entries evicted.
+    pub evictions: u64,
+    /// Dirty entries written to RocksDB because they were evicted.
+    pub evicted_dirty: u64,
+    /// Rounds of writing dirty entries because the dirty bound was passed.
+    pub dirty_flushes: u64,
+    /// Entries written by those rounds.
+    pub dirty_flushed_entries: u64,
+    /// Entries written by checkpoint (sync-phase) flushes.
+    pub checkpoint_flushed_entries: u64,
+    /// Duration of each checkpoint's sync-phase cache flush, in µs, in checkpoint order.
+    pub checkpoint_flush_us: Vec<u64>,
+}
+
+impl CacheStats {
+    /// `hits / (hits + misses)`, 0 without reads.
+    pub fn hit_rate(&self) -> f64 {
+        let reads = self.hits + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            self.hits as f64 / reads as f64
+        }
+    }
+
+    /// Adds another slot's counters (checkpoint flush times are appended).
+    pub fn add(&mut self, o: &CacheStats) {
+        self.capacity_bytes += o.capacity_bytes;
+        self.bytes += o.bytes;
+        self.dirty_bytes += o.dirty_bytes;
+        self.entries += o.entries;
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.evictions += o.evictions;
+        self.evicted_dirty += o.evicted_dirty;
+        self.dirty_flushes += o.dirty_flushes;
+        self.dirty_flushed_entries += o.dirty_flushed_entries;
+        self.checkpoint_flushed_entries += o.checkpoint_flushed_entries;
+        self.checkpoint_flush_us
+            .extend_from_slice(&o.checkpoint_flush_us);
+    }
+}
+
+struct Entry {
+    /// `key ++ value`.
+    buf: Box<[u8]>,
+    key_len: u32,
+    state: StateId,
+    flags: u8,
+}
+
+impl Entry {
+    fn key(&self) -> &[u8] {
+        &self.buf[..self.key_len as usize]
+    }
+    fn value(&self) -> &[u8] {
+        &self.buf[self.key_len as usize..]
+    }
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+    fn cached(&self) -> Cached<'_> {
+        if self.has(TOMBSTONE) {
+            Cached::Absent
+        } else if self.has(DELTA) {
+            Cached::Delta(self.value())
+        } else {
+            Cached::Value(self.value())
+        }
+    }
+    /// The write that makes RocksDB agree with a dirty entry.
+    fn write(&self) -> CacheWrite<'_> {
+        if self.has(TOMBSTONE) {
+            CacheWrite::Delete(self.state, self.key())
+        } else if self.has(DELTA) {
+            CacheWrite::Merge(self.state, self.key(), self.value())
+        } else {
+            CacheWrite::Put(self.state, self.key(), self.value())
+        }
+    }
+}
+
+/// The cache of one slot. See the module doc.
+pub struct StateCache {
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    hasher: foldhash::fast::FixedState,
+    /// Sorted cached keys of each map state (`None` for other kinds), by state id.
+    map_keys: Vec<Option<BTreeSet<Box<[u8]>>>>,
+    hand: usize,
+    dirty_hand: usize,
+    capacity: u64,
+    max_dirty: u64,
+    bytes: u64,
+    dirty_bytes: u64,
+    stats: CacheStats,
+}
+
+impl StateCache {
+    /// A cache of `capacity` bytes that starts writing dirty entries at `max_dirty` dirty bytes.
+    pub fn new(capacity: u64, max_dirty: u64) -> Self {
+        Self {
+            table: HashTable::new(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0xca1e_cac4e),
+            map_keys: Vec::new(),
+            hand: 0,
+            dirty_hand: 0,
+            capacity,
+            max_dirty: max_dirty.min(capacity),
+            bytes: 0,
+            dirty_bytes: 0,
+            stats: CacheStats {
+                capacity_bytes: capacity,
+                ..CacheStats::default()
+            },
+        }
+    }
+
+    /// Registers state `id`; map states get a sorted key set for range reads.
+    pub fn register_state(&mut self, id: StateId, is_map: bool) {
+        let i = id as usize;
+        if self.map_keys.len() <= i {
+            self.map_keys.resize_with(i + 1, || None);
+        }
+        if is_map {
+            self.map_keys[i] = Some(BTreeSet::new());
+        }
+    }
+
+    /// The counters, with the current sizes.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            bytes: self.bytes,
+            dirty_bytes: self.dirty_bytes,
+            entries: (self.entries.len() - self.free.len()) as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Bytes held (the figure the memory report shows).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes of dirty entries.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_bytes
+    }
+
+    /// Records the duration of a checkpoint's cache flush.
+    pub fn record_checkpoint_flush(&mut self, took: Duration) {
+        self.stats.checkpoint_flush_us.push(took.as_micros() as u64);
+    }
+
+    fn hash(&self, state: StateId, key: &[u8]) -> u64 {
+        self.hasher.hash_one((state, key))
+    }
+
+    fn find(&self, hash: u64, state: StateId, key: &[u8]) -> Option<usize> {
+        let entries = &self.entries;
+        self.table
+            .find(hash, |&i| {
+                let e = &entries[i as usize];
+                e.state == state && e.key() == key
+            })
+            .map(|&i| i as usize)
+    }
+
+    fn size_of(&self, e: &Entry) -> u64 {
+        let mut size = e.buf.len() as u64 + ENTRY_OVERHEAD;
+        if self.is_map(e.state) {
+            size += e.key_len as u64 + MAP_INDEX_OVERHEAD;
+        }
+        size
+    }
+
+    fn is_map(&self, state: StateId) -> bool {
+        matches!(self.map_keys.get(state as usize), Some(Some(_)))
+    }
+
+    /// Looks `key` up, marking it recently used; counts a hit, or a miss when the caller must
+    /// read RocksDB (not cached, or a list delta without its base).
+    pub fn get(&mut self, state: StateId, key: &[u8]) -> Option<Cached<'_>> {
+        let h = self.hash(state, key);
+        match self.find(h, state, key) {
+            Some(i) => {
+                let e = &mut self.entries[i];
+                e.flags |= REFERENCED;
+                if e.has(DELTA) {
+                    self.stats.misses += 1;
+                } else {
+                    self.stats.hits += 1;
+                }
+                Some(self.entries[i].cached())
+            }
+            None => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Looks `key` up without touching counters or reference bits (scans, tests).
+    pub fn peek(&self, state: StateId, key: &[u8]) -> Option<Cached<'_>> {
+        let h = self.hash(state, key);
+        self.find(h, state, key).map(|i| self.entries[i].cached())
+    }
+
+    /// Caches what RocksDB returned for a missed read; a no-op when the key is cached meanwhile.
+    pub fn insert_clean(&mut self, state: StateId, key: &[u8], value: Option<&[u8]>) {
+        let h = self.hash(state, key);
+        if self.find(h, state, key).is_some() {
+            return;
+        }
+        let (v, flags) = match value {
+            Some(v) => (v, 0),
+            None => (&[][..], TOMBSTONE),
+        };
+        self.insert_new(h, state, key, v, flags);
+    }
+
+    /// Sets `key` to `value` (dirty).
+    pub fn put(&mut self, state: StateId, key: &[u8], value: &[u8]) {
+        self.upsert(state, key, value, DIRTY);
+    }
+
+    /// Deletes `key` (a dirty tombstone). A key known to be absent stays a clean negative entry.
+    pub fn delete(&mut self, state: StateId, key: &[u8]) {
+        let h = self.hash(state, key);
+        if let Some(i) = self.find(h, state, key) {
+            let e = &self.entries[i];
+            if e.has(TOMBSTONE) && !e.has(DIRTY) {
+                return;
+            }
+        }
+        self.upsert(state, key, &[], DIRTY | TOMBSTONE);
+    }
+
+    /// Replaces a list delta by the full list (base from RocksDB + delta), dirty.
+    pub fn resolve(&mut self, state: StateId, key: &[u8], full: &[u8]) {
+        self.upsert(state, key, full, DIRTY);
+    }
+
+    /// Appends encoded list elements without reading: extends a cached list (or starts one on a
+    /// known-absent key), or records/extends a delta.
+    pub fn append(&mut self, state: StateId, key: &[u8], encoded: &[u8]) {
+        let h = self.hash(state, key);
+        let Some(i) = self.find(h, state, key) else {
+            self.insert_new(h, state, key, encoded, DIRTY | DELTA);
+            return;
+        };
+        let e = &self.entries[i];
+        let mut value = if e.has(TOMBSTONE) {
+            Vec::with_capacity(encoded.len())
+        } else {
+            e.value().to_vec()
+        };
+        value.extend_from_slice(encoded);
+        // A delta stays a delta; a value or tombstone becomes a full (dirty) value.
+        let flags = DIRTY | (e.flags & DELTA);
+        self.replace(i, &value, flags);
+    }
+
+    fn upsert(&mut self, state: StateId, key: &[u8], value: &[u8], flags: u8) {
+        let h = self.hash(state, key);
+        match self.find(h, state, key) {
+            Some(i) => self.replace(i, value, flags),
+            None => self.insert_new(h, state, key, value, flags),
+        }
+    }
+
+    /// Replaces entry `i`'s value and state flags, keeping its key and reference bit.
+    fn replace(&mut self, i: usize, value: &[u8], flags: u8) {
+        let old_size = self.size_of(&self.entries[i]);
+        let was_dirty = self.entries[i].has(DIRTY);
+        let e = &mut self.entries[i];
+        let k = e.key_len as usize;
+        if e.buf.len() - k == value.len() {
+            e.buf[k..].copy_from_slice(value);
+        } else {
+            let mut buf = Vec::with_capacity(k + value.len());
+            buf.extend_from_slice(&e.buf[..k]);
+            buf.extend_from_slice(value);
+            e.buf = buf.into_boxed_slice();
+        }
+        e.flags = OCCUPIED | REFERENCED | flags;
+        let new_size = self.size_of(&self.entries[i]);
+        self.bytes = self.bytes - old_size + new_size;
+        if was_dirty {
+            self.dirty_bytes -= old_size;
+        }
+        if flags & DIRTY != 0 {
+            self.dirty_bytes += new_size;
+        }
+    }
+
+    fn insert_new(&mut self, h: u64, state: StateId, key: &[u8], value: &[u8], flags: u8) {
+        let mut buf = Vec::with_capacity(key.len() + value.len());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(value);
+        let entry = Entry {
+            buf: buf.into_boxed_slice(),
+            key_len: key.len() as u32,
+            state,
+            flags: OCCUPIED | REFERENCED | flags,
+        };
+        let size = self.size_of(&entry);
+        if let Some(Some(set)) = self.map_keys.get_mut(state as usize) {
+            set.insert(key.into());
+        }
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.entries[i as usize] = entry;
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.table.insert_unique(h, idx, |&i| {
+            let e = &entries[i as usize];
+            hasher.hash_one((e.state, e.key()))
+        });
+        self.bytes += size;
+        if flags & DIRTY != 0 {
+            self.dirty_bytes += size;
+        }
+    }
+
+    /// Drops entry `i` without writing it.
+    fn remove(&mut self, i: usize) {
+        let size = self.size_of(&self.entries[i]);
+        let e = &self.entries[i];
+        let (state, dirty) = (e.state, e.has(DIRTY));
+        let h = self.hasher.hash_one((state, e.key()));
+        if let Ok(found) = self.table.find_entry(h, |&j| j as usize == i) {
+            found.remove();
+        }
+        if let Some(Some(set)) = self.map_keys.get_mut(state as usize) {
+            set.remove(self.entries[i].key());
+        }
+        self.bytes -= size;
+        if dirty {
+            self.dirty_bytes -= size;
+        }
+        let e = &mut self.entries[i];
+        e.buf = Box::default();
+        e.flags = 0;
+        self.free.push(i as u32);
+    }
+
+    /// Whether a put or insert left work for [`StateCache::maintain`] (cheap: call it after
+    /// every write).
+    pub fn needs_maintenance(&self) -> bool {
+        self.bytes > self.capacity || self.dirty_bytes > self.max_dirty
+    }
+
+    /// Evicts down to the capacity (with slack) and, past the dirty bound, writes dirty entries
+    /// down to half of it; every write RocksDB must see goes to `out`, which the caller must
+    /// apply before the next read.
+    pub fn maintain(&mut self, out: &mut dyn FnMut(CacheWrite<'_>)) {
+        if self.bytes > self.capacity {
+            self.evict(out);
+        }
+        if self.dirty_bytes > self.max_dirty {
+            self.stats.dirty_flushes += 1;
+            self.flush_dirty(self.max_dirty / 2, out);
+        }
+    }
+
+    fn evict(&mut self, out: &mut dyn FnMut(CacheWrite<'_>)) {
+        let target = self
+            .capacity
+            .saturating_sub(self.capacity / EVICT_SLACK_DIVISOR);
+        let n = self.entries.len();
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        // Two full sweeps clear every reference bit, so this ends while anything is cached.
+        let mut steps = 0;
+        while self.bytes - freed > target && steps < 2 * n + 1 {
+            steps += 1;
+            if self.hand >= n {
+                self.hand = 0;
+            }
+            let i = self.hand;
+            self.hand += 1;
+            let e = &mut self.entries[i];
+            if !e.has(OCCUPIED) || e.has(EVICTING) {
+                continue;
+            }
+            if e.has(REFERENCED) {
+                e.flags &= !REFERENCED;
+                continue;
+            }
+            e.flags |= EVICTING;
+            victims.push(i);
+            freed += self.size_of(&self.entries[i]);
+        }
+        let mut dirty: Vec<usize> = victims
+            .iter()
+            .copied()
+            .filter(|&i| self.entries[i].has(DIRTY))
+            .collect();
+        self.sort_by_key(&mut dirty);
+        for &i in &dirty {
+            out(self.entries[i].write());
+        }
+        self.stats.evicted_dirty += dirty.len() as u64;
+        self.stats.evictions += victims.len() as u64;
+        for i in victims {
+            self.remove(i);
+        }
+    }
+
+    /// Sorts slab indices by (state, key): RocksDB's memtable skip list inserts a sorted batch
+    /// much faster than a random one (it keeps the previous insert's position).
+    fn sort_by_key(&self, idx: &mut [usize]) {
+        let e = &self.entries;
+        idx.sort_unstable_by(|&a, &b| (e[a].state, e[a].key()).cmp(&(e[b].state, e[b].key())));
+    }
+
+    /// Writes dirty entries until at most `target` dirty bytes are left; written entries stay
+    /// cached as clean (deltas are dropped: their full value is unknown).
+    fn flush_dirty(&mut self, target: u64, out: &mut dyn FnMut(CacheWrite<'_>)) -> u64 {
+        let n = self.entries.len();
+        let mut picked = Vec::new();
+        let mut left = self.dirty_bytes;
+        let mut steps = 0;
+        while left > target && steps < n {
+            steps += 1;
+            if self.dirty_hand >= n {
+                self.dirty_hand = 0;
+            }
+            let i = self.dirty_hand;
+            self.dirty_hand += 1;
+            let e = &self.entries[i];
+            if e.has(OCCUPIED) && e.has(DIRTY) {
+                left -= self.size_of(e);
+                picked.push(i);
+            }
+        }
+        let written = self.write_back_sorted(picked, out);
+        self.stats.dirty_flushed_entries += written;
+        written
+    }
+
+    /// Writes the dirty entries among `idx`, sorted by key; returns how many.
+    fn write_back_sorted(
+        &mut self,
+        mut idx: Vec<usize>,
+        out: &mut dyn FnMut(CacheWrite<'_>),
+    ) -> u64 {
+        self.sort_by_key(&mut idx);
+        let mut written = 0;
+        for i in idx {
+            if self.write_back(i, out) {
+                written += 1;
+            }
+        }
+        written
+    }
+
+    /// Writes entry `i` when dirty; returns whether it did.
+    fn write_back(&mut self, i: usize, out: &mut dyn FnMut(CacheWrite<'_>)) -> bool {
+        let e = &self.entries[i];
+        if !e.has(OCCUPIED) || !e.has(DIRTY) {
+            return false;
+        }
+        out(e.write());
+        if e.has(DELTA) {
+            self.remove(i);
+        } else {
+            let size = self.size_of(&self.entries[i]);
+            self.entries[i].flags &= !DIRTY;
+            self.dirty_bytes -= size;
+        }
+        true
+    }
+
+    /// Writes every dirty entry (the checkpoint's sync phase); returns how many.
+    pub fn flush_all(&mut self, out: &mut dyn FnMut(CacheWrite<'_>)) -> u64 {
+        if self.dirty_bytes == 0 {
+            return 0;
+        }
+        let dirty: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].has(DIRTY))
+            .collect();
+        let written = self.write_back_sorted(dirty, out);
+        self.stats.checkpoint_flushed_entries += written;
+        written
+    }
+
+    /// Drops every cached entry of `state` whose key starts with `prefix`, without writing
+    /// (the caller deletes the stored ones).
+    pub fn remove_prefix(&mut self, state: StateId, prefix: &[u8]) {
+        for i in self.indices_in(state, prefix, crate::layout::prefix_successor(prefix)) {
+            self.remove(i);
+        }
+    }
+
+    /// The cached entries of `state` with keys in `[lower, upper)`, ascending by key.
+    pub fn range(
+        &self,
+        state: StateId,
+        lower: &[u8],
+        upper: Option<Vec<u8>>,
+    ) -> Vec<(Vec<u8>, CachedOwned)> {
+        self.indices_in(state, lower, upper)
+            .into_iter()
+            .map(|i| {
+                let e = &self.entries[i];
+                (e.key().to_vec(), e.cached().owned())
+            })
+            .collect()
+    }
+
+    /// Slab indices of `state`'s keys in `[lower, upper)`, ascending by key: a range of the
+    /// sorted set for map states, else a sweep of the slab (key-group scans are rare: savepoints,
+    /// rescaling).
+    fn indices_in(&self, state: StateId, lower: &[u8], upper: Option<Vec<u8>>) -> Vec<usize> {
+        use std::ops::Bound;
+        let in_range = |k: &[u8]| k >= lower && upper.as_deref().is_none_or(|u| k < u);
+        match self.map_keys.get(state as usize) {
+            Some(Some(set)) => {
+                let hi = match &upper {
+                    Some(u) => Bound::Excluded(&u[..]),
+                    None => Bound::Unbounded,
+                };
+                set.range::<[u8], _>((Bound::Included(lower), hi))
+                    .filter_map(|k| self.find(self.hash(state, k), state, k))
+                    .collect()
+            }
+            _ => {
+                let mut found: Vec<usize> = self
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.has(OCCUPIED) && e.state == state && in_range(e.key()))
+                    .map(|(i, _)| i)
+                    .collect();
+                found.sort_by(|&a, &b| self.entries[a].key().cmp(self.entries[b].key()));
+                found
+            }
+        }
+    }
+}
+
+/// Merges a sorted store scan with the sorted cached entries of the same range: the cache wins
+/// on equal keys, a tombstone hides the stored entry, a delta is appended to the stored list.
+pub fn merge_sorted(
+    stored: Vec<(Vec<u8>, Vec<u8>)>,
+    cached: Vec<(Vec<u8>, CachedOwned)>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use std::cmp::Ordering;
+    let mut out = Vec::with_capacity(stored.len() + cached.len());
+    let mut s = stored.into_iter().peekable();
+    let mut c = cached.into_iter().peekable();
+    loop {
+        let order = match (s.peek(), c.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((sk, _)), Some((ck, _))) => sk.cmp(ck),
+        };
+        let base = match order {
+            Ordering::Less => {
+                if let Some(kv) = s.next() {
+                    out.push(kv);
+                }
+                continue;
+            }
+            Ordering::Equal => s.next().map(|(_, v)| v),
+            Ordering::Greater => None,
+        };
+        let Some((k, cv)) = c.next() else { break };
+        match cv {
+            CachedOwned::Value(v) => out.push((k, v)),
+            CachedOwned::Absent => {}
+            CachedOwned::Delta(d) => {
+                let mut v = base.unwrap_or_default();
+                v.extend_from_slice(&d);
+                out.push((k, v));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A model store the cache's writes are applied to.
+    #[derive(Default)]
+    struct Store(BTreeMap<(StateId, Vec<u8>), Vec<u8>>);
+
+    impl Store {
+        fn apply(&mut self, w: CacheWrite<'_>) {
+            match w {
+                CacheWrite::Put(s, k, v) => {
+                    self.0.insert((s, k.to_vec()), v.to_vec());
+                }
+                CacheWrite::Delete(s, k) => {
+                    self.0.remove(&(s, k.to_vec()));
+                }
+                CacheWrite::Merge(s, k, v) => {
+                    self.0
+                        .entry((s, k.to_vec()))
+                        .or_default()
+                        .extend_from_slice(v);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reads_see_writes_and_tombstones() {
+        let mut c = StateCache::new(1 << 20, 1 << 20);
+        assert_eq!(c.get(0, b"a"), None);
+        c.insert_clean(0, b"a", None);
+        assert_eq!(c.get(0, b"a"), Some(Cached::Absent));
+        c.put(0, b"a", b"1");
+        assert_eq!(c.get(0, b"a"), Some(Cached::Value(b"1")));
+        c.put(0, b"a", b"22");
+        assert_eq!(c.get(0, b"a"), Some(Cached::Value(b"22")));
+        c.delete(0, b"a");
+        assert_eq!(c.get(0, b"a"), Some(Cached::Absent));
+        // Another state, same key bytes: independent.
+        assert_eq!(c.get(1, b"a"), None);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.entries), (4, 2, 1));
+        assert_eq!(s.bytes, c.bytes());
+        assert_eq!(c.dirty_bytes(), c.bytes());
+        let mut store = Store::default();
+        store.0.insert((0, b"a".to_vec()), b"old".to_vec());
+        assert_eq!(c.flush_all(&mut |w| store.apply(w)), 1);
+        assert!(store.0.is_empty());
+        assert_eq!(c.dirty_bytes(), 0);
+        // Still cached, clean.
+        assert_eq!(c.peek(0, b"a"), Some(Cached::Absent));
+    }
+
+    #[test]
+    fn appends_absorb_into_deltas_and_values() {
+        let mut c = StateCache::new(1 << 20, 1 << 20);
+        c.append(0, b"l", b"\x01x");
+        c.append(0, b"l", b"\x01y");
+        assert_eq!(c.get(0, b"l"), Some(Cached::Delta(b"\x01x\x01y")));
+        let mut store = Store::default();
+        store.0.insert((0, b"l".to_vec()), b"\x01w".to_vec());
+        c.flush_all(&mut |w| store.apply(w));
+        assert_eq!(store.0[&(0, b"l".to_vec())], b"\x01w\x01x\x01y");
+        // A flushed delta is dropped; a clean list is extended in place and written whole.
+        assert_eq!(c.peek(0, b"l"), None);
+        c.insert_clean(0, b"l", Some(b"\x01w\x01x\x01y"));
+        c.append(0, b"l", b"\x01z");
+        assert_eq!(c.get(0, b"l"), Some(Cached::Value(b"\x01w\x01x\x01y\x01z")));
+        c.flush_all(&mut |w| store.apply(w));
+        assert_eq!(store.0[&(0, b"l".to_vec())], b"\x01w\x01x\x01y\x01z");
+        // Append after a delete starts a fresh list.
+        c.delete(0, b"l");
+        c.append(0, b"l", b"\x01q");
+        c.flush_all(&mut |w| store.apply(w));
+        assert_eq!(store.0[&(0, b"l".to_vec())], b"\x01q");
+    }
+
+    #[test]
+    fn eviction_keeps_the_budget_and_writes_dirty_entries() {
+        let cap = 40 * (ENTRY_OVERHEAD + 9);
+        let mut c = StateCache::new(cap, cap);
+        let mut store = Store::default();
+        for i in 0u32..1000 {
+            c.put(
+                0,
+                &i.to_be_bytes(),
+                &(i * 2).to_be_bytes()[..1 + (i % 4) as usize],
+            );
+            if c.needs_maintenance() {
+                c.maintain(&mut |w| store.apply(w));
+            }
+            assert!(c.bytes() <= cap, "{} > {cap}", c.bytes());
+        }
+        let s = c.stats();
+        assert!(
+            s.evictions >= 900 && s.evicted_dirty == s.evictions,
+            "{s:?}"
+        );
+        c.flush_all(&mut |w| store.apply(w));
+        assert_eq!(store.0.len(), 1000);
+        for i in 0u32..1000 {
+            let want = &(i * 2).to_be_bytes()[..1 + (i % 4) as usize];
+            assert_eq!(store.0[&(0, i.to_be_bytes().to_vec())], want);
+        }
+    }
+
+    #[test]
+    fn dirty_bound_writes_back_and_keeps_entries() {
+        let per = ENTRY_OVERHEAD + 8;
+        let mut c = StateCache::new(1000 * per, 100 * per);
+        let mut store = Store::default();
+        for i in 0u32..500 {
+            c.put(0, &i.to_be_bytes(), b"abcd");
+            if c.needs_maintenance() {
+                c.maintain(&mut |w| store.apply(w));
+            }
+            assert!(c.dirty_bytes() <= 100 * per);
+        }
+        let s = c.stats();
+        assert_eq!(s.evictions, 0);
+        assert!(s.dirty_flushes >= 8, "{s:?}");
+        assert_eq!(s.entries, 500);
+        assert_eq!(store.0.len() as u64, s.dirty_flushed_entries);
+    }
+
+    #[test]
+    fn map_ranges_are_sorted_and_merge_with_the_store() {
+        let mut c = StateCache::new(1 << 20, 1 << 20);
+        c.register_state(0, true);
+        c.put(0, b"p\x03", b"c3");
+        c.put(0, b"p\x01", b"c1");
+        c.delete(0, b"p\x02");
+        c.append(0, b"p\x04", b"+");
+        c.put(0, b"q\x01", b"other");
+        let cached = c.range(0, b"p", Some(b"q".to_vec()));
+        assert_eq!(
+            cached.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            vec![
+                b"p\x01".to_vec(),
+                b"p\x02".to_vec(),
+                b"p\x03".to_vec(),
+                b"p\x04".to_vec()
+            ]
+        );
+        let stored = vec![
+            (b"p\x00".to_vec(), b"s0".to_vec()),
+            (b"p\x02".to_vec(), b"s2".to_vec()),
+            (b"p\x03".to_vec(), b"s3".to_vec()),
+            (b"p\x04".to_vec(), b"s4".to_vec()),
+        ];
+        assert_eq!(
+            merge_sorted(stored, cached),
+            vec![
+                (b"p\x00".to_vec(), b"s0".to_vec()),
+                (b"p\x01".to_vec(), b"c1".to_vec()),
+                (b"p\x03".to_vec(), b"c3".to_vec()),
+                (b"p\x04".to_vec(), b"s4+".to_vec()),
+            ]
+        );
+        c.remove_prefix(0, b"p");
+        assert!(c.range(0, b"p", Some(b"q".to_vec())).is_empty());
+        assert_eq!(c.range(0, b"", None).len(), 1);
+        assert_eq!(c.stats().entries, 1);
+        // The sorted set is accounted: removing the last entry frees every byte.
+        c.remove_prefix(0, b"q");
+        assert_eq!((c.bytes(), c.dirty_bytes()), (0, 0));
+    }
+}
