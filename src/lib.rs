@@ -7,6 +7,7 @@
 pub use cairn_engine as engine;
 pub use cairn_memory as memory;
 pub use cairn_snapshot as snapshot;
+pub use cairn_timers as timers;
 
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
