@@ -11,4 +11,4 @@ pub use checkpointer::{
     CheckpointReport, Checkpointer, RestoreSource, RestoredCheckpoint, new_job_name,
 };
 pub use config::{CheckpointConfig, RestoreMode};
-pub use sync::SyncSnapshot;
+pub use sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot, TIMERS_SNAPSHOT_FILE};
