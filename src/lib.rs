@@ -22,4 +22,5 @@ pub mod cli;
 pub mod report;
 pub mod run;
 pub mod stream;
+pub mod wordcount;
 pub mod workload;
