@@ -16,6 +16,12 @@
 //! when it holds [`BATCH_OPS`] operations, before any scan, and on [`TimerService::flush`] —
 //! which the engine calls before a checkpoint's native RocksDB snapshot. The cache always
 //! reflects the batch, so nothing is read through it.
+//!
+//! ## Tombstones
+//! Every fired timer leaves a point tombstone at the front of its key group. A refill scan
+//! starts at the last fired timer's key (lowered when a timer is written below it), not at the
+//! key group's prefix, so it never walks those tombstones; compaction drops them later. (Flink
+//! seeks from the key-group prefix and skips them one by one.)
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -44,6 +50,10 @@ struct GroupCache {
     complete: bool,
     /// Whether the cache was loaded at all (false after open until the first scan).
     loaded: bool,
+    /// No timer of the key group in RocksDB sorts below this key (empty: unknown): the last
+    /// fired timer's key, lowered by any put below it. Refill scans start here instead of at
+    /// the key group's prefix, so they never walk the tombstones of fired timers.
+    low: Vec<u8>,
 }
 
 struct Domain {
@@ -123,7 +133,14 @@ impl RocksDbTimers {
         Ok(())
     }
 
-    fn buffer(&mut self, d: usize, put: bool) -> Result<()> {
+    fn buffer(&mut self, d: usize, idx: usize, put: bool) -> Result<()> {
+        if put {
+            let low = &mut self.domains[d].groups[idx].low;
+            if !low.is_empty() && self.key < *low {
+                low.clear();
+                low.extend_from_slice(&self.key);
+            }
+        }
         let cf = self
             .db
             .cf_handle(&self.domains[d].cf)
@@ -145,8 +162,11 @@ impl RocksDbTimers {
     fn load(&mut self, d: usize, idx: usize) -> Result<()> {
         self.write_batch()?;
         let kg = *self.range.start() + idx as KeyGroup;
-        let (lower, upper) = layout::key_group_bounds(kg, self.prefix_bytes);
+        let (mut lower, upper) = layout::key_group_bounds(kg, self.prefix_bytes);
         let dom = &mut self.domains[d];
+        if !dom.groups[idx].low.is_empty() {
+            lower.clone_from(&dom.groups[idx].low);
+        }
         let cf = self
             .db
             .cf_handle(&dom.cf)
@@ -267,7 +287,7 @@ impl TimerService for RocksDbTimers {
             timestamp,
             &self.payload,
         );
-        self.buffer(d, true)
+        self.buffer(d, idx, true)
     }
 
     fn delete(
@@ -305,7 +325,7 @@ impl TimerService for RocksDbTimers {
             timestamp,
             &self.payload,
         );
-        self.buffer(d, false)?;
+        self.buffer(d, idx, false)?;
         if refill {
             self.load(d, idx)?;
         }
@@ -350,7 +370,11 @@ impl TimerService for RocksDbTimers {
         out.namespace.clear();
         out.namespace.extend_from_slice(ns);
         layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
-        self.buffer(d, false)?;
+        // The popped timer was the key group's smallest.
+        let low = &mut self.domains[d].groups[idx].low;
+        low.clear();
+        low.extend_from_slice(&self.key);
+        self.buffer(d, idx, false)?;
         if refill {
             self.load(d, idx)?;
         }
