@@ -18,6 +18,8 @@ pub const PROCESSING_CF: &str = "_timers/processing-time";
 pub const PREFIX_BYTES: usize = 2;
 /// A tiny cache, so refills and evictions happen all the time.
 pub const CACHE: usize = 4;
+/// Fired timers per range delete: small, so range deletes happen between flushes too.
+pub const RANGE_DELETE_EVERY: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Impl {
@@ -63,7 +65,8 @@ impl Instance {
                     PREFIX_BYTES,
                     CACHE,
                 )
-                .expect("open rocksdb timers");
+                .expect("open rocksdb timers")
+                .with_range_delete_every(RANGE_DELETE_EVERY);
                 Instance::Rocks { svc, db, dir }
             }
         }
@@ -104,7 +107,8 @@ impl Instance {
                     PREFIX_BYTES,
                     CACHE,
                 )
-                .expect("reopen rocksdb timers");
+                .expect("reopen rocksdb timers")
+                .with_range_delete_every(RANGE_DELETE_EVERY);
                 Instance::Rocks { svc, db, dir }
             }
         }

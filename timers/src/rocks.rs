@@ -17,11 +17,14 @@
 //! which the engine calls before a checkpoint's native RocksDB snapshot. The cache always
 //! reflects the batch, so nothing is read through it.
 //!
-//! ## Tombstones
-//! Every fired timer leaves a point tombstone at the front of its key group. A refill scan
-//! starts at the last fired timer's key (lowered when a timer is written below it), not at the
-//! key group's prefix, so it never walks those tombstones; compaction drops them later. (Flink
-//! seeks from the key-group prefix and skips them one by one.)
+//! ## Fired timers: range deletes
+//! Firing writes nothing: fired timers are always the front of their key group, so the service
+//! remembers the last fired key (`low`) and deletes `[key-group prefix, low]` with one range
+//! tombstone per [`GARBAGE_PER_RANGE_DELETE`] firings and at every [`TimerService::flush`]
+//! (before each checkpoint, so checkpoints never hold fired timers). Refill scans start at
+//! `low`, so they never walk fired timers or their tombstones. A registration at or below
+//! `low` writes the pending range delete first. (Flink writes a point delete per firing and
+//! seeks from the key-group prefix, skipping tombstones one by one.)
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -39,6 +42,10 @@ pub type TimerDb = DBWithThreadMode<MultiThreaded>;
 pub const DEFAULT_CACHE_SIZE: usize = 128;
 /// Buffered operations that trigger a write of the batch.
 pub const BATCH_OPS: usize = 4096;
+/// Fired timers of a key group deleted by one range tombstone (besides the one every
+/// [`TimerService::flush`] writes): few range tombstones keep scans cheap, and fired timers stay
+/// on disk only briefly.
+pub const GARBAGE_PER_RANGE_DELETE: u32 = 4096;
 
 type Entry = (i64, Box<[u8]>);
 
@@ -50,10 +57,14 @@ struct GroupCache {
     complete: bool,
     /// Whether the cache was loaded at all (false after open until the first scan).
     loaded: bool,
-    /// No timer of the key group in RocksDB sorts below this key (empty: unknown): the last
-    /// fired timer's key, lowered by any put below it. Refill scans start here instead of at
-    /// the key group's prefix, so they never walk the tombstones of fired timers.
+    /// No live timer of the key group sorts below this key (empty: unknown): the last fired
+    /// timer's key, or a key written below it. Refill scans start here.
     low: Vec<u8>,
+    /// Whether `low` is a fired timer (still in RocksDB, deleted with the next range delete)
+    /// rather than a live one.
+    low_fired: bool,
+    /// Timers fired since the key group's last range delete: all in `[prefix, low]`.
+    garbage: u32,
 }
 
 struct Domain {
@@ -69,6 +80,7 @@ pub struct RocksDbTimers {
     range: RangeInclusive<KeyGroup>,
     prefix_bytes: usize,
     cache_size: usize,
+    garbage_per_range_delete: u32,
     domains: [Domain; 2],
     batch: WriteBatch,
     batch_ops: usize,
@@ -113,6 +125,7 @@ impl RocksDbTimers {
             range,
             prefix_bytes,
             cache_size: cache_size.max(1),
+            garbage_per_range_delete: GARBAGE_PER_RANGE_DELETE,
             domains: [domain(event_cf), domain(processing_cf)],
             batch: WriteBatch::default(),
             batch_ops: 0,
@@ -120,6 +133,13 @@ impl RocksDbTimers {
             payload: Vec::new(),
             key: Vec::new(),
         })
+    }
+
+    /// Fired timers per key group between range deletes (default
+    /// [`GARBAGE_PER_RANGE_DELETE`]; tests lower it to exercise the path).
+    pub fn with_range_delete_every(mut self, fired: u32) -> Self {
+        self.garbage_per_range_delete = fired.max(1);
+        self
     }
 
     fn write_batch(&mut self) -> Result<()> {
@@ -133,12 +153,38 @@ impl RocksDbTimers {
         Ok(())
     }
 
+    /// Deletes the fired timers of a key group, `[prefix, low]`, with one range tombstone.
+    fn delete_garbage(&mut self, d: usize, idx: usize) -> Result<()> {
+        let kg = *self.range.start() + idx as KeyGroup;
+        let g = &mut self.domains[d].groups[idx];
+        if g.garbage == 0 || !g.low_fired {
+            return Ok(());
+        }
+        g.garbage = 0;
+        let (from, _) = layout::key_group_bounds(kg, self.prefix_bytes);
+        let mut to = g.low.clone();
+        to.push(0); // the smallest key above `low`
+        let cf = self
+            .db
+            .cf_handle(&self.domains[d].cf)
+            .ok_or_else(|| TimerError::MissingColumnFamily(self.domains[d].cf.clone()))?;
+        self.batch.delete_range_cf(&cf, from, to);
+        drop(cf);
+        self.batch_ops += 1;
+        Ok(())
+    }
+
     fn buffer(&mut self, d: usize, idx: usize, put: bool) -> Result<()> {
         if put {
-            let low = &mut self.domains[d].groups[idx].low;
-            if !low.is_empty() && self.key < *low {
-                low.clear();
-                low.extend_from_slice(&self.key);
+            let g = &self.domains[d].groups[idx];
+            if !g.low.is_empty() && self.key <= g.low {
+                // A timer at or below fired ones: delete those first (the range delete goes
+                // into the batch before this put), then it is the new low.
+                self.delete_garbage(d, idx)?;
+                let g = &mut self.domains[d].groups[idx];
+                g.low.clear();
+                g.low.extend_from_slice(&self.key);
+                g.low_fired = false;
             }
         }
         let cf = self
@@ -191,6 +237,10 @@ impl RocksDbTimers {
                 break;
             }
             let Some(k) = it.key() else { break };
+            if g.low_fired && k == &g.low[..] {
+                it.next();
+                continue;
+            }
             let (_, ts, payload) =
                 layout::decode_db_key(k, self.prefix_bytes).ok_or_else(|| TimerError::Corrupt {
                     what: dom.cf.clone(),
@@ -370,11 +420,16 @@ impl TimerService for RocksDbTimers {
         out.namespace.clear();
         out.namespace.extend_from_slice(ns);
         layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
-        // The popped timer was the key group's smallest.
-        let low = &mut self.domains[d].groups[idx].low;
-        low.clear();
-        low.extend_from_slice(&self.key);
-        self.buffer(d, idx, false)?;
+        // The popped timer was the key group's smallest live one: it becomes garbage below
+        // `low`, deleted in bulk later (no tombstone per firing).
+        let g = &mut self.domains[d].groups[idx];
+        g.low.clear();
+        g.low.extend_from_slice(&self.key);
+        g.low_fired = true;
+        g.garbage += 1;
+        if g.garbage >= self.garbage_per_range_delete {
+            self.delete_garbage(d, idx)?;
+        }
         if refill {
             self.load(d, idx)?;
         }
@@ -382,11 +437,16 @@ impl TimerService for RocksDbTimers {
     }
 
     fn flush(&mut self) -> Result<()> {
+        for d in 0..self.domains.len() {
+            for idx in 0..self.domains[d].groups.len() {
+                self.delete_garbage(d, idx)?;
+            }
+        }
         self.write_batch()
     }
 
     fn count(&mut self, domain: TimeDomain) -> Result<u64> {
-        self.write_batch()?;
+        self.flush()?;
         let dom = &self.domains[domain.index()];
         let cf = self
             .db
