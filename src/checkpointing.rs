@@ -23,6 +23,8 @@ use cairn_engine::{EngineError, Metrics, Slot};
 pub const POSITION: &str = "position";
 
 /// What a slot answers to a barrier.
+// One reply per slot and checkpoint: boxing the snapshot would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum BarrierReply {
     /// The synchronous snapshot (or its error).
     Snapshot(Result<SyncSnapshot, EngineError>),

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::metrics_server::MetricsServer;
 use crate::run::{self, RunError, RunOptions};
+use crate::wordcount::{self, WordcountSpec};
 use crate::workload::{Skew, WorkloadKind, WorkloadSpec};
 
 /// Cairn: a RocksDB state engine for stream processors.
@@ -27,6 +28,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a keyed workload against N slots on embedded defaults and print a summary.
@@ -46,6 +49,24 @@ pub enum BackendArg {
     Heap,
 }
 
+/// Where RocksDB slots keep timers (`state.timer-service`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TimerServiceArg {
+    /// Column families of the slot's RocksDB (Flink's ROCKSDB timer-service factory).
+    Rocksdb,
+    /// On the heap (Flink's HEAP), snapshotted asynchronously.
+    Heap,
+}
+
+impl From<TimerServiceArg> for cairn_engine::TimerServiceKind {
+    fn from(t: TimerServiceArg) -> Self {
+        match t {
+            TimerServiceArg::Rocksdb => cairn_engine::TimerServiceKind::RocksDb,
+            TimerServiceArg::Heap => cairn_engine::TimerServiceKind::Heap,
+        }
+    }
+}
+
 impl From<BackendArg> for BackendKind {
     fn from(b: BackendArg) -> Self {
         match b {
@@ -61,7 +82,8 @@ impl From<BackendArg> for BackendKind {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The workload: `mixed` (value read-modify-write, list and map operations), `update`
-    /// (flink-anchor's keyed counter) or `load` (flink-anchor's bulk load).
+    /// (flink-anchor's keyed counter), `load` (flink-anchor's bulk load) or `wordcount`
+    /// (flink-anchor's windowed word count: state + one timer per word and window).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
     pub workload: WorkloadKind,
     /// State backend [default: the config file's state.backend, else rocksdb].
@@ -71,10 +93,10 @@ pub struct RunArgs {
     /// are routed to slots by key group.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
-    /// Number of records.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub records: u64,
-    /// Number of distinct keys.
+    /// Number of records [default: 5000000 for wordcount (flink-anchor's), else 1000000].
+    #[arg(long)]
+    pub records: Option<u64>,
+    /// Number of distinct keys (the vocabulary of `wordcount`).
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
     /// Value size in bytes for `mixed` and `load` (ignored by `update`, whose value is a u64).
@@ -144,6 +166,23 @@ pub struct RunArgs {
     /// (checkpoint.local-recovery).
     #[arg(long)]
     pub local_recovery: bool,
+    /// Where the RocksDB backend keeps timers (state.timer-service; the heap backend always
+    /// uses heap timers) [default: the config file's, else rocksdb].
+    #[arg(long, value_enum)]
+    pub timer_service: Option<TimerServiceArg>,
+    /// `wordcount`: words per second of event time.
+    #[arg(long, default_value_t = 100_000)]
+    pub events_per_sec: u64,
+    /// `wordcount`: tumbling window length in ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub window_ms: i64,
+    /// `wordcount`: event time between watermarks in ms.
+    #[arg(long, default_value_t = 50)]
+    pub watermark_interval_ms: i64,
+    /// `wordcount`: throttle the source to this many records per second (fire latency then
+    /// includes backlog) [default: unthrottled].
+    #[arg(long, value_name = "RECORDS_PER_SEC")]
+    pub offered_rate: Option<f64>,
 }
 
 /// `--restore-mode`.
@@ -310,6 +349,10 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         config.checkpoint.local_recovery = true;
         set_by.push(("checkpoint.local-recovery", "--local-recovery"));
     }
+    if let Some(t) = args.timer_service {
+        config.state.timer_service = t.into();
+        set_by.push(("state.timer-service", "--timer-service"));
+    }
     if let Some(m) = args.restore_mode {
         config.checkpoint.restore_mode = match m {
             RestoreModeArg::NoClaim => cairn_engine::checkpoint::RestoreMode::NoClaim,
@@ -346,13 +389,20 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     if !(1..=MAX_SLOTS).contains(&args.slots) {
         return Err(flag("--slots", &args.slots, &format!("[1, {MAX_SLOTS}]")));
     }
-    if args.records == 0 {
-        return Err(flag("--records", &args.records, ">= 1"));
+    let records = args.records.unwrap_or(match args.workload {
+        WorkloadKind::Wordcount => WordcountSpec::default().records,
+        _ => 1_000_000,
+    });
+    if records == 0 {
+        return Err(flag("--records", &records, ">= 1"));
     }
     if args.keys == 0 {
         return Err(flag("--keys", &args.keys, ">= 1"));
     }
-    if args.workload != WorkloadKind::Update {
+    if !matches!(
+        args.workload,
+        WorkloadKind::Update | WorkloadKind::Wordcount
+    ) {
         // The first 8 bytes of every value carry its key (load) or counter (mixed).
         let max = config.state.max_value_size.as_u64();
         if args.value_size < 8 || args.value_size as u64 > max {
@@ -364,12 +414,12 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         }
     }
     if args.skew == Skew::Zipf {
-        if args.workload != WorkloadKind::Mixed {
+        if !matches!(args.workload, WorkloadKind::Mixed | WorkloadKind::Wordcount) {
             return Err(flag(
                 "--skew",
                 &args.skew,
                 "uniform for the update and load workloads (they follow flink-anchor's streams); \
-                 zipf only with --workload mixed",
+                 zipf only with --workload mixed or wordcount",
             ));
         }
         if !(args.zipf_exponent > 0.0 && args.zipf_exponent.is_finite()) {
@@ -383,7 +433,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     Ok(RunOptions {
         spec: WorkloadSpec {
             kind: args.workload,
-            records: args.records,
+            records,
             keys: args.keys,
             value_size: args.value_size,
             seed: args.seed,
@@ -396,6 +446,37 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         restore_from,
         metrics: Arc::new(Metrics::new()),
     })
+}
+
+/// The word-count parameters of `cairn run --workload wordcount` (after [`resolve`]).
+pub fn wordcount_spec(args: &RunArgs, opts: &RunOptions) -> Result<WordcountSpec, CliError> {
+    let spec = WordcountSpec {
+        records: opts.spec.records,
+        vocabulary: opts.spec.keys,
+        events_per_sec: args.events_per_sec,
+        window_ms: args.window_ms,
+        watermark_interval_ms: args.watermark_interval_ms,
+        seed: opts.spec.seed,
+        skew: opts.spec.skew,
+        zipf_exponent: opts.spec.zipf_exponent,
+        offered_rate: args.offered_rate,
+    };
+    spec.validate().map_err(|e| CliError::Flag {
+        flag: "wordcount",
+        value: e,
+        allowed: "see cairn run --help".into(),
+    })?;
+    Ok(spec)
+}
+
+fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> Result<(), CliError> {
+    let write_err = |source| CliError::WriteJson {
+        path: path.display().to_string(),
+        source,
+    };
+    let json =
+        serde_json::to_string_pretty(value).map_err(|e| write_err(std::io::Error::other(e)))?;
+    std::fs::write(path, json + "\n").map_err(write_err)
 }
 
 fn run_command(args: &RunArgs) -> Result<(), CliError> {
@@ -414,6 +495,15 @@ fn run_command(args: &RunArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    if opts.spec.kind == WorkloadKind::Wordcount {
+        let spec = wordcount_spec(args, &opts)?;
+        let summary = wordcount::run(&opts.config, opts.slots, &spec)?;
+        print!("{}", summary.render());
+        if let Some(path) = &args.json {
+            write_json(path, &summary)?;
+        }
+        return Ok(());
+    }
     let bar = progress_bar(opts.spec.records);
     let summary = run::run(&opts, &|n, last| {
         bar.set_position(n);

@@ -7,6 +7,7 @@
 pub use cairn_engine as engine;
 pub use cairn_memory as memory;
 pub use cairn_snapshot as snapshot;
+pub use cairn_timers as timers;
 
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
@@ -23,4 +24,5 @@ pub mod report;
 pub mod rebase_bench;
 pub mod run;
 pub mod stream;
+pub mod wordcount;
 pub mod workload;

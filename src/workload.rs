@@ -61,6 +61,9 @@ pub enum WorkloadKind {
     Update,
     /// flink-anchor's load: one put of `payload(g mod K, V)` per record.
     Load,
+    /// flink-anchor's windowed word count: a reducing state and an event-time timer per
+    /// (word, window); see [`crate::wordcount`].
+    Wordcount,
 }
 
 impl std::fmt::Display for WorkloadKind {
@@ -69,6 +72,7 @@ impl std::fmt::Display for WorkloadKind {
             WorkloadKind::Mixed => "mixed",
             WorkloadKind::Update => "update",
             WorkloadKind::Load => "load",
+            WorkloadKind::Wordcount => "wordcount",
         })
     }
 }
@@ -189,6 +193,11 @@ impl Driver {
                     StateKind::Value,
                 ))?,
             },
+            WorkloadKind::Wordcount => {
+                return Err(cairn_engine::EngineError::InvalidArgument(
+                    "the wordcount workload runs through cairn::wordcount::run".into(),
+                ));
+            }
             WorkloadKind::Mixed => States::Mixed {
                 value: slot.register(&StateDescriptor::new("mixed", "value", StateKind::Value))?,
                 list: slot.register(&StateDescriptor::new("mixed", "list", StateKind::List))?,

@@ -136,6 +136,38 @@ pub struct StateConfig {
     /// RocksDB directory on open and restores only from checkpoints. Default `./cairn-data/work`.
     /// Flink: `state.backend.rocksdb.localdir`.
     pub working_dir: PathBuf,
+    /// Where the RocksDB backend keeps timers. Default `rocksdb`: timers are a column family per
+    /// time domain, part of the incremental checkpoint, bounded by disk, one RocksDB write per
+    /// registration and per firing (a small per-key-group cache of the earliest timers saves the
+    /// reads). `heap`: timers in memory, faster, bounded by memory, snapshotted asynchronously
+    /// into the checkpoint's private files. The heap backend always keeps timers on the heap.
+    /// Flink: `state.backend.rocksdb.timer-service.factory` (ROCKSDB).
+    pub timer_service: TimerServiceKind,
+    /// RocksDB timers cached per key group and time domain. Default 128: one RocksDB scan refills
+    /// 128 firings; more costs memory per key group (~40 bytes + key + namespace per timer).
+    /// Flink: `state.backend.rocksdb.timer-service.cache-size` (128).
+    pub timer_cache_size: u32,
+}
+
+/// Where timers live (`state.timer-service`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimerServiceKind {
+    /// In column families of the slot's RocksDB (RocksDB backend only).
+    #[default]
+    #[serde(rename = "rocksdb")]
+    RocksDb,
+    /// On the heap.
+    Heap,
+}
+
+impl std::fmt::Display for TimerServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimerServiceKind::RocksDb => "rocksdb",
+            TimerServiceKind::Heap => "heap",
+        })
+    }
 }
 
 impl Default for StateConfig {
@@ -145,6 +177,8 @@ impl Default for StateConfig {
             max_parallelism: None,
             max_value_size: ByteSize::mib(16),
             working_dir: PathBuf::from("cairn-data/work"),
+            timer_service: TimerServiceKind::RocksDb,
+            timer_cache_size: 128,
         }
     }
 }
@@ -395,7 +429,25 @@ impl StateConfig {
                 "a non-empty path",
             ));
         }
+        // An empty cache would scan RocksDB for every firing; beyond 1M a key group's cache is
+        // the whole queue on the heap, which is what `timer-service = "heap"` is for.
+        if !(1..=1 << 20).contains(&self.timer_cache_size) {
+            return Err(EngineError::config(
+                "state.timer-cache-size",
+                self.timer_cache_size,
+                "[1, 1048576]",
+            ));
+        }
         Ok(())
+    }
+
+    /// The timer service in force: `timer-service` for the RocksDB backend, heap for the heap
+    /// backend.
+    pub fn effective_timer_service(&self) -> TimerServiceKind {
+        match self.backend {
+            BackendKind::RocksDb => self.timer_service,
+            BackendKind::Heap => TimerServiceKind::Heap,
+        }
     }
 }
 

@@ -121,6 +121,9 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// A timer service failed (see `cairn_timers::TimerError`).
+    #[error(transparent)]
+    Timers(#[from] cairn_timers::TimerError),
     /// An I/O error outside RocksDB.
     #[error("{op}: {source}")]
     Io {
@@ -175,6 +178,13 @@ impl EngineError {
                 cairn_snapshot::SnapshotErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Internal,
             },
+            EngineError::Timers(e) => match e {
+                cairn_timers::TimerError::KeyGroupOutOfRange { .. } => ErrorKind::InvalidArgument,
+                cairn_timers::TimerError::Corrupt { .. } => ErrorKind::Corrupt,
+                cairn_timers::TimerError::Io { .. } => ErrorKind::Unavailable,
+                cairn_timers::TimerError::RocksDb { source, .. } => rocks_kind(source),
+                _ => ErrorKind::Internal,
+            },
             EngineError::RocksDb { source, .. } => match source.kind() {
                 R::Corruption => ErrorKind::Corrupt,
                 R::IOError | R::Busy | R::TimedOut | R::TryAgain | R::Incomplete => {
@@ -184,5 +194,16 @@ impl EngineError {
                 _ => ErrorKind::Internal,
             },
         }
+    }
+}
+
+/// The kind of a RocksDB status (timer services' errors).
+fn rocks_kind(e: &rocksdb::Error) -> ErrorKind {
+    use rocksdb::ErrorKind as R;
+    match e.kind() {
+        R::Corruption => ErrorKind::Corrupt,
+        R::IOError | R::Busy | R::TimedOut | R::TryAgain | R::Incomplete => ErrorKind::Unavailable,
+        R::InvalidArgument | R::NotSupported => ErrorKind::InvalidArgument,
+        _ => ErrorKind::Internal,
     }
 }

@@ -7,8 +7,10 @@
 //! [`AggregatingState`]) or the raw-bytes methods of [`Slot`], always scoped by a key and a
 //! namespace ([`ScopeKey`]).
 //!
-//! Not here: checkpoint storage (`cairn-snapshot`), timers (`cairn-timers`), the memory budget
-//! arithmetic (`cairn-memory`).
+//! Timers (`cairn-timers`) are reached through [`Slot::timers`] and checkpointed with the slot.
+//!
+//! Not here: checkpoint storage (`cairn-snapshot`), the memory budget arithmetic
+//! (`cairn-memory`).
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -23,8 +25,9 @@ pub mod slot;
 pub mod state;
 
 pub use backend::{ScopeKey, StateDescriptor, StateEntry, StateId, StateKind, StateSize};
+pub use cairn_timers::{TimeDomain, Timer, TimerService};
 pub use codec::VoidNamespace;
-pub use config::{BackendKind, CairnConfig};
+pub use config::{BackendKind, CairnConfig, TimerServiceKind};
 pub use error::{EngineError, ErrorKind, Result};
 pub use keygroup::{KeyGroup, KeyGroupRange};
 pub use metrics::Metrics;

@@ -29,10 +29,23 @@ use crate::backend::rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams};
 use crate::backend::{
     ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize,
 };
+use crate::checkpoint::TIMERS_SNAPSHOT_FILE;
 use crate::codec;
-use crate::config::{BackendKind, CairnConfig};
+use crate::config::{BackendKind, CairnConfig, TimerServiceKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
+use crate::layout;
+use cairn_timers::{
+    HeapTimers, HeapTimersSnapshot, RocksDbTimers, TimeDomain, Timer, TimerService,
+};
+
+/// Operator name of the timer column families (`_timers/event-time`,
+/// `_timers/processing-time`); reserved: user states can't use it.
+pub const TIMER_OPERATOR: &str = "_timers";
+/// State name of the event-time timers' column family.
+pub const EVENT_TIMERS: &str = "event-time";
+/// State name of the processing-time timers' column family.
+pub const PROCESSING_TIMERS: &str = "processing-time";
 
 /// Opens a [`Slot`]: which slot of how many, and the live parts that are not configuration.
 #[must_use]
@@ -102,6 +115,27 @@ impl<'a> SlotBuilder<'a> {
                 .join(format!("slot-{}", self.index))
         });
         let mut restored_states: Vec<StateDescriptor> = Vec::new();
+        let timer_kind = config.state.effective_timer_service();
+        let kg_range = range.start as KeyGroup..=range.end as KeyGroup;
+        // Heap timers of the checkpoint: a `timers.snapshot` next to each heap snapshot, or in
+        // the RocksDB files (read now: those files are moved into the DB directory below).
+        let timer_files: Vec<PathBuf> = match &self.restore {
+            Some(SlotRestore::Heap { files }) => files
+                .iter()
+                .map(|f| f.with_file_name(TIMERS_SNAPSHOT_FILE))
+                .collect(),
+            Some(SlotRestore::RocksDb { files, .. }) => vec![files.join(TIMERS_SNAPSHOT_FILE)],
+            None => Vec::new(),
+        };
+        let mut restored_heap_timers: Option<HeapTimers> = None;
+        for f in timer_files.iter().filter(|f| f.exists()) {
+            let h = restored_heap_timers.get_or_insert_with(|| HeapTimers::new(kg_range.clone()));
+            h.restore(f)?;
+            std::fs::remove_file(f).map_err(|e| EngineError::Io {
+                op: format!("remove restored {}", f.display()),
+                source: e,
+            })?;
+        }
         let backend: Box<dyn StateBackend> = match (config.state.backend, self.restore) {
             (BackendKind::Heap, restore) => {
                 let mut heap = HeapBackend::new(range, max_parallelism);
@@ -155,6 +189,9 @@ impl<'a> SlotBuilder<'a> {
             }
         };
         let mut slot = Slot {
+            timers: None,
+            timer_kind,
+            timer_cache_size: config.state.timer_cache_size as usize,
             backend,
             kind: config.state.backend,
             index: self.index,
@@ -180,16 +217,50 @@ impl<'a> SlotBuilder<'a> {
             }
             BackendKind::RocksDb => {
                 for d in &restored_states {
-                    slot.register(d)?;
+                    slot.register_internal(d)?;
                 }
             }
         }
+        slot.restore_timers(restored_heap_timers)?;
         Ok(slot)
     }
 }
 
+/// The slot's timer service (opened on first use).
+enum Timers {
+    Heap(HeapTimers),
+    RocksDb(RocksDbTimers),
+}
+
+impl Timers {
+    fn svc(&mut self) -> &mut dyn TimerService {
+        match self {
+            Timers::Heap(h) => h,
+            Timers::RocksDb(r) => r,
+        }
+    }
+}
+
+/// Moves every timer of `from` into `to` (restoring one kind's checkpoint into the other).
+fn drain_timers(from: &mut dyn TimerService, to: &mut dyn TimerService) -> Result<u64> {
+    let mut t = Timer::default();
+    let mut n = 0;
+    for d in TimeDomain::ALL {
+        while from.poll(d, i64::MAX, &mut t)? {
+            to.register(d, t.key_group, t.timestamp, &t.key, &t.namespace)?;
+            n += 1;
+        }
+    }
+    from.flush()?;
+    Ok(n)
+}
+
 /// The keyed state of one parallel worker. See the module doc.
 pub struct Slot {
+    // Declared before `backend`, so it drops first: RocksDB timers share the backend's DB.
+    timers: Option<Timers>,
+    timer_kind: TimerServiceKind,
+    timer_cache_size: usize,
     backend: Box<dyn StateBackend>,
     kind: BackendKind,
     index: u32,
@@ -255,8 +326,19 @@ impl Slot {
     }
 
     /// Registers a state (creating its column family or table) or returns the id it already has.
-    /// Registering a name again with another kind is an error.
+    /// Registering a name again with another kind is an error. The operator name `_timers` is
+    /// reserved for the timer column families.
     pub fn register(&mut self, desc: &StateDescriptor) -> Result<StateId> {
+        if desc.operator == TIMER_OPERATOR {
+            return Err(EngineError::InvalidArgument(format!(
+                "state name '{}': the operator name '{TIMER_OPERATOR}' is reserved for timers",
+                desc.full_name()
+            )));
+        }
+        self.register_internal(desc)
+    }
+
+    fn register_internal(&mut self, desc: &StateDescriptor) -> Result<StateId> {
         let full = desc.full_name();
         if let Some(&id) = self.by_name.get(&full) {
             let registered = self.states[id as usize].kind;
@@ -555,8 +637,144 @@ impl Slot {
         self.backend.flush_cache()
     }
 
-    /// Flushes buffered writes into the backend's files.
+    /// Flushes buffered writes (the state cache's and timers' included) into the backend's
+    /// files.
     pub fn flush(&mut self) -> Result<()> {
+        if let Some(t) = &mut self.timers {
+            t.svc().flush()?;
+        }
         self.backend.flush()
+    }
+
+    /// Where this slot keeps timers (`state.timer-service`; always heap on the heap backend).
+    pub fn timer_service_kind(&self) -> TimerServiceKind {
+        self.timer_kind
+    }
+
+    /// The slot's timer service for its key groups, opened on first use (RocksDB timers create
+    /// their column families `_timers/event-time` and `_timers/processing-time` then). Timers
+    /// are part of every checkpoint of the slot and are restored with it.
+    pub fn timers(&mut self) -> Result<&mut dyn TimerService> {
+        if self.timers.is_none() {
+            let t = self.open_timers(self.timer_kind)?;
+            self.timers = Some(t);
+        }
+        match &mut self.timers {
+            Some(t) => Ok(t.svc()),
+            None => Err(EngineError::InvalidArgument(
+                "timer service not open".into(),
+            )),
+        }
+    }
+
+    fn open_timers(&mut self, kind: TimerServiceKind) -> Result<Timers> {
+        let range = self.range.start as KeyGroup..=self.range.end as KeyGroup;
+        Ok(match kind {
+            TimerServiceKind::Heap => Timers::Heap(HeapTimers::new(range)),
+            TimerServiceKind::RocksDb => {
+                let mut names = Vec::new();
+                for name in [EVENT_TIMERS, PROCESSING_TIMERS] {
+                    let d = StateDescriptor::new(TIMER_OPERATOR, name, StateKind::Value);
+                    self.register_internal(&d)?;
+                    names.push(d.full_name());
+                }
+                let db = self
+                    .backend
+                    .as_rocksdb()
+                    .ok_or_else(|| {
+                        EngineError::InvalidArgument(
+                            "RocksDB timers need the RocksDB backend".into(),
+                        )
+                    })?
+                    .shared_db();
+                Timers::RocksDb(RocksDbTimers::open(
+                    db,
+                    &names[0],
+                    &names[1],
+                    range,
+                    self.prefix_bytes,
+                    self.timer_cache_size,
+                )?)
+            }
+        })
+    }
+
+    /// Installs restored timers: heap timers read from the checkpoint, RocksDB timers found in
+    /// restored column families; timers of the other kind are moved into this slot's kind.
+    fn restore_timers(&mut self, heap: Option<HeapTimers>) -> Result<()> {
+        let has_cfs = self
+            .by_name
+            .contains_key(&format!("{TIMER_OPERATOR}/{EVENT_TIMERS}"));
+        match (self.timer_kind, heap) {
+            (TimerServiceKind::Heap, Some(h)) => self.timers = Some(Timers::Heap(h)),
+            (TimerServiceKind::RocksDb, Some(mut h)) => {
+                let n = drain_timers(&mut h, self.timers()?)?;
+                tracing::info!(timers = n, "moved restored heap timers into RocksDB timers");
+            }
+            (TimerServiceKind::Heap, None) if has_cfs => {
+                let mut from = self.open_timers(TimerServiceKind::RocksDb)?;
+                let mut to = self.open_timers(TimerServiceKind::Heap)?;
+                let n = drain_timers(from.svc(), to.svc())?;
+                tracing::info!(timers = n, "moved restored RocksDB timers onto the heap");
+                self.timers = Some(to);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Registers a timer for the key and namespace of `scope` (no-op when it exists).
+    pub fn register_timer(
+        &mut self,
+        domain: TimeDomain,
+        scope: &ScopeKey,
+        timestamp: i64,
+    ) -> Result<()> {
+        self.timer_op(scope, |svc, kg, key, ns| {
+            svc.register(domain, kg, timestamp, key, ns)
+        })
+    }
+
+    /// Deletes the timer of `scope`'s key and namespace (no-op when absent).
+    pub fn delete_timer(
+        &mut self,
+        domain: TimeDomain,
+        scope: &ScopeKey,
+        timestamp: i64,
+    ) -> Result<()> {
+        self.timer_op(scope, |svc, kg, key, ns| {
+            svc.delete(domain, kg, timestamp, key, ns)
+        })
+    }
+
+    fn timer_op(
+        &mut self,
+        scope: &ScopeKey,
+        op: impl FnOnce(&mut dyn TimerService, KeyGroup, &[u8], &[u8]) -> cairn_timers::Result<()>,
+    ) -> Result<()> {
+        let prefix_bytes = self.prefix_bytes;
+        let svc = self.timers()?;
+        let c = layout::decode_composite(&scope.composite, prefix_bytes)
+            .ok_or_else(|| EngineError::InvalidArgument("scope does not decode".into()))?;
+        Ok(op(svc, c.key_group, c.key, c.namespace)?)
+    }
+
+    /// Removes the next timer of `domain` due at `up_to` into `out` (see
+    /// [`TimerService::poll`]); `false` when none is due.
+    pub fn poll_timer(&mut self, domain: TimeDomain, up_to: i64, out: &mut Timer) -> Result<bool> {
+        Ok(self.timers()?.poll(domain, up_to, out)?)
+    }
+
+    /// The synchronous part of a checkpoint for timers: RocksDB timers write their buffered
+    /// batch (so the native checkpoint has them); heap timers hand out a copy-on-write view.
+    pub(crate) fn snapshot_timers(&mut self) -> Result<Option<HeapTimersSnapshot>> {
+        match &mut self.timers {
+            None => Ok(None),
+            Some(Timers::RocksDb(r)) => {
+                r.flush()?;
+                Ok(None)
+            }
+            Some(Timers::Heap(h)) => Ok(Some(h.snapshot())),
+        }
     }
 }

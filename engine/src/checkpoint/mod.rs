@@ -16,4 +16,4 @@ pub use checkpointer::{
 pub use config::{CheckpointConfig, LocalVerify, RebaseConfig, RestoreMode};
 pub use local::{RestorePath, SlotRestoreReport};
 pub use rebase::CompactionStats;
-pub use sync::SyncSnapshot;
+pub use sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot, TIMERS_SNAPSHOT_FILE};

@@ -12,6 +12,8 @@ use crate::slot::Slot;
 
 /// Name of the heap backend's snapshot file inside a local snapshot directory.
 pub const HEAP_SNAPSHOT_FILE: &str = "heap.snapshot";
+/// Name of the heap timers' snapshot file (either backend) inside a local snapshot directory.
+pub const TIMERS_SNAPSHOT_FILE: &str = "timers.snapshot";
 
 enum Kind {
     RocksDb {
@@ -42,6 +44,7 @@ pub struct SyncSnapshot {
     slot_dir: PathBuf,
     /// RocksDB's live-data estimate at snapshot time (rebase `max-space-amplification`).
     live_data_bytes: Option<u64>,
+    timers: Option<cairn_timers::HeapTimersSnapshot>,
 }
 
 impl Slot {
@@ -66,6 +69,8 @@ impl Slot {
         }
         let mut cache_flush = Duration::ZERO;
         let mut cache_flushed_entries = 0;
+        // Before the native checkpoint: RocksDB timers write their batch into the DB.
+        let timers = self.snapshot_timers()?;
         let kind = match self.backend_kind() {
             BackendKind::RocksDb => {
                 // Writes still in the cache must be in RocksDB before its checkpoint, or the
@@ -135,6 +140,7 @@ impl Slot {
             kind,
             slot_dir: self.working_dir().to_path_buf(),
             live_data_bytes,
+            timers,
         })
     }
 }
@@ -143,13 +149,19 @@ impl SyncSnapshot {
     /// The asynchronous local part: writes the heap view to its file (RocksDB files are ready)
     /// and describes the directory for upload.
     pub fn materialize(self) -> Result<LocalSnapshot> {
-        let (shared, private) = match self.kind {
+        let (shared, mut private) = match self.kind {
             Kind::RocksDb { shared, private } => (shared, private),
             Kind::Heap(view) => {
                 view.write(&self.dir.join(HEAP_SNAPSHOT_FILE))?;
                 (Vec::new(), vec![HEAP_SNAPSHOT_FILE.to_string()])
             }
         };
+        // Heap timers, written off the slot's thread (with either backend).
+        if let Some(t) = self.timers {
+            t.write(&self.dir.join(TIMERS_SNAPSHOT_FILE))?;
+            private.push(TIMERS_SNAPSHOT_FILE.to_string());
+            private.sort();
+        }
         Ok(LocalSnapshot {
             slot: self.slot,
             key_groups: self.key_groups,

@@ -99,7 +99,8 @@ pub struct RocksDbParams<'a> {
 /// Keyed state of one slot in RocksDB. See the module doc.
 pub struct RocksDbBackend {
     // Field order is drop order: the DB closes before the cache and write-buffer manager it uses.
-    db: Db,
+    // Shared (`Arc`) with the slot's RocksDB timer service, which the slot drops first.
+    db: Arc<Db>,
     memory: SlotMemory,
     config: RocksDbConfig,
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
@@ -195,7 +196,7 @@ impl RocksDbBackend {
         });
         Ok(Self {
             cache,
-            db,
+            db: Arc::new(db),
             memory: p.memory,
             config: p.config.clone(),
             hook: p.hook,
@@ -217,6 +218,12 @@ impl RocksDbBackend {
     /// The underlying database (checkpointing takes native checkpoints from it).
     pub fn db(&self) -> &DBWithThreadMode<MultiThreaded> {
         &self.db
+    }
+
+    /// A shared handle of the database, for the slot's RocksDB timer service (its column
+    /// families live next to the states'). Holders must drop it before the backend.
+    pub fn shared_db(&self) -> Arc<DBWithThreadMode<MultiThreaded>> {
+        Arc::clone(&self.db)
     }
 
     /// Names of the column families of the registered states, by state id.

@@ -1,0 +1,164 @@
+//! Timer micro-benchmark: register + fire 1M event-time timers, heap timers against RocksDB
+//! timers in the same run, through a slot's timer service (RocksDB timers in the slot's RocksDB,
+//! with its options and memory budget).
+//!
+//! Two shapes: `windows` (timers of 1M keys spread over 20 timestamps, like the word count's
+//! window ends) and `spread` (1M distinct timestamps). Rounds alternate heap and RocksDB, so the
+//! ratio RocksDB/heap (target >= 0.5) holds on a shared, noisy machine; the median round is
+//! reported. Heap memory per timer is measured with a counting allocator (bytes live after
+//! registering, over the timers).
+//!
+//! `cargo test --release --bench timers -- --bench` (`BENCH_TIMERS` overrides the 1M timers);
+//! without `--bench` (as under `cargo test --benches`) it runs 10k timers once as a smoke test.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use cairn::engine::keygroup::assign_to_key_group;
+use cairn::engine::{TimeDomain, Timer, TimerServiceKind};
+use cairn::{BackendKind, CairnConfig, Slot};
+
+/// Counts live heap bytes, to measure memory per heap timer.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call forwards to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout as given to us.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shape {
+    Windows,
+    Spread,
+}
+
+struct Round {
+    register_s: f64,
+    fire_s: f64,
+    live_bytes: isize,
+}
+
+fn round(kind: TimerServiceKind, shape: Shape, n: u64) -> Round {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CairnConfig::default();
+    cfg.state.backend = BackendKind::RocksDb;
+    cfg.state.timer_service = kind;
+    cfg.state.working_dir = dir.path().to_path_buf();
+    let mut slot = Slot::builder(&cfg).open().expect("open slot");
+    let max_p = slot.max_parallelism();
+    // Keys and key groups precomputed: the benchmark times the timer service only.
+    let keys: Vec<([u8; 8], u16)> = (0..n)
+        .map(|i| {
+            let k = i.to_be_bytes();
+            (k, assign_to_key_group(&k, max_p))
+        })
+        .collect();
+    let ts_of = |i: u64| -> i64 {
+        match shape {
+            Shape::Windows => ((i * 20) / n) as i64 * 1_000 + 999,
+            Shape::Spread => (cairn::stream::mix64(i) % 1_000_000_000) as i64,
+        }
+    };
+    let timers = slot.timers().expect("timer service");
+    let before = LIVE.load(Ordering::Relaxed);
+    let t = Instant::now();
+    for (i, (k, kg)) in keys.iter().enumerate() {
+        timers
+            .register(TimeDomain::EventTime, *kg, ts_of(i as u64), k, b"")
+            .expect("register");
+    }
+    timers.flush().expect("flush");
+    let register_s = t.elapsed().as_secs_f64();
+    let live_bytes = LIVE.load(Ordering::Relaxed) - before;
+    let t = Instant::now();
+    let mut out = Timer::default();
+    let mut fired = 0u64;
+    while timers
+        .poll(TimeDomain::EventTime, i64::MAX, &mut out)
+        .expect("poll")
+    {
+        fired += 1;
+    }
+    timers.flush().expect("flush");
+    let fire_s = t.elapsed().as_secs_f64();
+    assert_eq!(fired, n, "every timer fires once");
+    Round {
+        register_s,
+        fire_s,
+        live_bytes,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let n: u64 = std::env::var("BENCH_TIMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 1_000_000 } else { 10_000 });
+    let rounds = if bench { 3 } else { 1 };
+    println!("timers: register + fire {n} event-time timers, {rounds} alternating round(s)");
+    println!(
+        "{:<8} {:<8} {:>12} {:>12} {:>12} {:>10}",
+        "shape", "service", "register/s", "fire/s", "total/s", "B/timer"
+    );
+    for shape in [Shape::Windows, Shape::Spread] {
+        let mut totals = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, kind) in [TimerServiceKind::Heap, TimerServiceKind::RocksDb]
+                .into_iter()
+                .enumerate()
+            {
+                let r = round(kind, shape, n);
+                let total = n as f64 / (r.register_s + r.fire_s);
+                println!(
+                    "{:<8} {:<8} {:>12.0} {:>12.0} {:>12.0} {:>10}",
+                    format!("{shape:?}").to_lowercase(),
+                    kind.to_string(),
+                    n as f64 / r.register_s,
+                    n as f64 / r.fire_s,
+                    total,
+                    if kind == TimerServiceKind::Heap {
+                        format!("{:.0}", r.live_bytes as f64 / n as f64)
+                    } else {
+                        "-".into()
+                    }
+                );
+                totals[i].push(total);
+            }
+        }
+        let (heap, rocks) = (median(totals[0].clone()), median(totals[1].clone()));
+        println!(
+            "{:<8} median timers/s (register + fire): heap {heap:.0}, rocksdb {rocks:.0}, rocksdb/heap = {:.2} (target >= 0.5)",
+            format!("{shape:?}").to_lowercase(),
+            rocks / heap
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! The windowed word count (`cairn run --workload wordcount`, `cairn bench wordcount`): keyed
+//! state plus one event-time timer per (word, window), the benchmark of timers.
+//!
+//! ## Stream (flink-anchor's, by default)
+//! Record `g` (`0..N`) is the word `"w" + key_for(g, K, seed)` (`--keys` = vocabulary `K`; with
+//! `--skew zipf` the rank-1 of a [`Zipf`] draw instead) with event time
+//! `ts = g * 1000 / events_per_sec` ms (integer division). Defaults: 5M words, 100k words,
+//! 100k events per second of event time, 1 s windows, seed 42.
+//!
+//! ## Operator
+//! Tumbling event-time windows of `window_ms`. Per record: the word's count in its window is
+//! read and written back + 1 (a reducing state `wordcount/count`, key = the postcard-encoded
+//! word, namespace = the window start as 8 big-endian bytes, value = the count as 8 big-endian
+//! bytes, like Flink's `Long`), and an event-time timer is registered for `(word, window)` at
+//! the window's last millisecond (`end - 1`, Flink's `window.maxTimestamp()`). Duplicates
+//! collapse, so each (word, window) has one timer. The watermark follows event time: before a
+//! record whose `ts` reaches the next multiple of `watermark_interval_ms` (50 ms), the
+//! watermark advances to `ts - 1` and every due timer fires: the count is read, emitted and
+//! cleared. At the end of the input the watermark jumps to `i64::MAX` and the rest fires.
+//!
+//! ## Output checksum
+//! Every emitted `(word, window start, count)` adds `xxh3(word bytes | start BE | count BE)`
+//! (wrapping) to a sum: independent of firing order and of the number of slots, so every backend
+//! × timer-service combination must give the same digest (a test checks it).
+//!
+//! ## Fire latency
+//! With `--offered-rate R` records/s the source is throttled: record `g` is available at
+//! `start + g / R`. A timer's fire latency is the time from the availability of the record that
+//! carried its watermark to the timer's firing, so it includes any backlog: once the job cannot
+//! keep up with `R`, latency grows without bound. Unthrottled (the default) every record is
+//! available at once, and the latency is counted from the moment the watermark is processed
+//! (how long the burst of firings takes to reach the timer).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_engine::keygroup::assign_to_key_group;
+use cairn_engine::{
+    BackendKind, CairnConfig, EngineError, ScopeKey, Slot, StateDescriptor, StateKind, TimeDomain,
+    Timer, TimerServiceKind,
+};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::run::RunError;
+use crate::stream::{self, RecordRng, Zipf};
+use crate::workload::{Skew, ZIPF_SALT};
+
+/// The word-count stream and operator parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WordcountSpec {
+    /// Number of words `N`.
+    pub records: u64,
+    /// Vocabulary `K`.
+    pub vocabulary: u64,
+    /// Words per second of event time.
+    pub events_per_sec: u64,
+    /// Window length, ms.
+    pub window_ms: i64,
+    /// Event time between watermarks, ms.
+    pub watermark_interval_ms: i64,
+    /// Seed of the stream.
+    pub seed: u64,
+    /// Word distribution.
+    pub skew: Skew,
+    /// Zipf exponent (zipf skew only).
+    pub zipf_exponent: f64,
+    /// Throttle the source to this many records per second (all slots together); `None` =
+    /// as fast as possible.
+    pub offered_rate: Option<f64>,
+}
+
+impl Default for WordcountSpec {
+    /// flink-anchor's stream.
+    fn default() -> Self {
+        Self {
+            records: 5_000_000,
+            vocabulary: 100_000,
+            events_per_sec: 100_000,
+            window_ms: 1_000,
+            watermark_interval_ms: 50,
+            seed: 42,
+            skew: Skew::Uniform,
+            zipf_exponent: 0.99,
+            offered_rate: None,
+        }
+    }
+}
+
+impl WordcountSpec {
+    /// Checks the parameters; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.records == 0 {
+            return Err("--records must be >= 1".into());
+        }
+        if self.vocabulary == 0 {
+            return Err("--keys (the vocabulary) must be >= 1".into());
+        }
+        if self.events_per_sec == 0 {
+            return Err("--events-per-sec must be >= 1".into());
+        }
+        if self.window_ms <= 0 || self.watermark_interval_ms <= 0 {
+            return Err("--window-ms and --watermark-interval-ms must be >= 1".into());
+        }
+        if self
+            .offered_rate
+            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+        {
+            return Err("--offered-rate must be > 0".into());
+        }
+        if self.skew == Skew::Zipf && Zipf::new(self.vocabulary, self.zipf_exponent).is_none() {
+            return Err("--zipf-exponent must be > 0 and finite".into());
+        }
+        Ok(())
+    }
+
+    /// Event time of record `g`, ms.
+    #[inline]
+    pub fn event_time(&self, g: u64) -> i64 {
+        (u128::from(g) * 1000 / u128::from(self.events_per_sec)) as i64
+    }
+}
+
+/// Percentiles of the fire latency, ms.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FireLatency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Timers measured (every firing).
+    pub samples: u64,
+}
+
+/// The run JSON of `cairn run --workload wordcount` (fields are only ever added).
+#[derive(Clone, Debug, Serialize)]
+pub struct WordcountSummary {
+    /// Version of the binary.
+    pub cairn_version: &'static str,
+    /// Always `"wordcount"`.
+    pub workload: &'static str,
+    /// The state backend.
+    pub backend: BackendKind,
+    /// The timer service in force (heap for the heap backend).
+    pub timer_service: TimerServiceKind,
+    /// Number of slots.
+    pub slots: u32,
+    /// Words processed.
+    pub records: u64,
+    /// Vocabulary.
+    pub vocabulary: u64,
+    /// Words per second of event time.
+    pub events_per_sec: u64,
+    /// Window length, ms.
+    pub window_ms: i64,
+    /// Seed.
+    pub seed: u64,
+    /// Word distribution.
+    pub skew: Skew,
+    /// The source throttle, records/s (`null`: unthrottled).
+    pub offered_rate: Option<f64>,
+    /// Seconds from the first record to the last firing.
+    pub elapsed_s: f64,
+    /// Records per second (all slots).
+    pub records_per_sec: f64,
+    /// Order-independent digest of every emitted `(word, window, count)`, `0x`-hex.
+    pub output_checksum: String,
+    /// Windows emitted (one per (word, window)).
+    pub windows_fired: u64,
+    /// Sum of the emitted counts (equals `records`).
+    pub counted_records: u64,
+    /// Timer fire latency.
+    pub fire_latency_ms: FireLatency,
+    /// Bytes of state on disk at the end (RocksDB).
+    pub state_bytes_on_disk: u64,
+}
+
+impl WordcountSummary {
+    /// The human-readable summary.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "cairn run: wordcount on {} backend with {} timers x {} slot(s), {} words, vocabulary {}, {} events/s, {} ms windows{}",
+            self.backend,
+            self.timer_service,
+            self.slots,
+            self.records,
+            self.vocabulary,
+            self.events_per_sec,
+            self.window_ms,
+            self.offered_rate
+                .map_or_else(String::new, |r| format!(", offered {r:.0} records/s"))
+        );
+        let _ = writeln!(o, "  {:<22} {:.3} s", "elapsed", self.elapsed_s);
+        let _ = writeln!(o, "  {:<22} {:.0}", "records/s", self.records_per_sec);
+        let _ = writeln!(
+            o,
+            "  {:<22} p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} timers)",
+            "fire latency",
+            self.fire_latency_ms.p50,
+            self.fire_latency_ms.p99,
+            self.fire_latency_ms.max,
+            self.fire_latency_ms.samples
+        );
+        let _ = writeln!(
+            o,
+            "  {:<22} {} ({} windows, {} words counted)",
+            "output checksum", self.output_checksum, self.windows_fired, self.counted_records
+        );
+        let _ = writeln!(o, "  {:<22} {}", "state on disk", self.state_bytes_on_disk);
+        o
+    }
+}
+
+/// What one slot thread hands back.
+struct SlotOut {
+    digest: u64,
+    windows: u64,
+    counted: u64,
+    latency: Histogram<u64>,
+    done: Instant,
+    disk_bytes: u64,
+}
+
+/// The word of record `g` as its decimal bytes `"w<n>"`, written into `out`.
+fn word_into(out: &mut Vec<u8>, n: u64) {
+    out.clear();
+    out.push(b'w');
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+struct Source<'a> {
+    spec: &'a WordcountSpec,
+    zipf: Option<Zipf>,
+}
+
+impl Source<'_> {
+    #[inline]
+    fn word(&self, g: u64) -> u64 {
+        match &self.zipf {
+            Some(z) => z.sample(&mut RecordRng::new(g, self.spec.seed, ZIPF_SALT)) - 1,
+            None => stream::key_for(g, self.spec.vocabulary, self.spec.seed),
+        }
+    }
+}
+
+/// Runs the word count on `slots` slots opened with `config` (one thread each; every slot
+/// walks the whole stream and keeps the words of its key groups).
+pub fn run(
+    config: &CairnConfig,
+    slots: u32,
+    spec: &WordcountSpec,
+) -> Result<WordcountSummary, RunError> {
+    let mut opened = Vec::new();
+    for i in 0..slots {
+        let slot = Slot::builder(config)
+            .slot(i, slots)
+            .open()
+            .map_err(|source| RunError::Open {
+                slot: i,
+                source: Box::new(source),
+            })?;
+        opened.push(slot);
+    }
+    let timer_service = config.state.effective_timer_service();
+    let done_records = AtomicU64::new(0);
+    let start = Instant::now();
+    let results: Vec<Result<SlotOut, RunError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = opened
+            .into_iter()
+            .map(|slot| {
+                let done = &done_records;
+                s.spawn(move || run_slot(slot, spec, slots, start, done))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| h.join().unwrap_or(Err(RunError::Panicked(i as u32))))
+            .collect()
+    });
+    let mut outs = Vec::new();
+    for r in results {
+        outs.push(r?);
+    }
+    let mut latency = new_histogram();
+    let (mut digest, mut windows, mut counted, mut disk) = (0u64, 0u64, 0u64, 0u64);
+    for o in &outs {
+        digest = digest.wrapping_add(o.digest);
+        windows += o.windows;
+        counted += o.counted;
+        disk += o.disk_bytes;
+        let _ = latency.add(&o.latency);
+    }
+    let elapsed = outs
+        .iter()
+        .map(|o| o.done.duration_since(start))
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    Ok(WordcountSummary {
+        cairn_version: env!("CARGO_PKG_VERSION"),
+        workload: "wordcount",
+        backend: config.state.backend,
+        timer_service,
+        slots,
+        records: spec.records,
+        vocabulary: spec.vocabulary,
+        events_per_sec: spec.events_per_sec,
+        window_ms: spec.window_ms,
+        seed: spec.seed,
+        skew: spec.skew,
+        offered_rate: spec.offered_rate,
+        elapsed_s: elapsed,
+        records_per_sec: if elapsed > 0.0 {
+            spec.records as f64 / elapsed
+        } else {
+            0.0
+        },
+        output_checksum: format!("{digest:#018x}"),
+        windows_fired: windows,
+        counted_records: counted,
+        fire_latency_ms: FireLatency {
+            p50: ms(latency.value_at_quantile(0.5)),
+            p99: ms(latency.value_at_quantile(0.99)),
+            max: ms(latency.max()),
+            samples: latency.len(),
+        },
+        state_bytes_on_disk: disk,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns .. 1 h, 3 significant digits.
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The per-slot operator: state, timers, firing, and the output digest.
+struct Operator {
+    count: cairn_engine::backend::StateId,
+    scope: ScopeKey,
+    timer: Timer,
+    digest: u64,
+    windows: u64,
+    counted: u64,
+    latency: Histogram<u64>,
+    value: [u8; 8],
+    hash_buf: Vec<u8>,
+}
+
+impl Operator {
+    /// Fires every timer `<= watermark`; `since` is when the watermark became available.
+    fn advance(
+        &mut self,
+        slot: &mut Slot,
+        watermark: i64,
+        since: Instant,
+    ) -> Result<(), EngineError> {
+        while slot.poll_timer(TimeDomain::EventTime, watermark, &mut self.timer)? {
+            slot.rescope_raw(&mut self.scope, &self.timer.key, &self.timer.namespace)?;
+            let count = slot
+                .get_with(self.count, &self.scope, |v| {
+                    v.and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                })?
+                .unwrap_or(0);
+            slot.clear(self.count, &self.scope)?;
+            // Emit: (word bytes, window start, count) into the digest.
+            let word = decode_word(&self.timer.key);
+            self.hash_buf.clear();
+            self.hash_buf.extend_from_slice(word);
+            self.hash_buf.extend_from_slice(&self.timer.namespace);
+            self.hash_buf.extend_from_slice(&count.to_be_bytes());
+            self.digest = self
+                .digest
+                .wrapping_add(cairn_engine::keygroup::key_hash(&self.hash_buf));
+            self.windows += 1;
+            self.counted += count;
+            self.latency
+                .saturating_record(since.elapsed().as_nanos().max(1) as u64);
+        }
+        Ok(())
+    }
+}
+
+/// The word's bytes inside its postcard encoding (`varint len` + bytes).
+fn decode_word(key: &[u8]) -> &[u8] {
+    let skip = key.iter().position(|b| b & 0x80 == 0).map_or(0, |p| p + 1);
+    &key[skip.min(key.len())..]
+}
+
+fn run_slot(
+    mut slot: Slot,
+    spec: &WordcountSpec,
+    slots: u32,
+    start: Instant,
+    done_records: &AtomicU64,
+) -> Result<SlotOut, RunError> {
+    let index = slot.index().0;
+    let err = |phase| {
+        move |source| RunError::Slot {
+            slot: index,
+            phase,
+            source: Box::new(source),
+        }
+    };
+    let count = slot
+        .register(&StateDescriptor::new(
+            "wordcount",
+            "count",
+            StateKind::Reducing,
+        ))
+        .map_err(err("registering states"))?;
+    slot.timers().map_err(err("opening the timer service"))?;
+    let source = Source {
+        spec,
+        zipf: (spec.skew == Skew::Zipf)
+            .then(|| Zipf::new(spec.vocabulary, spec.zipf_exponent))
+            .flatten(),
+    };
+    let range = slot.key_groups();
+    let max_p = slot.max_parallelism();
+    let mut op = Operator {
+        count,
+        scope: ScopeKey::new(0, 1, &[], &[]),
+        timer: Timer::default(),
+        digest: 0,
+        windows: 0,
+        counted: 0,
+        latency: new_histogram(),
+        value: [0; 8],
+        hash_buf: Vec::new(),
+    };
+    let mut word = Vec::with_capacity(24);
+    let mut key = Vec::with_capacity(24);
+    let mut next_watermark_at = spec.watermark_interval_ms;
+    let ns_per_record = spec.offered_rate.map(|r| 1e9 / r);
+    for g in 0..spec.records {
+        let ts = spec.event_time(g);
+        if ts >= next_watermark_at {
+            // The record carrying the watermark became available at `since`.
+            let since = match ns_per_record {
+                Some(ns) => start + Duration::from_nanos((g as f64 * ns) as u64),
+                None => Instant::now(),
+            };
+            op.advance(&mut slot, ts - 1, since)
+                .map_err(err("firing timers"))?;
+            next_watermark_at = (ts / spec.watermark_interval_ms + 1) * spec.watermark_interval_ms;
+        }
+        if let Some(ns) = ns_per_record
+            && g % 64 == 0
+        {
+            let due = start + Duration::from_nanos((g as f64 * ns) as u64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        word_into(&mut word, source.word(g));
+        // postcard's `&str`: varint length, then the bytes (words are < 128 bytes).
+        key.clear();
+        key.push(word.len() as u8);
+        key.extend_from_slice(&word);
+        if slots > 1 && !range.contains(assign_to_key_group(&key, max_p)) {
+            continue;
+        }
+        let window = ts - ts.rem_euclid(spec.window_ms);
+        slot.rescope_raw(&mut op.scope, &key, &window.to_be_bytes())
+            .map_err(err("building a scope"))?;
+        let n = slot
+            .get_with(count, &op.scope, |v| {
+                v.and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+            })
+            .map_err(err("reading a count"))?
+            .unwrap_or(0);
+        op.value = (n + 1).to_be_bytes();
+        slot.put(count, &op.scope, &op.value)
+            .map_err(err("writing a count"))?;
+        slot.register_timer(
+            TimeDomain::EventTime,
+            &op.scope,
+            window + spec.window_ms - 1,
+        )
+        .map_err(err("registering a timer"))?;
+    }
+    let since = Instant::now();
+    op.advance(&mut slot, i64::MAX, since)
+        .map_err(err("firing the last timers"))?;
+    let done = Instant::now();
+    done_records.fetch_add(op.counted, Ordering::Relaxed);
+    slot.flush().map_err(err("flushing"))?;
+    Ok(SlotOut {
+        digest: op.digest,
+        windows: op.windows,
+        counted: op.counted,
+        latency: op.latency,
+        done,
+        disk_bytes: slot.disk_bytes(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_event_times_follow_flink_anchor() {
+        let spec = WordcountSpec::default();
+        let mut w = Vec::new();
+        word_into(&mut w, stream::key_for(0, 100_000, 42));
+        assert_eq!(w, b"w58542"); // key_for(0, 1M, 42) = 358542; mod 100k differs
+        assert_eq!(spec.event_time(0), 0);
+        assert_eq!(spec.event_time(99), 0);
+        assert_eq!(spec.event_time(100), 1);
+        assert_eq!(spec.event_time(4_999_999), 49_999);
+        word_into(&mut w, 0);
+        assert_eq!(w, b"w0");
+        assert_eq!(decode_word(&[2, b'w', b'7']), b"w7");
+    }
+}

@@ -1,0 +1,206 @@
+//! Timers in checkpoints: restore gives exactly the timers present at the checkpoint (those
+//! registered or fired after it are not), and firing continues in the contract's order — for
+//! RocksDB timers (a column family of the incremental checkpoint), heap timers with the RocksDB
+//! backend (a private file written asynchronously), heap timers with the heap backend, and
+//! across kinds (a checkpoint restored with the other `state.timer-service`).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use cairn::engine::checkpoint::{Checkpointer, RestoreSource, TIMERS_SNAPSHOT_FILE, new_job_name};
+use cairn::engine::codec;
+use cairn::engine::{TimeDomain, Timer, TimerServiceKind};
+use cairn::timers::layout;
+use cairn::{BackendKind, CairnConfig, Slot};
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+fn config(backend: BackendKind, timers: TimerServiceKind, root: &Path) -> CairnConfig {
+    let mut cfg = CairnConfig::default();
+    cfg.state.backend = backend;
+    cfg.state.timer_service = timers;
+    cfg.state.timer_cache_size = 8;
+    cfg.state.working_dir = root.join("work");
+    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
+    cfg
+}
+
+/// (timestamp, key, namespace) of the registered timers.
+type Model = BTreeSet<(i64, u64, u32)>;
+
+fn timer_of(g: u64) -> (i64, u64, u32) {
+    ((g * 37 % 1_000) as i64 - 100, g % 700, (g % 5) as u32)
+}
+
+fn register(slot: &mut Slot, model: &mut Model, from: u64, to: u64) -> R {
+    for g in from..to {
+        let (ts, key, ns) = timer_of(g);
+        let scope = slot.scope(&key, &ns)?;
+        slot.register_timer(TimeDomain::EventTime, &scope, ts)?;
+        if g % 11 == 0 {
+            slot.register_timer(TimeDomain::ProcessingTime, &scope, ts + 5)?;
+        }
+        model.insert((ts, key, ns));
+    }
+    Ok(())
+}
+
+fn fire(slot: &mut Slot, up_to: i64) -> R<Vec<(i64, u64, u32)>> {
+    let mut t = Timer::default();
+    let mut out = Vec::new();
+    while slot.poll_timer(TimeDomain::EventTime, up_to, &mut t)? {
+        out.push((
+            t.timestamp,
+            codec::decode::<u64>(&t.key, "key")?,
+            codec::decode::<u32>(&t.namespace, "ns")?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The contract's firing order of `model`'s timers: timestamp, key group, payload bytes.
+fn contract_order(slot: &mut Slot, model: &Model) -> R<Vec<(i64, u64, u32)>> {
+    let mut v = Vec::new();
+    for &(ts, key, ns) in model {
+        let kb = codec::encode(&key, "key")?;
+        let nb = codec::encode(&ns, "ns")?;
+        let mut p = Vec::new();
+        layout::encode_payload(&mut p, &kb, &nb);
+        v.push(((ts, slot.key_group_of(&kb), p), (ts, key, ns)));
+    }
+    v.sort();
+    Ok(v.into_iter().map(|(_, t)| t).collect())
+}
+
+fn restore(cfg: &CairnConfig, source: &str) -> R<(Checkpointer, Slot)> {
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let restored = cp.prepare_restore(&RestoreSource::parse(source)?)?;
+    let range = cairn::KeyGroupRange::for_slot(128, 1, 0)?;
+    let dest = cfg.state.working_dir.join("restore-slot-0");
+    let (files, _) = cp.download_for_slot(&restored, range, &dest)?;
+    let slot = Slot::builder(cfg).restore(files).open()?;
+    Ok((cp, slot))
+}
+
+fn round_trip(
+    (backend, timers): (BackendKind, TimerServiceKind),
+    restore_timers: TimerServiceKind,
+) -> R {
+    let what = format!("{backend} backend, {timers} timers -> {restore_timers} timers");
+    let root = tempfile::tempdir()?;
+    let cfg = config(backend, timers, root.path());
+    let mut slot = Slot::builder(&cfg).open()?;
+    assert_eq!(slot.timer_service_kind(), timers);
+    let mut model = Model::new();
+    register(&mut slot, &mut model, 0, 3_000)?;
+    let fired = fire(&mut slot, 300)?;
+    let due: Model = model.iter().filter(|t| t.0 <= 300).copied().collect();
+    assert_eq!(fired, contract_order(&mut slot, &due)?, "{what}");
+    model.retain(|t| t.0 > 300);
+
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let id = cp.next_id();
+    let sync = slot.snapshot_sync(id)?;
+    // Changes between the synchronous and the asynchronous phase are not in the checkpoint
+    // (heap timers: copy-on-write of the key groups they touch).
+    let mut later = Model::new();
+    register(&mut slot, &mut later, 3_000, 4_000)?;
+    fire(&mut slot, 600)?;
+    cp.complete(id, vec![sync])?;
+    let report = cp.reports()[0].clone();
+    let timers_file = match timers {
+        TimerServiceKind::Heap => {
+            let meta = cp.block_on(cp.store().load(id))?;
+            meta.slots[0]
+                .private
+                .iter()
+                .any(|f| f.name.starts_with(TIMERS_SNAPSHOT_FILE))
+        }
+        TimerServiceKind::RocksDb => false,
+    };
+    assert_eq!(
+        timers_file,
+        timers == TimerServiceKind::Heap,
+        "{what}: {report:?}"
+    );
+    let url = format!("{}/chk-{id}", cp.job_url());
+    drop(slot);
+    drop(cp);
+
+    let mut rcfg = cfg.clone();
+    rcfg.state.timer_service = restore_timers;
+    let (_cp, mut restored) = restore(&rcfg, &url)?;
+    let expected = contract_order(&mut restored, &model)?;
+    assert!(!expected.is_empty());
+    let pt = restored.timers()?.count(TimeDomain::ProcessingTime)?;
+    assert_eq!(
+        pt,
+        (0..3_000u64)
+            .filter(|g| g % 11 == 0)
+            .map(timer_of)
+            .map(|t| (t.0 + 5, t.1, t.2))
+            .collect::<BTreeSet<_>>()
+            .len() as u64,
+        "{what}"
+    );
+    // Firing continues exactly where the checkpoint left it.
+    let mut got = fire(&mut restored, 300)?;
+    assert!(
+        got.is_empty(),
+        "{what}: timers fired before the checkpoint fired again"
+    );
+    got.extend(fire(&mut restored, 700)?);
+    got.extend(fire(&mut restored, i64::MAX)?);
+    assert_eq!(got, expected, "{what}");
+    Ok(())
+}
+
+#[test]
+fn rocksdb_timers_restore_from_the_incremental_checkpoint() -> R {
+    round_trip(
+        (BackendKind::RocksDb, TimerServiceKind::RocksDb),
+        TimerServiceKind::RocksDb,
+    )
+}
+
+#[test]
+fn heap_timers_with_the_rocksdb_backend_restore() -> R {
+    round_trip(
+        (BackendKind::RocksDb, TimerServiceKind::Heap),
+        TimerServiceKind::Heap,
+    )
+}
+
+#[test]
+fn heap_timers_with_the_heap_backend_restore() -> R {
+    round_trip(
+        (BackendKind::Heap, TimerServiceKind::Heap),
+        TimerServiceKind::Heap,
+    )
+}
+
+#[test]
+fn timers_restore_across_timer_service_kinds() -> R {
+    round_trip(
+        (BackendKind::RocksDb, TimerServiceKind::Heap),
+        TimerServiceKind::RocksDb,
+    )?;
+    round_trip(
+        (BackendKind::RocksDb, TimerServiceKind::RocksDb),
+        TimerServiceKind::Heap,
+    )
+}
+
+/// User states can't take the timers' reserved operator name.
+#[test]
+fn the_timer_operator_name_is_reserved() -> R {
+    let root = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, TimerServiceKind::RocksDb, root.path());
+    let mut slot = Slot::builder(&cfg).open()?;
+    let e = slot
+        .value_state::<u64>("_timers", "event-time")
+        .err()
+        .ok_or("reserved name accepted")?;
+    assert!(e.to_string().contains("reserved"), "{e}");
+    Ok(())
+}

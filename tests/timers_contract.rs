@@ -1,0 +1,264 @@
+//! The `TimerService` contract, run on both implementations (heap and RocksDB with a 4-entry
+//! cache, so RocksDB refills and evictions are exercised on every test).
+
+mod timers_support;
+
+use cairn::timers::{
+    ManualClock, TimeDomain, Timer, TimerError, TimerService, TimerServiceExt, layout,
+};
+use timers_support::{IMPLS, Impl, Instance};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+const EV: TimeDomain = TimeDomain::EventTime;
+const PT: TimeDomain = TimeDomain::ProcessingTime;
+
+/// (timestamp, key group, key, namespace) of every timer `advance_watermark(wm)` fires.
+fn fire(svc: &mut dyn TimerService, wm: i64) -> Vec<(i64, u16, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    svc.advance_watermark(wm, |t: &Timer| {
+        out.push((t.timestamp, t.key_group, t.key.clone(), t.namespace.clone()));
+        Ok(())
+    })
+    .expect("advance watermark");
+    out
+}
+
+fn each(mut f: impl FnMut(Impl, &mut dyn TimerService) -> R) -> R {
+    for which in IMPLS {
+        let mut inst = Instance::new(which, 0..=255);
+        f(which, inst.svc()).map_err(|e| format!("{which:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn duplicates_collapse_and_fire_once() -> R {
+    each(|_, s| {
+        for _ in 0..3 {
+            s.register(EV, 7, 100, b"k", b"w1")?;
+        }
+        assert_eq!(s.count(EV)?, 1);
+        assert_eq!(fire(s, 99), vec![]);
+        assert_eq!(fire(s, 100), vec![(100, 7, b"k".to_vec(), b"w1".to_vec())]);
+        assert_eq!(fire(s, 1_000), vec![], "fired twice");
+        assert_eq!(s.count(EV)?, 0);
+        Ok(())
+    })
+}
+
+/// Timestamp order, ties by key group, then by the payload bytes (`[len u32][key][ns]`):
+/// shorter keys first.
+#[test]
+fn fires_in_timestamp_order_with_the_documented_tie_break() -> R {
+    each(|_, s| {
+        let timers: Vec<(i64, u16, &[u8], &[u8])> = vec![
+            (50, 3, b"bb", b""),
+            (10, 200, b"a", b"x"),
+            (50, 3, b"a", b"zz"),
+            (50, 1, b"zzz", b""),
+            (-5, 9, b"neg", b""),
+            (50, 3, b"a", b"y"),
+            (50, 3, b"aa", b""),
+            (i64::MAX, 0, b"end", b""),
+        ];
+        for (ts, kg, k, n) in &timers {
+            s.register(EV, *kg, *ts, k, n)?;
+        }
+        let fired = fire(s, i64::MAX);
+        let mut expected: Vec<_> = timers
+            .iter()
+            .map(|(ts, kg, k, n)| {
+                let mut p = Vec::new();
+                layout::encode_payload(&mut p, k, n);
+                (*ts, *kg, p, k.to_vec(), n.to_vec())
+            })
+            .collect();
+        expected.sort();
+        let expected: Vec<_> = expected
+            .into_iter()
+            .map(|(ts, kg, _, k, n)| (ts, kg, k, n))
+            .collect();
+        assert_eq!(fired, expected);
+        // Spelled out: at ts 50, kg 1 first, then kg 3's "a"+"y", "a"+"zz", "aa", "bb".
+        let at50: Vec<_> = fired
+            .iter()
+            .filter(|f| f.0 == 50)
+            .map(|f| (f.1, f.2.clone(), f.3.clone()))
+            .collect();
+        assert_eq!(
+            at50,
+            vec![
+                (1, b"zzz".to_vec(), vec![]),
+                (3, b"a".to_vec(), b"y".to_vec()),
+                (3, b"a".to_vec(), b"zz".to_vec()),
+                (3, b"aa".to_vec(), vec![]),
+                (3, b"bb".to_vec(), vec![]),
+            ]
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn watermark_fires_exactly_the_timers_up_to_it() -> R {
+    each(|_, s| {
+        for i in 0..1_000i64 {
+            s.register(EV, (i % 256) as u16, i, &i.to_be_bytes(), b"")?;
+        }
+        let mut seen = 0;
+        for wm in [-1, 0, 99, 99, 500, 998, 2_000] {
+            let f = fire(s, wm);
+            assert!(f.iter().all(|t| t.0 <= wm));
+            assert!(f.windows(2).all(|w| w[0] <= w[1]));
+            seen += f.len();
+            assert_eq!(
+                seen as i64,
+                (wm + 1).clamp(0, 1_000),
+                "after watermark {wm}"
+            );
+            assert_eq!(s.peek(EV)?, (wm + 1 < 1_000).then_some(wm + 1));
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn deleted_timers_do_not_fire() -> R {
+    each(|_, s| {
+        for i in 0..20i64 {
+            s.register(EV, 5, i, b"k", &[i as u8])?;
+        }
+        for i in (0..20i64).step_by(2) {
+            s.delete(EV, 5, i, b"k", &[i as u8])?;
+        }
+        s.delete(EV, 5, 3, b"other", b"")?; // absent: no-op
+        s.delete(EV, 6, 1_000, b"k", b"")?; // absent: no-op
+        let f = fire(s, 100);
+        let ts: Vec<i64> = f.iter().map(|t| t.0).collect();
+        assert_eq!(ts, (1..20).step_by(2).collect::<Vec<_>>());
+        assert_eq!(s.peek(EV)?, None);
+        Ok(())
+    })
+}
+
+#[test]
+fn processing_time_fires_from_the_injected_clock_and_domains_are_separate() -> R {
+    each(|_, s| {
+        let clock = ManualClock::new(0);
+        s.register(PT, 1, 1_000, b"p", b"")?;
+        s.register(EV, 1, 1_000, b"e", b"")?;
+        assert_eq!(s.peek(PT)?, Some(1_000));
+        assert_eq!(s.advance_processing_time(&clock, |_| Ok(()))?, 0);
+        clock.set(1_000);
+        let mut fired = Vec::new();
+        s.advance_processing_time(&clock, |t| {
+            fired.push((t.domain, t.key.clone()));
+            Ok(())
+        })?;
+        assert_eq!(fired, vec![(PT, b"p".to_vec())]);
+        assert_eq!(s.peek(EV)?, Some(1_000), "event-time timer untouched");
+        assert_eq!(fire(s, 1_000).len(), 1);
+        Ok(())
+    })
+}
+
+#[test]
+fn key_groups_outside_the_range_are_rejected_and_nothing_is_written() -> R {
+    for which in IMPLS {
+        let mut inst = Instance::new(which, 10..=20);
+        let s = inst.svc();
+        for kg in [9u16, 21, 300] {
+            let e = s.register(EV, kg, 1, b"k", b"").expect_err("out of range");
+            assert!(
+                matches!(e, TimerError::KeyGroupOutOfRange { key_group, start: 10, end: 20 } if key_group == kg)
+            );
+            assert!(e.to_string().contains(&kg.to_string()), "{e}");
+        }
+        assert_eq!(s.count(EV)?, 0);
+        assert_eq!(s.peek(EV)?, None);
+    }
+    Ok(())
+}
+
+/// A host engine registers timers while firing (`onTimer` registering the next one): a timer
+/// that sorts after the one being fired fires in the same loop.
+#[test]
+fn timers_registered_while_firing_fire_in_the_same_loop() -> R {
+    each(|_, s| {
+        s.register(EV, 2, 10, b"a", b"")?;
+        let mut t = Timer::default();
+        let mut fired = Vec::new();
+        while s.poll(EV, 30, &mut t)? {
+            fired.push(t.timestamp);
+            if t.timestamp < 30 {
+                s.register(EV, 4, t.timestamp + 10, b"b", b"")?;
+            }
+        }
+        assert_eq!(fired, vec![10, 20, 30]);
+        assert_eq!(s.peek(EV)?, None);
+        Ok(())
+    })
+}
+
+/// Many timers in one key group (RocksDB: far beyond the 4-entry cache), registered out of order
+/// and interleaved with firing.
+#[test]
+fn large_key_group_fires_in_order() -> R {
+    each(|_, s| {
+        let mut expected = Vec::new();
+        for i in 0..2_000u64 {
+            let ts = ((i * 7_919) % 1_000) as i64;
+            s.register(EV, 42, ts, &i.to_be_bytes(), b"")?;
+            expected.push((ts, i));
+        }
+        expected.sort_by_key(|&(ts, i)| (ts, i.to_be_bytes()));
+        let mut fired = fire(s, 499);
+        s.register(EV, 42, 600, b"late", b"")?;
+        fired.extend(fire(s, i64::MAX));
+        let mut want: Vec<(i64, Vec<u8>)> = expected
+            .iter()
+            .map(|(ts, i)| (*ts, i.to_be_bytes().to_vec()))
+            .collect();
+        want.push((600, b"late".to_vec()));
+        want.sort_by(|a, b| {
+            let pa = (a.0, a.1.len(), &a.1);
+            let pb = (b.0, b.1.len(), &b.1);
+            pa.cmp(&pb)
+        });
+        let got: Vec<(i64, Vec<u8>)> = fired.into_iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got, want);
+        Ok(())
+    })
+}
+
+#[test]
+fn snapshot_restore_keeps_timers_and_filters_key_groups() -> R {
+    for which in IMPLS {
+        let mut inst = Instance::new(which, 0..=255);
+        let s = inst.svc();
+        for kg in 0..=255u16 {
+            s.register(EV, kg, i64::from(kg) * 10, b"k", b"")?;
+            s.register(PT, kg, 5, b"p", &kg.to_be_bytes())?;
+        }
+        assert_eq!(fire(s, 99).len(), 10);
+        let mut restored = inst.snapshot_restore(0..=255);
+        // Writes after the snapshot do not reach it.
+        inst.svc().register(EV, 3, 1, b"after", b"")?;
+        let r = restored.svc();
+        assert_eq!(r.count(EV)?, 246, "{which:?}");
+        assert_eq!(r.count(PT)?, 256, "{which:?}");
+        assert_eq!(r.peek(EV)?, Some(100));
+        let f = fire(r, 129);
+        assert_eq!(f.iter().map(|t| t.1).collect::<Vec<_>>(), vec![10, 11, 12]);
+        // Into a smaller range (rescaling): only its key groups.
+        let mut half = inst.snapshot_restore(128..=255);
+        let h = half.svc();
+        assert_eq!(h.count(EV)?, 128, "{which:?}");
+        assert_eq!(h.peek(EV)?, Some(1_280));
+        let all = fire(h, i64::MAX);
+        assert!(all.iter().all(|t| t.1 >= 128));
+    }
+    Ok(())
+}

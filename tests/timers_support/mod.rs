@@ -1,0 +1,116 @@
+//! Shared harness of the timer suites: one [`Instance`] type over both implementations, with
+//! snapshot + restore the way a checkpoint does it (heap: snapshot file; RocksDB: flush, native
+//! RocksDB checkpoint, reopen from its files).
+
+#![allow(dead_code)]
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use cairn::timers::{HeapTimers, KeyGroup, RocksDbTimers, TimerDb, TimerService};
+use rocksdb::{ColumnFamilyDescriptor, Options};
+
+/// Column families of the RocksDB instances.
+pub const EVENT_CF: &str = "_timers/event-time";
+/// Processing-time column family.
+pub const PROCESSING_CF: &str = "_timers/processing-time";
+/// Key-group prefix width used by the suites (`max_parallelism > 128`).
+pub const PREFIX_BYTES: usize = 2;
+/// A tiny cache, so refills and evictions happen all the time.
+pub const CACHE: usize = 4;
+/// Fired timers per range delete: small, so range deletes happen between flushes too.
+pub const RANGE_DELETE_EVERY: u32 = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    Heap,
+    RocksDb,
+}
+
+pub const IMPLS: [Impl; 2] = [Impl::Heap, Impl::RocksDb];
+
+/// A timer service of either implementation, with what it needs to live.
+pub enum Instance {
+    Heap(HeapTimers),
+    Rocks {
+        svc: RocksDbTimers,
+        db: Arc<TimerDb>,
+        dir: tempfile::TempDir,
+    },
+}
+
+fn open_db(path: &std::path::Path) -> Arc<TimerDb> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = ["default", EVENT_CF, PROCESSING_CF]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    Arc::new(TimerDb::open_cf_descriptors(&opts, path, cfs).expect("open timer db"))
+}
+
+impl Instance {
+    /// A fresh, empty service.
+    pub fn new(which: Impl, range: RangeInclusive<KeyGroup>) -> Self {
+        match which {
+            Impl::Heap => Instance::Heap(HeapTimers::new(range)),
+            Impl::RocksDb => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let db = open_db(&dir.path().join("db"));
+                let svc = RocksDbTimers::open(
+                    db.clone(),
+                    EVENT_CF,
+                    PROCESSING_CF,
+                    range,
+                    PREFIX_BYTES,
+                    CACHE,
+                )
+                .expect("open rocksdb timers")
+                .with_range_delete_every(RANGE_DELETE_EVERY);
+                Instance::Rocks { svc, db, dir }
+            }
+        }
+    }
+
+    pub fn svc(&mut self) -> &mut dyn TimerService {
+        match self {
+            Instance::Heap(h) => h,
+            Instance::Rocks { svc, .. } => svc,
+        }
+    }
+
+    /// Snapshots this service and restores the snapshot into a new service for `range`.
+    pub fn snapshot_restore(&mut self, range: RangeInclusive<KeyGroup>) -> Instance {
+        match self {
+            Instance::Heap(h) => {
+                let snap = h.snapshot();
+                let dir = tempfile::tempdir().expect("tempdir");
+                let path = dir.path().join("timers.snapshot");
+                snap.write(&path).expect("write timer snapshot");
+                let mut restored = HeapTimers::new(range);
+                restored.restore(&path).expect("restore timer snapshot");
+                Instance::Heap(restored)
+            }
+            Instance::Rocks { svc, db, .. } => {
+                svc.flush().expect("flush timers");
+                let dir = tempfile::tempdir().expect("tempdir");
+                let chk = dir.path().join("db");
+                rocksdb::checkpoint::Checkpoint::new(db)
+                    .and_then(|c| c.create_checkpoint(&chk))
+                    .expect("native checkpoint");
+                let db = open_db(&chk);
+                let svc = RocksDbTimers::open(
+                    db.clone(),
+                    EVENT_CF,
+                    PROCESSING_CF,
+                    range,
+                    PREFIX_BYTES,
+                    CACHE,
+                )
+                .expect("reopen rocksdb timers")
+                .with_range_delete_every(RANGE_DELETE_EVERY);
+                Instance::Rocks { svc, db, dir }
+            }
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! [`RocksDbTimers`]: timers in column families of the slot's RocksDB (Flink's
+//! `RocksDBPriorityQueueSetFactory`), one per time domain, keyed by [`crate::layout`].
+//!
+//! ## Cache
+//! Per domain and key group, an in-memory ordered set holds the key group's *earliest* timers
+//! (at most `cache_size`, Flink's `timer-service.cache-size` = 128): always a prefix of the
+//! key group's timers in RocksDB, plus a flag saying whether it holds all of them. Firing pops
+//! from the cache; only when a key group's cache runs dry while RocksDB holds more is RocksDB
+//! read, with one bounded scan (`[kg prefix, next kg prefix)`) that refills it. A registration
+//! earlier than the cache's last timer goes into the cache too (dedup without a read); a later
+//! one is only written (a RocksDB put of an existing key is idempotent). An index of the key
+//! groups' heads gives the slot's next timer without touching RocksDB.
+//!
+//! ## Writes
+//! Puts and deletes are buffered in one write batch (WAL off, like state writes) and written
+//! when it holds [`BATCH_OPS`] operations, before any scan, and on [`TimerService::flush`] —
+//! which the engine calls before a checkpoint's native RocksDB snapshot. The cache always
+//! reflects the batch, so nothing is read through it.
+//!
+//! ## Fired timers: range deletes
+//! Firing writes nothing: fired timers are always the front of their key group, so the service
+//! remembers the last fired key (`low`) and deletes `[key-group prefix, low]` with one range
+//! tombstone per [`GARBAGE_PER_RANGE_DELETE`] firings and at every [`TimerService::flush`]
+//! (before each checkpoint, so checkpoints never hold fired timers). Refill scans start at
+//! `low`, so they never walk fired timers or their tombstones. A registration at or below
+//! `low` writes the pending range delete first. (Flink writes a point delete per firing and
+//! seeks from the key-group prefix, skipping tombstones one by one.)
+
+use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use rocksdb::{DBWithThreadMode, MultiThreaded, ReadOptions, WriteBatch, WriteOptions};
+
+use crate::error::{Result, TimerError};
+use crate::{KeyGroup, TimeDomain, Timer, TimerService, TimerServiceKind, check_key_group, layout};
+
+/// The RocksDB type of a slot (`cairn-engine`'s).
+pub type TimerDb = DBWithThreadMode<MultiThreaded>;
+
+/// Timers cached per key group and domain (Flink: `state.backend.rocksdb.timer-service.cache-size`).
+pub const DEFAULT_CACHE_SIZE: usize = 128;
+/// Buffered operations that trigger a write of the batch.
+pub const BATCH_OPS: usize = 4096;
+/// Fired timers of a key group deleted by one range tombstone (besides the one every
+/// [`TimerService::flush`] writes): few range tombstones keep scans cheap, and fired timers stay
+/// on disk only briefly.
+pub const GARBAGE_PER_RANGE_DELETE: u32 = 4096;
+
+type Entry = (i64, Box<[u8]>);
+
+#[derive(Default)]
+struct GroupCache {
+    /// The earliest timers of the key group (a prefix of its RocksDB keys).
+    cache: BTreeSet<Entry>,
+    /// Whether `cache` holds every timer of the key group.
+    complete: bool,
+    /// Whether the cache was loaded at all (false after open until the first scan).
+    loaded: bool,
+    /// No live timer of the key group sorts below this key (empty: unknown): the last fired
+    /// timer's key, or a key written below it. Refill scans start here.
+    low: Vec<u8>,
+    /// Whether `low` is a fired timer (still in RocksDB, deleted with the next range delete)
+    /// rather than a live one.
+    low_fired: bool,
+    /// Timers fired since the key group's last range delete: all in `[prefix, low]`.
+    garbage: u32,
+}
+
+struct Domain {
+    cf: String,
+    groups: Vec<GroupCache>,
+    heads: BTreeSet<(i64, KeyGroup)>,
+    unloaded: usize,
+}
+
+/// Timers in RocksDB. See the module doc.
+pub struct RocksDbTimers {
+    db: Arc<TimerDb>,
+    range: RangeInclusive<KeyGroup>,
+    prefix_bytes: usize,
+    cache_size: usize,
+    garbage_per_range_delete: u32,
+    domains: [Domain; 2],
+    batch: WriteBatch,
+    batch_ops: usize,
+    write_opts: WriteOptions,
+    payload: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl RocksDbTimers {
+    /// A service over the existing column families `event_cf` and `processing_cf` of `db`, for
+    /// the key groups `range` with `prefix_bytes`-wide key-group prefixes. Timers already in
+    /// the column families (a restored checkpoint) are found lazily, with one bounded scan per
+    /// key group at the first `peek`/`poll`.
+    pub fn open(
+        db: Arc<TimerDb>,
+        event_cf: &str,
+        processing_cf: &str,
+        range: RangeInclusive<KeyGroup>,
+        prefix_bytes: usize,
+        cache_size: usize,
+    ) -> Result<Self> {
+        for cf in [event_cf, processing_cf] {
+            if db.cf_handle(cf).is_none() {
+                return Err(TimerError::MissingColumnFamily(cf.to_string()));
+            }
+        }
+        let n = if range.is_empty() {
+            0
+        } else {
+            usize::from(range.end() - range.start()) + 1
+        };
+        let domain = |cf: &str| Domain {
+            cf: cf.to_string(),
+            groups: (0..n).map(|_| GroupCache::default()).collect(),
+            heads: BTreeSet::new(),
+            unloaded: n,
+        };
+        let mut write_opts = WriteOptions::default();
+        write_opts.disable_wal(true);
+        Ok(Self {
+            db,
+            range,
+            prefix_bytes,
+            cache_size: cache_size.max(1),
+            garbage_per_range_delete: GARBAGE_PER_RANGE_DELETE,
+            domains: [domain(event_cf), domain(processing_cf)],
+            batch: WriteBatch::default(),
+            batch_ops: 0,
+            write_opts,
+            payload: Vec::new(),
+            key: Vec::new(),
+        })
+    }
+
+    /// Fired timers per key group between range deletes (default
+    /// [`GARBAGE_PER_RANGE_DELETE`]; tests lower it to exercise the path).
+    pub fn with_range_delete_every(mut self, fired: u32) -> Self {
+        self.garbage_per_range_delete = fired.max(1);
+        self
+    }
+
+    fn write_batch(&mut self) -> Result<()> {
+        if self.batch_ops > 0 {
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_ops = 0;
+            self.db
+                .write_opt(&batch, &self.write_opts)
+                .map_err(TimerError::rocks("write batch"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the fired timers of a key group, `[prefix, low]`, with one range tombstone.
+    fn delete_garbage(&mut self, d: usize, idx: usize) -> Result<()> {
+        let kg = *self.range.start() + idx as KeyGroup;
+        let g = &mut self.domains[d].groups[idx];
+        if g.garbage == 0 || !g.low_fired {
+            return Ok(());
+        }
+        g.garbage = 0;
+        let (from, _) = layout::key_group_bounds(kg, self.prefix_bytes);
+        let mut to = g.low.clone();
+        to.push(0); // the smallest key above `low`
+        let cf = self
+            .db
+            .cf_handle(&self.domains[d].cf)
+            .ok_or_else(|| TimerError::MissingColumnFamily(self.domains[d].cf.clone()))?;
+        self.batch.delete_range_cf(&cf, from, to);
+        drop(cf);
+        self.batch_ops += 1;
+        Ok(())
+    }
+
+    fn buffer(&mut self, d: usize, idx: usize, put: bool) -> Result<()> {
+        if put {
+            let g = &self.domains[d].groups[idx];
+            if !g.low.is_empty() && self.key <= g.low {
+                // A timer at or below fired ones: delete those first (the range delete goes
+                // into the batch before this put), then it is the new low.
+                self.delete_garbage(d, idx)?;
+                let g = &mut self.domains[d].groups[idx];
+                g.low.clear();
+                g.low.extend_from_slice(&self.key);
+                g.low_fired = false;
+            }
+        }
+        let cf = self
+            .db
+            .cf_handle(&self.domains[d].cf)
+            .ok_or_else(|| TimerError::MissingColumnFamily(self.domains[d].cf.clone()))?;
+        if put {
+            self.batch.put_cf(&cf, &self.key, []);
+        } else {
+            self.batch.delete_cf(&cf, &self.key);
+        }
+        drop(cf);
+        self.batch_ops += 1;
+        if self.batch_ops >= BATCH_OPS {
+            self.write_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Reloads the cache of one key group from RocksDB (one bounded scan).
+    fn load(&mut self, d: usize, idx: usize) -> Result<()> {
+        self.write_batch()?;
+        let kg = *self.range.start() + idx as KeyGroup;
+        let (mut lower, upper) = layout::key_group_bounds(kg, self.prefix_bytes);
+        let dom = &mut self.domains[d];
+        if !dom.groups[idx].low.is_empty() {
+            lower.clone_from(&dom.groups[idx].low);
+        }
+        let cf = self
+            .db
+            .cf_handle(&dom.cf)
+            .ok_or_else(|| TimerError::MissingColumnFamily(dom.cf.clone()))?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.clone());
+        if let Some(u) = upper {
+            ro.set_iterate_upper_bound(u);
+        }
+        // Timers are read once and deleted soon after: keep them out of the block cache's
+        // hot part.
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek(&lower);
+        let g = &mut dom.groups[idx];
+        let old = g.cache.first().map(|e| e.0);
+        g.cache.clear();
+        let mut complete = true;
+        while it.valid() {
+            if g.cache.len() == self.cache_size {
+                complete = false;
+                break;
+            }
+            let Some(k) = it.key() else { break };
+            if g.low_fired && k == &g.low[..] {
+                it.next();
+                continue;
+            }
+            let (_, ts, payload) =
+                layout::decode_db_key(k, self.prefix_bytes).ok_or_else(|| TimerError::Corrupt {
+                    what: dom.cf.clone(),
+                    reason: format!("key {k:02x?} does not follow the timer layout"),
+                })?;
+            g.cache.insert((ts, payload.into()));
+            it.next();
+        }
+        it.status().map_err(TimerError::rocks("scan timers"))?;
+        g.complete = complete;
+        if !g.loaded {
+            g.loaded = true;
+            dom.unloaded -= 1;
+        }
+        let new = g.cache.first().map(|e| e.0);
+        move_head(&mut dom.heads, kg, old, new);
+        Ok(())
+    }
+
+    fn load_all(&mut self, d: usize) -> Result<()> {
+        if self.domains[d].unloaded == 0 {
+            return Ok(());
+        }
+        for idx in 0..self.domains[d].groups.len() {
+            if !self.domains[d].groups[idx].loaded {
+                self.load(d, idx)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn move_head(
+    heads: &mut BTreeSet<(i64, KeyGroup)>,
+    kg: KeyGroup,
+    old: Option<i64>,
+    new: Option<i64>,
+) {
+    if old != new {
+        if let Some(o) = old {
+            heads.remove(&(o, kg));
+        }
+        if let Some(n) = new {
+            heads.insert((n, kg));
+        }
+    }
+}
+
+impl TimerService for RocksDbTimers {
+    fn kind(&self) -> TimerServiceKind {
+        TimerServiceKind::RocksDb
+    }
+
+    fn key_groups(&self) -> RangeInclusive<KeyGroup> {
+        self.range.clone()
+    }
+
+    fn register(
+        &mut self,
+        domain: TimeDomain,
+        key_group: KeyGroup,
+        timestamp: i64,
+        key: &[u8],
+        namespace: &[u8],
+    ) -> Result<()> {
+        let idx = check_key_group(&self.range, key_group)?;
+        let d = domain.index();
+        if !self.domains[d].groups[idx].loaded {
+            self.load(d, idx)?;
+        }
+        layout::encode_payload(&mut self.payload, key, namespace);
+        let dom = &mut self.domains[d];
+        let g = &mut dom.groups[idx];
+        let in_cache_range = g.complete
+            || g.cache
+                .last()
+                .is_some_and(|l| (timestamp, &self.payload[..]) <= (l.0, &l.1[..]));
+        if in_cache_range {
+            let old = g.cache.first().map(|e| e.0);
+            if !g.cache.insert((timestamp, self.payload.as_slice().into())) {
+                return Ok(()); // exists: no write
+            }
+            if g.cache.len() > self.cache_size {
+                g.cache.pop_last();
+                g.complete = false;
+            }
+            let new = g.cache.first().map(|e| e.0);
+            move_head(&mut dom.heads, key_group, old, new);
+        }
+        layout::encode_db_key(
+            &mut self.key,
+            key_group,
+            self.prefix_bytes,
+            timestamp,
+            &self.payload,
+        );
+        self.buffer(d, idx, true)
+    }
+
+    fn delete(
+        &mut self,
+        domain: TimeDomain,
+        key_group: KeyGroup,
+        timestamp: i64,
+        key: &[u8],
+        namespace: &[u8],
+    ) -> Result<()> {
+        let idx = check_key_group(&self.range, key_group)?;
+        let d = domain.index();
+        if !self.domains[d].groups[idx].loaded {
+            self.load(d, idx)?;
+        }
+        layout::encode_payload(&mut self.payload, key, namespace);
+        let dom = &mut self.domains[d];
+        let g = &mut dom.groups[idx];
+        let entry: Entry = (timestamp, self.payload.as_slice().into());
+        let in_cache_range = g.complete || g.cache.last().is_some_and(|l| entry <= *l);
+        let mut refill = false;
+        if in_cache_range {
+            let old = g.cache.first().map(|e| e.0);
+            if !g.cache.remove(&entry) {
+                return Ok(()); // absent: no write
+            }
+            let new = g.cache.first().map(|e| e.0);
+            move_head(&mut dom.heads, key_group, old, new);
+            refill = g.cache.is_empty() && !g.complete;
+        }
+        layout::encode_db_key(
+            &mut self.key,
+            key_group,
+            self.prefix_bytes,
+            timestamp,
+            &self.payload,
+        );
+        self.buffer(d, idx, false)?;
+        if refill {
+            self.load(d, idx)?;
+        }
+        Ok(())
+    }
+
+    fn peek(&mut self, domain: TimeDomain) -> Result<Option<i64>> {
+        let d = domain.index();
+        self.load_all(d)?;
+        Ok(self.domains[d].heads.first().map(|h| h.0))
+    }
+
+    fn poll(&mut self, domain: TimeDomain, up_to: i64, out: &mut Timer) -> Result<bool> {
+        let d = domain.index();
+        self.load_all(d)?;
+        let start = *self.range.start();
+        let dom = &mut self.domains[d];
+        let Some(&(ts, kg)) = dom.heads.first() else {
+            return Ok(false);
+        };
+        if ts > up_to {
+            return Ok(false);
+        }
+        let idx = usize::from(kg - start);
+        let g = &mut dom.groups[idx];
+        let Some((ts, payload)) = g.cache.pop_first() else {
+            dom.heads.remove(&(ts, kg));
+            return Ok(false);
+        };
+        let new = g.cache.first().map(|e| e.0);
+        let refill = g.cache.is_empty() && !g.complete;
+        move_head(&mut dom.heads, kg, Some(ts), new);
+        let (key, ns) = layout::decode_payload(&payload).ok_or_else(|| TimerError::Corrupt {
+            what: dom.cf.clone(),
+            reason: format!("bad payload in key group {kg}"),
+        })?;
+        out.domain = domain;
+        out.timestamp = ts;
+        out.key_group = kg;
+        out.key.clear();
+        out.key.extend_from_slice(key);
+        out.namespace.clear();
+        out.namespace.extend_from_slice(ns);
+        layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
+        // The popped timer was the key group's smallest live one: it becomes garbage below
+        // `low`, deleted in bulk later (no tombstone per firing).
+        let g = &mut self.domains[d].groups[idx];
+        g.low.clear();
+        g.low.extend_from_slice(&self.key);
+        g.low_fired = true;
+        g.garbage += 1;
+        if g.garbage >= self.garbage_per_range_delete {
+            self.delete_garbage(d, idx)?;
+        }
+        if refill {
+            self.load(d, idx)?;
+        }
+        Ok(true)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for d in 0..self.domains.len() {
+            for idx in 0..self.domains[d].groups.len() {
+                self.delete_garbage(d, idx)?;
+            }
+        }
+        self.write_batch()
+    }
+
+    fn count(&mut self, domain: TimeDomain) -> Result<u64> {
+        self.flush()?;
+        let dom = &self.domains[domain.index()];
+        let cf = self
+            .db
+            .cf_handle(&dom.cf)
+            .ok_or_else(|| TimerError::MissingColumnFamily(dom.cf.clone()))?;
+        let (lower, _) = layout::key_group_bounds(*self.range.start(), self.prefix_bytes);
+        let (_, upper) = layout::key_group_bounds(*self.range.end(), self.prefix_bytes);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.clone());
+        if let Some(u) = upper {
+            ro.set_iterate_upper_bound(u);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
+        it.seek(&lower);
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status().map_err(TimerError::rocks("count timers"))?;
+        Ok(n)
+    }
+}
