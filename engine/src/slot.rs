@@ -637,6 +637,11 @@ impl Slot {
         self.backend.flush_cache()
     }
 
+    /// Writes the state cache's dirty entries into the backend ahead of a checkpoint.
+    pub(crate) fn write_back_cache(&mut self) -> Result<u64> {
+        self.backend.write_back_cache()
+    }
+
     /// Flushes buffered writes (the state cache's and timers' included) into the backend's
     /// files.
     pub fn flush(&mut self) -> Result<()> {

@@ -14,9 +14,11 @@ use crate::error::{EngineError, Result};
 use crate::slot::Slot;
 
 impl Slot {
-    /// Starts flushing the slot's memtables in the background (no-op for the heap backend).
-    /// Cheap to call; the checkpoint that follows is correct whether or not it was called.
-    pub fn prepare_checkpoint(&self) -> Result<()> {
+    /// Writes the state cache's dirty entries into RocksDB and starts flushing the slot's
+    /// memtables in the background (no-op for the heap backend). Returns once the flush is
+    /// scheduled; the checkpoint that follows is correct whether or not this was called.
+    pub fn prepare_checkpoint(&mut self) -> Result<()> {
+        self.write_back_cache()?;
         let Some(rocks) = self.backend().as_rocksdb() else {
             return Ok(());
         };
@@ -55,7 +57,8 @@ mod tests {
             let scope = s.scope(&k, &VoidNamespace).unwrap();
             v.update(&mut s, &scope, &k).unwrap();
         }
-        assert!(s.memory_report().memtable_bytes > 100_000);
+        // With the state cache on (the default) the writes are still in the cache: the
+        // pre-flush writes them back first.
         s.prepare_checkpoint().unwrap();
         // Writes keep going while the flush runs.
         let scope = s.scope(&u64::MAX, &VoidNamespace).unwrap();
@@ -92,5 +95,29 @@ mod tests {
         slot(BackendKind::Heap, dir.path())
             .prepare_checkpoint()
             .unwrap();
+    }
+
+    #[test]
+    fn without_the_state_cache_the_memtables_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CairnConfig::default();
+        config.state.working_dir = dir.path().to_path_buf();
+        config.memory.state_cache_ratio = 0.0;
+        let mut s = Slot::builder(&config).open().unwrap();
+        let v = s.value_state::<u64>("op", "v").unwrap();
+        for k in 0..20_000u64 {
+            let scope = s.scope(&k, &VoidNamespace).unwrap();
+            v.update(&mut s, &scope, &k).unwrap();
+        }
+        assert!(s.memory_report().memtable_bytes > 100_000);
+        s.prepare_checkpoint().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.memory_report().memtable_bytes > 100_000 {
+            assert!(
+                Instant::now() < deadline,
+                "the memtables were never flushed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

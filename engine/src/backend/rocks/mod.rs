@@ -285,15 +285,24 @@ impl RocksDbBackend {
     /// Writes every dirty cache entry into RocksDB (one `WriteBatch`): the checkpoint's sync
     /// phase calls it right before the native checkpoint. Returns the entries written.
     pub fn flush_cache(&mut self) -> Result<u64> {
+        let t = std::time::Instant::now();
+        let r = self.write_back_cache();
+        if let Some(cache) = self.cache.as_mut() {
+            cache.record_checkpoint_flush(t.elapsed());
+        }
+        r
+    }
+
+    /// Writes every dirty cache entry into RocksDB (one `WriteBatch`) and leaves it cached,
+    /// clean. Returns the entries written.
+    pub fn write_back_cache(&mut self) -> Result<u64> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok(0);
         };
-        let t = std::time::Instant::now();
         let mut w = BatchWriter::new(&self.db, &self.states);
         let n = cache.flush_all(&mut |op| w.add(op));
-        let r = w.commit(&self.db, &self.write_opts, "flush state cache");
-        cache.record_checkpoint_flush(t.elapsed());
-        r.map(|()| n)
+        w.commit(&self.db, &self.write_opts, "flush state cache")
+            .map(|()| n)
     }
 
     /// Evicts and writes back after a cache write, when the cache asks for it.
@@ -659,6 +668,10 @@ impl StateBackend for RocksDbBackend {
 
     fn flush_cache(&mut self) -> Result<u64> {
         RocksDbBackend::flush_cache(self)
+    }
+
+    fn write_back_cache(&mut self) -> Result<u64> {
+        RocksDbBackend::write_back_cache(self)
     }
 
     fn as_rocksdb(&self) -> Option<&RocksDbBackend> {
