@@ -38,6 +38,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Incremental checkpoints under churn, and restore speed against a raw copy.
     Checkpoint(CheckpointBenchArgs),
+    /// The windowed word count at a sweep of offered rates, per backend x timer service: fire
+    /// latency vs offered rate (CSV, JSON, SVG).
+    Wordcount(crate::wordcount::WordcountBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -149,7 +152,18 @@ struct CheckpointBench {
 
 /// Runs `cairn bench ...`.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let BenchCommand::Checkpoint(a) = args.command;
+    let a = match args.command {
+        BenchCommand::Checkpoint(a) => a,
+        BenchCommand::Wordcount(w) => {
+            return match crate::wordcount::bench(&w) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     match checkpoint_bench(&a) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
