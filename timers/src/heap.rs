@@ -88,7 +88,9 @@ impl Queue {
 
     fn insert(&mut self, ts: i64, p: &[u8]) -> bool {
         let b = self.buckets.entry(ts).or_insert_with(|| Bucket::Sorted {
-            v: Vec::new(),
+            // Most timestamps hold one timer (processing-time deadlines, sessions): no spare
+            // capacity (a first push would reserve 4).
+            v: Vec::with_capacity(1),
             firing: false,
         });
         let new = match b {
