@@ -347,6 +347,13 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     if !(1..=MAX_SLOTS).contains(&args.slots) {
         return Err(flag("--slots", &args.slots, &format!("[1, {MAX_SLOTS}]")));
     }
+    if args.workload == WorkloadKind::Wordcount && args.restore_from.is_some() {
+        return Err(flag(
+            "--restore-from",
+            &args.restore_from.as_deref().unwrap_or_default(),
+            "not with --workload wordcount (it runs without checkpoints)",
+        ));
+    }
     let records = args.records.unwrap_or(match args.workload {
         WorkloadKind::Wordcount => WordcountSpec::default().records,
         _ => 1_000_000,
