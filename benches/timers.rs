@@ -129,7 +129,13 @@ fn snapshot_round(n: u64) {
         let k = i.to_be_bytes();
         let ts = (cairn::stream::mix64(i) % 1_000_000) as i64;
         timers
-            .register(TimeDomain::EventTime, assign_to_key_group(&k, max_p), ts, &k, b"")
+            .register(
+                TimeDomain::EventTime,
+                assign_to_key_group(&k, max_p),
+                ts,
+                &k,
+                b"",
+            )
             .expect("register");
     }
     let sync = slot.snapshot_sync(1).expect("snapshot");
