@@ -79,7 +79,8 @@ impl From<BackendArg> for BackendKind {
 pub struct RunArgs {
     /// The workload: `mixed` (value read-modify-write, list and map operations), `update`
     /// (flink-anchor's keyed counter), `load` (flink-anchor's bulk load) or `wordcount`
-    /// (flink-anchor's windowed word count: state + one timer per word and window).
+    /// (flink-anchor's windowed word count: state + one timer per word and window; runs
+    /// without checkpoints, its JSON is `wordcount::WordcountSummary`).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
     pub workload: WorkloadKind,
     /// State backend [default: the config file's state.backend, else rocksdb].
