@@ -40,6 +40,9 @@ pub enum BenchCommand {
     Checkpoint(CheckpointBenchArgs),
     /// Rebase policies over a long churn (storage, uploads, restores), local vs remote restore.
     Rebase(crate::rebase_bench::RebaseBenchArgs),
+    /// The windowed word count at a sweep of offered rates, per backend x timer service: fire
+    /// latency vs offered rate (CSV, JSON, SVG).
+    Wordcount(crate::wordcount::WordcountBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -154,6 +157,15 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let r = match args.command {
         BenchCommand::Checkpoint(a) => checkpoint_bench(&a),
         BenchCommand::Rebase(a) => crate::rebase_bench::run(&a),
+        BenchCommand::Wordcount(w) => {
+            return match crate::wordcount::bench(&w) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,7 +83,8 @@ impl From<BackendArg> for BackendKind {
 pub struct RunArgs {
     /// The workload: `mixed` (value read-modify-write, list and map operations), `update`
     /// (flink-anchor's keyed counter), `load` (flink-anchor's bulk load) or `wordcount`
-    /// (flink-anchor's windowed word count: state + one timer per word and window).
+    /// (flink-anchor's windowed word count: state + one timer per word and window; runs
+    /// without checkpoints, its JSON is `wordcount::WordcountSummary`).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
     pub workload: WorkloadKind,
     /// State backend [default: the config file's state.backend, else rocksdb].
@@ -388,6 +389,13 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     };
     if !(1..=MAX_SLOTS).contains(&args.slots) {
         return Err(flag("--slots", &args.slots, &format!("[1, {MAX_SLOTS}]")));
+    }
+    if args.workload == WorkloadKind::Wordcount && args.restore_from.is_some() {
+        return Err(flag(
+            "--restore-from",
+            &args.restore_from.as_deref().unwrap_or_default(),
+            "not with --workload wordcount (it runs without checkpoints)",
+        ));
     }
     let records = args.records.unwrap_or(match args.workload {
         WorkloadKind::Wordcount => WordcountSpec::default().records,

@@ -32,7 +32,6 @@
 //! (how long the burst of firings takes to reach the timer).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_engine::keygroup::assign_to_key_group;
@@ -278,15 +277,11 @@ pub fn run(
         opened.push(slot);
     }
     let timer_service = config.state.effective_timer_service();
-    let done_records = AtomicU64::new(0);
     let start = Instant::now();
     let results: Vec<Result<SlotOut, RunError>> = std::thread::scope(|s| {
         let handles: Vec<_> = opened
             .into_iter()
-            .map(|slot| {
-                let done = &done_records;
-                s.spawn(move || run_slot(slot, spec, slots, start, done))
-            })
+            .map(|slot| s.spawn(move || run_slot(slot, spec, slots, start)))
             .collect();
         handles
             .into_iter()
@@ -410,7 +405,6 @@ fn run_slot(
     spec: &WordcountSpec,
     slots: u32,
     start: Instant,
-    done_records: &AtomicU64,
 ) -> Result<SlotOut, RunError> {
     let index = slot.index().0;
     let err = |phase| {
@@ -504,7 +498,6 @@ fn run_slot(
     op.advance(&mut slot, i64::MAX, since)
         .map_err(err("firing the last timers"))?;
     let done = Instant::now();
-    done_records.fetch_add(op.counted, Ordering::Relaxed);
     slot.flush().map_err(err("flushing"))?;
     Ok(SlotOut {
         digest: op.digest,
@@ -514,6 +507,255 @@ fn run_slot(
         done,
         disk_bytes: slot.disk_bytes(),
     })
+}
+
+/// `cairn bench wordcount` flags.
+#[derive(Debug, clap::Args)]
+pub struct WordcountBenchArgs {
+    /// Offered input rates (records/s) to sweep, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50000,100000,150000,200000,300000,500000,800000,1200000,2000000"
+    )]
+    pub rates: Vec<f64>,
+    /// Seconds of input per rate (records = rate x seconds, clamped to [200k, --max-records]).
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Most records per point (bounds the time of points far beyond a configuration's limit).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_records: u64,
+    /// Records of the unthrottled run per configuration (its records/s is the limit).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub unthrottled_records: u64,
+    /// Where to work (a temporary directory under it is used and removed).
+    #[arg(long, default_value = "cairn-data/bench")]
+    pub dir: std::path::PathBuf,
+    /// Output prefix: writes `<out>.csv`, `<out>.json` and `<out>.svg`.
+    #[arg(long, default_value = "wordcount-sweep")]
+    pub out: std::path::PathBuf,
+}
+
+/// One point of the sweep.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepPoint {
+    /// `backend/timers`, e.g. `rocksdb/heap`.
+    pub config: String,
+    /// Offered rate, records/s (`null`: unthrottled).
+    pub offered_rate: Option<f64>,
+    /// Records of the point.
+    pub records: u64,
+    /// Achieved records/s.
+    pub records_per_sec: f64,
+    /// Fire latency, ms.
+    pub fire_latency_ms: FireLatency,
+    /// Output checksum (equal across configurations for equal record counts).
+    pub output_checksum: String,
+}
+
+/// The configurations of the sweep: (backend, timer service). The heap backend always keeps
+/// timers on the heap (like Flink's HashMapStateBackend), so heap x rocksdb timers is heap x heap
+/// and is not run twice.
+pub const SWEEP_CONFIGS: [(BackendKind, TimerServiceKind); 3] = [
+    (BackendKind::Heap, TimerServiceKind::Heap),
+    (BackendKind::RocksDb, TimerServiceKind::Heap),
+    (BackendKind::RocksDb, TimerServiceKind::RocksDb),
+];
+
+/// Runs the sweep, prints a table and writes CSV, JSON and an SVG plot.
+pub fn bench(a: &WordcountBenchArgs) -> Result<Vec<SweepPoint>, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(&a.dir)?;
+    let tmp = tempfile::tempdir_in(&a.dir)?;
+    let mut points = Vec::new();
+    println!(
+        "{:<16} {:>12} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "config", "offered/s", "records", "achieved/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for (i, (backend, timers)) in SWEEP_CONFIGS.into_iter().enumerate() {
+        let mut config = CairnConfig::default();
+        config.state.backend = backend;
+        config.state.timer_service = timers;
+        let name = format!("{backend}/{timers}");
+        let mut rates: Vec<Option<f64>> = vec![None];
+        rates.extend(a.rates.iter().map(|r| Some(*r)));
+        for (j, rate) in rates.into_iter().enumerate() {
+            config.state.working_dir = tmp.path().join(format!("c{i}-r{j}"));
+            let records = match rate {
+                None => a.unthrottled_records,
+                Some(r) => ((r * a.seconds) as u64).clamp(200_000, a.max_records.max(200_000)),
+            };
+            let spec = WordcountSpec {
+                records,
+                offered_rate: rate,
+                ..WordcountSpec::default()
+            };
+            spec.validate()?;
+            let s = run(&config, 1, &spec)?;
+            let _ = std::fs::remove_dir_all(&config.state.working_dir);
+            let p = SweepPoint {
+                config: name.clone(),
+                offered_rate: rate,
+                records,
+                records_per_sec: s.records_per_sec,
+                fire_latency_ms: s.fire_latency_ms,
+                output_checksum: s.output_checksum,
+            };
+            println!(
+                "{:<16} {:>12} {:>9} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
+                p.config,
+                rate.map_or_else(|| "unthrottled".into(), |r| format!("{r:.0}")),
+                p.records,
+                p.records_per_sec,
+                p.fire_latency_ms.p50,
+                p.fire_latency_ms.p99,
+                p.fire_latency_ms.max
+            );
+            points.push(p);
+        }
+    }
+    let mut csv = String::from(
+        "config,offered_rate,records,records_per_sec,fire_p50_ms,fire_p99_ms,fire_max_ms,output_checksum\n",
+    );
+    for p in &points {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{:.0},{:.3},{:.3},{:.3},{}",
+            p.config,
+            p.offered_rate
+                .map_or_else(|| "unthrottled".into(), |r| format!("{r:.0}")),
+            p.records,
+            p.records_per_sec,
+            p.fire_latency_ms.p50,
+            p.fire_latency_ms.p99,
+            p.fire_latency_ms.max,
+            p.output_checksum
+        );
+    }
+    let with_ext = |ext: &str| {
+        let mut p = a.out.clone().into_os_string();
+        p.push(ext);
+        std::path::PathBuf::from(p)
+    };
+    std::fs::write(with_ext(".csv"), csv)?;
+    std::fs::write(
+        with_ext(".json"),
+        serde_json::to_string_pretty(&points)? + "\n",
+    )?;
+    std::fs::write(with_ext(".svg"), svg_plot(&points))?;
+    println!(
+        "wrote {}, {} and {}",
+        with_ext(".csv").display(),
+        with_ext(".json").display(),
+        with_ext(".svg").display()
+    );
+    Ok(points)
+}
+
+/// p99 fire latency against offered rate, log-log, one line per configuration (throttled points
+/// only). Hand-written SVG: `plotters` would need a font backend for its labels.
+pub fn svg_plot(points: &[SweepPoint]) -> String {
+    let (w, h, left, right, top, bottom) = (760.0, 460.0, 70.0, 180.0, 30.0, 50.0);
+    let pts: Vec<(&str, f64, f64)> = points
+        .iter()
+        .filter_map(|p| {
+            p.offered_rate
+                .map(|r| (p.config.as_str(), r, p.fire_latency_ms.p99.max(0.01)))
+        })
+        .collect();
+    let lg = |v: f64| v.log10();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(_, x, y) in &pts {
+        x0 = x0.min(lg(x));
+        x1 = x1.max(lg(x));
+        y0 = y0.min(lg(y));
+        y1 = y1.max(lg(y));
+    }
+    if pts.is_empty() {
+        (x0, x1, y0, y1) = (4.0, 6.0, 0.0, 3.0);
+    }
+    let (x0, x1) = (x0.floor(), x1.ceil().max(x0.floor() + 1.0));
+    let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
+    let px = |x: f64| left + (lg(x) - x0) / (x1 - x0) * (w - left - right);
+    let py = |y: f64| h - bottom - (lg(y) - y0) / (y1 - y0) * (h - top - bottom);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Word count: p99 timer fire latency vs offered rate</text>"#,
+        (w - right + left) / 2.0
+    );
+    // Decade grid lines and labels.
+    for d in x0 as i32..=x1 as i32 {
+        let x = px(10f64.powi(d));
+        let _ = writeln!(
+            o,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">1e{d}</text>"##,
+            h - bottom,
+            h - bottom + 16.0
+        );
+    }
+    for d in y0 as i32..=y1 as i32 {
+        let y = py(10f64.powi(d));
+        let _ = writeln!(
+            o,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            w - right,
+            left - 6.0,
+            y + 4.0,
+            10f64.powi(d)
+        );
+    }
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="{}" text-anchor="middle">offered rate (records/s, log)</text>"#,
+        (w - right + left) / 2.0,
+        h - 12.0
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">p99 fire latency (ms, log)</text>"#,
+        (h - bottom + top) / 2.0,
+        (h - bottom + top) / 2.0
+    );
+    let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
+    let mut configs: Vec<&str> = pts.iter().map(|p| p.0).collect();
+    configs.dedup();
+    for (i, c) in configs.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let line: Vec<String> = pts
+            .iter()
+            .filter(|p| p.0 == *c)
+            .map(|p| format!("{:.1},{:.1}", px(p.1), py(p.2)))
+            .collect();
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            line.join(" ")
+        );
+        for p in pts.iter().filter(|p| p.0 == *c) {
+            let _ = writeln!(
+                o,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                px(p.1),
+                py(p.2)
+            );
+        }
+        let ly = top + 20.0 + 20.0 * i as f64;
+        let _ = writeln!(
+            o,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{c}</text>"#,
+            w - right + 15.0,
+            w - right + 40.0,
+            w - right + 46.0,
+            ly + 4.0
+        );
+    }
+    o.push_str("</svg>\n");
+    o
 }
 
 #[cfg(test)]
@@ -533,5 +775,32 @@ mod tests {
         word_into(&mut w, 0);
         assert_eq!(w, b"w0");
         assert_eq!(decode_word(&[2, b'w', b'7']), b"w7");
+    }
+
+    #[test]
+    fn svg_plot_has_one_line_per_config() {
+        let p = |config: &str, rate: f64, p99: f64| SweepPoint {
+            config: config.into(),
+            offered_rate: Some(rate),
+            records: 1,
+            records_per_sec: rate,
+            fire_latency_ms: FireLatency {
+                p50: p99 / 2.0,
+                p99,
+                max: p99,
+                samples: 1,
+            },
+            output_checksum: String::new(),
+        };
+        let svg = svg_plot(&[
+            p("heap/heap", 1e5, 1.0),
+            p("heap/heap", 1e6, 5.0),
+            p("rocksdb/rocksdb", 1e5, 20.0),
+            p("rocksdb/rocksdb", 1e6, 9000.0),
+        ]);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 4);
+        assert!(svg.contains("rocksdb/rocksdb"));
     }
 }

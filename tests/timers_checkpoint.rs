@@ -204,3 +204,50 @@ fn the_timer_operator_name_is_reserved() -> R {
     assert!(e.to_string().contains("reserved"), "{e}");
     Ok(())
 }
+
+/// Heap backend, 2 slots -> 1 slot: each old slot's timer file is read and filtered by key group,
+/// so the restored slot has every timer exactly once (timers follow their keys on rescale).
+#[test]
+fn heap_timers_follow_their_key_groups_when_rescaling() -> R {
+    let root = tempfile::tempdir()?;
+    let cfg = config(BackendKind::Heap, TimerServiceKind::Heap, root.path());
+    let max_p = cfg.max_parallelism_for(2)?;
+    let mut slots: Vec<Slot> = (0..2)
+        .map(|i| Slot::builder(&cfg).slot(i, 2).open())
+        .collect::<Result<_, _>>()?;
+    let mut model = Model::new();
+    for g in 0..2_000u64 {
+        let (ts, key, ns) = timer_of(g);
+        let kb = codec::encode(&key, "key")?;
+        let owner = cairn::engine::keygroup::slot_for_key_group(
+            cairn::engine::keygroup::assign_to_key_group(&kb, max_p),
+            max_p,
+            2,
+        ) as usize;
+        let slot = &mut slots[owner];
+        let scope = slot.scope(&key, &ns)?;
+        slot.register_timer(TimeDomain::EventTime, &scope, ts)?;
+        model.insert((ts, key, ns));
+    }
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
+    let id = cp.next_id();
+    let syncs = slots
+        .iter_mut()
+        .map(|s| s.snapshot_sync(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    cp.complete(id, syncs)?;
+    let url = format!("{}/chk-{id}", cp.job_url());
+    drop(slots);
+    drop(cp);
+
+    let mut one = cfg.clone();
+    one.state.max_parallelism = Some(max_p);
+    let mut cp = Checkpointer::open(&one.checkpoint, &new_job_name(), max_p)?;
+    let restored = cp.prepare_restore(&RestoreSource::parse(&url)?)?;
+    let dest = one.state.working_dir.join("restore-slot-0");
+    let (files, _) = cp.download_for_slot(&restored, cairn::KeyGroupRange::all(max_p), &dest)?;
+    let mut slot = Slot::builder(&one).restore(files).open()?;
+    let expected = contract_order(&mut slot, &model)?;
+    assert_eq!(fire(&mut slot, i64::MAX)?, expected);
+    Ok(())
+}

@@ -262,3 +262,46 @@ fn snapshot_restore_keeps_timers_and_filters_key_groups() -> R {
     }
     Ok(())
 }
+
+/// Hundreds of timers at one timestamp (a window end): ties fire in payload order, also for
+/// timers registered into the bucket while it fires, and deletes reach them.
+#[test]
+fn many_timers_at_one_timestamp_fire_in_payload_order() -> R {
+    each(|_, s| {
+        let key = |i: u64| cairn::stream::mix64(i).to_be_bytes();
+        for i in 0..600u64 {
+            s.register(EV, 9, 1_000, &key(i), b"")?;
+            s.register(EV, 9, 1_000, &key(i), b"")?;
+        }
+        s.delete(EV, 9, 1_000, &key(7), b"")?;
+        let mut want: Vec<Vec<u8>> = (0..600u64)
+            .filter(|&i| i != 7)
+            .map(|i| key(i).to_vec())
+            .collect();
+        let mut t = Timer::default();
+        let mut got = Vec::new();
+        while s.poll(EV, 1_000, &mut t)? {
+            got.push(t.key.clone());
+            if got.len() == 100 {
+                // Into the firing bucket: one sorting after everything fired so far, one before.
+                s.register(EV, 9, 1_000, &[0xff; 8], b"")?;
+                s.register(EV, 9, 1_000, &[0x00; 8], b"")?;
+                s.delete(EV, 9, 1_000, &key(8), b"")?;
+            }
+        }
+        want.retain(|k| k != &key(8).to_vec());
+        want.sort();
+        let (before, after) = got.split_at(100);
+        assert!(before == &want[..100], "firing order of the first 100");
+        // `poll` always takes the earliest due timer: the 0x00 key (registered while firing,
+        // sorting before everything) fires next, the 0xff key last.
+        let mut rest = vec![vec![0x00; 8]];
+        rest.extend_from_slice(&want[100..]);
+        rest.push(vec![0xff; 8]);
+        assert!(
+            after == &rest[..],
+            "firing order after registering into the firing bucket"
+        );
+        Ok(())
+    })
+}

@@ -673,6 +673,10 @@ mod tests {
         assert!(field_error(&c).contains("state.working-dir"));
 
         let mut c = CairnConfig::default();
+        c.state.timer_cache_size = 0;
+        assert!(field_error(&c).contains("state.timer-cache-size"));
+
+        let mut c = CairnConfig::default();
         c.rocksdb.block_size = Some(ByteSize::b(100));
         assert!(field_error(&c).contains("rocksdb.block-size"));
 
@@ -852,5 +856,25 @@ mod tests {
         assert_eq!(c.rocksdb.block_size, Some(ByteSize::kib(16)));
         let back = CairnConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// `state.timer-service` parses, defaults to rocksdb, and the heap backend always gets heap
+    /// timers whatever it says.
+    #[test]
+    fn timer_service_defaults_and_parses() {
+        let c = CairnConfig::default();
+        assert_eq!(c.state.timer_service, TimerServiceKind::RocksDb);
+        assert_eq!(c.state.timer_cache_size, 128);
+        assert_eq!(c.state.effective_timer_service(), TimerServiceKind::RocksDb);
+        let c = CairnConfig::from_toml_str(
+            "[state]\nbackend = \"heap\"\ntimer-service = \"rocksdb\"\ntimer-cache-size = 64\n",
+        )
+        .unwrap();
+        assert_eq!(c.state.timer_cache_size, 64);
+        assert_eq!(c.state.effective_timer_service(), TimerServiceKind::Heap);
+        let c = CairnConfig::from_toml_str("[state]\ntimer-service = \"heap\"\n").unwrap();
+        assert_eq!(c.state.effective_timer_service(), TimerServiceKind::Heap);
+        let e = CairnConfig::from_toml_str("[state]\ntimer-service = \"disk\"\n").unwrap_err();
+        assert!(e.to_string().contains("timer-service"), "{e}");
     }
 }

@@ -3,7 +3,8 @@
 //! Per domain and key group, a queue behind an `Arc`: an ordered map from timestamp to a bucket
 //! of payloads (`[len(key)][key][namespace]`). A bucket is a hash set until its timestamp starts
 //! firing — register, dedup and delete are one hash probe, with no allocation for a duplicate —
-//! and is then sorted once into the contract's tie-break order and drained from the end (later
+//! (a sorted vector while it holds at most 16 timers, so distinct timestamps stay cheap) and is
+//! then sorted once into the contract's tie-break order and drained from the end (later
 //! registrations at that timestamp are inserted by binary search). Streams register many timers
 //! per distinct timestamp (every (word, window) of a window shares its end), so this beats an
 //! ordered set of `(timestamp, payload)`, which compares payload bytes at every step (measured:
@@ -30,27 +31,37 @@ use crate::{KeyGroup, TimeDomain, Timer, TimerService, TimerServiceKind, check_k
 
 type PayloadSet = HashSet<Box<[u8]>, foldhash::fast::RandomState>;
 
+/// Buckets up to this size stay a sorted vector (a hash set costs ~100 bytes even for one
+/// timer, which made distinct timestamps cost 170 bytes per timer).
+const SMALL_BUCKET: usize = 16;
+
 /// The timers of one timestamp in one key group.
 #[derive(Clone)]
 enum Bucket {
-    /// Not firing yet: dedup and delete by hash.
+    /// Many timers, not firing yet: dedup and delete by hash.
     Set(PayloadSet),
-    /// Firing: sorted descending, so the next timer to fire is the last.
-    Sorted(Vec<Box<[u8]>>),
+    /// Sorted descending, so the next timer to fire is the last: small buckets, and every
+    /// bucket once it fires.
+    Sorted {
+        /// The payloads.
+        v: Vec<Box<[u8]>>,
+        /// Firing: stays sorted whatever its size.
+        firing: bool,
+    },
 }
 
 impl Bucket {
     fn iter(&self) -> Box<dyn Iterator<Item = &Box<[u8]>> + '_> {
         match self {
             Bucket::Set(s) => Box::new(s.iter()),
-            Bucket::Sorted(v) => Box::new(v.iter()),
+            Bucket::Sorted { v, .. } => Box::new(v.iter()),
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Bucket::Set(s) => s.len(),
-            Bucket::Sorted(v) => v.len(),
+            Bucket::Sorted { v, .. } => v.len(),
         }
     }
 }
@@ -71,21 +82,26 @@ impl Queue {
         match self.buckets.get(&ts) {
             None => false,
             Some(Bucket::Set(s)) => s.contains(p),
-            Some(Bucket::Sorted(v)) => v.binary_search_by(|x| p.cmp(x)).is_ok(),
+            Some(Bucket::Sorted { v, .. }) => v.binary_search_by(|x| p.cmp(x)).is_ok(),
         }
     }
 
     fn insert(&mut self, ts: i64, p: &[u8]) -> bool {
-        let b = self
-            .buckets
-            .entry(ts)
-            .or_insert_with(|| Bucket::Set(PayloadSet::default()));
+        let b = self.buckets.entry(ts).or_insert_with(|| Bucket::Sorted {
+            // Most timestamps hold one timer (processing-time deadlines, sessions): no spare
+            // capacity (a first push would reserve 4).
+            v: Vec::with_capacity(1),
+            firing: false,
+        });
         let new = match b {
             Bucket::Set(s) => s.insert(p.into()),
-            Bucket::Sorted(v) => match v.binary_search_by(|x| p.cmp(x)) {
+            Bucket::Sorted { v, firing } => match v.binary_search_by(|x| p.cmp(x)) {
                 Ok(_) => false,
                 Err(i) => {
                     v.insert(i, p.into());
+                    if !*firing && v.len() > SMALL_BUCKET {
+                        *b = Bucket::Set(std::mem::take(v).into_iter().collect());
+                    }
                     true
                 }
             },
@@ -100,7 +116,7 @@ impl Queue {
         };
         let removed = match b {
             Bucket::Set(s) => s.remove(p),
-            Bucket::Sorted(v) => match v.binary_search_by(|x| p.cmp(x)) {
+            Bucket::Sorted { v, .. } => match v.binary_search_by(|x| p.cmp(x)) {
                 Ok(i) => {
                     v.remove(i);
                     true
@@ -119,13 +135,16 @@ impl Queue {
         let mut e = self.buckets.first_entry()?;
         let ts = *e.key();
         let b = e.get_mut();
-        if let Bucket::Set(s) = b {
-            let mut v: Vec<Box<[u8]>> = s.drain().collect();
-            v.sort_unstable_by(|a, b| b.cmp(a));
-            *b = Bucket::Sorted(v);
+        match b {
+            Bucket::Set(s) => {
+                let mut v: Vec<Box<[u8]>> = s.drain().collect();
+                v.sort_unstable_by(|a, b| b.cmp(a));
+                *b = Bucket::Sorted { v, firing: true };
+            }
+            Bucket::Sorted { firing, .. } => *firing = true,
         }
         let p = match b {
-            Bucket::Sorted(v) => v.pop(),
+            Bucket::Sorted { v, .. } => v.pop(),
             Bucket::Set(_) => None,
         };
         if b.len() == 0 {

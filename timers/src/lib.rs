@@ -98,8 +98,8 @@ pub enum TimerServiceKind {
 ///   timestamp is `<= up_to`. Order: ascending timestamp; ties are broken by key group, then by
 ///   the bytes of the encoded `[len(key): u32 BE][key][namespace]` (see [`layout`]) — the order
 ///   of the RocksDB keys, so both implementations fire identically. Every timer fires at most
-///   once; a timer registered while firing (even for a timestamp `<= up_to`) fires in the same
-///   loop if it sorts after the timer being fired.
+///   once; a timer registered while firing with a timestamp `<= up_to` fires in the same loop
+///   (`poll` always takes the earliest due timer, even one sorting before those already fired).
 /// - [`peek`](TimerService::peek) gives the earliest timestamp of a domain (cheap: a lookup in
 ///   an index of the key groups' heads).
 /// - Key groups outside the service's range are rejected with
