@@ -21,4 +21,5 @@ pub mod cli;
 pub mod report;
 pub mod run;
 pub mod stream;
+pub mod torture;
 pub mod workload;
