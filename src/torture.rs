@@ -357,7 +357,7 @@ pub fn command(args: TortureArgs) -> std::process::ExitCode {
             let json = serde_json::to_string_pretty(&r).unwrap_or_default();
             println!("{json}");
             if let Some(p) = &args.json
-                && let Err(e) = std::fs::write(p, &json)
+                && let Err(e) = std::fs::write(p, format!("{json}\n"))
             {
                 eprintln!("error: write {}: {e}", p.display());
                 return ExitCode::FAILURE;
