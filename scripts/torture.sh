@@ -12,7 +12,9 @@ bash scripts/setup.sh
 ROUNDS="${ROUNDS:-200}"
 OUT="${OUT:-target/torture}"
 mkdir -p "$OUT"
-eval "$(bash scripts/s3-server.sh start)"
+# Assigned first: a failing start must stop the script (`eval "$(...)"` would hide it).
+s3_env="$(bash scripts/s3-server.sh start)"
+eval "$s3_env"
 trap 'bash scripts/s3-server.sh stop "$CAIRN_TEST_S3_PID"' EXIT
 cargo build --release --quiet --bin cairn
 CAIRN="$CARGO_TARGET_DIR/release/cairn"
