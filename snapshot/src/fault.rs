@@ -690,7 +690,11 @@ mod tests {
             "/bad/",
             FaultAction::Permanent,
         ));
-        let put = |p: &'static str| s.put(&Path::from(p), PutPayload::from_static(b"0123456789"));
+        let data = PutPayload::from_static(b"0123456789");
+        let put = |p: &'static str| {
+            let (s, data) = (s.clone(), data.clone());
+            async move { s.put(&Path::from(p), data).await }
+        };
         put("a/1").await.unwrap();
         let e = put("a/2").await.unwrap_err();
         assert!(matches!(e, object_store::Error::Generic { .. }), "{e}");
