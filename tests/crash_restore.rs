@@ -81,3 +81,35 @@ fn kill_9_during_checkpoints_on_s3_never_loses_committed_state() -> TestResult {
     kill_rounds(t.url, t.options, env)?;
     Ok(())
 }
+
+/// `cairn torture` itself: a short run exits 0 and writes its report as JSON.
+#[test]
+fn torture_command_reports_as_json() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("torture.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "torture",
+            "--rounds",
+            "2",
+            "--keys",
+            "500",
+            "--checkpoint-dir",
+        ])
+        .arg(format!("file://{}", dir.path().join("cp").display()))
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--json")
+        .arg(&json)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    assert_eq!(r["rounds"], 2);
+    assert_eq!(r["leaked_after_gc"], 0);
+    assert_eq!(r["restores_verified"], r["rounds_with_commit"]);
+    Ok(())
+}
