@@ -64,7 +64,7 @@ pub struct CheckpointConfig {
     pub gc_grace: Duration,
     /// Run orphan collection after each completed checkpoint. Default false.
     pub gc_after_checkpoint: bool,
-    /// Storage settings (S3 endpoint and credentials, memory cap).
+    /// Storage settings (S3 endpoint and credentials, memory cap, multipart part size, retries).
     pub storage: StorageOptions,
 }
 
