@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . scripts/env.sh
 echo "== scripts/s3-server.sh start"
-eval "$(bash scripts/s3-server.sh start)"
+# Assigned first: a failing start must stop the script (`eval "$(...)"` would hide it).
+s3_env="$(bash scripts/s3-server.sh start)"
+eval "$s3_env"
 trap 'bash scripts/s3-server.sh stop "$CAIRN_TEST_S3_PID"' EXIT
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

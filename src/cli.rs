@@ -38,6 +38,8 @@ pub enum Command {
     Checkpoints(crate::checkpoints_cmd::CheckpointsArgs),
     /// Benchmarks that write JSON (checkpoint churn, restore speed).
     Bench(crate::bench_cmd::BenchArgs),
+    /// Kill -9 rounds against checkpoint storage; verifies every restore and that GC leaks nothing.
+    Torture(crate::torture::TortureArgs),
 }
 
 /// Which backend the slots use (`state.backend`).
@@ -267,6 +269,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run_command(&args),
         Command::Checkpoints(args) => return crate::checkpoints_cmd::run(args),
         Command::Bench(args) => return crate::bench_cmd::run(args),
+        Command::Torture(args) => return crate::torture::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,5 +24,6 @@ pub mod report;
 pub mod rebase_bench;
 pub mod run;
 pub mod stream;
+pub mod torture;
 pub mod wordcount;
 pub mod workload;

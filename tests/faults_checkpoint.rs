@@ -414,9 +414,9 @@ fn the_coordinator_counts_failures_against_tolerable_failed() -> TestResult {
             Checkpointer::open_with_storage(&cfg.checkpoint, storage, &new_job_name(), 128)?;
         let mut slot = Slot::builder(&cfg).open()?;
         let count = slot.value_state::<u64>("op", "count")?;
-        let mut take = |slot: &mut Slot,
-                        cp: &mut Checkpointer,
-                        from: u64|
+        let take = |slot: &mut Slot,
+                    cp: &mut Checkpointer,
+                    from: u64|
          -> Result<bool, Box<dyn std::error::Error>> {
             for k in from..from + 5_000 {
                 let scope = slot.scope(&(k % 3_000), &VoidNamespace)?;

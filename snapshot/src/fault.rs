@@ -642,3 +642,108 @@ impl MultipartUpload for FaultUpload {
         self.inner.abort().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    use super::*;
+
+    #[test]
+    fn fail_points_skip_then_fire_a_number_of_times() {
+        let fp = FailPoints::new();
+        let p = Path::from("x");
+        fp.check(FailPoint::WriteMetadata, &p).unwrap();
+        fp.arm(FailPoint::WriteMetadata, 1, 2);
+        fp.check(FailPoint::WriteMetadata, &p).unwrap(); // skipped
+        for _ in 0..2 {
+            let e = fp.check(FailPoint::WriteMetadata, &p).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    SnapshotError::Injected {
+                        point: "write-metadata",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        fp.check(FailPoint::WriteMetadata, &p).unwrap(); // used up
+        fp.check(FailPoint::UploadSharedSst, &p).unwrap(); // other points unaffected
+        assert_eq!((fp.hits(FailPoint::WriteMetadata), fp.fired()), (5, 2));
+        assert_eq!(
+            "delete-subsumed".parse::<FailPoint>().unwrap(),
+            FailPoint::DeleteSubsumed
+        );
+        assert!("nope".parse::<FailPoint>().is_err());
+    }
+
+    #[tokio::test]
+    async fn rules_match_by_op_path_and_count() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let s = FaultStore::new(inner.clone());
+        s.add(Fault::nth(Op::Put, 2));
+        s.add(Fault::on_path(
+            Some(Op::Get),
+            "/bad/",
+            FaultAction::Permanent,
+        ));
+        let data = PutPayload::from_static(b"0123456789");
+        let put = |p: &'static str| {
+            let (s, data) = (s.clone(), data.clone());
+            async move { s.put(&Path::from(p), data).await }
+        };
+        put("a/1").await.unwrap();
+        let e = put("a/2").await.unwrap_err();
+        assert!(matches!(e, object_store::Error::Generic { .. }), "{e}");
+        put("a/2").await.unwrap();
+        put("x/bad/y").await.unwrap();
+        let e = s.get(&Path::from("x/bad/y")).await.unwrap_err();
+        assert!(
+            matches!(e, object_store::Error::PermissionDenied { .. }),
+            "{e}"
+        );
+        assert!(s.get(&Path::from("a/1")).await.is_ok());
+        assert_eq!(
+            (s.calls(Op::Put), s.calls(Op::Get), s.injected()),
+            (4, 2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_writes_leave_a_truncated_object_and_lost_answers_a_whole_one() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let s = FaultStore::new(inner.clone());
+        s.add(Fault::on_path(
+            Some(Op::Put),
+            "cut",
+            FaultAction::PartialWrite { fraction: 0.3 },
+        ));
+        s.add(Fault::on_path(
+            Some(Op::Put),
+            "lost",
+            FaultAction::ErrorAfter,
+        ));
+        let data = PutPayload::from_static(b"0123456789");
+        assert!(s.put(&Path::from("cut"), data.clone()).await.is_err());
+        let cut = inner
+            .get(&Path::from("cut"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&cut[..], b"012");
+        assert!(s.put(&Path::from("lost"), data).await.is_err());
+        let lost = inner
+            .get(&Path::from("lost"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&lost[..], b"0123456789");
+    }
+}

@@ -496,6 +496,27 @@ mod tests {
     }
 
     #[test]
+    fn options_read_kebab_case_keys_with_readable_durations() {
+        let o: StorageOptions = serde_json::from_str(
+            r#"{"multipart-part-size-bytes": 16777216, "retry-max-attempts": 5,
+                "retry-initial-backoff": "250ms", "retry-max-backoff": "10s",
+                "s3-max-retries": 2, "s3-retry-timeout": "30s"}"#,
+        )
+        .unwrap();
+        assert_eq!(o.multipart_part_size_bytes, 16 << 20);
+        assert_eq!(o.retry_initial_backoff, Duration::from_millis(250));
+        assert_eq!(o.s3_retry_timeout, Duration::from_secs(30));
+        o.validate().unwrap();
+        let bad = StorageOptions {
+            retry_initial_backoff: Duration::from_secs(60),
+            ..StorageOptions::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().contains("retry-initial-backoff"), "{e}");
+        assert!(serde_json::from_str::<StorageOptions>(r#"{"retries": 3}"#).is_err());
+    }
+
+    #[test]
     fn bad_urls_are_named() {
         let e = CheckpointStorage::from_url("ftp://x/y", &StorageOptions::default()).unwrap_err();
         assert!(e.to_string().contains("ftp://x/y"), "{e}");

@@ -1,5 +1,8 @@
 //! File transfer between a slot's local directory and checkpoint storage: parallel, streaming
-//! (memory stays bounded by `parallelism x part size` whatever the file size), hashed, verified.
+//! (memory stays bounded whatever the file size: an upload holds at most 3 parts of the
+//! storage's `multipart-part-size-bytes`, measured by `tests/object_store_conformance.rs`; a
+//! download at most 4 received chunks plus a 1 MiB write buffer), hashed, verified, and retried
+//! as a whole on transient storage errors.
 //!
 //! Restore from local (`file://`) storage does not copy shared files at all: it hard-links
 //! them (see [`place_local`]) and hashes the result, so it costs one sha256 pass per byte,

@@ -169,7 +169,7 @@ pub struct CheckpointConfig {
     /// deployments that pay for upload bytes more than for pauses. Flink: none (its synchronous
     /// phase flushes everything).
     pub pre_flush: bool,
-    /// Storage settings (S3 endpoint and credentials, memory cap).
+    /// Storage settings (S3 endpoint and credentials, memory cap, multipart part size, retries).
     pub storage: StorageOptions,
     /// When checkpoints stop reusing old uploads.
     pub rebase: RebaseConfig,
