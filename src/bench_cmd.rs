@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cairn_engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{Checkpointer, LocalVerify, RestoreSource, new_job_name};
 use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind};
 use cairn_snapshot::{CheckpointStorage, JobLayout, transfer};
 use clap::{Args, Subcommand};
@@ -139,6 +139,11 @@ struct RestoreResult {
     /// machine wall times swing, CPU time much less; with `n` idle cores a CPU-bound phase
     /// takes about `cpu_ms / n`. Linux only (0 elsewhere); 10 ms resolution.
     restore_cpu_ms: f64,
+    /// The same restore with `checkpoint.restore-verify = "size"`: SSTs linked and checked by
+    /// size, not hashed (RocksDB's block checksums remain), until the slot is open.
+    size_only_restore_ms: f64,
+    /// `raw_copy_ms / size_only_restore_ms`.
+    size_only_over_raw_copy: f64,
     raw_copy_cpu_ms: f64,
     client_copy_cpu_ms: f64,
     hash_only_cpu_ms: f64,
@@ -344,6 +349,10 @@ fn print_restore(r: &RestoreResult) {
         r.target_baseline, r.target_ratio
     );
     println!(
+        "  restore-verify = size (linked, sizes checked, no hash): {:.0} ms; restore/kernel copy {:.3}",
+        r.size_only_restore_ms, r.size_only_over_raw_copy
+    );
+    println!(
         "  first checkpoint after no-claim restore: copy inside the store {:.0} ms ({} bytes copied, {} sent); re-upload (Flink) {:.0} ms ({} bytes sent)",
         r.first_checkpoint_copy_ms,
         r.first_checkpoint_copied_bytes,
@@ -431,6 +440,21 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         let mut slot3 = Slot::builder(&cfg3).restore(files3).open()?;
         first_checkpoint(&mut cp3, &mut slot3)?
     };
+    // The same restore, checked by size only (`restore-verify = size`).
+    let size_only_restore_ms = {
+        let mut cfg4 = cfg.clone();
+        cfg4.state.working_dir = root.join("work-size-only");
+        cfg4.checkpoint.restore_verify = LocalVerify::Size;
+        let t = Instant::now();
+        let mut cp4 = Checkpointer::open(&cfg4.checkpoint, &new_job_name(), 128)?;
+        let restored4 =
+            cp4.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
+        std::fs::create_dir_all(&cfg4.state.working_dir)?;
+        let dest4 = cfg4.state.working_dir.join("restore-slot-0");
+        let (files4, _) = cp4.download_for_slot(&restored4, range, &dest4)?;
+        let _slot4 = Slot::builder(&cfg4).restore(files4).open()?;
+        t.elapsed().as_secs_f64() * 1000.0
+    };
     // Baselines: the same objects, largest first, with the same parallelism.
     let mut objects: Vec<(String, u64)> = restored
         .metadata
@@ -478,6 +502,8 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         target_baseline: "kernel_copy".into(),
         target_ratio: raw_copy_ms / restore_ms,
         restore_cpu_ms,
+        size_only_restore_ms,
+        size_only_over_raw_copy: raw_copy_ms / size_only_restore_ms,
         raw_copy_cpu_ms,
         client_copy_cpu_ms,
         hash_only_cpu_ms,

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreMode, RestoreSource, new_job_name};
+use cairn::engine::checkpoint::{
+    Checkpointer, LocalVerify, RestoreMode, RestoreSource, new_job_name,
+};
 use cairn::engine::slot::SlotBuilder;
 use cairn::{BackendKind, CairnConfig, ErrorKind, Slot, VoidNamespace};
 
@@ -341,6 +343,54 @@ fn damaged_checkpoint_files_fail_restore_with_typed_errors() -> TestResult {
         let e = err.downcast::<cairn::EngineError>()?;
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{damage}: {e}");
         assert!(e.to_string().contains(&name), "{damage}: {e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn size_only_restore_equals_state_at_checkpoint() -> TestResult {
+    restore_equivalence_with(BackendKind::RocksDb, |c| {
+        c.checkpoint.restore_verify = LocalVerify::Size;
+    })
+}
+
+/// `restore-verify = size` skips hashing hard-linked SSTs; a flipped byte must then surface as
+/// RocksDB's block-checksum error when the state is read, never as wrong values.
+#[test]
+fn size_only_restore_of_a_damaged_sst_fails_on_read_not_silently() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let mut cfg = config(BackendKind::RocksDb, root.path());
+    cfg.checkpoint.restore_verify = LocalVerify::Size;
+    let mut slot = Slot::builder(&cfg).open()?;
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let mut model = Model::default();
+    apply(&mut slot, &mut model, 0, 5000, 500)?;
+    let id = checkpoint(&mut cp, &mut slot)?;
+    let meta = cp.block_on(cp.store().load(id))?;
+    let largest = meta.slots[0]
+        .shared
+        .iter()
+        .max_by_key(|f| f.size)
+        .ok_or("an SST")?;
+    let path = root.path().join("checkpoints").join(&largest.object);
+    let mut b = std::fs::read(&path)?;
+    let mid = b.len() / 3;
+    b[mid] ^= 0x40;
+    std::fs::write(&path, b)?;
+    let url = format!("{}/chk-{id}", cp.job_url());
+    drop(slot);
+    // Either the slot refuses to open (the flip hit a block read at open) or reading fails.
+    let outcome = restore(&cfg, &url).and_then(|(_cp, mut slot)| read_back(&mut slot, 500));
+    match outcome {
+        Ok(m) => panic!(
+            "damaged SST read without error (equal to model: {})",
+            m == model
+        ),
+        Err(e) => assert!(
+            e.to_string().to_lowercase().contains("corruption")
+                || e.to_string().contains("checksum"),
+            "{e}"
+        ),
     }
     Ok(())
 }

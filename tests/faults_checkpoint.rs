@@ -227,7 +227,7 @@ fn transient_faults_are_retried_and_the_checkpoint_commits() -> TestResult {
             r.faults.add(Fault::nth(Op::Get, 1));
             let meta = store.load(1).await?;
             let dest = r.scratch.path().join("restore");
-            CheckpointStore::download_slot(&r.storage, &meta.slots[0], &dest, 2).await?;
+            CheckpointStore::download_slot(&r.storage, &meta.slots[0], &dest, 2, true).await?;
             assert_eq!(
                 std::fs::read(dest.join("2.sst"))?,
                 std::fs::read(r.scratch.path().join("snap-1/2.sst"))?
@@ -362,7 +362,7 @@ fn a_failing_download_fails_the_restore_with_a_typed_error() -> TestResult {
             for point in [FailPoint::DownloadSharedSst, FailPoint::DownloadPrivateFile] {
                 r.points.arm(point, 0, 1);
                 let dest = r.scratch.path().join(format!("restore-{point}"));
-                let e = CheckpointStore::download_slot(&r.storage, &meta.slots[0], &dest, 1)
+                let e = CheckpointStore::download_slot(&r.storage, &meta.slots[0], &dest, 1, true)
                     .await
                     .unwrap_err();
                 assert!(
@@ -376,7 +376,7 @@ fn a_failing_download_fails_the_restore_with_a_typed_error() -> TestResult {
             r.faults
                 .add(Fault::on_path(Some(Op::Get), "/shared/", FaultAction::Permanent).times(1));
             let dest = r.scratch.path().join("restore-permanent");
-            let e = CheckpointStore::download_slot(&r.storage, &meta.slots[0], &dest, 1)
+            let e = CheckpointStore::download_slot(&r.storage, &meta.slots[0], &dest, 1, true)
                 .await
                 .unwrap_err();
             assert!(!e.is_transient(), "{name}: {e}");

@@ -754,12 +754,15 @@ impl CheckpointStore {
     }
 
     /// Downloads one slot's files of a checkpoint into `dest` (created; must not exist), in
-    /// parallel, verifying each file's sha256 and size. Returns the bytes downloaded.
+    /// parallel, verifying each file's size and sha256 (`hash_placed = false`: SSTs placed
+    /// straight from local storage are checked by size only, see
+    /// [`transfer::Expected::hash_placed`]). Returns the bytes downloaded.
     pub async fn download_slot(
         storage: &CheckpointStorage,
         handle: &SlotHandle,
         dest: &FsPath,
         parallelism: usize,
+        hash_placed: bool,
     ) -> Result<u64> {
         tokio::fs::create_dir_all(dest)
             .await
@@ -777,6 +780,7 @@ impl CheckpointStore {
                 sha256: f.sha256.clone(),
                 size: f.size,
                 compressed: false,
+                hash_placed,
             };
             jobs.push(async move {
                 storage.fail_point(FailPoint::DownloadSharedSst, &path)?;
@@ -796,6 +800,7 @@ impl CheckpointStore {
                 sha256: f.sha256.clone(),
                 size: f.size,
                 compressed: true,
+                hash_placed: true,
             };
             let stored = f.stored_size;
             jobs.push(async move {
@@ -821,6 +826,7 @@ fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
                 sha256: f.sha256.clone(),
                 size: f.size,
                 compressed: false,
+                hash_placed: true,
             },
             f.size,
         ));
@@ -833,6 +839,7 @@ fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
                     sha256: p.sha256.clone(),
                     size: p.size,
                     compressed: true,
+                    hash_placed: true,
                 },
                 p.stored_size,
             ));

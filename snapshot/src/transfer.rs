@@ -191,6 +191,13 @@ pub struct Expected {
     pub size: u64,
     /// Whether the object is zstd-compressed.
     pub compressed: bool,
+    /// Whether a file placed straight from local storage (hard link or kernel copy) is hashed.
+    /// `false` checks its size only, which makes a `file://` restore as fast as linking: the
+    /// object was hashed when it was uploaded, and RocksDB verifies every block's checksum when
+    /// it reads it, so damage surfaces as a corruption error on first read instead of at
+    /// restore. Streamed and compressed objects are always hashed (the hash is nearly free
+    /// next to moving the bytes).
+    pub hash_placed: bool,
 }
 
 /// Downloads `from` into `to`, verifying size and sha256 of the bytes `to` ends up holding. A
@@ -230,22 +237,30 @@ async fn download_once(
         .map_err(SnapshotError::storage("get", from))?;
     let to_owned = to.to_path_buf();
     let compressed = expected.compressed;
+    let hash_placed = expected.hash_placed;
     let (written, stream_err) = match r.payload {
         GetResultPayload::File(file, src) => {
             let placed = blocking(move || {
                 remove_stale(&to_owned)?;
                 if compressed {
                     let reader = std::io::BufReader::with_capacity(BUF_SIZE, file);
-                    return write_hashed(reader, &to_owned, true);
+                    return write_hashed(reader, &to_owned, true).map(|(sha, n)| (Some(sha), n));
                 }
                 drop(file);
                 place_local(&src, &to_owned)?;
-                hash_file_blocking(&to_owned)
+                if hash_placed {
+                    return hash_file_blocking(&to_owned).map(|(sha, n)| (Some(sha), n));
+                }
+                let size = std::fs::metadata(&to_owned)
+                    .map_err(SnapshotError::io("stat", &to_owned))?
+                    .len();
+                Ok((None, size))
             });
             (placed.await, None)
         }
         GetResultPayload::Stream(stream) => {
-            receive_stream(stream, from, to_owned, compressed).await
+            let (written, err) = receive_stream(stream, from, to_owned, compressed).await;
+            (written.map(|(sha, n)| (Some(sha), n)), err)
         }
     };
     let fail = |e: SnapshotError| {
@@ -272,8 +287,9 @@ async fn download_once(
     check(from, expected, sha, size).or_else(fail)
 }
 
-/// Compares what was read of `from` with what metadata recorded.
-fn check(from: &Path, expected: &Expected, sha: String, size: u64) -> Result<()> {
+/// Compares what was read of `from` with what metadata recorded (`sha` is `None` when the file
+/// was not hashed: see [`Expected::hash_placed`]).
+fn check(from: &Path, expected: &Expected, sha: Option<String>, size: u64) -> Result<()> {
     if size != expected.size {
         return Err(SnapshotError::SizeMismatch {
             path: from.to_string(),
@@ -281,14 +297,14 @@ fn check(from: &Path, expected: &Expected, sha: String, size: u64) -> Result<()>
             actual: size,
         });
     }
-    if sha != expected.sha256 {
-        return Err(SnapshotError::ChecksumMismatch {
+    match sha {
+        Some(sha) if sha != expected.sha256 => Err(SnapshotError::ChecksumMismatch {
             path: from.to_string(),
             expected: expected.sha256.clone(),
             actual: sha,
-        });
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs blocking file I/O on tokio's blocking pool.
@@ -480,7 +496,7 @@ pub async fn verify_object(
             .map_err(SnapshotError::storage("get", from))?;
         if let GetResultPayload::File(file, src) = r.payload {
             let (sha, size) = blocking(move || hash_reader(file, &src)).await?;
-            return check(from, expected, sha, size);
+            return check(from, expected, Some(sha), size);
         }
     }
     let tmp = std::env::temp_dir().join(format!(
@@ -576,6 +592,7 @@ mod tests {
             sha256: hex(&Sha256::digest(content)),
             size: content.len() as u64,
             compressed: false,
+            hash_placed: true,
         }
     }
 
@@ -602,6 +619,41 @@ mod tests {
         let stored = std::fs::metadata(dir.path().join("store/a"))?;
         assert_eq!(std::fs::metadata(&to)?.ino(), stored.ino());
         assert_eq!(stored.nlink(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn size_only_placement_skips_the_hash_but_not_the_size() -> TestResult {
+        let good = vec![1u8; 1 << 20];
+        let mut flipped = good.clone();
+        flipped[4096] ^= 0x40;
+        let (_dir, storage, dest) = setup(&[("flip", &flipped), ("short", &good[..1000])]);
+        let rt = rt();
+        let size_only = Expected {
+            hash_placed: false,
+            ..expected(&good)
+        };
+        // Same size, other bytes: accepted (RocksDB's block checksums are the check then).
+        let to = dest.join("a.sst");
+        rt.block_on(download_file(
+            &storage,
+            &Path::from("flip"),
+            &to,
+            &size_only,
+        ))?;
+        assert_eq!(std::fs::read(&to)?, flipped);
+        // A wrong size is still refused, and the placed file removed.
+        let to = dest.join("b.sst");
+        let err = rt
+            .block_on(download_file(
+                &storage,
+                &Path::from("short"),
+                &to,
+                &size_only,
+            ))
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::SizeMismatch { .. }), "{err}");
+        assert!(!to.exists());
         Ok(())
     }
 

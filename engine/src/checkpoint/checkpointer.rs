@@ -13,7 +13,7 @@ use cairn_snapshot::{
 };
 use serde::Serialize;
 
-use super::config::{CheckpointConfig, RestoreMode};
+use super::config::{CheckpointConfig, LocalVerify, RestoreMode};
 use super::local::{self, RestorePath, SlotRestoreReport};
 use super::rebase::{self, CompactionStats, RebaseState};
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
@@ -720,6 +720,7 @@ impl Checkpointer {
                 h,
                 dest,
                 threads,
+                self.cfg.restore_verify == LocalVerify::Sha256,
             ))?;
             let states = states_of(h)?;
             return Ok((
@@ -739,6 +740,7 @@ impl Checkpointer {
                 h,
                 &d,
                 threads,
+                true,
             ))?;
             files.push(d.join(HEAP_SNAPSHOT_FILE));
         }

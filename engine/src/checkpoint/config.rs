@@ -104,7 +104,8 @@ impl RebaseConfig {
     }
 }
 
-/// How a local snapshot is checked before a restore uses it.
+/// How restored files are checked: a local-recovery snapshot (`local-recovery-verify`) and SSTs
+/// restored from `file://` storage (`restore-verify`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LocalVerify {
@@ -181,6 +182,15 @@ pub struct CheckpointConfig {
     pub local_recovery: bool,
     /// How a local snapshot is checked before use. Default `sha256`.
     pub local_recovery_verify: LocalVerify,
+    /// How SSTs restored from `file://` storage (hard-linked, not downloaded) are checked.
+    /// Default `sha256`: every byte hashed before the slot opens, which bounds a restore at
+    /// sha256 speed (~1.8 GB/s per core with SHA-NI; 0.55 s for 1.74 GB on 2 cores). `size`
+    /// links and checks sizes only, so the slot opens as fast as the links are made; the
+    /// objects were hashed at upload and RocksDB checks every block's checksum when it reads
+    /// it, so damage then surfaces as a corruption error on first read rather than at restore.
+    /// Objects streamed from S3 or memory are always hashed (nearly free next to the transfer).
+    /// Flink: none (it verifies nothing).
+    pub restore_verify: LocalVerify,
 }
 
 impl Default for CheckpointConfig {
@@ -203,6 +213,7 @@ impl Default for CheckpointConfig {
             rebase: RebaseConfig::default(),
             local_recovery: false,
             local_recovery_verify: LocalVerify::Sha256,
+            restore_verify: LocalVerify::Sha256,
         }
     }
 }
