@@ -38,6 +38,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Incremental checkpoints under churn, and restore speed against a raw copy.
     Checkpoint(CheckpointBenchArgs),
+    /// The RocksDB backend's write-back state cache: on/off/heap, dirty bound, size sweep.
+    Cache(crate::cache_bench::CacheBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -149,8 +151,11 @@ struct CheckpointBench {
 
 /// Runs `cairn bench ...`.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let BenchCommand::Checkpoint(a) = args.command;
-    match checkpoint_bench(&a) {
+    let r = match args.command {
+        BenchCommand::Checkpoint(a) => checkpoint_bench(&a),
+        BenchCommand::Cache(a) => crate::cache_bench::run_cache_bench(&a),
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

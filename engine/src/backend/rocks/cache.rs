@@ -54,7 +54,7 @@
 //! delta is appended to the stored list (Kafka Streams' merged iterator). A map `clear` drops the
 //! cached entries of its (key, namespace) and deletes the stored ones.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 use std::time::Duration;
 
@@ -81,6 +81,10 @@ const TOMBSTONE: u8 = 8;
 const DELTA: u8 = 16;
 /// Chosen by the CLOCK hand in the current eviction round.
 const EVICTING: u8 = 32;
+/// Has a copy of its index in the dirty queue (every dirty entry has).
+const QUEUED: u8 = 64;
+/// Scratch bit of the queue compaction.
+const SEEN: u8 = 128;
 
 /// A write the cache hands to RocksDB (the backend turns it into a `WriteBatch` entry).
 #[derive(Debug, PartialEq, Eq)]
@@ -231,7 +235,11 @@ pub struct StateCache {
     /// Sorted cached keys of each map state (`None` for other kinds), by state id.
     map_keys: Vec<Option<BTreeSet<Box<[u8]>>>>,
     hand: usize,
-    dirty_hand: usize,
+    /// Slab indices of dirty entries, oldest first (a written or evicted entry's index stays
+    /// behind until popped; a popped index counts only when its entry is `QUEUED`).
+    dirty_queue: VecDeque<u32>,
+    /// The entry of the last lookup: a read-modify-write's put finds it without hashing.
+    last: usize,
     capacity: u64,
     max_dirty: u64,
     bytes: u64,
@@ -249,7 +257,8 @@ impl StateCache {
             hasher: foldhash::fast::FixedState::with_seed(0xca1e_cac4e),
             map_keys: Vec::new(),
             hand: 0,
-            dirty_hand: 0,
+            dirty_queue: VecDeque::new(),
+            last: usize::MAX,
             capacity,
             max_dirty: max_dirty.min(capacity),
             bytes: 0,
@@ -311,6 +320,22 @@ impl StateCache {
             .map(|&i| i as usize)
     }
 
+    /// Entry `i` of `state`/`key`: the last one looked up, else a hash lookup.
+    fn locate(&mut self, state: StateId, key: &[u8]) -> Option<usize> {
+        if let Some(e) = self.entries.get(self.last)
+            && e.has(OCCUPIED)
+            && e.state == state
+            && e.key() == key
+        {
+            return Some(self.last);
+        }
+        let found = self.find(self.hash(state, key), state, key);
+        if let Some(i) = found {
+            self.last = i;
+        }
+        found
+    }
+
     fn size_of(&self, e: &Entry) -> u64 {
         let mut size = e.buf.len() as u64 + ENTRY_OVERHEAD;
         if self.is_map(e.state) {
@@ -326,8 +351,7 @@ impl StateCache {
     /// Looks `key` up, marking it recently used; counts a hit, or a miss when the caller must
     /// read RocksDB (not cached, or a list delta without its base).
     pub fn get(&mut self, state: StateId, key: &[u8]) -> Option<Cached<'_>> {
-        let h = self.hash(state, key);
-        match self.find(h, state, key) {
+        match self.locate(state, key) {
             Some(i) => {
                 let e = &mut self.entries[i];
                 e.flags |= REFERENCED;
@@ -407,10 +431,9 @@ impl StateCache {
     }
 
     fn upsert(&mut self, state: StateId, key: &[u8], value: &[u8], flags: u8) {
-        let h = self.hash(state, key);
-        match self.find(h, state, key) {
+        match self.locate(state, key) {
             Some(i) => self.replace(i, value, flags),
-            None => self.insert_new(h, state, key, value, flags),
+            None => self.insert_new(self.hash(state, key), state, key, value, flags),
         }
     }
 
@@ -428,7 +451,7 @@ impl StateCache {
             buf.extend_from_slice(value);
             e.buf = buf.into_boxed_slice();
         }
-        e.flags = OCCUPIED | REFERENCED | flags;
+        e.flags = OCCUPIED | REFERENCED | flags | (e.flags & QUEUED);
         let new_size = self.size_of(&self.entries[i]);
         self.bytes = self.bytes - old_size + new_size;
         if was_dirty {
@@ -436,6 +459,34 @@ impl StateCache {
         }
         if flags & DIRTY != 0 {
             self.dirty_bytes += new_size;
+            self.enqueue(i);
+        }
+    }
+
+    /// Puts a dirty entry's index into the dirty queue unless it is there already.
+    fn enqueue(&mut self, i: usize) {
+        let e = &mut self.entries[i];
+        if !e.has(QUEUED) {
+            e.flags |= QUEUED;
+            self.dirty_queue.push_back(i as u32);
+            if self.dirty_queue.len() > 64 + 2 * self.entries.len() {
+                self.compact_queue();
+            }
+        }
+    }
+
+    /// Drops the stale and duplicate indices that evictions leave in the dirty queue, keeping
+    /// the order of the rest (bounds the queue by twice the slab).
+    fn compact_queue(&mut self) {
+        let entries = &mut self.entries;
+        self.dirty_queue.retain(|&i| {
+            let e = &mut entries[i as usize];
+            let keep = e.has(QUEUED) && !e.has(SEEN);
+            e.flags |= SEEN;
+            keep
+        });
+        for &i in &self.dirty_queue {
+            self.entries[i as usize].flags &= !SEEN;
         }
     }
 
@@ -471,6 +522,7 @@ impl StateCache {
         self.bytes += size;
         if flags & DIRTY != 0 {
             self.dirty_bytes += size;
+            self.enqueue(idx as usize);
         }
     }
 
@@ -569,20 +621,16 @@ impl StateCache {
     /// Writes dirty entries until at most `target` dirty bytes are left; written entries stay
     /// cached as clean (deltas are dropped: their full value is unknown).
     fn flush_dirty(&mut self, target: u64, out: &mut dyn FnMut(CacheWrite<'_>)) -> u64 {
-        let n = self.entries.len();
         let mut picked = Vec::new();
         let mut left = self.dirty_bytes;
-        let mut steps = 0;
-        while left > target && steps < n {
-            steps += 1;
-            if self.dirty_hand >= n {
-                self.dirty_hand = 0;
-            }
-            let i = self.dirty_hand;
-            self.dirty_hand += 1;
-            let e = &self.entries[i];
-            if e.has(OCCUPIED) && e.has(DIRTY) {
-                left -= self.size_of(e);
+        while left > target {
+            let Some(i) = self.dirty_queue.pop_front() else {
+                break;
+            };
+            let i = i as usize;
+            if self.entries[i].has(QUEUED) {
+                self.entries[i].flags &= !QUEUED;
+                left = left.saturating_sub(self.size_of(&self.entries[i]));
                 picked.push(i);
             }
         }
@@ -629,10 +677,16 @@ impl StateCache {
         if self.dirty_bytes == 0 {
             return 0;
         }
-        let dirty: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| self.entries[i].has(DIRTY))
-            .collect();
+        let mut dirty = Vec::new();
+        while let Some(i) = self.dirty_queue.pop_front() {
+            let e = &mut self.entries[i as usize];
+            if e.has(QUEUED) {
+                e.flags &= !QUEUED;
+                dirty.push(i as usize);
+            }
+        }
         let written = self.write_back_sorted(dirty, out);
+        debug_assert_eq!(self.dirty_bytes, 0, "every dirty entry was queued");
         self.stats.checkpoint_flushed_entries += written;
         written
     }
