@@ -612,10 +612,37 @@ impl StateCache {
     }
 
     /// Sorts slab indices by (state, key): RocksDB's memtable skip list inserts a sorted batch
-    /// much faster than a random one (it keeps the previous insert's position).
+    /// much faster than a random one (it keeps the previous insert's position). Sorts on the
+    /// keys' first 16 bytes as integers (one memory access per entry instead of two per
+    /// comparison), then orders ties by the full key.
     fn sort_by_key(&self, idx: &mut [usize]) {
         let e = &self.entries;
-        idx.sort_unstable_by(|&a, &b| (e[a].state, e[a].key()).cmp(&(e[b].state, e[b].key())));
+        let mut keyed: Vec<(StateId, u128, usize)> = idx
+            .iter()
+            .map(|&i| {
+                let k = e[i].key();
+                let mut p = [0u8; 16];
+                let n = k.len().min(16);
+                p[..n].copy_from_slice(&k[..n]);
+                (e[i].state, u128::from_be_bytes(p), i)
+            })
+            .collect();
+        keyed.sort_unstable();
+        let mut start = 0;
+        while start < keyed.len() {
+            let (s0, p0, _) = keyed[start];
+            let mut end = start + 1;
+            while end < keyed.len() && keyed[end].0 == s0 && keyed[end].1 == p0 {
+                end += 1;
+            }
+            if end - start > 1 {
+                keyed[start..end].sort_by(|a, b| e[a.2].key().cmp(e[b.2].key()));
+            }
+            start = end;
+        }
+        for (slot, (_, _, i)) in idx.iter_mut().zip(keyed) {
+            *slot = i;
+        }
     }
 
     /// Writes dirty entries until at most `target` dirty bytes are left; written entries stay
@@ -912,6 +939,37 @@ mod tests {
         assert!(s.dirty_flushes >= 8, "{s:?}");
         assert_eq!(s.entries, 500);
         assert_eq!(store.0.len() as u64, s.dirty_flushed_entries);
+    }
+
+    #[test]
+    fn write_back_is_sorted_by_state_then_key_bytes() {
+        let mut c = StateCache::new(1 << 20, 1 << 20);
+        // Keys sharing 16-byte prefixes, zero padding and different lengths.
+        let keys: Vec<Vec<u8>> = vec![
+            b"b".to_vec(),
+            [vec![7u8; 16], b"z".to_vec()].concat(),
+            vec![7u8; 16],
+            [vec![7u8; 16], b"a".to_vec()].concat(),
+            b"a\0".to_vec(),
+            b"a".to_vec(),
+            vec![],
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            c.put(1, k, b"v");
+            c.put(0, k, &[i as u8]);
+        }
+        let mut order = Vec::new();
+        c.flush_all(&mut |w| {
+            if let CacheWrite::Put(s, k, _) = w {
+                order.push((s, k.to_vec()));
+            }
+        });
+        let mut want: Vec<(StateId, Vec<u8>)> = keys
+            .iter()
+            .flat_map(|k| [(0, k.clone()), (1, k.clone())])
+            .collect();
+        want.sort();
+        assert_eq!(order, want);
     }
 
     #[test]
