@@ -45,7 +45,7 @@ pub struct CacheBenchArgs {
     #[arg(long, default_value = "256MiB")]
     pub memory: ByteSize,
     /// `state-cache.max-dirty-ratio` values of the dirty-bound runs (empty: skip).
-    #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.25")]
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1")]
     pub dirty_ratios: Vec<f64>,
     /// Cache ratios of the sweep (empty: skip the sweep).
     #[arg(long, value_delimiter = ',', default_value = "0,0.05,0.1,0.2,0.4")]
@@ -53,7 +53,7 @@ pub struct CacheBenchArgs {
     /// Key counts of the sweep.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000,3000000")]
     pub sweep_keys: Vec<u64>,
-    /// Timed records per sweep point (after loading every key).
+    /// Timed records per sweep point (after loading every key); 0 skips the sweep.
     #[arg(long, default_value_t = 2_000_000)]
     pub sweep_records: u64,
     /// Skip the update and dirty-bound runs.
@@ -181,7 +181,12 @@ fn bench(a: &CacheBenchArgs, root: &Path) -> BResult<()> {
             out.dirty.push(row);
         }
     }
-    for &keys in &a.sweep_keys {
+    let sweep_keys = if a.sweep_records == 0 {
+        &[][..]
+    } else {
+        &a.sweep_keys[..]
+    };
+    for &keys in sweep_keys {
         for skew in [Skew::Uniform, Skew::Zipf] {
             for &ratio in &a.sweep_ratios {
                 let row = sweep_point(a, root, ratio, keys, skew)?;

@@ -15,14 +15,16 @@
 //! - **dirty delta**: list elements appended while the list itself was not cached; flushed as a
 //!   RocksDB merge (the list merge operator appends), so `add` never reads.
 //!
-//! Entries are **serialized bytes**, not decoded values. Measured (`cairn bench cache`, the
-//! codec row of benches/RESULTS.md): decoding plus encoding the 8-byte counter of the update job
-//! costs a few ns per record against several hundred ns for the cached read-modify-write, and
-//! bytes keep everything else simple and exact: the backend trait stays raw bytes (typed handles,
-//! the raw `Slot` API and host engines use one path), the byte size of an entry is known exactly
-//! for the budget, a flush writes the bytes as they are, and scans compare keys as RocksDB does.
-//! Decoded values would need a type-erased `Box<dyn Any>` per entry (one more allocation, a
-//! downcast per access), a size estimate per type, and an encode at every flush anyway.
+//! Entries are **serialized bytes**, not decoded values. Measured with `cairn bench cache` (the
+//! "codec" line of benches/RESULTS.md): postcard encode + decode of the update job's counter
+//! costs 36-53 ns, 4-6 % of a cached read-modify-write through the typed handle (~0.9 µs
+//! including its share of write-back), so decoded values could save at most that. Bytes keep the
+//! rest simple and exact: the backend trait stays raw bytes (typed handles, the raw `Slot` API and
+//! host engines take one path), an entry's size is known for the budget (accounted 71 bytes per
+//! counter entry against 72-74 bytes of measured RSS growth), a write-back writes the bytes as they
+//! are, and scans compare keys as RocksDB does. Decoded values would need a type-erased
+//! `Box<dyn Any>` per entry (one more allocation and a downcast per access), a size estimate per
+//! type, and an encode at every write-back anyway.
 //!
 //! ## Structure
 //! A slab of entries (`key ++ value` in one allocation each), a `hashbrown::HashTable` of slab
@@ -152,7 +154,7 @@ pub struct CacheStats {
     pub dirty_flushes: u64,
     /// Entries written by those rounds.
     pub dirty_flushed_entries: u64,
-    /// Entries written by checkpoint (sync-phase) flushes.
+    /// Entries written by full flushes (checkpoint sync phases and `Slot::flush`).
     pub checkpoint_flushed_entries: u64,
     /// Duration of each checkpoint's sync-phase cache flush, in µs, in checkpoint order.
     pub checkpoint_flush_us: Vec<u64>,

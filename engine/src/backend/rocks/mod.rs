@@ -276,8 +276,13 @@ impl RocksDbBackend {
     }
 
     /// Writes every dirty cache entry into RocksDB (one `WriteBatch`): the checkpoint's sync
-    /// phase calls it right before the native checkpoint. Returns the entries written.
+    /// phase calls it right before the native checkpoint, and its duration is recorded in the
+    /// cache's counters. Returns the entries written.
     pub fn flush_cache(&mut self) -> Result<u64> {
+        self.write_back_all(true)
+    }
+
+    fn write_back_all(&mut self, for_checkpoint: bool) -> Result<u64> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok(0);
         };
@@ -286,12 +291,15 @@ impl RocksDbBackend {
         let n = cache.flush_all(&mut |op| w.add(op));
         let batched = t.elapsed();
         let r = w.commit(&self.db, &self.write_opts, "flush state cache");
-        cache.record_checkpoint_flush(t.elapsed());
+        if for_checkpoint {
+            cache.record_checkpoint_flush(t.elapsed());
+        }
         tracing::debug!(
             entries = n,
             batch_ms = batched.as_secs_f64() * 1e3,
             write_ms = (t.elapsed() - batched).as_secs_f64() * 1e3,
-            "flushed the state cache for a checkpoint"
+            for_checkpoint,
+            "wrote every dirty state cache entry"
         );
         r.map(|()| n)
     }
@@ -666,7 +674,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.flush_cache()?;
+        self.write_back_all(false)?;
         // `flush()` alone flushes only the default column family.
         let cfs: Vec<_> = self
             .states
