@@ -955,7 +955,7 @@ fn many_keys_read_back_through_eviction(b: &Backend) -> TestResult {
         attrs.clear(&mut slot, &s)?;
         events.update(&mut slot, &s, &[7, 8])?;
     }
-    let mut check = |slot: &mut Slot| -> TestResult {
+    let check = |slot: &mut Slot| -> TestResult {
         let mut values = BTreeSet::new();
         for k in 0..KEYS {
             let s = slot.scope(&k, &VoidNamespace)?;
