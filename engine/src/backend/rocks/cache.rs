@@ -910,6 +910,12 @@ mod tests {
                 c.maintain(&mut |w| store.apply(w));
             }
             assert!(c.bytes() <= cap, "{} > {cap}", c.bytes());
+            // Evicted dirty entries leave stale indices; compaction keeps the queue bounded.
+            assert!(
+                c.dirty_queue.len() <= 65 + 2 * c.entries.len(),
+                "{}",
+                c.dirty_queue.len()
+            );
         }
         let s = c.stats();
         assert!(
