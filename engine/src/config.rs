@@ -59,9 +59,10 @@ pub struct StateCacheConfig {
     ///
     /// Every dirty entry is written by the checkpoint's synchronous phase, which stops the slot,
     /// so this bounds that stall. Measured on the 1M-key counter job at the default 256 MiB budget
-    /// (`cairn bench cache`, benches/RESULTS.md, 2-core machine under load): 0.01 -> cache flush
-    /// p99 36 ms, 252k records/s; 0.02 -> p50 20 ms, p99 61 ms, 406k records/s; 0.05 -> p99
-    /// 94 ms, 471k records/s; 0.1 -> p99 133 ms, 519k records/s. Higher = more updates of one key
+    /// (`cairn bench cache`, benches/RESULTS.md, run 4, shared 2-core machine): 0.01 -> cache
+    /// flush p50 13 ms, p99 17 ms, 530k records/s; 0.02 -> p50 17-20 ms, p99 27 ms, 586-589k;
+    /// 0.05 -> p50 43 ms, p99 59 ms, 638k (under heavier load, 0.02 reached p99 48-61 ms and 0.01
+    /// 36-37 ms). Higher = more updates of one key
     /// coalesced into one RocksDB write (fewer writes and compactions), but a longer stall; the
     /// stall grows with the dirty bytes, so scale it down for budgets much larger than the
     /// default (about 20k dirty entries per 10 ms of stall here).

@@ -17,11 +17,11 @@
 //!
 //! Entries are **serialized bytes**, not decoded values. Measured with `cairn bench cache` (the
 //! "codec" line of benches/RESULTS.md): postcard encode + decode of the update job's counter
-//! costs 36-53 ns, 4-6 % of a cached read-modify-write through the typed handle (~0.9 µs
+//! costs 23-53 ns, 2-6 % of a cached read-modify-write through the typed handle (0.6-1.4 µs
 //! including its share of write-back), so decoded values could save at most that. Bytes keep the
 //! rest simple and exact: the backend trait stays raw bytes (typed handles, the raw `Slot` API and
-//! host engines take one path), an entry's size is known for the budget (accounted 71 bytes per
-//! counter entry against 72-74 bytes of measured RSS growth), a write-back writes the bytes as they
+//! host engines take one path), an entry's size is known for the budget (accounted 72 bytes per
+//! counter entry against 74 bytes of measured RSS growth), a write-back writes the bytes as they
 //! are, and scans compare keys as RocksDB does. Decoded values would need a type-erased
 //! `Box<dyn Any>` per entry (one more allocation and a downcast per access), a size estimate per
 //! type, and an encode at every write-back anyway.
