@@ -43,6 +43,8 @@ pub enum BenchCommand {
     /// The windowed word count at a sweep of offered rates, per backend x timer service: fire
     /// latency vs offered rate (CSV, JSON, SVG).
     Wordcount(crate::wordcount::WordcountBenchArgs),
+    /// The RocksDB backend's write-back state cache: on/off/heap, dirty bound, size sweep.
+    Cache(crate::cache_bench::CacheBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -171,6 +173,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 }
             };
         }
+        BenchCommand::Cache(a) => crate::cache_bench::run_cache_bench(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,10 +114,10 @@ pub struct RunArgs {
     pub unmanaged: bool,
     /// Share of the budget for the RocksDB backend's write-back state cache, `0` = off
     /// (memory.state-cache-ratio) [default: the config file's, else 0.4].
-    #[arg(long, value_name = "RATIO")]
+    #[arg(long, value_name = "RATIO", allow_negative_numbers = true)]
     pub state_cache_ratio: Option<f64>,
     /// Fraction of the state cache that may be dirty (state-cache.max-dirty-ratio).
-    #[arg(long, value_name = "RATIO")]
+    #[arg(long, value_name = "RATIO", allow_negative_numbers = true)]
     pub max_dirty_ratio: Option<f64>,
     /// Seed of the record stream.
     #[arg(long, default_value_t = 42)]

@@ -16,6 +16,7 @@ pub use cairn_engine::{
 };
 
 pub mod bench_cmd;
+pub mod cache_bench;
 pub mod checkpointing;
 pub mod checkpoints_cmd;
 pub mod cli;

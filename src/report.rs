@@ -75,6 +75,7 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `state_cache.{evictions,evicted_dirty}` | entries evicted, and the dirty ones among them (written to RocksDB) |
 /// | `state_cache.{dirty_flushes,dirty_flushed_entries}` | rounds of write-back because the dirty bound (`state-cache.max-dirty-ratio`) was passed, and the entries they wrote |
 /// | `state_cache.checkpoint_flush_ms.{count,p50,p99,max,mean}` | the sync-phase cache flush of each (slot, checkpoint), in ms; `checkpoint_flushed_entries` entries in all |
+/// | `state_cache.checkpoint_flush_ms_each[]` | every one of those flushes in ms, slot after slot, in checkpoint order |
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     /// Version of the binary.
@@ -163,6 +164,8 @@ pub struct CacheSummary {
     pub checkpoint_flushed_entries: u64,
     /// Sync-phase flush durations.
     pub checkpoint_flush_ms: DurationStats,
+    /// Each sync-phase flush, in ms: per slot, in checkpoint order (slot after slot).
+    pub checkpoint_flush_ms_each: Vec<f64>,
 }
 
 /// Percentiles of a set of durations, in ms.
@@ -216,6 +219,11 @@ impl CacheSummary {
             dirty_flushed_entries: s.dirty_flushed_entries,
             checkpoint_flushed_entries: s.checkpoint_flushed_entries,
             checkpoint_flush_ms: DurationStats::from_micros(&s.checkpoint_flush_us),
+            checkpoint_flush_ms_each: s
+                .checkpoint_flush_us
+                .iter()
+                .map(|&us| us as f64 / 1000.0)
+                .collect(),
         }
     }
 }

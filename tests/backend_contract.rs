@@ -955,7 +955,7 @@ fn many_keys_read_back_through_eviction(b: &Backend) -> TestResult {
         attrs.clear(&mut slot, &s)?;
         events.update(&mut slot, &s, &[7, 8])?;
     }
-    let mut check = |slot: &mut Slot| -> TestResult {
+    let check = |slot: &mut Slot| -> TestResult {
         let mut values = BTreeSet::new();
         for k in 0..KEYS {
             let s = slot.scope(&k, &VoidNamespace)?;
@@ -1009,7 +1009,7 @@ fn many_keys_read_back_through_eviction(b: &Backend) -> TestResult {
         && b.cache_ratio == Some(TINY_CACHE_RATIO)
     {
         assert!(stats.evictions > 1000, "{stats:?}");
-        assert!(stats.evicted_dirty > 20, "{stats:?}");
+        assert!(stats.evicted_dirty > 5, "{stats:?}");
         assert!(stats.dirty_flushes > 10, "{stats:?}");
         assert!(stats.bytes <= stats.capacity_bytes, "{stats:?}");
     }

@@ -235,6 +235,7 @@ async fn multipart_streams_with_bounded_memory(
         sha256: transfer::hex(&Sha256::digest(&content)),
         size: content.len() as u64,
         compressed: false,
+        hash_placed: true,
     };
     for name in ["large.sst", "retried.sst"] {
         let dest = scratch.join(format!("down-{name}"));

@@ -45,7 +45,7 @@ pub struct CairnConfig {
 }
 
 /// Default `state-cache.max-dirty-ratio` (see [`StateCacheConfig::max_dirty_ratio`]).
-pub const DEFAULT_MAX_DIRTY_RATIO: f64 = 0.05;
+pub const DEFAULT_MAX_DIRTY_RATIO: f64 = 0.02;
 
 /// The write-back state cache in front of RocksDB (`[state-cache]`); its capacity is
 /// `memory.state-cache-ratio` of the slot budget, `0` turns it off.
@@ -58,10 +58,14 @@ pub struct StateCacheConfig {
     /// `(0, 1]`.
     ///
     /// Every dirty entry is written by the checkpoint's synchronous phase, which stops the slot,
-    /// so this bounds that stall (measured in benches/RESULTS.md: the default keeps the sync-phase
-    /// cache flush at the default 256 MiB budget below 50 ms at p99). Higher = more updates of one
-    /// key coalesced into one RocksDB write (fewer writes and compactions), but a longer stall;
-    /// scale it down for budgets much larger than the default.
+    /// so this bounds that stall. Measured on the 1M-key counter job at the default 256 MiB budget
+    /// (`cairn bench cache`, benches/RESULTS.md, run 4, shared 2-core machine): 0.01 -> cache
+    /// flush p50 13 ms, p99 17 ms, 530k records/s; 0.02 -> p50 17-20 ms, p99 27 ms, 586-589k;
+    /// 0.05 -> p50 43 ms, p99 59 ms, 638k (under heavier load, 0.02 reached p99 48-61 ms and 0.01
+    /// 36-37 ms). Higher = more updates of one key
+    /// coalesced into one RocksDB write (fewer writes and compactions), but a longer stall; the
+    /// stall grows with the dirty bytes, so scale it down for budgets much larger than the
+    /// default (about 20k dirty entries per 10 ms of stall here).
     ///
     /// Flink: none. Kafka Streams: none (a commit flushes everything; KIP-892's
     /// `statestore.uncommitted.max.bytes` is the closest); RisingWave: the 64 MiB dirty-groups

@@ -15,14 +15,16 @@
 //! - **dirty delta**: list elements appended while the list itself was not cached; flushed as a
 //!   RocksDB merge (the list merge operator appends), so `add` never reads.
 //!
-//! Entries are **serialized bytes**, not decoded values. Measured (`cairn bench cache`, the
-//! codec row of benches/RESULTS.md): decoding plus encoding the 8-byte counter of the update job
-//! costs a few ns per record against several hundred ns for the cached read-modify-write, and
-//! bytes keep everything else simple and exact: the backend trait stays raw bytes (typed handles,
-//! the raw `Slot` API and host engines use one path), the byte size of an entry is known exactly
-//! for the budget, a flush writes the bytes as they are, and scans compare keys as RocksDB does.
-//! Decoded values would need a type-erased `Box<dyn Any>` per entry (one more allocation, a
-//! downcast per access), a size estimate per type, and an encode at every flush anyway.
+//! Entries are **serialized bytes**, not decoded values. Measured with `cairn bench cache` (the
+//! "codec" line of benches/RESULTS.md): postcard encode + decode of the update job's counter
+//! costs 23-53 ns, 2-6 % of a cached read-modify-write through the typed handle (0.6-1.4 µs
+//! including its share of write-back), so decoded values could save at most that. Bytes keep the
+//! rest simple and exact: the backend trait stays raw bytes (typed handles, the raw `Slot` API and
+//! host engines take one path), an entry's size is known for the budget (accounted 72 bytes per
+//! counter entry against 74 bytes of measured RSS growth), a write-back writes the bytes as they
+//! are, and scans compare keys as RocksDB does. Decoded values would need a type-erased
+//! `Box<dyn Any>` per entry (one more allocation and a downcast per access), a size estimate per
+//! type, and an encode at every write-back anyway.
 //!
 //! ## Structure
 //! A slab of entries (`key ++ value` in one allocation each), a `hashbrown::HashTable` of slab
@@ -32,8 +34,9 @@
 //! pointers per entry.
 //!
 //! ## Memory
-//! An entry counts `key + value + ENTRY_OVERHEAD` bytes (slab slot, hash bucket, allocator
-//! header), a map-state entry also its sorted-set copy; the capacity is
+//! An entry counts `ENTRY_OVERHEAD` bytes (slab slot with up to `INLINE_BYTES` of key and value
+//! inline, hash bucket), plus its heap buffer when key and value do not fit inline, plus, for map
+//! state, its sorted-set copy; the capacity is
 //! `memory.state-cache-ratio` of the slot budget, taken out of the block cache and write-buffer
 //! manager. When a put or insert takes the cache past its capacity, the CLOCK hand evicts down to
 //! `capacity - capacity / EVICT_SLACK_DIVISOR`, and the dirty entries among the evicted are
@@ -54,19 +57,25 @@
 //! delta is appended to the stored list (Kafka Streams' merged iterator). A map `clear` drops the
 //! cached entries of its (key, namespace) and deletes the stored ones.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 use std::time::Duration;
 
 use hashbrown::HashTable;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::backend::StateId;
 
-/// Bytes counted per entry beyond its key and value: the 32-byte slab slot, the hash bucket
-/// (4-byte index + control byte at <= 7/8 load) and the allocator's header and rounding of the
-/// entry's buffer. Checked against the process RSS by `cairn bench cache`.
-pub const ENTRY_OVERHEAD: u64 = 64;
+/// Bytes counted per entry: the 48-byte slab slot (key and value inline up to [`INLINE_BYTES`]),
+/// its hash bucket (4-byte index + control byte, at a load between 7/16 and 7/8: 6-11 bytes) and
+/// the slack of slab and table, which grow by doubling. `cairn bench cache` measured 74 bytes of
+/// RSS growth per entry while filling 1M counter entries, growth transients included.
+pub const ENTRY_OVERHEAD: u64 = 72;
+/// Key + value bytes kept inside the slab slot.
+pub const INLINE_BYTES: usize = 24;
+/// Bytes counted per heap buffer beyond its capacity (allocator header and rounding).
+pub const HEAP_BUFFER_OVERHEAD: u64 = 16;
 /// Bytes counted per map-state entry for its copy in the sorted key set (B-tree node share and
 /// the copy's allocation header), beyond the key bytes themselves.
 pub const MAP_INDEX_OVERHEAD: u64 = 48;
@@ -81,6 +90,10 @@ const TOMBSTONE: u8 = 8;
 const DELTA: u8 = 16;
 /// Chosen by the CLOCK hand in the current eviction round.
 const EVICTING: u8 = 32;
+/// Has a copy of its index in the dirty queue (every dirty entry has).
+const QUEUED: u8 = 64;
+/// Scratch bit of the queue compaction.
+const SEEN: u8 = 128;
 
 /// A write the cache hands to RocksDB (the backend turns it into a `WriteBatch` entry).
 #[derive(Debug, PartialEq, Eq)]
@@ -148,7 +161,7 @@ pub struct CacheStats {
     pub dirty_flushes: u64,
     /// Entries written by those rounds.
     pub dirty_flushed_entries: u64,
-    /// Entries written by checkpoint (sync-phase) flushes.
+    /// Entries written by full flushes (checkpoint sync phases and `Slot::flush`).
     pub checkpoint_flushed_entries: u64,
     /// Duration of each checkpoint's sync-phase cache flush, in µs, in checkpoint order.
     pub checkpoint_flush_us: Vec<u64>,
@@ -184,8 +197,9 @@ impl CacheStats {
 }
 
 struct Entry {
-    /// `key ++ value`.
-    buf: Box<[u8]>,
+    /// `key ++ value`, inline up to [`INLINE_BYTES`] (the update job's counters: no allocation
+    /// and one cache miss less per lookup), else on the heap.
+    buf: SmallVec<[u8; INLINE_BYTES]>,
     key_len: u32,
     state: StateId,
     flags: u8,
@@ -231,7 +245,11 @@ pub struct StateCache {
     /// Sorted cached keys of each map state (`None` for other kinds), by state id.
     map_keys: Vec<Option<BTreeSet<Box<[u8]>>>>,
     hand: usize,
-    dirty_hand: usize,
+    /// Slab indices of dirty entries, oldest first (a written or evicted entry's index stays
+    /// behind until popped; a popped index counts only when its entry is `QUEUED`).
+    dirty_queue: VecDeque<u32>,
+    /// The entry of the last lookup: a read-modify-write's put finds it without hashing.
+    last: usize,
     capacity: u64,
     max_dirty: u64,
     bytes: u64,
@@ -249,7 +267,8 @@ impl StateCache {
             hasher: foldhash::fast::FixedState::with_seed(0xca1e_cac4e),
             map_keys: Vec::new(),
             hand: 0,
-            dirty_hand: 0,
+            dirty_queue: VecDeque::new(),
+            last: usize::MAX,
             capacity,
             max_dirty: max_dirty.min(capacity),
             bytes: 0,
@@ -311,8 +330,27 @@ impl StateCache {
             .map(|&i| i as usize)
     }
 
+    /// Entry `i` of `state`/`key`: the last one looked up, else a hash lookup.
+    fn locate(&mut self, state: StateId, key: &[u8]) -> Option<usize> {
+        if let Some(e) = self.entries.get(self.last)
+            && e.has(OCCUPIED)
+            && e.state == state
+            && e.key() == key
+        {
+            return Some(self.last);
+        }
+        let found = self.find(self.hash(state, key), state, key);
+        if let Some(i) = found {
+            self.last = i;
+        }
+        found
+    }
+
     fn size_of(&self, e: &Entry) -> u64 {
-        let mut size = e.buf.len() as u64 + ENTRY_OVERHEAD;
+        let mut size = ENTRY_OVERHEAD;
+        if e.buf.spilled() {
+            size += e.buf.capacity() as u64 + HEAP_BUFFER_OVERHEAD;
+        }
         if self.is_map(e.state) {
             size += e.key_len as u64 + MAP_INDEX_OVERHEAD;
         }
@@ -326,8 +364,7 @@ impl StateCache {
     /// Looks `key` up, marking it recently used; counts a hit, or a miss when the caller must
     /// read RocksDB (not cached, or a list delta without its base).
     pub fn get(&mut self, state: StateId, key: &[u8]) -> Option<Cached<'_>> {
-        let h = self.hash(state, key);
-        match self.find(h, state, key) {
+        match self.locate(state, key) {
             Some(i) => {
                 let e = &mut self.entries[i];
                 e.flags |= REFERENCED;
@@ -407,10 +444,9 @@ impl StateCache {
     }
 
     fn upsert(&mut self, state: StateId, key: &[u8], value: &[u8], flags: u8) {
-        let h = self.hash(state, key);
-        match self.find(h, state, key) {
+        match self.locate(state, key) {
             Some(i) => self.replace(i, value, flags),
-            None => self.insert_new(h, state, key, value, flags),
+            None => self.insert_new(self.hash(state, key), state, key, value, flags),
         }
     }
 
@@ -423,12 +459,14 @@ impl StateCache {
         if e.buf.len() - k == value.len() {
             e.buf[k..].copy_from_slice(value);
         } else {
-            let mut buf = Vec::with_capacity(k + value.len());
-            buf.extend_from_slice(&e.buf[..k]);
-            buf.extend_from_slice(value);
-            e.buf = buf.into_boxed_slice();
+            e.buf.truncate(k);
+            e.buf.extend_from_slice(value);
+            // A value that shrank back gives its heap buffer up.
+            if e.buf.spilled() && e.buf.len() <= INLINE_BYTES {
+                e.buf.shrink_to_fit();
+            }
         }
-        e.flags = OCCUPIED | REFERENCED | flags;
+        e.flags = OCCUPIED | REFERENCED | flags | (e.flags & QUEUED);
         let new_size = self.size_of(&self.entries[i]);
         self.bytes = self.bytes - old_size + new_size;
         if was_dirty {
@@ -436,15 +474,43 @@ impl StateCache {
         }
         if flags & DIRTY != 0 {
             self.dirty_bytes += new_size;
+            self.enqueue(i);
+        }
+    }
+
+    /// Puts a dirty entry's index into the dirty queue unless it is there already.
+    fn enqueue(&mut self, i: usize) {
+        let e = &mut self.entries[i];
+        if !e.has(QUEUED) {
+            e.flags |= QUEUED;
+            self.dirty_queue.push_back(i as u32);
+            if self.dirty_queue.len() > 64 + 2 * self.entries.len() {
+                self.compact_queue();
+            }
+        }
+    }
+
+    /// Drops the stale and duplicate indices that evictions leave in the dirty queue, keeping
+    /// the order of the rest (bounds the queue by twice the slab).
+    fn compact_queue(&mut self) {
+        let entries = &mut self.entries;
+        self.dirty_queue.retain(|&i| {
+            let e = &mut entries[i as usize];
+            let keep = e.has(QUEUED) && !e.has(SEEN);
+            e.flags |= SEEN;
+            keep
+        });
+        for &i in &self.dirty_queue {
+            self.entries[i as usize].flags &= !SEEN;
         }
     }
 
     fn insert_new(&mut self, h: u64, state: StateId, key: &[u8], value: &[u8], flags: u8) {
-        let mut buf = Vec::with_capacity(key.len() + value.len());
+        let mut buf = SmallVec::with_capacity(key.len() + value.len());
         buf.extend_from_slice(key);
         buf.extend_from_slice(value);
         let entry = Entry {
-            buf: buf.into_boxed_slice(),
+            buf,
             key_len: key.len() as u32,
             state,
             flags: OCCUPIED | REFERENCED | flags,
@@ -471,6 +537,7 @@ impl StateCache {
         self.bytes += size;
         if flags & DIRTY != 0 {
             self.dirty_bytes += size;
+            self.enqueue(idx as usize);
         }
     }
 
@@ -491,7 +558,7 @@ impl StateCache {
             self.dirty_bytes -= size;
         }
         let e = &mut self.entries[i];
-        e.buf = Box::default();
+        e.buf = SmallVec::new();
         e.flags = 0;
         self.free.push(i as u32);
     }
@@ -560,29 +627,52 @@ impl StateCache {
     }
 
     /// Sorts slab indices by (state, key): RocksDB's memtable skip list inserts a sorted batch
-    /// much faster than a random one (it keeps the previous insert's position).
+    /// much faster than a random one (it keeps the previous insert's position). Sorts on the
+    /// keys' first 16 bytes as integers (one memory access per entry instead of two per
+    /// comparison), then orders ties by the full key.
     fn sort_by_key(&self, idx: &mut [usize]) {
         let e = &self.entries;
-        idx.sort_unstable_by(|&a, &b| (e[a].state, e[a].key()).cmp(&(e[b].state, e[b].key())));
+        let mut keyed: Vec<(StateId, u128, usize)> = idx
+            .iter()
+            .map(|&i| {
+                let k = e[i].key();
+                let mut p = [0u8; 16];
+                let n = k.len().min(16);
+                p[..n].copy_from_slice(&k[..n]);
+                (e[i].state, u128::from_be_bytes(p), i)
+            })
+            .collect();
+        keyed.sort_unstable();
+        let mut start = 0;
+        while start < keyed.len() {
+            let (s0, p0, _) = keyed[start];
+            let mut end = start + 1;
+            while end < keyed.len() && keyed[end].0 == s0 && keyed[end].1 == p0 {
+                end += 1;
+            }
+            if end - start > 1 {
+                keyed[start..end].sort_by(|a, b| e[a.2].key().cmp(e[b.2].key()));
+            }
+            start = end;
+        }
+        for (slot, (_, _, i)) in idx.iter_mut().zip(keyed) {
+            *slot = i;
+        }
     }
 
     /// Writes dirty entries until at most `target` dirty bytes are left; written entries stay
     /// cached as clean (deltas are dropped: their full value is unknown).
     fn flush_dirty(&mut self, target: u64, out: &mut dyn FnMut(CacheWrite<'_>)) -> u64 {
-        let n = self.entries.len();
         let mut picked = Vec::new();
         let mut left = self.dirty_bytes;
-        let mut steps = 0;
-        while left > target && steps < n {
-            steps += 1;
-            if self.dirty_hand >= n {
-                self.dirty_hand = 0;
-            }
-            let i = self.dirty_hand;
-            self.dirty_hand += 1;
-            let e = &self.entries[i];
-            if e.has(OCCUPIED) && e.has(DIRTY) {
-                left -= self.size_of(e);
+        while left > target {
+            let Some(i) = self.dirty_queue.pop_front() else {
+                break;
+            };
+            let i = i as usize;
+            if self.entries[i].has(QUEUED) {
+                self.entries[i].flags &= !QUEUED;
+                left = left.saturating_sub(self.size_of(&self.entries[i]));
                 picked.push(i);
             }
         }
@@ -629,10 +719,16 @@ impl StateCache {
         if self.dirty_bytes == 0 {
             return 0;
         }
-        let dirty: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| self.entries[i].has(DIRTY))
-            .collect();
+        let mut dirty = Vec::new();
+        while let Some(i) = self.dirty_queue.pop_front() {
+            let e = &mut self.entries[i as usize];
+            if e.has(QUEUED) {
+                e.flags &= !QUEUED;
+                dirty.push(i as usize);
+            }
+        }
         let written = self.write_back_sorted(dirty, out);
+        debug_assert_eq!(self.dirty_bytes, 0, "every dirty entry was queued");
         self.stats.checkpoint_flushed_entries += written;
         written
     }
@@ -827,6 +923,12 @@ mod tests {
                 c.maintain(&mut |w| store.apply(w));
             }
             assert!(c.bytes() <= cap, "{} > {cap}", c.bytes());
+            // Evicted dirty entries leave stale indices; compaction keeps the queue bounded.
+            assert!(
+                c.dirty_queue.len() <= 65 + 2 * c.entries.len(),
+                "{}",
+                c.dirty_queue.len()
+            );
         }
         let s = c.stats();
         assert!(
@@ -843,7 +945,7 @@ mod tests {
 
     #[test]
     fn dirty_bound_writes_back_and_keeps_entries() {
-        let per = ENTRY_OVERHEAD + 8;
+        let per = ENTRY_OVERHEAD;
         let mut c = StateCache::new(1000 * per, 100 * per);
         let mut store = Store::default();
         for i in 0u32..500 {
@@ -858,6 +960,37 @@ mod tests {
         assert!(s.dirty_flushes >= 8, "{s:?}");
         assert_eq!(s.entries, 500);
         assert_eq!(store.0.len() as u64, s.dirty_flushed_entries);
+    }
+
+    #[test]
+    fn write_back_is_sorted_by_state_then_key_bytes() {
+        let mut c = StateCache::new(1 << 20, 1 << 20);
+        // Keys sharing 16-byte prefixes, zero padding and different lengths.
+        let keys: Vec<Vec<u8>> = vec![
+            b"b".to_vec(),
+            [vec![7u8; 16], b"z".to_vec()].concat(),
+            vec![7u8; 16],
+            [vec![7u8; 16], b"a".to_vec()].concat(),
+            b"a\0".to_vec(),
+            b"a".to_vec(),
+            vec![],
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            c.put(1, k, b"v");
+            c.put(0, k, &[i as u8]);
+        }
+        let mut order = Vec::new();
+        c.flush_all(&mut |w| {
+            if let CacheWrite::Put(s, k, _) = w {
+                order.push((s, k.to_vec()));
+            }
+        });
+        let mut want: Vec<(StateId, Vec<u8>)> = keys
+            .iter()
+            .flat_map(|k| [(0, k.clone()), (1, k.clone())])
+            .collect();
+        want.sort();
+        assert_eq!(order, want);
     }
 
     #[test]

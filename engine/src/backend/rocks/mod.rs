@@ -283,26 +283,39 @@ impl RocksDbBackend {
     }
 
     /// Writes every dirty cache entry into RocksDB (one `WriteBatch`): the checkpoint's sync
-    /// phase calls it right before the native checkpoint. Returns the entries written.
+    /// phase calls it right before the native checkpoint, and its duration is recorded in the
+    /// cache's counters. Returns the entries written.
     pub fn flush_cache(&mut self) -> Result<u64> {
-        let t = std::time::Instant::now();
-        let r = self.write_back_cache();
-        if let Some(cache) = self.cache.as_mut() {
-            cache.record_checkpoint_flush(t.elapsed());
-        }
-        r
+        self.write_back_all(true)
     }
 
     /// Writes every dirty cache entry into RocksDB (one `WriteBatch`) and leaves it cached,
-    /// clean. Returns the entries written.
+    /// clean, without counting it as a checkpoint flush (the pre-flush). Returns the entries
+    /// written.
     pub fn write_back_cache(&mut self) -> Result<u64> {
+        self.write_back_all(false)
+    }
+
+    fn write_back_all(&mut self, for_checkpoint: bool) -> Result<u64> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok(0);
         };
+        let t = std::time::Instant::now();
         let mut w = BatchWriter::new(&self.db, &self.states);
         let n = cache.flush_all(&mut |op| w.add(op));
-        w.commit(&self.db, &self.write_opts, "flush state cache")
-            .map(|()| n)
+        let batched = t.elapsed();
+        let r = w.commit(&self.db, &self.write_opts, "flush state cache");
+        if for_checkpoint {
+            cache.record_checkpoint_flush(t.elapsed());
+        }
+        tracing::debug!(
+            entries = n,
+            batch_ms = batched.as_secs_f64() * 1e3,
+            write_ms = (t.elapsed() - batched).as_secs_f64() * 1e3,
+            for_checkpoint,
+            "wrote every dirty state cache entry"
+        );
+        r.map(|()| n)
     }
 
     /// Evicts and writes back after a cache write, when the cache asks for it.
@@ -679,7 +692,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.flush_cache()?;
+        self.write_back_all(false)?;
         // `flush()` alone flushes only the default column family.
         let cfs: Vec<_> = self
             .states
