@@ -16,7 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cairn_engine::checkpoint::{Checkpointer, RebaseConfig, RestorePath, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{
+    Checkpointer, RebaseConfig, RestorePath, RestoreSource, new_job_name,
+};
 use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind};
 use clap::Args;
 use serde::Serialize;
@@ -321,7 +323,7 @@ fn run_policy(
             async_ms: rep.async_ms,
             ..Row::default()
         };
-        if a.restore_every > 0 && (round + 1) % a.restore_every == 0 {
+        if a.restore_every > 0 && (round + 1).is_multiple_of(a.restore_every) {
             let (remote, local) = restore_both(&cfg, &cp, id, slot.working_dir(), root)?;
             row.restore_remote_ms = Some(remote);
             row.restore_local_ms = Some(local);
@@ -345,7 +347,11 @@ fn restore_both(
     for (i, local) in [false, true].into_iter().enumerate() {
         let mut c = cfg.clone();
         c.checkpoint.local_recovery = local;
-        let dir = root.join(if local { "restore-local" } else { "restore-remote" });
+        let dir = root.join(if local {
+            "restore-local"
+        } else {
+            "restore-remote"
+        });
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let t = Instant::now();
@@ -478,7 +484,15 @@ fn plot(path: &Path, policies: &[(String, RebaseConfig)], rows: &[Row]) -> BResu
     let root = SVGBackend::new(path, (1000, 1050)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 1));
-    let colors = [BLACK, RED, BLUE, GREEN, MAGENTA, CYAN, RGBColor(255, 140, 0)];
+    let colors = [
+        BLACK,
+        RED,
+        BLUE,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        RGBColor(255, 140, 0),
+    ];
     type Series = Vec<(u64, f64)>;
     let series = |f: &dyn Fn(&[&Row]) -> Series| -> Vec<(String, Series)> {
         policies
@@ -512,7 +526,10 @@ fn plot(path: &Path, policies: &[(String, RebaseConfig)], rows: &[Row]) -> BResu
     for (area, (title, data)) in panels.iter().zip([
         ("stored in checkpoint storage, MB (listing)", &stored),
         ("uploaded since start, MB", &uploaded),
-        ("restore size (bytes the checkpoint references), MB", &restore),
+        (
+            "restore size (bytes the checkpoint references), MB",
+            &restore,
+        ),
     ]) {
         let max_y = data
             .iter()
@@ -557,7 +574,9 @@ mod tests {
         assert_eq!(parse_policy("off").unwrap(), RebaseConfig::off());
         assert_eq!(parse_policy("every-n:7").unwrap().every_n_checkpoints, 7);
         assert_eq!(
-            parse_policy("space-amp:2.5").unwrap().max_space_amplification,
+            parse_policy("space-amp:2.5")
+                .unwrap()
+                .max_space_amplification,
             Some(2.5)
         );
         assert_eq!(

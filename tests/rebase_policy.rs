@@ -38,10 +38,10 @@ fn churn(slot: &mut Slot, model: &mut Model, keys: u64, r: u64, update_every: u6
     let v = slot.value_state::<u64>("op", "v")?;
     for k in 0..keys {
         let scope = slot.scope(&k, &VoidNamespace)?;
-        if (k + r) % 13 == 0 && r > 0 {
+        if (k + r).is_multiple_of(13) && r > 0 {
             v.clear(slot, &scope)?;
             model.remove(&k);
-        } else if (k + r) % update_every == 0 || r == 0 {
+        } else if (k + r).is_multiple_of(update_every) || r == 0 {
             let val = k * 1000 + r;
             v.update(slot, &scope, &val)?;
             model.insert(k, val);
