@@ -10,8 +10,9 @@
 //!   files; the dead data in the old ones is freed when they are subsumed.
 //!
 //! The first two change only which objects a checkpoint references; the third changes the
-//! files themselves, and is the one that reduces stored bytes (measured in
-//! `benches/RESULTS.md`, "Periodic rebase").
+//! files themselves, and is the only one that can reduce stored bytes: on churned state, not on
+//! state with a large cold part (measured in `benches/RESULTS.md`, "Periodic rebase"). All three
+//! are off by default (see [`RebaseConfig`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
