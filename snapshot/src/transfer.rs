@@ -304,7 +304,9 @@ async fn receive_stream(
     compressed: bool,
 ) -> (Result<(String, u64)>, Option<SnapshotError>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let writer = blocking(move || {
+    // Spawned now, not when awaited: the writer must drain the channel while the chunks are
+    // sent, or an object of more than 4 chunks blocks `send` forever (seen restoring from S3).
+    let writer = tokio::task::spawn_blocking(move || {
         remove_stale(&to)?;
         let reader = ChannelReader {
             rx,
@@ -327,7 +329,11 @@ async fn receive_stream(
         }
     }
     drop(tx);
-    (writer.await, stream_err)
+    let written = writer
+        .await
+        .map_err(|e| SnapshotError::Invariant(format!("download task failed: {e}")))
+        .and_then(|r| r);
+    (written, stream_err)
 }
 
 /// Buffer size of local reads and writes. Measured on the 2-core test machine: 1 MiB hashes
@@ -651,6 +657,37 @@ mod tests {
         rt.block_on(download_file(&storage, &Path::from("a.zst"), &to, &exp))?;
         assert_eq!(std::fs::read(&to)?, a);
         assert_eq!(std::fs::read(dir.path().join("store/b"))?, b);
+        Ok(())
+    }
+
+    /// Regression: the writer of a streamed download (S3, memory) was only spawned when awaited,
+    /// after the whole stream had been sent into a 4-chunk channel, so any object of more than 4
+    /// chunks hung forever (found restoring from an S3-compatible server in `cairn bench rebase`).
+    #[test]
+    fn streamed_download_of_many_chunks_completes() -> TestResult {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir()?;
+        let chunks: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 4096])).collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let stream = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+        let to = dir.path().join("out");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()?;
+        let (written, err) = rt.block_on(async {
+            // A deadlock fails the test instead of hanging it.
+            tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                receive_stream(stream, &Path::from("obj"), to.clone(), false),
+            )
+            .await
+        })?;
+        assert!(err.is_none());
+        let (sha, size) = written?;
+        assert_eq!(size, all.len() as u64);
+        assert_eq!(sha, hex(&Sha256::digest(&all)));
+        assert_eq!(std::fs::read(&to)?, all);
         Ok(())
     }
 
