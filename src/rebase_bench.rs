@@ -61,8 +61,13 @@ pub struct RebaseBenchArgs {
     pub dir: PathBuf,
     /// Checkpoint storage root [default: a directory in the work dir]. A directory on another
     /// filesystem (e.g. under /dev/shm) makes remote restores copy instead of hard-linking.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "storage_url")]
     pub storage: Option<PathBuf>,
+    /// Checkpoint storage URL instead (e.g. `s3://bucket/prefix`, configured by the `AWS_*`
+    /// environment variables and `CAIRN_S3_ENDPOINT` as for `cairn checkpoints`); each policy
+    /// writes below `<url>/<policy>-<pid>`, and nothing there is removed afterwards.
+    #[arg(long)]
+    pub storage_url: Option<String>,
     /// Output prefix: writes `<out>.json`, `<out>.csv` and `<out>.svg`.
     #[arg(long, default_value = "rebase-bench")]
     pub out: PathBuf,
@@ -174,9 +179,15 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
     let mut summary = Vec::new();
     for (name, policy) in &policies {
         let root = tmp.path().join(name.replace(':', "-"));
-        let storage = match &storage_tmp {
-            Some(t) => t.path().join(name.replace(':', "-")),
-            None => root.join("checkpoints"),
+        let dir_name = name.replace(':', "-");
+        let storage = match (&storage_tmp, &a.storage_url) {
+            (_, Some(url)) => format!(
+                "{}/{dir_name}-{}",
+                url.trim_end_matches('/'),
+                std::process::id()
+            ),
+            (Some(t), None) => t.path().join(&dir_name).display().to_string(),
+            (None, None) => root.join("checkpoints").display().to_string(),
         };
         eprintln!("policy {name}: {} checkpoints...", a.checkpoints);
         let t = Instant::now();
@@ -186,7 +197,9 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
         s.wall_s = t.elapsed().as_secs_f64();
         summary.push(s);
         let _ = std::fs::remove_dir_all(&root);
-        let _ = std::fs::remove_dir_all(&storage);
+        if a.storage_url.is_none() {
+            let _ = std::fs::remove_dir_all(&storage);
+        }
     }
     if let Some(off) = summary.iter().find(|s| s.policy == "off").map(|s| {
         (
@@ -208,10 +221,10 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
         value_size: a.value_size,
         update_percent: a.update_percent,
         delete_percent: a.delete_percent,
-        storage: if a.storage.is_some() {
-            "file storage on another filesystem (restore copies)".into()
-        } else {
-            "file storage on the working filesystem (restore hard-links)".into()
+        storage: match (&a.storage, &a.storage_url) {
+            (_, Some(url)) => url.clone(),
+            (Some(_), None) => "file storage on another filesystem (restore copies)".into(),
+            (None, None) => "file storage on the working filesystem (restore hard-links)".into(),
         },
         summary,
         rows: &rows,
@@ -253,13 +266,14 @@ fn run_policy(
     name: &str,
     policy: &RebaseConfig,
     root: &Path,
-    storage: &Path,
+    storage: &str,
     rows: &mut Vec<Row>,
 ) -> BResult<()> {
     let mut cfg = CairnConfig::default();
     cfg.state.backend = BackendKind::RocksDb;
     cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = storage.display().to_string();
+    cfg.checkpoint.dir = storage.to_string();
+    cfg.checkpoint.storage = crate::checkpoints_cmd::storage_options();
     cfg.checkpoint.rebase = policy.clone();
     cfg.checkpoint.local_recovery = true;
     let mut slot = Slot::builder(&cfg).open()?;
