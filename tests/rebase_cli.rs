@@ -19,13 +19,13 @@ fn run(dir: &Path, name: &str, config: &str) -> Result<Value, Box<dyn std::error
             "--workload",
             "update",
             "--records",
-            "200000",
+            "600000",
             "--keys",
             "20000",
             "--memory",
             "16MiB",
             "--checkpoint-interval",
-            "50ms",
+            "20ms",
         ])
         .arg("--config")
         .arg(&toml)
