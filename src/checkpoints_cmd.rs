@@ -66,7 +66,7 @@ pub enum CheckpointsCommand {
 }
 
 /// Storage options for the CLI: S3 endpoint and credentials from `CAIRN_S3_*`/`AWS_*` env.
-fn storage_options() -> StorageOptions {
+pub(crate) fn storage_options() -> StorageOptions {
     let mut o = StorageOptions::default();
     o.s3_endpoint = std::env::var("CAIRN_S3_ENDPOINT").ok();
     o.s3_allow_http = o

@@ -16,7 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cairn_engine::checkpoint::{Checkpointer, RebaseConfig, RestorePath, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{
+    Checkpointer, RebaseConfig, RestorePath, RestoreSource, new_job_name,
+};
 use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind};
 use clap::Args;
 use serde::Serialize;
@@ -59,8 +61,13 @@ pub struct RebaseBenchArgs {
     pub dir: PathBuf,
     /// Checkpoint storage root [default: a directory in the work dir]. A directory on another
     /// filesystem (e.g. under /dev/shm) makes remote restores copy instead of hard-linking.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "storage_url")]
     pub storage: Option<PathBuf>,
+    /// Checkpoint storage URL instead (e.g. `s3://bucket/prefix`, configured by the `AWS_*`
+    /// environment variables and `CAIRN_S3_ENDPOINT` as for `cairn checkpoints`); each policy
+    /// writes below `<url>/<policy>-<pid>`, and nothing there is removed afterwards.
+    #[arg(long)]
+    pub storage_url: Option<String>,
     /// Output prefix: writes `<out>.json`, `<out>.csv` and `<out>.svg`.
     #[arg(long, default_value = "rebase-bench")]
     pub out: PathBuf,
@@ -172,9 +179,15 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
     let mut summary = Vec::new();
     for (name, policy) in &policies {
         let root = tmp.path().join(name.replace(':', "-"));
-        let storage = match &storage_tmp {
-            Some(t) => t.path().join(name.replace(':', "-")),
-            None => root.join("checkpoints"),
+        let dir_name = name.replace(':', "-");
+        let storage = match (&storage_tmp, &a.storage_url) {
+            (_, Some(url)) => format!(
+                "{}/{dir_name}-{}",
+                url.trim_end_matches('/'),
+                std::process::id()
+            ),
+            (Some(t), None) => t.path().join(&dir_name).display().to_string(),
+            (None, None) => root.join("checkpoints").display().to_string(),
         };
         eprintln!("policy {name}: {} checkpoints...", a.checkpoints);
         let t = Instant::now();
@@ -184,7 +197,9 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
         s.wall_s = t.elapsed().as_secs_f64();
         summary.push(s);
         let _ = std::fs::remove_dir_all(&root);
-        let _ = std::fs::remove_dir_all(&storage);
+        if a.storage_url.is_none() {
+            let _ = std::fs::remove_dir_all(&storage);
+        }
     }
     if let Some(off) = summary.iter().find(|s| s.policy == "off").map(|s| {
         (
@@ -206,10 +221,10 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
         value_size: a.value_size,
         update_percent: a.update_percent,
         delete_percent: a.delete_percent,
-        storage: if a.storage.is_some() {
-            "file storage on another filesystem (restore copies)".into()
-        } else {
-            "file storage on the working filesystem (restore hard-links)".into()
+        storage: match (&a.storage, &a.storage_url) {
+            (_, Some(url)) => url.clone(),
+            (Some(_), None) => "file storage on another filesystem (restore copies)".into(),
+            (None, None) => "file storage on the working filesystem (restore hard-links)".into(),
         },
         summary,
         rows: &rows,
@@ -251,13 +266,14 @@ fn run_policy(
     name: &str,
     policy: &RebaseConfig,
     root: &Path,
-    storage: &Path,
+    storage: &str,
     rows: &mut Vec<Row>,
 ) -> BResult<()> {
     let mut cfg = CairnConfig::default();
     cfg.state.backend = BackendKind::RocksDb;
     cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = storage.display().to_string();
+    cfg.checkpoint.dir = storage.to_string();
+    cfg.checkpoint.storage = crate::checkpoints_cmd::storage_options();
     cfg.checkpoint.rebase = policy.clone();
     cfg.checkpoint.local_recovery = true;
     let mut slot = Slot::builder(&cfg).open()?;
@@ -321,7 +337,7 @@ fn run_policy(
             async_ms: rep.async_ms,
             ..Row::default()
         };
-        if a.restore_every > 0 && (round + 1) % a.restore_every == 0 {
+        if a.restore_every > 0 && (round + 1).is_multiple_of(a.restore_every) {
             let (remote, local) = restore_both(&cfg, &cp, id, slot.working_dir(), root)?;
             row.restore_remote_ms = Some(remote);
             row.restore_local_ms = Some(local);
@@ -345,7 +361,11 @@ fn restore_both(
     for (i, local) in [false, true].into_iter().enumerate() {
         let mut c = cfg.clone();
         c.checkpoint.local_recovery = local;
-        let dir = root.join(if local { "restore-local" } else { "restore-remote" });
+        let dir = root.join(if local {
+            "restore-local"
+        } else {
+            "restore-remote"
+        });
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let t = Instant::now();
@@ -478,7 +498,15 @@ fn plot(path: &Path, policies: &[(String, RebaseConfig)], rows: &[Row]) -> BResu
     let root = SVGBackend::new(path, (1000, 1050)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 1));
-    let colors = [BLACK, RED, BLUE, GREEN, MAGENTA, CYAN, RGBColor(255, 140, 0)];
+    let colors = [
+        BLACK,
+        RED,
+        BLUE,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        RGBColor(255, 140, 0),
+    ];
     type Series = Vec<(u64, f64)>;
     let series = |f: &dyn Fn(&[&Row]) -> Series| -> Vec<(String, Series)> {
         policies
@@ -512,7 +540,10 @@ fn plot(path: &Path, policies: &[(String, RebaseConfig)], rows: &[Row]) -> BResu
     for (area, (title, data)) in panels.iter().zip([
         ("stored in checkpoint storage, MB (listing)", &stored),
         ("uploaded since start, MB", &uploaded),
-        ("restore size (bytes the checkpoint references), MB", &restore),
+        (
+            "restore size (bytes the checkpoint references), MB",
+            &restore,
+        ),
     ]) {
         let max_y = data
             .iter()
@@ -557,7 +588,9 @@ mod tests {
         assert_eq!(parse_policy("off").unwrap(), RebaseConfig::off());
         assert_eq!(parse_policy("every-n:7").unwrap().every_n_checkpoints, 7);
         assert_eq!(
-            parse_policy("space-amp:2.5").unwrap().max_space_amplification,
+            parse_policy("space-amp:2.5")
+                .unwrap()
+                .max_space_amplification,
             Some(2.5)
         );
         assert_eq!(

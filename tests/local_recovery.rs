@@ -31,10 +31,10 @@ fn write(slot: &mut Slot, model: &mut Model, round: u64) -> TestResult {
     let v = slot.value_state::<String>("op", "v")?;
     for k in 0..KEYS {
         let scope = slot.scope(&k, &VoidNamespace)?;
-        if (k + round) % 11 == 0 && round > 0 {
+        if (k + round).is_multiple_of(11) && round > 0 {
             v.clear(slot, &scope)?;
             model.remove(&k);
-        } else if (k + round) % 4 == 0 || round == 0 {
+        } else if (k + round).is_multiple_of(4) || round == 0 {
             let val = format!("{k}-{round}-{}", "x".repeat((k % 50) as usize));
             v.update(slot, &scope, &val)?;
             model.insert(k, val);

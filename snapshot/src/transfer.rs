@@ -755,6 +755,37 @@ mod tests {
         Ok(())
     }
 
+    /// Regression: the writer of a streamed download (S3, memory) was only spawned when awaited,
+    /// after the whole stream had been sent into a 4-chunk channel, so any object of more than 4
+    /// chunks hung forever (found restoring from an S3-compatible server in `cairn bench rebase`).
+    #[test]
+    fn streamed_download_of_many_chunks_completes() -> TestResult {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir()?;
+        let chunks: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 4096])).collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let stream = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+        let to = dir.path().join("out");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()?;
+        let (written, err) = rt.block_on(async {
+            // A deadlock fails the test instead of hanging it.
+            tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                receive_stream(stream, &Path::from("obj"), to.clone(), false),
+            )
+            .await
+        })?;
+        assert!(err.is_none());
+        let (sha, size) = written?;
+        assert_eq!(size, all.len() as u64);
+        assert_eq!(sha, hex(&Sha256::digest(&all)));
+        assert_eq!(std::fs::read(&to)?, all);
+        Ok(())
+    }
+
     #[test]
     fn copy_unverified_copies_bytes() -> TestResult {
         let content: Vec<u8> = (0..(3u32 << 20)).map(|i| i as u8).collect();

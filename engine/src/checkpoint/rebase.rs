@@ -10,9 +10,11 @@
 //!   files; the dead data in the old ones is freed when they are subsumed.
 //!
 //! The first two change only which objects a checkpoint references; the third changes the
-//! files themselves, and is the one that reduces stored bytes (measured in
-//! `benches/RESULTS.md`, "Periodic rebase").
+//! files themselves, and is the only one that can reduce stored bytes: on churned state, not on
+//! state with a large cold part (measured in `benches/RESULTS.md`, "Periodic rebase"). All three
+//! are off by default (see [`RebaseConfig`]).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cairn_snapshot::UploadPolicy;
@@ -22,9 +24,9 @@ use super::config::RebaseConfig;
 use crate::error::{EngineError, Result};
 use crate::slot::Slot;
 
-/// RocksDB's estimate of the live data in a column family: for each key range, the size of the
-/// largest file covering it (so overlapping files, i.e. overwritten and deleted data not yet
-/// compacted away, are not counted).
+/// RocksDB's estimate of the live data in a column family: the sizes of a maximal set of files
+/// with no key-range overlap, bottom level first (overlapping files, i.e. overwritten and
+/// deleted data not yet compacted away, are not counted).
 const LIVE_DATA_PROPERTY: &str = "rocksdb.estimate-live-data-size";
 
 /// What compacting a slot's state did.
@@ -39,20 +41,48 @@ pub struct CompactionStats {
 }
 
 impl Slot {
-    /// RocksDB's live-data estimate summed over the slot's state column families, bytes.
-    /// `None` for the heap backend (it has no dead data to compact away).
+    /// An estimate of the live data in the slot's state column families, bytes: per column
+    /// family the larger of RocksDB's `rocksdb.estimate-live-data-size` and the size of its
+    /// largest sorted run (an L0 file, or a level), summed. `None` for the heap backend (it has
+    /// no dead data to compact away).
+    ///
+    /// Why not RocksDB's property alone: it adds up a maximal set of files with no key-range
+    /// overlap, bottom level first. Every Cairn SST spans almost the whole key space (keys start
+    /// with the key group), so one small file in the bottom level hides all the others, and the
+    /// estimate collapses: measured 42-55x "amplification" after a bulk load with universal
+    /// compaction (`benches/RESULTS.md`, "Periodic rebase"). The largest sorted run is a floor
+    /// that does not collapse; both stay optimistic about overwritten data in the largest run.
     pub fn live_data_estimate(&self) -> Option<u64> {
         let rocks = self.backend().as_rocksdb()?;
+        let db = rocks.db();
+        let mut runs: HashMap<(&str, i32, Option<&str>), u64> = HashMap::new();
+        let files = db.live_files().unwrap_or_default();
+        for f in &files {
+            // L0 files are sorted runs each; a level >= 1 is one run.
+            let file = (f.level == 0).then_some(f.name.as_str());
+            *runs
+                .entry((f.column_family_name.as_str(), f.level, file))
+                .or_default() += f.size as u64;
+        }
         Some(
             rocks
                 .column_families()
-                .filter_map(|n| rocks.db().cf_handle(n))
-                .filter_map(|cf| {
-                    rocks
-                        .db()
-                        .property_int_value_cf(&cf, LIVE_DATA_PROPERTY)
-                        .ok()
-                        .flatten()
+                .map(|n| {
+                    let property = db
+                        .cf_handle(n)
+                        .and_then(|cf| {
+                            db.property_int_value_cf(&cf, LIVE_DATA_PROPERTY)
+                                .ok()
+                                .flatten()
+                        })
+                        .unwrap_or(0);
+                    let largest_run = runs
+                        .iter()
+                        .filter(|((cf, _, _), _)| *cf == n)
+                        .map(|(_, size)| *size)
+                        .max()
+                        .unwrap_or(0);
+                    property.max(largest_run)
                 })
                 .sum(),
         )
