@@ -427,6 +427,9 @@ fn run_slot(
         }
         if processed.is_multiple_of(MEMORY_SAMPLE_EVERY) {
             peak_total = peak_total.max(shared.sample(index as usize, &slot.memory_report()));
+            if let Some(c) = slot.cache_stats() {
+                shared.metrics.observe_cache(index, &c);
+            }
         }
     }
     shared.processed.fetch_add(unreported, Ordering::Relaxed);
@@ -440,6 +443,9 @@ fn run_slot(
         std::thread::sleep(Duration::from_millis(1));
     }
     let end_memory = slot.memory_report();
+    if let Some(c) = slot.cache_stats() {
+        shared.metrics.observe_cache(index, &c);
+    }
     peak_total = peak_total.max(shared.sample(index as usize, &end_memory));
     // After the final checkpoint, before the flush below empties the dirty set.
     let cache = slot.cache_stats();

@@ -258,6 +258,15 @@ fn metrics_file_agrees_with_the_json_summary() -> TestResult {
         sample("cairn_memory_budget_bytes{slot=\"0\"}"),
         (16u64 << 20) as f64
     );
+    // The state cache's counters agree with the summary's.
+    assert_eq!(
+        sample("cairn_state_cache_events_total{event=\"hits\",slot=\"0\"}"),
+        u64_at(&v, "/state_cache/hits") as f64
+    );
+    assert_eq!(
+        sample("cairn_state_cache_events_total{event=\"misses\",slot=\"0\"}"),
+        u64_at(&v, "/state_cache/misses") as f64
+    );
     Ok(())
 }
 

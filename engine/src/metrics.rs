@@ -22,6 +22,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::backend::rocks::cache::CacheStats;
 use crate::checkpoint::CheckpointReport;
 
 /// Buckets for checkpoint phase durations, in seconds: 1 ms (an idle sync phase) to 5 min (an
@@ -58,6 +59,9 @@ pub struct Metrics {
     async_seconds: Histogram,
     restore_seconds: prometheus::Gauge,
     restore_bytes: IntGauge,
+    cache_counters: IntCounterVec,
+    cache_gauges: IntGaugeVec,
+    cache_flush_seconds: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -209,6 +213,42 @@ impl Metrics {
                 .expect("valid gauge"),
             ),
             restore_bytes: gauge("restore_bytes", "Bytes the last restore placed locally."),
+            cache_counters: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "state_cache_events_total",
+                        "Write-back state cache events per slot: hits, misses, evictions, \
+                         evicted_dirty, dirty_flushes (rounds past the dirty bound).",
+                    ),
+                    &["slot", "event"],
+                )
+                .expect("valid counter vec"),
+            ),
+            cache_gauges: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "state_cache",
+                        "Write-back state cache per slot: entries, bytes, dirty_bytes, \
+                         capacity_bytes.",
+                    ),
+                    &["slot", "what"],
+                )
+                .expect("valid gauge vec"),
+            ),
+            cache_flush_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "state_cache_checkpoint_flush_seconds",
+                        "Sync-phase write of every dirty cache entry, per slot and checkpoint.",
+                    )
+                    .buckets(PHASE_BUCKETS.to_vec()),
+                    &["slot"],
+                )
+                .expect("valid histogram vec"),
+            ),
             registry,
         }
     }
@@ -268,6 +308,42 @@ impl Metrics {
                 .set(saturating_i64(b));
         }
         self.rss.set(saturating_i64(r.rss_bytes));
+    }
+
+    /// Publishes a slot's state-cache counters (cumulative, as [`CacheStats`] holds them; only
+    /// what is new since the last call is added) and its newest sync-phase flush durations.
+    pub fn observe_cache(&self, slot: u32, c: &CacheStats) {
+        let slot = slot.to_string();
+        for (event, total) in [
+            ("hits", c.hits),
+            ("misses", c.misses),
+            ("evictions", c.evictions),
+            ("evicted_dirty", c.evicted_dirty),
+            ("dirty_flushes", c.dirty_flushes),
+        ] {
+            let counter = self
+                .cache_counters
+                .with_label_values(&[slot.as_str(), event]);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+        for (what, v) in [
+            ("entries", c.entries),
+            ("bytes", c.bytes),
+            ("dirty_bytes", c.dirty_bytes),
+            ("capacity_bytes", c.capacity_bytes),
+        ] {
+            self.cache_gauges
+                .with_label_values(&[slot.as_str(), what])
+                .set(saturating_i64(v));
+        }
+        let h = self.cache_flush_seconds.with_label_values(&[slot.as_str()]);
+        let seen = usize::try_from(h.get_sample_count()).unwrap_or(usize::MAX);
+        for us in c.checkpoint_flush_us.iter().skip(seen) {
+            h.observe(*us as f64 / 1e6);
+        }
     }
 
     /// Records a completed checkpoint.
@@ -355,6 +431,56 @@ mod tests {
         assert_eq!(
             sample(&t, "cairn_checkpoint_sync_seconds_bucket{le=\"0.025\"}"),
             2.0
+        );
+    }
+
+    #[test]
+    fn cache_counters_add_only_what_is_new() {
+        let m = Metrics::new();
+        let mut c = crate::backend::rocks::cache::CacheStats {
+            hits: 10,
+            misses: 4,
+            entries: 3,
+            checkpoint_flush_us: vec![2_000],
+            ..Default::default()
+        };
+        m.observe_cache(1, &c);
+        m.observe_cache(1, &c); // the same totals again change nothing
+        c.hits = 15;
+        c.checkpoint_flush_us.push(40_000);
+        m.observe_cache(1, &c);
+        let t = m.encode();
+        assert_eq!(
+            sample(
+                &t,
+                "cairn_state_cache_events_total{event=\"hits\",slot=\"1\"}"
+            ),
+            15.0
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "cairn_state_cache_events_total{event=\"misses\",slot=\"1\"}"
+            ),
+            4.0
+        );
+        assert_eq!(
+            sample(&t, "cairn_state_cache{slot=\"1\",what=\"entries\"}"),
+            3.0
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "cairn_state_cache_checkpoint_flush_seconds_count{slot=\"1\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "cairn_state_cache_checkpoint_flush_seconds_bucket{slot=\"1\",le=\"0.025\"}"
+            ),
+            1.0
         );
     }
 
