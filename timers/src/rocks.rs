@@ -45,8 +45,9 @@ pub type TimerDb = DBWithThreadMode<MultiThreaded>;
 
 /// Timers cached per key group and domain (Flink: `state.backend.rocksdb.timer-service.cache-size`).
 pub const DEFAULT_CACHE_SIZE: usize = 128;
-/// Buffered operations that trigger a write of the batch.
-pub const BATCH_OPS: usize = 4096;
+/// Buffered operations that trigger a write of the batch (16k: longer sorted runs for the
+/// memtable than 4k, spread timers 0.48-0.51 -> 0.69 of heap in benches/timers; ~0.5 MiB).
+pub const BATCH_OPS: usize = 16384;
 /// Fired timers of a key group deleted by one range tombstone (besides the one every
 /// [`TimerService::flush`] writes): few range tombstones keep scans cheap, and fired timers stay
 /// on disk only briefly.
