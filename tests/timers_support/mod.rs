@@ -33,7 +33,8 @@ pub const IMPLS: [Impl; 2] = [Impl::Heap, Impl::RocksDb];
 pub enum Instance {
     Heap(HeapTimers),
     Rocks {
-        svc: RocksDbTimers,
+        // Boxed: the service is much larger than the heap variant.
+        svc: Box<RocksDbTimers>,
         db: Arc<TimerDb>,
         dir: tempfile::TempDir,
     },
@@ -67,7 +68,11 @@ impl Instance {
                 )
                 .expect("open rocksdb timers")
                 .with_range_delete_every(RANGE_DELETE_EVERY);
-                Instance::Rocks { svc, db, dir }
+                Instance::Rocks {
+                    svc: Box::new(svc),
+                    db,
+                    dir,
+                }
             }
         }
     }
@@ -75,7 +80,7 @@ impl Instance {
     pub fn svc(&mut self) -> &mut dyn TimerService {
         match self {
             Instance::Heap(h) => h,
-            Instance::Rocks { svc, .. } => svc,
+            Instance::Rocks { svc, .. } => svc.as_mut(),
         }
     }
 
@@ -109,7 +114,11 @@ impl Instance {
                 )
                 .expect("reopen rocksdb timers")
                 .with_range_delete_every(RANGE_DELETE_EVERY);
-                Instance::Rocks { svc, db, dir }
+                Instance::Rocks {
+                    svc: Box::new(svc),
+                    db,
+                    dir,
+                }
             }
         }
     }

@@ -42,6 +42,11 @@ const NUM_LEVELS: usize = 7;
 /// Write slowdown and stop triggers for an L0 compaction trigger `n`: RocksDB's 20 and 36 at its
 /// default `n = 4`, and always 16 and 32 files above `n`, so raising the compaction trigger never
 /// makes writes stall before compaction had a chance to run.
+/// Share of the write buffer given to the memtable's bloom filter (RocksDB's
+/// `memtable_prefix_bloom_size_ratio`; 2 % of a 64 MiB memtable = 1.3 MiB, ~10 bits per entry of
+/// small keys).
+pub(crate) const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
+
 pub(crate) fn level0_write_triggers(n: i32) -> (i32, i32) {
     (n.saturating_add(16).max(20), n.saturating_add(32).max(36))
 }
@@ -127,6 +132,12 @@ impl OptionsBuilder<'_> {
         if let Some(bits) = c.effective_bloom_filter_bits_per_key() {
             // Full (not block-based) filters, Flink's default mode.
             table.set_bloom_filter(bits, false);
+            // A whole-key bloom filter on the memtable too: most point reads of new keys
+            // (a new (key, namespace), e.g. a word's first record in a window) are misses,
+            // which otherwise walk the memtable's skip list (~17 % of the word count's time).
+            // RocksDB's `memtable_whole_key_filtering`; Flink does not set it.
+            cf.set_memtable_whole_key_filtering(true);
+            cf.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
         }
         // Configured, else the profile's (level for the spinning-disk profiles), else Cairn's
         // universal default.
