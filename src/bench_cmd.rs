@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cairn_engine::checkpoint::{Checkpointer, LocalVerify, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{Checkpointer, FileVerify, RestoreSource, new_job_name};
 use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind};
 use cairn_snapshot::{CheckpointStorage, JobLayout, transfer};
 use clap::{Args, Subcommand};
@@ -447,7 +447,7 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
     let size_only_restore_ms = {
         let mut cfg4 = cfg.clone();
         cfg4.state.working_dir = root.join("work-size-only");
-        cfg4.checkpoint.restore_verify = LocalVerify::Size;
+        cfg4.checkpoint.restore_verify = FileVerify::Size;
         let t = Instant::now();
         let mut cp4 = Checkpointer::open(&cfg4.checkpoint, &new_job_name(), 128)?;
         let restored4 =

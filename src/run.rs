@@ -386,6 +386,7 @@ fn run_slot(
     let mut processed = 0u64;
     let mut unreported = 0u64;
     let latency = shared.metrics.record_latency(index);
+    let records_counter = shared.metrics.records_counter(index);
 
     let records = opts.spec.records;
     let mut last_barrier = BarrierCursor::default();
@@ -419,7 +420,7 @@ fn run_slot(
         if unreported == PROGRESS_BATCH {
             barriers.positions[index as usize].store(g, Ordering::Relaxed);
             shared.processed.fetch_add(unreported, Ordering::Relaxed);
-            shared.metrics.add_records(index, unreported);
+            records_counter.inc_by(unreported);
             unreported = 0;
             if shared.abort.load(Ordering::Relaxed) {
                 break;
@@ -433,7 +434,7 @@ fn run_slot(
         }
     }
     shared.processed.fetch_add(unreported, Ordering::Relaxed);
-    shared.metrics.add_records(index, unreported);
+    records_counter.inc_by(unreported);
     let processing_done = Instant::now();
     // Stay for the final checkpoint (taken once every slot is at the end of the stream).
     barriers.positions[index as usize].store(records, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn::engine::checkpoint::{
-    Checkpointer, LocalVerify, RestoreMode, RestoreSource, new_job_name,
+    Checkpointer, FileVerify, RestoreMode, RestoreSource, new_job_name,
 };
 use cairn::engine::slot::SlotBuilder;
 use cairn::{BackendKind, CairnConfig, ErrorKind, Slot, VoidNamespace};
@@ -350,7 +350,7 @@ fn damaged_checkpoint_files_fail_restore_with_typed_errors() -> TestResult {
 #[test]
 fn size_only_restore_equals_state_at_checkpoint() -> TestResult {
     restore_equivalence_with(BackendKind::RocksDb, |c| {
-        c.checkpoint.restore_verify = LocalVerify::Size;
+        c.checkpoint.restore_verify = FileVerify::Size;
     })
 }
 
@@ -360,7 +360,7 @@ fn size_only_restore_equals_state_at_checkpoint() -> TestResult {
 fn size_only_restore_of_a_damaged_sst_fails_on_read_not_silently() -> TestResult {
     let root = tempfile::tempdir()?;
     let mut cfg = config(BackendKind::RocksDb, root.path());
-    cfg.checkpoint.restore_verify = LocalVerify::Size;
+    cfg.checkpoint.restore_verify = FileVerify::Size;
     let mut slot = Slot::builder(&cfg).open()?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
     let mut model = Model::default();

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use cairn::engine::checkpoint::{
-    Checkpointer, LocalVerify, RestorePath, RestoreSource, SlotRestoreReport, new_job_name,
+    Checkpointer, FileVerify, RestorePath, RestoreSource, SlotRestoreReport, new_job_name,
 };
 use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
 
@@ -195,8 +195,8 @@ fn missing_local_snapshot_falls_back_to_storage() -> TestResult {
 #[test]
 fn corrupt_local_snapshot_falls_back_to_storage() -> TestResult {
     for (file, verify) in [
-        (".sst", LocalVerify::Sha256),
-        ("MANIFEST", LocalVerify::Sha256),
+        (".sst", FileVerify::Sha256),
+        ("MANIFEST", FileVerify::Sha256),
     ] {
         let root = tempfile::tempdir()?;
         let mut cfg = config(BackendKind::RocksDb, root.path());
@@ -230,7 +230,7 @@ fn corrupt_local_snapshot_falls_back_to_storage() -> TestResult {
 fn size_only_check_catches_a_truncated_file() -> TestResult {
     let root = tempfile::tempdir()?;
     let mut cfg = config(BackendKind::RocksDb, root.path());
-    cfg.checkpoint.local_recovery_verify = LocalVerify::Size;
+    cfg.checkpoint.local_recovery_verify = FileVerify::Size;
     let (job_url, id, model) = run_job(&cfg, 2)?;
     let victim = largest(&local_snapshot(&cfg, id), ".sst")?;
     let len = std::fs::metadata(&victim)?.len();

@@ -274,9 +274,13 @@ impl Metrics {
 
     /// Counts `n` more records processed by `slot`.
     pub fn add_records(&self, slot: u32, n: u64) {
-        self.records
-            .with_label_values(&[&slot.to_string()])
-            .inc_by(n);
+        self.records_counter(slot).inc_by(n);
+    }
+
+    /// A handle on `slot`'s records counter, to keep in the slot's loop (looking the label up
+    /// per batch would allocate and hash each time).
+    pub fn records_counter(&self, slot: u32) -> IntCounter {
+        self.records.with_label_values(&[&slot.to_string()])
     }
 
     /// A handle on `slot`'s record-latency histogram, to keep in the slot's loop (looking the

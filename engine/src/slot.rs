@@ -637,9 +637,9 @@ impl Slot {
         self.backend.flush_cache()
     }
 
-    /// Writes the state cache's dirty entries into the backend ahead of a checkpoint.
-    pub(crate) fn write_back_cache(&mut self) -> Result<u64> {
-        self.backend.write_back_cache()
+    /// Starts the backend's flush without waiting for it (the checkpoint pre-flush).
+    pub(crate) fn start_backend_flush(&mut self) -> Result<()> {
+        self.backend.start_flush()
     }
 
     /// Flushes buffered writes (the state cache's and timers' included) into the backend's

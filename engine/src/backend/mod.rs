@@ -222,15 +222,15 @@ pub trait StateBackend: Send {
     fn flush_cache(&mut self) -> Result<u64> {
         Ok(0)
     }
-    /// Like [`StateBackend::flush_cache`], ahead of a checkpoint rather than in its sync phase
-    /// (the pre-flush): the entries stay cached, clean, and the checkpoint's own flush statistics
-    /// are left alone. Returns the entries written.
-    fn write_back_cache(&mut self) -> Result<u64> {
-        Ok(0)
-    }
-    /// Makes every write durable in the backend's files (RocksDB: flush all memtables). Used
-    /// before measuring disk size; checkpoints use their own snapshot path.
+    /// Makes every write durable in the backend's files (RocksDB: write the state cache back and
+    /// flush all memtables). Used before measuring disk size; checkpoints use their own
+    /// snapshot path.
     fn flush(&mut self) -> Result<()>;
+    /// Starts what [`StateBackend::flush`] does without waiting for the files (the checkpoint
+    /// pre-flush): returns once the work is scheduled. Default: nothing to start.
+    fn start_flush(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The list encoding shared by both backends and by snapshots:

@@ -13,7 +13,7 @@ use cairn_snapshot::{
 };
 use serde::Serialize;
 
-use super::config::{CheckpointConfig, LocalVerify, RestoreMode};
+use super::config::{CheckpointConfig, FileVerify, RestoreMode};
 use super::local::{self, RestorePath, SlotRestoreReport};
 use super::rebase::{self, CompactionStats, RebaseState};
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
@@ -720,7 +720,7 @@ impl Checkpointer {
                 h,
                 dest,
                 threads,
-                self.cfg.restore_verify == LocalVerify::Sha256,
+                self.cfg.restore_verify == FileVerify::Sha256,
             ))?;
             let states = states_of(h)?;
             return Ok((

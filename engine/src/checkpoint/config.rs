@@ -113,13 +113,14 @@ impl RebaseConfig {
 /// restored from `file://` storage (`restore-verify`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum LocalVerify {
-    /// Size and sha256 of every file against the metadata (default): the same guarantee as a
-    /// remote restore, for the cost of reading the files once.
+pub enum FileVerify {
+    /// Size and sha256 of every file against the metadata (default), for the cost of reading
+    /// the files once.
     #[default]
     Sha256,
     /// Sizes only: no file is read. RocksDB still checks every block's checksum when it reads
-    /// it, so a damaged file surfaces as a corruption error later, not as a fallback to remote.
+    /// it, so a damaged file surfaces as a corruption error on first read (not, for local
+    /// recovery, as a fallback to remote).
     Size,
 }
 
@@ -186,7 +187,7 @@ pub struct CheckpointConfig {
     /// downloads. Flink: `execution.state-recovery.from-local` (was `state.backend.local-recovery`).
     pub local_recovery: bool,
     /// How a local snapshot is checked before use. Default `sha256`.
-    pub local_recovery_verify: LocalVerify,
+    pub local_recovery_verify: FileVerify,
     /// How SSTs restored from `file://` storage (hard-linked, not downloaded) are checked.
     /// Default `sha256`: every byte hashed before the slot opens, which bounds a restore at
     /// sha256 speed (~1.8 GB/s per core with SHA-NI; 0.55 s for 1.74 GB on 2 cores). `size`
@@ -195,7 +196,7 @@ pub struct CheckpointConfig {
     /// it, so damage then surfaces as a corruption error on first read rather than at restore.
     /// Objects streamed from S3 or memory are always hashed (nearly free next to the transfer).
     /// Flink: none (it verifies nothing).
-    pub restore_verify: LocalVerify,
+    pub restore_verify: FileVerify,
 }
 
 impl Default for CheckpointConfig {
@@ -217,8 +218,8 @@ impl Default for CheckpointConfig {
             storage: StorageOptions::default(),
             rebase: RebaseConfig::default(),
             local_recovery: false,
-            local_recovery_verify: LocalVerify::Sha256,
-            restore_verify: LocalVerify::Sha256,
+            local_recovery_verify: FileVerify::Sha256,
+            restore_verify: FileVerify::Sha256,
         }
     }
 }

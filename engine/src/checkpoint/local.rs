@@ -32,7 +32,7 @@ use cairn_snapshot::metadata::SlotHandle;
 use cairn_snapshot::{KeyGroups, transfer};
 use serde::{Deserialize, Serialize};
 
-use super::config::LocalVerify;
+use super::config::FileVerify;
 use super::sync::HEAP_SNAPSHOT_FILE;
 use crate::error::{EngineError, Result};
 
@@ -150,7 +150,7 @@ pub(crate) async fn place(
     job: &str,
     checkpoint_id: u64,
     dest: &Path,
-    verify: LocalVerify,
+    verify: FileVerify,
     parallelism: usize,
 ) -> std::result::Result<u64, String> {
     let src = slot_dir
@@ -194,7 +194,7 @@ async fn place_verified(
     src: &Path,
     handle: &SlotHandle,
     dest: &Path,
-    verify: LocalVerify,
+    verify: FileVerify,
     parallelism: usize,
 ) -> std::result::Result<u64, String> {
     if dest.exists() {
@@ -230,7 +230,7 @@ async fn place_verified(
         }
         total += size;
     }
-    if verify == LocalVerify::Sha256 {
+    if verify == FileVerify::Sha256 {
         let jobs: Vec<_> = files
             .iter()
             .map(|(name, _, sha, _)| {

@@ -13,7 +13,7 @@ mod sync;
 pub use checkpointer::{
     CheckpointReport, Checkpointer, RestoreSource, RestoredCheckpoint, new_job_name,
 };
-pub use config::{CheckpointConfig, LocalVerify, RebaseConfig, RestoreMode};
+pub use config::{CheckpointConfig, FileVerify, RebaseConfig, RestoreMode};
 pub use local::{RestorePath, SlotRestoreReport};
 pub use rebase::CompactionStats;
 pub use sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot, TIMERS_SNAPSHOT_FILE};

@@ -5,12 +5,12 @@
 //! slot's pause grow with the bytes written since the last checkpoint (a 100-250 ms pause per
 //! checkpoint on the 1M-counter job). The barrier is published ahead of the slots' positions
 //! (see the coordinator in the `cairn` crate), so a slot learns of a checkpoint some records
-//! before it must take it. [`Slot::prepare_checkpoint`] starts a flush of every column family at
-//! that moment and returns at once; RocksDB's flush threads write the SSTs while the slot keeps
+//! before it must take it. [`Slot::prepare_checkpoint`] writes the state cache's dirty entries
+//! back and starts a flush of every column family at that moment, and returns; RocksDB's flush threads write the SSTs while the slot keeps
 //! processing into fresh memtables, and the synchronous phase is left with the few records
 //! written in between.
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::slot::Slot;
 
 impl Slot {
@@ -18,20 +18,7 @@ impl Slot {
     /// memtables in the background (no-op for the heap backend). Returns once the flush is
     /// scheduled; the checkpoint that follows is correct whether or not this was called.
     pub fn prepare_checkpoint(&mut self) -> Result<()> {
-        self.write_back_cache()?;
-        let Some(rocks) = self.backend().as_rocksdb() else {
-            return Ok(());
-        };
-        let db = rocks.db();
-        let cfs: Vec<_> = rocks
-            .column_families()
-            .filter_map(|name| db.cf_handle(name))
-            .collect();
-        let refs: Vec<_> = cfs.iter().collect();
-        let mut opts = rocksdb::FlushOptions::default();
-        opts.set_wait(false);
-        db.flush_cfs_opt(&refs, &opts)
-            .map_err(EngineError::rocks("start background flush"))
+        self.start_backend_flush()
     }
 }
 

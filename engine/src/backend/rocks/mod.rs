@@ -289,11 +289,22 @@ impl RocksDbBackend {
         self.write_back_all(true)
     }
 
-    /// Writes every dirty cache entry into RocksDB (one `WriteBatch`) and leaves it cached,
-    /// clean, without counting it as a checkpoint flush (the pre-flush). Returns the entries
-    /// written.
-    pub fn write_back_cache(&mut self) -> Result<u64> {
-        self.write_back_all(false)
+    /// Writes the state cache's dirty entries back (they stay cached, clean; not counted as a
+    /// checkpoint flush) and flushes every state's memtables, waiting for the SSTs or not.
+    fn flush_all(&mut self, wait: bool) -> Result<()> {
+        self.write_back_all(false)?;
+        // `flush()` alone flushes only the default column family.
+        let cfs: Vec<_> = self
+            .states
+            .iter()
+            .filter_map(|(n, _)| self.db.cf_handle(n))
+            .collect();
+        let refs: Vec<_> = cfs.iter().collect();
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(wait);
+        self.db
+            .flush_cfs_opt(&refs, &opts)
+            .map_err(EngineError::rocks("flush"))
     }
 
     fn write_back_all(&mut self, for_checkpoint: bool) -> Result<u64> {
@@ -683,26 +694,16 @@ impl StateBackend for RocksDbBackend {
         RocksDbBackend::flush_cache(self)
     }
 
-    fn write_back_cache(&mut self) -> Result<u64> {
-        RocksDbBackend::write_back_cache(self)
-    }
-
     fn as_rocksdb(&self) -> Option<&RocksDbBackend> {
         Some(self)
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.write_back_all(false)?;
-        // `flush()` alone flushes only the default column family.
-        let cfs: Vec<_> = self
-            .states
-            .iter()
-            .filter_map(|(n, _)| self.db.cf_handle(n))
-            .collect();
-        let refs: Vec<_> = cfs.iter().collect();
-        self.db
-            .flush_cfs_opt(&refs, &rocksdb::FlushOptions::default())
-            .map_err(EngineError::rocks("flush"))
+        self.flush_all(true)
+    }
+
+    fn start_flush(&mut self) -> Result<()> {
+        self.flush_all(false)
     }
 }
 
