@@ -330,6 +330,27 @@ fn move_head(
     }
 }
 
+impl RocksDbTimers {
+    /// The common start of `register` and `delete`: checks the key group, loads its cached
+    /// head on first use and encodes the payload into `self.payload`. Returns (domain index,
+    /// key-group index).
+    fn prepare(
+        &mut self,
+        domain: TimeDomain,
+        key_group: KeyGroup,
+        key: &[u8],
+        namespace: &[u8],
+    ) -> Result<(usize, usize)> {
+        let idx = check_key_group(&self.range, key_group)?;
+        let d = domain.index();
+        if !self.domains[d].groups[idx].loaded {
+            self.load(d, idx)?;
+        }
+        layout::encode_payload(&mut self.payload, key, namespace);
+        Ok((d, idx))
+    }
+}
+
 impl TimerService for RocksDbTimers {
     fn kind(&self) -> TimerServiceKind {
         TimerServiceKind::RocksDb
@@ -347,12 +368,7 @@ impl TimerService for RocksDbTimers {
         key: &[u8],
         namespace: &[u8],
     ) -> Result<()> {
-        let idx = check_key_group(&self.range, key_group)?;
-        let d = domain.index();
-        if !self.domains[d].groups[idx].loaded {
-            self.load(d, idx)?;
-        }
-        layout::encode_payload(&mut self.payload, key, namespace);
+        let (d, idx) = self.prepare(domain, key_group, key, namespace)?;
         let dom = &mut self.domains[d];
         let g = &mut dom.groups[idx];
         let in_cache_range = g.complete
@@ -389,12 +405,7 @@ impl TimerService for RocksDbTimers {
         key: &[u8],
         namespace: &[u8],
     ) -> Result<()> {
-        let idx = check_key_group(&self.range, key_group)?;
-        let d = domain.index();
-        if !self.domains[d].groups[idx].loaded {
-            self.load(d, idx)?;
-        }
-        layout::encode_payload(&mut self.payload, key, namespace);
+        let (d, idx) = self.prepare(domain, key_group, key, namespace)?;
         let dom = &mut self.domains[d];
         let g = &mut dom.groups[idx];
         let entry: Entry = (timestamp, self.payload.as_slice().into());
