@@ -88,6 +88,13 @@ impl Barriers {
     /// the pre-flush when it first sees the barrier ahead.
     #[inline]
     pub fn check(&self, slot: &mut Slot, g: u64, records: u64, cursor: &mut BarrierCursor) {
+        // The per-record fast path: one atomic load.
+        let id = self.id.load(Ordering::Acquire);
+        if id <= cursor.seen {
+            return;
+        }
+        // A new barrier is pending: a rebase compaction asked for by the last completed
+        // checkpoint runs now, before this checkpoint snapshots the slot.
         let index = slot.index().0;
         if let Some(flag) = self.compact.get(index as usize)
             && flag.load(Ordering::Relaxed)
@@ -101,10 +108,6 @@ impl Barriers {
                 }
                 Err(e) => tracing::warn!(error = %e, slot = index, "rebase compaction failed"),
             }
-        }
-        let id = self.id.load(Ordering::Acquire);
-        if id <= cursor.seen {
-            return;
         }
         let pos = self.pos.load(Ordering::Acquire);
         let at_end = g >= records && pos >= records;
@@ -124,7 +127,7 @@ impl Barriers {
         };
         cursor.seen = id;
         if let Ok(tx) = self.replies.lock() {
-            let _ = tx.send((slot.index().0, id, reply));
+            let _ = tx.send((index, id, reply));
         }
     }
 }
