@@ -59,6 +59,11 @@ fn managed_slot_with_partitioned_filters_charges_the_shared_cache() -> Result<()
     let mut config = MemoryConfig::default();
     config.managed_size = ByteSize::mib(16);
     config.partitioned_index_filters = true;
+    // RocksDB's parts at the size this test was written for, without the engine's state-cache
+    // share. With the 40 % share the block cache is ~6 MiB and, the capacity limit not being
+    // strict, its usage overshot capacity once in a loaded full-suite run (not reproduced in 8
+    // reruns); the budget bound itself is checked below and in tests/memory_budget.rs.
+    config.state_cache_ratio = 0.0;
     let mem = SlotMemory::build_shared(&config)?;
     let dir = tempfile::tempdir()?;
     let db = open(dir.path(), &mem)?;
@@ -74,7 +79,9 @@ fn managed_slot_with_partitioned_filters_charges_the_shared_cache() -> Result<()
         Some(plan.block_cache_bytes)
     );
     assert!(
-        report.block_cache_bytes > 0 && report.block_cache_bytes <= cache.get_capacity() as u64
+        report.block_cache_bytes > 0 && report.block_cache_bytes <= cache.get_capacity() as u64,
+        "{report:?}, capacity {}",
+        cache.get_capacity()
     );
     // Unflushed memtables are charged to the cache by the write-buffer manager.
     assert!(report.memtable_bytes > 0, "{report:?}");
