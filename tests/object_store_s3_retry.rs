@@ -33,9 +33,7 @@ fn flaky_proxy(upstream: String, fail: u32) -> std::io::Result<FlakyProxy> {
         for (i, conn) in listener.incoming().enumerate() {
             let Ok(conn) = conn else { continue };
             if (i as u32) < fail {
-                if answer_503(conn).is_ok() {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
+                let _ = answer_503(conn, &counter);
                 continue;
             }
             let Ok(up) = TcpStream::connect(&upstream) else {
@@ -47,8 +45,9 @@ fn flaky_proxy(upstream: String, fail: u32) -> std::io::Result<FlakyProxy> {
     Ok(FlakyProxy { addr, answered_503 })
 }
 
-/// Reads one request (headers and a `Content-Length` body), answers 503, closes.
-fn answer_503(conn: TcpStream) -> std::io::Result<()> {
+/// Reads one request (headers and a `Content-Length` body), answers 503, closes. `answered`
+/// counts the answer *before* it is sent: the client may assert on it as soon as it has read it.
+fn answer_503(conn: TcpStream, answered: &AtomicU32) -> std::io::Result<()> {
     let mut r = BufReader::new(conn.try_clone()?);
     let mut len = 0usize;
     loop {
@@ -62,6 +61,7 @@ fn answer_503(conn: TcpStream) -> std::io::Result<()> {
     }
     std::io::copy(&mut r.by_ref().take(len as u64), &mut std::io::sink())?;
     let mut w = conn;
+    answered.fetch_add(1, Ordering::SeqCst);
     w.write_all(
         b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     )?;
