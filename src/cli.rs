@@ -85,8 +85,8 @@ impl From<BackendArg> for BackendKind {
 pub struct RunArgs {
     /// The workload: `mixed` (value read-modify-write, list and map operations), `update`
     /// (flink-anchor's keyed counter), `load` (flink-anchor's bulk load) or `wordcount`
-    /// (flink-anchor's windowed word count: state + one timer per word and window; runs
-    /// without checkpoints, its JSON is `wordcount::WordcountSummary`).
+    /// (flink-anchor's windowed word count: state + one timer per word and window,
+    /// checkpointed like the others; its JSON is `wordcount::WordcountSummary`).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
     pub workload: WorkloadKind,
     /// State backend [default: the config file's state.backend, else rocksdb].
@@ -397,7 +397,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         return Err(flag(
             "--restore-from",
             &args.restore_from.as_deref().unwrap_or_default(),
-            "not with --workload wordcount (it runs without checkpoints)",
+            "not with --workload wordcount (its checkpoints do not record the output sink's state, so it cannot resume)",
         ));
     }
     let records = args.records.unwrap_or(match args.workload {

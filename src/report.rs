@@ -74,8 +74,10 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `state_cache.{hits,misses,hit_rate}` | reads answered from the cache / from RocksDB, and `hits / (hits + misses)` |
 /// | `state_cache.{evictions,evicted_dirty}` | entries evicted, and the dirty ones among them (written to RocksDB) |
 /// | `state_cache.{dirty_flushes,dirty_flushed_entries}` | rounds of write-back because the dirty bound (`state-cache.max-dirty-ratio`) was passed, and the entries they wrote |
+/// | `state_cache.writes_cancelled` | pending writes dropped because their key was deleted before the write-back while RocksDB held nothing for it |
 /// | `state_cache.checkpoint_flush_ms.{count,p50,p99,max,mean}` | the sync-phase cache flush of each (slot, checkpoint), in ms; `checkpoint_flushed_entries` entries in all |
 /// | `state_cache.checkpoint_flush_ms_each[]` | every one of those flushes in ms, slot after slot, in checkpoint order |
+/// | `state_cache.pre_flush_ms.{count,p50,p99,max,mean}` | the pre-flush write-back of each (slot, checkpoint) when the slot saw the barrier ahead (`checkpoint.pre-flush`): it holds the slot's thread too |
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     /// Version of the binary.
@@ -162,10 +164,14 @@ pub struct CacheSummary {
     pub dirty_flushed_entries: u64,
     /// Entries written by checkpoint flushes.
     pub checkpoint_flushed_entries: u64,
+    /// Pending writes dropped by a delete before their write-back (RocksDB held nothing).
+    pub writes_cancelled: u64,
     /// Sync-phase flush durations.
     pub checkpoint_flush_ms: DurationStats,
     /// Each sync-phase flush, in ms: per slot, in checkpoint order (slot after slot).
     pub checkpoint_flush_ms_each: Vec<f64>,
+    /// Pre-flush write-back durations.
+    pub pre_flush_ms: DurationStats,
 }
 
 /// Percentiles of a set of durations, in ms.
@@ -218,12 +224,14 @@ impl CacheSummary {
             dirty_flushes: s.dirty_flushes,
             dirty_flushed_entries: s.dirty_flushed_entries,
             checkpoint_flushed_entries: s.checkpoint_flushed_entries,
+            writes_cancelled: s.writes_cancelled,
             checkpoint_flush_ms: DurationStats::from_micros(&s.checkpoint_flush_us),
             checkpoint_flush_ms_each: s
                 .checkpoint_flush_us
                 .iter()
                 .map(|&us| us as f64 / 1000.0)
                 .collect(),
+            pre_flush_ms: DurationStats::from_micros(&s.pre_flush_us),
         }
     }
 }
@@ -614,11 +622,12 @@ impl RunSummary {
                 w,
                 "  write-back",
                 format!(
-                    "{} evictions ({} dirty), {} dirty-bound flushes ({} entries)",
+                    "{} evictions ({} dirty), {} dirty-bound flushes ({} entries), {} writes cancelled",
                     thousands(c.evictions),
                     thousands(c.evicted_dirty),
                     thousands(c.dirty_flushes),
-                    thousands(c.dirty_flushed_entries)
+                    thousands(c.dirty_flushed_entries),
+                    thousands(c.writes_cancelled)
                 ),
             );
             let f = &c.checkpoint_flush_ms;
@@ -633,6 +642,17 @@ impl RunSummary {
                         f.max,
                         f.count,
                         thousands(c.checkpoint_flushed_entries)
+                    ),
+                );
+            }
+            let f = &c.pre_flush_ms;
+            if f.count > 0 {
+                row(
+                    w,
+                    "  pre-flush write-back",
+                    format!(
+                        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} pre-flushes",
+                        f.p50, f.p99, f.max, f.count
                     ),
                 );
             }

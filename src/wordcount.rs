@@ -22,6 +22,14 @@
 //! watermark advances to `ts - 1` and every due timer fires: the count is read, emitted and
 //! cleared. At the end of the input the watermark jumps to `i64::MAX` and the rest fires.
 //!
+//! ## Checkpoints
+//! With `checkpoint.interval` set (2 s by default; flink-anchor's Flink ran this job with
+//! checkpoints every 3 s) the job is checkpointed like `cairn run`'s other workloads: barriers
+//! at stream positions (see `checkpointing`), the counts and the timers of every slot in each
+//! snapshot, and a final checkpoint after the last firing. A run cannot be resumed from them
+//! (`--restore-from` is refused): the emitted output (the checksum) is not part of the
+//! checkpoint, as a transactional sink's would be.
+//!
 //! ## Output checksum
 //! Every emitted `(word, window start, count)` adds `xxh3(word bytes | start BE | count BE)`
 //! (wrapping) to a sum: independent of firing order and of the number of slots, so every backend
@@ -36,8 +44,10 @@
 //! (how long the burst of firings takes to reach the timer).
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn_engine::backend::Update;
 use cairn_engine::keygroup::assign_to_key_group;
 use cairn_engine::{
     BackendKind, CairnConfig, EngineError, ScopeKey, Slot, StateDescriptor, StateKind, TimeDomain,
@@ -46,6 +56,10 @@ use cairn_engine::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, new_job_name};
+
+use crate::checkpointing::{self, BarrierCursor, Barriers};
+use crate::report::CacheSummary;
 use crate::run::RunError;
 use crate::stream::{self, RecordRng, Zipf};
 use crate::workload::{Skew, ZIPF_SALT};
@@ -121,7 +135,11 @@ impl WordcountSpec {
     /// Event time of record `g`, ms.
     #[inline]
     pub fn event_time(&self, g: u64) -> i64 {
-        (u128::from(g) * 1000 / u128::from(self.events_per_sec)) as i64
+        match g.checked_mul(1000) {
+            // A 64-bit division where it fits (a u128 one is a libcall, several times slower).
+            Some(ms) => (ms / self.events_per_sec) as i64,
+            None => (u128::from(g) * 1000 / u128::from(self.events_per_sec)) as i64,
+        }
     }
 }
 
@@ -179,6 +197,14 @@ pub struct WordcountSummary {
     pub fire_latency_ms: FireLatency,
     /// Bytes of state on disk at the end (RocksDB).
     pub state_bytes_on_disk: u64,
+    /// `<checkpoint dir>/<job>` of this run's checkpoints (`null`: checkpoints off).
+    pub job_url: Option<String>,
+    /// Every completed checkpoint (the same reports as `cairn run`'s JSON); the last is the
+    /// final one, taken after the last firing.
+    pub checkpoints: Vec<CheckpointReport>,
+    /// The RocksDB backend's state cache, all slots (as in `cairn run`'s JSON); `null` when
+    /// off or heap.
+    pub state_cache: Option<CacheSummary>,
 }
 
 impl WordcountSummary {
@@ -215,6 +241,42 @@ impl WordcountSummary {
             "output checksum", self.output_checksum, self.windows_fired, self.counted_records
         );
         let _ = writeln!(o, "  {:<22} {}", "state on disk", self.state_bytes_on_disk);
+        if let Some(c) = &self.state_cache {
+            let _ = writeln!(
+                o,
+                "  {:<22} hit rate {:.1} %, {} writes cancelled, {} entries written at the dirty bound, {} evicted dirty",
+                "state cache",
+                c.hit_rate * 100.0,
+                c.writes_cancelled,
+                c.dirty_flushed_entries,
+                c.evicted_dirty
+            );
+            if c.checkpoint_flush_ms.count > 0 || c.pre_flush_ms.count > 0 {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} sync-phase p50 {:.1} ms, max {:.1} ms; pre-flush p50 {:.1} ms, max {:.1} ms",
+                    "  cache write-back",
+                    c.checkpoint_flush_ms.p50,
+                    c.checkpoint_flush_ms.max,
+                    c.pre_flush_ms.p50,
+                    c.pre_flush_ms.max
+                );
+            }
+        }
+        if let Some(url) = &self.job_url {
+            let mut sync: Vec<f64> = self.checkpoints.iter().map(|c| c.sync_ms).collect();
+            sync.sort_by(f64::total_cmp);
+            let uploaded: u64 = self.checkpoints.iter().map(|c| c.incremental_bytes).sum();
+            let _ = writeln!(
+                o,
+                "  {:<22} {} completed to {url}, sync p50 {:.1} ms, max {:.1} ms, {:.1} MB uploaded",
+                "checkpoints",
+                self.checkpoints.len(),
+                sync.get(sync.len() / 2).copied().unwrap_or(0.0),
+                sync.last().copied().unwrap_or(0.0),
+                uploaded as f64 / 1e6
+            );
+        }
         o
     }
 }
@@ -227,6 +289,7 @@ struct SlotOut {
     latency: Histogram<u64>,
     done: Instant,
     disk_bytes: u64,
+    cache: Option<cairn_engine::backend::rocks::cache::CacheStats>,
 }
 
 /// The word of record `g` as its decimal bytes `"w<n>"`, written into `out`.
@@ -281,12 +344,57 @@ pub fn run(
         opened.push(slot);
     }
     let timer_service = config.state.effective_timer_service();
+    // Periodic checkpoints as in `cairn run` (barriers at stream positions, see
+    // `checkpointing`): flink-anchor's Flink ran this job with checkpoints every 3 s.
+    let ck_err = |phase| {
+        move |source| RunError::Checkpoint {
+            phase,
+            source: Box::new(source),
+        }
+    };
+    let mut checkpointer = match config.checkpoint.interval {
+        Some(_) => {
+            let max_p = opened.first().map_or(0, Slot::max_parallelism);
+            Some(
+                Checkpointer::open(&config.checkpoint, &new_job_name(), max_p)
+                    .map_err(ck_err("opening checkpoint storage"))?,
+            )
+        }
+        None => None,
+    };
+    let (mut barriers, replies) = Barriers::new(slots, checkpointer.is_some());
+    barriers.pre_flush = config.checkpoint.pre_flush;
+    let job_url = checkpointer.as_ref().map(Checkpointer::job_url);
+    let abort = AtomicBool::new(false);
+    let metrics = cairn_engine::Metrics::new();
     let start = Instant::now();
+    let mut coordinated = Ok(());
     let results: Vec<Result<SlotOut, RunError>> = std::thread::scope(|s| {
+        let (barriers, abort) = (&barriers, &abort);
         let handles: Vec<_> = opened
             .into_iter()
-            .map(|slot| s.spawn(move || run_slot(slot, spec, slots, start)))
+            .map(|slot| {
+                s.spawn(move || {
+                    let r = run_slot(slot, spec, slots, start, barriers);
+                    if r.is_err() {
+                        abort.store(true, Ordering::Relaxed);
+                        barriers.slots_done.fetch_add(1, Ordering::AcqRel);
+                    }
+                    r
+                })
+            })
             .collect();
+        if let Some(cp) = checkpointer.as_mut() {
+            coordinated = checkpointing::coordinate(
+                cp,
+                barriers,
+                &replies,
+                slots,
+                spec.records,
+                abort,
+                &metrics,
+            );
+        }
         handles
             .into_iter()
             .enumerate()
@@ -297,9 +405,14 @@ pub fn run(
     for r in results {
         outs.push(r?);
     }
+    coordinated.map_err(ck_err("checkpointing"))?;
     let mut latency = new_histogram();
     let (mut digest, mut windows, mut counted, mut disk) = (0u64, 0u64, 0u64, 0u64);
+    let mut cache: Option<cairn_engine::backend::rocks::cache::CacheStats> = None;
     for o in &outs {
+        if let Some(c) = &o.cache {
+            cache.get_or_insert_with(Default::default).add(c);
+        }
         digest = digest.wrapping_add(o.digest);
         windows += o.windows;
         counted += o.counted;
@@ -342,6 +455,12 @@ pub fn run(
             samples: latency.len(),
         },
         state_bytes_on_disk: disk,
+        job_url,
+        checkpoints: checkpointer
+            .as_ref()
+            .map(|c| c.reports().to_vec())
+            .unwrap_or_default(),
+        state_cache: cache.as_ref().map(CacheSummary::from_stats),
     })
 }
 
@@ -359,7 +478,6 @@ struct Operator {
     windows: u64,
     counted: u64,
     latency: Histogram<u64>,
-    value: [u8; 8],
     hash_buf: Vec<u8>,
 }
 
@@ -373,13 +491,10 @@ impl Operator {
     ) -> Result<(), EngineError> {
         while slot.poll_timer(TimeDomain::EventTime, watermark, &mut self.timer)? {
             slot.rescope_raw(&mut self.scope, &self.timer.key, &self.timer.namespace)?;
-            let count = slot
-                .get_with(self.count, &self.scope, |v| {
-                    v.and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(u64::from_be_bytes)
-                })?
-                .unwrap_or(0);
-            slot.clear(self.count, &self.scope)?;
+            // Read and clear the count in one step.
+            let count = slot.update_with(self.count, &self.scope, |v, _| {
+                (Update::Delete, decode_count(v).unwrap_or(0))
+            })?;
             // Emit: (word bytes, window start, count) into the digest.
             let word = decode_word(&self.timer.key);
             self.hash_buf.clear();
@@ -398,17 +513,28 @@ impl Operator {
     }
 }
 
+/// A stored count (8 big-endian bytes).
+fn decode_count(v: Option<&[u8]>) -> Option<u64> {
+    v.and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
 /// The word's bytes inside its postcard encoding (`varint len` + bytes).
 fn decode_word(key: &[u8]) -> &[u8] {
     let skip = key.iter().position(|b| b & 0x80 == 0).map_or(0, |p| p + 1);
     &key[skip.min(key.len())..]
 }
 
+/// Records between two publications of a slot's stream position (the coordinator places
+/// barriers ahead of the fastest slot by more than this).
+const POSITION_EVERY: u64 = 16 * 1024;
+
 fn run_slot(
     mut slot: Slot,
     spec: &WordcountSpec,
     slots: u32,
     start: Instant,
+    barriers: &Barriers,
 ) -> Result<SlotOut, RunError> {
     let index = slot.index().0;
     let err = |phase| {
@@ -442,14 +568,22 @@ fn run_slot(
         windows: 0,
         counted: 0,
         latency: new_histogram(),
-        value: [0; 8],
         hash_buf: Vec::new(),
     };
     let mut word = Vec::with_capacity(24);
     let mut key = Vec::with_capacity(24);
     let mut next_watermark_at = spec.watermark_interval_ms;
     let ns_per_record = spec.offered_rate.map(|r| 1e9 / r);
+    let mut cursor = BarrierCursor::default();
+    let position = &barriers.positions[index as usize];
     for g in 0..spec.records {
+        if barriers.enabled {
+            // A snapshot at `g` holds every record < g and the firings they caused.
+            barriers.check(&mut slot, g, spec.records, &mut cursor);
+            if g % POSITION_EVERY == 0 {
+                position.store(g, Ordering::Relaxed);
+            }
+        }
         let ts = spec.event_time(g);
         if ts >= next_watermark_at {
             // The record carrying the watermark became available at `since`.
@@ -481,16 +615,14 @@ fn run_slot(
         let window = ts - ts.rem_euclid(spec.window_ms);
         slot.rescope_raw(&mut op.scope, &key, &window.to_be_bytes())
             .map_err(err("building a scope"))?;
-        let n = slot
-            .get_with(count, &op.scope, |v| {
-                v.and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
+        let new = slot
+            .update_with(count, &op.scope, |v, out| {
+                let n = decode_count(v);
+                out.extend_from_slice(&(n.unwrap_or(0) + 1).to_be_bytes());
+                (Update::Put, n.is_none())
             })
-            .map_err(err("reading a count"))?;
-        op.value = (n.unwrap_or(0) + 1).to_be_bytes();
-        slot.put(count, &op.scope, &op.value)
-            .map_err(err("writing a count"))?;
-        if n.is_none() {
+            .map_err(err("counting a word"))?;
+        if new {
             // The window's first record of the word: its timer is new (see the module doc).
             slot.register_timer(
                 TimeDomain::EventTime,
@@ -504,6 +636,14 @@ fn run_slot(
     op.advance(&mut slot, i64::MAX, since)
         .map_err(err("firing the last timers"))?;
     let done = Instant::now();
+    // Stay for the final checkpoint (taken once every slot has fired its last timers).
+    position.store(spec.records, Ordering::Relaxed);
+    barriers.slots_done.fetch_add(1, Ordering::AcqRel);
+    while !barriers.final_done.load(Ordering::Acquire) {
+        barriers.check(&mut slot, spec.records, spec.records, &mut cursor);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let cache = slot.cache_stats();
     slot.flush().map_err(err("flushing"))?;
     Ok(SlotOut {
         digest: op.digest,
@@ -512,6 +652,7 @@ fn run_slot(
         latency: op.latency,
         done,
         disk_bytes: slot.disk_bytes(),
+        cache,
     })
 }
 
@@ -581,6 +722,8 @@ pub fn bench(a: &WordcountBenchArgs) -> Result<Vec<SweepPoint>, Box<dyn std::err
         let mut config = CairnConfig::default();
         config.state.backend = backend;
         config.state.timer_service = timers;
+        // Checkpoints at the default interval, as flink-anchor's Flink ran with them.
+        config.checkpoint.dir = tmp.path().join("checkpoints").display().to_string();
         let name = format!("{backend}/{timers}");
         let mut rates: Vec<Option<f64>> = vec![None];
         rates.extend(a.rates.iter().map(|r| Some(*r)));

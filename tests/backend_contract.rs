@@ -469,6 +469,71 @@ fn reducing_state_sums(b: &Backend) -> TestResult {
     Ok(())
 }
 
+/// `Slot::update_with`: one read-modify-write that puts, keeps or deletes, answering the
+/// closure's result; equivalent to a get followed by a put or clear (also across a flush).
+fn update_with_puts_keeps_and_deletes(b: &Backend) -> TestResult {
+    use cairn::engine::backend::Update;
+    let mut slot = b.open()?;
+    let count = slot.register(&StateDescriptor::new("op", "count", StateKind::Reducing))?;
+    let list = slot.register(&StateDescriptor::new("op", "list", StateKind::List))?;
+    let decode = |v: Option<&[u8]>| v.map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+    let keys: Vec<_> = (0..200u32)
+        .map(|i| slot.scope(&i, &7u64))
+        .collect::<Result<_, _>>()?;
+    // Absent: the closure sees None; Keep writes nothing.
+    let seen = slot.update_with(count, &keys[0], |v, _| (Update::Keep, v.is_none()))?;
+    assert!(seen);
+    assert_eq!(
+        slot.get(count, &keys[0])?,
+        None,
+        "Keep on an absent key stores nothing"
+    );
+    // Increment every key 3 times (twice before a flush, once after).
+    for round in 0..3u64 {
+        for k in &keys {
+            let was = slot.update_with(count, k, |v, out| {
+                let n = decode(v);
+                out.extend_from_slice(&(n.unwrap_or(0) + 1).to_be_bytes());
+                (Update::Put, n)
+            })?;
+            assert_eq!(was, (round > 0).then_some(round));
+        }
+        if round == 1 {
+            slot.flush()?;
+        }
+    }
+    for k in &keys {
+        assert_eq!(slot.get(count, k)?, Some(3u64.to_be_bytes().to_vec()));
+    }
+    // Keep leaves a stored value alone; Delete reads and removes it in one step.
+    slot.update_with(count, &keys[1], |_, out| {
+        out.extend_from_slice(b"ignored");
+        (Update::Keep, ())
+    })?;
+    assert_eq!(
+        slot.get(count, &keys[1])?,
+        Some(3u64.to_be_bytes().to_vec())
+    );
+    for k in &keys[..100] {
+        let taken = slot.update_with(count, k, |v, _| (Update::Delete, decode(v)))?;
+        assert_eq!(taken, Some(3));
+        assert_eq!(slot.get(count, k)?, None);
+    }
+    slot.flush()?;
+    let left = scan_all(&mut slot, count)?;
+    assert_eq!(
+        left.len(),
+        100,
+        "the deleted half is gone after a flush, the rest stays"
+    );
+    // Only single-value kinds.
+    let e = slot
+        .update_with(list, &keys[0], |_, _| (Update::Keep, ()))
+        .expect_err("update_with on a list state");
+    assert!(matches!(e, EngineError::StateKindMismatch { .. }), "{e}");
+    Ok(())
+}
+
 /// Flink's classic example: the average of the inputs, with a (sum, count) accumulator.
 struct Average;
 
@@ -1068,6 +1133,7 @@ contract!(
     map_state_entries_ascend_by_encoded_user_key,
     map_state_clear_removes_only_its_key_and_namespace,
     reducing_state_sums,
+    update_with_puts_keeps_and_deletes,
     aggregating_state_averages,
     namespaces_of_one_key_are_independent,
     scan_key_group_returns_exactly_its_key_groups_entries,

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use cairn::engine::backend::Update;
 use cairn::engine::error::ConfigError;
 use cairn::{BackendKind, CairnConfig, EngineError, ErrorKind, Slot, VoidNamespace};
 
@@ -76,6 +77,19 @@ fn oversized_value_put_is_rejected_and_keeps_the_old_value() -> TestResult {
         let e = slot.put(v.id(), &fresh, &[2; 1025]).unwrap_err();
         assert_too_large(&e, "op/v", 1025);
         assert_eq!(slot.get(v.id(), &fresh)?, Some(vec![1; 1024]), "{kind}");
+        // Read-modify-write: an oversized new value is not written, on a present or absent key.
+        let absent = slot.scope(&"absent", &VoidNamespace)?;
+        for scope in [&fresh, &absent] {
+            let e = slot
+                .update_with(v.id(), scope, |_, out| {
+                    out.extend_from_slice(&[3; 1025]);
+                    (Update::Put, ())
+                })
+                .unwrap_err();
+            assert_too_large(&e, "op/v", 1025);
+        }
+        assert_eq!(slot.get(v.id(), &fresh)?, Some(vec![1; 1024]), "{kind}");
+        assert_eq!(slot.get(v.id(), &absent)?, None, "{kind}");
 
         // Reducing state goes through the same check.
         let r = slot.reducing_state::<Vec<u8>, _>("op", "r", |a, b| [&a[..], &b[..]].concat())?;

@@ -55,9 +55,21 @@ fn output_checksum_is_identical_for_every_backend_and_timer_service()
         let mut cfg = CairnConfig::default();
         cfg.state.backend = backend;
         cfg.state.timer_service = timers;
-        cfg.state.working_dir = dir.path().to_path_buf();
+        cfg.state.working_dir = dir.path().join("work");
+        // Checkpoints every 10 ms (barriers inside the stream) must not change the output;
+        // every second configuration runs without them.
+        cfg.checkpoint.dir = dir.path().join("checkpoints").display().to_string();
+        let checkpointing = slots != 1 || timers == TimerServiceKind::RocksDb;
+        cfg.checkpoint.interval = checkpointing.then(|| std::time::Duration::from_millis(10));
         let s = wordcount::run(&cfg, slots, &spec)?;
         let what = format!("{backend} backend, {timers} timers, {slots} slot(s)");
+        if checkpointing {
+            // At least the final checkpoint, taken after the last firing: nothing is left.
+            assert!(!s.checkpoints.is_empty(), "{what}");
+            assert!(s.job_url.is_some(), "{what}");
+        } else {
+            assert!(s.checkpoints.is_empty() && s.job_url.is_none(), "{what}");
+        }
         assert_eq!(s.output_checksum, digest, "{what}");
         assert_eq!(s.windows_fired, windows, "{what}");
         assert_eq!(s.counted_records, spec.records, "{what}");

@@ -45,7 +45,7 @@ pub struct CairnConfig {
 }
 
 /// Default `state-cache.max-dirty-ratio` (see [`StateCacheConfig::max_dirty_ratio`]).
-pub const DEFAULT_MAX_DIRTY_RATIO: f64 = 0.02;
+pub const DEFAULT_MAX_DIRTY_RATIO: f64 = 0.1;
 
 /// The write-back state cache in front of RocksDB (`[state-cache]`); its capacity is
 /// `memory.state-cache-ratio` of the slot budget, `0` turns it off.
@@ -57,15 +57,24 @@ pub struct StateCacheConfig {
     /// before dirty entries are written out. Default: [`DEFAULT_MAX_DIRTY_RATIO`], allowed
     /// `(0, 1]`.
     ///
-    /// Every dirty entry is written by the checkpoint's synchronous phase, which stops the slot,
-    /// so this bounds that stall. Measured on the 1M-key counter job at the default 256 MiB budget
-    /// (`cairn bench cache`, benches/RESULTS.md, run 4, shared 2-core machine): 0.01 -> cache
-    /// flush p50 13 ms, p99 17 ms, 530k records/s; 0.02 -> p50 17-20 ms, p99 27 ms, 586-589k;
-    /// 0.05 -> p50 43 ms, p99 59 ms, 638k (under heavier load, 0.02 reached p99 48-61 ms and 0.01
-    /// 36-37 ms). Higher = more updates of one key
-    /// coalesced into one RocksDB write (fewer writes and compactions), but a longer stall; the
-    /// stall grows with the dirty bytes, so scale it down for budgets much larger than the
-    /// default (about 20k dirty entries per 10 ms of stall here).
+    /// Every dirty entry is written back before the checkpoint's native snapshot: most of them by
+    /// the pre-flush when the slot sees the barrier ahead, the rest in the synchronous phase;
+    /// both hold the slot's thread, so this bounds the pause a checkpoint costs. A higher bound
+    /// coalesces more updates of a key into one RocksDB write, and state created and deleted
+    /// within it (a window's count that fires soon) never reaches RocksDB at all.
+    ///
+    /// Default 0.1 (10 MiB of the default 256 MiB budget, ~145k counters), measured on this
+    /// repository's 2-core machines (benches/RESULTS.md, 2026-12-04, alternating runs):
+    /// - word count (flink-anchor's 5M words, checkpoints every 2 s): 0.02 -> 197-230k
+    ///   records/s (RocksDB timers) and 202-225k (heap timers), 0.1 -> 276-390k and 418-431k:
+    ///   a window's counts (~63k per window) live and die in the cache (2.7M of 3.16M counts
+    ///   never written); sync pause p50 42-47 ms -> 47-66 ms;
+    /// - 1M-key counter job: 515-569k -> 584-716k records/s; per checkpoint, pre-flush
+    ///   write-back p50 16-18 ms -> 62-64 ms and sync pause p50 44-61 ms -> 68-84 ms.
+    ///
+    /// Lower it for latency-sensitive jobs with many keys touched per interval, and scale it
+    /// down for budgets much larger than the default (the pause grows with the dirty bytes:
+    /// about 20k dirty entries per 10 ms here).
     ///
     /// Flink: none. Kafka Streams: none (a commit flushes everything; KIP-892's
     /// `statestore.uncommitted.max.bytes` is the closest); RisingWave: the 64 MiB dirty-groups

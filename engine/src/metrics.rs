@@ -219,7 +219,8 @@ impl Metrics {
                     Opts::new(
                         "state_cache_events_total",
                         "Write-back state cache events per slot: hits, misses, evictions, \
-                         evicted_dirty, dirty_flushes (rounds past the dirty bound).",
+                         evicted_dirty, dirty_flushes (rounds past the dirty bound), \
+                         writes_cancelled (pending writes dropped by a delete).",
                     ),
                     &["slot", "event"],
                 )
@@ -324,6 +325,7 @@ impl Metrics {
             ("evictions", c.evictions),
             ("evicted_dirty", c.evicted_dirty),
             ("dirty_flushes", c.dirty_flushes),
+            ("writes_cancelled", c.writes_cancelled),
         ] {
             let counter = self
                 .cache_counters

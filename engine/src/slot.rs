@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::backend::heap::HeapBackend;
 use crate::backend::rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams};
 use crate::backend::{
-    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize,
+    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, Update,
 };
 use crate::checkpoint::TIMERS_SNAPSHOT_FILE;
 use crate::codec;
@@ -474,6 +474,73 @@ impl Slot {
             }
         })?;
         out.ok_or_else(|| EngineError::InvalidArgument("backend did not answer a get".into()))
+    }
+
+    /// Read-modify-write of a value, reducing or aggregating state in one step: `f` gets the
+    /// current bytes and an empty buffer, writes the new value into the buffer and says what to
+    /// do ([`Update`]); what it returns besides is handed back. The heap backend finds the entry
+    /// once where `get_with` + `put` look it up twice. A new value larger than
+    /// `state.max-value-size` is not written and fails with [`EngineError::ValueTooLarge`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cairn_engine::backend::Update;
+    /// use cairn_engine::{BackendKind, CairnConfig, Slot, StateDescriptor, StateKind};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let mut config = CairnConfig::default();
+    /// config.state.backend = BackendKind::Heap;
+    /// config.state.working_dir = dir.path().to_path_buf();
+    /// let mut slot = Slot::builder(&config).open()?;
+    /// let count = slot.register(&StateDescriptor::new("op", "count", StateKind::Value))?;
+    /// let scope = slot.scope_raw(b"key", b"")?;
+    /// for _ in 0..3 {
+    ///     // Increment an 8-byte big-endian counter; answer whether it was new.
+    ///     slot.update_with(count, &scope, |cur, out| {
+    ///         let n = cur.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+    ///         out.extend_from_slice(&(n + 1).to_be_bytes());
+    ///         (Update::Put, cur.is_none())
+    ///     })?;
+    /// }
+    /// assert_eq!(slot.get(count, &scope)?, Some(3u64.to_be_bytes().to_vec()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn update_with<T>(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        f: impl FnOnce(Option<&[u8]>, &mut Vec<u8>) -> (Update, T),
+    ) -> Result<T> {
+        self.check(state, Self::SINGLE, StateKind::Value)?;
+        let max = self.max_value_size;
+        let mut f = Some(f);
+        let (mut out, mut too_large) = (None, None);
+        let mut buf = std::mem::take(&mut self.value_buf);
+        let r = self
+            .backend
+            .update_with(state, scope, &mut buf, &mut |v, buf| {
+                let Some(f) = f.take() else {
+                    return Update::Keep;
+                };
+                let (op, t) = f(v, buf);
+                out = Some(t);
+                if op == Update::Put && buf.len() > max {
+                    too_large = Some(buf.len());
+                    return Update::Keep;
+                }
+                op
+            });
+        self.value_buf = buf;
+        r?;
+        if let Some(size) = too_large {
+            return Err(EngineError::ValueTooLarge {
+                state: self.state_name(state),
+                size,
+                max,
+            });
+        }
+        out.ok_or_else(|| EngineError::InvalidArgument("backend did not answer an update".into()))
     }
 
     /// Encodes `value` into the slot's scratch buffer and puts it (no allocation per write).

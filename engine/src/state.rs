@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{ScopeKey, StateDescriptor, StateId, StateKind};
+use crate::backend::{ScopeKey, StateDescriptor, StateId, StateKind, Update};
 use crate::codec;
 use crate::error::Result;
 use crate::slot::Slot;
@@ -194,18 +194,17 @@ impl<V: StateValue, F: Fn(&V, &V) -> V> ReducingState<V, F> {
             .transpose()
     }
 
-    /// Folds `value` into the state.
+    /// Folds `value` into the state (one read-modify-write: [`Slot::update_with`]).
     pub fn add(&self, slot: &mut Slot, scope: &ScopeKey, value: &V) -> Result<()> {
-        let next = match self.get(slot, scope)? {
-            Some(cur) => (self.reduce)(&cur, value),
-            None => return self.write(slot, scope, value),
-        };
-        self.write(slot, scope, &next)
-    }
-
-    fn write(&self, slot: &mut Slot, scope: &ScopeKey, v: &V) -> Result<()> {
-        let bytes = codec::encode(v, &self.name)?;
-        slot.put(self.id, scope, &bytes)
+        slot.update_with(self.id, scope, |cur, out| {
+            let r = match cur {
+                Some(b) => codec::decode(b, &self.name).and_then(|cur| {
+                    codec::encode_into(out, &(self.reduce)(&cur, value), &self.name)
+                }),
+                None => codec::encode_into(out, value, &self.name),
+            };
+            (if r.is_ok() { Update::Put } else { Update::Keep }, r)
+        })?
     }
 
     /// Removes the value.
@@ -257,15 +256,17 @@ impl<A: AggregateFunction> AggregatingState<A> {
             .transpose()
     }
 
-    /// Folds one input into the accumulator.
+    /// Folds one input into the accumulator (one read-modify-write: [`Slot::update_with`]).
     pub fn add(&self, slot: &mut Slot, scope: &ScopeKey, value: &A::In) -> Result<()> {
-        let acc = match self.accumulator(slot, scope)? {
-            Some(a) => a,
-            None => self.agg.create_accumulator(),
-        };
-        let acc = self.agg.add(value, acc);
-        let bytes = codec::encode(&acc, &self.name)?;
-        slot.put(self.id, scope, &bytes)
+        slot.update_with(self.id, scope, |cur, out| {
+            let acc = match cur {
+                Some(b) => codec::decode(b, &self.name),
+                None => Ok(self.agg.create_accumulator()),
+            };
+            let r =
+                acc.and_then(|acc| codec::encode_into(out, &self.agg.add(value, acc), &self.name));
+            (if r.is_ok() { Update::Put } else { Update::Keep }, r)
+        })?
     }
 
     /// Removes the accumulator.

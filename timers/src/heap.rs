@@ -26,10 +26,16 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::error::{Result, TimerError};
 use crate::{KeyGroup, TimeDomain, Timer, TimerService, TimerServiceKind, check_key_group, layout};
 
-type PayloadSet = HashSet<Box<[u8]>, foldhash::fast::RandomState>;
+/// `[len(key)][key][namespace]`, inline up to 24 bytes (a word and a window: 19): registering
+/// and firing a timer allocate nothing, where a boxed payload cost a malloc and a free each.
+type Payload = SmallVec<[u8; 24]>;
+
+type PayloadSet = HashSet<Payload, foldhash::fast::RandomState>;
 
 /// Buckets up to this size stay a sorted vector (a hash set costs ~100 bytes even for one
 /// timer, which made distinct timestamps cost 170 bytes per timer).
@@ -44,14 +50,14 @@ enum Bucket {
     /// bucket once it fires.
     Sorted {
         /// The payloads.
-        v: Vec<Box<[u8]>>,
+        v: Vec<Payload>,
         /// Firing: stays sorted whatever its size.
         firing: bool,
     },
 }
 
 impl Bucket {
-    fn iter(&self) -> Box<dyn Iterator<Item = &Box<[u8]>> + '_> {
+    fn iter(&self) -> Box<dyn Iterator<Item = &Payload> + '_> {
         match self {
             Bucket::Set(s) => Box::new(s.iter()),
             Bucket::Sorted { v, .. } => Box::new(v.iter()),
@@ -94,11 +100,11 @@ impl Queue {
             firing: false,
         });
         let new = match b {
-            Bucket::Set(s) => s.insert(p.into()),
+            Bucket::Set(s) => s.insert(Payload::from_slice(p)),
             Bucket::Sorted { v, firing } => match v.binary_search_by(|x| p.cmp(x)) {
                 Ok(_) => false,
                 Err(i) => {
-                    v.insert(i, p.into());
+                    v.insert(i, Payload::from_slice(p));
                     if !*firing && v.len() > SMALL_BUCKET {
                         *b = Bucket::Set(std::mem::take(v).into_iter().collect());
                     }
@@ -131,13 +137,13 @@ impl Queue {
         removed
     }
 
-    fn pop_first(&mut self) -> Option<(i64, Box<[u8]>)> {
+    fn pop_first(&mut self) -> Option<(i64, Payload)> {
         let mut e = self.buckets.first_entry()?;
         let ts = *e.key();
         let b = e.get_mut();
         match b {
             Bucket::Set(s) => {
-                let mut v: Vec<Box<[u8]>> = s.drain().collect();
+                let mut v: Vec<Payload> = s.drain().collect();
                 v.sort_unstable_by(|a, b| b.cmp(a));
                 *b = Bucket::Sorted { v, firing: true };
             }
@@ -156,7 +162,7 @@ impl Queue {
         p.map(|p| (ts, p))
     }
 
-    fn iter(&self) -> impl Iterator<Item = (i64, &Box<[u8]>)> {
+    fn iter(&self) -> impl Iterator<Item = (i64, &Payload)> {
         self.buckets
             .iter()
             .flat_map(|(ts, b)| b.iter().map(move |p| (*ts, p)))
@@ -282,13 +288,20 @@ impl HeapTimers {
     /// Heap bytes held by the timers (set entries, payload allocations; a B-tree node overhead
     /// estimate of 1/11 per entry). For reports; the benchmark measures the real figure.
     pub fn heap_bytes(&self) -> u64 {
-        // Per timer: the boxed payload (rounded to malloc's 16 bytes) and a hash-set slot (a
-        // 16-byte fat pointer + 1 control byte, at ~7/8 load).
+        // Per timer: a hash-set slot (the 32-byte inline payload + 1 control byte, at ~7/8
+        // load), plus the payload's allocation when it does not fit inline (rounded to malloc's
+        // 16 bytes, + 16 of header).
         let mut b = 0u64;
         for d in &self.domains {
             for q in &d.groups {
                 for (_, p) in q.iter() {
-                    b += (p.len().next_multiple_of(16) + 16 + 16 * 8 / 7 + 2) as u64;
+                    let slot = std::mem::size_of::<Payload>() * 8 / 7 + 2;
+                    let spilled = if p.spilled() {
+                        p.capacity().next_multiple_of(16) + 16
+                    } else {
+                        0
+                    };
+                    b += (slot + spilled) as u64;
                 }
             }
         }
@@ -316,14 +329,18 @@ impl TimerService for HeapTimers {
         let idx = check_key_group(&self.range, key_group)?;
         layout::encode_payload(&mut self.scratch, key, namespace);
         let d = &mut self.domains[domain.index()];
-        // Skip the copy-on-write when the timer exists.
-        if d.groups[idx].contains(timestamp, &self.scratch) {
+        let old = d.groups[idx].head();
+        // Not shared with a snapshot: one lookup inserts or finds the duplicate. Shared: skip
+        // the copy-on-write when the timer exists.
+        let shared = Arc::get_mut(&mut d.groups[idx]).is_none();
+        if shared && d.groups[idx].contains(timestamp, &self.scratch) {
             return Ok(());
         }
-        let old = d.groups[idx].head();
-        Arc::make_mut(&mut d.groups[idx]).insert(timestamp, &self.scratch);
-        let new = d.groups[idx].head();
-        d.move_head(key_group, old, new);
+        let queue = Arc::make_mut(&mut d.groups[idx]);
+        if queue.insert(timestamp, &self.scratch) {
+            let new = queue.head();
+            d.move_head(key_group, old, new);
+        }
         Ok(())
     }
 

@@ -7,11 +7,14 @@
 //! work is spread over the key groups that are actually written afterwards — copy-on-write at
 //! key-group granularity, where Flink's `CopyOnWriteStateMap` copies entry by entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::backend::{
-    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, list_codec,
+    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, Update,
+    UpdateFn, list_codec,
 };
 use crate::error::{EngineError, Result};
 use crate::keygroup::{KeyGroup, KeyGroupRange};
@@ -20,12 +23,21 @@ use crate::layout;
 /// One (key, namespace) entry.
 #[derive(Clone, Debug)]
 enum HeapEntry {
-    Value(Vec<u8>),
+    Value(HeapValue),
     List(Vec<Vec<u8>>),
     Map(BTreeMap<Vec<u8>, Vec<u8>>),
 }
 
-type Table = HashMap<Box<[u8]>, HeapEntry, foldhash::fast::RandomState>;
+/// A `[kg][key][namespace]` composite, inline up to 24 bytes (a word and a window: 16): no
+/// allocation per entry, and a lookup compares the key inside the table's bucket instead of
+/// following a pointer (a cache miss per probe).
+type HeapKey = SmallVec<[u8; 24]>;
+/// A value, inline up to 16 bytes (counters, small aggregates).
+type HeapValue = SmallVec<[u8; 16]>;
+
+/// hashbrown's map for `entry_ref`: a read-modify-write finds its entry once and copies the key
+/// only when it inserts.
+type Table = hashbrown::HashMap<HeapKey, HeapEntry, foldhash::fast::RandomState>;
 
 struct HeapState {
     desc: StateDescriptor,
@@ -120,17 +132,62 @@ impl StateBackend for HeapBackend {
 
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {
         let table = self.table_mut(state, scope.key_group)?;
-        match table.get_mut(&scope.composite[..]) {
-            Some(HeapEntry::Value(v)) => {
-                v.clear();
-                v.extend_from_slice(value);
-            }
-            _ => {
-                table.insert(
-                    scope.composite.clone().into_boxed_slice(),
-                    HeapEntry::Value(value.to_vec()),
+        match table.entry_ref(&scope.composite[..]) {
+            hashbrown::hash_map::EntryRef::Occupied(mut o) => match o.get_mut() {
+                HeapEntry::Value(v) => {
+                    v.clear();
+                    v.extend_from_slice(value);
+                }
+                other => *other = HeapEntry::Value(HeapValue::from_slice(value)),
+            },
+            hashbrown::hash_map::EntryRef::Vacant(slot) => {
+                slot.insert_with_key(
+                    HeapKey::from_slice(&scope.composite),
+                    HeapEntry::Value(HeapValue::from_slice(value)),
                 );
             }
+        }
+        Ok(())
+    }
+
+    fn update_with(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        buf: &mut Vec<u8>,
+        f: &mut UpdateFn<'_>,
+    ) -> Result<()> {
+        buf.clear();
+        let table = self.table_mut(state, scope.key_group)?;
+        let corrupt = match table.entry_ref(&scope.composite[..]) {
+            hashbrown::hash_map::EntryRef::Occupied(mut o) => match o.get_mut() {
+                HeapEntry::Value(v) => {
+                    match f(Some(v), buf) {
+                        Update::Keep => {}
+                        Update::Put => {
+                            v.clear();
+                            v.extend_from_slice(buf);
+                        }
+                        Update::Delete => {
+                            o.remove();
+                        }
+                    }
+                    false
+                }
+                _ => true,
+            },
+            hashbrown::hash_map::EntryRef::Vacant(slot) => {
+                if f(None, buf) == Update::Put {
+                    slot.insert_with_key(
+                        HeapKey::from_slice(&scope.composite),
+                        HeapEntry::Value(HeapValue::from_slice(buf)),
+                    );
+                }
+                false
+            }
+        };
+        if corrupt {
+            return Err(self.corrupt(state, "value"));
         }
         Ok(())
     }
@@ -165,7 +222,7 @@ impl StateBackend for HeapBackend {
         }
         let table = self.table_mut(state, scope.key_group)?;
         let entry = table
-            .entry(scope.composite.clone().into_boxed_slice())
+            .entry(HeapKey::from_slice(&scope.composite))
             .or_insert_with(|| HeapEntry::List(Vec::new()));
         match entry {
             HeapEntry::List(l) => {
@@ -181,10 +238,8 @@ impl StateBackend for HeapBackend {
             return self.clear(state, scope);
         }
         let list = elements.iter().map(|e| e.to_vec()).collect();
-        self.table_mut(state, scope.key_group)?.insert(
-            scope.composite.clone().into_boxed_slice(),
-            HeapEntry::List(list),
-        );
+        self.table_mut(state, scope.key_group)?
+            .insert(HeapKey::from_slice(&scope.composite), HeapEntry::List(list));
         Ok(())
     }
 
@@ -213,7 +268,7 @@ impl StateBackend for HeapBackend {
     ) -> Result<()> {
         let table = self.table_mut(state, scope.key_group)?;
         let entry = table
-            .entry(scope.composite.clone().into_boxed_slice())
+            .entry(HeapKey::from_slice(&scope.composite))
             .or_insert_with(|| HeapEntry::Map(BTreeMap::new()));
         match entry {
             HeapEntry::Map(m) => {
@@ -284,7 +339,7 @@ impl StateBackend for HeapBackend {
                 (stored, e)
             };
             match entry {
-                HeapEntry::Value(v) => out.push(mk(&[], v.clone())),
+                HeapEntry::Value(v) => out.push(mk(&[], v.to_vec())),
                 HeapEntry::List(l) => {
                     out.push(mk(&[], list_codec::encode(l.iter().map(|e| &e[..]))))
                 }
@@ -437,9 +492,9 @@ impl HeapBackend {
                 .ok_or_else(|| bad(format!("state index {state} out of range")))?;
             let keep = self.range.contains(kg);
             for _ in 0..n {
-                let composite = r.bytes().map_err(bad)?.to_vec();
+                let composite = HeapKey::from_slice(r.bytes().map_err(bad)?);
                 let entry = match r.take(1).map_err(bad)?[0] {
-                    0 => HeapEntry::Value(r.bytes().map_err(bad)?.to_vec()),
+                    0 => HeapEntry::Value(HeapValue::from_slice(r.bytes().map_err(bad)?)),
                     1 => {
                         let m = r.varint().map_err(bad)?;
                         let mut l = Vec::new();
@@ -461,8 +516,7 @@ impl HeapBackend {
                     t => return Err(bad(format!("unknown entry tag {t}"))),
                 };
                 if keep {
-                    self.table_mut(id, kg)?
-                        .insert(composite.into_boxed_slice(), entry);
+                    self.table_mut(id, kg)?.insert(composite, entry);
                 }
             }
         }

@@ -148,6 +148,7 @@ pub struct StateSize {
 /// - Reads see every write made before them through the same backend.
 /// - `clear` removes the (key, namespace) entry of any kind, including every map entry.
 /// - `map_entries` returns entries in ascending byte order of the user key.
+/// - `update_with` behaves exactly like `get_with` followed by `put` / `clear` / nothing.
 /// - `scan_key_group` returns every entry of one key group of one state, and nothing else.
 pub trait StateBackend: Send {
     /// The key groups this backend holds.
@@ -167,6 +168,27 @@ pub trait StateBackend: Send {
         let mut out = None;
         self.get_with(state, scope, &mut |v| out = v.map(<[u8]>::to_vec))?;
         Ok(out)
+    }
+    /// Read-modify-write of a value/reducing/aggregating state: `f` sees the current value and
+    /// an empty `buf`, writes the new value into `buf` and answers what to do with the entry.
+    /// The default is a `get_with` then a `put` or `clear` (the RocksDB backend's cache
+    /// remembers its last lookup, so the second finds the entry without hashing); the heap
+    /// backend finds the entry once for both.
+    fn update_with(
+        &mut self,
+        state: StateId,
+        scope: &ScopeKey,
+        buf: &mut Vec<u8>,
+        f: &mut UpdateFn<'_>,
+    ) -> Result<()> {
+        buf.clear();
+        let mut op = Update::Keep;
+        self.get_with(state, scope, &mut |v| op = f(v, buf))?;
+        match op {
+            Update::Keep => Ok(()),
+            Update::Put => self.put(state, scope, buf),
+            Update::Delete => self.clear(state, scope),
+        }
     }
     /// Sets the value of a value/reducing/aggregating state.
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()>;
@@ -232,6 +254,21 @@ pub trait StateBackend: Send {
         Ok(())
     }
 }
+
+/// What a read-modify-write ([`StateBackend::update_with`], [`crate::Slot::update_with`]) does
+/// with its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Leave the entry as it is.
+    Keep,
+    /// Store the bytes written into the buffer.
+    Put,
+    /// Remove the entry.
+    Delete,
+}
+
+/// The closure of [`StateBackend::update_with`]: current value, buffer for the new one.
+pub type UpdateFn<'a> = dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Update + 'a;
 
 /// The list encoding shared by both backends and by snapshots:
 /// `([varint len][element bytes])*`. Concatenating two encoded lists gives the encoded

@@ -286,13 +286,18 @@ impl RocksDbBackend {
     /// phase calls it right before the native checkpoint, and its duration is recorded in the
     /// cache's counters. Returns the entries written.
     pub fn flush_cache(&mut self) -> Result<u64> {
-        self.write_back_all(true)
+        self.write_back_all(WriteBackFor::Checkpoint)
     }
 
     /// Writes the state cache's dirty entries back (they stay cached, clean; not counted as a
-    /// checkpoint flush) and flushes every state's memtables, waiting for the SSTs or not.
+    /// checkpoint flush) and flushes every state's memtables, waiting for the SSTs or not (the
+    /// pre-flush: its write-back is timed, as it holds the slot's thread).
     fn flush_all(&mut self, wait: bool) -> Result<()> {
-        self.write_back_all(false)?;
+        self.write_back_all(if wait {
+            WriteBackFor::Flush
+        } else {
+            WriteBackFor::PreFlush
+        })?;
         // `flush()` alone flushes only the default column family.
         let cfs: Vec<_> = self
             .states
@@ -307,7 +312,7 @@ impl RocksDbBackend {
             .map_err(EngineError::rocks("flush"))
     }
 
-    fn write_back_all(&mut self, for_checkpoint: bool) -> Result<u64> {
+    fn write_back_all(&mut self, purpose: WriteBackFor) -> Result<u64> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok(0);
         };
@@ -316,14 +321,16 @@ impl RocksDbBackend {
         let n = cache.flush_all(&mut |op| w.add(op));
         let batched = t.elapsed();
         let r = w.commit(&self.db, &self.write_opts, "flush state cache");
-        if for_checkpoint {
-            cache.record_checkpoint_flush(t.elapsed());
+        match purpose {
+            WriteBackFor::Checkpoint => cache.record_checkpoint_flush(t.elapsed()),
+            WriteBackFor::PreFlush => cache.record_pre_flush(t.elapsed()),
+            WriteBackFor::Flush => {}
         }
         tracing::debug!(
             entries = n,
             batch_ms = batched.as_secs_f64() * 1e3,
             write_ms = (t.elapsed() - batched).as_secs_f64() * 1e3,
-            for_checkpoint,
+            ?purpose,
             "wrote every dirty state cache entry"
         );
         r.map(|()| n)
@@ -705,6 +712,17 @@ impl StateBackend for RocksDbBackend {
     fn start_flush(&mut self) -> Result<()> {
         self.flush_all(false)
     }
+}
+
+/// Why every dirty cache entry is written back (which durations record it).
+#[derive(Clone, Copy, Debug)]
+enum WriteBackFor {
+    /// The checkpoint's synchronous phase.
+    Checkpoint,
+    /// The pre-flush when a barrier is seen ahead.
+    PreFlush,
+    /// `flush()` (end of a run, disk-size measurements).
+    Flush,
 }
 
 /// Collects the cache's writes into one `WriteBatch`, resolving each state's column family once.
