@@ -292,22 +292,20 @@ struct SlotOut {
     cache: Option<cairn_engine::backend::rocks::cache::CacheStats>,
 }
 
-/// The word of record `g` as its decimal bytes `"w<n>"`, written into `out`.
-fn word_into(out: &mut Vec<u8>, n: u64) {
+/// The key of word `n`: postcard's encoding of the string `"w<n>"` (a one-byte varint length,
+/// then the bytes; words are < 128 bytes), written into `out` in place (digits from the end: no
+/// intermediate buffer to copy).
+fn word_key_into(out: &mut Vec<u8>, n: u64) {
+    let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
     out.clear();
-    out.push(b'w');
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    out.resize(2 + digits, b'0');
+    out[0] = (1 + digits) as u8;
+    out[1] = b'w';
     let mut v = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+    for d in out[2..].iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
         v /= 10;
-        if v == 0 {
-            break;
-        }
     }
-    out.extend_from_slice(&digits[i..]);
 }
 
 struct Source<'a> {
@@ -570,7 +568,6 @@ fn run_slot(
         latency: new_histogram(),
         hash_buf: Vec::new(),
     };
-    let mut word = Vec::with_capacity(24);
     let mut key = Vec::with_capacity(24);
     let mut next_watermark_at = spec.watermark_interval_ms;
     let ns_per_record = spec.offered_rate.map(|r| 1e9 / r);
@@ -604,11 +601,7 @@ fn run_slot(
                 std::thread::sleep(due - now);
             }
         }
-        word_into(&mut word, source.word(g));
-        // postcard's `&str`: varint length, then the bytes (words are < 128 bytes).
-        key.clear();
-        key.push(word.len() as u8);
-        key.extend_from_slice(&word);
+        word_key_into(&mut key, source.word(g));
         if slots > 1 && !range.contains(assign_to_key_group(&key, max_p)) {
             continue;
         }
@@ -915,14 +908,20 @@ mod tests {
     fn words_and_event_times_follow_flink_anchor() {
         let spec = WordcountSpec::default();
         let mut w = Vec::new();
-        word_into(&mut w, stream::key_for(0, 100_000, 42));
-        assert_eq!(w, b"w58542"); // key_for(0, 1M, 42) = 358542; mod 100k differs
+        word_key_into(&mut w, stream::key_for(0, 100_000, 42));
+        assert_eq!(w, b"\x06w58542"); // key_for(0, 1M, 42) = 358542; mod 100k differs
+        assert_eq!(
+            w,
+            cairn_engine::codec::encode("w58542", "t").unwrap_or_default()
+        );
         assert_eq!(spec.event_time(0), 0);
         assert_eq!(spec.event_time(99), 0);
         assert_eq!(spec.event_time(100), 1);
         assert_eq!(spec.event_time(4_999_999), 49_999);
-        word_into(&mut w, 0);
-        assert_eq!(w, b"w0");
+        word_key_into(&mut w, 0);
+        assert_eq!(w, b"\x02w0");
+        word_key_into(&mut w, 1_000_000_000_000);
+        assert_eq!(decode_word(&w), b"w1000000000000");
         assert_eq!(decode_word(&[2, b'w', b'7']), b"w7");
     }
 

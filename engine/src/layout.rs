@@ -28,6 +28,11 @@ pub fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Bytes [`write_varint`] writes for `v`.
+pub fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Reads an unsigned LEB128 varint; returns the value and the bytes consumed.
 #[inline]
 pub fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
@@ -139,6 +144,15 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varint_len_is_what_write_varint_writes() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
+            let mut out = Vec::new();
+            write_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
+    }
 
     /// Golden bytes: this layout is the on-disk format of every RocksDB slot and checkpoint.
     #[test]

@@ -34,7 +34,6 @@ use crate::codec;
 use crate::config::{BackendKind, CairnConfig, TimerServiceKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
-use crate::layout;
 use cairn_timers::{
     HeapTimers, HeapTimersSnapshot, RocksDbTimers, TimeDomain, Timer, TimerService,
 };
@@ -824,11 +823,8 @@ impl Slot {
         scope: &ScopeKey,
         op: impl FnOnce(&mut dyn TimerService, KeyGroup, &[u8], &[u8]) -> cairn_timers::Result<()>,
     ) -> Result<()> {
-        let prefix_bytes = self.prefix_bytes;
         let svc = self.timers()?;
-        let c = layout::decode_composite(&scope.composite, prefix_bytes)
-            .ok_or_else(|| EngineError::InvalidArgument("scope does not decode".into()))?;
-        Ok(op(svc, c.key_group, c.key, c.namespace)?)
+        Ok(op(svc, scope.key_group, scope.key(), scope.namespace())?)
     }
 
     /// Removes the next timer of `domain` due at `up_to` into `out` (see

@@ -82,6 +82,11 @@ pub struct ScopeKey {
     pub(crate) key_group: KeyGroup,
     /// `[kg][len][key][len][ns]`, see [`crate::layout`].
     pub(crate) composite: Vec<u8>,
+    /// Where the key starts and ends, and where the namespace starts, in `composite` (known
+    /// when it is encoded: timers take key and namespace without decoding it again).
+    key_start: u32,
+    key_end: u32,
+    ns_start: u32,
 }
 
 impl ScopeKey {
@@ -95,16 +100,40 @@ impl ScopeKey {
     ) {
         self.key_group = key_group;
         layout::encode_composite(&mut self.composite, key_group, prefix_bytes, key, namespace);
+        self.locate(key.len(), namespace.len());
     }
 
     /// Builds the scope of `key`/`namespace` for a job with the given key-group prefix size.
     pub fn new(key_group: KeyGroup, prefix_bytes: usize, key: &[u8], namespace: &[u8]) -> Self {
-        let mut composite = Vec::new();
-        layout::encode_composite(&mut composite, key_group, prefix_bytes, key, namespace);
-        Self {
+        let mut scope = Self {
             key_group,
-            composite,
-        }
+            composite: Vec::new(),
+            key_start: 0,
+            key_end: 0,
+            ns_start: 0,
+        };
+        scope.reset(key_group, prefix_bytes, key, namespace);
+        scope
+    }
+
+    /// Records the key's and namespace's positions: `[kg][len][key][len][ns]` ends with the
+    /// namespace, preceded by its length's varint, preceded by the key.
+    fn locate(&mut self, key_len: usize, ns_len: usize) {
+        let ns_start = self.composite.len() - ns_len;
+        let key_end = ns_start - layout::varint_len(ns_len as u64);
+        self.ns_start = ns_start as u32;
+        self.key_end = key_end as u32;
+        self.key_start = (key_end - key_len) as u32;
+    }
+
+    /// The serialized key.
+    pub fn key(&self) -> &[u8] {
+        &self.composite[self.key_start as usize..self.key_end as usize]
+    }
+
+    /// The serialized namespace.
+    pub fn namespace(&self) -> &[u8] {
+        &self.composite[self.ns_start as usize..]
     }
 
     /// The key group.
@@ -306,7 +335,26 @@ pub mod list_codec {
 
 #[cfg(test)]
 mod tests {
-    use super::list_codec;
+    use super::{ScopeKey, list_codec};
+
+    #[test]
+    fn scope_key_and_namespace_match_the_decoded_composite() {
+        let mut reused = ScopeKey::new(0, 1, &[], &[]);
+        for prefix in [1, 2] {
+            for klen in [0usize, 5, 127, 128, 300] {
+                for nlen in [0usize, 8, 127, 200] {
+                    let key: Vec<u8> = (0..klen).map(|i| i as u8).collect();
+                    let ns: Vec<u8> = (0..nlen).map(|i| (i * 7) as u8).collect();
+                    let s = ScopeKey::new(3, prefix, &key, &ns);
+                    reused.reset(3, prefix, &key, &ns);
+                    assert_eq!(s, reused);
+                    let c = crate::layout::decode_composite(s.composite(), prefix).unwrap();
+                    assert_eq!((s.key(), s.namespace()), (c.key, c.namespace));
+                    assert_eq!((s.key(), s.namespace()), (&key[..], &ns[..]));
+                }
+            }
+        }
+    }
 
     #[test]
     fn list_encoding_concatenates() {
