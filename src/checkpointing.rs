@@ -132,6 +132,29 @@ impl Barriers {
     }
 }
 
+impl Barriers {
+    /// Called by a slot at the end of its records: publishes its position, starts the
+    /// pre-flush for the final checkpoint (which is taken as soon as every slot is here, so no
+    /// barrier is seen ahead of it), and takes part in checkpoints until the final one is done.
+    pub fn finish(&self, slot: &mut Slot, records: u64, cursor: &mut BarrierCursor) {
+        let index = slot.index().0 as usize;
+        if let Some(p) = self.positions.get(index) {
+            p.store(records, Ordering::Relaxed);
+        }
+        if self.enabled
+            && self.pre_flush
+            && let Err(e) = slot.prepare_checkpoint()
+        {
+            tracing::warn!(error = %e, "pre-flush for the final checkpoint failed");
+        }
+        self.slots_done.fetch_add(1, Ordering::AcqRel);
+        while !self.final_done.load(Ordering::Acquire) {
+            self.check(slot, records, records, cursor);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// A slot's progress through the barriers.
 #[derive(Debug, Default)]
 pub struct BarrierCursor {

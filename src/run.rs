@@ -437,12 +437,7 @@ fn run_slot(
     records_counter.inc_by(unreported);
     let processing_done = Instant::now();
     // Stay for the final checkpoint (taken once every slot is at the end of the stream).
-    barriers.positions[index as usize].store(records, Ordering::Relaxed);
-    barriers.slots_done.fetch_add(1, Ordering::AcqRel);
-    while !barriers.final_done.load(Ordering::Acquire) {
-        barriers.check(&mut slot, records, records, &mut last_barrier);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    barriers.finish(&mut slot, records, &mut last_barrier);
     let end_memory = slot.memory_report();
     if let Some(c) = slot.cache_stats() {
         shared.metrics.observe_cache(index, &c);

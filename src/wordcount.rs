@@ -630,12 +630,7 @@ fn run_slot(
         .map_err(err("firing the last timers"))?;
     let done = Instant::now();
     // Stay for the final checkpoint (taken once every slot has fired its last timers).
-    position.store(spec.records, Ordering::Relaxed);
-    barriers.slots_done.fetch_add(1, Ordering::AcqRel);
-    while !barriers.final_done.load(Ordering::Acquire) {
-        barriers.check(&mut slot, spec.records, spec.records, &mut cursor);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    barriers.finish(&mut slot, spec.records, &mut cursor);
     let cache = slot.cache_stats();
     slot.flush().map_err(err("flushing"))?;
     Ok(SlotOut {
