@@ -77,7 +77,14 @@ impl Bucket {
 struct Queue {
     buckets: BTreeMap<i64, Bucket>,
     len: usize,
+    /// Size of the last bucket that started firing (capped at [`MAX_SIZE_HINT`]): a bucket
+    /// that outgrows the sorted vector starts as a hash set of that capacity, so the windows of
+    /// a stream, which look alike, skip the set's rehashes while they fill.
+    size_hint: usize,
 }
+
+/// Largest capacity a new hash-set bucket reserves from the previous bucket's size.
+const MAX_SIZE_HINT: usize = 4096;
 
 impl Queue {
     fn head(&self) -> Option<i64> {
@@ -106,7 +113,12 @@ impl Queue {
                 Err(i) => {
                     v.insert(i, Payload::from_slice(p));
                     if !*firing && v.len() > SMALL_BUCKET {
-                        *b = Bucket::Set(std::mem::take(v).into_iter().collect());
+                        let mut set = PayloadSet::with_capacity_and_hasher(
+                            self.size_hint.max(2 * SMALL_BUCKET),
+                            Default::default(),
+                        );
+                        set.extend(std::mem::take(v));
+                        *b = Bucket::Set(set);
                     }
                     true
                 }
@@ -144,7 +156,9 @@ impl Queue {
         match b {
             Bucket::Set(s) => {
                 let mut v: Vec<Payload> = s.drain().collect();
+                // Descending: the next timer to fire is the last.
                 v.sort_unstable_by(|a, b| b.cmp(a));
+                self.size_hint = v.len().min(MAX_SIZE_HINT);
                 *b = Bucket::Sorted { v, firing: true };
             }
             Bucket::Sorted { firing, .. } => *firing = true,
