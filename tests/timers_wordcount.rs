@@ -84,3 +84,95 @@ fn output_checksum_is_identical_for_every_backend_and_timer_service()
     }
     Ok(())
 }
+
+/// `cairn run --workload wordcount` end to end: checkpoints during the run that `cairn
+/// checkpoints verify --deep` accepts, the JSON fields (checkpoints, state cache), the checksum of
+/// the independent count, and `--restore-from` refused with the reason.
+#[test]
+fn cli_wordcount_checkpoints_reports_and_refuses_restore() -> Result<(), Box<dyn std::error::Error>>
+{
+    use std::process::Command;
+    // Long enough that barriers (placed ~74k records ahead of the slot) fall inside the stream.
+    let spec = WordcountSpec {
+        records: 400_000,
+        ..spec()
+    };
+    let (windows, digest) = expected(&spec);
+    let dir = tempfile::tempdir()?;
+    let (work, ck, json) = (
+        dir.path().join("work"),
+        dir.path().join("ck"),
+        dir.path().join("wc.json"),
+    );
+    let records = spec.records.to_string();
+    let vocabulary = spec.vocabulary.to_string();
+    let rate = spec.events_per_sec.to_string();
+    let path = |p: &std::path::Path| p.to_str().map(str::to_owned).ok_or("utf-8 path");
+    let args = [
+        "run",
+        "--workload",
+        "wordcount",
+        "--records",
+        &records,
+        "--keys",
+        &vocabulary,
+        "--events-per-sec",
+        &rate,
+        // Throttled so that the 10 ms checkpoints fall inside the run.
+        "--offered-rate",
+        "400000",
+        "--checkpoint-interval",
+        "10ms",
+        "--working-dir",
+        &path(&work)?,
+        "--checkpoint-dir",
+        &path(&ck)?,
+        "--json",
+        &path(&json)?,
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("checkpoints") && stdout.contains("state cache"),
+        "{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(v["output_checksum"], digest);
+    assert_eq!(v["windows_fired"], windows);
+    let checkpoints = v["checkpoints"].as_array().ok_or("checkpoints[]")?;
+    assert!(checkpoints.len() >= 2, "{v:#}");
+    let job = v["job_url"].as_str().ok_or("job_url")?;
+    // The default backend: RocksDB with its state cache.
+    assert!(
+        v["state_cache"]["writes_cancelled"].as_u64().is_some(),
+        "{v:#}"
+    );
+    let verify = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["checkpoints", "verify", "--deep", job])
+        .output()?;
+    assert!(
+        verify.status.success(),
+        "verify {job}: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // No resuming a word count from a checkpoint: exit 2, naming the flag and why.
+    let refused = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["run", "--workload", "wordcount", "--restore-from", job])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--restore-from") && stderr.contains("sink"),
+        "{stderr}"
+    );
+    Ok(())
+}
