@@ -88,6 +88,13 @@ impl Barriers {
     /// the pre-flush when it first sees the barrier ahead.
     #[inline]
     pub fn check(&self, slot: &mut Slot, g: u64, records: u64, cursor: &mut BarrierCursor) {
+        if cursor.preparing {
+            // One bounded step of the pre-flush per record (see `Slot::prepare_checkpoint`).
+            cursor.preparing = slot.continue_checkpoint_preparation().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "pre-flush step failed");
+                false
+            });
+        }
         // The per-record fast path: one atomic load.
         let id = self.id.load(Ordering::Acquire);
         if id <= cursor.seen {
@@ -112,6 +119,8 @@ impl Barriers {
         let pos = self.pos.load(Ordering::Acquire);
         let at_end = g >= records && pos >= records;
         let reply = if g == pos || at_end {
+            // The synchronous phase writes whatever the pre-flush had left.
+            cursor.preparing = false;
             BarrierReply::Snapshot(slot.snapshot_sync(id))
         } else if g > pos {
             BarrierReply::Missed
@@ -119,8 +128,9 @@ impl Barriers {
             if self.pre_flush && cursor.prepared < id {
                 cursor.prepared = id;
                 // Only an optimisation: the synchronous phase flushes whatever is left.
-                if let Err(e) = slot.prepare_checkpoint() {
-                    tracing::warn!(error = %e, "pre-flush for checkpoint {id} failed");
+                match slot.prepare_checkpoint() {
+                    Ok(()) => cursor.preparing = true,
+                    Err(e) => tracing::warn!(error = %e, "pre-flush for checkpoint {id} failed"),
                 }
             }
             return;
@@ -141,11 +151,16 @@ impl Barriers {
         if let Some(p) = self.positions.get(index) {
             p.store(records, Ordering::Relaxed);
         }
-        if self.enabled
-            && self.pre_flush
-            && let Err(e) = slot.prepare_checkpoint()
-        {
-            tracing::warn!(error = %e, "pre-flush for the final checkpoint failed");
+        if self.enabled && self.pre_flush {
+            // All at once: the final checkpoint follows as soon as every slot is here.
+            let r = slot.prepare_checkpoint().and_then(|()| {
+                while slot.continue_checkpoint_preparation()? {}
+                Ok(())
+            });
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "pre-flush for the final checkpoint failed");
+            }
+            cursor.preparing = false;
         }
         self.slots_done.fetch_add(1, Ordering::AcqRel);
         while !self.final_done.load(Ordering::Acquire) {
@@ -162,6 +177,8 @@ pub struct BarrierCursor {
     seen: u64,
     /// The last barrier whose pre-flush was started.
     prepared: u64,
+    /// A pre-flush has steps left (one is taken per record).
+    preparing: bool,
 }
 
 /// Runs the coordinator until the final checkpoint is done (or `abort` is set). Returns the

@@ -77,7 +77,8 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `state_cache.writes_cancelled` | pending writes dropped because their key was deleted before the write-back while RocksDB held nothing for it |
 /// | `state_cache.checkpoint_flush_ms.{count,p50,p99,max,mean}` | the sync-phase cache flush of each (slot, checkpoint), in ms; `checkpoint_flushed_entries` entries in all |
 /// | `state_cache.checkpoint_flush_ms_each[]` | every one of those flushes in ms, slot after slot, in checkpoint order |
-/// | `state_cache.pre_flush_ms.{count,p50,p99,max,mean}` | the pre-flush write-back of each (slot, checkpoint) when the slot saw the barrier ahead (`checkpoint.pre-flush`): it holds the slot's thread too |
+/// | `state_cache.pre_flushed_entries` | entries the pre-flushes wrote back before their barriers |
+/// | `state_cache.pre_flush_ms.{count,p50,p99,max,mean}` | each chunk of the pre-flush write-back (one per record after a slot sees a barrier ahead, `checkpoint.pre-flush`): each holds the slot's thread |
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     /// Version of the binary.
@@ -170,8 +171,10 @@ pub struct CacheSummary {
     pub checkpoint_flush_ms: DurationStats,
     /// Each sync-phase flush, in ms: per slot, in checkpoint order (slot after slot).
     pub checkpoint_flush_ms_each: Vec<f64>,
-    /// Pre-flush write-back durations.
+    /// Pre-flush write-back durations (one per chunk).
     pub pre_flush_ms: DurationStats,
+    /// Entries the pre-flushes wrote.
+    pub pre_flushed_entries: u64,
 }
 
 /// Percentiles of a set of durations, in ms.
@@ -232,6 +235,7 @@ impl CacheSummary {
                 .map(|&us| us as f64 / 1000.0)
                 .collect(),
             pre_flush_ms: DurationStats::from_micros(&s.pre_flush_us),
+            pre_flushed_entries: s.pre_flushed_entries,
         }
     }
 }
@@ -651,8 +655,12 @@ impl RunSummary {
                     w,
                     "  pre-flush write-back",
                     format!(
-                        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} pre-flushes",
-                        f.p50, f.p99, f.max, f.count
+                        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms per chunk, {} chunks ({} entries)",
+                        f.p50,
+                        f.p99,
+                        f.max,
+                        f.count,
+                        thousands(c.pre_flushed_entries)
                     ),
                 );
             }

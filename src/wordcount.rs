@@ -254,7 +254,7 @@ impl WordcountSummary {
             if c.checkpoint_flush_ms.count > 0 || c.pre_flush_ms.count > 0 {
                 let _ = writeln!(
                     o,
-                    "  {:<22} sync-phase p50 {:.1} ms, max {:.1} ms; pre-flush p50 {:.1} ms, max {:.1} ms",
+                    "  {:<22} sync-phase p50 {:.1} ms, max {:.1} ms; pre-flush chunk p50 {:.2} ms, max {:.2} ms",
                     "  cache write-back",
                     c.checkpoint_flush_ms.p50,
                     c.checkpoint_flush_ms.max,

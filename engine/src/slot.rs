@@ -708,6 +708,11 @@ impl Slot {
         self.backend.start_flush()
     }
 
+    /// Continues the backend's flush (the checkpoint pre-flush), one bounded step.
+    pub(crate) fn continue_backend_flush(&mut self) -> Result<bool> {
+        self.backend.continue_flush()
+    }
+
     /// Flushes buffered writes (the state cache's and timers' included) into the backend's
     /// files.
     pub fn flush(&mut self) -> Result<()> {

@@ -282,6 +282,12 @@ pub trait StateBackend: Send {
     fn start_flush(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Continues what [`StateBackend::start_flush`] started, one bounded step (RocksDB: a chunk
+    /// of the state cache's write-back, then the memtable flush); returns whether work is left.
+    /// Default: nothing left.
+    fn continue_flush(&mut self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// What a read-modify-write ([`StateBackend::update_with`], [`crate::Slot::update_with`]) does

@@ -5,10 +5,13 @@
 //! slot's pause grow with the bytes written since the last checkpoint (a 100-250 ms pause per
 //! checkpoint on the 1M-counter job). The barrier is published ahead of the slots' positions
 //! (see the coordinator in the `cairn` crate), so a slot learns of a checkpoint some records
-//! before it must take it. [`Slot::prepare_checkpoint`] writes the state cache's dirty entries
-//! back and starts a flush of every column family at that moment, and returns; RocksDB's flush threads write the SSTs while the slot keeps
-//! processing into fresh memtables, and the synchronous phase is left with the few records
-//! written in between.
+//! before it must take it. [`Slot::prepare_checkpoint`] starts at that moment: the state
+//! cache's entries dirty then are written back in chunks of
+//! [`crate::backend::rocks::PRE_FLUSH_CHUNK`], one per [`Slot::continue_checkpoint_preparation`]
+//! call between records (a sub-millisecond hold each, instead of one stall for the whole dirty
+//! set), and once they are all written a flush of every column family starts; RocksDB's flush
+//! threads write the SSTs while the slot keeps processing into fresh memtables, and the
+//! synchronous phase is left with what was written in between.
 
 use crate::error::Result;
 use crate::slot::Slot;
@@ -19,6 +22,13 @@ impl Slot {
     /// scheduled; the checkpoint that follows is correct whether or not this was called.
     pub fn prepare_checkpoint(&mut self) -> Result<()> {
         self.start_backend_flush()
+    }
+
+    /// Continues a started pre-flush by one bounded step (a chunk of the state cache's
+    /// write-back; when that is done, the start of the memtable flush). Call it between records
+    /// until it returns `false`; the checkpoint is correct however far it got.
+    pub fn continue_checkpoint_preparation(&mut self) -> Result<bool> {
+        self.continue_backend_flush()
     }
 }
 
@@ -45,10 +55,23 @@ mod tests {
             v.update(&mut s, &scope, &k).unwrap();
         }
         // With the state cache on (the default) the writes are still in the cache: the
-        // pre-flush writes them back first.
+        // pre-flush writes them back first, a chunk per step, with writes in between.
         s.prepare_checkpoint().unwrap();
-        // Writes keep going while the flush runs.
         let scope = s.scope(&u64::MAX, &VoidNamespace).unwrap();
+        // prepare_checkpoint wrote the first chunk; every call writes one more.
+        let mut chunks = 1u64;
+        loop {
+            let more = s.continue_checkpoint_preparation().unwrap();
+            chunks += 1;
+            if !more {
+                break;
+            }
+            v.update(&mut s, &scope, &chunks).unwrap();
+        }
+        let chunk = crate::backend::rocks::PRE_FLUSH_CHUNK as u64;
+        // 20,000 is not a multiple of the chunk: the last call wrote a partial chunk.
+        assert_eq!(chunks, 20_000u64.div_ceil(chunk), "one chunk per step");
+        // Writes keep going while the flush runs.
         v.update(&mut s, &scope, &7).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         {

@@ -163,6 +163,8 @@ pub struct CacheStats {
     pub dirty_flushed_entries: u64,
     /// Entries written by full flushes (checkpoint sync phases and `Slot::flush`).
     pub checkpoint_flushed_entries: u64,
+    /// Entries written by pre-flush drains (before a checkpoint's barrier).
+    pub pre_flushed_entries: u64,
     /// Pending writes dropped because the key was deleted before its write-back while RocksDB
     /// held nothing for it (a window's count created and cleared within the dirty bound).
     pub writes_cancelled: u64,
@@ -197,6 +199,7 @@ impl CacheStats {
         self.dirty_flushes += o.dirty_flushes;
         self.dirty_flushed_entries += o.dirty_flushed_entries;
         self.checkpoint_flushed_entries += o.checkpoint_flushed_entries;
+        self.pre_flushed_entries += o.pre_flushed_entries;
         self.writes_cancelled += o.writes_cancelled;
         self.checkpoint_flush_us
             .extend_from_slice(&o.checkpoint_flush_us);
@@ -261,6 +264,11 @@ pub struct StateCache {
     dirty_queue: VecDeque<u32>,
     /// The entry of the last lookup: a read-modify-write's put finds it without hashing.
     last: usize,
+    /// A pre-flush drain: the slab indices of the entries dirty when it began, sorted by key
+    /// (so that its chunks reach RocksDB's memtable in key order, as one sorted batch would),
+    /// and the next position. They stay in the dirty queue, so a full flush still finds them.
+    drain: Vec<usize>,
+    drain_pos: usize,
     capacity: u64,
     max_dirty: u64,
     bytes: u64,
@@ -280,6 +288,8 @@ impl StateCache {
             hand: 0,
             dirty_queue: VecDeque::new(),
             last: usize::MAX,
+            drain: Vec::new(),
+            drain_pos: 0,
             capacity,
             max_dirty: max_dirty.min(capacity),
             bytes: 0,
@@ -722,8 +732,11 @@ impl StateCache {
             let i = i as usize;
             if self.entries[i].has(QUEUED) {
                 self.entries[i].flags &= !QUEUED;
-                left = left.saturating_sub(self.size_of(&self.entries[i]));
-                picked.push(i);
+                // A drain may have written it already (it stays queued until popped).
+                if self.entries[i].has(DIRTY) {
+                    left = left.saturating_sub(self.size_of(&self.entries[i]));
+                    picked.push(i);
+                }
             }
         }
         let written = self.write_back_sorted(picked, out);
@@ -766,8 +779,52 @@ impl StateCache {
         true
     }
 
+    /// Starts a pre-flush drain: [`StateCache::drain_step`] then writes the entries dirty now,
+    /// in key order, a chunk at a time.
+    pub fn begin_drain(&mut self) {
+        let entries = &self.entries;
+        let mut idx: Vec<usize> = self
+            .dirty_queue
+            .iter()
+            .map(|&i| i as usize)
+            .filter(|&i| entries[i].has(QUEUED) && entries[i].has(DIRTY))
+            .collect();
+        // An index can stand in the queue twice (evicted, its slot reused): write it once.
+        idx.sort_unstable();
+        idx.dedup();
+        self.sort_by_key(&mut idx);
+        self.drain = idx;
+        self.drain_pos = 0;
+    }
+
+    /// Whether a drain has entries left to write.
+    pub fn draining(&self) -> bool {
+        self.drain_pos < self.drain.len()
+    }
+
+    /// Writes the drain's next `max` entries that are still dirty; returns how many it wrote.
+    pub fn drain_step(&mut self, max: usize, out: &mut dyn FnMut(CacheWrite<'_>)) -> u64 {
+        let end = self.drain_pos.saturating_add(max).min(self.drain.len());
+        let mut written = 0;
+        for k in self.drain_pos..end {
+            let i = self.drain[k];
+            if self.write_back(i, out) {
+                written += 1;
+            }
+        }
+        self.drain_pos = end;
+        self.stats.pre_flushed_entries += written;
+        if !self.draining() {
+            self.drain = Vec::new();
+            self.drain_pos = 0;
+        }
+        written
+    }
+
     /// Writes every dirty entry (the checkpoint's sync phase); returns how many.
     pub fn flush_all(&mut self, out: &mut dyn FnMut(CacheWrite<'_>)) -> u64 {
+        self.drain = Vec::new();
+        self.drain_pos = 0;
         if self.dirty_bytes == 0 {
             return 0;
         }
@@ -946,6 +1003,65 @@ mod tests {
             ]
         );
         assert_eq!(c.stats().writes_cancelled, 2);
+    }
+
+    /// A pre-flush drain writes the entries dirty at its start, in key order across its chunks;
+    /// later writes wait for a full flush, which also finds whatever the drain had left.
+    #[test]
+    fn drain_writes_the_dirty_set_in_key_order_and_flush_finds_the_rest() {
+        let mut c = StateCache::new(1 << 20, 1 << 20);
+        let mut store = Store::default();
+        for k in (0..100u32).rev() {
+            c.put(0, &k.to_be_bytes(), b"v1");
+        }
+        c.begin_drain();
+        let mut keys = Vec::new();
+        let mut record = |w: CacheWrite<'_>| {
+            if let CacheWrite::Put(_, k, _) = &w {
+                keys.push(k.to_vec());
+            }
+        };
+        assert_eq!(c.drain_step(30, &mut record), 30);
+        // Dirtied during the drain: one already drained (written again later), one not yet
+        // drained (the drain writes its newest value), one new key (left to the full flush).
+        c.put(0, &0u32.to_be_bytes(), b"v2");
+        c.put(0, &99u32.to_be_bytes(), b"v2");
+        c.put(0, &1000u32.to_be_bytes(), b"v2");
+        assert_eq!(c.drain_step(30, &mut record), 30);
+        assert!(c.draining());
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "drain chunks continue in key order");
+        assert_eq!(keys.len(), 60);
+        // A full flush mid-drain writes every dirty entry, drained or not, and ends the drain.
+        let n = c.flush_all(&mut |w| store.apply(w));
+        assert_eq!(
+            n,
+            40 + 2,
+            "the 40 not drained yet, key 0 again and key 1000"
+        );
+        assert!(!c.draining());
+        assert_eq!(c.dirty_bytes(), 0);
+        assert_eq!(
+            store.0.get(&(0, 0u32.to_be_bytes().to_vec())),
+            Some(&b"v2".to_vec())
+        );
+        assert_eq!(
+            store.0.get(&(0, 99u32.to_be_bytes().to_vec())),
+            Some(&b"v2".to_vec())
+        );
+        // The dirty bound still writes entries dirtied after a drain (they stayed queued).
+        c.put(0, &5u32.to_be_bytes(), b"v3");
+        c.begin_drain();
+        while c.draining() {
+            c.drain_step(7, &mut |w| store.apply(w));
+        }
+        assert_eq!(
+            store.0.get(&(0, 5u32.to_be_bytes().to_vec())),
+            Some(&b"v3".to_vec())
+        );
+        assert_eq!(c.dirty_bytes(), 0);
+        assert_eq!(c.flush_all(&mut |w| store.apply(w)), 0);
     }
 
     #[test]
