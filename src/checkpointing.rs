@@ -140,9 +140,7 @@ impl Barriers {
             let _ = tx.send((index, id, reply));
         }
     }
-}
 
-impl Barriers {
     /// Called by a slot at the end of its records: publishes its position, starts the
     /// pre-flush for the final checkpoint (which is taken as soon as every slot is here, so no
     /// barrier is seen ahead of it), and takes part in checkpoints until the final one is done.

@@ -28,7 +28,7 @@ enum HeapEntry {
     Map(BTreeMap<Vec<u8>, Vec<u8>>),
 }
 
-/// A `[kg][key][namespace]` composite, inline up to 24 bytes (a word and a window: 16): no
+/// A `[kg][key][namespace]` composite, inline up to 24 bytes (a word and its window: 18): no
 /// allocation per entry, and a lookup compares the key inside the table's bucket instead of
 /// following a pointer (a cache miss per probe).
 type HeapKey = SmallVec<[u8; 24]>;

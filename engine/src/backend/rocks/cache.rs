@@ -789,10 +789,10 @@ impl StateCache {
             .map(|&i| i as usize)
             .filter(|&i| entries[i].has(QUEUED) && entries[i].has(DIRTY))
             .collect();
-        // An index can stand in the queue twice (evicted, its slot reused): write it once.
-        idx.sort_unstable();
-        idx.dedup();
         self.sort_by_key(&mut idx);
+        // An index can stand in the queue twice (evicted, its slot reused): the same index is
+        // the same entry, so its copies are neighbours in key order; write it once.
+        idx.dedup();
         self.drain = idx;
         self.drain_pos = 0;
     }
@@ -1050,7 +1050,8 @@ mod tests {
             store.0.get(&(0, 99u32.to_be_bytes().to_vec())),
             Some(&b"v2".to_vec())
         );
-        // The dirty bound still writes entries dirtied after a drain (they stayed queued).
+        // A drained entry stays in the dirty queue, so when it is dirtied again (not queued a
+        // second time) the next drain still finds it.
         c.put(0, &5u32.to_be_bytes(), b"v3");
         c.begin_drain();
         while c.draining() {
@@ -1059,6 +1060,16 @@ mod tests {
         assert_eq!(
             store.0.get(&(0, 5u32.to_be_bytes().to_vec())),
             Some(&b"v3".to_vec())
+        );
+        c.put(0, &5u32.to_be_bytes(), b"v4");
+        c.begin_drain();
+        assert!(c.draining(), "the re-dirtied entry is found");
+        while c.draining() {
+            c.drain_step(7, &mut |w| store.apply(w));
+        }
+        assert_eq!(
+            store.0.get(&(0, 5u32.to_be_bytes().to_vec())),
+            Some(&b"v4".to_vec())
         );
         assert_eq!(c.dirty_bytes(), 0);
         assert_eq!(c.flush_all(&mut |w| store.apply(w)), 0);
