@@ -18,7 +18,6 @@ use timers_support::{IMPLS, Instance};
 
 const DEFAULT_SEED: u64 = 0x00ca_1a5e_71e5_0001;
 const DEFAULT_CASES: u32 = 96;
-const MAX_OPS: usize = 250;
 const KEY_GROUPS: [u16; 5] = [0, 1, 2, 200, 255];
 const KEYS: [&[u8]; 5] = [b"", b"a", b"b", b"aa", b"ab\x00"];
 
@@ -37,18 +36,52 @@ fn domain() -> impl Strategy<Value = TimeDomain> + Clone {
     prop_oneof![3 => Just(TimeDomain::EventTime), 1 => Just(TimeDomain::ProcessingTime)]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// The timers a sequence draws from.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    key_groups: &'static [u16],
+    /// Timestamps `[0, timestamps)`, shifted by -3 (negative ones included).
+    timestamps: i64,
+    /// Namespaces `[0, namespaces)` (one byte).
+    namespaces: u8,
+    /// Longest sequence.
+    max_ops: usize,
+    /// Weight of `Advance` against 10 for `Register`.
+    advance_weight: u32,
+}
+
+/// Timers spread over many timestamps and key groups: small buckets.
+const SPREAD: Shape = Shape {
+    key_groups: &KEY_GROUPS,
+    timestamps: 43,
+    namespaces: 3,
+    max_ops: 250,
+    advance_weight: 3,
+};
+
+/// Few timestamps, many timers each (window ends): buckets of up to 5 x 40 timers, so the heap
+/// service's large-bucket paths (compaction of repeats, hash set after a delete) run.
+const DENSE: Shape = Shape {
+    key_groups: &[0, 255],
+    timestamps: 3,
+    namespaces: 40,
+    max_ops: 1200,
+    advance_weight: 1,
+};
+
+fn op(shape: Shape) -> impl Strategy<Value = Op> {
     let timer = (
         domain(),
-        prop::sample::select(&KEY_GROUPS[..]),
-        -3i64..40,
+        prop::sample::select(shape.key_groups),
+        -3i64..shape.timestamps - 3,
         0..KEYS.len(),
-        0u8..3,
+        0u8..shape.namespaces,
     );
+    let advance_to = || -5i64..shape.timestamps - 1;
     prop_oneof![
         10 => timer.clone().prop_map(|(d, kg, ts, k, n)| Op::Register(d, kg, ts, k, n)),
         3 => timer.prop_map(|(d, kg, ts, k, n)| Op::Delete(d, kg, ts, k, n)),
-        3 => (domain(), -5i64..45).prop_map(|(d, t)| Op::Advance(d, t)),
+        shape.advance_weight => (domain(), advance_to()).prop_map(|(d, t)| Op::Advance(d, t)),
         1 => domain().prop_map(Op::Peek),
         1 => Just(Op::SnapshotRestore),
         1 => Just(Op::Flush),
@@ -182,8 +215,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-#[test]
-fn random_sequences_fire_identically_on_heap_rocksdb_and_model() {
+fn run(shape: Shape) {
     let seed = env_or("PROPTEST_RNG_SEED", DEFAULT_SEED);
     let cases = env_or("PROPTEST_CASES", DEFAULT_CASES);
     let mut runner = TestRunner::new(ProptestConfig {
@@ -193,15 +225,26 @@ fn random_sequences_fire_identically_on_heap_rocksdb_and_model() {
         max_shrink_iters: 2048,
         ..ProptestConfig::default()
     });
-    match runner.run(&proptest::collection::vec(op(), 0..=MAX_OPS), |ops| {
-        check(&ops)
-    }) {
-        Ok(()) => eprintln!("{cases} cases of up to {MAX_OPS} ops with seed {seed} passed"),
+    match runner.run(
+        &proptest::collection::vec(op(shape), 0..=shape.max_ops),
+        |ops| check(&ops),
+    ) {
+        Ok(()) => eprintln!("{shape:?}: {cases} cases with seed {seed} passed"),
         Err(TestError::Fail(reason, ops)) => panic!(
-            "heap/rocksdb/model disagree (rerun with PROPTEST_RNG_SEED={seed}): {reason}\n\
+            "{shape:?}: heap/rocksdb/model disagree (rerun with PROPTEST_RNG_SEED={seed}): {reason}\n\
              minimal failing sequence ({} ops):\n{ops:#?}",
             ops.len()
         ),
         Err(TestError::Abort(reason)) => panic!("aborted (PROPTEST_RNG_SEED={seed}): {reason}"),
     }
+}
+
+#[test]
+fn random_sequences_fire_identically_on_heap_rocksdb_and_model() {
+    run(SPREAD);
+}
+
+#[test]
+fn dense_sequences_fire_identically_on_heap_rocksdb_and_model() {
+    run(DENSE);
 }

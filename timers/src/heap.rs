@@ -1,15 +1,17 @@
 //! [`HeapTimers`]: timers on the heap (Flink's `HeapPriorityQueueSetFactory`).
 //!
 //! Per domain and key group, a queue behind an `Arc`: an ordered map from timestamp to a bucket
-//! of payloads (`[len(key)][key][namespace]`). A bucket is a hash set until its timestamp starts
-//! firing — register, dedup and delete are one hash probe, with no allocation for a duplicate —
-//! (a sorted vector while it holds at most 16 timers, so distinct timestamps stay cheap) and is
-//! then sorted once into the contract's tie-break order and drained from the end (later
-//! registrations at that timestamp are inserted by binary search). Streams register many timers
-//! per distinct timestamp (every (word, window) of a window shares its end), so this beats an
-//! ordered set of `(timestamp, payload)`, which compares payload bytes at every step (measured:
-//! memcmp and malloc were 35 % of the word count's time). Flink pairs a binary heap with a hash
-//! map instead. An index of the key groups' heads (`(earliest timestamp, key group)`) makes the
+//! of payloads (`[len(key)][key][namespace]`). Until its timestamp starts firing, a bucket is
+//! appended to: a registration is a push, with no lookup. Duplicates collapse when the bucket
+//! fires (it is sorted once into the contract's tie-break order and drained from the end; later
+//! registrations at that timestamp are inserted by binary search), when it is counted or
+//! snapshotted, and whenever it doubles, so repeats never hold more than twice the memory. A
+//! delete on a bucket of more than 16 timers turns it into a hash set (one probe per operation
+//! from then on). Streams register many timers per distinct timestamp (every (word, window) of
+//! a window shares its end): a hash probe per registration was a cache miss and 14-23 % of the
+//! word count's time, and an ordered set of `(timestamp, payload)` before it compared payload
+//! bytes at every step (memcmp and malloc were 35 %). Flink pairs a binary heap with a hash map
+//! instead. An index of the key groups' heads (`(earliest timestamp, key group)`) makes the
 //! next timer of the whole slot an O(log k) lookup — Flink's heap-of-heaps
 //! (`KeyGroupPartitionedPriorityQueue`).
 //!
@@ -37,53 +39,169 @@ type Payload = SmallVec<[u8; 24]>;
 
 type PayloadSet = HashSet<Payload, foldhash::fast::RandomState>;
 
-/// Buckets up to this size stay a sorted vector (a hash set costs ~100 bytes even for one
-/// timer, which made distinct timestamps cost 170 bytes per timer).
+/// Appending buckets up to this size answer a lookup by a scan instead of becoming a set.
 const SMALL_BUCKET: usize = 16;
 
 /// The timers of one timestamp in one key group.
 #[derive(Clone)]
 enum Bucket {
-    /// Many timers, not firing yet: dedup and delete by hash.
-    Set(PayloadSet),
-    /// Sorted descending, so the next timer to fire is the last: small buckets, and every
-    /// bucket once it fires.
-    Sorted {
+    /// Only registered to since it was created: payloads in arrival order, possibly repeated.
+    /// A registration is a push (no lookup: the bucket's memory is written in order, where a
+    /// hash probe missed the cache), and duplicates collapse when the bucket fires or is
+    /// counted or written, and whenever it doubles (`compact_at`), so they never hold more
+    /// than twice the memory of the distinct timers.
+    Appending {
         /// The payloads.
         v: Vec<Payload>,
-        /// Firing: stays sorted whatever its size.
-        firing: bool,
+        /// Length at which `v` is sorted and deduplicated.
+        compact_at: usize,
     },
+    /// A bucket larger than [`SMALL_BUCKET`] that was asked for one timer (a delete, or a
+    /// registration while shared with a snapshot): dedup and delete by hash from then on.
+    Set(PayloadSet),
+    /// Firing: sorted descending and distinct, so the next timer to fire is the last (later
+    /// registrations at this timestamp are inserted by binary search).
+    Firing(Vec<Payload>),
 }
 
 impl Bucket {
-    fn iter(&self) -> Box<dyn Iterator<Item = &Payload> + '_> {
-        match self {
-            Bucket::Set(s) => Box::new(s.iter()),
-            Bucket::Sorted { v, .. } => Box::new(v.iter()),
+    fn appending(capacity: usize) -> Self {
+        Bucket::Appending {
+            v: Vec::with_capacity(capacity),
+            compact_at: (2 * capacity).max(2 * SMALL_BUCKET),
         }
     }
 
-    fn len(&self) -> usize {
+    fn is_empty(&self) -> bool {
         match self {
-            Bucket::Set(s) => s.len(),
-            Bucket::Sorted { v, .. } => v.len(),
+            Bucket::Appending { v, .. } | Bucket::Firing(v) => v.is_empty(),
+            Bucket::Set(s) => s.is_empty(),
         }
     }
+
+    /// Every slot held, duplicates of an appending bucket included (what the memory holds).
+    fn iter(&self) -> Box<dyn Iterator<Item = &Payload> + '_> {
+        match self {
+            Bucket::Appending { v, .. } | Bucket::Firing(v) => Box::new(v.iter()),
+            Bucket::Set(s) => Box::new(s.iter()),
+        }
+    }
+
+    /// The distinct timers, in no particular order.
+    fn distinct(&self) -> Vec<&Payload> {
+        match self {
+            Bucket::Appending { v, .. } => {
+                let mut d: Vec<&Payload> = v.iter().collect();
+                d.sort_unstable();
+                d.dedup();
+                d
+            }
+            Bucket::Set(s) => s.iter().collect(),
+            Bucket::Firing(v) => v.iter().collect(),
+        }
+    }
+
+    /// Whether the bucket holds `p`; `None` when answering would take a scan of a large
+    /// appending bucket.
+    fn contains_cheaply(&self, p: &[u8]) -> Option<bool> {
+        match self {
+            Bucket::Appending { v, .. } if v.len() <= SMALL_BUCKET => {
+                Some(v.iter().any(|x| x[..] == *p))
+            }
+            Bucket::Appending { .. } => None,
+            Bucket::Set(s) => Some(s.contains(p)),
+            Bucket::Firing(v) => Some(v.binary_search_by(|x| p.cmp(x)).is_ok()),
+        }
+    }
+
+    /// Whether the bucket holds `p` (a scan for an appending bucket).
+    fn contains(&self, p: &[u8]) -> bool {
+        match self {
+            Bucket::Appending { v, .. } => v.iter().any(|x| x[..] == *p),
+            b => b.contains_cheaply(p).unwrap_or(false),
+        }
+    }
+
+    fn insert(&mut self, p: &[u8], size_hint: usize) {
+        match self {
+            Bucket::Appending { v, compact_at } => {
+                if v.len() == SMALL_BUCKET {
+                    // A bucket of many timers: reserve what the last bucket that fired held
+                    // (the windows of a stream look alike), skipping the regrowth copies.
+                    v.reserve(size_hint);
+                }
+                v.push(Payload::from_slice(p));
+                if v.len() >= *compact_at {
+                    sort_distinct(v);
+                    *compact_at = (2 * v.len()).max(*compact_at);
+                }
+            }
+            Bucket::Set(s) => {
+                s.insert(Payload::from_slice(p));
+            }
+            Bucket::Firing(v) => {
+                if let Err(i) = v.binary_search_by(|x| p.cmp(x)) {
+                    v.insert(i, Payload::from_slice(p));
+                }
+            }
+        }
+    }
+
+    /// Removes `p`; whether it was there.
+    fn remove(&mut self, p: &[u8]) -> bool {
+        match self {
+            Bucket::Appending { v, .. } if v.len() <= SMALL_BUCKET => {
+                let before = v.len();
+                v.retain(|x| x[..] != *p);
+                v.len() != before
+            }
+            Bucket::Appending { v, .. } => {
+                let mut set = PayloadSet::with_capacity_and_hasher(v.len(), Default::default());
+                set.extend(v.drain(..));
+                let removed = set.remove(p);
+                *self = Bucket::Set(set);
+                removed
+            }
+            Bucket::Set(s) => s.remove(p),
+            Bucket::Firing(v) => match v.binary_search_by(|x| p.cmp(x)) {
+                Ok(i) => {
+                    v.remove(i);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Turns the bucket into its firing form (sorted descending, distinct).
+    fn start_firing(&mut self) {
+        let v = match self {
+            Bucket::Firing(_) => return,
+            Bucket::Appending { v, .. } => std::mem::take(v),
+            Bucket::Set(s) => s.drain().collect(),
+        };
+        let mut v = v;
+        sort_distinct(&mut v);
+        *self = Bucket::Firing(v);
+    }
+}
+
+/// Sorts `v` descending (the firing order, see [`Bucket::Firing`]) and drops repeats.
+fn sort_distinct(v: &mut Vec<Payload>) {
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.dedup();
 }
 
 /// The timers of one key group and domain.
 #[derive(Clone, Default)]
 struct Queue {
     buckets: BTreeMap<i64, Bucket>,
-    len: usize,
-    /// Size of the last bucket that started firing (capped at [`MAX_SIZE_HINT`]): a bucket
-    /// that outgrows the sorted vector starts as a hash set of that capacity, so the windows of
-    /// a stream, which look alike, skip the set's rehashes while they fill.
+    /// Distinct timers of the last bucket that started firing (capped at [`MAX_SIZE_HINT`]):
+    /// a bucket that outgrows [`SMALL_BUCKET`] reserves that many.
     size_hint: usize,
 }
 
-/// Largest capacity a new hash-set bucket reserves from the previous bucket's size.
+/// Largest capacity a bucket reserves from the previous bucket's size.
 const MAX_SIZE_HINT: usize = 4096;
 
 impl Queue {
@@ -91,61 +209,39 @@ impl Queue {
         self.buckets.first_key_value().map(|(ts, _)| *ts)
     }
 
-    fn contains(&self, ts: i64, p: &[u8]) -> bool {
-        match self.buckets.get(&ts) {
-            None => false,
-            Some(Bucket::Set(s)) => s.contains(p),
-            Some(Bucket::Sorted { v, .. }) => v.binary_search_by(|x| p.cmp(x)).is_ok(),
-        }
+    fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 
-    fn insert(&mut self, ts: i64, p: &[u8]) -> bool {
-        let b = self.buckets.entry(ts).or_insert_with(|| Bucket::Sorted {
-            // Most timestamps hold one timer (processing-time deadlines, sessions): no spare
-            // capacity (a first push would reserve 4).
-            v: Vec::with_capacity(1),
-            firing: false,
-        });
-        let new = match b {
-            Bucket::Set(s) => s.insert(Payload::from_slice(p)),
-            Bucket::Sorted { v, firing } => match v.binary_search_by(|x| p.cmp(x)) {
-                Ok(_) => false,
-                Err(i) => {
-                    v.insert(i, Payload::from_slice(p));
-                    if !*firing && v.len() > SMALL_BUCKET {
-                        let mut set = PayloadSet::with_capacity_and_hasher(
-                            self.size_hint.max(2 * SMALL_BUCKET),
-                            Default::default(),
-                        );
-                        set.extend(std::mem::take(v));
-                        *b = Bucket::Set(set);
-                    }
-                    true
-                }
-            },
-        };
-        self.len += usize::from(new);
-        new
+    /// `Some(true)` if the timer is registered, `Some(false)` if not, `None` if finding out
+    /// would scan a large bucket.
+    fn contains_cheaply(&self, ts: i64, p: &[u8]) -> Option<bool> {
+        self.buckets
+            .get(&ts)
+            .map_or(Some(false), |b| b.contains_cheaply(p))
+    }
+
+    fn contains(&self, ts: i64, p: &[u8]) -> bool {
+        self.buckets.get(&ts).is_some_and(|b| b.contains(p))
+    }
+
+    fn insert(&mut self, ts: i64, p: &[u8]) {
+        // Most timestamps hold one timer (processing-time deadlines, sessions): no spare
+        // capacity (a first push would reserve 4).
+        self.buckets
+            .entry(ts)
+            .or_insert_with(|| Bucket::appending(1))
+            .insert(p, self.size_hint);
     }
 
     fn remove(&mut self, ts: i64, p: &[u8]) -> bool {
         let Some(b) = self.buckets.get_mut(&ts) else {
             return false;
         };
-        let removed = match b {
-            Bucket::Set(s) => s.remove(p),
-            Bucket::Sorted { v, .. } => match v.binary_search_by(|x| p.cmp(x)) {
-                Ok(i) => {
-                    v.remove(i);
-                    true
-                }
-                Err(_) => false,
-            },
-        };
-        if b.len() == 0 {
+        let removed = b.remove(p);
+        if b.is_empty() {
             self.buckets.remove(&ts);
         }
-        self.len -= usize::from(removed);
         removed
     }
 
@@ -153,33 +249,33 @@ impl Queue {
         let mut e = self.buckets.first_entry()?;
         let ts = *e.key();
         let b = e.get_mut();
-        match b {
-            Bucket::Set(s) => {
-                let mut v: Vec<Payload> = s.drain().collect();
-                // Descending: the next timer to fire is the last.
-                v.sort_unstable_by(|a, b| b.cmp(a));
+        if !matches!(b, Bucket::Firing(_)) {
+            b.start_firing();
+            if let Bucket::Firing(v) = b {
                 self.size_hint = v.len().min(MAX_SIZE_HINT);
-                *b = Bucket::Sorted { v, firing: true };
             }
-            Bucket::Sorted { firing, .. } => *firing = true,
         }
         let p = match b {
-            Bucket::Sorted { v, .. } => v.pop(),
-            Bucket::Set(_) => None,
+            Bucket::Firing(v) => v.pop(),
+            _ => None,
         };
-        if b.len() == 0 {
+        if b.is_empty() {
             e.remove();
-        }
-        if p.is_some() {
-            self.len -= 1;
         }
         p.map(|p| (ts, p))
     }
 
-    fn iter(&self) -> impl Iterator<Item = (i64, &Payload)> {
-        self.buckets
-            .iter()
-            .flat_map(|(ts, b)| b.iter().map(move |p| (*ts, p)))
+    /// The distinct timers, bucket by bucket.
+    fn distinct(&self) -> Vec<(i64, &Payload)> {
+        let mut out = Vec::new();
+        for (ts, b) in &self.buckets {
+            out.extend(b.distinct().into_iter().map(|p| (*ts, p)));
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.buckets.values().map(|b| b.distinct().len()).sum()
     }
 }
 
@@ -299,27 +395,27 @@ impl HeapTimers {
         Ok(kept)
     }
 
-    /// Heap bytes held by the timers (set entries, payload allocations; a B-tree node overhead
-    /// estimate of 1/11 per entry). For reports; the benchmark measures the real figure.
+    /// Heap bytes held by the timers: bucket slots (a vector's capacity, or a hash set's at
+    /// ~7/8 load with a control byte each) and payloads that do not fit inline (rounded to
+    /// malloc's 16 bytes, + 16 of header). An estimate for reports; `benches/timers.rs`
+    /// measures the real figure.
     pub fn heap_bytes(&self) -> u64 {
-        // Per timer: a hash-set slot (the 32-byte inline payload + 1 control byte, at ~7/8
-        // load), plus the payload's allocation when it does not fit inline (rounded to malloc's
-        // 16 bytes, + 16 of header).
-        let mut b = 0u64;
-        for d in &self.domains {
-            for q in &d.groups {
-                for (_, p) in q.iter() {
-                    let slot = std::mem::size_of::<Payload>() * 8 / 7 + 2;
-                    let spilled = if p.spilled() {
-                        p.capacity().next_multiple_of(16) + 16
-                    } else {
-                        0
-                    };
-                    b += (slot + spilled) as u64;
-                }
+        let slot = std::mem::size_of::<Payload>();
+        let mut b = 0usize;
+        for q in self.domains.iter().flat_map(|d| &d.groups) {
+            for bucket in q.buckets.values() {
+                b += match bucket {
+                    Bucket::Appending { v, .. } | Bucket::Firing(v) => v.capacity() * slot,
+                    Bucket::Set(s) => s.len() * (slot + 1) * 8 / 7,
+                };
+                b += bucket
+                    .iter()
+                    .filter(|p| p.spilled())
+                    .map(|p| p.capacity().next_multiple_of(16) + 16)
+                    .sum::<usize>();
             }
         }
-        b
+        b as u64
     }
 }
 
@@ -344,17 +440,15 @@ impl TimerService for HeapTimers {
         layout::encode_payload(&mut self.scratch, key, namespace);
         let d = &mut self.domains[domain.index()];
         let old = d.groups[idx].head();
-        // Not shared with a snapshot: one lookup inserts or finds the duplicate. Shared: skip
-        // the copy-on-write when the timer exists.
+        // Shared with a snapshot: skip the copy-on-write when the timer is known to exist.
         let shared = Arc::get_mut(&mut d.groups[idx]).is_none();
-        if shared && d.groups[idx].contains(timestamp, &self.scratch) {
+        if shared && d.groups[idx].contains_cheaply(timestamp, &self.scratch) == Some(true) {
             return Ok(());
         }
         let queue = Arc::make_mut(&mut d.groups[idx]);
-        if queue.insert(timestamp, &self.scratch) {
-            let new = queue.head();
-            d.move_head(key_group, old, new);
-        }
+        queue.insert(timestamp, &self.scratch);
+        let new = queue.head();
+        d.move_head(key_group, old, new);
         Ok(())
     }
 
@@ -369,7 +463,9 @@ impl TimerService for HeapTimers {
         let idx = check_key_group(&self.range, key_group)?;
         layout::encode_payload(&mut self.scratch, key, namespace);
         let d = &mut self.domains[domain.index()];
-        if !d.groups[idx].contains(timestamp, &self.scratch) {
+        // Shared with a snapshot: skip the copy-on-write when there is nothing to delete.
+        let shared = Arc::get_mut(&mut d.groups[idx]).is_none();
+        if shared && !d.groups[idx].contains(timestamp, &self.scratch) {
             return Ok(());
         }
         let old = d.groups[idx].head();
@@ -422,7 +518,7 @@ impl TimerService for HeapTimers {
         Ok(self.domains[domain.index()]
             .groups
             .iter()
-            .map(|q| q.len as u64)
+            .map(|q| q.len() as u64)
             .sum())
     }
 }
@@ -440,12 +536,12 @@ pub struct HeapTimersSnapshot {
 impl HeapTimersSnapshot {
     /// Number of timers in the view.
     pub fn len(&self) -> u64 {
-        self.groups.iter().flatten().map(|q| q.len as u64).sum()
+        self.groups.iter().flatten().map(|q| q.len() as u64).sum()
     }
 
     /// Whether the view holds no timer.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.groups.iter().flatten().all(|q| q.is_empty())
     }
 
     /// Writes the view to `path` (fsynced) and returns its size.
@@ -467,14 +563,16 @@ impl HeapTimersSnapshot {
         w.write_all(&[VERSION]).map_err(io)?;
         for (di, groups) in self.groups.iter().enumerate() {
             for (i, q) in groups.iter().enumerate() {
-                if q.len == 0 {
+                if q.is_empty() {
                     continue;
                 }
+                let timers = q.distinct();
                 let kg = self.start + i as KeyGroup;
                 w.write_all(&[1, di as u8]).map_err(io)?;
                 w.write_all(&kg.to_be_bytes()).map_err(io)?;
-                w.write_all(&(q.len as u32).to_be_bytes()).map_err(io)?;
-                for (ts, p) in q.iter() {
+                w.write_all(&(timers.len() as u32).to_be_bytes())
+                    .map_err(io)?;
+                for (ts, p) in timers {
                     w.write_all(&ts.to_be_bytes()).map_err(io)?;
                     w.write_all(&(p.len() as u32).to_be_bytes()).map_err(io)?;
                     w.write_all(p).map_err(io)?;
