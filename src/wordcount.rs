@@ -488,7 +488,7 @@ impl Operator {
         since: Instant,
     ) -> Result<(), EngineError> {
         while slot.poll_timer(TimeDomain::EventTime, watermark, &mut self.timer)? {
-            slot.rescope_raw(&mut self.scope, &self.timer.key, &self.timer.namespace)?;
+            slot.rescope_timer(&mut self.scope, &self.timer)?;
             // Read and clear the count in one step.
             let count = slot.update_with(self.count, &self.scope, |v, _| {
                 (Update::Delete, decode_count(v).unwrap_or(0))

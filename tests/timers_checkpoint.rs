@@ -11,7 +11,7 @@ use cairn::engine::checkpoint::{Checkpointer, RestoreSource, TIMERS_SNAPSHOT_FIL
 use cairn::engine::codec;
 use cairn::engine::{TimeDomain, Timer, TimerServiceKind};
 use cairn::timers::layout;
-use cairn::{BackendKind, CairnConfig, Slot};
+use cairn::{BackendKind, CairnConfig, ScopeKey, Slot};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -48,7 +48,11 @@ fn register(slot: &mut Slot, model: &mut Model, from: u64, to: u64) -> R {
 fn fire(slot: &mut Slot, up_to: i64) -> R<Vec<(i64, u64, u32)>> {
     let mut t = Timer::default();
     let mut out = Vec::new();
+    let mut scope = ScopeKey::new(0, 1, &[], &[]);
     while slot.poll_timer(TimeDomain::EventTime, up_to, &mut t)? {
+        // The fired timer's scope, from the key group it carries, is the key's own.
+        slot.rescope_timer(&mut scope, &t)?;
+        assert_eq!(scope, slot.scope_raw(&t.key, &t.namespace)?);
         out.push((
             t.timestamp,
             codec::decode::<u64>(&t.key, "key")?,
@@ -249,5 +253,27 @@ fn heap_timers_follow_their_key_groups_when_rescaling() -> R {
     let mut slot = Slot::builder(&one).restore(files).open()?;
     let expected = contract_order(&mut slot, &model)?;
     assert_eq!(fire(&mut slot, i64::MAX)?, expected);
+    Ok(())
+}
+
+/// A timer whose key group is not the slot's gets a typed error, not a scope.
+#[test]
+fn rescoping_a_timer_of_another_slot_is_refused() -> R {
+    let root = tempfile::tempdir()?;
+    let cfg = config(BackendKind::Heap, TimerServiceKind::Heap, root.path());
+    let max_p = cfg.max_parallelism_for(2)?;
+    let slot = Slot::builder(&cfg).slot(0, 2).open()?;
+    let mut scope = ScopeKey::new(0, 1, &[], &[]);
+    let foreign = Timer {
+        key_group: (max_p - 1) as u16,
+        ..Timer::default()
+    };
+    let err = slot
+        .rescope_timer(&mut scope, &foreign)
+        .expect_err("key group of slot 1");
+    assert!(
+        err.to_string().contains("key group"),
+        "error names the key group: {err}"
+    );
     Ok(())
 }

@@ -378,6 +378,19 @@ impl Slot {
         Ok(())
     }
 
+    /// Re-targets `scope` at a fired timer's key and namespace. The timer carries its key
+    /// group, so the key is not hashed again (firing a timer usually reads its key's state).
+    pub fn rescope_timer(&self, scope: &mut ScopeKey, timer: &Timer) -> Result<()> {
+        self.check_key_group(timer.key_group)?;
+        scope.reset(
+            timer.key_group,
+            self.prefix_bytes,
+            &timer.key,
+            &timer.namespace,
+        );
+        Ok(())
+    }
+
     /// The scope of a typed key and namespace (both serialized with [`crate::codec`]).
     pub fn scope<K: Serialize + ?Sized, N: Serialize + ?Sized>(
         &mut self,

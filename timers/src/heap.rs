@@ -4,8 +4,9 @@
 //! of payloads (`[len(key)][key][namespace]`). Until its timestamp starts firing, a bucket is
 //! appended to: a registration is a push, with no lookup. Duplicates collapse when the bucket
 //! fires (it is sorted once into the contract's tie-break order and drained from the end; later
-//! registrations at that timestamp are inserted by binary search), when it is counted or
-//! snapshotted, and whenever it doubles, so repeats never hold more than twice the memory. A
+//! registrations at that timestamp are inserted by binary search), and whenever it doubles
+//! (see [`Bucket::Appending`]), so repeats hold at most twice the memory; counts and snapshots
+//! skip them. A
 //! delete on a bucket of more than 16 timers turns it into a hash set (one probe per operation
 //! from then on). Streams register many timers per distinct timestamp (every (word, window) of
 //! a window shares its end): a hash probe per registration was a cache miss and 14-23 % of the
@@ -47,17 +48,18 @@ const SMALL_BUCKET: usize = 16;
 enum Bucket {
     /// Only registered to since it was created: payloads in arrival order, possibly repeated.
     /// A registration is a push (no lookup: the bucket's memory is written in order, where a
-    /// hash probe missed the cache), and duplicates collapse when the bucket fires or is
-    /// counted or written, and whenever it doubles (`compact_at`), so they never hold more
-    /// than twice the memory of the distinct timers.
+    /// hash probe missed the cache). Repeats collapse when the bucket fires and when it
+    /// reaches `compact_at`: twice its distinct timers at the last collapse, or twice the
+    /// previous bucket's (so a bucket like the previous one is sorted once, when it fires).
+    /// Counting and snapshots skip the repeats without changing the bucket.
     Appending {
         /// The payloads.
         v: Vec<Payload>,
         /// Length at which `v` is sorted and deduplicated.
         compact_at: usize,
     },
-    /// A bucket larger than [`SMALL_BUCKET`] that was asked for one timer (a delete, or a
-    /// registration while shared with a snapshot): dedup and delete by hash from then on.
+    /// A bucket larger than [`SMALL_BUCKET`] that was asked to delete a timer: dedup and
+    /// delete by hash from then on.
     Set(PayloadSet),
     /// Firing: sorted descending and distinct, so the next timer to fire is the last (later
     /// registrations at this timestamp are inserted by binary search).
@@ -129,6 +131,7 @@ impl Bucket {
                     // A bucket of many timers: reserve what the last bucket that fired held
                     // (the windows of a stream look alike), skipping the regrowth copies.
                     v.reserve(size_hint);
+                    *compact_at = (*compact_at).max(2 * size_hint);
                 }
                 v.push(Payload::from_slice(p));
                 if v.len() >= *compact_at {
