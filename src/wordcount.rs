@@ -509,7 +509,7 @@ impl Operator {
             self.windows += 1;
             self.counted += count;
             fired += 1;
-            if fired % CLOCK_EVERY == 0 {
+            if fired.is_multiple_of(CLOCK_EVERY) {
                 now = Instant::now();
             }
             let latency = now.saturating_duration_since(since);
