@@ -6,13 +6,12 @@
 //! fires (it is sorted once into the contract's tie-break order and drained from the end; later
 //! registrations at that timestamp are inserted by binary search), and whenever it doubles
 //! (see [`Bucket::Appending`]), so repeats hold at most twice the memory; counts and snapshots
-//! skip them. A
-//! delete on a bucket of more than 16 timers turns it into a hash set (one probe per operation
-//! from then on). Streams register many timers per distinct timestamp (every (word, window) of
-//! a window shares its end): a hash probe per registration was a cache miss and 14-23 % of the
-//! word count's time, and an ordered set of `(timestamp, payload)` before it compared payload
-//! bytes at every step (memcmp and malloc were 35 %). Flink pairs a binary heap with a hash map
-//! instead. An index of the key groups' heads (`(earliest timestamp, key group)`) makes the
+//! skip them. A delete on a bucket of more than 16 timers turns it into a hash set (one probe
+//! per operation from then on). Streams register many timers per distinct timestamp (every
+//! (word, window) of a window shares its end): a hash probe per registration was a cache miss
+//! and 14-23 % of the word count's time, and an ordered set of `(timestamp, payload)` before it
+//! compared payload bytes at every step (memcmp and malloc were 35 %). Flink pairs a binary heap
+//! with a hash map instead. An index of the key groups' heads (`(earliest timestamp, key group)`) makes the
 //! next timer of the whole slot an O(log k) lookup — Flink's heap-of-heaps
 //! (`KeyGroupPartitionedPriorityQueue`).
 //!
