@@ -22,6 +22,11 @@ use cairn_engine::{EngineError, Metrics, Slot};
 /// The property holding a checkpoint's stream position.
 pub const POSITION: &str = "position";
 
+/// Most records a slot processes between two publications of its stream position
+/// (`Barriers::positions`); the coordinator places barriers ahead of the fastest slot by a
+/// margin derived from it.
+pub const POSITION_EVERY: u64 = 16 * 1024;
+
 /// What a slot answers to a barrier.
 // One reply per slot and checkpoint: boxing the snapshot would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -193,8 +198,8 @@ pub fn coordinate(
     let interval = cp.config().interval;
     let min_pause = cp.config().min_pause;
     // Far enough ahead that no slot passes the barrier before it sees it: the positions slots
-    // publish are up to one progress batch per slot stale.
-    let margin = 64 * 1024 * u64::from(slots) + 10_000;
+    // publish are up to `POSITION_EVERY` records per slot stale.
+    let margin = 4 * POSITION_EVERY * u64::from(slots) + 10_000;
     let mut last_done = Instant::now();
     loop {
         if abort.load(Ordering::Relaxed) {

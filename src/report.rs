@@ -212,6 +212,17 @@ impl DurationStats {
     }
 }
 
+/// `p50 … ms, p99 … ms, max … ms`, as the run summary prints durations.
+impl std::fmt::Display for DurationStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.p50, self.p99, self.max
+        )
+    }
+}
+
 impl CacheSummary {
     /// The summary of the slots' merged counters.
     pub fn from_stats(s: &cairn_engine::backend::rocks::cache::CacheStats) -> Self {
@@ -640,10 +651,7 @@ impl RunSummary {
                     w,
                     "  checkpoint flush",
                     format!(
-                        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} flushes ({} entries)",
-                        f.p50,
-                        f.p99,
-                        f.max,
+                        "{f} over {} flushes ({} entries)",
                         f.count,
                         thousands(c.checkpoint_flushed_entries)
                     ),
@@ -655,10 +663,7 @@ impl RunSummary {
                     w,
                     "  pre-flush write-back",
                     format!(
-                        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms per chunk, {} chunks ({} entries)",
-                        f.p50,
-                        f.p99,
-                        f.max,
+                        "{f} per chunk, {} chunks ({} entries)",
                         f.count,
                         thousands(c.pre_flushed_entries)
                     ),
@@ -712,6 +717,7 @@ mod tests {
         assert_eq!((d.count, d.p50, d.p99, d.max), (4, 2.0, 100.0, 100.0));
         assert_eq!(d.mean, 26.5);
         assert_eq!(DurationStats::from_micros(&[]).count, 0);
+        assert_eq!(d.to_string(), "p50 2.00 ms, p99 100.00 ms, max 100.00 ms");
     }
 
     #[test]

@@ -535,10 +535,6 @@ fn decode_word(key: &[u8]) -> &[u8] {
     &key[skip.min(key.len())..]
 }
 
-/// Records between two publications of a slot's stream position (the coordinator places
-/// barriers ahead of the fastest slot by more than this).
-const POSITION_EVERY: u64 = 16 * 1024;
-
 fn run_slot(
     mut slot: Slot,
     spec: &WordcountSpec,
@@ -589,7 +585,7 @@ fn run_slot(
         if barriers.enabled {
             // A snapshot at `g` holds every record < g and the firings they caused.
             barriers.check(&mut slot, g, spec.records, &mut cursor);
-            if g % POSITION_EVERY == 0 {
+            if g.is_multiple_of(checkpointing::POSITION_EVERY) {
                 position.store(g, Ordering::Relaxed);
             }
         }

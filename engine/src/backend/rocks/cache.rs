@@ -975,6 +975,7 @@ mod tests {
         let mut record = |w: CacheWrite<'_>| writes.push(format!("{w:?}"));
         // Read miss (RocksDB holds nothing), put, update, delete: no write at all.
         c.insert_clean(0, b"fresh", None);
+        assert_eq!(c.get(0, b"fresh"), Some(Cached::Absent));
         c.put(0, b"fresh", b"1");
         c.put(0, b"fresh", b"2");
         c.delete(0, b"fresh");
