@@ -86,13 +86,40 @@ fn restore(cfg: &CairnConfig, source: &str) -> R<(Checkpointer, Slot)> {
     Ok((cp, slot))
 }
 
+/// The RocksDB timers' write-back buffer in a round trip (`memory.timer-buffer-ratio`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Buffer {
+    /// 0: every registration written to RocksDB.
+    Off,
+    /// 0.0001 of the 256 MiB budget, ~27 kB: a few hundred of the 3,000 timers stay buffered,
+    /// the rest are written out (both halves in the checkpoint).
+    Tiny,
+    /// The default: every timer stays buffered.
+    Default,
+}
+
 fn round_trip(
     (backend, timers): (BackendKind, TimerServiceKind),
     restore_timers: TimerServiceKind,
 ) -> R {
-    let what = format!("{backend} backend, {timers} timers -> {restore_timers} timers");
+    round_trip_with(Buffer::Default, (backend, timers), restore_timers)
+}
+
+fn round_trip_with(
+    buffer: Buffer,
+    (backend, timers): (BackendKind, TimerServiceKind),
+    restore_timers: TimerServiceKind,
+) -> R {
+    let what = format!(
+        "{backend} backend, {timers} timers ({buffer:?} buffer) -> {restore_timers} timers"
+    );
     let root = tempfile::tempdir()?;
-    let cfg = config(backend, timers, root.path());
+    let mut cfg = config(backend, timers, root.path());
+    match buffer {
+        Buffer::Off => cfg.memory.timer_buffer_ratio = 0.0,
+        Buffer::Tiny => cfg.memory.timer_buffer_ratio = 0.0001,
+        Buffer::Default => {}
+    }
     let mut slot = Slot::builder(&cfg).open()?;
     assert_eq!(slot.timer_service_kind(), timers);
     let mut model = Model::new();
@@ -112,19 +139,16 @@ fn round_trip(
     fire(&mut slot, 600)?;
     cp.complete(id, vec![sync])?;
     let report = cp.reports()[0].clone();
-    let timers_file = match timers {
-        TimerServiceKind::Heap => {
-            let meta = cp.block_on(cp.store().load(id))?;
-            meta.slots[0]
-                .private
-                .iter()
-                .any(|f| f.name.starts_with(TIMERS_SNAPSHOT_FILE))
-        }
-        TimerServiceKind::RocksDb => false,
-    };
+    let meta = cp.block_on(cp.store().load(id))?;
+    let timers_file = meta.slots[0]
+        .private
+        .iter()
+        .any(|f| f.name.starts_with(TIMERS_SNAPSHOT_FILE));
+    // Heap timers, and RocksDB timers' buffer, are a private file of the checkpoint.
     assert_eq!(
         timers_file,
-        timers == TimerServiceKind::Heap,
+        timers == TimerServiceKind::Heap
+            || (backend == BackendKind::RocksDb && buffer != Buffer::Off),
         "{what}: {report:?}"
     );
     let url = format!("{}/chk-{id}", cp.job_url());
@@ -167,6 +191,20 @@ fn rocksdb_timers_restore_from_the_incremental_checkpoint() -> R {
     )
 }
 
+/// Every registration in RocksDB (no buffer), and a buffer that overflowed: part of the timers
+/// in RocksDB, part in the checkpoint's buffer file.
+#[test]
+fn rocksdb_timers_restore_with_and_without_the_write_back_buffer() -> R {
+    for buffer in [Buffer::Off, Buffer::Tiny] {
+        round_trip_with(
+            buffer,
+            (BackendKind::RocksDb, TimerServiceKind::RocksDb),
+            TimerServiceKind::RocksDb,
+        )?;
+    }
+    Ok(())
+}
+
 #[test]
 fn heap_timers_with_the_rocksdb_backend_restore() -> R {
     round_trip(
@@ -189,10 +227,15 @@ fn timers_restore_across_timer_service_kinds() -> R {
         (BackendKind::RocksDb, TimerServiceKind::Heap),
         TimerServiceKind::RocksDb,
     )?;
-    round_trip(
-        (BackendKind::RocksDb, TimerServiceKind::RocksDb),
-        TimerServiceKind::Heap,
-    )
+    // RocksDB timers to heap timers: both the column families and the buffer file.
+    for buffer in [Buffer::Off, Buffer::Tiny, Buffer::Default] {
+        round_trip_with(
+            buffer,
+            (BackendKind::RocksDb, TimerServiceKind::RocksDb),
+            TimerServiceKind::Heap,
+        )?;
+    }
+    Ok(())
 }
 
 /// User states can't take the timers' reserved operator name.

@@ -127,6 +127,7 @@ impl<'a> SlotBuilder<'a> {
             None => Vec::new(),
         };
         let mut restored_heap_timers: Option<HeapTimers> = None;
+        let mut timer_buffer_bytes = 0;
         for f in timer_files.iter().filter(|f| f.exists()) {
             let h = restored_heap_timers.get_or_insert_with(|| HeapTimers::new(kg_range.clone()));
             h.restore(f)?;
@@ -162,7 +163,13 @@ impl<'a> SlotBuilder<'a> {
                 Box::new(heap)
             }
             (BackendKind::RocksDb, restore) => {
-                let memory = cairn_memory::SlotMemory::build_shared(&config.memory)?;
+                // The timer buffer's share stays with RocksDB unless timers are kept there.
+                let mut memory_config = config.memory.clone();
+                if timer_kind != TimerServiceKind::RocksDb {
+                    memory_config.timer_buffer_ratio = 0.0;
+                }
+                let memory = cairn_memory::SlotMemory::build_shared(&memory_config)?;
+                timer_buffer_bytes = memory.timer_buffer_bytes();
                 let restore = match restore {
                     None => None,
                     Some(SlotRestore::RocksDb { files, states }) => {
@@ -191,6 +198,7 @@ impl<'a> SlotBuilder<'a> {
             timers: None,
             timer_kind,
             timer_cache_size: config.state.timer_cache_size as usize,
+            timer_buffer_bytes,
             backend,
             kind: config.state.backend,
             index: self.index,
@@ -260,6 +268,8 @@ pub struct Slot {
     timers: Option<Timers>,
     timer_kind: TimerServiceKind,
     timer_cache_size: usize,
+    /// Budget of RocksDB timers' write-back buffer (`memory.timer-buffer-ratio`).
+    timer_buffer_bytes: u64,
     backend: Box<dyn StateBackend>,
     kind: BackendKind,
     index: u32,
@@ -776,14 +786,17 @@ impl Slot {
                         )
                     })?
                     .shared_db();
-                Timers::RocksDb(RocksDbTimers::open(
-                    db,
-                    &names[0],
-                    &names[1],
-                    range,
-                    self.prefix_bytes,
-                    self.timer_cache_size,
-                )?)
+                Timers::RocksDb(
+                    RocksDbTimers::open(
+                        db,
+                        &names[0],
+                        &names[1],
+                        range,
+                        self.prefix_bytes,
+                        self.timer_cache_size,
+                    )?
+                    .with_write_buffer(self.timer_buffer_bytes),
+                )
             }
         })
     }
@@ -794,20 +807,30 @@ impl Slot {
         let has_cfs = self
             .by_name
             .contains_key(&format!("{TIMER_OPERATOR}/{EVENT_TIMERS}"));
-        match (self.timer_kind, heap) {
-            (TimerServiceKind::Heap, Some(h)) => self.timers = Some(Timers::Heap(h)),
-            (TimerServiceKind::RocksDb, Some(mut h)) => {
-                let n = drain_timers(&mut h, self.timers()?)?;
-                tracing::info!(timers = n, "moved restored heap timers into RocksDB timers");
-            }
-            (TimerServiceKind::Heap, None) if has_cfs => {
-                let mut from = self.open_timers(TimerServiceKind::RocksDb)?;
-                let mut to = self.open_timers(TimerServiceKind::Heap)?;
-                let n = drain_timers(from.svc(), to.svc())?;
-                tracing::info!(timers = n, "moved restored RocksDB timers onto the heap");
+        match self.timer_kind {
+            TimerServiceKind::Heap => {
+                if heap.is_none() && !has_cfs {
+                    return Ok(());
+                }
+                let mut to = match heap {
+                    Some(h) => Timers::Heap(h),
+                    None => self.open_timers(TimerServiceKind::Heap)?,
+                };
+                // RocksDB timers of the checkpoint (next to their buffer's snapshot, if any).
+                if has_cfs {
+                    let mut from = self.open_timers(TimerServiceKind::RocksDb)?;
+                    let n = drain_timers(from.svc(), to.svc())?;
+                    tracing::info!(timers = n, "moved restored RocksDB timers onto the heap");
+                }
                 self.timers = Some(to);
             }
-            _ => {}
+            TimerServiceKind::RocksDb => {
+                // Heap timers of the checkpoint, or the snapshot of a RocksDB timer buffer.
+                if let Some(mut h) = heap {
+                    let n = drain_timers(&mut h, self.timers()?)?;
+                    tracing::info!(timers = n, "registered restored heap timers");
+                }
+            }
         }
         Ok(())
     }
@@ -851,14 +874,15 @@ impl Slot {
         Ok(self.timers()?.poll(domain, up_to, out)?)
     }
 
-    /// The synchronous part of a checkpoint for timers: RocksDB timers write their buffered
-    /// batch (so the native checkpoint has them); heap timers hand out a copy-on-write view.
+    /// The synchronous part of a checkpoint for timers: RocksDB timers write their batch (so
+    /// the native checkpoint has them) and hand out a copy-on-write view of their write-back
+    /// buffer (timers not in RocksDB); heap timers hand out a copy-on-write view.
     pub(crate) fn snapshot_timers(&mut self) -> Result<Option<HeapTimersSnapshot>> {
         match &mut self.timers {
             None => Ok(None),
             Some(Timers::RocksDb(r)) => {
                 r.flush()?;
-                Ok(None)
+                Ok(r.buffer_snapshot())
             }
             Some(Timers::Heap(h)) => Ok(Some(h.snapshot())),
         }

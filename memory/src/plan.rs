@@ -73,6 +73,9 @@ pub struct MemoryPlan {
     /// (`memory.state-cache-ratio`); 0 when off. Block cache and write-buffer manager are split
     /// from the rest, `M' = (1 - c) * M`.
     pub state_cache_bytes: u64,
+    /// Capacity of the write-back buffer of RocksDB timers: `t * M`
+    /// (`memory.timer-buffer-ratio`); 0 when off. RocksDB's share is `M' = (1 - c - t) * M`.
+    pub timer_buffer_bytes: u64,
     /// The configured `memory.write-buffer-ratio` `r`.
     pub write_buffer_ratio: f64,
     /// Capacity of the shared LRU block cache: `(3 - r)/3 * M'` (Flink's formula on RocksDB's
@@ -105,13 +108,15 @@ impl MemoryPlan {
         };
         let r = config.write_buffer_ratio;
         let state_cache = config.state_cache_bytes();
-        let rocksdb_budget = budget - state_cache;
+        let timer_buffer = config.timer_buffer_bytes();
+        let rocksdb_budget = budget - state_cache - timer_buffer;
         let wbm = write_buffer_manager_bytes(rocksdb_budget, r);
         let write_buffer_size = write_buffer_size(wbm);
         let configured = config.high_priority_pool_ratio;
         Ok(Some(MemoryPlan {
             budget_bytes: budget,
             state_cache_bytes: state_cache,
+            timer_buffer_bytes: timer_buffer,
             write_buffer_ratio: r,
             block_cache_bytes: block_cache_bytes(rocksdb_budget, r),
             write_buffer_manager_bytes: wbm,
@@ -160,6 +165,7 @@ mod tests {
             // Small enough that the Flink rule leaves every ratio below ~0.9 valid.
             high_priority_pool_ratio: 0.01,
             state_cache_ratio: 0.0,
+            timer_buffer_ratio: 0.0,
             ..MemoryConfig::default()
         })
     }
@@ -169,6 +175,7 @@ mod tests {
         let m = 256 * MIB;
         let p = MemoryPlan::from_config(&MemoryConfig {
             state_cache_ratio: 0.0,
+            timer_buffer_ratio: 0.0,
             ..MemoryConfig::default()
         })
         .expect("valid")
@@ -287,15 +294,21 @@ mod tests {
             .expect("valid")
             .expect("managed");
         let c = crate::config::DEFAULT_STATE_CACHE_RATIO;
+        let t = crate::config::DEFAULT_TIMER_BUFFER_RATIO;
         assert_eq!(p.state_cache_bytes, (m as f64 * c) as u64);
-        let rest = m - p.state_cache_bytes;
+        assert_eq!(p.timer_buffer_bytes, (m as f64 * t) as u64);
+        let rest = m - p.state_cache_bytes - p.timer_buffer_bytes;
         assert_eq!(p.block_cache_bytes, block_cache_bytes(rest, 0.5));
         assert_eq!(
             p.write_buffer_manager_bytes,
             write_buffer_manager_bytes(rest, 0.5)
         );
-        // cache + block cache + memtables (1.5x the manager, half of it outside the cache) <= M.
-        let total = p.state_cache_bytes + p.block_cache_bytes + p.write_buffer_manager_bytes / 2;
+        // cache + timer buffer + block cache + memtables (1.5x the manager, half of it outside
+        // the cache) <= M.
+        let total = p.state_cache_bytes
+            + p.timer_buffer_bytes
+            + p.block_cache_bytes
+            + p.write_buffer_manager_bytes / 2;
         assert!(total <= m && m - total <= 2, "{total} vs {m}");
     }
 }

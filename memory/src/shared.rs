@@ -116,6 +116,7 @@ impl SlotMemory {
         tracing::info!(
             budget_bytes = plan.budget_bytes,
             state_cache_bytes = plan.state_cache_bytes,
+            timer_buffer_bytes = plan.timer_buffer_bytes,
             block_cache_bytes = plan.block_cache_bytes,
             write_buffer_manager_bytes = plan.write_buffer_manager_bytes,
             write_buffer_size = plan.write_buffer_size,
@@ -153,6 +154,11 @@ impl SlotMemory {
     /// budget); 0 when off or unmanaged.
     pub fn state_cache_bytes(&self) -> u64 {
         self.plan().map_or(0, |p| p.state_cache_bytes)
+    }
+
+    /// Capacity of the write-back buffer of RocksDB timers (0 when off or unbudgeted).
+    pub fn timer_buffer_bytes(&self) -> u64 {
+        self.plan().map_or(0, |p| p.timer_buffer_bytes)
     }
 
     /// The shared block cache, when managed.

@@ -1,6 +1,7 @@
 //! Shared harness of the timer suites: one [`Instance`] type over both implementations, with
 //! snapshot + restore the way a checkpoint does it (heap: snapshot file; RocksDB: flush, native
-//! RocksDB checkpoint, reopen from its files).
+//! RocksDB checkpoint, reopen from its files, and register the write-back buffer's snapshot
+//! file again).
 
 #![allow(dead_code)]
 
@@ -20,14 +21,20 @@ pub const PREFIX_BYTES: usize = 2;
 pub const CACHE: usize = 4;
 /// Fired timers per range delete: small, so range deletes happen between flushes too.
 pub const RANGE_DELETE_EVERY: u32 = 3;
+/// Write-back buffer of [`Impl::RocksDbBuffered`]: a few dozen timers, so it overflows (its
+/// latest timers written out, later ones past the horizon written at once) all the time.
+pub const BUFFER_BYTES: u64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Impl {
     Heap,
+    /// RocksDB timers writing every registration.
     RocksDb,
+    /// RocksDB timers with a small write-back buffer ([`BUFFER_BYTES`]).
+    RocksDbBuffered,
 }
 
-pub const IMPLS: [Impl; 2] = [Impl::Heap, Impl::RocksDb];
+pub const IMPLS: [Impl; 3] = [Impl::Heap, Impl::RocksDb, Impl::RocksDbBuffered];
 
 /// A timer service of either implementation, with what it needs to live.
 pub enum Instance {
@@ -37,6 +44,7 @@ pub enum Instance {
         svc: Box<RocksDbTimers>,
         db: Arc<TimerDb>,
         dir: tempfile::TempDir,
+        buffer: u64,
     },
 }
 
@@ -55,23 +63,20 @@ impl Instance {
     pub fn new(which: Impl, range: RangeInclusive<KeyGroup>) -> Self {
         match which {
             Impl::Heap => Instance::Heap(HeapTimers::new(range)),
-            Impl::RocksDb => {
+            Impl::RocksDb | Impl::RocksDbBuffered => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let db = open_db(&dir.path().join("db"));
-                let svc = RocksDbTimers::open(
-                    db.clone(),
-                    EVENT_CF,
-                    PROCESSING_CF,
-                    range,
-                    PREFIX_BYTES,
-                    CACHE,
-                )
-                .expect("open rocksdb timers")
-                .with_range_delete_every(RANGE_DELETE_EVERY);
+                let buffer = if which == Impl::RocksDbBuffered {
+                    BUFFER_BYTES
+                } else {
+                    0
+                };
+                let svc = rocks(&db, range, buffer);
                 Instance::Rocks {
                     svc: Box::new(svc),
                     db,
                     dir,
+                    buffer,
                 }
             }
         }
@@ -96,30 +101,58 @@ impl Instance {
                 restored.restore(&path).expect("restore timer snapshot");
                 Instance::Heap(restored)
             }
-            Instance::Rocks { svc, db, .. } => {
+            Instance::Rocks {
+                svc, db, buffer, ..
+            } => {
                 svc.flush().expect("flush timers");
                 let dir = tempfile::tempdir().expect("tempdir");
                 let chk = dir.path().join("db");
                 rocksdb::checkpoint::Checkpoint::new(db)
                     .and_then(|c| c.create_checkpoint(&chk))
                     .expect("native checkpoint");
+                // The buffer's timers are not in RocksDB: a file beside it, registered again.
+                let buffered = dir.path().join("timers.snapshot");
+                let has_buffered = match svc.buffer_snapshot() {
+                    Some(snap) => {
+                        snap.write(&buffered).expect("write buffer snapshot");
+                        true
+                    }
+                    None => false,
+                };
                 let db = open_db(&chk);
-                let svc = RocksDbTimers::open(
-                    db.clone(),
-                    EVENT_CF,
-                    PROCESSING_CF,
-                    range,
-                    PREFIX_BYTES,
-                    CACHE,
-                )
-                .expect("reopen rocksdb timers")
-                .with_range_delete_every(RANGE_DELETE_EVERY);
+                let mut svc = rocks(&db, range.clone(), *buffer);
+                if has_buffered {
+                    let mut h = HeapTimers::new(range);
+                    h.restore(&buffered).expect("restore buffer snapshot");
+                    let mut t = cairn::timers::Timer::default();
+                    for d in cairn::timers::TimeDomain::ALL {
+                        while h.poll(d, i64::MAX, &mut t).expect("poll") {
+                            svc.register(d, t.key_group, t.timestamp, &t.key, &t.namespace)
+                                .expect("register restored timer");
+                        }
+                    }
+                }
                 Instance::Rocks {
                     svc: Box::new(svc),
                     db,
                     dir,
+                    buffer: *buffer,
                 }
             }
         }
     }
+}
+
+fn rocks(db: &Arc<TimerDb>, range: RangeInclusive<KeyGroup>, buffer: u64) -> RocksDbTimers {
+    RocksDbTimers::open(
+        db.clone(),
+        EVENT_CF,
+        PROCESSING_CF,
+        range,
+        PREFIX_BYTES,
+        CACHE,
+    )
+    .expect("open rocksdb timers")
+    .with_range_delete_every(RANGE_DELETE_EVERY)
+    .with_write_buffer(buffer)
 }

@@ -22,6 +22,7 @@
 //! timers are snapshotted asynchronously, also next to RocksDB state (where Flink writes them
 //! synchronously into raw keyed state).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
 use std::ops::RangeInclusive;
@@ -33,14 +34,35 @@ use smallvec::SmallVec;
 use crate::error::{Result, TimerError};
 use crate::{KeyGroup, TimeDomain, Timer, TimerService, TimerServiceKind, check_key_group, layout};
 
-/// `[len(key)][key][namespace]`, inline up to 24 bytes (a word and a window: 19): registering
-/// and firing a timer allocate nothing, where a boxed payload cost a malloc and a free each.
-type Payload = SmallVec<[u8; 24]>;
+/// `[len(key)][key][namespace]`, inline up to [`INLINE`] bytes (a word and a window: 19):
+/// registering and firing a timer allocate nothing, where a boxed payload cost a malloc and a
+/// free each.
+pub(crate) type Payload = SmallVec<[u8; INLINE]>;
 
 type PayloadSet = HashSet<Payload, foldhash::fast::RandomState>;
 
+/// Payload bytes held inline.
+const INLINE: usize = 24;
+
 /// Appending buckets up to this size answer a lookup by a scan instead of becoming a set.
 const SMALL_BUCKET: usize = 16;
+
+/// Bytes of one payload slot in a bucket.
+const SLOT: usize = std::mem::size_of::<Payload>();
+
+/// Bytes of one bucket in its queue's ordered map: key and value, with the B-tree's nodes
+/// about two-thirds full.
+const BUCKET_ENTRY: usize = std::mem::size_of::<(i64, Bucket)>() * 3 / 2;
+
+/// Heap bytes of a payload of `len` bytes beyond its slot: none inline, else the allocation
+/// (malloc rounds to 16 bytes and adds a 16-byte header).
+fn spilled_bytes(len: usize) -> usize {
+    if len > INLINE {
+        len.next_multiple_of(16) + 16
+    } else {
+        0
+    }
+}
 
 /// The timers of one timestamp in one key group.
 #[derive(Clone)]
@@ -80,11 +102,12 @@ impl Bucket {
         }
     }
 
-    /// Every slot held, duplicates of an appending bucket included (what the memory holds).
-    fn iter(&self) -> Box<dyn Iterator<Item = &Payload> + '_> {
+    /// Bytes of the bucket's slots (its capacity, not its length; a hash set's at ~7/8 load
+    /// with a control byte each), payloads spilled to the heap not included.
+    fn slot_bytes(&self) -> usize {
         match self {
-            Bucket::Appending { v, .. } | Bucket::Firing(v) => Box::new(v.iter()),
-            Bucket::Set(s) => Box::new(s.iter()),
+            Bucket::Appending { v, .. } | Bucket::Firing(v) => v.capacity() * SLOT,
+            Bucket::Set(s) => s.capacity() * (SLOT + 1) * 8 / 7,
         }
     }
 
@@ -123,7 +146,9 @@ impl Bucket {
         }
     }
 
-    fn insert(&mut self, p: &[u8], size_hint: usize) {
+    /// Inserts `p`; `spilled` (the queue's heap bytes of payloads) follows what is stored and
+    /// what collapses.
+    fn insert(&mut self, p: &[u8], size_hint: usize, spilled: &mut usize) {
         match self {
             Bucket::Appending { v, compact_at } => {
                 if v.len() == SMALL_BUCKET {
@@ -133,33 +158,44 @@ impl Bucket {
                     *compact_at = (*compact_at).max(2 * size_hint);
                 }
                 v.push(Payload::from_slice(p));
+                *spilled += spilled_bytes(p.len());
                 if v.len() >= *compact_at {
-                    sort_distinct(v);
+                    sort_distinct(v, spilled);
                     *compact_at = (2 * v.len()).max(*compact_at);
                 }
             }
             Bucket::Set(s) => {
-                s.insert(Payload::from_slice(p));
+                if s.insert(Payload::from_slice(p)) {
+                    *spilled += spilled_bytes(p.len());
+                }
             }
             Bucket::Firing(v) => {
                 if let Err(i) = v.binary_search_by(|x| p.cmp(x)) {
                     v.insert(i, Payload::from_slice(p));
+                    *spilled += spilled_bytes(p.len());
                 }
             }
         }
     }
 
     /// Removes `p`; whether it was there.
-    fn remove(&mut self, p: &[u8]) -> bool {
-        match self {
+    fn remove(&mut self, p: &[u8], spilled: &mut usize) -> bool {
+        let removed = match self {
             Bucket::Appending { v, .. } if v.len() <= SMALL_BUCKET => {
                 let before = v.len();
                 v.retain(|x| x[..] != *p);
-                v.len() != before
+                // Repeats of `p` go too.
+                *spilled -= (before - v.len()) * spilled_bytes(p.len());
+                return v.len() != before;
             }
             Bucket::Appending { v, .. } => {
                 let mut set = PayloadSet::with_capacity_and_hasher(v.len(), Default::default());
-                set.extend(v.drain(..));
+                for x in v.drain(..) {
+                    let bytes = spilled_bytes(x.len());
+                    if !set.insert(x) {
+                        *spilled -= bytes;
+                    }
+                }
                 let removed = set.remove(p);
                 *self = Bucket::Set(set);
                 removed
@@ -172,26 +208,36 @@ impl Bucket {
                 }
                 Err(_) => false,
             },
+        };
+        if removed {
+            *spilled -= spilled_bytes(p.len());
         }
+        removed
     }
 
     /// Turns the bucket into its firing form (sorted descending, distinct).
-    fn start_firing(&mut self) {
-        let v = match self {
+    fn start_firing(&mut self, spilled: &mut usize) {
+        let mut v = match self {
             Bucket::Firing(_) => return,
             Bucket::Appending { v, .. } => std::mem::take(v),
             Bucket::Set(s) => s.drain().collect(),
         };
-        let mut v = v;
-        sort_distinct(&mut v);
+        sort_distinct(&mut v, spilled);
         *self = Bucket::Firing(v);
     }
 }
 
-/// Sorts `v` descending (the firing order, see [`Bucket::Firing`]) and drops repeats.
-fn sort_distinct(v: &mut Vec<Payload>) {
+/// Sorts `v` descending (the firing order, see [`Bucket::Firing`]) and drops repeats, taking
+/// their heap bytes off `spilled`.
+fn sort_distinct(v: &mut Vec<Payload>, spilled: &mut usize) {
     v.sort_unstable_by(|a, b| b.cmp(a));
-    v.dedup();
+    v.dedup_by(|a, b| {
+        let repeat = a == b;
+        if repeat {
+            *spilled -= spilled_bytes(a.len());
+        }
+        repeat
+    });
 }
 
 /// The timers of one key group and domain.
@@ -201,6 +247,10 @@ struct Queue {
     /// Distinct timers of the last bucket that started firing (capped at [`MAX_SIZE_HINT`]):
     /// a bucket that outgrows [`SMALL_BUCKET`] reserves that many.
     size_hint: usize,
+    /// Heap bytes of the buckets' slots and map entries (see [`Bucket::slot_bytes`]).
+    slot_bytes: usize,
+    /// Heap bytes of payloads longer than [`INLINE`].
+    spilled: usize,
 }
 
 /// Largest capacity a bucket reserves from the previous bucket's size.
@@ -213,6 +263,11 @@ impl Queue {
 
     fn is_empty(&self) -> bool {
         self.buckets.is_empty()
+    }
+
+    /// Heap bytes held (an estimate kept up to date by every operation, O(1)).
+    fn bytes(&self) -> usize {
+        self.slot_bytes + self.spilled
     }
 
     /// `Some(true)` if the timer is registered, `Some(false)` if not, `None` if finding out
@@ -228,43 +283,85 @@ impl Queue {
     }
 
     fn insert(&mut self, ts: i64, p: &[u8]) {
-        // Most timestamps hold one timer (processing-time deadlines, sessions): no spare
-        // capacity (a first push would reserve 4).
-        self.buckets
-            .entry(ts)
-            .or_insert_with(|| Bucket::appending(1))
-            .insert(p, self.size_hint);
+        let (b, before) = match self.buckets.entry(ts) {
+            Entry::Occupied(e) => {
+                let b = e.into_mut();
+                let before = b.slot_bytes();
+                (b, before)
+            }
+            Entry::Vacant(e) => {
+                self.slot_bytes += BUCKET_ENTRY;
+                // Most timestamps hold one timer (processing-time deadlines, sessions): no
+                // spare capacity (a first push would reserve 4).
+                (e.insert(Bucket::appending(1)), 0)
+            }
+        };
+        b.insert(p, self.size_hint, &mut self.spilled);
+        self.slot_bytes = self.slot_bytes + b.slot_bytes() - before;
     }
 
     fn remove(&mut self, ts: i64, p: &[u8]) -> bool {
         let Some(b) = self.buckets.get_mut(&ts) else {
             return false;
         };
-        let removed = b.remove(p);
+        let before = b.slot_bytes();
+        let removed = b.remove(p, &mut self.spilled);
+        self.slot_bytes = self.slot_bytes + b.slot_bytes() - before;
         if b.is_empty() {
+            self.slot_bytes -= b.slot_bytes() + BUCKET_ENTRY;
             self.buckets.remove(&ts);
         }
         removed
     }
 
-    fn pop_first(&mut self) -> Option<(i64, Payload)> {
-        let mut e = self.buckets.first_entry()?;
-        let ts = *e.key();
-        let b = e.get_mut();
+    /// The first bucket in its firing form (sorted once, when it starts firing).
+    fn first_firing(&mut self) -> Option<(i64, &mut Vec<Payload>)> {
+        let (&ts, b) = self.buckets.iter_mut().next()?;
         if !matches!(b, Bucket::Firing(_)) {
-            b.start_firing();
+            let before = b.slot_bytes();
+            b.start_firing(&mut self.spilled);
+            self.slot_bytes = self.slot_bytes + b.slot_bytes() - before;
             if let Bucket::Firing(v) = b {
                 self.size_hint = v.len().min(MAX_SIZE_HINT);
             }
         }
-        let p = match b {
-            Bucket::Firing(v) => v.pop(),
+        match b {
+            Bucket::Firing(v) => Some((ts, v)),
             _ => None,
-        };
-        if b.is_empty() {
-            e.remove();
+        }
+    }
+
+    /// The earliest timer, in the contract's order, once [`Queue::first_firing`] has sorted
+    /// its bucket (`None` before).
+    fn first_fired(&self) -> Option<(i64, &Payload)> {
+        match self.buckets.first_key_value()? {
+            (ts, Bucket::Firing(v)) => v.last().map(|p| (*ts, p)),
+            _ => None,
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<(i64, Payload)> {
+        let (ts, v) = self.first_firing()?;
+        let p = v.pop();
+        let empty = v.is_empty();
+        if let Some(p) = &p {
+            self.spilled -= spilled_bytes(p.len());
+        }
+        if empty {
+            if let Some(b) = self.buckets.remove(&ts) {
+                self.slot_bytes -= b.slot_bytes() + BUCKET_ENTRY;
+            }
         }
         p.map(|p| (ts, p))
+    }
+
+    fn pop_last_bucket(&mut self) -> Option<(i64, Vec<Payload>)> {
+        let (ts, mut b) = self.buckets.pop_last()?;
+        self.slot_bytes -= b.slot_bytes() + BUCKET_ENTRY;
+        b.start_firing(&mut self.spilled);
+        let Bucket::Firing(v) = b else { return None };
+        self.spilled -= v.iter().map(|p| spilled_bytes(p.len())).sum::<usize>();
+        Some((ts, v))
     }
 
     /// The distinct timers, bucket by bucket.
@@ -313,6 +410,8 @@ impl DomainQueues {
 pub struct HeapTimers {
     range: RangeInclusive<KeyGroup>,
     domains: [DomainQueues; 2],
+    /// Heap bytes of all queues (the sum of [`Queue::bytes`]).
+    bytes: usize,
     scratch: Vec<u8>,
 }
 
@@ -327,6 +426,7 @@ impl HeapTimers {
         Self {
             range,
             domains: [DomainQueues::new(n), DomainQueues::new(n)],
+            bytes: 0,
             scratch: Vec::new(),
         }
     }
@@ -397,27 +497,89 @@ impl HeapTimers {
         Ok(kept)
     }
 
-    /// Heap bytes held by the timers: bucket slots (a vector's capacity, or a hash set's at
-    /// ~7/8 load with a control byte each) and payloads that do not fit inline (rounded to
-    /// malloc's 16 bytes, + 16 of header). An estimate for reports; `benches/timers.rs`
-    /// measures the real figure.
+    /// Heap bytes held by the timers, kept up to date by every operation (O(1)): bucket slots
+    /// (a vector's capacity, or a hash set's at ~7/8 load with a control byte each), the
+    /// buckets' map entries, and payloads that do not fit inline (rounded to malloc's 16 bytes,
+    /// + 16 of header). Queues still shared with a snapshot are counted once. An estimate that
+    /// bounds RocksDB timers' write-back buffer; `benches/timers.rs` measures the real figure.
     pub fn heap_bytes(&self) -> u64 {
-        let slot = std::mem::size_of::<Payload>();
-        let mut b = 0usize;
-        for q in self.domains.iter().flat_map(|d| &d.groups) {
-            for bucket in q.buckets.values() {
-                b += match bucket {
-                    Bucket::Appending { v, .. } | Bucket::Firing(v) => v.capacity() * slot,
-                    Bucket::Set(s) => s.len() * (slot + 1) * 8 / 7,
-                };
-                b += bucket
-                    .iter()
-                    .filter(|p| p.spilled())
-                    .map(|p| p.capacity().next_multiple_of(16) + 16)
-                    .sum::<usize>();
-            }
+        self.bytes as u64
+    }
+
+    /// Runs `op` on the queue of (`d`, `idx`) (copied first if a snapshot shares it), then
+    /// brings the byte count and the heads index up to date.
+    fn with_queue<R>(&mut self, d: usize, idx: usize, op: impl FnOnce(&mut Queue) -> R) -> R {
+        let kg = *self.range.start() + idx as KeyGroup;
+        let dq = &mut self.domains[d];
+        let q = Arc::make_mut(&mut dq.groups[idx]);
+        let (old_head, old_bytes) = (q.head(), q.bytes());
+        let r = op(q);
+        let (new_head, new_bytes) = (q.head(), q.bytes());
+        self.bytes = self.bytes - old_bytes + new_bytes;
+        dq.move_head(kg, old_head, new_head);
+        r
+    }
+
+    /// Registers an encoded payload ([`layout::encode_payload`]) in key group index `idx` of
+    /// domain index `d` (both checked by the caller).
+    pub(crate) fn insert_payload(&mut self, d: usize, idx: usize, ts: i64, payload: &[u8]) {
+        let q = &self.domains[d].groups[idx];
+        // Shared with a snapshot: skip the copy-on-write when the timer is known to exist.
+        if Arc::strong_count(q) > 1 && q.contains_cheaply(ts, payload) == Some(true) {
+            return;
         }
-        b as u64
+        self.with_queue(d, idx, |q| q.insert(ts, payload));
+    }
+
+    /// Deletes an encoded payload; whether it was registered.
+    pub(crate) fn remove_payload(&mut self, d: usize, idx: usize, ts: i64, payload: &[u8]) -> bool {
+        let q = &self.domains[d].groups[idx];
+        // Shared with a snapshot: skip the copy-on-write when there is nothing to delete.
+        if Arc::strong_count(q) > 1 && !q.contains(ts, payload) {
+            return false;
+        }
+        self.with_queue(d, idx, |q| q.remove(ts, payload))
+    }
+
+    /// The earliest timestamp of a key group.
+    pub(crate) fn head_of(&self, d: usize, idx: usize) -> Option<i64> {
+        self.domains[d].groups[idx].head()
+    }
+
+    /// The earliest timer of a key group, in the contract's order (its bucket starts firing).
+    pub(crate) fn first_of(&mut self, d: usize, idx: usize) -> Option<(i64, &[u8])> {
+        self.head_of(d, idx)?;
+        self.with_queue(d, idx, |q| {
+            q.first_firing();
+        });
+        self.domains[d].groups[idx]
+            .first_fired()
+            .map(|(ts, p)| (ts, &p[..]))
+    }
+
+    /// Removes the earliest timer of a key group.
+    pub(crate) fn pop_of(&mut self, d: usize, idx: usize) -> Option<(i64, Payload)> {
+        self.head_of(d, idx)?;
+        self.with_queue(d, idx, Queue::pop_first)
+    }
+
+    /// The latest timestamp of a key group.
+    pub(crate) fn tail_of(&self, d: usize, idx: usize) -> Option<i64> {
+        self.domains[d].groups[idx]
+            .buckets
+            .last_key_value()
+            .map(|(ts, _)| *ts)
+    }
+
+    /// Removes the latest bucket of a key group: its timestamp and distinct timers.
+    pub(crate) fn pop_last_bucket(&mut self, d: usize, idx: usize) -> Option<(i64, Vec<Payload>)> {
+        self.tail_of(d, idx)?;
+        self.with_queue(d, idx, Queue::pop_last_bucket)
+    }
+
+    /// The earliest (timestamp, key group) of a domain.
+    pub(crate) fn first_head(&self, d: usize) -> Option<(i64, KeyGroup)> {
+        self.domains[d].heads.first().copied()
     }
 }
 
@@ -439,18 +601,10 @@ impl TimerService for HeapTimers {
         namespace: &[u8],
     ) -> Result<()> {
         let idx = check_key_group(&self.range, key_group)?;
-        layout::encode_payload(&mut self.scratch, key, namespace);
-        let d = &mut self.domains[domain.index()];
-        let old = d.groups[idx].head();
-        // Shared with a snapshot: skip the copy-on-write when the timer is known to exist.
-        let shared = Arc::get_mut(&mut d.groups[idx]).is_none();
-        if shared && d.groups[idx].contains_cheaply(timestamp, &self.scratch) == Some(true) {
-            return Ok(());
-        }
-        let queue = Arc::make_mut(&mut d.groups[idx]);
-        queue.insert(timestamp, &self.scratch);
-        let new = queue.head();
-        d.move_head(key_group, old, new);
+        let mut p = std::mem::take(&mut self.scratch);
+        layout::encode_payload(&mut p, key, namespace);
+        self.insert_payload(domain.index(), idx, timestamp, &p);
+        self.scratch = p;
         Ok(())
     }
 
@@ -463,17 +617,10 @@ impl TimerService for HeapTimers {
         namespace: &[u8],
     ) -> Result<()> {
         let idx = check_key_group(&self.range, key_group)?;
-        layout::encode_payload(&mut self.scratch, key, namespace);
-        let d = &mut self.domains[domain.index()];
-        // Shared with a snapshot: skip the copy-on-write when there is nothing to delete.
-        let shared = Arc::get_mut(&mut d.groups[idx]).is_none();
-        if shared && !d.groups[idx].contains(timestamp, &self.scratch) {
-            return Ok(());
-        }
-        let old = d.groups[idx].head();
-        Arc::make_mut(&mut d.groups[idx]).remove(timestamp, &self.scratch);
-        let new = d.groups[idx].head();
-        d.move_head(key_group, old, new);
+        let mut p = std::mem::take(&mut self.scratch);
+        layout::encode_payload(&mut p, key, namespace);
+        self.remove_payload(domain.index(), idx, timestamp, &p);
+        self.scratch = p;
         Ok(())
     }
 
@@ -482,22 +629,16 @@ impl TimerService for HeapTimers {
     }
 
     fn poll(&mut self, domain: TimeDomain, up_to: i64, out: &mut Timer) -> Result<bool> {
-        let start = *self.range.start();
-        let d = &mut self.domains[domain.index()];
-        let Some(&(ts, kg)) = d.heads.first() else {
+        let d = domain.index();
+        let Some((ts, kg)) = self.first_head(d) else {
             return Ok(false);
         };
         if ts > up_to {
             return Ok(false);
         }
-        let q = Arc::make_mut(&mut d.groups[usize::from(kg - start)]);
-        let Some((ts, payload)) = q.pop_first() else {
-            // The heads index only lists non-empty queues.
-            d.heads.remove(&(ts, kg));
+        let Some((ts, payload)) = self.pop_of(d, usize::from(kg - self.range.start())) else {
             return Ok(false);
         };
-        let new = q.head();
-        d.move_head(kg, Some(ts), new);
         let (key, ns) = layout::decode_payload(&payload).ok_or_else(|| TimerError::Corrupt {
             what: "heap timers".into(),
             reason: format!("bad payload in key group {kg}"),
@@ -514,6 +655,10 @@ impl TimerService for HeapTimers {
 
     fn flush(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    fn heap_bytes(&self) -> u64 {
+        HeapTimers::heap_bytes(self)
     }
 
     fn count(&mut self, domain: TimeDomain) -> Result<u64> {

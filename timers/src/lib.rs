@@ -140,6 +140,10 @@ pub trait TimerService: Send {
     fn flush(&mut self) -> Result<()>;
     /// Number of timers of `domain` (RocksDB: counted by a scan; for tests and reports).
     fn count(&mut self, domain: TimeDomain) -> Result<u64>;
+    /// Heap bytes held by timers (an O(1) estimate, see [`HeapTimers::heap_bytes`]): every
+    /// timer of heap timers; the write-back buffer of RocksDB timers (their per-key-group
+    /// caches of at most `cache-size` timers are not counted).
+    fn heap_bytes(&self) -> u64;
 }
 
 /// Conveniences over [`TimerService`].

@@ -11,6 +11,24 @@
 //! one is only written (a RocksDB put of an existing key is idempotent). An index of the key
 //! groups' heads gives the slot's next timer without touching RocksDB.
 //!
+//! ## Write-back buffer
+//! With a byte budget ([`RocksDbTimers::with_write_buffer`]; the engine gives it
+//! `memory.timer-buffer-ratio` of the slot's budget), registrations are not written at all at
+//! first: they go into an in-memory buffer (a [`HeapTimers`], so a registration is a push) and
+//! fire from there, merged with the key group's cache in the contract's order. Stream timers
+//! mostly fire soon after they are registered (window ends), so most never reach RocksDB.
+//! When the buffer outgrows its budget, its latest timestamps are written to RocksDB until it
+//! is three quarters full, and registrations at or after the earliest timestamp written go
+//! straight to RocksDB from then on (the buffer keeps what fires next; writing everything out
+//! cost more than writing each registration at once), until firing has drained the buffer
+//! to a quarter. [`TimerService::count`] writes it all out (RocksDB must hold every timer). Checkpoints do not write it: the
+//! engine snapshots it ([`RocksDbTimers::buffer_snapshot`], copy-on-write like heap timers)
+//! into the checkpoint's private files next to the RocksDB files, and a restore registers
+//! those timers again. Whether a buffered registration is already in RocksDB is not checked
+//! (that would be a read): such a timer is in both, both heads are equal when it is due, and
+//! it fires once. A delete removes it from the buffer, and writes a RocksDB delete unless the
+//! cache shows RocksDB does not hold it. (Flink writes every registration to RocksDB.)
+//!
 //! ## Writes
 //! Puts and deletes are buffered (WAL off, like state writes) and written in one write batch
 //! when [`BATCH_OPS`] operations are pending, before any scan, and on [`TimerService::flush`] —
@@ -31,13 +49,14 @@
 //! `low` writes the pending range delete first. (Flink writes a point delete per firing and
 //! seeks from the key-group prefix, skipping tombstones one by one.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use rocksdb::{DBWithThreadMode, MultiThreaded, ReadOptions, WriteBatch, WriteOptions};
 
 use crate::error::{Result, TimerError};
+use crate::heap::{HeapTimers, HeapTimersSnapshot};
 use crate::{KeyGroup, TimeDomain, Timer, TimerService, TimerServiceKind, check_key_group, layout};
 
 /// The RocksDB type of a slot (`cairn-engine`'s).
@@ -95,6 +114,13 @@ pub struct RocksDbTimers {
     pending: Vec<(u8, u32, u32, bool)>,
     pending_keys: Vec<u8>,
     write_opts: WriteOptions,
+    /// Registrations not written to RocksDB (see the module doc).
+    unwritten: HeapTimers,
+    /// Bytes `unwritten` may hold; 0: no buffer.
+    buffer_limit: usize,
+    /// Per domain: registrations at or after this timestamp are written, not buffered (set
+    /// when the buffer overflows, cleared when it has drained to a quarter).
+    horizon: [Option<i64>; 2],
     payload: Vec<u8>,
     key: Vec<u8>,
 }
@@ -132,7 +158,7 @@ impl RocksDbTimers {
         write_opts.disable_wal(true);
         Ok(Self {
             db,
-            range,
+            range: range.clone(),
             prefix_bytes,
             cache_size: cache_size.max(1),
             garbage_per_range_delete: GARBAGE_PER_RANGE_DELETE,
@@ -142,6 +168,9 @@ impl RocksDbTimers {
             pending: Vec::new(),
             pending_keys: Vec::new(),
             write_opts,
+            unwritten: HeapTimers::new(range.clone()),
+            buffer_limit: 0,
+            horizon: [None; 2],
             payload: Vec::new(),
             key: Vec::new(),
         })
@@ -152,6 +181,78 @@ impl RocksDbTimers {
     pub fn with_range_delete_every(mut self, fired: u32) -> Self {
         self.garbage_per_range_delete = fired.max(1);
         self
+    }
+
+    /// Buffers registrations in memory up to `bytes` (see the module doc); 0 (the default)
+    /// writes every registration.
+    pub fn with_write_buffer(mut self, bytes: u64) -> Self {
+        self.buffer_limit = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// A copy-on-write view of the buffered timers for a checkpoint (they are not in RocksDB);
+    /// `None` when the buffer is empty. Restore registers them again.
+    pub fn buffer_snapshot(&self) -> Option<HeapTimersSnapshot> {
+        let s = self.unwritten.snapshot();
+        (!s.is_empty()).then_some(s)
+    }
+
+    /// The earliest timestamp of a key group: its cache's or its buffer's.
+    fn group_head(&self, d: usize, idx: usize) -> Option<i64> {
+        let cached = self.domains[d].groups[idx].cache.first().map(|e| e.0);
+        cached
+            .into_iter()
+            .chain(self.unwritten.head_of(d, idx))
+            .min()
+    }
+
+    /// Writes buffered timers to RocksDB, the latest first, until the buffer holds at most
+    /// `keep` bytes (`None`: all of them): those that fire last leave, those that fire next
+    /// stay.
+    fn write_out(&mut self, keep: Option<u64>) -> Result<()> {
+        // The latest timestamp of every non-empty (domain, key group).
+        let mut latest = BinaryHeap::new();
+        for d in 0..self.domains.len() {
+            for idx in 0..self.domains[d].groups.len() {
+                if let Some(ts) = self.unwritten.tail_of(d, idx) {
+                    latest.push((ts, d, idx));
+                }
+            }
+        }
+        while keep.is_none_or(|k| self.unwritten.heap_bytes() > k) {
+            let Some((_, d, idx)) = latest.pop() else {
+                break;
+            };
+            let kg = *self.range.start() + idx as KeyGroup;
+            let old = self.group_head(d, idx);
+            let Some((ts, timers)) = self.unwritten.pop_last_bucket(d, idx) else {
+                continue;
+            };
+            self.horizon[d] = Some(self.horizon[d].map_or(ts, |h| h.min(ts)));
+            for p in timers {
+                // The cache stays a prefix of RocksDB's timers.
+                let g = &mut self.domains[d].groups[idx];
+                let in_cache_range = g.complete
+                    || g.cache
+                        .last()
+                        .is_some_and(|l| (ts, &p[..]) < (l.0, &l.1[..]));
+                if in_cache_range
+                    && g.cache.insert((ts, p[..].into()))
+                    && g.cache.len() > self.cache_size
+                {
+                    g.cache.pop_last();
+                    g.complete = false;
+                }
+                layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &p);
+                self.buffer(d, idx, true)?;
+            }
+            let new = self.group_head(d, idx);
+            move_head(&mut self.domains[d].heads, kg, old, new);
+            if let Some(ts) = self.unwritten.tail_of(d, idx) {
+                latest.push((ts, d, idx));
+            }
+        }
+        Ok(())
     }
 
     /// Moves the pending point operations into the batch, sorted by (domain, key).
@@ -245,8 +346,20 @@ impl RocksDbTimers {
         Ok(())
     }
 
-    /// Reloads the cache of one key group from RocksDB (one bounded scan).
+    /// Reloads the cache of one key group from RocksDB (one bounded scan) and updates the heads
+    /// index.
     fn load(&mut self, d: usize, idx: usize) -> Result<()> {
+        let old = self.group_head(d, idx);
+        self.scan_into_cache(d, idx)?;
+        let new = self.group_head(d, idx);
+        let kg = *self.range.start() + idx as KeyGroup;
+        move_head(&mut self.domains[d].heads, kg, old, new);
+        Ok(())
+    }
+
+    /// Reloads the cache of one key group from RocksDB (one bounded scan); the caller updates
+    /// the heads index.
+    fn scan_into_cache(&mut self, d: usize, idx: usize) -> Result<()> {
         self.write_batch()?;
         let kg = *self.range.start() + idx as KeyGroup;
         let (mut lower, upper) = layout::key_group_bounds(kg, self.prefix_bytes);
@@ -269,7 +382,6 @@ impl RocksDbTimers {
         let mut it = self.db.raw_iterator_cf_opt(&cf, ro);
         it.seek(&lower);
         let g = &mut dom.groups[idx];
-        let old = g.cache.first().map(|e| e.0);
         g.cache.clear();
         let mut complete = true;
         while it.valid() {
@@ -296,8 +408,6 @@ impl RocksDbTimers {
             g.loaded = true;
             dom.unloaded -= 1;
         }
-        let new = g.cache.first().map(|e| e.0);
-        move_head(&mut dom.heads, kg, old, new);
         Ok(())
     }
 
@@ -369,14 +479,32 @@ impl TimerService for RocksDbTimers {
         namespace: &[u8],
     ) -> Result<()> {
         let (d, idx) = self.prepare(domain, key_group, key, namespace)?;
-        let dom = &mut self.domains[d];
-        let g = &mut dom.groups[idx];
+        let old = self.group_head(d, idx);
+        let g = &mut self.domains[d].groups[idx];
         let in_cache_range = g.complete
             || g.cache
                 .last()
                 .is_some_and(|l| (timestamp, &self.payload[..]) <= (l.0, &l.1[..]));
+        let buffered = self.buffer_limit > 0 && self.horizon[d].is_none_or(|h| timestamp < h);
+        if buffered {
+            if in_cache_range
+                && !g.cache.is_empty()
+                && g.cache
+                    .contains(&(timestamp, self.payload.as_slice().into()))
+            {
+                return Ok(()); // in RocksDB already
+            }
+            self.unwritten
+                .insert_payload(d, idx, timestamp, &self.payload);
+            let new = self.group_head(d, idx);
+            move_head(&mut self.domains[d].heads, key_group, old, new);
+            if self.unwritten.heap_bytes() > self.buffer_limit as u64 {
+                // Full: the latest quarter leaves (evicting by timestamp keeps what fires next).
+                self.write_out(Some(self.buffer_limit as u64 / 4 * 3))?;
+            }
+            return Ok(());
+        }
         if in_cache_range {
-            let old = g.cache.first().map(|e| e.0);
             if !g.cache.insert((timestamp, self.payload.as_slice().into())) {
                 return Ok(()); // exists: no write
             }
@@ -384,8 +512,8 @@ impl TimerService for RocksDbTimers {
                 g.cache.pop_last();
                 g.complete = false;
             }
-            let new = g.cache.first().map(|e| e.0);
-            move_head(&mut dom.heads, key_group, old, new);
+            let new = self.group_head(d, idx);
+            move_head(&mut self.domains[d].heads, key_group, old, new);
         }
         layout::encode_db_key(
             &mut self.key,
@@ -406,31 +534,31 @@ impl TimerService for RocksDbTimers {
         namespace: &[u8],
     ) -> Result<()> {
         let (d, idx) = self.prepare(domain, key_group, key, namespace)?;
-        let dom = &mut self.domains[d];
-        let g = &mut dom.groups[idx];
+        let old = self.group_head(d, idx);
+        self.unwritten
+            .remove_payload(d, idx, timestamp, &self.payload);
+        let g = &mut self.domains[d].groups[idx];
         let entry: Entry = (timestamp, self.payload.as_slice().into());
         let in_cache_range = g.complete || g.cache.last().is_some_and(|l| entry <= *l);
-        let mut refill = false;
-        if in_cache_range {
-            let old = g.cache.first().map(|e| e.0);
-            if !g.cache.remove(&entry) {
-                return Ok(()); // absent: no write
-            }
-            let new = g.cache.first().map(|e| e.0);
-            move_head(&mut dom.heads, key_group, old, new);
-            refill = g.cache.is_empty() && !g.complete;
+        // Within the cache's range the cache tells whether RocksDB holds the timer; beyond it,
+        // RocksDB may (also when the buffer held it), so the delete is written.
+        let in_rocksdb = !in_cache_range || g.cache.remove(&entry);
+        let refill = in_cache_range && in_rocksdb && g.cache.is_empty() && !g.complete;
+        if in_rocksdb {
+            layout::encode_db_key(
+                &mut self.key,
+                key_group,
+                self.prefix_bytes,
+                timestamp,
+                &self.payload,
+            );
+            self.buffer(d, idx, false)?;
         }
-        layout::encode_db_key(
-            &mut self.key,
-            key_group,
-            self.prefix_bytes,
-            timestamp,
-            &self.payload,
-        );
-        self.buffer(d, idx, false)?;
         if refill {
-            self.load(d, idx)?;
+            self.scan_into_cache(d, idx)?;
         }
+        let new = self.group_head(d, idx);
+        move_head(&mut self.domains[d].heads, key_group, old, new);
         Ok(())
     }
 
@@ -443,48 +571,69 @@ impl TimerService for RocksDbTimers {
     fn poll(&mut self, domain: TimeDomain, up_to: i64, out: &mut Timer) -> Result<bool> {
         let d = domain.index();
         self.load_all(d)?;
-        let start = *self.range.start();
-        let dom = &mut self.domains[d];
-        let Some(&(ts, kg)) = dom.heads.first() else {
+        let Some(&(head, kg)) = self.domains[d].heads.first() else {
             return Ok(false);
         };
-        if ts > up_to {
+        if head > up_to {
             return Ok(false);
         }
-        let idx = usize::from(kg - start);
-        let g = &mut dom.groups[idx];
-        let Some((ts, payload)) = g.cache.pop_first() else {
-            dom.heads.remove(&(ts, kg));
-            return Ok(false);
+        let idx = usize::from(kg - self.range.start());
+        // The earliest timer is the cache's or the buffer's; equal: RocksDB holds a buffered
+        // timer too (see the module doc), and it fires once.
+        let (from_cache, from_buffer) = {
+            let cached = self.domains[d].groups[idx].cache.first();
+            match (cached, self.unwritten.first_of(d, idx)) {
+                (Some(c), Some(b)) => match (c.0, &c.1[..]).cmp(&b) {
+                    std::cmp::Ordering::Less => (true, false),
+                    std::cmp::Ordering::Greater => (false, true),
+                    std::cmp::Ordering::Equal => (true, true),
+                },
+                (Some(_), None) => (true, false),
+                (None, Some(_)) => (false, true),
+                (None, None) => {
+                    self.domains[d].heads.remove(&(head, kg));
+                    return Ok(false);
+                }
+            }
         };
-        let new = g.cache.first().map(|e| e.0);
-        let refill = g.cache.is_empty() && !g.complete;
-        move_head(&mut dom.heads, kg, Some(ts), new);
-        let (key, ns) = layout::decode_payload(&payload).ok_or_else(|| TimerError::Corrupt {
-            what: dom.cf.clone(),
-            reason: format!("bad payload in key group {kg}"),
-        })?;
-        out.domain = domain;
-        out.timestamp = ts;
-        out.key_group = kg;
-        out.key.clear();
-        out.key.extend_from_slice(key);
-        out.namespace.clear();
-        out.namespace.extend_from_slice(ns);
-        layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
-        // The popped timer was the key group's smallest live one: it becomes garbage below
-        // `low`, deleted in bulk later (no tombstone per firing).
-        let g = &mut self.domains[d].groups[idx];
-        g.low.clear();
-        g.low.extend_from_slice(&self.key);
-        g.low_fired = true;
-        g.garbage += 1;
-        if g.garbage >= self.garbage_per_range_delete {
-            self.delete_garbage(d, idx)?;
+        let buffered = if from_buffer {
+            self.unwritten.pop_of(d, idx)
+        } else {
+            None
+        };
+        if from_cache {
+            let g = &mut self.domains[d].groups[idx];
+            let Some((ts, payload)) = g.cache.pop_first() else {
+                return Ok(false);
+            };
+            let refill = g.cache.is_empty() && !g.complete;
+            fill(out, domain, ts, kg, &payload, &self.domains[d].cf)?;
+            layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
+            // The popped timer was the key group's smallest live one in RocksDB: it becomes
+            // garbage below `low`, deleted in bulk later (no tombstone per firing).
+            let g = &mut self.domains[d].groups[idx];
+            g.low.clear();
+            g.low.extend_from_slice(&self.key);
+            g.low_fired = true;
+            g.garbage += 1;
+            if g.garbage >= self.garbage_per_range_delete {
+                self.delete_garbage(d, idx)?;
+            }
+            if refill {
+                self.scan_into_cache(d, idx)?;
+            }
+        } else if let Some((ts, payload)) = &buffered {
+            // Never written: nothing to delete, and `low` stays (RocksDB's fired timers are
+            // still all below it).
+            fill(out, domain, *ts, kg, payload, &self.domains[d].cf)?;
+            if self.horizon[d].is_some()
+                && self.unwritten.heap_bytes() < self.buffer_limit as u64 / 4
+            {
+                self.horizon[d] = None;
+            }
         }
-        if refill {
-            self.load(d, idx)?;
-        }
+        let new = self.group_head(d, idx);
+        move_head(&mut self.domains[d].heads, kg, Some(head), new);
         Ok(true)
     }
 
@@ -497,7 +646,14 @@ impl TimerService for RocksDbTimers {
         self.write_batch()
     }
 
+    fn heap_bytes(&self) -> u64 {
+        self.unwritten.heap_bytes()
+    }
+
+    /// Counts by a scan of RocksDB, after writing out the write-back buffer (so buffered
+    /// timers that RocksDB holds too count once).
     fn count(&mut self, domain: TimeDomain) -> Result<u64> {
+        self.write_out(None)?;
         self.flush()?;
         let dom = &self.domains[domain.index()];
         let cf = self
@@ -521,4 +677,28 @@ impl TimerService for RocksDbTimers {
         it.status().map_err(TimerError::rocks("count timers"))?;
         Ok(n)
     }
+}
+
+/// Fills `out` with a fired timer of key group `kg` (`what`: where its payload came from, for
+/// the error).
+fn fill(
+    out: &mut Timer,
+    domain: TimeDomain,
+    ts: i64,
+    kg: KeyGroup,
+    payload: &[u8],
+    what: &str,
+) -> Result<()> {
+    let (key, ns) = layout::decode_payload(payload).ok_or_else(|| TimerError::Corrupt {
+        what: what.to_string(),
+        reason: format!("bad payload in key group {kg}"),
+    })?;
+    out.domain = domain;
+    out.timestamp = ts;
+    out.key_group = kg;
+    out.key.clear();
+    out.key.extend_from_slice(key);
+    out.namespace.clear();
+    out.namespace.extend_from_slice(ns);
+    Ok(())
 }
