@@ -10,7 +10,8 @@
 //! and pending writes — RocksDB's own memory is not counted) next to the services' own
 //! estimate (`TimerService::heap_bytes`, which bounds the buffer).
 //!
-//! `cargo test --release --bench timers -- --bench` (`BENCH_TIMERS` overrides the 1M timers);
+//! `cargo test --release --bench timers -- --bench` (`BENCH_TIMERS` overrides the 1M timers,
+//! `BENCH_TIMER_BUFFER_RATIO` the RocksDB timers' `memory.timer-buffer-ratio`);
 //! without `--bench` (as under `cargo test --benches`) it runs 10k timers once as a smoke test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -70,6 +71,9 @@ fn round(kind: TimerServiceKind, shape: Shape, n: u64) -> Round {
     cfg.state.backend = BackendKind::RocksDb;
     cfg.state.timer_service = kind;
     cfg.state.working_dir = dir.path().to_path_buf();
+    if let Some(r) = buffer_ratio() {
+        cfg.memory.timer_buffer_ratio = r;
+    }
     let mut slot = Slot::builder(&cfg).open().expect("open slot");
     let max_p = slot.max_parallelism();
     // Keys and key groups precomputed: the benchmark times the timer service only.
@@ -163,6 +167,14 @@ fn snapshot_round(n: u64) {
     );
 }
 
+/// `BENCH_TIMER_BUFFER_RATIO`: `memory.timer-buffer-ratio` for RocksDB timers (default: the
+/// configuration's default).
+fn buffer_ratio() -> Option<f64> {
+    std::env::var("BENCH_TIMER_BUFFER_RATIO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -175,7 +187,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if bench { 1_000_000 } else { 10_000 });
     let rounds = if bench { 3 } else { 1 };
-    println!("timers: register + fire {n} event-time timers, {rounds} alternating round(s)");
+    let ratio = buffer_ratio().unwrap_or(CairnConfig::default().memory.timer_buffer_ratio);
+    println!(
+        "timers: register + fire {n} event-time timers, {rounds} alternating round(s); RocksDB timers' write-back buffer: memory.timer-buffer-ratio = {ratio} of the default budget"
+    );
     println!(
         "{:<8} {:<8} {:>12} {:>12} {:>12} {:>10} {:>10}",
         "shape", "service", "register/s", "fire/s", "total/s", "B/timer", "estimate"

@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// (memory.state-cache-ratio) [default: the config file's, else 0.4].
     #[arg(long, value_name = "RATIO", allow_negative_numbers = true)]
     pub state_cache_ratio: Option<f64>,
+    /// Share of the budget for RocksDB timers' write-back buffer of registrations, `0` = write
+    /// every registration (memory.timer-buffer-ratio) [default: the config file's, else 0.2].
+    #[arg(long, value_name = "RATIO", allow_negative_numbers = true)]
+    pub timer_buffer_ratio: Option<f64>,
     /// Fraction of the state cache that may be dirty (state-cache.max-dirty-ratio).
     #[arg(long, value_name = "RATIO", allow_negative_numbers = true)]
     pub max_dirty_ratio: Option<f64>,
@@ -324,6 +328,10 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     if let Some(r) = args.state_cache_ratio {
         config.memory.state_cache_ratio = r;
         set_by.push(("memory.state-cache-ratio", "--state-cache-ratio"));
+    }
+    if let Some(r) = args.timer_buffer_ratio {
+        config.memory.timer_buffer_ratio = r;
+        set_by.push(("memory.timer-buffer-ratio", "--timer-buffer-ratio"));
     }
     if let Some(r) = args.max_dirty_ratio {
         config.state_cache.max_dirty_ratio = r;

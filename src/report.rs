@@ -58,6 +58,8 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `memory.peak_bytes` | peak of that counted-once total, sampled every 16,384 records per slot and summed across slots |
 /// | `memory.state_cache_bytes` | bytes held by the write-back state caches at the end (part of `total_bytes`) |
 /// | `memory.state_cache_capacity_bytes` | the caches' capacity from the plan (`memory.state-cache-ratio` of the budget), all slots; `null` when unmanaged or heap |
+/// | `memory.timer_buffer_bytes` | bytes held by RocksDB timers' write-back buffers at the end (part of `total_bytes`) |
+/// | `memory.timer_buffer_capacity_bytes` | their capacity from the plan (`memory.timer-buffer-ratio` of the budget, 0 unless timers are in RocksDB), all slots; `null` when unmanaged or heap |
 /// | `memory.rss_bytes` | process resident set size at the end |
 /// | `memory.rss_peak_bytes` | peak RSS among the samples |
 /// | `memory.high_priority_pool_ratio_configured` | `memory.high-priority-pool-ratio` (`null` for heap) |
@@ -340,6 +342,10 @@ pub struct MemorySummary {
     pub state_cache_bytes: u64,
     /// State cache capacity, all slots.
     pub state_cache_capacity_bytes: Option<u64>,
+    /// RocksDB timers' write-back buffers at the end (part of `total_bytes`).
+    pub timer_buffer_bytes: u64,
+    /// Their capacity, all slots.
+    pub timer_buffer_capacity_bytes: Option<u64>,
     /// Process RSS at the end.
     pub rss_bytes: u64,
     /// Peak sampled RSS.
@@ -524,6 +530,14 @@ impl RunSummary {
                     w,
                     "state cache",
                     m.state_cache_bytes,
+                    format!("{} capacity", size(cap)),
+                );
+            }
+            if let Some(cap) = m.timer_buffer_capacity_bytes.filter(|&c| c > 0) {
+                mrow(
+                    w,
+                    "timer buffer",
+                    m.timer_buffer_bytes,
                     format!("{} capacity", size(cap)),
                 );
             }

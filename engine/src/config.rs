@@ -364,6 +364,16 @@ impl Default for RocksDbConfig {
 }
 
 impl CairnConfig {
+    /// The `[memory]` settings a slot runs with: `timer-buffer-ratio` only takes its share when
+    /// the slot keeps timers in RocksDB; otherwise that share stays with RocksDB.
+    pub fn effective_memory(&self) -> MemoryConfig {
+        let mut m = self.memory.clone();
+        if self.state.effective_timer_service() != TimerServiceKind::RocksDb {
+            m.timer_buffer_ratio = 0.0;
+        }
+        m
+    }
+
     /// Parses a TOML document; unknown keys and wrong types are errors naming the key.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| EngineError::ConfigFile {

@@ -300,6 +300,7 @@ impl Metrics {
             ("write_buffer_manager", r.write_buffer_manager_bytes),
             ("table_readers", r.table_readers_bytes),
             ("state_cache", r.state_cache_bytes),
+            ("timer_buffer", r.timer_buffer_bytes),
             ("rocksdb_total", r.rocksdb_total_bytes()),
             ("total", r.total_bytes()),
         ] {

@@ -163,12 +163,7 @@ impl<'a> SlotBuilder<'a> {
                 Box::new(heap)
             }
             (BackendKind::RocksDb, restore) => {
-                // The timer buffer's share stays with RocksDB unless timers are kept there.
-                let mut memory_config = config.memory.clone();
-                if timer_kind != TimerServiceKind::RocksDb {
-                    memory_config.timer_buffer_ratio = 0.0;
-                }
-                let memory = cairn_memory::SlotMemory::build_shared(&memory_config)?;
+                let memory = cairn_memory::SlotMemory::build_shared(&config.effective_memory())?;
                 timer_buffer_bytes = memory.timer_buffer_bytes();
                 let restore = match restore {
                     None => None,
@@ -705,7 +700,11 @@ impl Slot {
 
     /// Memory figures of the backend and the process.
     pub fn memory_report(&self) -> cairn_memory::MemoryReport {
-        self.backend.memory_report()
+        let mut report = self.backend.memory_report();
+        if let Some(Timers::RocksDb(r)) = &self.timers {
+            report.timer_buffer_bytes = r.heap_bytes();
+        }
+        report
     }
 
     /// A copy-on-write view of the heap tables (heap backend only).

@@ -39,6 +39,10 @@ pub struct MemoryReport {
     /// fixed per-entry overhead); 0 when off. Not part of RocksDB: set by the engine after
     /// [`MemoryReport::collect`], added in [`MemoryReport::total_bytes`].
     pub state_cache_bytes: u64,
+    /// Bytes held by RocksDB timers' write-back buffer (its own O(1) estimate); 0 when off or
+    /// with heap timers. Set by the engine like `state_cache_bytes`, added in
+    /// [`MemoryReport::total_bytes`].
+    pub timer_buffer_bytes: u64,
 }
 
 impl MemoryReport {
@@ -107,9 +111,10 @@ impl MemoryReport {
             + self.table_readers_bytes
     }
 
-    /// Everything the budget covers: [`Self::rocksdb_total_bytes`] plus the state cache.
+    /// Everything the budget covers: [`Self::rocksdb_total_bytes`] plus the state cache and
+    /// the timer buffer.
     pub fn total_bytes(&self) -> u64 {
-        self.rocksdb_total_bytes() + self.state_cache_bytes
+        self.rocksdb_total_bytes() + self.state_cache_bytes + self.timer_buffer_bytes
     }
 
     /// [`Self::total_bytes`] as a fraction of the budget (`None` when unmanaged).
@@ -122,11 +127,12 @@ impl MemoryReport {
 
 impl Serialize for MemoryReport {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("MemoryReport", 11)?;
+        let mut s = serializer.serialize_struct("MemoryReport", 12)?;
         s.serialize_field("budget_bytes", &self.budget_bytes)?;
         s.serialize_field("total_bytes", &self.total_bytes())?;
         s.serialize_field("rocksdb_total_bytes", &self.rocksdb_total_bytes())?;
         s.serialize_field("state_cache_bytes", &self.state_cache_bytes)?;
+        s.serialize_field("timer_buffer_bytes", &self.timer_buffer_bytes)?;
         s.serialize_field("block_cache_bytes", &self.block_cache_bytes)?;
         s.serialize_field("block_cache_pinned_bytes", &self.block_cache_pinned_bytes)?;
         s.serialize_field("memtable_bytes", &self.memtable_bytes)?;
