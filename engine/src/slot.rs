@@ -231,14 +231,15 @@ impl<'a> SlotBuilder<'a> {
 /// The slot's timer service (opened on first use).
 enum Timers {
     Heap(HeapTimers),
-    RocksDb(RocksDbTimers),
+    // Boxed: RocksDB timers hold a heap-timer buffer and much more.
+    RocksDb(Box<RocksDbTimers>),
 }
 
 impl Timers {
     fn svc(&mut self) -> &mut dyn TimerService {
         match self {
             Timers::Heap(h) => h,
-            Timers::RocksDb(r) => r,
+            Timers::RocksDb(r) => r.as_mut(),
         }
     }
 }
@@ -785,7 +786,7 @@ impl Slot {
                         )
                     })?
                     .shared_db();
-                Timers::RocksDb(
+                Timers::RocksDb(Box::new(
                     RocksDbTimers::open(
                         db,
                         &names[0],
@@ -795,7 +796,7 @@ impl Slot {
                         self.timer_cache_size,
                     )?
                     .with_write_buffer(self.timer_buffer_bytes),
-                )
+                ))
             }
         })
     }

@@ -347,10 +347,8 @@ impl Queue {
         if let Some(p) = &p {
             self.spilled -= spilled_bytes(p.len());
         }
-        if empty {
-            if let Some(b) = self.buckets.remove(&ts) {
-                self.slot_bytes -= b.slot_bytes() + BUCKET_ENTRY;
-            }
+        if empty && let Some(b) = self.buckets.remove(&ts) {
+            self.slot_bytes -= b.slot_bytes() + BUCKET_ENTRY;
         }
         p.map(|p| (ts, p))
     }
@@ -499,9 +497,10 @@ impl HeapTimers {
 
     /// Heap bytes held by the timers, kept up to date by every operation (O(1)): bucket slots
     /// (a vector's capacity, or a hash set's at ~7/8 load with a control byte each), the
-    /// buckets' map entries, and payloads that do not fit inline (rounded to malloc's 16 bytes,
-    /// + 16 of header). Queues still shared with a snapshot are counted once. An estimate that
-    /// bounds RocksDB timers' write-back buffer; `benches/timers.rs` measures the real figure.
+    /// buckets' map entries, and payloads that do not fit inline (rounded to malloc's 16 bytes
+    /// plus 16 of header). Queues still shared with a snapshot are counted once. An estimate
+    /// that bounds RocksDB timers' write-back buffer; `benches/timers.rs` measures the real
+    /// figure.
     pub fn heap_bytes(&self) -> u64 {
         self.bytes as u64
     }
