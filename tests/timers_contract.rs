@@ -390,3 +390,28 @@ fn heap_bytes_follow_the_timers_held_and_return_to_zero() -> R {
     }
     Ok(())
 }
+
+/// A buffer that overflowed routes later timestamps straight to RocksDB, but only while it is
+/// more than a quarter full: once `count` has written it out (or firing has drained it), new
+/// registrations are buffered again — and every timer still fires once, in order.
+#[test]
+fn an_overflowed_buffer_takes_registrations_again_once_drained() -> R {
+    let mut inst = Instance::new(Impl::RocksDbBuffered, 0..=255);
+    let s = inst.svc();
+    for i in 0..500u32 {
+        s.register(EV, (i % 3) as u16, i64::from(i), &i.to_be_bytes(), b"")?;
+    }
+    assert_eq!(s.count(EV)?, 500);
+    assert_eq!(s.heap_bytes(), 0, "count writes the buffer out");
+    s.register(EV, 1, 10_000, b"late", b"")?;
+    assert!(
+        s.heap_bytes() > 0,
+        "a registration after the drain is buffered"
+    );
+    let fired = fire(s, i64::MAX);
+    assert_eq!(fired.len(), 501);
+    assert!(fired.windows(2).all(|w| w[0].0 <= w[1].0));
+    assert_eq!(fired[500].2, b"late");
+    assert_eq!(s.heap_bytes(), 0);
+    Ok(())
+}

@@ -18,11 +18,12 @@
 //! fire from there, merged with the key group's cache in the contract's order. Stream timers
 //! mostly fire soon after they are registered (window ends), so most never reach RocksDB.
 //! When the buffer outgrows its budget, its latest timestamps are written to RocksDB until it
-//! is half full, and registrations at or after the earliest timestamp written go
-//! straight to RocksDB from then on (the buffer keeps what fires next; writing everything out
-//! cost more than writing each registration at once), until firing has drained the buffer
-//! to a quarter. [`TimerService::count`] writes it all out (RocksDB must hold every timer). Checkpoints do not write it: the
-//! engine snapshots it ([`RocksDbTimers::buffer_snapshot`], copy-on-write like heap timers)
+//! is half full, and registrations at or after the earliest timestamp written go straight to
+//! RocksDB from then on (the buffer keeps what fires next; writing everything out cost more
+//! than writing each registration at once), until the buffer is down to a quarter.
+//! [`TimerService::count`] writes it all out (RocksDB must hold every timer).
+//!
+//! Checkpoints do not write the buffer: the engine snapshots it ([`RocksDbTimers::buffer_snapshot`], copy-on-write like heap timers)
 //! into the checkpoint's private files next to the RocksDB files, and a restore registers
 //! those timers again. Whether a buffered registration is already in RocksDB is not checked
 //! (that would be a read): such a timer is in both, both heads are equal when it is due, and
@@ -119,7 +120,8 @@ pub struct RocksDbTimers {
     /// Bytes `unwritten` may hold; 0: no buffer.
     buffer_limit: usize,
     /// Per domain: registrations at or after this timestamp are written, not buffered (set
-    /// when the buffer overflows, cleared when it has drained to a quarter).
+    /// when the buffer overflows, cleared at the next registration once the buffer is down to
+    /// a quarter).
     horizon: [Option<i64>; 2],
     payload: Vec<u8>,
     key: Vec<u8>,
@@ -485,6 +487,9 @@ impl TimerService for RocksDbTimers {
             || g.cache
                 .last()
                 .is_some_and(|l| (timestamp, &self.payload[..]) <= (l.0, &l.1[..]));
+        if self.horizon[d].is_some() && self.unwritten.heap_bytes() < self.buffer_limit as u64 / 4 {
+            self.horizon[d] = None;
+        }
         let buffered = self.buffer_limit > 0 && self.horizon[d].is_none_or(|h| timestamp < h);
         if buffered {
             if in_cache_range
@@ -627,11 +632,6 @@ impl TimerService for RocksDbTimers {
             // Never written: nothing to delete, and `low` stays (RocksDB's fired timers are
             // still all below it).
             fill(out, domain, *ts, kg, payload, &self.domains[d].cf)?;
-            if self.horizon[d].is_some()
-                && self.unwritten.heap_bytes() < self.buffer_limit as u64 / 4
-            {
-                self.horizon[d] = None;
-            }
         }
         let new = self.group_head(d, idx);
         move_head(&mut self.domains[d].heads, kg, Some(head), new);
