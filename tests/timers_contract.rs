@@ -349,36 +349,20 @@ fn heap_bytes_follow_the_timers_held_and_return_to_zero() -> R {
         let mut inst = Instance::new(which, 0..=255);
         let s = inst.svc();
         let long = [7u8; 40]; // beyond the 24 inline bytes: a heap allocation per payload
+        let timer = |i: u32| -> (u16, i64, [u8; 4], &[u8]) {
+            let ns: &[u8] = if i.is_multiple_of(3) { &long } else { b"" };
+            ((i % 5) as u16, i64::from(i % 7), i.to_be_bytes(), ns)
+        };
         for i in 0..300u32 {
-            let key = i.to_be_bytes();
-            let kg = (i % 5) as u16;
-            s.register(
-                EV,
-                kg,
-                i64::from(i % 7),
-                &key,
-                if i % 3 == 0 { &long } else { b"" },
-            )?;
-            s.register(
-                EV,
-                kg,
-                i64::from(i % 7),
-                &key,
-                if i % 3 == 0 { &long } else { b"" },
-            )?;
+            let (kg, ts, key, ns) = timer(i);
+            s.register(EV, kg, ts, &key, ns)?;
+            s.register(EV, kg, ts, &key, ns)?;
             s.register(PT, kg, i64::from(i), &key, b"")?;
             assert!(s.heap_bytes() > 0, "{which:?}: nothing counted after {i}");
         }
         for i in (0..300u32).step_by(4) {
-            let key = i.to_be_bytes();
-            let kg = (i % 5) as u16;
-            s.delete(
-                EV,
-                kg,
-                i64::from(i % 7),
-                &key,
-                if i % 3 == 0 { &long } else { b"" },
-            )?;
+            let (kg, ts, key, ns) = timer(i);
+            s.delete(EV, kg, ts, &key, ns)?;
         }
         fire(s, 3);
         // (The small buffer may have written out everything left by now.)

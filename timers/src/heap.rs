@@ -638,17 +638,7 @@ impl TimerService for HeapTimers {
         let Some((ts, payload)) = self.pop_of(d, usize::from(kg - self.range.start())) else {
             return Ok(false);
         };
-        let (key, ns) = layout::decode_payload(&payload).ok_or_else(|| TimerError::Corrupt {
-            what: "heap timers".into(),
-            reason: format!("bad payload in key group {kg}"),
-        })?;
-        out.domain = domain;
-        out.timestamp = ts;
-        out.key_group = kg;
-        out.key.clear();
-        out.key.extend_from_slice(key);
-        out.namespace.clear();
-        out.namespace.extend_from_slice(ns);
+        out.fill(domain, ts, kg, &payload, "heap timers")?;
         Ok(true)
     }
 

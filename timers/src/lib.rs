@@ -79,6 +79,32 @@ pub struct Timer {
     pub namespace: Vec<u8>,
 }
 
+impl Timer {
+    /// Sets `self` to the fired timer `payload` ([`layout::encode_payload`]'s) of key group
+    /// `kg`, reusing its buffers; `what` names the payload's source in the error.
+    pub(crate) fn fill(
+        &mut self,
+        domain: TimeDomain,
+        timestamp: i64,
+        kg: KeyGroup,
+        payload: &[u8],
+        what: &str,
+    ) -> Result<()> {
+        let (key, ns) = layout::decode_payload(payload).ok_or_else(|| TimerError::Corrupt {
+            what: what.to_string(),
+            reason: format!("bad payload in key group {kg}"),
+        })?;
+        self.domain = domain;
+        self.timestamp = timestamp;
+        self.key_group = kg;
+        self.key.clear();
+        self.key.extend_from_slice(key);
+        self.namespace.clear();
+        self.namespace.extend_from_slice(ns);
+        Ok(())
+    }
+}
+
 /// Which implementation a service is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimerServiceKind {

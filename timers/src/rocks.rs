@@ -348,6 +348,20 @@ impl RocksDbTimers {
         Ok(())
     }
 
+    /// Buffers a put or delete of the timer (`timestamp`, `self.payload`) of key group index
+    /// `idx`.
+    fn buffer_payload(&mut self, d: usize, idx: usize, timestamp: i64, put: bool) -> Result<()> {
+        let kg = *self.range.start() + idx as KeyGroup;
+        layout::encode_db_key(
+            &mut self.key,
+            kg,
+            self.prefix_bytes,
+            timestamp,
+            &self.payload,
+        );
+        self.buffer(d, idx, put)
+    }
+
     /// Reloads the cache of one key group from RocksDB (one bounded scan) and updates the heads
     /// index.
     fn load(&mut self, d: usize, idx: usize) -> Result<()> {
@@ -521,14 +535,7 @@ impl TimerService for RocksDbTimers {
             let new = self.group_head(d, idx);
             move_head(&mut self.domains[d].heads, key_group, old, new);
         }
-        layout::encode_db_key(
-            &mut self.key,
-            key_group,
-            self.prefix_bytes,
-            timestamp,
-            &self.payload,
-        );
-        self.buffer(d, idx, true)
+        self.buffer_payload(d, idx, timestamp, true)
     }
 
     fn delete(
@@ -551,14 +558,7 @@ impl TimerService for RocksDbTimers {
         let in_rocksdb = !in_cache_range || g.cache.remove(&entry);
         let refill = in_cache_range && in_rocksdb && g.cache.is_empty() && !g.complete;
         if in_rocksdb {
-            layout::encode_db_key(
-                &mut self.key,
-                key_group,
-                self.prefix_bytes,
-                timestamp,
-                &self.payload,
-            );
-            self.buffer(d, idx, false)?;
+            self.buffer_payload(d, idx, timestamp, false)?;
         }
         if refill {
             self.scan_into_cache(d, idx)?;
@@ -613,7 +613,7 @@ impl TimerService for RocksDbTimers {
                 return Ok(false);
             };
             let refill = g.cache.is_empty() && !g.complete;
-            fill(out, domain, ts, kg, &payload, &self.domains[d].cf)?;
+            out.fill(domain, ts, kg, &payload, &self.domains[d].cf)?;
             layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
             // The popped timer was the key group's smallest live one in RocksDB: it becomes
             // garbage below `low`, deleted in bulk later (no tombstone per firing).
@@ -631,7 +631,7 @@ impl TimerService for RocksDbTimers {
         } else if let Some((ts, payload)) = &buffered {
             // Never written: nothing to delete, and `low` stays (RocksDB's fired timers are
             // still all below it).
-            fill(out, domain, *ts, kg, payload, &self.domains[d].cf)?;
+            out.fill(domain, *ts, kg, payload, &self.domains[d].cf)?;
         }
         let new = self.group_head(d, idx);
         move_head(&mut self.domains[d].heads, kg, Some(head), new);
@@ -678,28 +678,4 @@ impl TimerService for RocksDbTimers {
         it.status().map_err(TimerError::rocks("count timers"))?;
         Ok(n)
     }
-}
-
-/// Fills `out` with a fired timer of key group `kg` (`what`: where its payload came from, for
-/// the error).
-fn fill(
-    out: &mut Timer,
-    domain: TimeDomain,
-    ts: i64,
-    kg: KeyGroup,
-    payload: &[u8],
-    what: &str,
-) -> Result<()> {
-    let (key, ns) = layout::decode_payload(payload).ok_or_else(|| TimerError::Corrupt {
-        what: what.to_string(),
-        reason: format!("bad payload in key group {kg}"),
-    })?;
-    out.domain = domain;
-    out.timestamp = ts;
-    out.key_group = kg;
-    out.key.clear();
-    out.key.extend_from_slice(key);
-    out.namespace.clear();
-    out.namespace.extend_from_slice(ns);
-    Ok(())
 }
