@@ -198,7 +198,9 @@ pub struct MemoryConfig {
     /// Taken only by slots that keep timers in RocksDB (`state.timer-service = "rocksdb"` with
     /// the RocksDB backend); other slots leave it to RocksDB. Block cache and write-buffer
     /// manager are split from `(1 - c - t) * M`. A buffer that overflows writes its latest
-    /// timers out, so a too small one costs about what no buffer costs.
+    /// timers out, so a too small one costs about what no buffer costs. Each checkpoint
+    /// uploads the buffered timers as one private file (a full copy, not incremental): at
+    /// most about the buffer's size per slot, ~2 MB in the default word count.
     ///
     /// Flink: none (RocksDB timers write every registration).
     pub timer_buffer_ratio: f64,
