@@ -148,6 +148,7 @@ impl Bucket {
 
     /// Inserts `p`; `spilled` (the queue's heap bytes of payloads) follows what is stored and
     /// what collapses.
+    #[inline]
     fn insert(&mut self, p: &[u8], size_hint: usize, spilled: &mut usize) {
         match self {
             Bucket::Appending { v, compact_at } => {
@@ -253,6 +254,21 @@ struct Queue {
     spilled: usize,
 }
 
+/// Turns `b` into its firing form if it is not yet (see [`Bucket::start_firing`]), keeping
+/// its queue's byte counts and size hint (the queue's fields, passed apart from its map).
+#[inline]
+fn fire_bucket(b: &mut Bucket, slot_bytes: &mut usize, spilled: &mut usize, size_hint: &mut usize) {
+    if matches!(b, Bucket::Firing(_)) {
+        return;
+    }
+    let before = b.slot_bytes();
+    b.start_firing(spilled);
+    *slot_bytes = *slot_bytes + b.slot_bytes() - before;
+    if let Bucket::Firing(v) = b {
+        *size_hint = v.len().min(MAX_SIZE_HINT);
+    }
+}
+
 /// Largest capacity a bucket reserves from the previous bucket's size.
 const MAX_SIZE_HINT: usize = 4096;
 
@@ -282,6 +298,7 @@ impl Queue {
         self.buckets.get(&ts).is_some_and(|b| b.contains(p))
     }
 
+    #[inline]
     fn insert(&mut self, ts: i64, p: &[u8]) {
         let (b, before) = match self.buckets.entry(ts) {
             Entry::Occupied(e) => {
@@ -314,25 +331,21 @@ impl Queue {
         removed
     }
 
-    /// The first bucket in its firing form (sorted once, when it starts firing).
-    fn first_firing(&mut self) -> Option<(i64, &mut Vec<Payload>)> {
-        let (&ts, b) = self.buckets.iter_mut().next()?;
-        if !matches!(b, Bucket::Firing(_)) {
-            let before = b.slot_bytes();
-            b.start_firing(&mut self.spilled);
-            self.slot_bytes = self.slot_bytes + b.slot_bytes() - before;
-            if let Bucket::Firing(v) = b {
-                self.size_hint = v.len().min(MAX_SIZE_HINT);
-            }
-        }
-        match b {
-            Bucket::Firing(v) => Some((ts, v)),
-            _ => None,
+    /// Sorts the first bucket into its firing form (once, when it starts firing).
+    #[inline]
+    fn start_firing_first(&mut self) {
+        if let Some(mut e) = self.buckets.first_entry() {
+            fire_bucket(
+                e.get_mut(),
+                &mut self.slot_bytes,
+                &mut self.spilled,
+                &mut self.size_hint,
+            );
         }
     }
 
-    /// The earliest timer, in the contract's order, once [`Queue::first_firing`] has sorted
-    /// its bucket (`None` before).
+    /// The earliest timer, in the contract's order, once [`Queue::start_firing_first`] has
+    /// sorted its bucket (`None` before).
     fn first_fired(&self) -> Option<(i64, &Payload)> {
         match self.buckets.first_key_value()? {
             (ts, Bucket::Firing(v)) => v.last().map(|p| (*ts, p)),
@@ -340,17 +353,26 @@ impl Queue {
         }
     }
 
+    #[inline]
     fn pop_first(&mut self) -> Option<(i64, Payload)> {
-        let (ts, v) = self.first_firing()?;
-        let p = v.pop();
-        let empty = v.is_empty();
-        if let Some(p) = &p {
-            self.spilled -= spilled_bytes(p.len());
+        let mut e = self.buckets.first_entry()?;
+        let ts = *e.key();
+        let b = e.get_mut();
+        fire_bucket(
+            b,
+            &mut self.slot_bytes,
+            &mut self.spilled,
+            &mut self.size_hint,
+        );
+        let Bucket::Firing(v) = b else {
+            return None;
+        };
+        let p = v.pop()?;
+        self.spilled -= spilled_bytes(p.len());
+        if v.is_empty() {
+            self.slot_bytes -= e.remove().slot_bytes() + BUCKET_ENTRY;
         }
-        if empty && let Some(b) = self.buckets.remove(&ts) {
-            self.slot_bytes -= b.slot_bytes() + BUCKET_ENTRY;
-        }
-        p.map(|p| (ts, p))
+        Some((ts, p))
     }
 
     fn pop_last_bucket(&mut self) -> Option<(i64, Vec<Payload>)> {
@@ -507,6 +529,7 @@ impl HeapTimers {
 
     /// Runs `op` on the queue of (`d`, `idx`) (copied first if a snapshot shares it), then
     /// brings the byte count and the heads index up to date.
+    #[inline]
     fn with_queue<R>(&mut self, d: usize, idx: usize, op: impl FnOnce(&mut Queue) -> R) -> R {
         let kg = *self.range.start() + idx as KeyGroup;
         let dq = &mut self.domains[d];
@@ -521,6 +544,7 @@ impl HeapTimers {
 
     /// Registers an encoded payload ([`layout::encode_payload`]) in key group index `idx` of
     /// domain index `d` (both checked by the caller).
+    #[inline]
     pub(crate) fn insert_payload(&mut self, d: usize, idx: usize, ts: i64, payload: &[u8]) {
         let q = &self.domains[d].groups[idx];
         // Shared with a snapshot: skip the copy-on-write when the timer is known to exist.
@@ -531,6 +555,7 @@ impl HeapTimers {
     }
 
     /// Deletes an encoded payload; whether it was registered.
+    #[inline]
     pub(crate) fn remove_payload(&mut self, d: usize, idx: usize, ts: i64, payload: &[u8]) -> bool {
         let q = &self.domains[d].groups[idx];
         // Shared with a snapshot: skip the copy-on-write when there is nothing to delete.
@@ -541,24 +566,24 @@ impl HeapTimers {
     }
 
     /// The earliest timestamp of a key group.
+    #[inline]
     pub(crate) fn head_of(&self, d: usize, idx: usize) -> Option<i64> {
         self.domains[d].groups[idx].head()
     }
 
     /// The earliest timer of a key group, in the contract's order (its bucket starts firing).
+    #[inline]
     pub(crate) fn first_of(&mut self, d: usize, idx: usize) -> Option<(i64, &[u8])> {
         self.head_of(d, idx)?;
-        self.with_queue(d, idx, |q| {
-            q.first_firing();
-        });
+        self.with_queue(d, idx, Queue::start_firing_first);
         self.domains[d].groups[idx]
             .first_fired()
             .map(|(ts, p)| (ts, &p[..]))
     }
 
     /// Removes the earliest timer of a key group.
+    #[inline]
     pub(crate) fn pop_of(&mut self, d: usize, idx: usize) -> Option<(i64, Payload)> {
-        self.head_of(d, idx)?;
         self.with_queue(d, idx, Queue::pop_first)
     }
 
@@ -577,6 +602,7 @@ impl HeapTimers {
     }
 
     /// The earliest (timestamp, key group) of a domain.
+    #[inline]
     pub(crate) fn first_head(&self, d: usize) -> Option<(i64, KeyGroup)> {
         self.domains[d].heads.first().copied()
     }

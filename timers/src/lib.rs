@@ -82,6 +82,7 @@ pub struct Timer {
 impl Timer {
     /// Sets `self` to the fired timer `payload` ([`layout::encode_payload`]'s) of key group
     /// `kg`, reusing its buffers; `what` names the payload's source in the error.
+    #[inline]
     pub(crate) fn fill(
         &mut self,
         domain: TimeDomain,
