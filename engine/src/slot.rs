@@ -236,6 +236,7 @@ enum Timers {
 }
 
 impl Timers {
+    #[inline]
     fn svc(&mut self) -> &mut dyn TimerService {
         match self {
             Timers::Heap(h) => h,
@@ -753,10 +754,10 @@ impl Slot {
     /// The slot's timer service for its key groups, opened on first use (RocksDB timers create
     /// their column families `_timers/event-time` and `_timers/processing-time` then). Timers
     /// are part of every checkpoint of the slot and are restored with it.
+    #[inline]
     pub fn timers(&mut self) -> Result<&mut dyn TimerService> {
         if self.timers.is_none() {
-            let t = self.open_timers(self.timer_kind)?;
-            self.timers = Some(t);
+            self.open_timer_service()?;
         }
         match &mut self.timers {
             Some(t) => Ok(t.svc()),
@@ -764,6 +765,14 @@ impl Slot {
                 "timer service not open".into(),
             )),
         }
+    }
+
+    /// The first use of [`Slot::timers`] (kept out of the per-record path).
+    #[cold]
+    fn open_timer_service(&mut self) -> Result<()> {
+        let t = self.open_timers(self.timer_kind)?;
+        self.timers = Some(t);
+        Ok(())
     }
 
     fn open_timers(&mut self, kind: TimerServiceKind) -> Result<Timers> {
@@ -859,6 +868,7 @@ impl Slot {
         })
     }
 
+    #[inline]
     fn timer_op(
         &mut self,
         scope: &ScopeKey,
