@@ -11,9 +11,14 @@
 //! (word, window) of a window shares its end): a hash probe per registration was a cache miss
 //! and 14-23 % of the word count's time, and an ordered set of `(timestamp, payload)` before it
 //! compared payload bytes at every step (memcmp and malloc were 35 %). Flink pairs a binary heap
-//! with a hash map instead. An index of the key groups' heads (`(earliest timestamp, key group)`) makes the
-//! next timer of the whole slot an O(log k) lookup — Flink's heap-of-heaps
+//! with a hash map instead. An index of the key groups' heads (`(earliest timestamp, key
+//! group)`) makes the next timer of the whole slot an O(log k) lookup — Flink's heap-of-heaps
 //! (`KeyGroupPartitionedPriorityQueue`).
+//!
+//! ## Memory
+//! Every queue keeps its heap bytes up to date as it changes ([`HeapTimers::heap_bytes`], O(1)):
+//! RocksDB timers use a `HeapTimers` as their write-back buffer and bound it by this count
+//! (through the crate-internal payload-level methods, `insert_payload` … `pop_last_bucket`).
 //!
 //! ## Snapshots
 //! [`HeapTimers::snapshot`] clones the `Arc`s (O(key groups), no timer copied); a later write to
