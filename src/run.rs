@@ -530,7 +530,8 @@ fn summarize(
 
     // The plan is the same for every slot; heap slots have no RocksDB memory.
     let plan = if rocksdb {
-        MemoryPlan::from_config(&config.effective_memory())
+        // The run's workloads register no timers.
+        MemoryPlan::from_config(&config.effective_memory(false))
             .ok()
             .flatten()
     } else {

@@ -82,7 +82,7 @@ fn restore(cfg: &CairnConfig, source: &str) -> R<(Checkpointer, Slot)> {
     let range = cairn::KeyGroupRange::for_slot(128, 1, 0)?;
     let dest = cfg.state.working_dir.join("restore-slot-0");
     let (files, _) = cp.download_for_slot(&restored, range, &dest)?;
-    let slot = Slot::builder(cfg).restore(files).open()?;
+    let slot = Slot::builder(cfg).restore(files).uses_timers().open()?;
     Ok((cp, slot))
 }
 
@@ -120,7 +120,7 @@ fn round_trip_with(
         Buffer::Tiny => cfg.memory.timer_buffer_ratio = 0.0001,
         Buffer::Default => {}
     }
-    let mut slot = Slot::builder(&cfg).open()?;
+    let mut slot = Slot::builder(&cfg).uses_timers().open()?;
     assert_eq!(slot.timer_service_kind(), timers);
     let mut model = Model::new();
     register(&mut slot, &mut model, 0, 3_000)?;

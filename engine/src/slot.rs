@@ -55,6 +55,7 @@ pub struct SlotBuilder<'a> {
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
     working_dir: Option<PathBuf>,
     restore: Option<SlotRestore>,
+    uses_timers: bool,
 }
 
 /// Local files to open a slot from (downloaded and verified by the checkpoint layer).
@@ -79,6 +80,16 @@ impl<'a> SlotBuilder<'a> {
     /// Opens the slot from restored files instead of empty.
     pub fn restore(mut self, restore: SlotRestore) -> Self {
         self.restore = Some(restore);
+        self
+    }
+
+    /// Declares that the slot's operators register timers. With RocksDB timers the slot then
+    /// gives `memory.timer-buffer-ratio` of its budget to their write-back buffer, out of
+    /// RocksDB's share (sized when RocksDB opens). Undeclared, that share stays with RocksDB
+    /// and RocksDB timers write every registration (correct, slower): a job without timers
+    /// keeps all of RocksDB's memory. Heap timers need no declaration.
+    pub fn uses_timers(mut self) -> Self {
+        self.uses_timers = true;
         self
     }
 
@@ -163,7 +174,9 @@ impl<'a> SlotBuilder<'a> {
                 Box::new(heap)
             }
             (BackendKind::RocksDb, restore) => {
-                let memory = cairn_memory::SlotMemory::build_shared(&config.effective_memory())?;
+                let memory = cairn_memory::SlotMemory::build_shared(
+                    &config.effective_memory(self.uses_timers),
+                )?;
                 timer_buffer_bytes = memory.timer_buffer_bytes();
                 let restore = match restore {
                     None => None,
@@ -293,6 +306,7 @@ impl Slot {
             hook: None,
             working_dir: None,
             restore: None,
+            uses_timers: false,
         }
     }
 

@@ -196,7 +196,9 @@ pub struct MemoryConfig {
     /// behaviour).
     ///
     /// Taken only by slots that keep timers in RocksDB (`state.timer-service = "rocksdb"` with
-    /// the RocksDB backend); other slots leave it to RocksDB. Block cache and write-buffer
+    /// the RocksDB backend) and declare that they register timers (the engine's
+    /// `SlotBuilder::uses_timers`, as the word count does); other slots leave it to RocksDB, so
+    /// a job without timers keeps all of RocksDB's memory. Block cache and write-buffer
     /// manager are split from `(1 - c - t) * M`. A buffer that overflows writes its latest
     /// timers out, so a too small one costs about what no buffer costs. Each checkpoint
     /// uploads the buffered timers as one private file (a full copy, not incremental): at
