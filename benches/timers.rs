@@ -74,7 +74,7 @@ fn round(kind: TimerServiceKind, shape: Shape, n: u64) -> Round {
     if let Some(r) = buffer_ratio() {
         cfg.memory.timer_buffer_ratio = r;
     }
-    let mut slot = Slot::builder(&cfg).uses_timers().open().expect("open slot");
+    let mut slot = Slot::builder(&cfg).open().expect("open slot");
     let max_p = slot.max_parallelism();
     // Keys and key groups precomputed: the benchmark times the timer service only.
     let keys: Vec<([u8; 8], u16)> = (0..n)
@@ -131,7 +131,7 @@ fn snapshot_round(n: u64) {
     cfg.state.backend = BackendKind::RocksDb;
     cfg.state.timer_service = TimerServiceKind::Heap;
     cfg.state.working_dir = dir.path().to_path_buf();
-    let mut slot = Slot::builder(&cfg).uses_timers().open().expect("open slot");
+    let mut slot = Slot::builder(&cfg).open().expect("open slot");
     let max_p = slot.max_parallelism();
     let timers = slot.timers().expect("timer service");
     for i in 0..n {

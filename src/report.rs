@@ -59,7 +59,7 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `memory.state_cache_bytes` | bytes held by the write-back state caches at the end (part of `total_bytes`) |
 /// | `memory.state_cache_capacity_bytes` | the caches' capacity from the plan (`memory.state-cache-ratio` of the budget), all slots; `null` when unmanaged or heap |
 /// | `memory.timer_buffer_bytes` | bytes held by RocksDB timers' write-back buffers at the end (part of `total_bytes`) |
-/// | `memory.timer_buffer_capacity_bytes` | their capacity from the plan (`memory.timer-buffer-ratio` of the budget, 0 unless timers are in RocksDB), all slots; `null` when unmanaged or heap |
+/// | `memory.timer_buffer_capacity_bytes` | their capacity (`memory.timer-buffer-ratio` of the budget, taken from RocksDB's share once a slot's RocksDB timers open; 0 before and without them), all slots; `null` when unmanaged or heap |
 /// | `memory.rss_bytes` | process resident set size at the end |
 /// | `memory.rss_peak_bytes` | peak RSS among the samples |
 /// | `memory.high_priority_pool_ratio_configured` | `memory.high-priority-pool-ratio` (`null` for heap) |

@@ -524,16 +524,14 @@ fn summarize(
         mem.table_readers_bytes += r.table_readers_bytes;
         mem.state_cache_bytes += r.state_cache_bytes;
         mem.timer_buffer_bytes += r.timer_buffer_bytes;
+        mem.timer_buffer_capacity_bytes += r.timer_buffer_capacity_bytes;
         mem.rss_bytes = mem.rss_bytes.max(r.rss_bytes);
     }
     let total_bytes: u64 = outcomes.iter().map(|o| o.end_memory.total_bytes()).sum();
 
     // The plan is the same for every slot; heap slots have no RocksDB memory.
     let plan = if rocksdb {
-        // The run's workloads register no timers.
-        MemoryPlan::from_config(&config.effective_memory(false))
-            .ok()
-            .flatten()
+        MemoryPlan::from_config(&config.memory).ok().flatten()
     } else {
         None
     };
@@ -557,7 +555,7 @@ fn summarize(
         state_cache_bytes: mem.state_cache_bytes,
         state_cache_capacity_bytes: plan.as_ref().map(|p| p.state_cache_bytes * slots),
         timer_buffer_bytes: mem.timer_buffer_bytes,
-        timer_buffer_capacity_bytes: plan.as_ref().map(|p| p.timer_buffer_bytes * slots),
+        timer_buffer_capacity_bytes: plan.as_ref().map(|_| mem.timer_buffer_capacity_bytes),
         rss_bytes: cairn_memory::process_rss_bytes().max(mem.rss_bytes),
         rss_peak_bytes: shared.peak_rss.load(Ordering::Relaxed).max(mem.rss_bytes),
         high_priority_pool_ratio_configured: rocksdb

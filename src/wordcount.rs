@@ -336,7 +336,6 @@ pub fn run(
     for i in 0..slots {
         let slot = Slot::builder(config)
             .slot(i, slots)
-            .uses_timers()
             .open()
             .map_err(|source| RunError::Open {
                 slot: i,

@@ -82,7 +82,7 @@ fn restore(cfg: &CairnConfig, source: &str) -> R<(Checkpointer, Slot)> {
     let range = cairn::KeyGroupRange::for_slot(128, 1, 0)?;
     let dest = cfg.state.working_dir.join("restore-slot-0");
     let (files, _) = cp.download_for_slot(&restored, range, &dest)?;
-    let slot = Slot::builder(cfg).restore(files).uses_timers().open()?;
+    let slot = Slot::builder(cfg).restore(files).open()?;
     Ok((cp, slot))
 }
 
@@ -120,7 +120,7 @@ fn round_trip_with(
         Buffer::Tiny => cfg.memory.timer_buffer_ratio = 0.0001,
         Buffer::Default => {}
     }
-    let mut slot = Slot::builder(&cfg).uses_timers().open()?;
+    let mut slot = Slot::builder(&cfg).open()?;
     assert_eq!(slot.timer_service_kind(), timers);
     let mut model = Model::new();
     register(&mut slot, &mut model, 0, 3_000)?;
@@ -318,5 +318,31 @@ fn rescoping_a_timer_of_another_slot_is_refused() -> R {
         err.to_string().contains("key group"),
         "error names the key group: {err}"
     );
+    Ok(())
+}
+
+/// RocksDB timers' buffer takes its share of the budget from RocksDB's when they open (block
+/// cache and write-buffer manager shrink then; `cairn-memory` tests the sizes): before, and
+/// with heap timers, the slot reports no buffer capacity.
+#[test]
+fn the_timer_buffer_takes_its_share_when_rocksdb_timers_open() -> R {
+    for kind in [TimerServiceKind::RocksDb, TimerServiceKind::Heap] {
+        let root = tempfile::tempdir()?;
+        let cfg = config(BackendKind::RocksDb, kind, root.path());
+        let mut slot = Slot::builder(&cfg).open()?;
+        assert_eq!(slot.memory_report().timer_buffer_capacity_bytes, 0);
+        let scope = slot.scope(&1u64, &0u32)?;
+        slot.register_timer(TimeDomain::EventTime, &scope, 10)?;
+        let expected = match kind {
+            TimerServiceKind::RocksDb => cfg.memory.timer_buffer_bytes(),
+            TimerServiceKind::Heap => 0,
+        };
+        assert_eq!(
+            slot.memory_report().timer_buffer_capacity_bytes,
+            expected,
+            "{kind}"
+        );
+        assert!(expected == 0 || slot.memory_report().timer_buffer_bytes > 0);
+    }
     Ok(())
 }

@@ -364,17 +364,6 @@ impl Default for RocksDbConfig {
 }
 
 impl CairnConfig {
-    /// The `[memory]` settings a slot runs with: `timer-buffer-ratio` only takes its share when
-    /// the slot keeps timers in RocksDB and `uses_timers` (declared with
-    /// `SlotBuilder::uses_timers`); otherwise that share stays with RocksDB.
-    pub fn effective_memory(&self, uses_timers: bool) -> MemoryConfig {
-        let mut m = self.memory.clone();
-        if !uses_timers || self.state.effective_timer_service() != TimerServiceKind::RocksDb {
-            m.timer_buffer_ratio = 0.0;
-        }
-        m
-    }
-
     /// Parses a TOML document; unknown keys and wrong types are errors naming the key.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| EngineError::ConfigFile {
@@ -901,21 +890,5 @@ mod tests {
         assert_eq!(c.state.effective_timer_service(), TimerServiceKind::Heap);
         let e = CairnConfig::from_toml_str("[state]\ntimer-service = \"disk\"\n").unwrap_err();
         assert!(e.to_string().contains("timer-service"), "{e}");
-    }
-
-    /// The timer buffer's share of the budget is taken only by a slot that keeps timers in
-    /// RocksDB and declares it uses timers; any other slot leaves it to RocksDB.
-    #[test]
-    fn the_timer_buffer_share_is_taken_only_when_rocksdb_timers_are_used() {
-        let mut c = CairnConfig::default();
-        let t = c.memory.timer_buffer_ratio;
-        assert!(t > 0.0);
-        assert_eq!(c.effective_memory(true).timer_buffer_ratio, t);
-        assert_eq!(c.effective_memory(false).timer_buffer_ratio, 0.0);
-        c.state.timer_service = TimerServiceKind::Heap;
-        assert_eq!(c.effective_memory(true).timer_buffer_ratio, 0.0);
-        c.state.timer_service = TimerServiceKind::RocksDb;
-        c.state.backend = BackendKind::Heap;
-        assert_eq!(c.effective_memory(true).timer_buffer_ratio, 0.0);
     }
 }

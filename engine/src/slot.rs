@@ -55,7 +55,6 @@ pub struct SlotBuilder<'a> {
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
     working_dir: Option<PathBuf>,
     restore: Option<SlotRestore>,
-    uses_timers: bool,
 }
 
 /// Local files to open a slot from (downloaded and verified by the checkpoint layer).
@@ -80,16 +79,6 @@ impl<'a> SlotBuilder<'a> {
     /// Opens the slot from restored files instead of empty.
     pub fn restore(mut self, restore: SlotRestore) -> Self {
         self.restore = Some(restore);
-        self
-    }
-
-    /// Declares that the slot's operators register timers. With RocksDB timers the slot then
-    /// gives `memory.timer-buffer-ratio` of its budget to their write-back buffer, out of
-    /// RocksDB's share (sized when RocksDB opens). Undeclared, that share stays with RocksDB
-    /// and RocksDB timers write every registration (correct, slower): a job without timers
-    /// keeps all of RocksDB's memory. Heap timers need no declaration.
-    pub fn uses_timers(mut self) -> Self {
-        self.uses_timers = true;
         self
     }
 
@@ -138,7 +127,6 @@ impl<'a> SlotBuilder<'a> {
             None => Vec::new(),
         };
         let mut restored_heap_timers: Option<HeapTimers> = None;
-        let mut timer_buffer_bytes = 0;
         for f in timer_files.iter().filter(|f| f.exists()) {
             let h = restored_heap_timers.get_or_insert_with(|| HeapTimers::new(kg_range.clone()));
             h.restore(f)?;
@@ -174,10 +162,7 @@ impl<'a> SlotBuilder<'a> {
                 Box::new(heap)
             }
             (BackendKind::RocksDb, restore) => {
-                let memory = cairn_memory::SlotMemory::build_shared(
-                    &config.effective_memory(self.uses_timers),
-                )?;
-                timer_buffer_bytes = memory.timer_buffer_bytes();
+                let memory = cairn_memory::SlotMemory::build_shared(&config.memory)?;
                 let restore = match restore {
                     None => None,
                     Some(SlotRestore::RocksDb { files, states }) => {
@@ -206,7 +191,6 @@ impl<'a> SlotBuilder<'a> {
             timers: None,
             timer_kind,
             timer_cache_size: config.state.timer_cache_size as usize,
-            timer_buffer_bytes,
             backend,
             kind: config.state.backend,
             index: self.index,
@@ -278,8 +262,6 @@ pub struct Slot {
     timers: Option<Timers>,
     timer_kind: TimerServiceKind,
     timer_cache_size: usize,
-    /// Budget of RocksDB timers' write-back buffer (`memory.timer-buffer-ratio`).
-    timer_buffer_bytes: u64,
     backend: Box<dyn StateBackend>,
     kind: BackendKind,
     index: u32,
@@ -306,7 +288,6 @@ impl Slot {
             hook: None,
             working_dir: None,
             restore: None,
-            uses_timers: false,
         }
     }
 
@@ -719,6 +700,7 @@ impl Slot {
         let mut report = self.backend.memory_report();
         if let Some(Timers::RocksDb(r)) = &self.timers {
             report.timer_buffer_bytes = r.heap_bytes();
+            report.timer_buffer_capacity_bytes = r.buffer_limit();
         }
         report
     }
@@ -800,15 +782,13 @@ impl Slot {
                     self.register_internal(&d)?;
                     names.push(d.full_name());
                 }
-                let db = self
-                    .backend
-                    .as_rocksdb()
-                    .ok_or_else(|| {
-                        EngineError::InvalidArgument(
-                            "RocksDB timers need the RocksDB backend".into(),
-                        )
-                    })?
-                    .shared_db();
+                let rocks = self.backend.as_rocksdb().ok_or_else(|| {
+                    EngineError::InvalidArgument("RocksDB timers need the RocksDB backend".into())
+                })?;
+                let db = rocks.shared_db();
+                // The buffer's share of the budget leaves RocksDB's now, not before: a slot
+                // without RocksDB timers keeps it.
+                let buffer_bytes = rocks.memory().reserve_timer_buffer();
                 Timers::RocksDb(Box::new(
                     RocksDbTimers::open(
                         db,
@@ -818,7 +798,7 @@ impl Slot {
                         self.prefix_bytes,
                         self.timer_cache_size,
                     )?
-                    .with_write_buffer(self.timer_buffer_bytes),
+                    .with_write_buffer(buffer_bytes),
                 ))
             }
         })

@@ -195,11 +195,10 @@ pub struct MemoryConfig {
     /// `state-cache-ratio` at most 0.9; `0` writes every registration to RocksDB (Flink's
     /// behaviour).
     ///
-    /// Taken only by slots that keep timers in RocksDB (`state.timer-service = "rocksdb"` with
-    /// the RocksDB backend) and declare that they register timers (the engine's
-    /// `SlotBuilder::uses_timers`, as the word count does); other slots leave it to RocksDB, so
-    /// a job without timers keeps all of RocksDB's memory. Block cache and write-buffer
-    /// manager are split from `(1 - c - t) * M`. A buffer that overflows writes its latest
+    /// Taken from RocksDB's share when the slot's RocksDB timers open (at the first timer
+    /// operation, or at restore): block cache and write-buffer manager then shrink to Flink's
+    /// split of `(1 - c - t) * M`. Until then, and for good in a slot without RocksDB timers,
+    /// RocksDB keeps `(1 - c) * M`, so a job without timers loses nothing. A buffer that overflows writes its latest
     /// timers out, so a too small one costs about what no buffer costs. Each checkpoint
     /// uploads the buffered timers as one private file (a full copy, not incremental): at
     /// most about the buffer's size per slot, ~2 MB in the default word count.
@@ -273,10 +272,10 @@ impl MemoryConfig {
     }
 
     /// Bytes of the budget left to RocksDB (block cache + write-buffer manager), `None` when
-    /// unbounded.
+    /// unbounded; a slot whose RocksDB timers open gives `timer_buffer_bytes` of it to their
+    /// buffer.
     pub fn rocksdb_budget_bytes(&self) -> Option<u64> {
-        self.budget_bytes()
-            .map(|b| b - self.state_cache_bytes() - self.timer_buffer_bytes())
+        self.budget_bytes().map(|b| b - self.state_cache_bytes())
     }
 
     /// The budget together with the key of the setting it came from.
@@ -616,7 +615,7 @@ mod tests {
         assert_eq!(c.state_cache_ratio, 0.25);
         assert_eq!(c.state_cache_bytes(), 25 * 1024 * 1024);
         assert_eq!(c.timer_buffer_bytes(), 20 * 1024 * 1024);
-        assert_eq!(c.rocksdb_budget_bytes(), Some(55 * 1024 * 1024));
+        assert_eq!(c.rocksdb_budget_bytes(), Some(75 * 1024 * 1024));
         for bad in [-0.1, 0.95, 1.0, f64::NAN] {
             let c = MemoryConfig {
                 state_cache_ratio: bad,
@@ -652,7 +651,7 @@ mod tests {
         let c = parse("[memory]\nmanaged-size = \"100MiB\"\ntimer-buffer-ratio = 0.5\n")
             .expect("valid");
         assert_eq!(c.timer_buffer_bytes(), 50 * 1024 * 1024);
-        assert_eq!(c.rocksdb_budget_bytes(), Some(10 * 1024 * 1024));
+        assert_eq!(c.rocksdb_budget_bytes(), Some(60 * 1024 * 1024));
         // 0.4 (the default cache) + 0.6 leaves RocksDB nothing.
         for bad in [-0.1, 0.6, f64::NAN] {
             let c = MemoryConfig {

@@ -74,7 +74,9 @@ pub struct MemoryPlan {
     /// from the rest, `M' = (1 - c) * M`.
     pub state_cache_bytes: u64,
     /// Capacity of the write-back buffer of RocksDB timers: `t * M`
-    /// (`memory.timer-buffer-ratio`); 0 when off. RocksDB's share is `M' = (1 - c - t) * M`.
+    /// (`memory.timer-buffer-ratio`); 0 when off. Taken from RocksDB's share only when the
+    /// slot's RocksDB timers open ([`crate::SlotMemory::reserve_timer_buffer`]): RocksDB then
+    /// runs with the `*_with_timer_buffer` sizes, split from `(1 - c - t) * M`.
     pub timer_buffer_bytes: u64,
     /// The configured `memory.write-buffer-ratio` `r`.
     pub write_buffer_ratio: f64,
@@ -83,6 +85,11 @@ pub struct MemoryPlan {
     pub block_cache_bytes: u64,
     /// Capacity of the shared write-buffer manager, charged to the cache: `2r/3 * M'` (Flink's).
     pub write_buffer_manager_bytes: u64,
+    /// The block cache once the timer buffer is reserved: Flink's formula on
+    /// `(1 - c - t) * M`.
+    pub block_cache_bytes_with_timer_buffer: u64,
+    /// The write-buffer manager once the timer buffer is reserved.
+    pub write_buffer_manager_bytes_with_timer_buffer: u64,
     /// `memory.high-priority-pool-ratio` as configured; used for validation only.
     pub high_priority_pool_ratio_configured: f64,
     /// The high-priority pool ratio the cache really uses: [`ROCKSDB_HIGH_PRI_POOL_RATIO`].
@@ -109,7 +116,8 @@ impl MemoryPlan {
         let r = config.write_buffer_ratio;
         let state_cache = config.state_cache_bytes();
         let timer_buffer = config.timer_buffer_bytes();
-        let rocksdb_budget = budget - state_cache - timer_buffer;
+        let rocksdb_budget = budget - state_cache;
+        let with_timers = rocksdb_budget - timer_buffer;
         let wbm = write_buffer_manager_bytes(rocksdb_budget, r);
         let write_buffer_size = write_buffer_size(wbm);
         let configured = config.high_priority_pool_ratio;
@@ -120,6 +128,11 @@ impl MemoryPlan {
             write_buffer_ratio: r,
             block_cache_bytes: block_cache_bytes(rocksdb_budget, r),
             write_buffer_manager_bytes: wbm,
+            block_cache_bytes_with_timer_buffer: block_cache_bytes(with_timers, r),
+            write_buffer_manager_bytes_with_timer_buffer: write_buffer_manager_bytes(
+                with_timers,
+                r,
+            ),
             high_priority_pool_ratio_configured: configured,
             high_priority_pool_ratio_effective: ROCKSDB_HIGH_PRI_POOL_RATIO,
             high_priority_pool_ratio_honoured: configured == ROCKSDB_HIGH_PRI_POOL_RATIO,
@@ -297,18 +310,25 @@ mod tests {
         let t = crate::config::DEFAULT_TIMER_BUFFER_RATIO;
         assert_eq!(p.state_cache_bytes, (m as f64 * c) as u64);
         assert_eq!(p.timer_buffer_bytes, (m as f64 * t) as u64);
-        let rest = m - p.state_cache_bytes - p.timer_buffer_bytes;
+        let rest = m - p.state_cache_bytes;
         assert_eq!(p.block_cache_bytes, block_cache_bytes(rest, 0.5));
         assert_eq!(
             p.write_buffer_manager_bytes,
             write_buffer_manager_bytes(rest, 0.5)
         );
-        // cache + timer buffer + block cache + memtables (1.5x the manager, half of it outside
-        // the cache) <= M.
+        // cache + block cache + memtables (1.5x the manager, half of it outside the cache) <= M,
+        // and with the timer buffer reserved: cache + timer buffer + the smaller RocksDB <= M.
+        let total = p.state_cache_bytes + p.block_cache_bytes + p.write_buffer_manager_bytes / 2;
+        assert!(total <= m && m - total <= 2, "{total} vs {m}");
+        let rest = rest - p.timer_buffer_bytes;
+        assert_eq!(
+            p.block_cache_bytes_with_timer_buffer,
+            block_cache_bytes(rest, 0.5)
+        );
         let total = p.state_cache_bytes
             + p.timer_buffer_bytes
-            + p.block_cache_bytes
-            + p.write_buffer_manager_bytes / 2;
+            + p.block_cache_bytes_with_timer_buffer
+            + p.write_buffer_manager_bytes_with_timer_buffer / 2;
         assert!(total <= m && m - total <= 2, "{total} vs {m}");
     }
 }

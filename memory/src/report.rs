@@ -43,6 +43,9 @@ pub struct MemoryReport {
     /// with heap timers. Set by the engine like `state_cache_bytes`, added in
     /// [`MemoryReport::total_bytes`].
     pub timer_buffer_bytes: u64,
+    /// The buffer's capacity: its share of the budget once the slot's RocksDB timers opened
+    /// (`SlotMemory::reserve_timer_buffer`), else 0.
+    pub timer_buffer_capacity_bytes: u64,
 }
 
 impl MemoryReport {
@@ -127,12 +130,16 @@ impl MemoryReport {
 
 impl Serialize for MemoryReport {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("MemoryReport", 12)?;
+        let mut s = serializer.serialize_struct("MemoryReport", 13)?;
         s.serialize_field("budget_bytes", &self.budget_bytes)?;
         s.serialize_field("total_bytes", &self.total_bytes())?;
         s.serialize_field("rocksdb_total_bytes", &self.rocksdb_total_bytes())?;
         s.serialize_field("state_cache_bytes", &self.state_cache_bytes)?;
         s.serialize_field("timer_buffer_bytes", &self.timer_buffer_bytes)?;
+        s.serialize_field(
+            "timer_buffer_capacity_bytes",
+            &self.timer_buffer_capacity_bytes,
+        )?;
         s.serialize_field("block_cache_bytes", &self.block_cache_bytes)?;
         s.serialize_field("block_cache_pinned_bytes", &self.block_cache_pinned_bytes)?;
         s.serialize_field("memtable_bytes", &self.memtable_bytes)?;

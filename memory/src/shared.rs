@@ -1,6 +1,8 @@
 //! The RocksDB objects a slot shares: one block cache and one write-buffer manager.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, Options, WriteBufferManager};
 
@@ -28,6 +30,8 @@ pub struct SlotMemory {
 #[derive(Clone)]
 struct Shared {
     plan: MemoryPlan,
+    /// Whether the timer buffer's share was taken from block cache and write-buffer manager.
+    timer_buffer_reserved: Arc<AtomicBool>,
     cache: Cache,
     write_buffer_manager: WriteBufferManager,
     write_buffer_size: usize,
@@ -127,12 +131,38 @@ impl SlotMemory {
         Ok(SlotMemory {
             shared: Some(Shared {
                 plan,
+                timer_buffer_reserved: Arc::new(AtomicBool::new(false)),
                 cache,
                 write_buffer_manager,
                 write_buffer_size,
                 arena_block_size,
             }),
         })
+    }
+
+    /// Gives RocksDB timers' write-back buffer its share of the budget
+    /// ([`MemoryPlan::timer_buffer_bytes`]): shrinks the block cache and the write-buffer
+    /// manager to their `*_with_timer_buffer` sizes (RocksDB evicts and flushes down to them)
+    /// and returns the buffer's bytes; the same bytes again on later calls, 0 when unmanaged.
+    /// Called when the slot's RocksDB timers open, so a slot without them keeps it all.
+    pub fn reserve_timer_buffer(&self) -> u64 {
+        let Some(s) = &self.shared else {
+            return 0;
+        };
+        if s.plan.timer_buffer_bytes > 0 && !s.timer_buffer_reserved.swap(true, Ordering::SeqCst) {
+            // The sizes are below the ones built from the same plan, so they fit in usize.
+            let mut cache = s.cache.clone();
+            cache.set_capacity(s.plan.block_cache_bytes_with_timer_buffer as usize);
+            s.write_buffer_manager
+                .set_buffer_size(s.plan.write_buffer_manager_bytes_with_timer_buffer as usize);
+            tracing::info!(
+                timer_buffer_bytes = s.plan.timer_buffer_bytes,
+                block_cache_bytes = s.plan.block_cache_bytes_with_timer_buffer,
+                write_buffer_manager_bytes = s.plan.write_buffer_manager_bytes_with_timer_buffer,
+                "RocksDB timers opened: their buffer's share is taken from RocksDB's"
+            );
+        }
+        s.plan.timer_buffer_bytes
     }
 
     /// A slot without a budget: nothing is shared, RocksDB defaults apply.
@@ -154,11 +184,6 @@ impl SlotMemory {
     /// budget); 0 when off or unmanaged.
     pub fn state_cache_bytes(&self) -> u64 {
         self.plan().map_or(0, |p| p.state_cache_bytes)
-    }
-
-    /// Capacity of the write-back buffer of RocksDB timers (0 when off or unbudgeted).
-    pub fn timer_buffer_bytes(&self) -> u64 {
-        self.plan().map_or(0, |p| p.timer_buffer_bytes)
     }
 
     /// The shared block cache, when managed.
@@ -252,6 +277,33 @@ mod tests {
         let mut table = BlockBasedOptions::default();
         mem.apply_to_db_options(&mut opts);
         mem.apply_to_cf_options(&mut opts, &mut table);
+    }
+
+    #[test]
+    fn reserving_the_timer_buffer_shrinks_cache_and_manager_once() {
+        let mem = SlotMemory::build_shared(&MemoryConfig {
+            managed_size: ByteSize::mib(64),
+            ..MemoryConfig::default()
+        })
+        .expect("valid");
+        let plan = mem.plan().expect("plan").clone();
+        let cache = mem.cache().expect("cache");
+        let wbm = mem.write_buffer_manager().expect("wbm");
+        assert_eq!(cache.get_capacity() as u64, plan.block_cache_bytes);
+        assert!(plan.timer_buffer_bytes > 0);
+        for _ in 0..2 {
+            assert_eq!(mem.clone().reserve_timer_buffer(), plan.timer_buffer_bytes);
+            assert_eq!(
+                cache.get_capacity() as u64,
+                plan.block_cache_bytes_with_timer_buffer
+            );
+            assert_eq!(
+                wbm.get_buffer_size() as u64,
+                plan.write_buffer_manager_bytes_with_timer_buffer
+            );
+        }
+        assert!(plan.block_cache_bytes_with_timer_buffer < plan.block_cache_bytes);
+        assert_eq!(SlotMemory::unmanaged().reserve_timer_buffer(), 0);
     }
 
     #[test]

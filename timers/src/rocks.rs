@@ -192,6 +192,11 @@ impl RocksDbTimers {
         self
     }
 
+    /// The write-back buffer's budget in bytes (0: none).
+    pub fn buffer_limit(&self) -> u64 {
+        self.buffer_limit as u64
+    }
+
     /// A copy-on-write view of the buffered timers for a checkpoint (they are not in RocksDB);
     /// `None` when the buffer is empty. Restore registers them again.
     pub fn buffer_snapshot(&self) -> Option<HeapTimersSnapshot> {

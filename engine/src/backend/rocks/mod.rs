@@ -229,6 +229,11 @@ impl RocksDbBackend {
         Arc::clone(&self.db)
     }
 
+    /// The slot's shared RocksDB memory (block cache, write-buffer manager, budget plan).
+    pub fn memory(&self) -> &SlotMemory {
+        &self.memory
+    }
+
     /// Names of the column families of the registered states, by state id.
     pub fn column_families(&self) -> impl Iterator<Item = &str> {
         self.states.iter().map(|(n, _)| n.as_str())
