@@ -700,7 +700,6 @@ impl Slot {
         let mut report = self.backend.memory_report();
         if let Some(Timers::RocksDb(r)) = &self.timers {
             report.timer_buffer_bytes = r.heap_bytes();
-            report.timer_buffer_capacity_bytes = r.buffer_limit();
         }
         report
     }
@@ -766,12 +765,15 @@ impl Slot {
     /// The first use of [`Slot::timers`] (kept out of the per-record path).
     #[cold]
     fn open_timer_service(&mut self) -> Result<()> {
-        let t = self.open_timers(self.timer_kind)?;
+        let t = self.open_timers(self.timer_kind, true)?;
         self.timers = Some(t);
         Ok(())
     }
 
-    fn open_timers(&mut self, kind: TimerServiceKind) -> Result<Timers> {
+    /// Opens a timer service of `kind`; `serving`: it becomes the slot's (RocksDB timers then
+    /// take their write-back buffer's share of the budget), else it is only drained at restore
+    /// and RocksDB keeps that share.
+    fn open_timers(&mut self, kind: TimerServiceKind, serving: bool) -> Result<Timers> {
         let range = self.range.start as KeyGroup..=self.range.end as KeyGroup;
         Ok(match kind {
             TimerServiceKind::Heap => Timers::Heap(HeapTimers::new(range)),
@@ -788,7 +790,11 @@ impl Slot {
                 let db = rocks.shared_db();
                 // The buffer's share of the budget leaves RocksDB's now, not before: a slot
                 // without RocksDB timers keeps it.
-                let buffer_bytes = rocks.memory().reserve_timer_buffer();
+                let buffer_bytes = if serving {
+                    rocks.memory().reserve_timer_buffer()
+                } else {
+                    0
+                };
                 Timers::RocksDb(Box::new(
                     RocksDbTimers::open(
                         db,
@@ -817,11 +823,11 @@ impl Slot {
                 }
                 let mut to = match heap {
                     Some(h) => Timers::Heap(h),
-                    None => self.open_timers(TimerServiceKind::Heap)?,
+                    None => self.open_timers(TimerServiceKind::Heap, true)?,
                 };
                 // RocksDB timers of the checkpoint (next to their buffer's snapshot, if any).
                 if has_cfs {
-                    let mut from = self.open_timers(TimerServiceKind::RocksDb)?;
+                    let mut from = self.open_timers(TimerServiceKind::RocksDb, false)?;
                     let n = drain_timers(from.svc(), to.svc())?;
                     tracing::info!(timers = n, "moved restored RocksDB timers onto the heap");
                 }

@@ -44,7 +44,7 @@ pub struct MemoryReport {
     /// [`MemoryReport::total_bytes`].
     pub timer_buffer_bytes: u64,
     /// The buffer's capacity: its share of the budget once the slot's RocksDB timers opened
-    /// (`SlotMemory::reserve_timer_buffer`), else 0.
+    /// (`SlotMemory::reserved_timer_buffer_bytes`: what RocksDB gave up), else 0.
     pub timer_buffer_capacity_bytes: u64,
 }
 
@@ -62,6 +62,7 @@ impl MemoryReport {
     ) -> MemoryReport {
         let mut report = MemoryReport {
             budget_bytes: mem.plan().map(|plan| plan.budget_bytes),
+            timer_buffer_capacity_bytes: mem.reserved_timer_buffer_bytes(),
             rss_bytes: process_rss_bytes(),
             ..MemoryReport::default()
         };

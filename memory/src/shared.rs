@@ -165,6 +165,14 @@ impl SlotMemory {
         s.plan.timer_buffer_bytes
     }
 
+    /// The buffer's share once [`SlotMemory::reserve_timer_buffer`] has taken it, else 0.
+    pub fn reserved_timer_buffer_bytes(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .filter(|s| s.timer_buffer_reserved.load(Ordering::SeqCst))
+            .map_or(0, |s| s.plan.timer_buffer_bytes)
+    }
+
     /// A slot without a budget: nothing is shared, RocksDB defaults apply.
     pub fn unmanaged() -> SlotMemory {
         SlotMemory { shared: None }
@@ -291,6 +299,7 @@ mod tests {
         let wbm = mem.write_buffer_manager().expect("wbm");
         assert_eq!(cache.get_capacity() as u64, plan.block_cache_bytes);
         assert!(plan.timer_buffer_bytes > 0);
+        assert_eq!(mem.reserved_timer_buffer_bytes(), 0);
         for _ in 0..2 {
             assert_eq!(mem.clone().reserve_timer_buffer(), plan.timer_buffer_bytes);
             assert_eq!(
@@ -302,6 +311,7 @@ mod tests {
                 plan.write_buffer_manager_bytes_with_timer_buffer
             );
         }
+        assert_eq!(mem.reserved_timer_buffer_bytes(), plan.timer_buffer_bytes);
         assert!(plan.block_cache_bytes_with_timer_buffer < plan.block_cache_bytes);
         assert_eq!(SlotMemory::unmanaged().reserve_timer_buffer(), 0);
     }

@@ -23,9 +23,9 @@
 //! than writing each registration at once), until the buffer is down to a quarter.
 //! [`TimerService::count`] writes it all out (RocksDB must hold every timer).
 //!
-//! Checkpoints do not write the buffer: the engine snapshots it ([`RocksDbTimers::buffer_snapshot`], copy-on-write like heap timers)
-//! into the checkpoint's private files next to the RocksDB files, and a restore registers
-//! those timers again. Whether a buffered registration is already in RocksDB is not checked
+//! Checkpoints do not write the buffer: the engine snapshots it
+//! ([`RocksDbTimers::buffer_snapshot`], copy-on-write like heap timers) into the checkpoint's
+//! private files next to the RocksDB files, and a restore registers those timers again. Whether a buffered registration is already in RocksDB is not checked
 //! (that would be a read): such a timer is in both, both heads are equal when it is due, and
 //! it fires once. A delete removes it from the buffer, and writes a RocksDB delete unless the
 //! cache shows RocksDB does not hold it. (Flink writes every registration to RocksDB.)
@@ -190,11 +190,6 @@ impl RocksDbTimers {
     pub fn with_write_buffer(mut self, bytes: u64) -> Self {
         self.buffer_limit = usize::try_from(bytes).unwrap_or(usize::MAX);
         self
-    }
-
-    /// The write-back buffer's budget in bytes (0: none).
-    pub fn buffer_limit(&self) -> u64 {
-        self.buffer_limit as u64
     }
 
     /// A copy-on-write view of the buffered timers for a checkpoint (they are not in RocksDB);
