@@ -93,6 +93,35 @@ struct GroupCache {
     garbage: u32,
 }
 
+impl GroupCache {
+    /// Whether `(ts, payload)` sorts within the cache, which then tells whether RocksDB holds
+    /// it.
+    fn covers(&self, ts: i64, payload: &[u8]) -> bool {
+        self.complete
+            || self
+                .cache
+                .last()
+                .is_some_and(|l| (ts, payload) <= (l.0, &l.1[..]))
+    }
+
+    /// Records that RocksDB holds `(ts, payload)` (written now or pending): cached if it sorts
+    /// within the cache, which stays a prefix of RocksDB's timers of at most `cache_size`.
+    /// `false` when the cache had it already.
+    fn admit(&mut self, ts: i64, payload: &[u8], cache_size: usize) -> bool {
+        if !self.covers(ts, payload) {
+            return true;
+        }
+        if !self.cache.insert((ts, payload.into())) {
+            return false;
+        }
+        if self.cache.len() > cache_size {
+            self.cache.pop_last();
+            self.complete = false;
+        }
+        true
+    }
+}
+
 struct Domain {
     cf: String,
     groups: Vec<GroupCache>,
@@ -232,19 +261,7 @@ impl RocksDbTimers {
             };
             self.horizon[d] = Some(self.horizon[d].map_or(ts, |h| h.min(ts)));
             for p in timers {
-                // The cache stays a prefix of RocksDB's timers.
-                let g = &mut self.domains[d].groups[idx];
-                let in_cache_range = g.complete
-                    || g.cache
-                        .last()
-                        .is_some_and(|l| (ts, &p[..]) < (l.0, &l.1[..]));
-                if in_cache_range
-                    && g.cache.insert((ts, p[..].into()))
-                    && g.cache.len() > self.cache_size
-                {
-                    g.cache.pop_last();
-                    g.complete = false;
-                }
+                self.domains[d].groups[idx].admit(ts, &p, self.cache_size);
                 layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &p);
                 self.buffer(d, idx, true)?;
             }
@@ -497,16 +514,12 @@ impl TimerService for RocksDbTimers {
         let (d, idx) = self.prepare(domain, key_group, key, namespace)?;
         let old = self.group_head(d, idx);
         let g = &mut self.domains[d].groups[idx];
-        let in_cache_range = g.complete
-            || g.cache
-                .last()
-                .is_some_and(|l| (timestamp, &self.payload[..]) <= (l.0, &l.1[..]));
         if self.horizon[d].is_some() && self.unwritten.heap_bytes() < self.buffer_limit as u64 / 4 {
             self.horizon[d] = None;
         }
         let buffered = self.buffer_limit > 0 && self.horizon[d].is_none_or(|h| timestamp < h);
         if buffered {
-            if in_cache_range
+            if g.covers(timestamp, &self.payload)
                 && !g.cache.is_empty()
                 && g.cache
                     .contains(&(timestamp, self.payload.as_slice().into()))
@@ -524,17 +537,11 @@ impl TimerService for RocksDbTimers {
             }
             return Ok(());
         }
-        if in_cache_range {
-            if !g.cache.insert((timestamp, self.payload.as_slice().into())) {
-                return Ok(()); // exists: no write
-            }
-            if g.cache.len() > self.cache_size {
-                g.cache.pop_last();
-                g.complete = false;
-            }
-            let new = self.group_head(d, idx);
-            move_head(&mut self.domains[d].heads, key_group, old, new);
+        if !g.admit(timestamp, &self.payload, self.cache_size) {
+            return Ok(()); // exists: no write
         }
+        let new = self.group_head(d, idx);
+        move_head(&mut self.domains[d].heads, key_group, old, new);
         self.buffer_payload(d, idx, timestamp, true)
     }
 
@@ -551,8 +558,8 @@ impl TimerService for RocksDbTimers {
         self.unwritten
             .remove_payload(d, idx, timestamp, &self.payload);
         let g = &mut self.domains[d].groups[idx];
+        let in_cache_range = g.covers(timestamp, &self.payload);
         let entry: Entry = (timestamp, self.payload.as_slice().into());
-        let in_cache_range = g.complete || g.cache.last().is_some_and(|l| entry <= *l);
         // Within the cache's range the cache tells whether RocksDB holds the timer; beyond it,
         // RocksDB may (also when the buffer held it), so the delete is written.
         let in_rocksdb = !in_cache_range || g.cache.remove(&entry);
