@@ -215,8 +215,8 @@ pub const DEFAULT_STATE_CACHE_RATIO: f64 = 0.4;
 
 /// Default `memory.timer-buffer-ratio`: 0.2, measured with `benches/timers.rs` (1M window-end
 /// timers registered, then fired, benches/RESULTS.md): at the default 256 MiB budget the buffer
-/// gets 51 MiB, about 1.2M window timers (42 bytes each), and RocksDB timers run at 0.70 of
-/// heap timers, against 0.39 at 0.1 and 0.26 without a buffer.
+/// gets 51 MiB, about 1.2M window timers (42 bytes each), and RocksDB timers run at 0.80-0.98
+/// of heap timers, against 0.39-0.40 at 0.1 and 0.24-0.27 without a buffer.
 pub const DEFAULT_TIMER_BUFFER_RATIO: f64 = 0.2;
 
 /// Largest `memory.state-cache-ratio` (and `memory.timer-buffer-ratio`, and their sum): RocksDB
