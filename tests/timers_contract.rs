@@ -399,3 +399,89 @@ fn an_overflowed_buffer_takes_registrations_again_once_drained() -> R {
     assert_eq!(s.heap_bytes(), 0);
     Ok(())
 }
+
+/// (timestamp, key group, key) of every `domain` timer due by `up_to`, polled one by one.
+fn poll_all(
+    svc: &mut dyn TimerService,
+    domain: TimeDomain,
+    up_to: i64,
+) -> Vec<(i64, u16, Vec<u8>)> {
+    let mut t = Timer::default();
+    let mut out = Vec::new();
+    while svc.poll(domain, up_to, &mut t).expect("poll") {
+        out.push((t.timestamp, t.key_group, t.key.clone()));
+    }
+    out
+}
+
+/// Heap timers file registrations into their queues in batches (up to a thousand held before
+/// they are filed). Long runs of registrations with repeats, over every key group and both
+/// domains, fire once each in the contract's order; a snapshot taken in the middle of a run
+/// holds exactly the timers registered before it, also when later ones are filed into queues
+/// the snapshot still shares.
+#[test]
+fn long_runs_of_registrations_fire_once_in_order_and_snapshots_stay_exact() -> R {
+    // Timer `i` and `i + 3000` are the same timer; a quarter are processing-time timers.
+    let timer = |i: u64| {
+        let j = i % 3_000;
+        let h = cairn::stream::mix64(j);
+        let domain = if j.is_multiple_of(4) { PT } else { EV };
+        (
+            domain,
+            (h % 256) as u16,
+            (h >> 16) as i64 % 40,
+            j.to_be_bytes(),
+        )
+    };
+    let register = |s: &mut dyn TimerService, from: u64, to: u64| -> R {
+        for i in from..to {
+            let (d, kg, ts, key) = timer(i);
+            s.register(d, kg, ts, &key, b"")?;
+        }
+        Ok(())
+    };
+    // What `0..n` registered, per domain, in firing order (keys of one length: payload order
+    // is key order).
+    let expected = |n: u64, domain: TimeDomain| {
+        let mut v: Vec<(i64, u16, Vec<u8>)> = (0..n.min(3_000))
+            .map(timer)
+            .filter(|t| t.0 == domain)
+            .map(|(_, kg, ts, key)| (ts, kg, key.to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    for which in IMPLS {
+        let mut inst = Instance::new(which, 0..=255);
+        register(inst.svc(), 0, 2_500)?;
+        let mut restored = inst.snapshot_restore(0..=255);
+        register(inst.svc(), 2_500, 7_000)?;
+        for (s, n) in [(restored.svc(), 2_500), (inst.svc(), 7_000)] {
+            assert_eq!(s.count(PT)?, expected(n, PT).len() as u64, "{which:?}");
+            assert_eq!(poll_all(s, EV, i64::MAX), expected(n, EV), "{which:?} {n}");
+            assert_eq!(poll_all(s, PT, i64::MAX), expected(n, PT), "{which:?} {n}");
+        }
+    }
+    // Heap timers' view is copy-on-write: written after more registrations were filed into
+    // the queues it shares, it still holds the first 2,500.
+    let mut h = cairn::timers::HeapTimers::new(0..=255);
+    register(&mut h, 0, 2_500)?;
+    let view = h.snapshot();
+    register(&mut h, 2_500, 7_000)?;
+    assert_eq!(
+        poll_all(&mut h, EV, 10),
+        expected(7_000, EV)[..]
+            .iter()
+            .filter(|t| t.0 <= 10)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("timers.snapshot");
+    view.write(&path)?;
+    let mut back = cairn::timers::HeapTimers::new(0..=255);
+    back.restore(&path)?;
+    assert_eq!(poll_all(&mut back, EV, i64::MAX), expected(2_500, EV));
+    assert_eq!(poll_all(&mut back, PT, i64::MAX), expected(2_500, PT));
+    Ok(())
+}

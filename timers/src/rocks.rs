@@ -223,7 +223,7 @@ impl RocksDbTimers {
 
     /// A copy-on-write view of the buffered timers for a checkpoint (they are not in RocksDB);
     /// `None` when the buffer is empty. Restore registers them again.
-    pub fn buffer_snapshot(&self) -> Option<HeapTimersSnapshot> {
+    pub fn buffer_snapshot(&mut self) -> Option<HeapTimersSnapshot> {
         let s = self.unwritten.snapshot();
         (!s.is_empty()).then_some(s)
     }
