@@ -750,8 +750,10 @@ impl TimerService for HeapTimers {
         if self.pending.len() == PENDING_MAX {
             self.file_pending_now();
         }
-        // The payload is encoded in place: copying it from a buffer just written piecewise
-        // stalls on store forwarding (19 % of the word count's time).
+        // Encoded in place: copying it out of a buffer just written piecewise is a failed store
+        // forwarding, which waits for the stores ahead (the state table's insert, often a
+        // cache miss) to commit. 19 % of the word count's samples sat on that copy; in place
+        // costs 6 % less CPU (the wait moves, smaller, to the encoding's stores).
         self.pending.push(PendingTimer {
             ts: timestamp,
             idx: idx as u16,
