@@ -208,7 +208,7 @@ impl RocksDbTimers {
     }
 
     /// Fired timers per key group between range deletes (default
-    /// [`GARBAGE_PER_RANGE_DELETE`]; tests lower it to exercise the path).
+    /// `GARBAGE_PER_RANGE_DELETE`; tests lower it to exercise the path).
     pub fn with_range_delete_every(mut self, fired: u32) -> Self {
         self.garbage_per_range_delete = fired.max(1);
         self

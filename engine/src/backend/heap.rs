@@ -5,7 +5,9 @@
 //! with a snapshot copies that one key group first (`Arc::make_mut`). So a consistent snapshot
 //! costs a pause proportional to the number of key groups, not to the state size, and the copy
 //! work is spread over the key groups that are actually written afterwards — copy-on-write at
-//! key-group granularity, where Flink's `CopyOnWriteStateMap` copies entry by entry.
+//! key-group granularity, where Flink's `CopyOnWriteStateMap` copies entry by entry. The
+//! tables (`heap_table`) can prefetch an entry ahead of its access
+//! ([`StateBackend::prefetch`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,9 +22,11 @@ use crate::error::{EngineError, Result};
 use crate::keygroup::{KeyGroup, KeyGroupRange};
 use crate::layout;
 
+use super::heap_table::{Entry, Slot, Table};
+
 /// One (key, namespace) entry.
 #[derive(Clone, Debug)]
-enum HeapEntry {
+pub(crate) enum HeapEntry {
     Value(HeapValue),
     List(Vec<Vec<u8>>),
     Map(BTreeMap<Vec<u8>, Vec<u8>>),
@@ -31,13 +35,9 @@ enum HeapEntry {
 /// A `[kg][key][namespace]` composite, inline up to 24 bytes (a word and its window: 18): no
 /// allocation per entry, and a lookup compares the key inside the table's bucket instead of
 /// following a pointer (a cache miss per probe).
-type HeapKey = SmallVec<[u8; 24]>;
+pub(crate) type HeapKey = SmallVec<[u8; 24]>;
 /// A value, inline up to 16 bytes (counters, small aggregates).
 type HeapValue = SmallVec<[u8; 16]>;
-
-/// hashbrown's map for `entry_ref`: a read-modify-write finds its entry once and copies the key
-/// only when it inserts.
-type Table = hashbrown::HashMap<HeapKey, HeapEntry, foldhash::fast::RandomState>;
 
 struct HeapState {
     desc: StateDescriptor,
@@ -130,21 +130,36 @@ impl StateBackend for HeapBackend {
         Ok(())
     }
 
+    #[inline]
+    fn prefetch(&self, state: StateId, scope: &ScopeKey) {
+        if !self.range.contains(scope.key_group) {
+            return;
+        }
+        let idx = self.range.index_of(scope.key_group);
+        if let Some(table) = self
+            .states
+            .get(state as usize)
+            .and_then(|s| s.tables.get(idx))
+        {
+            table.prefetch(&scope.composite);
+        }
+    }
+
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {
         let table = self.table_mut(state, scope.key_group)?;
-        match table.entry_ref(&scope.composite[..]) {
-            hashbrown::hash_map::EntryRef::Occupied(mut o) => match o.get_mut() {
+        match table.entry(&scope.composite) {
+            Entry::Occupied(mut o) => match &mut o.get_mut().entry {
                 HeapEntry::Value(v) => {
                     v.clear();
                     v.extend_from_slice(value);
                 }
                 other => *other = HeapEntry::Value(HeapValue::from_slice(value)),
             },
-            hashbrown::hash_map::EntryRef::Vacant(slot) => {
-                slot.insert_with_key(
-                    HeapKey::from_slice(&scope.composite),
-                    HeapEntry::Value(HeapValue::from_slice(value)),
-                );
+            Entry::Vacant(slot) => {
+                slot.insert(Slot {
+                    key: HeapKey::from_slice(&scope.composite),
+                    entry: HeapEntry::Value(HeapValue::from_slice(value)),
+                });
             }
         }
         Ok(())
@@ -159,8 +174,8 @@ impl StateBackend for HeapBackend {
     ) -> Result<()> {
         buf.clear();
         let table = self.table_mut(state, scope.key_group)?;
-        let corrupt = match table.entry_ref(&scope.composite[..]) {
-            hashbrown::hash_map::EntryRef::Occupied(mut o) => match o.get_mut() {
+        let corrupt = match table.entry(&scope.composite) {
+            Entry::Occupied(mut o) => match &mut o.get_mut().entry {
                 HeapEntry::Value(v) => {
                     match f(Some(v), buf) {
                         Update::Keep => {}
@@ -176,12 +191,12 @@ impl StateBackend for HeapBackend {
                 }
                 _ => true,
             },
-            hashbrown::hash_map::EntryRef::Vacant(slot) => {
+            Entry::Vacant(slot) => {
                 if f(None, buf) == Update::Put {
-                    slot.insert_with_key(
-                        HeapKey::from_slice(&scope.composite),
-                        HeapEntry::Value(HeapValue::from_slice(buf)),
-                    );
+                    slot.insert(Slot {
+                        key: HeapKey::from_slice(&scope.composite),
+                        entry: HeapEntry::Value(HeapValue::from_slice(buf)),
+                    });
                 }
                 false
             }
@@ -221,9 +236,7 @@ impl StateBackend for HeapBackend {
             return Ok(());
         }
         let table = self.table_mut(state, scope.key_group)?;
-        let entry = table
-            .entry(HeapKey::from_slice(&scope.composite))
-            .or_insert_with(|| HeapEntry::List(Vec::new()));
+        let entry = table.get_or_insert_with(&scope.composite, || HeapEntry::List(Vec::new()));
         match entry {
             HeapEntry::List(l) => {
                 l.extend(elements.iter().map(|e| e.to_vec()));
@@ -239,7 +252,7 @@ impl StateBackend for HeapBackend {
         }
         let list = elements.iter().map(|e| e.to_vec()).collect();
         self.table_mut(state, scope.key_group)?
-            .insert(HeapKey::from_slice(&scope.composite), HeapEntry::List(list));
+            .insert(&scope.composite, HeapEntry::List(list));
         Ok(())
     }
 
@@ -267,9 +280,7 @@ impl StateBackend for HeapBackend {
         value: &[u8],
     ) -> Result<()> {
         let table = self.table_mut(state, scope.key_group)?;
-        let entry = table
-            .entry(HeapKey::from_slice(&scope.composite))
-            .or_insert_with(|| HeapEntry::Map(BTreeMap::new()));
+        let entry = table.get_or_insert_with(&scope.composite, || HeapEntry::Map(BTreeMap::new()));
         match entry {
             HeapEntry::Map(m) => {
                 m.insert(user_key.to_vec(), value.to_vec());
@@ -492,7 +503,7 @@ impl HeapBackend {
                 .ok_or_else(|| bad(format!("state index {state} out of range")))?;
             let keep = self.range.contains(kg);
             for _ in 0..n {
-                let composite = HeapKey::from_slice(r.bytes().map_err(bad)?);
+                let composite = r.bytes().map_err(bad)?;
                 let entry = match r.take(1).map_err(bad)?[0] {
                     0 => HeapEntry::Value(HeapValue::from_slice(r.bytes().map_err(bad)?)),
                     1 => {

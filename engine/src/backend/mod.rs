@@ -7,6 +7,7 @@
 //! state kinds before a backend sees a call, so backends only store.
 
 pub mod heap;
+mod heap_table;
 pub mod rocks;
 
 use serde::{Deserialize, Serialize};
@@ -219,6 +220,9 @@ pub trait StateBackend: Send {
             Update::Delete => self.clear(state, scope),
         }
     }
+    /// A hint that `scope` of `state` is accessed soon: the heap backend starts loading its
+    /// entry's cache line (see [`Slot::prefetch`](crate::Slot::prefetch)). Default: nothing.
+    fn prefetch(&self, _state: StateId, _scope: &ScopeKey) {}
     /// Sets the value of a value/reducing/aggregating state.
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()>;
     /// Removes the (key, namespace) entry of any state kind.
