@@ -22,9 +22,9 @@
 //! watermark advances to `ts - 1` and every due timer fires: the count is read, emitted and
 //! cleared. At the end of the input the watermark jumps to `i64::MAX` and the rest fires.
 //!
-//! Like an engine holding a buffer of records, the operator keys each record [`LOOKAHEAD`]
+//! Like an engine holding a buffer of records, the operator keys each record `LOOKAHEAD` (8)
 //! records ahead and prefetches its count ([`Slot::prefetch`]), and it pops due timers in
-//! batches of [`FIRE_BATCH`], prefetching their counts before firing them: on the heap backend
+//! batches of `FIRE_BATCH` (16), prefetching their counts before firing them: on the heap backend
 //! the counts' cache misses then overlap the work before them (7 % more records/s).
 //!
 //! ## Checkpoints
@@ -47,7 +47,7 @@
 //! keep up with `R`, latency grows without bound. Unthrottled (the default) every record is
 //! available at once, and the latency is counted from the moment the watermark is processed
 //! (how long the burst of firings takes to reach the timer). The clock is read once per
-//! [`CLOCK_EVERY`] firings (a read per firing was 3 % of the heap job's time), so a latency is
+//! `CLOCK_EVERY` (64) firings (a read per firing was 3 % of the heap job's time), so a latency is
 //! early by at most the time of that many firings (microseconds).
 
 use std::fmt::Write as _;

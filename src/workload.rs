@@ -1,7 +1,7 @@
 //! The keyed workloads of `cairn run`: which key each record touches and what it does to state.
 //!
 //! Every record `g` of a run is a pure function of `(g, seed)` (see [`crate::stream`]), keys are
-//! `u64` serialized by the engine's codec (postcard), and the namespace is [`VoidNamespace`].
+//! `u64` serialized by the engine's codec (postcard), and the namespace is [`VoidNamespace`](cairn_engine::codec::VoidNamespace).
 //!
 //! ## `update` (flink-anchor's keyed counter)
 //! Record `g` -> key `key_for(g, K, seed)`; `count[key] += 1` in a `ValueState<u64>`
