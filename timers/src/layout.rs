@@ -37,47 +37,12 @@ pub fn decode_timestamp(b: [u8; 8]) -> i64 {
 
 /// Writes the payload `[len(key) u32 BE][key][namespace]` into `out` (cleared first).
 #[inline]
-pub fn encode_payload(out: &mut impl PayloadBuf, key: &[u8], namespace: &[u8]) {
+pub fn encode_payload(out: &mut Vec<u8>, key: &[u8], namespace: &[u8]) {
     out.clear();
     out.reserve(4 + key.len() + namespace.len());
     out.extend_from_slice(&(key.len() as u32).to_be_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(namespace);
-}
-
-/// A byte buffer [`encode_payload`] writes into: a `Vec<u8>`, or an inline `SmallVec` (heap
-/// timers encode in place, where a copy out of a just-written buffer stalls).
-pub trait PayloadBuf {
-    /// Empties the buffer.
-    fn clear(&mut self);
-    /// Makes room for `n` more bytes.
-    fn reserve(&mut self, n: usize);
-    /// Appends `bytes`.
-    fn extend_from_slice(&mut self, bytes: &[u8]);
-}
-
-impl PayloadBuf for Vec<u8> {
-    fn clear(&mut self) {
-        Vec::clear(self)
-    }
-    fn reserve(&mut self, n: usize) {
-        Vec::reserve(self, n)
-    }
-    fn extend_from_slice(&mut self, bytes: &[u8]) {
-        Vec::extend_from_slice(self, bytes)
-    }
-}
-
-impl<A: smallvec::Array<Item = u8>> PayloadBuf for smallvec::SmallVec<A> {
-    fn clear(&mut self) {
-        smallvec::SmallVec::clear(self)
-    }
-    fn reserve(&mut self, n: usize) {
-        smallvec::SmallVec::reserve(self, n)
-    }
-    fn extend_from_slice(&mut self, bytes: &[u8]) {
-        smallvec::SmallVec::extend_from_slice(self, bytes)
-    }
 }
 
 /// Splits a payload into `(key, namespace)`; `None` when it does not follow the layout.
@@ -155,13 +120,6 @@ mod tests {
         let mut p = Vec::new();
         encode_payload(&mut p, b"key", b"ns");
         assert_eq!(p, [0, 0, 0, 3, b'k', b'e', b'y', b'n', b's']);
-        // Encoded in place (heap timers), inline or spilled: the same bytes.
-        let mut inline = smallvec::SmallVec::<[u8; 24]>::from_slice(b"old");
-        encode_payload(&mut inline, b"key", b"ns");
-        assert_eq!(inline[..], p[..]);
-        let mut spilled = smallvec::SmallVec::<[u8; 4]>::new();
-        encode_payload(&mut spilled, b"key", b"ns");
-        assert_eq!(spilled[..], p[..]);
         let mut k = Vec::new();
         encode_db_key(&mut k, 5, 1, 1_000, &p);
         assert_eq!(
