@@ -635,9 +635,8 @@ impl HeapTimers {
     /// (a vector's capacity, or a hash set's at ~7/8 load with a control byte each), the
     /// buckets' map entries, and payloads that do not fit inline (rounded to malloc's 16 bytes
     /// plus 16 of header), and the pending registrations' log entries. Queues still shared with
-    /// a snapshot are counted once. An estimate
-    /// that bounds RocksDB timers' write-back buffer; `benches/timers.rs` measures the real
-    /// figure.
+    /// a snapshot are counted once. An estimate that bounds RocksDB timers' write-back buffer;
+    /// `benches/timers.rs` measures the real figure.
     pub fn heap_bytes(&self) -> u64 {
         (self.bytes
             + self.pending.len() * std::mem::size_of::<PendingTimer>()
