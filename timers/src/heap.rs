@@ -98,6 +98,10 @@ enum Bucket {
     /// Firing: sorted descending and distinct, so the next timer to fire is the last (later
     /// registrations at this timestamp are inserted by binary search).
     Firing(Vec<Payload>),
+    /// One timer, held in the bucket itself: a timestamp of one timer (processing-time
+    /// deadlines, sessions, timers spread over time) costs no vector, no allocation and no
+    /// sort. A second distinct timer makes it an appending bucket.
+    One(Payload),
 }
 
 impl Bucket {
@@ -112,6 +116,7 @@ impl Bucket {
         match self {
             Bucket::Appending { v, .. } | Bucket::Firing(v) => v.is_empty(),
             Bucket::Set(s) => s.is_empty(),
+            Bucket::One(_) => false,
         }
     }
 
@@ -121,6 +126,8 @@ impl Bucket {
         match self {
             Bucket::Appending { v, .. } | Bucket::Firing(v) => v.capacity() * SLOT,
             Bucket::Set(s) => s.capacity() * (SLOT + 1) * 8 / 7,
+            // In the bucket itself (counted in its map entry).
+            Bucket::One(_) => 0,
         }
     }
 
@@ -135,6 +142,7 @@ impl Bucket {
             }
             Bucket::Set(s) => s.iter().collect(),
             Bucket::Firing(v) => v.iter().collect(),
+            Bucket::One(x) => vec![x],
         }
     }
 
@@ -148,6 +156,7 @@ impl Bucket {
             Bucket::Appending { .. } => None,
             Bucket::Set(s) => Some(s.contains(p)),
             Bucket::Firing(v) => Some(v.binary_search_by(|x| p.cmp(x)).is_ok()),
+            Bucket::One(x) => Some(x[..] == *p),
         }
     }
 
@@ -189,6 +198,16 @@ impl Bucket {
                     *spilled += spilled_bytes(p.len());
                 }
             }
+            Bucket::One(x) => {
+                if x[..] != *p {
+                    let first = std::mem::take(x);
+                    *self = Bucket::appending(2);
+                    if let Bucket::Appending { v, .. } = self {
+                        v.push(first);
+                    }
+                    self.insert(p, size_hint, spilled);
+                }
+            }
         }
     }
 
@@ -222,6 +241,14 @@ impl Bucket {
                 }
                 Err(_) => false,
             },
+            Bucket::One(x) => {
+                let found = x[..] == *p;
+                if found {
+                    // Empty (no allocation): its queue drops it.
+                    *self = Bucket::Firing(Vec::new());
+                }
+                found
+            }
         };
         if removed {
             *spilled -= spilled_bytes(p.len());
@@ -229,10 +256,11 @@ impl Bucket {
         removed
     }
 
-    /// Turns the bucket into its firing form (sorted descending, distinct).
+    /// Turns the bucket into its firing form (sorted descending, distinct; one timer already
+    /// is).
     fn start_firing(&mut self, spilled: &mut usize) {
         let mut v = match self {
-            Bucket::Firing(_) => return,
+            Bucket::Firing(_) | Bucket::One(_) => return,
             Bucket::Appending { v, .. } => std::mem::take(v),
             Bucket::Set(s) => s.drain().collect(),
         };
@@ -285,7 +313,7 @@ struct Queue {
 /// its queue's byte counts and size hint (the queue's fields, passed apart from its map).
 #[inline]
 fn fire_bucket(b: &mut Bucket, slot_bytes: &mut usize, spilled: &mut usize, size_hint: &mut usize) {
-    if matches!(b, Bucket::Firing(_)) {
+    if matches!(b, Bucket::Firing(_) | Bucket::One(_)) {
         return;
     }
     let before = b.slot_bytes();
@@ -334,10 +362,11 @@ impl Queue {
                 (b, before)
             }
             Entry::Vacant(e) => {
+                // Most timestamps hold one timer (processing-time deadlines, sessions).
                 self.slot_bytes += BUCKET_ENTRY;
-                // Most timestamps hold one timer (processing-time deadlines, sessions): no
-                // spare capacity (a first push would reserve 4).
-                (e.insert(Bucket::appending(1)), 0)
+                self.spilled += spilled_bytes(p.len());
+                e.insert(Bucket::One(Payload::from_slice(p)));
+                return;
             }
         };
         b.insert(p, self.size_hint, &mut self.spilled);
@@ -376,6 +405,7 @@ impl Queue {
     fn first_fired(&self) -> Option<(i64, &Payload)> {
         match self.buckets.first_key_value()? {
             (ts, Bucket::Firing(v)) => v.last().map(|p| (*ts, p)),
+            (ts, Bucket::One(p)) => Some((*ts, p)),
             _ => None,
         }
     }
@@ -391,14 +421,24 @@ impl Queue {
             &mut self.spilled,
             &mut self.size_hint,
         );
-        let Bucket::Firing(v) = b else {
-            return None;
+        let p = match b {
+            Bucket::Firing(v) => {
+                let p = v.pop()?;
+                if v.is_empty() {
+                    self.slot_bytes -= e.remove().slot_bytes() + BUCKET_ENTRY;
+                }
+                p
+            }
+            Bucket::One(_) => {
+                self.slot_bytes -= BUCKET_ENTRY;
+                match e.remove() {
+                    Bucket::One(p) => p,
+                    _ => return None,
+                }
+            }
+            _ => return None,
         };
-        let p = v.pop()?;
         self.spilled -= spilled_bytes(p.len());
-        if v.is_empty() {
-            self.slot_bytes -= e.remove().slot_bytes() + BUCKET_ENTRY;
-        }
         Some((ts, p))
     }
 
@@ -406,7 +446,11 @@ impl Queue {
         let (ts, mut b) = self.buckets.pop_last()?;
         self.slot_bytes -= b.slot_bytes() + BUCKET_ENTRY;
         b.start_firing(&mut self.spilled);
-        let Bucket::Firing(v) = b else { return None };
+        let v = match b {
+            Bucket::Firing(v) => v,
+            Bucket::One(p) => vec![p],
+            _ => return None,
+        };
         self.spilled -= v.iter().map(|p| spilled_bytes(p.len())).sum::<usize>();
         Some((ts, v))
     }
