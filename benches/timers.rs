@@ -11,7 +11,8 @@
 //! estimate (`TimerService::heap_bytes`, which bounds the buffer).
 //!
 //! `cargo test --release --bench timers -- --bench` (`BENCH_TIMERS` overrides the 1M timers,
-//! `BENCH_TIMER_BUFFER_RATIO` the RocksDB timers' `memory.timer-buffer-ratio`);
+//! `BENCH_TIMER_BUFFER_RATIO` the RocksDB timers' `memory.timer-buffer-ratio`,
+//! `BENCH_TIMER_SHAPE=windows|spread` runs one shape);
 //! without `--bench` (as under `cargo test --benches`) it runs 10k timers once as a smoke test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -196,7 +197,14 @@ fn main() {
         "shape", "service", "register/s", "fire/s", "total/s", "B/timer", "estimate"
     );
     snapshot_round(n);
+    let only = std::env::var("BENCH_TIMER_SHAPE").ok();
     for shape in [Shape::Windows, Shape::Spread] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !format!("{shape:?}").eq_ignore_ascii_case(o))
+        {
+            continue;
+        }
         let mut totals = [Vec::new(), Vec::new()];
         for _ in 0..rounds {
             for (i, kind) in [TimerServiceKind::Heap, TimerServiceKind::RocksDb]
