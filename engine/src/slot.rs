@@ -35,7 +35,7 @@ use crate::config::{BackendKind, CairnConfig, TimerServiceKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
 use cairn_timers::{
-    HeapTimers, HeapTimersSnapshot, RocksDbTimers, TimeDomain, Timer, TimerService,
+    HeapTimers, HeapTimersSnapshot, RocksDbTimers, TimeDomain, Timer, TimerService, TimerServiceExt,
 };
 
 /// Operator name of the timer column families (`_timers/event-time`,
@@ -242,20 +242,6 @@ impl Timers {
             Timers::RocksDb(r) => r.as_mut(),
         }
     }
-}
-
-/// Moves every timer of `from` into `to` (restoring one kind's checkpoint into the other).
-fn drain_timers(from: &mut dyn TimerService, to: &mut dyn TimerService) -> Result<u64> {
-    let mut t = Timer::default();
-    let mut n = 0;
-    for d in TimeDomain::ALL {
-        while from.poll(d, i64::MAX, &mut t)? {
-            to.register(d, t.key_group, t.timestamp, &t.key, &t.namespace)?;
-            n += 1;
-        }
-    }
-    from.flush()?;
-    Ok(n)
 }
 
 /// The keyed state of one parallel worker. See the module doc.
@@ -868,7 +854,7 @@ impl Slot {
                 // RocksDB timers of the checkpoint (next to their buffer's snapshot, if any).
                 if has_cfs {
                     let mut from = self.open_timers(TimerServiceKind::RocksDb, false)?;
-                    let n = drain_timers(from.svc(), to.svc())?;
+                    let n = from.svc().drain_into(to.svc())?;
                     tracing::info!(timers = n, "moved restored RocksDB timers onto the heap");
                 }
                 self.timers = Some(to);
@@ -876,7 +862,7 @@ impl Slot {
             TimerServiceKind::RocksDb => {
                 // Heap timers of the checkpoint, or the snapshot of a RocksDB timer buffer.
                 if let Some(mut h) = heap {
-                    let n = drain_timers(&mut h, self.timers()?)?;
+                    let n = h.drain_into(self.timers()?)?;
                     tracing::info!(timers = n, "registered restored heap timers");
                 }
             }

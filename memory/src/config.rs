@@ -198,8 +198,9 @@ pub struct MemoryConfig {
     /// Taken from RocksDB's share when the slot's RocksDB timers open (at the first timer
     /// operation, or at restore): block cache and write-buffer manager then shrink to Flink's
     /// split of `(1 - c - t) * M`. Until then, and for good in a slot without RocksDB timers,
-    /// RocksDB keeps `(1 - c) * M`, so a job without timers loses nothing. A buffer that overflows writes its latest
-    /// timers out, so a too small one costs about what no buffer costs. Each checkpoint
+    /// RocksDB keeps `(1 - c) * M`, so a job without timers loses nothing. A buffer that
+    /// overflows writes its latest timers out, so a too small one costs about what no buffer
+    /// costs. Each checkpoint
     /// uploads the buffered timers as one private file (a full copy, not incremental): at
     /// most about the buffer's size per slot, ~2 MB in the default word count.
     ///

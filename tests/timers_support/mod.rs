@@ -8,7 +8,7 @@
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use cairn::timers::{HeapTimers, KeyGroup, RocksDbTimers, TimerDb, TimerService};
+use cairn::timers::{HeapTimers, KeyGroup, RocksDbTimers, TimerDb, TimerService, TimerServiceExt};
 use rocksdb::{ColumnFamilyDescriptor, Options};
 
 /// Column families of the RocksDB instances.
@@ -124,13 +124,7 @@ impl Instance {
                 if has_buffered {
                     let mut h = HeapTimers::new(range);
                     h.restore(&buffered).expect("restore buffer snapshot");
-                    let mut t = cairn::timers::Timer::default();
-                    for d in cairn::timers::TimeDomain::ALL {
-                        while h.poll(d, i64::MAX, &mut t).expect("poll") {
-                            svc.register(d, t.key_group, t.timestamp, &t.key, &t.namespace)
-                                .expect("register restored timer");
-                        }
-                    }
+                    h.drain_into(&mut svc).expect("register restored timers");
                 }
                 Instance::Rocks {
                     svc: Box::new(svc),

@@ -829,7 +829,6 @@ impl TimerService for HeapTimers {
         namespace: &[u8],
     ) -> Result<()> {
         let idx = check_key_group(&self.range, key_group)?;
-        self.file_pending();
         let mut p = std::mem::take(&mut self.scratch);
         layout::encode_payload(&mut p, key, namespace);
         self.remove_payload(domain.index(), idx, timestamp, &p);

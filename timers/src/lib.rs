@@ -207,6 +207,22 @@ pub trait TimerServiceExt: TimerService {
         }
         Ok(n)
     }
+
+    /// Moves every timer of both domains into `to` (each polled here, registered there) and
+    /// returns how many moved: how a restore turns timers of one kind into the other, or
+    /// registers a RocksDB timer buffer's snapshot again.
+    fn drain_into(&mut self, to: &mut dyn TimerService) -> Result<u64> {
+        let mut t = Timer::default();
+        let mut n = 0;
+        for d in TimeDomain::ALL {
+            while self.poll(d, i64::MAX, &mut t)? {
+                to.register(d, t.key_group, t.timestamp, &t.key, &t.namespace)?;
+                n += 1;
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
 }
 
 impl<T: TimerService + ?Sized> TimerServiceExt for T {}

@@ -25,9 +25,9 @@
 //!
 //! Checkpoints do not write the buffer: the engine snapshots it
 //! ([`RocksDbTimers::buffer_snapshot`], copy-on-write like heap timers) into the checkpoint's
-//! private files next to the RocksDB files, and a restore registers those timers again. Whether a buffered registration is already in RocksDB is not checked
-//! (that would be a read): such a timer is in both, both heads are equal when it is due, and
-//! it fires once. A delete removes it from the buffer, and writes a RocksDB delete unless the
+//! private files next to the RocksDB files, and a restore registers those timers again.
+//! Whether a buffered registration is already in RocksDB is not checked (that would be a
+//! read): such a timer is in both, both heads are equal when it is due, and it fires once. A delete removes it from the buffer, and writes a RocksDB delete unless the
 //! cache shows RocksDB does not hold it. (Flink writes every registration to RocksDB.)
 //!
 //! ## Writes
@@ -528,7 +528,8 @@ impl TimerService for RocksDbTimers {
             }
             self.unwritten
                 .insert_payload(d, idx, timestamp, &self.payload);
-            let new = self.group_head(d, idx);
+            // A registration can only lower the key group's head.
+            let new = Some(old.map_or(timestamp, |o| o.min(timestamp)));
             move_head(&mut self.domains[d].heads, key_group, old, new);
             if self.unwritten.heap_bytes() > self.buffer_limit as u64 {
                 // Full: the latest quarter leaves (evicting by timestamp keeps what fires next;

@@ -22,7 +22,7 @@ use crate::error::{EngineError, Result};
 use crate::keygroup::{KeyGroup, KeyGroupRange};
 use crate::layout;
 
-use super::heap_table::{Entry, Slot, Table};
+use super::heap_table::{Entry, KeyedEntry, Table};
 
 /// One (key, namespace) entry.
 #[derive(Clone, Debug)]
@@ -156,7 +156,7 @@ impl StateBackend for HeapBackend {
                 other => *other = HeapEntry::Value(HeapValue::from_slice(value)),
             },
             Entry::Vacant(slot) => {
-                slot.insert(Slot {
+                slot.insert(KeyedEntry {
                     key: HeapKey::from_slice(&scope.composite),
                     entry: HeapEntry::Value(HeapValue::from_slice(value)),
                 });
@@ -193,7 +193,7 @@ impl StateBackend for HeapBackend {
             },
             Entry::Vacant(slot) => {
                 if f(None, buf) == Update::Put {
-                    slot.insert(Slot {
+                    slot.insert(KeyedEntry {
                         key: HeapKey::from_slice(&scope.composite),
                         entry: HeapEntry::Value(HeapValue::from_slice(buf)),
                     });

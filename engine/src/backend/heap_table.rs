@@ -18,22 +18,22 @@ use super::heap::{HeapEntry, HeapKey};
 /// One (composite key, entry) pair in one cache line.
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
-pub(crate) struct Slot {
+pub(crate) struct KeyedEntry {
     pub key: HeapKey,
     pub entry: HeapEntry,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+const _: () = assert!(std::mem::size_of::<KeyedEntry>() == 64);
 
 /// Entries of one state in one key group, by composite key (`[kg][key][namespace]`).
 #[derive(Clone, Default)]
 pub(crate) struct Table {
-    slots: HashTable<Slot>,
+    slots: HashTable<KeyedEntry>,
     hasher: foldhash::fast::RandomState,
 }
 
 /// A key's place in a [`Table`]: its slot, or where it would go.
-pub(crate) type Entry<'a> = RawEntry<'a, Slot>;
+pub(crate) type Entry<'a> = RawEntry<'a, KeyedEntry>;
 
 impl Table {
     #[inline]
@@ -92,7 +92,7 @@ impl Table {
         match self.entry(key) {
             RawEntry::Occupied(mut o) => o.get_mut().entry = entry,
             RawEntry::Vacant(v) => {
-                v.insert(Slot {
+                v.insert(KeyedEntry {
                     key: HeapKey::from_slice(key),
                     entry,
                 });
@@ -109,7 +109,7 @@ impl Table {
         let slot = match self.entry(key) {
             RawEntry::Occupied(o) => o.into_mut(),
             RawEntry::Vacant(v) => v
-                .insert(Slot {
+                .insert(KeyedEntry {
                     key: HeapKey::from_slice(key),
                     entry: make(),
                 })
