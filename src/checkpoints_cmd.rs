@@ -3,13 +3,28 @@
 //! `URL` is a checkpoint directory (`file:///dir`, a path, `s3://bucket/prefix`): either one
 //! job's directory (`<dir>/<job>`) or the directory holding jobs, in which case every job in it
 //! is covered. Reading commands never delete; `gc` deletes only with `--apply`.
+//!
+//! A job is a directory with at least one committed checkpoint (`chk-<id>/_metadata`) or a
+//! `_writers/` marker (its writer leases, written when it starts). Any other directory under a
+//! directory of jobs is skipped and named on stderr: never read, never collected. A URL without
+//! any job (an empty or unrelated directory, a mistyped path) is an error naming it, so it never
+//! passes for a healthy root, and `gc --apply` deletes nothing there.
+//!
+//! One damaged job or checkpoint (unreadable `_metadata`, missing files) does not stop the
+//! others: they are still listed, verified and collected, every failure is named on stderr, and
+//! the exit code is 1. Exit code 0 means every job was read and found whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use cairn_engine::checkpoint::RestoreSource;
-use cairn_snapshot::{CheckpointStorage, CheckpointStore, StorageOptions};
+use cairn_snapshot::layout::parse_checkpoint_dir;
+use cairn_snapshot::{
+    CheckpointId, CheckpointMetadata, CheckpointStorage, CheckpointStore, GcReport, JobLayout,
+    SnapshotError, StorageOptions, VerifyProblem,
+};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -78,36 +93,164 @@ pub(crate) fn storage_options() -> StorageOptions {
 
 type CmdResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Resolves `url` to (storage, job names): a job directory has `chk-*` children; otherwise
-/// every child directory is a job.
-async fn jobs_at(url: &str) -> CmdResult<(CheckpointStorage, Vec<String>)> {
+/// The directory of a job's writer leases (`<job>/_writers/epoch-<n>`), written when the job
+/// starts: it marks a job that has not committed a checkpoint yet.
+const WRITERS_DIR: &str = "_writers";
+
+/// What a URL resolved to.
+struct Target {
+    storage: CheckpointStorage,
+    /// The Cairn jobs, sorted.
+    jobs: Vec<String>,
+}
+
+/// A job, or one of its checkpoints, that could not be read or is damaged. The command goes on
+/// with the rest and exits 1.
+struct Failure {
+    job: String,
+    checkpoint: Option<CheckpointId>,
+    error: String,
+}
+
+impl Failure {
+    fn new(job: &str, checkpoint: Option<CheckpointId>, error: impl fmt::Display) -> Self {
+        Self {
+            job: job.to_string(),
+            checkpoint,
+            error: error.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.checkpoint {
+            Some(id) => write!(f, "{} chk-{id}: {}", self.job, self.error),
+            None => write!(f, "{}: {}", self.job, self.error),
+        }
+    }
+}
+
+/// Names every failure on stderr; exit code 1 if there is any.
+fn report(failures: &[Failure]) -> ExitCode {
+    for f in failures {
+        eprintln!("error: {f}");
+    }
+    exit_code(failures.is_empty())
+}
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Resolves `url` to one job's directory, or to a directory of jobs with every Cairn job in it
+/// (other directories are named on stderr and left alone). Errors when there is no job.
+async fn target(url: &str) -> CmdResult<Target> {
+    require_local_dir(url)?;
     let opts = storage_options();
     if let Ok(src) = RestoreSource::parse(url)
         && src.checkpoint.is_none()
     {
         let storage = CheckpointStorage::from_url(&src.storage_url, &opts)?;
-        let store = CheckpointStore::open_read_only(storage.clone(), &src.job).await?;
-        let has_chk = storage
-            .list_dirs(&store.layout().job_dir())
-            .await?
-            .iter()
-            .any(|p| {
-                p.filename()
-                    .is_some_and(|f| f.starts_with("chk-") || f == "shared")
+        if is_job(&storage, &src.job).await? {
+            return Ok(Target {
+                storage,
+                jobs: vec![src.job],
             });
-        if has_chk {
-            return Ok((storage, vec![src.job]));
         }
     }
     let storage = CheckpointStorage::from_url(url, &opts)?;
-    let mut jobs: Vec<String> = storage
-        .list_dirs(storage.root())
-        .await?
-        .iter()
-        .filter_map(|p| p.filename().map(str::to_string))
-        .collect();
+    let (mut jobs, mut skipped) = (Vec::new(), Vec::new());
+    for dir in storage.list_dirs(storage.root()).await? {
+        let Some(name) = dir.filename().map(str::to_string) else {
+            continue;
+        };
+        match is_job(&storage, &name).await {
+            Ok(true) => jobs.push(name),
+            Ok(false) => skipped.push(format!(
+                "{name}/: not a Cairn job (no chk-<id>/_metadata, no {WRITERS_DIR}/)"
+            )),
+            Err(e) => skipped.push(format!("{name}/: cannot read it: {e}")),
+        }
+    }
     jobs.sort();
-    Ok((storage, jobs))
+    skipped.sort();
+    if jobs.is_empty() {
+        let what = if skipped.is_empty() {
+            "it has no subdirectories".to_string()
+        } else {
+            skipped.join("; ")
+        };
+        return Err(
+            format!("{url} is not a checkpoint directory: it holds no Cairn job ({what})").into(),
+        );
+    }
+    for s in &skipped {
+        eprintln!("note: skipped {s}");
+    }
+    Ok(Target { storage, jobs })
+}
+
+/// A local URL must name an existing directory: opening local storage creates the directory,
+/// which a mistyped path must not do.
+fn require_local_dir(url: &str) -> CmdResult<()> {
+    let path = match url.strip_prefix("file://") {
+        Some(p) => p,
+        None if url.contains("://") => return Ok(()),
+        None => url,
+    };
+    if std::path::Path::new(path).is_dir() {
+        Ok(())
+    } else {
+        Err(format!("{url} is not a checkpoint directory: no such directory").into())
+    }
+}
+
+/// Whether `job` is a Cairn job: it has a `_writers/` marker or a committed checkpoint.
+async fn is_job(storage: &CheckpointStorage, job: &str) -> Result<bool, SnapshotError> {
+    let layout = JobLayout::new(storage.root().clone(), job);
+    let children = storage.list_dirs(&layout.job_dir()).await?;
+    let names: Vec<&str> = children.iter().filter_map(|p| p.filename()).collect();
+    if names.contains(&WRITERS_DIR) {
+        return Ok(true);
+    }
+    for id in names.iter().filter_map(|n| parse_checkpoint_dir(n)) {
+        if storage.size(&layout.metadata(id)).await?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Objects `meta` references that storage does not hold (object paths as in the metadata).
+/// `stored` holds the objects listed under the job; others (a claimed checkpoint's files in
+/// another job's directory) are looked up one by one.
+async fn missing_objects(
+    store: &CheckpointStore,
+    meta: &CheckpointMetadata,
+    stored: &HashSet<String>,
+) -> Result<Vec<String>, SnapshotError> {
+    let mut missing = Vec::new();
+    for s in &meta.slots {
+        let objects = s.shared.iter().map(|f| &f.object);
+        for object in objects.chain(s.private.iter().map(|f| &f.object)) {
+            let path = store.layout().resolve(object);
+            if !stored.contains(path.as_ref()) && store.storage().size(&path).await?.is_none() {
+                missing.push(object.clone());
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Every object stored under the job's directory (full object paths).
+async fn stored_objects(store: &CheckpointStore) -> Result<HashSet<String>, SnapshotError> {
+    let listed = store.storage().list(&store.layout().job_dir()).await?;
+    Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
 }
 
 #[derive(Serialize)]
@@ -119,6 +262,30 @@ struct ListRow {
     files: usize,
     full_bytes: u64,
     restored_from: Option<String>,
+    /// Files the checkpoint references that storage does not hold (0 = whole).
+    missing_files: usize,
+}
+
+impl ListRow {
+    fn new(job: &str, m: &CheckpointMetadata, missing_files: usize) -> Self {
+        Self {
+            job: job.to_string(),
+            id: m.checkpoint_id,
+            created_at_ms: m.created_at_ms,
+            slots: m.slots.len(),
+            files: m
+                .slots
+                .iter()
+                .map(|s| s.shared.len() + s.private.len())
+                .sum(),
+            full_bytes: m.full_bytes(),
+            restored_from: m
+                .restored_from
+                .as_ref()
+                .map(|r| format!("{}/chk-{} ({})", r.job, r.checkpoint_id, r.mode)),
+            missing_files,
+        }
+    }
 }
 
 /// Runs a `cairn checkpoints` subcommand.
@@ -156,52 +323,76 @@ async fn dispatch(cmd: CheckpointsCommand) -> CmdResult<ExitCode> {
 }
 
 async fn list(url: &str, json: bool) -> CmdResult<ExitCode> {
-    let (storage, jobs) = jobs_at(url).await?;
-    let mut rows = Vec::new();
-    for job in jobs {
-        let store = CheckpointStore::open_read_only(storage.clone(), &job).await?;
-        for id in store.committed_ids().await? {
-            let m = store.load(id).await?;
-            rows.push(ListRow {
-                job: job.clone(),
-                id,
-                created_at_ms: m.created_at_ms,
-                slots: m.slots.len(),
-                files: m
-                    .slots
-                    .iter()
-                    .map(|s| s.shared.len() + s.private.len())
-                    .sum(),
-                full_bytes: m.full_bytes(),
-                restored_from: m
-                    .restored_from
-                    .map(|r| format!("{}/chk-{} ({})", r.job, r.checkpoint_id, r.mode)),
-            });
+    let t = target(url).await?;
+    let (mut rows, mut failures) = (Vec::new(), Vec::new());
+    for job in &t.jobs {
+        if let Err(e) = list_job(&t.storage, job, &mut rows, &mut failures).await {
+            failures.push(Failure::new(job, None, e));
         }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!(
-            "{:<36} {:>8} {:>6} {:>7} {:>14}  restored from",
-            "job", "chk", "slots", "files", "full bytes"
-        );
-        for r in &rows {
-            println!(
-                "{:<36} {:>8} {:>6} {:>7} {:>14}  {}",
-                r.job,
-                format!("chk-{}", r.id),
-                r.slots,
-                r.files,
-                r.full_bytes,
-                r.restored_from.as_deref().unwrap_or("-")
-            );
-        }
+        print_list(&rows);
         if rows.is_empty() {
             println!("(no committed checkpoints under {url})");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(report(&failures))
+}
+
+/// Adds a row per committed checkpoint of `job`, and a failure per checkpoint that cannot be
+/// read or misses files. Errs when the job cannot be listed.
+async fn list_job(
+    storage: &CheckpointStorage,
+    job: &str,
+    rows: &mut Vec<ListRow>,
+    failures: &mut Vec<Failure>,
+) -> Result<(), SnapshotError> {
+    let store = CheckpointStore::open_read_only(storage.clone(), job).await?;
+    let ids = store.committed_ids().await?;
+    let stored = stored_objects(&store).await?;
+    for id in ids {
+        let row = match store.load(id).await {
+            Ok(m) => missing_objects(&store, &m, &stored)
+                .await
+                .map(|missing| ListRow::new(job, &m, missing.len())),
+            Err(e) => Err(e),
+        };
+        match row {
+            Ok(row) => {
+                if row.missing_files > 0 {
+                    let e = format!(
+                        "{} referenced file(s) missing (`cairn checkpoints verify` names them)",
+                        row.missing_files
+                    );
+                    failures.push(Failure::new(job, Some(id), e));
+                }
+                rows.push(row);
+            }
+            Err(e) => failures.push(Failure::new(job, Some(id), e)),
+        }
+    }
+    Ok(())
+}
+
+fn print_list(rows: &[ListRow]) {
+    println!(
+        "{:<36} {:>8} {:>6} {:>7} {:>14} {:>7}  restored from",
+        "job", "chk", "slots", "files", "full bytes", "missing"
+    );
+    for r in rows {
+        println!(
+            "{:<36} {:>8} {:>6} {:>7} {:>14} {:>7}  {}",
+            r.job,
+            format!("chk-{}", r.id),
+            r.slots,
+            r.files,
+            r.full_bytes,
+            r.missing_files,
+            r.restored_from.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 #[derive(Serialize)]
@@ -214,26 +405,72 @@ struct FileRow {
     stored_size: u64,
     /// Committed checkpoints of the job that reference the object.
     refcount: usize,
+    /// Storage does not hold the object.
+    missing: bool,
 }
 
 async fn inspect(url: &str, checkpoint: &str, json: bool) -> CmdResult<ExitCode> {
-    let (storage, jobs) = jobs_at(url).await?;
-    let [job] = jobs.as_slice() else {
-        return Err(format!("{url} is not one job's directory").into());
+    let t = target(url).await?;
+    let [job] = t.jobs.as_slice() else {
+        let jobs = t.jobs.join(", ");
+        return Err(format!("{url} is not one job's directory: it holds jobs {jobs}").into());
     };
     let id: u64 = checkpoint
         .trim_start_matches("chk-")
         .parse()
         .map_err(|_| format!("bad checkpoint {checkpoint:?}: expected chk-<id> or <id>"))?;
-    let store = CheckpointStore::open_read_only(storage, job).await?;
+    let store = CheckpointStore::open_read_only(t.storage, job).await?;
     let meta = store.load(id).await?;
+    let mut failures = Vec::new();
+    let refs = refcounts(&store, &mut failures).await?;
+    let missing = missing_objects(&store, &meta, &stored_objects(&store).await?).await?;
+    for object in &missing {
+        failures.push(Failure::new(
+            job,
+            Some(id),
+            format!("file {object} is missing"),
+        ));
+    }
+    let rows = file_rows(&meta, &refs, &missing);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"metadata": meta, "files": rows}))?
+        );
+    } else {
+        print_inspect(job, &meta, &rows);
+    }
+    Ok(report(&failures))
+}
+
+/// How many committed checkpoints of the store reference each shared object. A checkpoint
+/// whose metadata cannot be read is a failure (the counts leave it out).
+async fn refcounts(
+    store: &CheckpointStore,
+    failures: &mut Vec<Failure>,
+) -> CmdResult<HashMap<String, usize>> {
     let mut refs: HashMap<String, usize> = HashMap::new();
     for other in store.committed_ids().await? {
-        let m = store.load(other).await?;
-        for f in m.shared_objects() {
-            *refs.entry(f.object.clone()).or_default() += 1;
+        match store.load(other).await {
+            Ok(m) => {
+                for f in m.shared_objects() {
+                    *refs.entry(f.object.clone()).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                let e = format!("left out of the reference counts: {e}");
+                failures.push(Failure::new(store.layout().job(), Some(other), e));
+            }
         }
     }
+    Ok(refs)
+}
+
+fn file_rows(
+    meta: &CheckpointMetadata,
+    refs: &HashMap<String, usize>,
+    missing: &[String],
+) -> Vec<FileRow> {
     let mut rows = Vec::new();
     for s in &meta.slots {
         for f in &s.shared {
@@ -245,6 +482,7 @@ async fn inspect(url: &str, checkpoint: &str, json: bool) -> CmdResult<ExitCode>
                 size: f.size,
                 stored_size: f.size,
                 refcount: refs.get(&f.object).copied().unwrap_or(0),
+                missing: missing.contains(&f.object),
             });
         }
         for f in &s.private {
@@ -256,18 +494,17 @@ async fn inspect(url: &str, checkpoint: &str, json: bool) -> CmdResult<ExitCode>
                 size: f.size,
                 stored_size: f.stored_size,
                 refcount: 1,
+                missing: missing.contains(&f.object),
             });
         }
     }
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"metadata": meta, "files": rows}))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
+    rows
+}
+
+fn print_inspect(job: &str, meta: &CheckpointMetadata, rows: &[FileRow]) {
     println!(
-        "job {job}  chk-{id}  max parallelism {}  full bytes {}",
+        "job {job}  chk-{}  max parallelism {}  full bytes {}",
+        meta.checkpoint_id,
         meta.max_parallelism,
         meta.full_bytes()
     );
@@ -291,44 +528,72 @@ async fn inspect(url: &str, checkpoint: &str, json: bool) -> CmdResult<ExitCode>
     );
     for r in rows {
         println!(
-            "{:>4} {:<8} {:<24} {:>12} {:>12} {:>4}  {}",
-            r.slot, r.kind, r.name, r.size, r.stored_size, r.refcount, r.object
+            "{:>4} {:<8} {:<24} {:>12} {:>12} {:>4}  {}{}",
+            r.slot,
+            r.kind,
+            r.name,
+            r.size,
+            r.stored_size,
+            r.refcount,
+            r.object,
+            if r.missing { "  MISSING" } else { "" }
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify(url: &str, deep: bool) -> CmdResult<ExitCode> {
-    let (storage, jobs) = jobs_at(url).await?;
-    let mut bad = 0usize;
-    let mut checked = 0usize;
-    for job in jobs {
-        let store = CheckpointStore::open_read_only(storage.clone(), &job).await?;
-        let ids = store.committed_ids().await?;
-        checked += ids.len();
-        for p in store.verify(&ids, deep).await? {
-            bad += 1;
-            println!("{job} chk-{}: {}", p.checkpoint, p.problem);
+    let t = target(url).await?;
+    let (mut checked, mut bad) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    for job in &t.jobs {
+        match verify_job(&t.storage, job, deep).await {
+            Ok((n, problems)) => {
+                for p in &problems {
+                    println!("{job} chk-{}: {}", p.checkpoint, p.problem);
+                }
+                println!("{job}: {n} checkpoint(s), {} problem(s)", problems.len());
+                checked += n;
+                bad += problems.len();
+            }
+            Err(e) => {
+                println!("{job}: cannot verify: {e}");
+                failures.push(Failure::new(job, None, e));
+            }
         }
     }
     println!(
-        "verified {checked} checkpoint(s){}: {bad} problem(s)",
-        if deep { " (deep)" } else { "" }
+        "verified {checked} checkpoint(s){}: {} problem(s)",
+        if deep { " (deep)" } else { "" },
+        bad + failures.len()
     );
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let code = report(&failures);
+    Ok(if bad == 0 { code } else { ExitCode::FAILURE })
+}
+
+/// Verifies every committed checkpoint of `job`: (checkpoints, problems).
+async fn verify_job(
+    storage: &CheckpointStorage,
+    job: &str,
+    deep: bool,
+) -> Result<(usize, Vec<VerifyProblem>), SnapshotError> {
+    let store = CheckpointStore::open_read_only(storage.clone(), job).await?;
+    let ids = store.committed_ids().await?;
+    Ok((ids.len(), store.verify(&ids, deep).await?))
 }
 
 async fn gc(url: &str, apply: bool, grace: Duration) -> CmdResult<ExitCode> {
-    let (storage, jobs) = jobs_at(url).await?;
+    let t = target(url).await?;
     let (mut n, mut bytes) = (0usize, 0u64);
-    for job in jobs {
-        // Retain everything committed: gc never subsumes, it only removes unreferenced files.
-        let store = CheckpointStore::open(storage.clone(), &job, usize::MAX).await?;
-        let r = store.gc(grace, apply).await?;
+    let mut failures = Vec::new();
+    for job in &t.jobs {
+        let r = match gc_job(&t.storage, job, apply, grace).await {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{job}: left alone, its checkpoints cannot be read: {e}");
+                failures.push(Failure::new(job, None, e));
+                continue;
+            }
+        };
         for o in &r.orphans {
             println!("{} {o}", if apply { "deleted" } else { "orphan" });
         }
@@ -338,6 +603,7 @@ async fn gc(url: &str, apply: bool, grace: Duration) -> CmdResult<ExitCode> {
                 r.too_young
             );
         }
+        println!("{job}: {} orphan file(s)", r.orphans.len());
         n += r.orphans.len();
         bytes += r.orphan_bytes;
     }
@@ -349,5 +615,18 @@ async fn gc(url: &str, apply: bool, grace: Duration) -> CmdResult<ExitCode> {
             " (dry run; --apply deletes)"
         }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(report(&failures))
+}
+
+/// Collects `job`'s orphans. A job whose checkpoints cannot all be read fails here, before
+/// anything is deleted: what they reference is unknown.
+async fn gc_job(
+    storage: &CheckpointStorage,
+    job: &str,
+    apply: bool,
+    grace: Duration,
+) -> Result<GcReport, SnapshotError> {
+    // Retain everything committed: gc never subsumes, it only removes unreferenced files.
+    let store = CheckpointStore::open(storage.clone(), job, usize::MAX).await?;
+    store.gc(grace, apply).await
 }

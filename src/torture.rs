@@ -6,24 +6,44 @@
 //! 1. the round's latest committed checkpoint must verify deeply (every file re-hashed);
 //! 2. restored, its counters must sum to the stream position it was taken at (the update
 //!    workload adds exactly 1 per record), i.e. the restore holds exactly the committed state;
-//! 3. orphan collection removes what the killed in-flight checkpoint uploaded, after which
-//!    nothing under the job is unreferenced ("leaked") and the retained checkpoints verify.
+//! 3. orphan collection (Cairn's gc) removes what the killed in-flight checkpoint uploaded;
+//!    then nothing under the job may be "leaked", and the retained checkpoints verify.
 //!
-//! Checkpoints committed per round are counted exactly: ids run from the restored id + 1 to
-//! the latest committed one, and each id in between either committed or was declined / failed,
-//! which the child logs (its stderr goes to `<work>/child.log`).
+//! Neither figure trusts Cairn's own account of itself:
+//! - Committed checkpoints are counted from the store, not from the child's log: while the
+//!   child runs, the job directory is listed every [`POLL_EVERY`] (the child checkpoints every
+//!   200 ms and keeps one checkpoint, so each commit stays visible about one interval) and the
+//!   ids of every `chk-<id>/_metadata` seen are collected, plus those present after the kill.
+//!   A checkpoint committed and subsumed between two listings would go unseen, so the count is
+//!   a lower bound; `max_poll_gap_ms` says how tight. The latest id ever seen must still be
+//!   there after the kill (a committed checkpoint is never lost).
+//! - Leaks are found by listing the store directly ([`CheckpointStorage::list`]) and, for a
+//!   local directory, walking it with `std::fs`, which also finds the staging files
+//!   (`<name>#<n>`) a killed upload leaves and the object-store listing skips. Legitimate are
+//!   the objects the committed checkpoints' metadata references, every `chk-<id>/_metadata`,
+//!   and everything under `_writers/`; anything else under the job is a leak. Cairn's gc is
+//!   not asked.
+//! - Every job a round created is checked, also when it was killed before its first commit
+//!   (its uploads are orphans too), and all of them again after the last round.
+//!
+//! The child's stderr goes to `<work>/child.log` (kept for debugging, not read).
 //!
 //! The same code backs `tests/crash_restore.rs` (20 rounds on the local directory and on the
 //! loopback S3 server) and `scripts/torture.sh` (200+ rounds).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
 use cairn_engine::{BackendKind, CairnConfig, EngineError, KeyGroupRange, Slot, VoidNamespace};
-use cairn_snapshot::{CheckpointStorage, CheckpointStore, SnapshotError, StorageOptions};
+use cairn_snapshot::layout::ObjectKind;
+use cairn_snapshot::{
+    CheckpointStorage, CheckpointStore, JobLayout, SnapshotError, StorageOptions,
+};
 use clap::Args;
 use serde::Serialize;
 
@@ -61,16 +81,29 @@ pub struct TortureReport {
     pub rounds: u32,
     /// Rounds whose child committed at least one checkpoint before it was killed.
     pub rounds_with_commit: u32,
-    /// Checkpoints committed over all rounds.
+    /// Checkpoints committed over all rounds: distinct ids whose `_metadata` the store
+    /// listings showed while the children ran or after they were killed (a lower bound, see
+    /// the module doc).
     pub committed_checkpoints: u64,
-    /// Checkpoint ids declined or failed (not committed) before the last commit of a round.
+    /// Checkpoint ids up to a round's latest commit never seen committed in the store
+    /// (declined, failed, or committed and subsumed between two listings).
     pub not_committed: u64,
     /// Latest checkpoints restored whose state matched their position exactly.
     pub restores_verified: u32,
     /// Files orphaned by killed in-flight checkpoints, collected by GC.
     pub orphans_collected: u64,
-    /// Unreferenced files left after GC (must be 0).
+    /// Objects and files left after GC that no committed checkpoint references, found by
+    /// listing the store and walking a local directory (must be 0).
     pub leaked_after_gc: u64,
+    /// Successful listings of the store while the children ran.
+    pub store_polls: u64,
+    /// Listings that failed (the next one counts instead).
+    pub store_poll_errors: u64,
+    /// Longest time between two successful listings, ms (the children checkpoint every
+    /// 200 ms).
+    pub max_poll_gap_ms: u64,
+    /// Jobs checked for leaks after the last round.
+    pub jobs_checked: u64,
     /// Wall time, seconds.
     pub elapsed_s: f64,
 }
@@ -134,99 +167,213 @@ pub fn run(
         ..TortureReport::default()
     };
     let mut previous: Option<(String, u64)> = None;
+    let mut created = Vec::new();
     let log = o.work_dir.join("child.log");
     for round in 0..o.rounds {
         let before: BTreeSet<String> = jobs(&rt, &storage)?;
-        let mut cmd = Command::new(&o.binary);
-        cmd.args(["run", "--workload", "update", "--records", "1000000000"])
-            .args(["--keys", &o.keys.to_string()])
-            .args(["--checkpoint-interval", "200ms", "--checkpoint-dir", &o.url])
-            .arg("--working-dir")
-            .arg(o.work_dir.join("work"))
-            .env("RUST_LOG", "info")
-            .envs(o.child_env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(io("create child log"))?);
-        if let Some((job, id)) = &previous {
-            cmd.args(["--restore-from", &format!("{}/{job}/chk-{id}", o.url)]);
-        }
-        // Rotate the write-back state cache: the default, a tiny one that evicts and writes
-        // back on nearly every record, and none.
-        match round % 3 {
-            1 => {
-                cmd.args(["--state-cache-ratio", "0.0001", "--max-dirty-ratio", "0.5"]);
-            }
-            2 => {
-                cmd.args(["--state-cache-ratio", "0"]);
-            }
-            _ => {}
-        }
-        let mut child = cmd.spawn().map_err(io("spawn cairn run"))?;
-        let spread = o.kill_spread.as_millis().max(1) as u64;
-        let delay = o.min_kill.as_millis() as u64 + mix64(o.seed ^ u64::from(round)) % spread;
-        std::thread::sleep(Duration::from_millis(delay));
-        child.kill().map_err(io("kill"))?; // SIGKILL
-        child.wait().map_err(io("wait"))?;
+        let polled = kill_round(o, &rt, &storage, round, previous.as_ref(), &before, &log)?;
         report.rounds = round + 1;
+        report.store_polls += polled.polls;
+        report.store_poll_errors += polled.errors;
+        report.max_poll_gap_ms = report
+            .max_poll_gap_ms
+            .max(polled.max_gap.as_millis() as u64);
 
         let new_jobs: Vec<String> = jobs(&rt, &storage)?.difference(&before).cloned().collect();
         let Some(job) = new_jobs.first() else {
             progress(round, &report);
             continue; // killed before it created its job directory
         };
+        created.push(job.clone());
         let store = rt.block_on(CheckpointStore::open_read_only(storage.clone(), job))?;
-        let ids = rt.block_on(store.committed_ids())?;
-        let Some(&latest) = ids.last() else {
-            progress(round, &report);
-            continue; // killed before its first checkpoint committed
-        };
-        report.rounds_with_commit += 1;
         let first = previous.as_ref().map_or(1, |p| p.1 + 1);
-        let skipped = not_committed(&log, first, latest)?;
-        report.committed_checkpoints += (latest + 1).saturating_sub(first).saturating_sub(skipped);
-        report.not_committed += skipped;
-        let violation = |what: String| TortureError::Violation { round, what };
-        let problems = rt.block_on(store.verify(&[latest], true))?;
-        if !problems.is_empty() {
-            return Err(violation(format!(
-                "chk-{latest} does not verify: {problems:?}"
-            )));
+        let latest = count_commits(&rt, &store, &polled, first, round, &mut report)?;
+        if let Some(latest) = latest {
+            check_latest(o, &rt, &store, job, latest, round)?;
+            report.restores_verified += 1;
         }
-        let meta = rt.block_on(store.load(latest))?;
-        let position: u64 = meta
-            .properties
-            .get("position")
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| violation(format!("chk-{latest} has no position property")))?;
-        let sum = restored_sum(o, job, latest, round)?;
-        if sum != position {
-            return Err(violation(format!(
-                "chk-{latest} restored counters sum to {sum}, its position is {position}"
-            )));
+        collect_and_check(&rt, &storage, &o.url, job, round, &mut report)?;
+        if let Some(latest) = latest {
+            previous = Some((job.clone(), latest));
         }
-        report.restores_verified += 1;
-
-        // Collect the killed in-flight checkpoint's uploads; then nothing may be unreferenced.
-        let gc_store = rt.block_on(CheckpointStore::open(storage.clone(), job, usize::MAX))?;
-        report.orphans_collected += rt
-            .block_on(gc_store.gc(Duration::ZERO, true))?
-            .orphans
-            .len() as u64;
-        let left = rt.block_on(gc_store.gc(Duration::ZERO, false))?;
-        report.leaked_after_gc += left.orphans.len() as u64;
-        if !left.orphans.is_empty() {
-            return Err(violation(format!("leaked after GC: {:?}", left.orphans)));
-        }
-        let ids = rt.block_on(gc_store.committed_ids())?;
-        let problems = rt.block_on(gc_store.verify(&ids, false))?;
-        if !problems.is_empty() {
-            return Err(violation(format!("after GC: {problems:?}")));
-        }
-        previous = Some((job.clone(), latest));
         progress(round, &report);
+    }
+    // Later rounds must not have touched earlier jobs.
+    for job in &created {
+        let leaked = leaks(&rt, &storage, &o.url, job)?;
+        report.leaked_after_gc += leaked.len() as u64;
+        if !leaked.is_empty() {
+            return Err(TortureError::Violation {
+                round: o.rounds,
+                what: format!("after the last round, {job} holds leaked files: {leaked:?}"),
+            });
+        }
+        report.jobs_checked += 1;
     }
     report.elapsed_s = t.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// One round's child: started, its store listed every [`POLL_EVERY`] while it runs, killed
+/// with SIGKILL at the round's moment. Returns what the listings saw.
+fn kill_round(
+    o: &TortureOptions,
+    rt: &tokio::runtime::Runtime,
+    storage: &CheckpointStorage,
+    round: u32,
+    previous: Option<&(String, u64)>,
+    before: &BTreeSet<String>,
+    log: &Path,
+) -> Result<Polled, TortureError> {
+    let mut child = child_command(o, round, previous, log)?
+        .spawn()
+        .map_err(io("spawn cairn run"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = rt.spawn(poll_store(storage.clone(), before.clone(), stop.clone()));
+    let spread = o.kill_spread.as_millis().max(1) as u64;
+    let delay = o.min_kill.as_millis() as u64 + mix64(o.seed ^ u64::from(round)) % spread;
+    std::thread::sleep(Duration::from_millis(delay));
+    let killed = child.kill().map_err(io("kill")); // SIGKILL
+    let waited = child.wait().map_err(io("wait"));
+    stop.store(true, Ordering::Relaxed);
+    let polled = rt
+        .block_on(poller)
+        .map_err(|e| io("store poller")(std::io::Error::other(e)));
+    killed?;
+    waited?;
+    polled
+}
+
+/// Counts the round's committed checkpoints: every id the listings saw while the child ran,
+/// plus those committed after the kill. The latest one seen must still be committed. Returns
+/// the latest committed id.
+fn count_commits(
+    rt: &tokio::runtime::Runtime,
+    store: &CheckpointStore,
+    polled: &Polled,
+    first: u64,
+    round: u32,
+    report: &mut TortureReport,
+) -> Result<Option<u64>, TortureError> {
+    let ids = rt.block_on(store.committed_ids())?;
+    let mut seen: BTreeSet<u64> = ids.iter().copied().collect();
+    if polled.job.as_deref() == Some(store.layout().job()) {
+        seen.extend(&polled.ids);
+    }
+    let latest = ids.last().copied();
+    if let Some(&max_seen) = seen.last()
+        && latest != Some(max_seen)
+    {
+        let after = latest.map_or("none".to_string(), |id| format!("chk-{id}"));
+        return Err(TortureError::Violation {
+            round,
+            what: format!(
+                "chk-{max_seen} was seen committed while the child ran; after the kill the latest committed checkpoint is {after}"
+            ),
+        });
+    }
+    if let Some(latest) = latest {
+        report.rounds_with_commit += 1;
+        report.committed_checkpoints += seen.len() as u64;
+        report.not_committed += (first..=latest).filter(|id| !seen.contains(id)).count() as u64;
+    }
+    Ok(latest)
+}
+
+/// Runs Cairn's gc on the round's job (collecting the killed checkpoint's uploads), then
+/// checks by an independent listing that nothing is leaked, and that the retained checkpoints
+/// still verify.
+fn collect_and_check(
+    rt: &tokio::runtime::Runtime,
+    storage: &CheckpointStorage,
+    url: &str,
+    job: &str,
+    round: u32,
+    report: &mut TortureReport,
+) -> Result<(), TortureError> {
+    let violation = |what: String| TortureError::Violation { round, what };
+    let gc_store = rt.block_on(CheckpointStore::open(storage.clone(), job, usize::MAX))?;
+    report.orphans_collected += rt
+        .block_on(gc_store.gc(Duration::ZERO, true))?
+        .orphans
+        .len() as u64;
+    let leaked = leaks(rt, storage, url, job)?;
+    report.leaked_after_gc += leaked.len() as u64;
+    if !leaked.is_empty() {
+        return Err(violation(format!("leaked after GC: {leaked:?}")));
+    }
+    let ids = rt.block_on(gc_store.committed_ids())?;
+    let problems = rt.block_on(gc_store.verify(&ids, false))?;
+    if !problems.is_empty() {
+        return Err(violation(format!("after GC: {problems:?}")));
+    }
+    Ok(())
+}
+
+/// The child of a round: `cairn run --workload update` checkpointing every 200 ms, continuing
+/// from `previous` (job, checkpoint), its stderr to `log`.
+fn child_command(
+    o: &TortureOptions,
+    round: u32,
+    previous: Option<&(String, u64)>,
+    log: &Path,
+) -> Result<Command, TortureError> {
+    let mut cmd = Command::new(&o.binary);
+    cmd.args(["run", "--workload", "update", "--records", "1000000000"])
+        .args(["--keys", &o.keys.to_string()])
+        .args(["--checkpoint-interval", "200ms", "--checkpoint-dir", &o.url])
+        .arg("--working-dir")
+        .arg(o.work_dir.join("work"))
+        .env("RUST_LOG", "info")
+        .envs(o.child_env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(io("create child log"))?);
+    if let Some((job, id)) = previous {
+        cmd.args(["--restore-from", &format!("{}/{job}/chk-{id}", o.url)]);
+    }
+    // Rotate the write-back state cache: the default, a tiny one that evicts and writes
+    // back on nearly every record, and none.
+    match round % 3 {
+        1 => {
+            cmd.args(["--state-cache-ratio", "0.0001", "--max-dirty-ratio", "0.5"]);
+        }
+        2 => {
+            cmd.args(["--state-cache-ratio", "0"]);
+        }
+        _ => {}
+    }
+    Ok(cmd)
+}
+
+/// The round's latest checkpoint verifies deeply and restores to exactly its position.
+fn check_latest(
+    o: &TortureOptions,
+    rt: &tokio::runtime::Runtime,
+    store: &CheckpointStore,
+    job: &str,
+    latest: u64,
+    round: u32,
+) -> Result<(), TortureError> {
+    let violation = |what: String| TortureError::Violation { round, what };
+    let problems = rt.block_on(store.verify(&[latest], true))?;
+    if !problems.is_empty() {
+        return Err(violation(format!(
+            "chk-{latest} does not verify: {problems:?}"
+        )));
+    }
+    let meta = rt.block_on(store.load(latest))?;
+    let position: u64 = meta
+        .properties
+        .get("position")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| violation(format!("chk-{latest} has no position property")))?;
+    let sum = restored_sum(o, job, latest, round)?;
+    if sum != position {
+        return Err(violation(format!(
+            "chk-{latest} restored counters sum to {sum}, its position is {position}"
+        )));
+    }
+    Ok(())
 }
 
 /// Job directories under the storage root.
@@ -241,24 +388,165 @@ fn jobs(
         .collect())
 }
 
-/// Checkpoint ids in `[first, last]` the child logged as declined or failed.
-fn not_committed(log: &Path, first: u64, last: u64) -> Result<u64, TortureError> {
-    let text = std::fs::read_to_string(log).map_err(io(format!("read {}", log.display())))?;
-    let mut ids = BTreeSet::new();
-    for line in text.lines() {
-        for (i, _) in line.match_indices("checkpoint ") {
-            let rest = &line[i + "checkpoint ".len()..];
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            let after = &rest[digits.len()..];
-            if let Ok(id) = digits.parse::<u64>()
-                && (after.starts_with(" declined") || after.starts_with(" failed"))
-                && (first..=last).contains(&id)
-            {
-                ids.insert(id);
+/// How often the store is listed while a child runs: a tenth of its checkpoint interval.
+pub const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// The directory of a job's writer leases (`<job>/_writers/epoch-<n>`): legitimate objects.
+const WRITERS_DIR: &str = "_writers";
+
+/// What the store listings saw while a child ran.
+#[derive(Debug, Default)]
+struct Polled {
+    /// The child's job (the first job directory not there before it started).
+    job: Option<String>,
+    /// Ids of every `chk-<id>/_metadata` a listing showed.
+    ids: BTreeSet<u64>,
+    /// Successful listings.
+    polls: u64,
+    /// Failed listings.
+    errors: u64,
+    /// Longest time between the starts of two successful listings.
+    max_gap: Duration,
+}
+
+/// Lists the store every [`POLL_EVERY`] until `stop`: first for the child's new job directory
+/// (not in `before`), then for its committed checkpoints.
+async fn poll_store(
+    storage: CheckpointStorage,
+    before: BTreeSet<String>,
+    stop: Arc<AtomicBool>,
+) -> Polled {
+    let mut p = Polled::default();
+    let mut last: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        match poll_once(&storage, &before, &mut p).await {
+            Ok(()) => {
+                p.polls += 1;
+                if let Some(l) = last {
+                    p.max_gap = p.max_gap.max(start - l);
+                }
+                last = Some(start);
+            }
+            Err(_) => p.errors += 1,
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    p
+}
+
+async fn poll_once(
+    storage: &CheckpointStorage,
+    before: &BTreeSet<String>,
+    p: &mut Polled,
+) -> Result<(), SnapshotError> {
+    if p.job.is_none() {
+        p.job = storage
+            .list_dirs(storage.root())
+            .await?
+            .iter()
+            .filter_map(|d| d.filename())
+            .find(|name| !before.contains(*name))
+            .map(str::to_string);
+    }
+    if let Some(job) = &p.job {
+        let layout = JobLayout::new(storage.root().clone(), job.as_str());
+        for m in storage.list(&layout.job_dir()).await? {
+            if let ObjectKind::Metadata(id) = layout.classify(&m.location) {
+                p.ids.insert(id);
             }
         }
     }
-    Ok(ids.len() as u64)
+    Ok(())
+}
+
+/// What is under `job` that no committed checkpoint accounts for (paths relative to the
+/// storage root), by listing the store and, for a local directory, walking it (see the
+/// module doc for what is legitimate).
+fn leaks(
+    rt: &tokio::runtime::Runtime,
+    storage: &CheckpointStorage,
+    url: &str,
+    job: &str,
+) -> Result<BTreeSet<String>, TortureError> {
+    let layout = JobLayout::new(storage.root().clone(), job);
+    let (refs, listed) = rt.block_on(async {
+        let store = CheckpointStore::open_read_only(storage.clone(), job).await?;
+        let mut refs = HashSet::new();
+        for id in store.committed_ids().await? {
+            for s in store.load(id).await?.slots {
+                refs.extend(s.shared.into_iter().map(|f| f.object));
+                refs.extend(s.private.into_iter().map(|f| f.object));
+            }
+        }
+        let mut listed = Vec::new();
+        for m in storage.list(&layout.job_dir()).await? {
+            if let Some(parts) = m.location.prefix_match(storage.root()) {
+                listed.push(
+                    parts
+                        .map(|p| p.as_ref().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
+            }
+        }
+        Ok::<_, SnapshotError>((refs, listed))
+    })?;
+    let mut files = listed;
+    if let Some(root) = local_root(url) {
+        files.extend(walk_files(&root.join(job), job)?);
+    }
+    Ok(files
+        .into_iter()
+        .filter(|rel| !legitimate(&layout, &refs, rel))
+        .collect())
+}
+
+/// Whether `rel` (relative to the storage root) is referenced by a committed checkpoint, is a
+/// `chk-<id>/_metadata`, or is under `_writers/`.
+fn legitimate(layout: &JobLayout, refs: &HashSet<String>, rel: &str) -> bool {
+    if refs.contains(rel) {
+        return true;
+    }
+    let path = layout.resolve(rel);
+    let writers = layout.job_dir().join(WRITERS_DIR);
+    matches!(layout.classify(&path), ObjectKind::Metadata(_))
+        || path.prefix_match(&writers).is_some()
+}
+
+/// The local directory behind a `file://` URL or a plain path; `None` for other schemes.
+fn local_root(url: &str) -> Option<PathBuf> {
+    match url.strip_prefix("file://") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if url.contains("://") => None,
+        None => Some(PathBuf::from(url)),
+    }
+}
+
+/// Every file under `dir`, as `/`-joined paths starting with `prefix`.
+fn walk_files(dir: &Path, prefix: &str) -> Result<Vec<String>, TortureError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), prefix.to_string())];
+    while let Some((d, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(format!("read {}", d.display()))(e)),
+        };
+        for e in entries {
+            let e = e.map_err(io(format!("read {}", d.display())))?;
+            let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+            let kind = e
+                .file_type()
+                .map_err(io(format!("stat {}", e.path().display())))?;
+            if kind.is_dir() {
+                stack.push((e.path(), name));
+            } else {
+                out.push(name);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Restores `job/chk-id` into a fresh slot and returns the sum of all counters.

@@ -3,8 +3,11 @@
 //! `tests/support/mod.rs` for when the S3 leg runs). After each kill the latest committed
 //! checkpoint verifies (deep) and restores to a state consistent with the position it was taken
 //! at (the update workload adds exactly 1 per record, so the counters sum to the position), and
-//! orphan collection leaves no unreferenced file. Each round continues from the previous
-//! round's latest checkpoint. The rounds are [`cairn::torture::run`], which `cairn torture` runs
+//! after orphan collection nothing is leaked. Both figures come from the store, not from Cairn:
+//! committed checkpoints are counted by listing `chk-*/_metadata` while the child runs, and
+//! leaks by listing the store (and walking the local directory, which also shows the staging
+//! files a killed upload leaves) against what the retained metadata references; see
+//! `src/torture.rs`. Each round continues from the previous round's latest checkpoint. The rounds are [`cairn::torture::run`], which `cairn torture` runs
 //! for longer (`scripts/torture.sh`). Rounds rotate the child's write-back state cache: the
 //! default, a tiny one that evicts and writes back on nearly every record, and none.
 //!
@@ -51,6 +54,9 @@ fn kill_rounds(
     eprintln!("{r:?}");
     assert_eq!(r.rounds, rounds);
     assert_eq!(r.leaked_after_gc, 0);
+    // The store was listed while the children ran, often enough for their 200 ms interval.
+    assert!(r.store_polls >= u64::from(rounds), "{r:?}");
+    assert!(r.jobs_checked >= u64::from(r.rounds_with_commit), "{r:?}");
     assert_eq!(r.restores_verified, r.rounds_with_commit);
     assert!(
         r.rounds_with_commit >= rounds / 2,
@@ -112,5 +118,15 @@ fn torture_command_reports_as_json() -> TestResult {
     assert_eq!(r["rounds"], 2);
     assert_eq!(r["leaked_after_gc"], 0);
     assert_eq!(r["restores_verified"], r["rounds_with_commit"]);
+    for field in [
+        "committed_checkpoints",
+        "not_committed",
+        "orphans_collected",
+        "store_polls",
+        "max_poll_gap_ms",
+        "jobs_checked",
+    ] {
+        assert!(r[field].is_u64(), "{field}: {r}");
+    }
     Ok(())
 }

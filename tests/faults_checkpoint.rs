@@ -151,9 +151,16 @@ async fn listing(store: &CheckpointStore) -> Result<BTreeSet<String>, SnapshotEr
         .collect())
 }
 
-/// What the retained checkpoints reference, plus their `_metadata`: all a clean store holds.
+/// What the retained checkpoints reference, plus their `_metadata` and the writer leases: all
+/// a clean store holds.
 async fn referenced(store: &CheckpointStore) -> Result<BTreeSet<String>, SnapshotError> {
-    let mut out = BTreeSet::new();
+    let mut out: BTreeSet<String> = store
+        .storage()
+        .list(&store.layout().writers_dir())
+        .await?
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
     for id in store.committed_ids().await? {
         out.insert(store.layout().metadata(id).to_string());
         let meta = store.load(id).await?;
@@ -274,7 +281,9 @@ fn a_failing_protocol_step_aborts_cleanly_and_the_next_checkpoint_commits() -> T
                 checkpoint(&store, &mut st, &scratch, 3, &["c.sst", "d.sst"]).await?;
                 assert_eq!(store.committed_ids().await?, vec![3], "{name} {point}");
                 assert_clean(&store, &format!("{name} after recovery from {point}")).await?;
-                // A fresh process reading the job finds the same.
+                // A fresh process taking the job over (after this one stopped) finds the same.
+                store.release_lease().await?;
+                drop(store);
                 let reopened = CheckpointStore::open(r.storage.clone(), &job, 1).await?;
                 assert_eq!(reopened.retained_ids()?, vec![3]);
                 Ok::<_, Box<dyn std::error::Error>>(())
@@ -290,10 +299,11 @@ fn a_failing_protocol_step_aborts_cleanly_and_the_next_checkpoint_commits() -> T
     Ok(())
 }
 
-/// The commit's write landed but its answer was lost, and retries are off: the coordinator
-/// sees a failure and aborts, so the checkpoint must not stay committed over deleted files.
+/// The commit's write landed but its answer was lost, and retries are off: the store reads
+/// `_metadata` back, finds its own bytes, and the checkpoint is committed (the commit point is
+/// final: before the fix, the coordinator aborted and deleted the committed `_metadata`).
 #[test]
-fn an_aborted_commit_whose_answer_was_lost_is_not_left_committed() -> TestResult {
+fn a_commit_whose_answer_was_lost_is_committed() -> TestResult {
     for (name, mut r) in rigs("lost_commit")? {
         let mut opts = StorageOptions::default();
         opts.retry_max_attempts = 1;
@@ -310,13 +320,20 @@ fn an_aborted_commit_whose_answer_was_lost_is_not_left_committed() -> TestResult
             r.faults.add(
                 Fault::on_path(Some(Op::Put), "chk-2/_metadata", FaultAction::ErrorAfter).times(1),
             );
-            let e = checkpoint(&store, &mut st, r.scratch.path(), 2, &["a.sst", "b.sst"])
+            checkpoint(&store, &mut st, r.scratch.path(), 2, &["a.sst", "b.sst"]).await?;
+            assert_eq!(store.committed_ids().await?, vec![2], "{name}");
+            assert_clean(&store, name).await?;
+            checkpoint(&store, &mut st, r.scratch.path(), 3, &["b.sst"]).await?;
+            assert_clean(&store, name).await?;
+            // A put that failed before reaching the store is not committed: the abort deletes
+            // only what this attempt uploaded.
+            r.faults
+                .add(Fault::on_path(Some(Op::Put), "chk-4/_metadata", FaultAction::Error).times(1));
+            let e = checkpoint(&store, &mut st, r.scratch.path(), 4, &["b.sst", "c.sst"])
                 .await
                 .unwrap_err();
             assert!(e.is_transient(), "{name}: {e}");
-            assert_eq!(store.committed_ids().await?, vec![1], "{name}");
-            assert_clean(&store, name).await?;
-            checkpoint(&store, &mut st, r.scratch.path(), 3, &["b.sst"]).await?;
+            assert_eq!(store.committed_ids().await?, vec![3], "{name}");
             assert_clean(&store, name).await?;
             Ok::<_, Box<dyn std::error::Error>>(())
         })?;

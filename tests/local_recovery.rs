@@ -299,3 +299,100 @@ fn stale_local_snapshots_are_removed() -> TestResult {
     );
     Ok(())
 }
+
+/// The local snapshot directory is untrusted too: a file or the snapshot directory itself
+/// replaced by a symbolic link (here to an identical copy outside the slot directory, so sizes
+/// and hashes still match) is never followed: the restore falls back to storage, and the
+/// outside files are untouched.
+#[test]
+fn symbolic_links_in_a_local_snapshot_are_never_followed() -> TestResult {
+    use std::os::unix::fs::symlink;
+    for link_the_dir in [false, true] {
+        let root = tempfile::tempdir()?;
+        let cfg = config(BackendKind::RocksDb, root.path());
+        let (job_url, id, model) = run_job(&cfg, 2)?;
+        let snap = local_snapshot(&cfg, id);
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(&outside)?;
+        if link_the_dir {
+            let copy = outside.join("snapshot");
+            std::fs::create_dir_all(&copy)?;
+            for e in std::fs::read_dir(&snap)? {
+                let e = e?;
+                std::fs::copy(e.path(), copy.join(e.file_name()))?;
+            }
+            std::fs::remove_dir_all(&snap)?;
+            symlink(&copy, &snap)?;
+        } else {
+            let sst = largest(&snap, ".sst")?;
+            let copy = outside.join("copy.sst");
+            std::fs::copy(&sst, &copy)?;
+            std::fs::remove_file(&sst)?;
+            symlink(&copy, &sst)?;
+        }
+        let before: Vec<(PathBuf, u64)> = std::fs::read_dir(&outside)?
+            .flatten()
+            .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+            .collect();
+        let (report, state) = restore(&cfg, &job_url)?;
+        assert_eq!(
+            report.path,
+            RestorePath::Remote,
+            "link_the_dir={link_the_dir}: a symbolic link was followed: {report:?}"
+        );
+        let why = report.local_rejected.unwrap_or_default();
+        assert!(why.contains("symbolic link"), "{why}");
+        assert_eq!(state, model);
+        let after: Vec<(PathBuf, u64)> = std::fs::read_dir(&outside)?
+            .flatten()
+            .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+            .collect();
+        assert_eq!(before, after);
+    }
+    Ok(())
+}
+
+/// The marker records the storage: a local snapshot of a same-named job and checkpoint id in
+/// other storage is not used, even when its files have the sizes this checkpoint records
+/// (heap snapshots of equal-length values; `local-recovery-verify = "size"`).
+#[test]
+fn a_local_snapshot_from_other_storage_is_not_used() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let mut cfg = config(BackendKind::Heap, root.path());
+    cfg.checkpoint.local_recovery_verify = FileVerify::Size;
+    let job = new_job_name();
+    // The same job name and checkpoint id in two storages, with different values of one length.
+    let run = |dir: &str, value: char| -> Result<(String, u64), Box<dyn std::error::Error>> {
+        let mut c = cfg.clone();
+        c.checkpoint.dir = format!("file://{}", root.path().join(dir).display());
+        let mut slot = Slot::builder(&c).open()?;
+        let v = slot.value_state::<String>("op", "v")?;
+        for k in 0..KEYS {
+            let scope = slot.scope(&k, &VoidNamespace)?;
+            v.update(&mut slot, &scope, &value.to_string().repeat(8))?;
+        }
+        let mut cp = Checkpointer::open(&c.checkpoint, &job, 128)?;
+        let id = cp.next_id();
+        let sync = slot.snapshot_sync(id)?;
+        cp.complete(id, vec![sync])?;
+        Ok((c.checkpoint.dir.clone(), id))
+    };
+    let (dir_a, id_a) = run("cp-a", 'a')?;
+    let (dir_b, id_b) = run("cp-b", 'b')?;
+    assert_eq!(id_a, id_b);
+    // The slot's local snapshot is now job/chk-1 of storage B; restore job/chk-1 of A.
+    let mut c = cfg.clone();
+    c.checkpoint.dir = dir_a.clone();
+    let (report, state) = restore(&c, &format!("{dir_a}/{job}"))?;
+    assert_eq!(
+        report.path,
+        RestorePath::Remote,
+        "the local snapshot of {dir_b} was used for {dir_a}: {report:?}"
+    );
+    assert!(
+        report.local_rejected.unwrap_or_default().contains("storage"),
+        "the rejection does not name the storage"
+    );
+    assert!(state.values().all(|v| v == "aaaaaaaa"), "restored the wrong storage's state");
+    Ok(())
+}

@@ -19,6 +19,10 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or an unexpected RocksDB status; report it.
     Internal,
+    /// The slot refuses every call: a failure left its state unknown (a write-back of the state
+    /// cache to RocksDB failed, see [`EngineError::Poisoned`]). Retrying does not help and no
+    /// checkpoint can be taken from it: drop the slot and restore it from its last checkpoint.
+    Closed,
 }
 
 /// Engine errors. Each message names what is wrong.
@@ -132,6 +136,15 @@ pub enum EngineError {
         /// The error.
         source: std::io::Error,
     },
+    /// A write-back of the state cache into RocksDB failed, so RocksDB may lack writes the slot
+    /// acknowledged: the backend refuses every later call (see [`ErrorKind::Closed`]).
+    #[error(
+        "slot refuses all calls since a state cache write-back failed ({reason}): its state may lack acknowledged writes; restore the slot from its last checkpoint"
+    )]
+    Poisoned {
+        /// The original failure.
+        reason: String,
+    },
 }
 
 /// Result with [`EngineError`].
@@ -168,13 +181,17 @@ impl EngineError {
             | EngineError::KeyGroupOutOfRange { .. }
             | EngineError::Encode { .. } => ErrorKind::InvalidArgument,
             EngineError::Corrupt { .. } => ErrorKind::Corrupt,
+            EngineError::Poisoned { .. } => ErrorKind::Closed,
             EngineError::WorkingDirNotWritable { .. }
             | EngineError::WorkingDirLocked { .. }
             | EngineError::CheckpointFailed { .. }
             | EngineError::Io { .. } => ErrorKind::Unavailable,
             EngineError::Checkpoint(e) => match e.kind() {
                 cairn_snapshot::SnapshotErrorKind::Corrupt => ErrorKind::Corrupt,
-                cairn_snapshot::SnapshotErrorKind::Unavailable => ErrorKind::Unavailable,
+                // Another writer owns the job: the environment must change (stop it, or wait
+                // for its lease to expire).
+                cairn_snapshot::SnapshotErrorKind::Unavailable
+                | cairn_snapshot::SnapshotErrorKind::Conflict => ErrorKind::Unavailable,
                 cairn_snapshot::SnapshotErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Internal,
             },

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::heap::HeapBackend;
-use crate::backend::rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams};
+use crate::backend::rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams, WriteBackFault};
 use crate::backend::{
     ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, Update,
 };
@@ -55,6 +55,7 @@ pub struct SlotBuilder<'a> {
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
     working_dir: Option<PathBuf>,
     restore: Option<SlotRestore>,
+    write_back_fault: Option<Arc<WriteBackFault>>,
 }
 
 /// Local files to open a slot from (downloaded and verified by the checkpoint layer).
@@ -98,6 +99,13 @@ impl<'a> SlotBuilder<'a> {
     /// Overrides the slot's working directory (default `<state.working-dir>/slot-<index>`).
     pub fn working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.working_dir = Some(dir.into());
+        self
+    }
+
+    /// Test and torture only: fails the RocksDB backend's state-cache write-back commits that
+    /// `fault` is armed for (ignored by the heap backend; see [`WriteBackFault`]).
+    pub fn write_back_fault(mut self, fault: Arc<WriteBackFault>) -> Self {
+        self.write_back_fault = Some(fault);
         self
     }
 
@@ -175,16 +183,19 @@ impl<'a> SlotBuilder<'a> {
                         ));
                     }
                 };
-                Box::new(RocksDbBackend::open(RocksDbParams {
-                    dir: &dir,
-                    range,
-                    max_parallelism,
-                    config: &config.rocksdb,
-                    memory,
-                    hook: self.hook,
-                    restore,
-                    state_cache: &config.state_cache,
-                })?)
+                Box::new(
+                    RocksDbBackend::open(RocksDbParams {
+                        dir: &dir,
+                        range,
+                        max_parallelism,
+                        config: &config.rocksdb,
+                        memory,
+                        hook: self.hook,
+                        restore,
+                        state_cache: &config.state_cache,
+                    })?
+                    .with_write_back_fault(self.write_back_fault),
+                )
             }
         };
         let mut slot = Slot {
@@ -276,6 +287,7 @@ impl Slot {
             hook: None,
             working_dir: None,
             restore: None,
+            write_back_fault: None,
         }
     }
 

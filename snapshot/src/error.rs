@@ -8,6 +8,9 @@ pub enum SnapshotErrorKind {
     Corrupt,
     /// Storage can't be reached or refused the operation: retry later.
     Unavailable,
+    /// Another writer owns the job (or took it over): stop this one, or wait for the other's
+    /// lease to expire.
+    Conflict,
     /// The request is wrong (bad URL, unknown checkpoint, storage full): fix it.
     InvalidArgument,
     /// A bug: an invariant of the protocol does not hold.
@@ -133,6 +136,94 @@ pub enum SnapshotError {
         /// The allowed values.
         allowed: &'static str,
     },
+    /// A name read from storage (or given for a job) that could name something it must not: a
+    /// path outside a slot directory, another object, a different directory on another store.
+    #[error("bad {what} {name:?}: must be {rule}")]
+    BadName {
+        /// What the name is for (e.g. `shared file of slot 0`, `job name`).
+        what: String,
+        /// The name, escaped.
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// Metadata that parses but breaks a structural rule (id, key-group partition, object
+    /// outside the job, counts).
+    #[error("invalid checkpoint metadata {path}: {reason}")]
+    InvalidMetadata {
+        /// The metadata object.
+        path: String,
+        /// The rule broken, with the values.
+        reason: String,
+    },
+    /// A stored object larger than Cairn reads (e.g. a `_metadata` above its size cap).
+    #[error("{path} is larger than {limit} bytes ({what}); refusing to read it")]
+    TooLarge {
+        /// The object path.
+        path: String,
+        /// What the limit is.
+        what: &'static str,
+        /// The limit, bytes.
+        limit: u64,
+    },
+    /// Another writer holds the job's lease and renewed it recently: two writers on one job
+    /// would delete each other's files.
+    #[error(
+        "job {job} is held by writer epoch {epoch} ({holder}), last renewed {age_ms} ms ago; stop it or wait {wait_ms} ms for its lease to expire"
+    )]
+    JobLocked {
+        /// The job directory.
+        job: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// Who holds it (host, process, start time).
+        holder: String,
+        /// How long ago the lease was renewed, ms.
+        age_ms: u64,
+        /// How long until it expires if not renewed, ms.
+        wait_ms: u64,
+    },
+    /// This writer lost the job to a writer with a higher epoch: it must stop writing.
+    #[error(
+        "writer epoch {epoch} of job {job} was fenced by epoch {by}; it can no longer commit or delete"
+    )]
+    Fenced {
+        /// The job directory.
+        job: String,
+        /// This writer's epoch.
+        epoch: u64,
+        /// The newer writer's epoch.
+        by: u64,
+    },
+    /// A directory that is not a Cairn job (no `_metadata` ever written, no writer lease):
+    /// garbage collection refuses to touch it.
+    #[error(
+        "{location} is not a Cairn checkpoint job (no chk-*/_metadata and no _writers/); refusing to touch it"
+    )]
+    NotAJob {
+        /// The directory.
+        location: String,
+    },
+    /// Another writer committed this checkpoint id first (a create-only put found a different
+    /// `_metadata`): this attempt is not the commit.
+    #[error("checkpoint {id} of job {job} was committed by another writer")]
+    CommitConflict {
+        /// The job.
+        job: String,
+        /// The checkpoint id.
+        id: u64,
+    },
+    /// A commit whose outcome storage could not tell (the put failed and reading `_metadata`
+    /// back failed too): nothing of the checkpoint is deleted until a later check knows.
+    #[error("checkpoint {id} of job {job}: commit outcome unknown ({reason}); its files are kept until it is known")]
+    CommitInDoubt {
+        /// The job.
+        job: String,
+        /// The checkpoint id.
+        id: u64,
+        /// The errors seen.
+        reason: String,
+    },
     /// A protocol invariant does not hold (a bug); nothing was committed.
     #[error("checkpoint invariant violated: {0}")]
     Invariant(String),
@@ -192,15 +283,23 @@ impl SnapshotError {
             | SnapshotError::ChecksumMismatch { .. }
             | SnapshotError::SizeMismatch { .. }
             | SnapshotError::BadMetadata { .. }
-            | SnapshotError::UnsupportedVersion { .. } => SnapshotErrorKind::Corrupt,
+            | SnapshotError::UnsupportedVersion { .. }
+            | SnapshotError::BadName { .. }
+            | SnapshotError::InvalidMetadata { .. }
+            | SnapshotError::TooLarge { .. } => SnapshotErrorKind::Corrupt,
+            SnapshotError::JobLocked { .. }
+            | SnapshotError::Fenced { .. }
+            | SnapshotError::CommitConflict { .. } => SnapshotErrorKind::Conflict,
             SnapshotError::Storage { .. }
+            | SnapshotError::CommitInDoubt { .. }
             | SnapshotError::Io { .. }
             | SnapshotError::Injected { .. } => SnapshotErrorKind::Unavailable,
             SnapshotError::NoCheckpoint { .. }
             | SnapshotError::AlreadyExists(_)
             | SnapshotError::StorageFull { .. }
             | SnapshotError::BadLocation { .. }
-            | SnapshotError::InvalidOption { .. } => SnapshotErrorKind::InvalidArgument,
+            | SnapshotError::InvalidOption { .. }
+            | SnapshotError::NotAJob { .. } => SnapshotErrorKind::InvalidArgument,
             SnapshotError::Invariant(_) => SnapshotErrorKind::Internal,
         }
     }

@@ -214,6 +214,12 @@ pub enum FaultAction {
     },
     /// Sleeps, then performs the call normally.
     Delay(Duration),
+    /// For a PUT: the write runs in a task of its own that sleeps, then writes; the caller
+    /// waits for it, but a caller that gives up (its future dropped, e.g. by a timeout) does
+    /// not stop it: the write still lands later. That is how `object_store`'s local store
+    /// behaves (its writes run on blocking threads that outlive a cancelled future). Other
+    /// calls are delayed like [`FaultAction::Delay`].
+    LateLanding(Duration),
 }
 
 /// One fault rule: calls of kind `op` whose path contains `path_contains` are matched; the
@@ -308,6 +314,7 @@ struct Shared {
 enum Decision {
     Pass,
     Delay(Duration),
+    Late(Duration),
     Fail(object_store::Error),
     After,
     Partial(f64),
@@ -346,6 +353,8 @@ impl Shared {
                     source: "injected permanent fault".into(),
                 }),
                 FaultAction::ErrorAfter => Decision::After,
+                FaultAction::LateLanding(d) if op == Op::Put => Decision::Late(d),
+                FaultAction::LateLanding(d) => Decision::Delay(d),
                 FaultAction::PartialWrite { fraction } if op == Op::Put => {
                     Decision::Partial(fraction)
                 }
@@ -365,7 +374,7 @@ impl Shared {
     ) -> object_store::Result<T> {
         match self.decide(op, path) {
             Decision::Pass => call.await,
-            Decision::Delay(d) => {
+            Decision::Delay(d) | Decision::Late(d) => {
                 tokio::time::sleep(d).await;
                 call.await
             }
@@ -475,6 +484,14 @@ impl ObjectStore for FaultStore {
                 self.inner.put_opts(location, payload, opts).await?;
                 Err(injected(Op::Put, location.as_ref()))
             }
+            Decision::Late(d) => {
+                let (inner, location) = (self.inner.clone(), location.clone());
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    inner.put_opts(&location, payload, opts).await
+                });
+                task.await.map_err(|e| object_store::Error::JoinError { source: e })?
+            }
         }
     }
 
@@ -554,7 +571,7 @@ impl ObjectStore for FaultStore {
         let p = prefix.map(|p| p.to_string()).unwrap_or_default();
         match self.shared.decide(Op::List, &p) {
             Decision::Fail(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
-            Decision::Delay(d) => {
+            Decision::Delay(d) | Decision::Late(d) => {
                 let s = self.inner.list(prefix);
                 tokio::time::sleep(d).map(|_| s).flatten_stream().boxed()
             }
@@ -599,7 +616,10 @@ struct FaultUpload {
 impl MultipartUpload for FaultUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         let len = data.content_length() as u64;
-        let decision = self.shared.decide(Op::Multipart, &self.path);
+        let decision = match self.shared.decide(Op::Multipart, &self.path) {
+            Decision::Late(d) => Decision::Delay(d),
+            d => d,
+        };
         if let Decision::Fail(e) = decision {
             return futures::future::ready(Err(e)).boxed();
         }

@@ -7,6 +7,11 @@
 //! hands the directory to [`CheckpointStore::upload_slot`]; a checkpoint commits when
 //! [`CheckpointStore::commit`] writes its `_metadata`.
 //!
+//! Storage is untrusted input: every name, size and count read from it is checked before it
+//! becomes a path, an allocation or a loop bound ([`layout`], [`CheckpointMetadata::validate`]),
+//! and a download never writes past the size its metadata records. One writer holds a job at a
+//! time ([`lease`]); time is read from an injected [`Clock`].
+//!
 //! ```no_run
 //! # async fn demo() -> cairn_snapshot::Result<()> {
 //! use cairn_snapshot::{CheckpointStorage, CheckpointStore, StorageOptions};
@@ -17,22 +22,28 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod error;
 pub mod fault;
+pub mod gc;
 pub mod layout;
+pub mod lease;
 pub mod metadata;
 pub mod registry;
 pub mod storage;
 pub mod store;
 pub mod transfer;
 
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Result, SnapshotError, SnapshotErrorKind};
 pub use fault::{FailPoint, FailPoints, Fault, FaultAction, FaultStore};
-pub use layout::{CheckpointId, JobLayout};
+pub use gc::GcReport;
+pub use layout::{CheckpointId, Epoch, JobLayout};
+pub use lease::{LeaseOptions, Takeover, WriterLease};
 pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, StateInfo};
 pub use registry::SharedRegistry;
 pub use storage::{CheckpointStorage, StorageOptions};
 pub use store::{
-    CheckpointStore, GcReport, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy,
-    VerifyProblem,
+    CheckpointStore, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy,
+    VerifyProblem, load_metadata,
 };

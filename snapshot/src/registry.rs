@@ -22,10 +22,16 @@ struct Entry {
     owned: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Phase {
+/// Where a checkpoint is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Acquiring files, uploading: may still be aborted.
     Pending,
+    /// Its `_metadata` was written: only subsumption (or an explicit user command) ends it.
     Completed,
+    /// Its commit's outcome is unknown (the put failed and the read-back could not tell): its
+    /// references are kept and nothing of it is deleted until the outcome is known.
+    InDoubt,
 }
 
 #[derive(Clone, Debug)]
@@ -112,7 +118,7 @@ impl SharedRegistry {
         self.complete(id)
     }
 
-    /// Marks a pending checkpoint completed (after its metadata was written).
+    /// Marks a pending (or in-doubt) checkpoint completed (its metadata was written).
     pub fn complete(&mut self, id: CheckpointId) -> Result<()> {
         match self.checkpoints.get_mut(&id) {
             Some(c) => {
@@ -125,8 +131,42 @@ impl SharedRegistry {
         }
     }
 
-    /// Drops a pending or completed checkpoint's references; returns owned objects whose count
-    /// fell to zero (to delete). Unknown ids release nothing.
+    /// The phase of checkpoint `id`, `None` when it is not tracked.
+    pub fn phase(&self, id: CheckpointId) -> Option<Phase> {
+        self.checkpoints.get(&id).map(|c| c.phase)
+    }
+
+    /// Marks a pending checkpoint's commit as in doubt (see [`Phase::InDoubt`]).
+    pub fn mark_in_doubt(&mut self, id: CheckpointId) {
+        if let Some(c) = self.checkpoints.get_mut(&id)
+            && c.phase == Phase::Pending
+        {
+            c.phase = Phase::InDoubt;
+        }
+    }
+
+    /// Checkpoints whose commit is in doubt.
+    pub fn in_doubt(&self) -> Vec<CheckpointId> {
+        self.checkpoints
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::InDoubt)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Aborts checkpoint `id`: releases its references only while it is pending (or in doubt
+    /// and known not committed: `not_committed`). A completed checkpoint is never released
+    /// here, whatever the caller thinks happened: `None`.
+    pub fn abort(&mut self, id: CheckpointId, not_committed: bool) -> Option<Released> {
+        match self.phase(id)? {
+            Phase::Pending => Some(self.release(id)),
+            Phase::InDoubt if not_committed => Some(self.release(id)),
+            Phase::InDoubt | Phase::Completed => None,
+        }
+    }
+
+    /// Drops a checkpoint's references; returns owned objects whose count fell to zero (to
+    /// delete). Unknown ids release nothing.
     pub fn release(&mut self, id: CheckpointId) -> Released {
         let mut delete = Vec::new();
         if let Some(c) = self.checkpoints.remove(&id) {
@@ -143,6 +183,8 @@ impl SharedRegistry {
                 }
             }
         }
+        // A deterministic order: the same state deletes in the same order every run.
+        delete.sort_unstable();
         Released {
             checkpoint: id,
             delete,
@@ -170,11 +212,11 @@ impl SharedRegistry {
             .collect()
     }
 
-    /// Checkpoints that acquired files but are not completed (in flight).
+    /// Checkpoints that acquired files but are not completed (in flight, or in doubt).
     pub fn pending(&self) -> Vec<CheckpointId> {
         self.checkpoints
             .iter()
-            .filter(|(_, c)| c.phase == Phase::Pending)
+            .filter(|(_, c)| c.phase != Phase::Completed)
             .map(|(id, _)| *id)
             .collect()
     }
@@ -297,6 +339,8 @@ mod tests {
         Complete,
         Abort,
         Restart,
+        /// A new job restores the current job's latest retained checkpoint (`true` = claim).
+        Restore(bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -305,7 +349,67 @@ mod tests {
             4 => Just(Op::Complete),
             1 => Just(Op::Abort),
             1 => Just(Op::Restart),
+            1 => any::<bool>().prop_map(Op::Restore),
         ]
+    }
+
+    /// One job of the model: its registry (as the store keeps it), what its committed metadata
+    /// references, and the job it restored from.
+    struct Job {
+        name: String,
+        reg: SharedRegistry,
+        /// Committed checkpoints in storage (`_metadata` present) -> objects.
+        committed: BTreeMap<CheckpointId, Vec<String>>,
+        /// Claimed checkpoint (of another job) this job's registry tracks.
+        claimed: Option<(usize, CheckpointId)>,
+        /// Objects of a no-claim restore, copied into this job by its first checkpoint.
+        foreign: HashSet<String>,
+        /// Objects of a claimed checkpoint, referenced where they are by the first checkpoint.
+        reuse: Vec<String>,
+        pending: Option<(CheckpointId, Vec<String>)>,
+        next_id: CheckpointId,
+    }
+
+    impl Job {
+        fn new(n: usize, next_id: CheckpointId) -> Self {
+            Self {
+                name: format!("j{n}"),
+                reg: SharedRegistry::new(),
+                committed: BTreeMap::new(),
+                claimed: None,
+                foreign: HashSet::new(),
+                reuse: Vec::new(),
+                pending: None,
+                next_id,
+            }
+        }
+    }
+
+    /// Every object any committed metadata of any job references: what a store may never
+    /// delete (the store checks this set before deleting another job's object).
+    fn root_refs(jobs: &[Job]) -> HashSet<String> {
+        jobs.iter()
+            .flat_map(|j| j.committed.values().flatten().cloned())
+            .collect()
+    }
+
+    /// Deletes what a release returned as a store does: its own objects, and another job's
+    /// objects only when no committed metadata of any job references them.
+    fn delete(
+        jobs: &[Job],
+        me: usize,
+        released: Vec<String>,
+        live: &mut HashSet<String>,
+    ) -> std::result::Result<(), TestCaseError> {
+        let refs = root_refs(jobs);
+        for d in released {
+            let own = d.starts_with(&format!("{}/", jobs[me].name));
+            if !own && refs.contains(&d) {
+                continue;
+            }
+            prop_assert!(live.remove(&d), "deleted {} twice", d);
+        }
+        Ok(())
     }
 
     proptest! {
@@ -318,59 +422,102 @@ mod tests {
             },
             ..ProptestConfig::default()
         })]
-        /// Random checkpoint / complete / abort / subsume / restart sequences: an object is
-        /// deleted iff no retained or pending checkpoint references it, is never deleted twice,
-        /// and every retained checkpoint's objects still exist.
+        /// Random checkpoint / complete / abort / subsume / restart sequences, and restores into
+        /// new jobs in claim and no-claim mode: an object is deleted iff nothing references it,
+        /// is never deleted twice, and every committed checkpoint of every job still restores
+        /// (all its objects exist).
         #[test]
-        fn object_deleted_iff_unreferenced(ops in prop::collection::vec(op(), 1..60), retained in 1usize..4) {
-            let mut r = SharedRegistry::new();
+        fn object_deleted_iff_unreferenced(ops in prop::collection::vec(op(), 1..80), retained in 1usize..4) {
             let mut live: HashSet<String> = HashSet::new(); // objects in "storage"
-            let mut pending: Option<(CheckpointId, Vec<String>)> = None;
-            let mut retained_ckpts: BTreeMap<CheckpointId, Vec<String>> = BTreeMap::new();
-            let mut next_id = 1;
+            let mut jobs = vec![Job::new(0, 1)];
+            let mut cur = 0;
             for op in ops {
                 match op {
-                    Op::Start(files) if pending.is_none() => {
-                        let names: Vec<String> = files.iter().map(|f| format!("o{f}")).collect();
+                    Op::Start(files) if jobs[cur].pending.is_none() => {
+                        let j = &mut jobs[cur];
+                        let id = j.next_id;
+                        j.next_id += 1;
+                        // A file restored without claim is copied into this job (own name).
+                        let mut names: Vec<String> = files.iter().map(|f| format!("{}/o{f}", j.name)).collect();
+                        names.extend(j.foreign.iter().map(|f| format!("{}/copy-{}", j.name, f.replace('/', "-"))));
+                        names.extend(j.reuse.iter().cloned());
                         for n in &names { live.insert(n.clone()); }
-                        r.acquire(next_id, names.iter().map(|n| (n.clone(), 1)), true).unwrap();
-                        pending = Some((next_id, names));
-                        next_id += 1;
+                        j.reg.acquire(id, names.iter().map(|n| (n.clone(), 1)), true).unwrap();
+                        j.pending = Some((id, names));
                     }
-                    Op::Complete => if let Some((id, names)) = pending.take() {
-                        r.check_invariants(id).unwrap();
-                        r.complete(id).unwrap();
-                        retained_ckpts.insert(id, names);
-                        for old in r.subsumable(retained) {
-                            retained_ckpts.remove(&old);
-                            for d in r.release(old).delete {
-                                prop_assert!(live.remove(&d), "deleted {} twice", d);
+                    Op::Complete => if let Some((id, names)) = jobs[cur].pending.take() {
+                        jobs[cur].reg.check_invariants(id).unwrap();
+                        jobs[cur].reg.complete(id).unwrap();
+                        jobs[cur].committed.insert(id, names);
+                        jobs[cur].foreign.clear();
+                        jobs[cur].reuse.clear();
+                        for old in jobs[cur].reg.subsumable(retained) {
+                            // Subsumption deletes the metadata first (the claimed one in its
+                            // own job), then the objects.
+                            match jobs[cur].claimed {
+                                Some((src, cid)) if cid == old => {
+                                    jobs[src].committed.remove(&cid);
+                                    jobs[cur].claimed = None;
+                                }
+                                _ => { jobs[cur].committed.remove(&old); }
                             }
+                            let released = jobs[cur].reg.release(old).delete;
+                            delete(&jobs, cur, released, &mut live)?;
                         }
                     },
-                    Op::Abort => if let Some((id, _)) = pending.take() {
-                        for d in r.release(id).delete {
-                            prop_assert!(live.remove(&d), "deleted {} twice", d);
-                        }
+                    Op::Abort => if let Some((id, _)) = jobs[cur].pending.take() {
+                        let released = jobs[cur].reg.abort(id, false).unwrap().delete;
+                        delete(&jobs, cur, released, &mut live)?;
                     },
                     Op::Restart => {
-                        // Rebuild from "metadata" (the retained checkpoints); a pending
-                        // checkpoint's uploads become orphans for GC.
-                        pending = None;
-                        r = SharedRegistry::new();
-                        for (id, names) in &retained_ckpts {
-                            r.register_completed(*id, names.iter().map(|n| (n.clone(), 1)), true).unwrap();
+                        // Rebuild from the committed metadata (and the claimed checkpoint); a
+                        // pending checkpoint's uploads become orphans for GC.
+                        let j = &mut jobs[cur];
+                        j.pending = None;
+                        j.reg = SharedRegistry::new();
+                        for (id, names) in &j.committed {
+                            j.reg.register_completed(*id, names.iter().map(|n| (n.clone(), 1)), true).unwrap();
                         }
-                        let referenced: HashSet<String> = retained_ckpts.values().flatten().cloned().collect();
-                        live.retain(|o| referenced.contains(o)); // orphan GC
+                        if let Some((src, cid)) = j.claimed {
+                            let names = jobs[src].committed[&cid].clone();
+                            jobs[cur].reg.register_completed(cid, names.into_iter().map(|n| (n, 1)), true).unwrap();
+                        }
+                        let referenced: HashSet<String> = root_refs(&jobs);
+                        live.retain(|o| referenced.contains(o)); // orphan GC over the root
+                    }
+                    Op::Restore(claim) => {
+                        let Some((&id, names)) = jobs[cur].committed.last_key_value() else { continue };
+                        let names = names.clone();
+                        // The old job is stopped (a crash): its pending upload is an orphan.
+                        jobs[cur].pending = None;
+                        let n = jobs.len();
+                        let mut j = Job::new(n, id + 1);
+                        if claim {
+                            j.reg.register_completed(id, names.iter().map(|o| (o.clone(), 1)), true).unwrap();
+                            j.claimed = Some((cur, id));
+                            j.reuse = names;
+                        } else {
+                            j.foreign = names.into_iter().collect();
+                        }
+                        jobs.push(j);
+                        cur = n;
+                        let referenced: HashSet<String> = root_refs(&jobs);
+                        live.retain(|o| referenced.contains(o)); // orphan GC over the root
                     }
                     _ => {}
                 }
-                let mut referenced: BTreeSet<&String> = retained_ckpts.values().flatten().collect();
-                if let Some((_, names)) = &pending { referenced.extend(names.iter()); }
+                // Every committed checkpoint of every job restores; nothing leaks.
+                let mut referenced: BTreeSet<String> = root_refs(&jobs).into_iter().collect();
                 for o in &referenced {
-                    prop_assert!(live.contains(*o), "{} referenced but deleted", o);
-                    prop_assert!(r.is_referenced(o));
+                    prop_assert!(live.contains(o), "{} referenced but deleted", o);
+                }
+                for j in &jobs {
+                    if let Some((_, names)) = &j.pending { referenced.extend(names.iter().cloned()); }
+                }
+                for o in &referenced {
+                    let held = jobs.iter().any(|j| j.reg.is_referenced(o))
+                        || root_refs(&jobs).contains(o);
+                    prop_assert!(held, "{} is referenced but no registry or metadata holds it", o);
                 }
                 for o in &live {
                     prop_assert!(referenced.contains(o), "{} leaked", o);

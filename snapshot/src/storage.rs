@@ -46,6 +46,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, SnapshotError};
 use crate::fault::{FailPoint, FailPoints};
 
@@ -88,6 +89,11 @@ pub struct StorageOptions {
     /// keep it below the 5 min validity of a signed request).
     #[serde(with = "humantime_serde")]
     pub s3_retry_timeout: Duration,
+    /// `file://` storage only: flush every written file and its directory to the disk before a
+    /// write returns, so a `_metadata` never reaches the disk before the files it names (a
+    /// power loss could otherwise leave a committed checkpoint over empty files). Default true;
+    /// the cost is measured in `benches/RESULTS.md` ("fsync"). S3 is durable when it answers.
+    pub fsync: bool,
 }
 
 impl Default for StorageOptions {
@@ -105,6 +111,7 @@ impl Default for StorageOptions {
             retry_max_backoff: Duration::from_secs(5),
             s3_max_retries: 10,
             s3_retry_timeout: Duration::from_secs(180),
+            fsync: true,
         }
     }
 }
@@ -170,6 +177,9 @@ pub struct CheckpointStorage {
     retry: RetryPolicy,
     retries: Arc<AtomicU64>,
     fail_points: Option<Arc<FailPoints>>,
+    clock: Arc<dyn Clock>,
+    /// The directory behind `file://` storage (its crash leftovers are found by walking it).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl CheckpointStorage {
@@ -232,8 +242,13 @@ impl CheckpointStorage {
         };
         std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create directory: {e}")))?;
         let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-        let store = Arc::new(store.with_automatic_cleanup(true));
-        Ok(Self::with_options(store, Path::default(), url, options))
+        let store = Arc::new(store.with_automatic_cleanup(true).with_fsync(options.fsync));
+        let mut s = Self::with_options(store, Path::default(), url, options);
+        s.local_dir = Some(
+            std::fs::canonicalize(&dir)
+                .map_err(|e| bad(format!("cannot resolve directory: {e}")))?,
+        );
+        Ok(s)
     }
 
     /// Wraps any object store (tests inject fault-injecting stores this way), with default
@@ -259,7 +274,48 @@ impl CheckpointStorage {
             retry: RetryPolicy::from(options),
             retries: Arc::new(AtomicU64::new(0)),
             fail_points: None,
+            clock: Arc::new(SystemClock),
+            local_dir: None,
         }
+    }
+
+    /// The same storage, reading time from `clock` (tests, the simulation).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock every decision by time reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The current time of [`CheckpointStorage::clock`], ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// What makes this storage the same as another: the canonical local directory for
+    /// `file://` storage (so `dir`, `./dir` and `file:///abs/dir` agree), else the URL without
+    /// trailing slashes. Local recovery records it, so a snapshot of a same-named job in other
+    /// storage is never taken for this one.
+    pub fn identity(&self) -> String {
+        match &self.local_dir {
+            Some(d) => format!("file://{}", d.display()),
+            None => self.url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// For `file://` storage, the local directory behind it.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_dir.as_deref()
+    }
+
+    /// The same storage reading the local directory `dir` behind the store (a store built by
+    /// the caller over a `LocalFileSystem`, e.g. wrapped in a fault injector).
+    pub fn with_local_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.local_dir = Some(dir.into());
+        self
     }
 
     /// The same storage, with `fail_points` checked at each protocol step.
@@ -337,12 +393,15 @@ impl CheckpointStorage {
         Ok(())
     }
 
-    /// Writes `bytes` only if `path` does not exist (the commit of a checkpoint).
+    /// Writes `bytes` only if `path` does not exist (the commit of a checkpoint, a writer's
+    /// lease). Returns `true` when this call wrote it, `false` when `path` already held other
+    /// bytes (someone else's commit: never overwritten).
     ///
     /// Retried on transient errors. A retry that finds the object already there reads it back:
     /// holding exactly `bytes`, it is this call's own earlier attempt whose answer was lost, and
-    /// the put succeeded; anything else is someone else's commit and an error.
-    pub async fn put_create(&self, path: &Path, bytes: Vec<u8>) -> Result<()> {
+    /// the put succeeded. The call is never abandoned halfway by Cairn (no timeout wraps it), so
+    /// when it returns, no attempt of it is still running.
+    pub async fn put_create(&self, path: &Path, bytes: Vec<u8>) -> Result<bool> {
         self.check_capacity(bytes.len() as u64).await?;
         let bytes = Bytes::from(bytes);
         let exists = self
@@ -363,12 +422,47 @@ impl CheckpointStorage {
             })
             .await?;
         match exists {
-            None => Ok(()),
-            Some(attempt) if attempt > 1 && self.get(path).await? == bytes => Ok(()),
-            Some(_) => Err(SnapshotError::Invariant(format!(
-                "{path} already exists; refusing to overwrite a commit"
-            ))),
+            None => Ok(true),
+            Some(attempt) if attempt > 1 => Ok(self.get(path).await? == bytes),
+            Some(_) => Ok(false),
         }
+    }
+
+    /// Reads a whole object of at most `limit` bytes; a larger one is refused with `TooLarge`
+    /// after reading at most `limit + 1` bytes of it (`what` names the limit).
+    pub async fn get_capped(&self, path: &Path, limit: u64, what: &'static str) -> Result<Bytes> {
+        self.retrying("get", path, |_| async {
+            let r = self
+                .store
+                .get(path)
+                .await
+                .map_err(SnapshotError::storage("get", path))?;
+            if r.meta.size > limit {
+                return Err(SnapshotError::TooLarge {
+                    path: path.to_string(),
+                    what,
+                    limit,
+                });
+            }
+            let mut stream = r.into_stream();
+            let mut out = bytes::BytesMut::new();
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(SnapshotError::storage("get", path))?
+            {
+                if (out.len() + chunk.len()) as u64 > limit {
+                    return Err(SnapshotError::TooLarge {
+                        path: path.to_string(),
+                        what,
+                        limit,
+                    });
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(out.freeze())
+        })
+        .await
     }
 
     /// Writes (or overwrites) a small object.

@@ -1,15 +1,29 @@
 //! The checkpoint protocol of one job: upload a slot's snapshot incrementally, commit the
 //! checkpoint by writing its metadata last, subsume old checkpoints through the shared-file
-//! registry, abort cleanly, collect orphans, list, verify and download for restore.
+//! registry, abort cleanly, list, verify and download for restore.
 //!
 //! One checkpoint is in flight at a time per job (Flink's default `max-concurrent-checkpoints =
 //! 1`): subsumption deletes shared objects only between checkpoints, so no upload races a delete
 //! of the same content-addressed object.
+//!
+//! ## The commit point is final
+//! A checkpoint is committed when its `_metadata` exists. Nothing in this module deletes a
+//! `_metadata` except [`CheckpointStore::subsume`] (a later checkpoint committed) and explicit
+//! user commands. [`CheckpointStore::abort`] releases only a checkpoint that is still pending;
+//! a commit whose put failed is read back first ([`CheckpointStore::commit`]): it is either
+//! committed (the write landed), not committed (nothing there: abort may delete its files), or
+//! in doubt (storage can't tell: nothing of it is deleted until a later check knows).
+//!
+//! ## One writer per job
+//! A writing store holds the job's writer lease ([`crate::lease`]): a second writer on a live job
+//! fails fast, a writer that lost the job is fenced before it commits or deletes, and each writer
+//! names its objects with its epoch, so an abort never touches another writer's files.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::TryFutureExt;
 use object_store::path::Path;
@@ -17,10 +31,11 @@ use serde::Serialize;
 
 use crate::error::{Result, SnapshotError};
 use crate::fault::FailPoint;
-use crate::layout::{CheckpointId, JobLayout, ObjectKind};
+use crate::layout::{self, CheckpointId, Epoch, JobLayout, ObjectRef};
+use crate::lease::{LeaseOptions, Takeover, WriterLease};
 use crate::metadata::{
-    CheckpointMetadata, FORMAT, KeyGroups, PrivateFile, RestoredFrom, SharedFile, SlotHandle,
-    StateInfo, VERSION,
+    CheckpointMetadata, FORMAT, KeyGroups, MAX_METADATA_BYTES, PrivateFile, RestoredFrom,
+    SharedFile, SlotHandle, StateInfo, VERSION,
 };
 use crate::registry::SharedRegistry;
 use crate::storage::CheckpointStorage;
@@ -52,7 +67,6 @@ pub struct LocalSnapshot {
 pub struct SlotUploadState {
     confirmed: HashMap<String, SharedFile>,
     pending: BTreeMap<CheckpointId, HashMap<String, SharedFile>>,
-    copy_foreign: bool,
 }
 
 impl SlotUploadState {
@@ -61,10 +75,11 @@ impl SlotUploadState {
         Self::default()
     }
 
-    /// After a restore: the restored files are known. `copy_foreign = true` (no-claim) makes
-    /// the next checkpoint copy files that live outside the job into it, server-side, so it
-    /// shares nothing with the restored checkpoint.
-    pub fn restored(handle: &SlotHandle, copy_foreign: bool) -> Self {
+    /// After a restore: the restored files are known. Whether the next checkpoint references
+    /// them where they are or copies them into this writer's own objects first is the store's
+    /// decision ([`CheckpointStore::reusable`]: a no-claim restore's files, and the files of a
+    /// writer whose lease expired, are copied).
+    pub fn restored(handle: &SlotHandle) -> Self {
         Self {
             confirmed: handle
                 .shared
@@ -72,7 +87,6 @@ impl SlotUploadState {
                 .map(|f| (f.name.clone(), f.clone()))
                 .collect(),
             pending: BTreeMap::new(),
-            copy_foreign,
         }
     }
 
@@ -80,7 +94,6 @@ impl SlotUploadState {
     pub fn confirm(&mut self, id: CheckpointId) {
         if let Some(files) = self.pending.remove(&id) {
             self.confirmed = files;
-            self.copy_foreign = false;
         }
         self.pending.retain(|k, _| *k > id);
     }
@@ -158,19 +171,6 @@ pub struct SlotUploadReport {
     pub shared_bytes: u64,
 }
 
-/// Result of a garbage collection.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct GcReport {
-    /// Objects no retained checkpoint references and older than the grace period.
-    pub orphans: Vec<String>,
-    /// Their total size.
-    pub orphan_bytes: u64,
-    /// Unreferenced objects kept because they are younger than the grace period.
-    pub too_young: usize,
-    /// Whether the orphans were deleted.
-    pub applied: bool,
-}
-
 /// A problem `verify` found.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyProblem {
@@ -186,70 +186,176 @@ pub struct CheckpointStore {
     storage: CheckpointStorage,
     layout: JobLayout,
     registry: Mutex<SharedRegistry>,
-    /// Checkpoints of other jobs adopted by a `claim` restore: deleted from their job's dir.
-    claimed: Mutex<HashMap<CheckpointId, (JobLayout, CheckpointMetadata)>>,
+    /// Checkpoints of other jobs adopted by a `claim` restore (id -> their job's layout):
+    /// deleted from their job's directory when subsumed. Rebuilt at open from the latest
+    /// checkpoint's `restored_from`, so the bookkeeping survives a restart.
+    claimed: Mutex<BTreeMap<CheckpointId, JobLayout>>,
     retained: usize,
     /// Shared objects released by subsumption whose deletion failed: retried by the next
     /// subsumption unless a checkpoint references them again by then.
     undeleted: Mutex<Vec<String>>,
+    /// The job's writer lease; `None` for a read-only store.
+    lease: Option<WriterLease>,
+    /// Subsumptions that failed after a commit (the commit stands; retried later).
+    subsume_failures: AtomicU64,
 }
 
 /// One shared-file transfer (upload or server-side copy) of a slot: (bytes sent, bytes copied).
 type Transfer<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, u64)>> + Send + 'a>>;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Reads and validates `chk-<id>/_metadata` of the job `layout` (at most
+/// [`MAX_METADATA_BYTES`]). A missing one is [`SnapshotError::NoCheckpoint`].
+pub async fn load_metadata(
+    storage: &CheckpointStorage,
+    layout: &JobLayout,
+    id: CheckpointId,
+) -> Result<CheckpointMetadata> {
+    let path = layout.metadata(id);
+    let bytes = storage
+        .get_capped(&path, MAX_METADATA_BYTES, "the checkpoint metadata size cap")
+        .await
+        .map_err(|e| match e {
+            SnapshotError::MissingFile { .. } => SnapshotError::NoCheckpoint {
+                what: format!("chk-{id}"),
+                location: layout.job_dir().to_string(),
+            },
+            e => e,
+        })?;
+    let meta = CheckpointMetadata::from_bytes(path.as_ref(), &bytes)?;
+    meta.validate(path.as_ref(), layout.job(), id)?;
+    Ok(meta)
+}
+
+/// Committed checkpoint ids of job `layout` (those whose `_metadata` exists), ascending.
+pub async fn committed_ids(
+    storage: &CheckpointStorage,
+    layout: &JobLayout,
+) -> Result<Vec<CheckpointId>> {
+    let mut ids: Vec<CheckpointId> = storage
+        .list_dirs(&layout.job_dir())
+        .await?
+        .iter()
+        .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
+        .collect();
+    ids.sort_unstable();
+    let mut out = Vec::new();
+    for id in ids {
+        if storage.size(&layout.metadata(id)).await?.is_some() {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 impl CheckpointStore {
-    /// Opens job `job` under `storage`, keeping `retained` completed checkpoints. The registry
-    /// is rebuilt from the committed checkpoints found there; any beyond `retained` are
-    /// subsumed now (a crash between commit and subsumption leaves them).
+    /// Opens job `job` under `storage` for writing, keeping `retained` completed checkpoints,
+    /// with the default writer lease ([`LeaseOptions::default`]). See
+    /// [`CheckpointStore::open_writer`].
     pub async fn open(storage: CheckpointStorage, job: &str, retained: usize) -> Result<Self> {
+        Self::open_writer(storage, job, retained, &LeaseOptions::default()).await
+    }
+
+    /// Opens job `job` under `storage` for writing: takes the job's writer lease (a live
+    /// writer makes this fail with `JobLocked`), rebuilds the registry from the committed
+    /// checkpoints found there (and a checkpoint of another job the latest one claimed), and
+    /// subsumes any beyond `retained` (a crash between commit and subsumption leaves them).
+    pub async fn open_writer(
+        storage: CheckpointStorage,
+        job: &str,
+        retained: usize,
+        lease: &LeaseOptions,
+    ) -> Result<Self> {
+        layout::check_job_name(job)?;
         let layout = JobLayout::new(storage.root().clone(), job);
+        let lease = WriterLease::acquire(&storage, &layout, lease).await?;
         let me = Self {
             storage,
             layout,
             registry: Mutex::new(SharedRegistry::new()),
-            claimed: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(BTreeMap::new()),
             retained: retained.max(1),
             undeleted: Mutex::new(Vec::new()),
+            lease: Some(lease),
+            subsume_failures: AtomicU64::new(0),
         };
-        for id in me.committed_ids().await? {
-            let meta = me.load(id).await?;
-            let objs = meta
-                .shared_objects()
-                .into_iter()
-                .map(|f| (f.object.clone(), f.size))
-                .collect::<Vec<_>>();
-            me.registry()?.register_completed(id, objs, true)?;
+        me.rebuild().await?;
+        if let Err(e) = me.subsume().await {
+            me.subsume_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, job, "subsuming at open failed; retried after the next checkpoint");
         }
-        me.subsume().await?;
         Ok(me)
     }
 
-    /// Opens another job's directory to read it (list, load, verify, download): nothing is
+    /// Opens a job's directory to read it (list, load, verify, download): no lease, nothing is
     /// subsumed or deleted.
     pub async fn open_read_only(storage: CheckpointStorage, job: &str) -> Result<Self> {
+        layout::check_job_name(job)?;
         let layout = JobLayout::new(storage.root().clone(), job);
         Ok(Self {
             storage,
             layout,
             registry: Mutex::new(SharedRegistry::new()),
-            claimed: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(BTreeMap::new()),
             retained: usize::MAX,
             undeleted: Mutex::new(Vec::new()),
+            lease: None,
+            subsume_failures: AtomicU64::new(0),
         })
+    }
+
+    /// Registers the committed checkpoints found in storage, and the claimed checkpoints they
+    /// restored from that still exist (a claim is recorded in every checkpoint of the job that
+    /// made it, as `restored_from` with mode `claim`; once subsumed, the claimed checkpoint is
+    /// gone from its job and is not registered again).
+    async fn rebuild(&self) -> Result<()> {
+        let mut claims: BTreeMap<CheckpointId, String> = BTreeMap::new();
+        for id in self.committed_ids().await? {
+            let meta = self.load(id).await?;
+            self.registry()?
+                .register_completed(id, shared_objects(&meta), true)?;
+            if let Some(r) = meta.restored_from.filter(|r| r.mode == "claim") {
+                claims.insert(r.checkpoint_id, r.job);
+            }
+        }
+        for (id, job) in claims {
+            if job == self.layout.job() || self.registry()?.phase(id).is_some() {
+                continue;
+            }
+            let source = JobLayout::new(self.storage.root().clone(), job);
+            match load_metadata(&self.storage, &source, id).await {
+                Ok(meta) => {
+                    self.registry()?
+                        .register_completed(id, shared_objects(&meta), true)?;
+                    self.claimed()?.insert(id, source);
+                }
+                // Subsumed (deleted) before the restart.
+                Err(SnapshotError::NoCheckpoint { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn registry(&self) -> Result<std::sync::MutexGuard<'_, SharedRegistry>> {
         self.registry
             .lock()
             .map_err(|_| SnapshotError::Invariant("registry lock poisoned".into()))
+    }
+
+    fn claimed(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<CheckpointId, JobLayout>>> {
+        self.claimed
+            .lock()
+            .map_err(|_| SnapshotError::Invariant("claimed lock poisoned".into()))
+    }
+
+    fn writer(&self) -> Result<&WriterLease> {
+        self.lease.as_ref().ok_or_else(|| {
+            SnapshotError::Invariant(format!(
+                "job {} was opened read-only; it can't be written",
+                self.layout.job()
+            ))
+        })
     }
 
     /// The storage.
@@ -262,33 +368,53 @@ impl CheckpointStore {
         &self.layout
     }
 
-    /// Committed checkpoint ids found in storage, ascending.
-    pub async fn committed_ids(&self) -> Result<Vec<CheckpointId>> {
-        let mut ids: Vec<CheckpointId> = self
-            .storage
-            .list_dirs(&self.layout.job_dir())
-            .await?
-            .iter()
-            .filter_map(|p| p.filename().and_then(crate::layout::parse_checkpoint_dir))
-            .collect();
-        ids.sort_unstable();
-        let mut out = Vec::new();
-        for id in ids {
-            if self
-                .storage
-                .size(&self.layout.metadata(id))
-                .await?
-                .is_some()
-            {
-                out.push(id);
-            }
-        }
-        Ok(out)
+    /// This writer's epoch (`None` when read-only).
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.lease.as_ref().map(WriterLease::epoch)
     }
 
-    /// Completed checkpoints the registry retains, ascending.
+    /// The writer lease (`None` when read-only).
+    pub fn lease(&self) -> Option<&WriterLease> {
+        self.lease.as_ref()
+    }
+
+    /// Renews the writer lease (the coordinator does it in the background; a commit does it
+    /// too). Fails with `Fenced` once another writer took the job.
+    pub async fn renew_lease(&self) -> Result<()> {
+        self.writer()?.renew(&self.storage).await
+    }
+
+    /// Releases the writer lease (clean shutdown): the next writer may take the job at once.
+    pub async fn release_lease(&self) -> Result<()> {
+        match &self.lease {
+            Some(l) => l.release(&self.storage).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Subsumptions that failed after their commit (each retried later).
+    pub fn subsume_failures(&self) -> u64 {
+        self.subsume_failures.load(Ordering::Relaxed)
+    }
+
+    /// Committed checkpoint ids found in storage, ascending.
+    pub async fn committed_ids(&self) -> Result<Vec<CheckpointId>> {
+        committed_ids(&self.storage, &self.layout).await
+    }
+
+    /// Completed checkpoints the registry retains, ascending (claimed ones included).
     pub fn retained_ids(&self) -> Result<Vec<CheckpointId>> {
         Ok(self.registry()?.completed())
+    }
+
+    /// Checkpoints in flight or whose commit is in doubt.
+    pub fn pending_ids(&self) -> Result<Vec<CheckpointId>> {
+        Ok(self.registry()?.pending())
+    }
+
+    /// Whether a pending, in-doubt or retained checkpoint of this writer references `object`.
+    pub fn is_referenced(&self, object: &str) -> Result<bool> {
+        Ok(self.registry()?.is_referenced(object))
     }
 
     /// Shared objects (count, bytes) the retained and in-flight checkpoints reference.
@@ -303,17 +429,34 @@ impl CheckpointStore {
         Ok((list.len(), list.iter().map(|m| m.size).sum()))
     }
 
-    /// Reads a committed checkpoint's metadata.
+    /// Reads and validates a committed checkpoint's metadata (of this job, or a checkpoint it
+    /// claimed).
     pub async fn load(&self, id: CheckpointId) -> Result<CheckpointMetadata> {
-        let path = self.layout.metadata(id);
-        let bytes = self.storage.get(&path).await.map_err(|e| match e {
-            SnapshotError::MissingFile { .. } => SnapshotError::NoCheckpoint {
-                what: format!("chk-{id}"),
-                location: self.layout.job_dir().to_string(),
-            },
-            e => e,
-        })?;
-        CheckpointMetadata::from_bytes(path.as_ref(), &bytes)
+        let layout = self.claimed()?.get(&id).cloned();
+        load_metadata(&self.storage, layout.as_ref().unwrap_or(&self.layout), id).await
+    }
+
+    /// Whether this writer may reference `object` where it is (rather than copy it into its
+    /// own objects first): objects of its own epoch; objects of the job's earlier writers when
+    /// the last of them released its lease (not when it expired: that writer may be paused,
+    /// not dead, and delete them when it wakes); objects of a job whose checkpoint it claimed.
+    pub fn reusable(&self, object: &str) -> bool {
+        let Ok(r) = ObjectRef::parse(object) else {
+            return false;
+        };
+        if r.job != self.layout.job() {
+            return self
+                .claimed
+                .lock()
+                .is_ok_and(|c| c.values().any(|l| l.job() == r.job));
+        }
+        let Some(lease) = &self.lease else {
+            return false;
+        };
+        match r.shared().and_then(|n| n.epoch) {
+            Some(e) if e == lease.epoch() => true,
+            _ => lease.takeover() != Takeover::Expired,
+        }
     }
 
     /// Uploads one slot's local snapshot for checkpoint `id`: new shared files (hashed, then
@@ -331,9 +474,13 @@ impl CheckpointStore {
     }
 
     /// [`CheckpointStore::upload_slot`] under a rebase [`UploadPolicy`]: files the policy
-    /// selects are uploaded again from the local snapshot as new objects (`<sha>-c<id>`), with
-    /// their known sha256 (the local file is the one hashed when it was first uploaded: same
-    /// name and size in the same database).
+    /// selects are uploaded again from the local snapshot as new objects (`<sha>-e<E>-c<id>`),
+    /// with their known sha256 (the local file is the one hashed when it was first uploaded:
+    /// same name and size in the same database).
+    ///
+    /// Files this writer may not reference where they are ([`CheckpointStore::reusable`]) are
+    /// copied into its own objects server-side; when the source object is gone (the restored
+    /// job deleted it since), the local file is uploaded instead.
     pub async fn upload_slot_with(
         &self,
         id: CheckpointId,
@@ -342,16 +489,18 @@ impl CheckpointStore {
         parallelism: usize,
         policy: UploadPolicy,
     ) -> Result<(SlotHandle, SlotUploadReport)> {
+        let lease = self.writer()?;
+        lease.fenced()?;
+        let epoch = lease.epoch();
         let mut report = SlotUploadReport::default();
-        let job_prefix = format!("{}/", self.layout.job());
-        let now = now_ms();
+        let now = self.storage.now_ms();
         // 1. Decide each shared file: reuse a confirmed upload, upload it again (policy), or
         //    hash it.
         let mut reused = Vec::new();
         let mut again = Vec::new();
         let mut to_hash = Vec::new();
         for name in &snap.shared {
-            let local = snap.dir.join(name);
+            let local = layout::local_path(&snap.dir, "local snapshot file", name)?;
             let size = std::fs::metadata(&local)
                 .map_err(SnapshotError::io("stat", &local))?
                 .len();
@@ -359,7 +508,7 @@ impl CheckpointStore {
                 Some(f) if f.size == size && (policy.full || policy.too_old(f.uploaded_at_ms)) => {
                     again.push((local, f.clone()))
                 }
-                Some(f) if f.size == size => reused.push(f.clone()),
+                Some(f) if f.size == size => reused.push((local, f.clone())),
                 _ => to_hash.push((name.clone(), local)),
             }
         }
@@ -374,22 +523,22 @@ impl CheckpointStore {
             parallelism,
         )
         .await?;
-        // 2. Foreign files (no-claim restore) are copied into this job; everything else keeps
-        //    its object.
+        // 2. Files this writer may not reference where they are are copied into its own
+        //    objects; everything else keeps its object.
         let mut files: Vec<SharedFile> = Vec::new();
         let mut copies = Vec::new();
-        for f in reused {
-            if state.copy_foreign && !f.object.starts_with(&job_prefix) {
+        for (local, f) in reused {
+            if self.reusable(&f.object) {
+                report.files_reused += 1;
+                files.push(f);
+            } else {
                 let own = SharedFile {
-                    object: self.layout.shared_ref(&f.sha256),
+                    object: self.layout.shared_ref(&f.sha256, epoch),
                     uploaded_at_ms: now,
                     ..f.clone()
                 };
-                copies.push((f.object.clone(), own.clone()));
+                copies.push((f.object.clone(), local, own.clone()));
                 files.push(own);
-            } else {
-                report.files_reused += 1;
-                files.push(f);
             }
         }
         // A new file whose content the store already holds keeps that object's upload time.
@@ -402,7 +551,7 @@ impl CheckpointStore {
         let mut reuploads: HashSet<String> = HashSet::new();
         for (local, f) in again {
             let f = SharedFile {
-                object: self.layout.shared_ref_at(&f.sha256, id),
+                object: self.layout.shared_ref_at(&f.sha256, epoch, id),
                 uploaded_at_ms: now,
                 ..f
             };
@@ -412,9 +561,9 @@ impl CheckpointStore {
         }
         for (name, local, sha, size) in hashed {
             let object = if policy.full {
-                self.layout.shared_ref_at(&sha, id)
+                self.layout.shared_ref_at(&sha, epoch, id)
             } else {
-                self.layout.shared_ref(&sha)
+                self.layout.shared_ref(&sha, epoch)
             };
             let uploaded_at_ms = known_times.get(object.as_str()).copied().unwrap_or(now);
             let f = SharedFile {
@@ -438,8 +587,10 @@ impl CheckpointStore {
             .filter(|(_, p)| **p)
             .map(|(f, _)| f.object.as_str())
             .collect();
+        let fallbacks = AtomicU64::new(0);
+        let fallbacks = &fallbacks;
         let mut jobs: Vec<Transfer<'_>> = Vec::new();
-        for (from, own) in copies {
+        for (from, local, own) in copies {
             if already.contains(own.object.as_str()) {
                 report.files_reused += 1;
                 continue;
@@ -449,8 +600,19 @@ impl CheckpointStore {
             let to = self.layout.resolve(&own.object);
             let from = self.layout.resolve(&from);
             jobs.push(Box::pin(async move {
-                self.storage.copy(&from, &to).await?;
-                Ok((0, own.size))
+                match self.storage.copy(&from, &to).await {
+                    Ok(()) => Ok((0, own.size)),
+                    // The restored job deleted its object since: the local file has the same
+                    // content (same name and size in the same database), so send that.
+                    Err(SnapshotError::MissingFile { .. }) => {
+                        tracing::info!(%from, "restored object is gone; uploading the local file instead");
+                        fallbacks.fetch_add(1, Ordering::Relaxed);
+                        self.storage.fail_point(FailPoint::UploadSharedSst, &to)?;
+                        let n = transfer::upload_file(&self.storage, &local, &to).await?;
+                        Ok((n, 0))
+                    }
+                    Err(e) => Err(e),
+                }
             }));
         }
         for (local, f) in uploads {
@@ -470,14 +632,14 @@ impl CheckpointStore {
                 Ok((n, 0))
             }));
         }
-        // 4. Private files, compressed.
+        // 4. Private files, compressed, under this attempt's own prefix.
         let private = transfer::run_parallel(
             snap.private
                 .iter()
                 .map(|name| {
-                    let local = snap.dir.join(name);
-                    let object = self.layout.private_ref(id, snap.slot, name);
+                    let object = self.layout.private_ref(id, epoch, snap.slot, name);
                     async move {
+                        let local = layout::local_path(&snap.dir, "local snapshot file", name)?;
                         let (zst, sha, size, stored) = transfer::compress_file(&local).await?;
                         let to = self.layout.resolve(&object);
                         self.storage.fail_point(FailPoint::UploadPrivateFile, &to)?;
@@ -497,9 +659,15 @@ impl CheckpointStore {
             parallelism,
         )
         .await?;
-        for (up, _copied) in transfer::run_parallel(jobs, parallelism).await? {
+        report.bytes_copied = 0;
+        for (up, copied) in transfer::run_parallel(jobs, parallelism).await? {
             report.bytes_uploaded += up;
+            report.bytes_copied += copied;
         }
+        // Copies that fell back to an upload count as uploads.
+        let fell_back = fallbacks.load(Ordering::Relaxed);
+        report.files_copied -= fell_back.min(report.files_copied);
+        report.files_uploaded += fell_back;
         report.bytes_uploaded += private.iter().map(|p| p.stored_size).sum::<u64>();
         report.shared_bytes = files.iter().map(|f| f.size).sum::<u64>();
         report.full_bytes =
@@ -520,8 +688,18 @@ impl CheckpointStore {
         Ok((handle, report))
     }
 
-    /// Commits checkpoint `id`: checks the registry's invariants, then writes `_metadata` with a
-    /// create-only put (the commit point), then subsumes checkpoints beyond `retained`.
+    /// Commits checkpoint `id`: checks the metadata against the rules it is read with and the
+    /// registry's invariants, renews the writer lease (a fenced writer stops here), then writes
+    /// `_metadata` with a create-only put (the commit point), then subsumes checkpoints beyond
+    /// `retained`.
+    ///
+    /// Outcomes: `Ok` = committed (also when the put's answer was lost and the read-back found
+    /// this metadata). `CommitConflict` = another writer committed this id. `CommitInDoubt` =
+    /// the put failed and reading back failed too: the checkpoint's files are kept until a
+    /// later commit or [`CheckpointStore::open_writer`] finds out. Any other error = not
+    /// committed. [`CheckpointStore::abort`] is safe to call after every error: it never
+    /// releases a committed or in-doubt checkpoint. Once committed, nothing after the put
+    /// (subsumption included) can fail this call.
     pub async fn commit(
         &self,
         id: CheckpointId,
@@ -530,18 +708,30 @@ impl CheckpointStore {
         restored_from: Option<RestoredFrom>,
         properties: std::collections::BTreeMap<String, String>,
     ) -> Result<CheckpointMetadata> {
+        let lease = self.writer()?;
         slots.sort_by_key(|s| s.slot);
+        let referenced_jobs: BTreeSet<String> = slots
+            .iter()
+            .flat_map(|s| s.shared.iter())
+            .filter_map(|f| ObjectRef::parse(&f.object).ok().map(|r| r.job.to_string()))
+            .filter(|j| j != self.layout.job())
+            .collect();
         let meta = CheckpointMetadata {
             format: FORMAT.into(),
             version: VERSION,
             checkpoint_id: id,
             job: self.layout.job().to_string(),
-            created_at_ms: now_ms(),
+            created_at_ms: self.storage.now_ms(),
             max_parallelism,
             slots,
             restored_from,
             properties,
+            referenced_jobs: referenced_jobs.into_iter().collect(),
         };
+        let path = self.layout.metadata(id);
+        // Never write a checkpoint this build would refuse to read.
+        meta.validate(path.as_ref(), self.layout.job(), id)
+            .map_err(|e| SnapshotError::Invariant(format!("checkpoint {id} is malformed: {e}")))?;
         {
             let reg = self.registry()?;
             reg.check_invariants(id)?;
@@ -554,49 +744,139 @@ impl CheckpointStore {
                 }
             }
         }
-        self.storage
-            .fail_point(FailPoint::WriteMetadata, &self.layout.metadata(id))?;
-        self.storage
-            .put_create(&self.layout.metadata(id), meta.to_bytes())
-            .await?;
+        lease.renew(&self.storage).await?;
+        self.storage.fail_point(FailPoint::WriteMetadata, &path)?;
+        let bytes = meta.to_bytes();
+        let written = match self.storage.put_create(&path, bytes.clone()).await {
+            Ok(w) => w,
+            Err(e) => self.read_back(id, &path, &bytes, e).await?,
+        };
+        if !written {
+            return Err(SnapshotError::CommitConflict {
+                job: self.layout.job().to_string(),
+                id,
+            });
+        }
         self.registry()?.complete(id)?;
-        // Committed: a failed subsumption must not fail (and so abort) this checkpoint. What it
-        // left is subsumed again after the next commit (or at `open`), or collected by GC.
+        // Committed: nothing below may fail (and so abort) this checkpoint. What subsumption
+        // leaves is subsumed again after the next commit (or at open), or collected by GC.
+        self.resolve_in_doubt().await;
         if let Err(e) = self.subsume().await {
+            self.subsume_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "subsuming after checkpoint {id} failed; retried after the next one");
         }
         Ok(meta)
     }
 
-    /// Aborts checkpoint `id`: releases its references and deletes what only it uploaded
-    /// (shared objects and its private files).
-    ///
-    /// `_metadata` goes first: a commit whose answer was lost (or that timed out) may have
-    /// written it, and a checkpoint reported failed must not stay committed over deleted files.
+    /// After a failed put of `_metadata`: reads it back. `Ok(true)`: this metadata is there
+    /// (the put landed, its answer was lost). `Ok(false)`: another writer's. `Err(put_err)`:
+    /// nothing there, not committed. `CommitInDoubt`: storage can't tell; the checkpoint is
+    /// marked in doubt.
+    async fn read_back(
+        &self,
+        id: CheckpointId,
+        path: &Path,
+        bytes: &[u8],
+        put_err: SnapshotError,
+    ) -> Result<bool> {
+        match self
+            .storage
+            .get_capped(path, MAX_METADATA_BYTES, "the checkpoint metadata size cap")
+            .await
+        {
+            Ok(found) => Ok(found.as_ref() == bytes),
+            Err(SnapshotError::MissingFile { .. }) => Err(put_err),
+            Err(read_err) => {
+                self.registry()?.mark_in_doubt(id);
+                Err(SnapshotError::CommitInDoubt {
+                    job: self.layout.job().to_string(),
+                    id,
+                    reason: format!("put: {put_err}; read back: {read_err}"),
+                })
+            }
+        }
+    }
+
+    /// Settles checkpoints whose commit was in doubt: committed if their `_metadata` exists
+    /// now, else aborted. Errors leave them in doubt for the next try.
+    async fn resolve_in_doubt(&self) {
+        let ids = match self.registry() {
+            Ok(r) => r.in_doubt(),
+            Err(_) => return,
+        };
+        for id in ids {
+            match self.storage.size(&self.layout.metadata(id)).await {
+                Ok(Some(_)) => {
+                    tracing::info!(id, "checkpoint whose commit was in doubt is committed");
+                    if let Ok(mut r) = self.registry() {
+                        let _ = r.complete(id);
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(id, "checkpoint whose commit was in doubt is not committed");
+                    if let Err(e) = self.abort_attempt(id, true).await {
+                        tracing::warn!(error = %e, id, "cleaning up an uncommitted checkpoint failed; GC will collect its files");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, id, "commit of checkpoint still in doubt"),
+            }
+        }
+    }
+
+    /// Aborts checkpoint `id` if it is still pending: releases its references and deletes what
+    /// only this attempt uploaded (its own epoch's objects and `chk-<id>/e<epoch>/`). Never
+    /// deletes a `_metadata`, and does nothing for a committed checkpoint or one whose commit
+    /// is in doubt.
     pub async fn abort(&self, id: CheckpointId) -> Result<()> {
-        self.storage.delete(&self.layout.metadata(id)).await?;
-        let released = self.registry()?.release(id);
-        self.delete_checkpoint_files(id, &self.layout).await?;
+        self.abort_attempt(id, false).await
+    }
+
+    async fn abort_attempt(&self, id: CheckpointId, known_uncommitted: bool) -> Result<()> {
+        let lease = self.writer()?;
+        let Some(released) = self.registry()?.abort(id, known_uncommitted) else {
+            return Ok(());
+        };
+        let epoch = lease.epoch();
+        for m in self.storage.list(&self.layout.attempt_dir(id, epoch)).await? {
+            self.storage.delete(&m.location).await?;
+        }
         for obj in released.delete {
-            self.storage.delete(&self.layout.resolve(&obj)).await?;
+            let own = ObjectRef::parse(&obj).is_ok_and(|r| {
+                r.job == self.layout.job() && r.shared().and_then(|n| n.epoch) == Some(epoch)
+            });
+            if own && !self.registry()?.is_referenced(&obj) {
+                self.storage.delete(&self.layout.resolve(&obj)).await?;
+            }
         }
         Ok(())
     }
 
     /// Subsumes completed checkpoints beyond `retained`, oldest first: metadata, then private
-    /// files, then shared objects no retained checkpoint references.
+    /// files, then shared objects no retained checkpoint references. A fenced writer deletes
+    /// nothing.
     pub async fn subsume(&self) -> Result<Vec<CheckpointId>> {
         let ids = self.registry()?.subsumable(self.retained);
+        let undeleted = self
+            .undeleted
+            .lock()
+            .map_err(|_| SnapshotError::Invariant("undeleted lock poisoned".into()))?
+            .len();
+        if ids.is_empty() && undeleted == 0 {
+            return Ok(ids);
+        }
+        self.writer()?.check(&self.storage).await?;
         for id in &ids {
-            let claimed = self
-                .claimed
-                .lock()
-                .map_err(|_| SnapshotError::Invariant("claimed lock poisoned".into()))?
-                .remove(id);
-            let layout = claimed.map(|c| c.0).unwrap_or_else(|| self.layout.clone());
+            let layout = self
+                .claimed()?
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| self.layout.clone());
             self.storage.delete(&layout.metadata(*id)).await?;
-            self.delete_checkpoint_files(*id, &layout).await?;
+            for m in self.storage.list(&layout.checkpoint_dir(*id)).await? {
+                self.storage.delete(&m.location).await?;
+            }
             let released = self.registry()?.release(*id);
+            self.claimed()?.remove(id);
             self.delete_released(released.delete).await?;
         }
         if ids.is_empty() {
@@ -605,8 +885,10 @@ impl CheckpointStore {
         Ok(ids)
     }
 
-    /// Deletes released shared objects, and those an earlier subsumption failed to delete. On
-    /// failure the rest is kept for the next call, so a failed delete leaks nothing.
+    /// Deletes released shared objects, and those an earlier subsumption failed to delete. An
+    /// object of another job (a claimed checkpoint's) is deleted only when no committed
+    /// checkpoint of any job under the root references it. On failure the rest is kept for
+    /// the next call, so a failed delete leaks nothing.
     async fn delete_released(&self, released: Vec<String>) -> Result<()> {
         let lock = || {
             self.undeleted
@@ -615,10 +897,26 @@ impl CheckpointStore {
         };
         let mut todo = std::mem::take(&mut *lock()?);
         todo.extend(released);
+        let mut elsewhere: Option<HashSet<String>> = None;
         for (i, obj) in todo.iter().enumerate() {
             // Content-addressed: a later checkpoint may have uploaded the same content again.
             if self.registry()?.is_referenced(obj) {
                 continue;
+            }
+            let foreign = ObjectRef::parse(obj).map_or(true, |r| r.job != self.layout.job());
+            if foreign {
+                if elsewhere.is_none() {
+                    match crate::gc::root_references(&self.storage).await {
+                        Ok(refs) => elsewhere = Some(refs.objects),
+                        Err(e) => {
+                            lock()?.extend(todo[i..].iter().cloned());
+                            return Err(e);
+                        }
+                    }
+                }
+                if elsewhere.as_ref().is_some_and(|r| r.contains(obj)) {
+                    continue;
+                }
             }
             let path = self.layout.resolve(obj);
             let r = self.storage.fail_point(FailPoint::DeleteSubsumed, &path);
@@ -633,80 +931,46 @@ impl CheckpointStore {
         Ok(())
     }
 
-    async fn delete_checkpoint_files(&self, id: CheckpointId, layout: &JobLayout) -> Result<()> {
-        for m in self.storage.list(&layout.checkpoint_dir(id)).await? {
-            if m.location.filename() != Some(crate::layout::METADATA_FILE) {
-                self.storage.delete(&m.location).await?;
-            }
+    /// Adopts a checkpoint of another job restored in `claim` mode: fences that job (a live
+    /// writer there makes this fail with `JobLocked`; a paused one is fenced when it wakes),
+    /// then refcounts the checkpoint's files like this job's: the checkpoint is deleted (from
+    /// the other job's directory) once subsumed, and its objects once nothing references them.
+    pub async fn claim(&self, source: &JobLayout, meta: &CheckpointMetadata) -> Result<()> {
+        let lease = self.writer()?;
+        if source.job() != self.layout.job() {
+            WriterLease::fence(&self.storage, source, lease.timeout(), self.layout.job()).await?;
         }
+        let mut reg = self.registry()?;
+        if reg.phase(meta.checkpoint_id).is_some() {
+            // This job's own checkpoint (a restore of the same job): already registered.
+            return Ok(());
+        }
+        reg.register_completed(meta.checkpoint_id, shared_objects(meta), true)?;
+        drop(reg);
+        self.claimed()?.insert(meta.checkpoint_id, source.clone());
         Ok(())
     }
 
-    /// Adopts a checkpoint of another job restored in `claim` mode: its files are refcounted
-    /// like this job's and deleted (from the other job's directory) once nothing references them.
-    pub fn claim(&self, source: &JobLayout, meta: &CheckpointMetadata) -> Result<()> {
-        let objs = meta
-            .shared_objects()
-            .into_iter()
-            .map(|f| (f.object.clone(), f.size));
-        self.registry()?
-            .register_completed(meta.checkpoint_id, objs, true)?;
-        self.claimed
-            .lock()
-            .map_err(|_| SnapshotError::Invariant("claimed lock poisoned".into()))?
-            .insert(meta.checkpoint_id, (source.clone(), meta.clone()));
-        Ok(())
-    }
-
-    /// Objects under the job directory that no retained or in-flight checkpoint references and
-    /// that are older than `grace`; deleted when `apply`.
-    pub async fn gc(&self, grace: Duration, apply: bool) -> Result<GcReport> {
-        let mut referenced: HashSet<String> = HashSet::new();
-        let ids = self.retained_ids()?;
-        for id in &ids {
-            let meta = self.load(*id).await?;
-            for s in &meta.slots {
-                referenced.extend(s.shared.iter().map(|f| f.object.clone()));
-                referenced.extend(s.private.iter().map(|f| f.object.clone()));
-            }
-        }
+    /// Objects under the job directory that no committed checkpoint of any job under the root
+    /// references, and that this writer's in-flight checkpoints do not use, older than
+    /// `grace`; deleted when `apply`. See [`crate::gc`].
+    pub async fn gc(&self, grace: Duration, apply: bool) -> Result<crate::gc::GcReport> {
         let pending = self.registry()?.pending();
-        let now = chrono_now();
-        let mut report = GcReport {
-            applied: apply,
-            ..Default::default()
+        let in_flight = |object: &str| {
+            self.registry.lock().is_ok_and(|r| r.is_referenced(object))
+                || ObjectRef::parse(object)
+                    .ok()
+                    .and_then(|r| r.checkpoint())
+                    .is_some_and(|id| pending.contains(&id))
         };
-        for m in self.storage.list(&self.layout.job_dir()).await? {
-            let kind = self.layout.classify(&m.location);
-            let rel = relative(self.storage.root(), &m.location);
-            let keep = match kind {
-                ObjectKind::Metadata(id) => ids.contains(&id),
-                ObjectKind::Shared { .. } => {
-                    referenced.contains(&rel) || self.registry()?.is_referenced(&rel)
-                }
-                // An in-flight checkpoint's private files are not in any metadata yet.
-                ObjectKind::Private(id) => referenced.contains(&rel) || pending.contains(&id),
-                ObjectKind::Other => true,
-            };
-            if keep {
-                continue;
-            }
-            let age = now
-                .checked_sub(Duration::from_millis(
-                    m.last_modified.timestamp_millis().max(0) as u64,
-                ))
-                .unwrap_or_default();
-            if age < grace {
-                report.too_young += 1;
-                continue;
-            }
-            report.orphan_bytes += m.size;
-            if apply {
-                self.storage.delete(&m.location).await?;
-            }
-            report.orphans.push(rel);
-        }
-        Ok(report)
+        crate::gc::collect(
+            &self.storage,
+            &[self.layout.job().to_string()],
+            grace,
+            apply,
+            &in_flight,
+        )
+        .await
     }
 
     /// Checks every retained checkpoint: each referenced file exists with the right size;
@@ -756,7 +1020,9 @@ impl CheckpointStore {
     /// Downloads one slot's files of a checkpoint into `dest` (created; must not exist), in
     /// parallel, verifying each file's size and sha256 (`hash_placed = false`: SSTs placed
     /// straight from local storage are checked by size only, see
-    /// [`transfer::Expected::hash_placed`]). Returns the bytes downloaded.
+    /// [`transfer::Expected::hash_placed`]). Returns the bytes downloaded. Every local path is
+    /// built with [`layout::local_path`], so a name from storage can't leave `dest`, and no
+    /// download writes more than the size the metadata records.
     pub async fn download_slot(
         storage: &CheckpointStorage,
         handle: &SlotHandle,
@@ -764,6 +1030,24 @@ impl CheckpointStore {
         parallelism: usize,
         hash_placed: bool,
     ) -> Result<u64> {
+        // Checked before anything is created or written.
+        let what = format!("file of slot {}", handle.slot);
+        for name in handle
+            .shared
+            .iter()
+            .map(|f| &f.name)
+            .chain(handle.private.iter().map(|f| &f.name))
+        {
+            layout::check_file_name(&what, name)?;
+        }
+        for object in handle
+            .shared
+            .iter()
+            .map(|f| &f.object)
+            .chain(handle.private.iter().map(|f| &f.object))
+        {
+            ObjectRef::parse(object)?;
+        }
         tokio::fs::create_dir_all(dest)
             .await
             .map_err(SnapshotError::io("create", dest))?;
@@ -775,11 +1059,12 @@ impl CheckpointStore {
         let mut jobs = Vec::new();
         for f in shared {
             let path = root_layout.resolve(&f.object);
-            let to = dest.join(&f.name);
+            let to = layout::local_path(dest, &what, &f.name)?;
             let expected = Expected {
                 sha256: f.sha256.clone(),
                 size: f.size,
                 compressed: false,
+                stored_size: None,
                 hash_placed,
             };
             jobs.push(async move {
@@ -795,11 +1080,12 @@ impl CheckpointStore {
         let mut jobs = Vec::new();
         for f in &handle.private {
             let path = root_layout.resolve(&f.object);
-            let to = dest.join(&f.name);
+            let to = layout::local_path(dest, &what, &f.name)?;
             let expected = Expected {
                 sha256: f.sha256.clone(),
                 size: f.size,
                 compressed: true,
+                stored_size: Some(f.stored_size),
                 hash_placed: true,
             };
             let stored = f.stored_size;
@@ -817,6 +1103,14 @@ impl CheckpointStore {
     }
 }
 
+/// (object, size) of every shared object `meta` references.
+fn shared_objects(meta: &CheckpointMetadata) -> Vec<(String, u64)> {
+    meta.shared_objects()
+        .into_iter()
+        .map(|f| (f.object.clone(), f.size))
+        .collect()
+}
+
 fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
     let mut out = Vec::new();
     for f in meta.shared_objects() {
@@ -826,6 +1120,7 @@ fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
                 sha256: f.sha256.clone(),
                 size: f.size,
                 compressed: false,
+                stored_size: None,
                 hash_placed: true,
             },
             f.size,
@@ -839,6 +1134,7 @@ fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
                     sha256: p.sha256.clone(),
                     size: p.size,
                     compressed: true,
+                    stored_size: Some(p.stored_size),
                     hash_placed: true,
                 },
                 p.stored_size,
@@ -846,20 +1142,4 @@ fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
         }
     }
     out
-}
-
-fn relative(root: &Path, path: &Path) -> String {
-    match path.prefix_match(root) {
-        Some(parts) => parts
-            .map(|p| p.as_ref().to_string())
-            .collect::<Vec<_>>()
-            .join("/"),
-        None => path.to_string(),
-    }
-}
-
-fn chrono_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }

@@ -191,6 +191,9 @@ pub struct Expected {
     pub size: u64,
     /// Whether the object is zstd-compressed.
     pub compressed: bool,
+    /// The size of the object as stored, when it differs from `size` (compressed objects): a
+    /// download stops reading past it. `None` = `size`.
+    pub stored_size: Option<u64>,
     /// Whether a file placed straight from local storage (hard link or kernel copy) is hashed.
     /// `false` checks its size only, which makes a `file://` restore as fast as linking: the
     /// object was hashed when it was uploaded, and RocksDB verifies every block's checksum when
@@ -238,13 +241,28 @@ async fn download_once(
     let to_owned = to.to_path_buf();
     let compressed = expected.compressed;
     let hash_placed = expected.hash_placed;
+    // Never more than the metadata records: reading stops one byte past it (so the excess is
+    // seen) and so does writing.
+    let stored_limit = expected.stored_size.unwrap_or(expected.size);
+    let limit = expected.size;
+    if r.meta.size > stored_limit {
+        return Err(SnapshotError::SizeMismatch {
+            path: from.to_string(),
+            expected: stored_limit,
+            actual: r.meta.size,
+        });
+    }
     let (written, stream_err) = match r.payload {
         GetResultPayload::File(file, src) => {
             let placed = blocking(move || {
                 remove_stale(&to_owned)?;
                 if compressed {
-                    let reader = std::io::BufReader::with_capacity(BUF_SIZE, file);
-                    return write_hashed(reader, &to_owned, true).map(|(sha, n)| (Some(sha), n));
+                    let reader = std::io::BufReader::with_capacity(
+                        BUF_SIZE,
+                        file.take(stored_limit.saturating_add(1)),
+                    );
+                    return write_hashed(reader, &to_owned, true, limit)
+                        .map(|(sha, n)| (Some(sha), n));
                 }
                 drop(file);
                 place_local(&src, &to_owned)?;
@@ -259,7 +277,8 @@ async fn download_once(
             (placed.await, None)
         }
         GetResultPayload::Stream(stream) => {
-            let (written, err) = receive_stream(stream, from, to_owned, compressed).await;
+            let (written, err) =
+                receive_stream(stream, from, to_owned, compressed, stored_limit, limit).await;
             (written.map(|(sha, n)| (Some(sha), n)), err)
         }
     };
@@ -273,6 +292,13 @@ async fn download_once(
     }
     let (sha, size) = match written {
         Ok(v) => v,
+        Err(SnapshotError::TooLarge { .. }) => {
+            return fail(SnapshotError::SizeMismatch {
+                path: from.to_string(),
+                expected: limit,
+                actual: limit.saturating_add(1),
+            });
+        }
         Err(SnapshotError::Io {
             op: "decompress", ..
         }) => {
@@ -360,6 +386,8 @@ async fn receive_stream(
     from: &Path,
     to: PathBuf,
     compressed: bool,
+    stored_limit: u64,
+    limit: u64,
 ) -> (Result<(String, u64)>, Option<SnapshotError>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     // Spawned now, not when awaited: the writer must drain the channel while the loop below
@@ -370,12 +398,23 @@ async fn receive_stream(
             rx,
             cur: Bytes::new(),
         };
-        write_hashed(reader, &to, compressed)
+        write_hashed(reader, &to, compressed, limit)
     });
     let mut stream_err = None;
+    let mut received = 0u64;
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(c) => {
+                received += c.len() as u64;
+                if received > stored_limit {
+                    // A server sending more than the metadata records: stop reading.
+                    stream_err = Some(SnapshotError::SizeMismatch {
+                        path: from.to_string(),
+                        expected: stored_limit,
+                        actual: received,
+                    });
+                    break;
+                }
                 if tx.send(c).await.is_err() {
                     break; // the writer failed; its error is reported by `writer`
                 }
@@ -399,17 +438,33 @@ async fn receive_stream(
 /// as fast as 4 MiB (sha256 is the bottleneck, not syscalls) while staying closer to cache.
 const BUF_SIZE: usize = 1 << 20;
 
-/// Copies `reader` (decompressing when asked) into a new file at `to`, hashing what is written.
-fn write_hashed(mut reader: impl Read, to: &FsPath, compressed: bool) -> Result<(String, u64)> {
+/// Copies `reader` (decompressing when asked) into a new file at `to`, hashing what is written;
+/// writing more than `limit` bytes fails with `TooLarge` (a decompression bomb stops there).
+fn write_hashed(
+    mut reader: impl Read,
+    to: &FsPath,
+    compressed: bool,
+    limit: u64,
+) -> Result<(String, u64)> {
     let file = std::fs::File::create_new(to).map_err(SnapshotError::io("create", to))?;
     let mut sink = HashingWriter {
         inner: std::io::BufWriter::with_capacity(BUF_SIZE, file),
         hasher: Sha256::new(),
         size: 0,
+        limit,
+        over: false,
+    };
+    let too_large = || SnapshotError::TooLarge {
+        path: to.display().to_string(),
+        what: "the size recorded in the checkpoint metadata",
+        limit,
     };
     if compressed {
-        zstd::stream::copy_decode(&mut reader, &mut sink)
-            .map_err(SnapshotError::io("decompress", to))?;
+        let r = zstd::stream::copy_decode(&mut reader, &mut sink);
+        if sink.over {
+            return Err(too_large());
+        }
+        r.map_err(SnapshotError::io("decompress", to))?;
     } else {
         let mut buf = vec![0u8; BUF_SIZE];
         loop {
@@ -419,8 +474,13 @@ fn write_hashed(mut reader: impl Read, to: &FsPath, compressed: bool) -> Result<
             if n == 0 {
                 break;
             }
-            sink.write_all(&buf[..n])
-                .map_err(SnapshotError::io("write", to))?;
+            if let Err(e) = sink.write_all(&buf[..n]) {
+                return Err(if sink.over {
+                    too_large()
+                } else {
+                    SnapshotError::io("write", to)(e)
+                });
+            }
         }
     }
     sink.inner.flush().map_err(SnapshotError::io("write", to))?;
@@ -513,12 +573,19 @@ struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     size: u64,
+    /// Most bytes it accepts; `over` is set when a write would pass it.
+    limit: u64,
+    over: bool,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     /// Hashes before writing: the bytes are still in cache from the read, and a kernel copy
     /// out of a buffer just hashed measured much cheaper than hashing after the copy.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.size.saturating_add(buf.len() as u64) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("more bytes than the checkpoint records"));
+        }
         self.hasher.update(buf);
         self.inner.write_all(buf)?;
         self.size += buf.len() as u64;
@@ -592,6 +659,7 @@ mod tests {
             sha256: hex(&Sha256::digest(content)),
             size: content.len() as u64,
             compressed: false,
+            stored_size: None,
             hash_placed: true,
         }
     }
@@ -747,6 +815,7 @@ mod tests {
         std::fs::hard_link(dir.path().join("store/b"), &to)?;
         let exp = Expected {
             compressed: true,
+            stored_size: None,
             ..expected(&a)
         };
         rt.block_on(download_file(&storage, &Path::from("a.zst"), &to, &exp))?;
@@ -774,7 +843,14 @@ mod tests {
             // A deadlock fails the test instead of hanging it.
             tokio::time::timeout(
                 std::time::Duration::from_secs(20),
-                receive_stream(stream, &Path::from("obj"), to.clone(), false),
+                receive_stream(
+                    stream,
+                    &Path::from("obj"),
+                    to.clone(),
+                    false,
+                    all.len() as u64,
+                    all.len() as u64,
+                ),
             )
             .await
         })?;
@@ -783,6 +859,41 @@ mod tests {
         assert_eq!(size, all.len() as u64);
         assert_eq!(sha, hex(&Sha256::digest(&all)));
         assert_eq!(std::fs::read(&to)?, all);
+        Ok(())
+    }
+
+    /// A store that sends more than the metadata records (here 64 chunks where 10 are recorded)
+    /// is cut off: reading stops one chunk past the recorded size, nothing past it is written,
+    /// and the download fails with a size mismatch.
+    #[test]
+    fn a_stream_longer_than_recorded_is_cut_off() -> TestResult {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir()?;
+        let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let stream = futures::stream::iter((0..64u8).map(move |i| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Bytes::from(vec![i; 4096]))
+        }))
+        .boxed();
+        let to = dir.path().join("out");
+        let rt = rt();
+        let recorded = 10 * 4096;
+        let (written, err) = rt.block_on(receive_stream(
+            stream,
+            &Path::from("obj"),
+            to.clone(),
+            false,
+            recorded,
+            recorded,
+        ));
+        assert!(
+            matches!(err, Some(SnapshotError::SizeMismatch { expected, .. }) if expected == recorded),
+            "{err:?}"
+        );
+        assert_eq!(pulled.load(std::sync::atomic::Ordering::Relaxed), 11);
+        let _ = written;
+        assert!(std::fs::metadata(&to).map_or(0, |m| m.len()) <= recorded);
         Ok(())
     }
 

@@ -5,8 +5,14 @@
 //! `scripts/s3-server.sh`), found through `CAIRN_TEST_S3_ENDPOINT` and `CAIRN_TEST_S3_BUCKET`.
 //! - `CAIRN_TEST_S3=required` (set by `scripts/test.sh`, so by `.ci/run`): an S3 leg that finds
 //!   no endpoint, or cannot connect to it, FAILS.
-//! - A plain `cargo test` without the variables skips the S3 legs with a notice on stderr (the
-//!   file:// and memory:// legs still run): handy while iterating, never what CI does.
+//! - A plain `cargo test` without the variables skips the S3 legs (the file:// and memory://
+//!   legs still run): handy while iterating, never what CI does. The skipped test still reports
+//!   `ok`, so each skip prints a line `SKIPPED: <test>: S3 leg ...` that shows in the normal
+//!   `cargo test` output. What makes it show: libtest captures what the test thread prints with
+//!   `print!`/`eprint!` and shows it only for failing tests (or with `--nocapture` /
+//!   `--show-output`), so a `println!` notice is hidden exactly when it matters; the line is
+//!   written to the process's stderr handle directly (`std::io::stderr()`), which libtest does
+//!   not capture. Count skips with `cargo test 2>&1 | grep ^SKIPPED:`.
 //! - An endpoint that is set but unreachable fails in both cases.
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
@@ -48,8 +54,16 @@ fn secret() -> String {
     std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "cairn-test".into())
 }
 
-/// The S3 target for test `name`, or `None` (with a notice) when S3 is not configured and not
-/// required. Panics when S3 is required or configured but unreachable (see the module doc).
+/// Prints `SKIPPED: <what>` where `cargo test` shows it for a passing test too: straight to
+/// the process's stderr, past libtest's capture of `print!`/`eprint!` (see the module doc).
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {what}");
+}
+
+/// The S3 target for test `name`, or `None` (with a visible `SKIPPED:` line) when S3 is not
+/// configured and not required. Panics when S3 is required or configured but unreachable (see
+/// the module doc).
 pub fn s3_target(name: &str) -> Option<S3Target> {
     let required = std::env::var("CAIRN_TEST_S3").is_ok_and(|v| v == "required");
     let Ok(endpoint) = std::env::var("CAIRN_TEST_S3_ENDPOINT") else {
@@ -57,9 +71,9 @@ pub fn s3_target(name: &str) -> Option<S3Target> {
             !required,
             "CAIRN_TEST_S3=required but CAIRN_TEST_S3_ENDPOINT is not set (run scripts/test.sh)"
         );
-        eprintln!(
-            "NOTICE: skipping the S3 leg of {name}: CAIRN_TEST_S3_ENDPOINT is not set (scripts/test.sh starts a local S3 server and sets it)"
-        );
+        skipped(&format!(
+            "{name}: S3 leg not run, CAIRN_TEST_S3_ENDPOINT is not set (scripts/test.sh starts a local S3 server and sets it)"
+        ));
         return None;
     };
     let hostport = endpoint

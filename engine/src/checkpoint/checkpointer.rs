@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cairn_snapshot::{
-    CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, RestoredFrom, SlotHandle,
-    SlotUploadState, SnapshotError, UploadPolicy,
+    CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, LeaseOptions,
+    LocalSnapshot, RestoredFrom, SlotHandle, SlotUploadState, SnapshotError, UploadPolicy,
 };
 use serde::Serialize;
 
@@ -77,6 +77,14 @@ struct AsyncOutcome {
     shared_by_slot: Vec<(u32, u64)>,
 }
 
+/// What the slots handed in for a checkpoint.
+enum Snapshots {
+    /// Synchronous snapshots of [`Slot`]s (materialized in the asynchronous phase).
+    Sync(Vec<SyncSnapshot>),
+    /// Directories a host prepared itself.
+    Local(Vec<LocalSnapshot>),
+}
+
 /// Where to restore from: `<storage url>/<job>[/chk-<id>]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreSource {
@@ -134,7 +142,7 @@ pub struct RestoredCheckpoint {
 
 /// The job-level checkpoint coordinator. See the module doc.
 pub struct Checkpointer {
-    rt: tokio::runtime::Runtime,
+    rt: Arc<tokio::runtime::Runtime>,
     store: Arc<CheckpointStore>,
     cfg: CheckpointConfig,
     uploads: HashMap<u32, SlotUploadState>,
@@ -148,20 +156,45 @@ pub struct Checkpointer {
     compact_due: HashMap<u32, f64>,
     /// Compactions done since the last checkpoint (slot, amplification, stats).
     compacted: Vec<(u32, f64, CompactionStats)>,
+    /// Renews the writer lease every third of its timeout (aborted on drop).
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    /// Dropped by [`Checkpointer::abandon`]: the lease is not released.
+    abandoned: bool,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+impl Drop for Checkpointer {
+    /// Stops renewing the writer lease and releases it, so the next writer of the job takes it
+    /// at once (and may reuse its files). A crash skips this: the lease then expires.
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        if self.abandoned {
+            return;
+        }
+        if let Err(e) = self.rt.block_on(self.store.release_lease()) {
+            tracing::debug!(error = %e, "releasing the writer lease failed; it expires instead");
+        }
+    }
 }
 
-/// A readable, unique job name: `job-YYYYMMDDTHHMMSSZ-<pid hex><nanos hex>`.
+/// A readable job name that no other process picks: `job-YYYYMMDDTHHMMSSZ-<pid>-<64 random
+/// bits>` (hex). The random part comes from the standard library's per-process hash keys, so
+/// two processes started in the same second, even with the same pid on two machines sharing a
+/// bucket, get different names.
 pub fn new_job_name() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
+    use cairn_snapshot::Clock;
+    new_job_name_at(cairn_snapshot::SystemClock.now_ms())
+}
+
+/// [`new_job_name`] at wall-clock time `now_ms`.
+pub fn new_job_name_at(now_ms: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms);
+    h.write_u32(std::process::id());
+    let random = h.finish();
+    let secs = (now_ms / 1000) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days + 719_468;
@@ -174,12 +207,11 @@ pub fn new_job_name() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "job-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:x}{:04x}",
+        "job-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:x}-{random:016x}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
         std::process::id(),
-        now.subsec_nanos() & 0xffff
     )
 }
 
@@ -199,7 +231,6 @@ impl Checkpointer {
         job: &str,
         max_parallelism: u32,
     ) -> Result<Self> {
-        cfg.validate()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cairn-checkpoint")
@@ -209,11 +240,53 @@ impl Checkpointer {
                 op: "start checkpoint runtime".into(),
                 source: e,
             })?;
-        let store = rt.block_on(CheckpointStore::open(storage, job, cfg.retained as usize))?;
+        Self::open_on(cfg, storage, job, max_parallelism, Arc::new(rt))
+    }
+
+    /// [`Checkpointer::open_with_storage`] on a runtime built by the caller (and possibly shared
+    /// with other coordinators): the deterministic simulation runs every writer of a job on one
+    /// current-thread runtime with paused (virtual) time, so every timeout, retry backoff and
+    /// lease expiry happens at a reproducible instant of one clock.
+    ///
+    /// Takes the job's writer lease (a live writer of the same job makes this fail with
+    /// `JobLocked`, naming it) and renews it in the background on `rt`.
+    pub fn open_on(
+        cfg: &CheckpointConfig,
+        storage: CheckpointStorage,
+        job: &str,
+        max_parallelism: u32,
+        rt: Arc<tokio::runtime::Runtime>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let lease = LeaseOptions::with_timeout(cfg.writer_lease_timeout);
+        let store = rt.block_on(CheckpointStore::open_writer(
+            storage,
+            job,
+            cfg.retained as usize,
+            &lease,
+        ))?;
         let next_id = store.retained_ids()?.last().map_or(1, |l| l + 1);
+        let store = Arc::new(store);
+        let renewal = {
+            let store = store.clone();
+            let every = cfg.writer_lease_timeout / 3;
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match store.renew_lease().await {
+                        Ok(()) => {}
+                        Err(e @ SnapshotError::Fenced { .. }) => {
+                            tracing::error!(error = %e, "this writer lost its job; no checkpoint commits any more");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "renewing the writer lease failed; retrying"),
+                    }
+                }
+            })
+        };
         Ok(Self {
             rt,
-            store: Arc::new(store),
+            store,
             cfg: cfg.clone(),
             uploads: HashMap::new(),
             next_id,
@@ -224,7 +297,19 @@ impl Checkpointer {
             rebase: RebaseState::default(),
             compact_due: HashMap::new(),
             compacted: Vec::new(),
+            renewal: Some(renewal),
+            abandoned: false,
         })
+    }
+
+    /// Drops the coordinator as a crash would: the writer lease is neither renewed nor
+    /// released, so it expires after `writer-lease-timeout` (tests and the simulation of
+    /// crashes; a real process gets this by dying).
+    pub fn abandon(mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        self.abandoned = true;
     }
 
     /// The job's name.
@@ -264,9 +349,15 @@ impl Checkpointer {
         id
     }
 
-    /// Whether the consecutive failures so far are within `tolerable-failed`.
+    /// Whether the consecutive failures so far are within `tolerable-failed`. A writer fenced
+    /// by another one never is: it can't commit any more.
     pub fn failure_tolerated(&self) -> bool {
-        self.consecutive_failures <= self.cfg.tolerable_failed
+        self.consecutive_failures <= self.cfg.tolerable_failed && !self.fenced()
+    }
+
+    /// Whether another writer took this job over (see `cairn_snapshot::lease`).
+    pub fn fenced(&self) -> bool {
+        self.store.lease().is_some_and(|l| l.fenced().is_err())
     }
 
     /// The asynchronous phase of checkpoint `id` for all slots: materialize, upload in
@@ -284,25 +375,59 @@ impl Checkpointer {
         syncs: Vec<SyncSnapshot>,
         properties: std::collections::BTreeMap<String, String>,
     ) -> Result<CheckpointReport> {
-        let t = Instant::now();
         let sync_ms = syncs
             .iter()
             .map(|s| s.sync_duration.as_secs_f64() * 1000.0)
             .fold(0.0, f64::max);
         // (slot, snapshot dir, slot working dir, live-data estimate)
-        let dirs: Vec<(u32, PathBuf, PathBuf, Option<u64>)> = syncs
+        let dirs: Vec<(u32, PathBuf, Option<PathBuf>, Option<u64>)> = syncs
             .iter()
             .map(|s| {
                 (
                     s.slot,
                     s.dir().to_path_buf(),
-                    s.slot_dir().to_path_buf(),
+                    Some(s.slot_dir().to_path_buf()),
                     s.live_data_bytes(),
                 )
             })
             .collect();
-        let decision = self.rebase.decide(&self.cfg.rebase, now_ms());
-        let result = self.run_async_phase(id, syncs, properties, decision.policy);
+        self.finish(id, sync_ms, dirs, Snapshots::Sync(syncs), properties)
+    }
+
+    /// The asynchronous phase for snapshots a host built itself: directories of immutable
+    /// files described by [`LocalSnapshot`]s (the deterministic simulation's synthetic slots;
+    /// a host's own operator state). Same protocol as [`Checkpointer::complete_with`]; no local
+    /// recovery copy is kept, and the directories are removed afterwards.
+    pub fn complete_local(
+        &mut self,
+        id: u64,
+        locals: Vec<LocalSnapshot>,
+        properties: std::collections::BTreeMap<String, String>,
+    ) -> Result<CheckpointReport> {
+        let dirs = locals
+            .iter()
+            .map(|l| (l.slot, l.dir.clone(), None, None))
+            .collect();
+        self.finish(id, 0.0, dirs, Snapshots::Local(locals), properties)
+    }
+
+    fn finish(
+        &mut self,
+        id: u64,
+        sync_ms: f64,
+        dirs: Vec<(u32, PathBuf, Option<PathBuf>, Option<u64>)>,
+        snapshots: Snapshots,
+        properties: std::collections::BTreeMap<String, String>,
+    ) -> Result<CheckpointReport> {
+        let t = Instant::now();
+        if let Some(l) = self.store.lease() {
+            // A fenced writer commits nothing; fail before uploading anything.
+            l.fenced()?;
+        }
+        let decision = self
+            .rebase
+            .decide(&self.cfg.rebase, self.store.storage().now_ms());
+        let result = self.run_async_phase(id, snapshots, properties, decision.policy);
         match result {
             Ok(out) => {
                 for s in self.uploads.values_mut() {
@@ -403,14 +528,21 @@ impl Checkpointer {
         &self,
         id: u64,
         meta: &CheckpointMetadata,
-        dirs: &[(u32, PathBuf, PathBuf, Option<u64>)],
+        dirs: &[(u32, PathBuf, Option<PathBuf>, Option<u64>)],
     ) -> bool {
         let mut all = !dirs.is_empty();
         for (slot, dir, slot_dir, _) in dirs {
             let handle = meta.slots.iter().find(|h| h.slot == *slot);
+            let Some(slot_dir) = slot_dir else {
+                // A host's own snapshot directory: nothing to keep.
+                let _ = std::fs::remove_dir_all(dir);
+                all = false;
+                continue;
+            };
             let kept = match (self.cfg.local_recovery, handle) {
                 (true, Some(h)) => {
-                    match local::keep(slot_dir, dir, self.job(), id, *slot, h.key_groups) {
+                    let root = self.store.storage().identity();
+                    match local::keep(slot_dir, dir, &root, self.job(), id, *slot, h.key_groups) {
                         Ok(()) => true,
                         Err(e) => {
                             tracing::warn!(error = %e, slot, "keeping the local snapshot of checkpoint {id} failed");
@@ -455,14 +587,20 @@ impl Checkpointer {
     fn run_async_phase(
         &mut self,
         id: u64,
-        syncs: Vec<SyncSnapshot>,
+        snapshots: Snapshots,
         properties: std::collections::BTreeMap<String, String>,
         policy: UploadPolicy,
     ) -> Result<AsyncOutcome> {
-        let mut locals = Vec::new();
-        for s in syncs {
-            locals.push(s.materialize()?);
-        }
+        let locals = match snapshots {
+            Snapshots::Sync(syncs) => {
+                let mut locals = Vec::new();
+                for s in syncs {
+                    locals.push(s.materialize()?);
+                }
+                locals
+            }
+            Snapshots::Local(locals) => locals,
+        };
         let threads = self.cfg.transfer_threads as usize;
         let store = self.store.clone();
         let mut states: Vec<SlotUploadState> = locals
@@ -472,7 +610,9 @@ impl Checkpointer {
         let timeout = self.cfg.timeout;
         let restored_from = self.restored_from.clone();
         let max_p = self.max_parallelism;
-        let fut = async {
+        // Before the commit: materialized, uploaded, within the timeout. A timeout here aborts
+        // (the upload futures are dropped; a write that lands late is an orphan for GC).
+        let uploads = async {
             let uploads = futures::future::join_all(
                 locals
                     .iter()
@@ -496,30 +636,41 @@ impl Checkpointer {
                 shared_by_slot.push((h.slot, r.shared_bytes));
                 handles.push(h);
             }
-            let meta = store
-                .commit(id, max_p, handles, restored_from, properties)
-                .await?;
-            Ok::<_, SnapshotError>(AsyncOutcome {
-                meta,
-                incremental: totals.0,
-                files: totals.1,
-                reuploaded,
-                shared_by_slot,
-            })
+            Ok::<_, SnapshotError>((handles, totals, reuploaded, shared_by_slot))
         };
-        let r = self
+        let uploaded = self
             .rt
-            .block_on(async { tokio::time::timeout(timeout, fut).await });
+            .block_on(async { tokio::time::timeout(timeout, uploads).await });
         for (l, st) in locals.iter().zip(states) {
             self.uploads.insert(l.slot, st);
         }
-        match r {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(EngineError::CheckpointFailed {
-                id,
-                reason: format!("timed out after {timeout:?}"),
-            }),
-        }
+        let (handles, totals, reuploaded, shared_by_slot) = match uploaded {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(EngineError::CheckpointFailed {
+                    id,
+                    reason: format!("timed out after {timeout:?} before its commit"),
+                });
+            }
+        };
+        // The commit and what follows run to completion, never under the timeout: a put of
+        // `_metadata` abandoned halfway could still land after the checkpoint was reported
+        // failed, and once it landed the checkpoint is committed (the commit point is final).
+        // The put is bounded by the storage's own retries; subsumption after it never fails it.
+        let meta = self.rt.block_on(store.commit(
+            id,
+            max_p,
+            handles,
+            restored_from,
+            properties,
+        ))?;
+        Ok(AsyncOutcome {
+            meta,
+            incremental: totals.0,
+            files: totals.1,
+            reuploaded,
+            shared_by_slot,
+        })
     }
 
     /// Orphan collection over the job directory.
@@ -568,19 +719,16 @@ impl Checkpointer {
                     self.cfg.dir, source.storage_url
                 )));
             }
-            self.store.claim(
+            self.rt.block_on(self.store.claim(
                 &JobLayout::new(storage.root().clone(), source.job.clone()),
                 &metadata,
-            )?;
+            ))?;
         }
         for h in &metadata.slots {
             // Different storage: nothing can be referenced or copied; the first checkpoint
             // uploads everything.
             if same_store {
-                self.uploads.insert(
-                    h.slot,
-                    SlotUploadState::restored(h, mode == RestoreMode::NoClaim),
-                );
+                self.uploads.insert(h.slot, SlotUploadState::restored(h));
             }
         }
         self.next_id = self.next_id.max(id + 1);
@@ -614,17 +762,13 @@ impl Checkpointer {
         let key_groups = format!("{}..={}", range.start, range.end);
         let mut rejected = None;
         if self.cfg.local_recovery {
-            let overlapping: Vec<&SlotHandle> = restored
-                .metadata
-                .slots
-                .iter()
-                .filter(|h| h.key_groups.start <= range.end && range.start <= h.key_groups.end)
-                .collect();
+            let overlapping = covering(&restored.metadata, range)?;
             match overlapping.as_slice() {
                 [h] if h.key_groups.start == range.start && h.key_groups.end == range.end => {
                     let placed = self.rt.block_on(local::place(
                         slot_dir,
                         h,
+                        &restored.storage.identity(),
                         &restored.source.job,
                         restored.metadata.checkpoint_id,
                         dest,
@@ -688,12 +832,7 @@ impl Checkpointer {
         range: KeyGroupRange,
         dest: &Path,
     ) -> Result<(SlotRestore, u64)> {
-        let handles: Vec<&SlotHandle> = restored
-            .metadata
-            .slots
-            .iter()
-            .filter(|h| h.key_groups.start <= range.end && range.start <= h.key_groups.end)
-            .collect();
+        let handles = covering(&restored.metadata, range)?;
         let threads = self.cfg.transfer_threads as usize;
         if dest.exists() {
             std::fs::remove_dir_all(dest).map_err(|e| EngineError::Io {
@@ -746,6 +885,34 @@ impl Checkpointer {
         }
         Ok((SlotRestore::Heap { files }, bytes))
     }
+}
+
+/// The slot handles of `meta` whose key groups overlap `range`; an error unless together they
+/// cover every key group of `range` (restoring into uncovered key groups would silently start
+/// them empty).
+fn covering(meta: &CheckpointMetadata, range: KeyGroupRange) -> Result<Vec<&SlotHandle>> {
+    let handles: Vec<&SlotHandle> = meta
+        .slots
+        .iter()
+        .filter(|h| h.key_groups.start <= range.end && range.start <= h.key_groups.end)
+        .collect();
+    let covered: u64 = handles
+        .iter()
+        .map(|h| {
+            let (a, b) = (h.key_groups.start.max(range.start), h.key_groups.end.min(range.end));
+            u64::from(b - a) + 1
+        })
+        .sum();
+    if covered != u64::from(range.end - range.start) + 1 {
+        return Err(EngineError::Checkpoint(SnapshotError::InvalidMetadata {
+            path: format!("chk-{}/_metadata", meta.checkpoint_id),
+            reason: format!(
+                "its slots cover {covered} of the {} key groups {range} to restore",
+                u64::from(range.end - range.start) + 1
+            ),
+        }));
+    }
+    Ok(handles)
 }
 
 fn states_of(h: &SlotHandle) -> Result<Vec<StateDescriptor>> {

@@ -197,6 +197,15 @@ pub struct CheckpointConfig {
     /// Objects streamed from S3 or memory are always hashed (nearly free next to the transfer).
     /// Flink: none (it verifies nothing).
     pub restore_verify: FileVerify,
+    /// One writer per job: a writer holds the job's lease (`<job>/_writers/`) and renews it
+    /// every third of this; another writer may take the job only after the lease went this
+    /// long without renewal (a crashed holder) or was released (a clean stop). A second writer
+    /// on a live job fails at once, naming the holder. Default 30 s. Longer = a job restarted
+    /// in place after a crash waits longer; shorter = a long pause (GC, VM freeze) of a live
+    /// writer can make it lose its job (it is fenced, never corrupting anything). Flink: the
+    /// leader-election lease of its high-availability services (`high-availability.*`).
+    #[serde(with = "humantime_serde")]
+    pub writer_lease_timeout: Duration,
 }
 
 impl Default for CheckpointConfig {
@@ -220,6 +229,7 @@ impl Default for CheckpointConfig {
             local_recovery: false,
             local_recovery_verify: FileVerify::Sha256,
             restore_verify: FileVerify::Sha256,
+            writer_lease_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -264,6 +274,15 @@ impl CheckpointConfig {
                 "checkpoint.timeout",
                 format!("{:?}", self.timeout),
                 ">= 100ms",
+            ));
+        }
+        // Renewal every third of the timeout: under 300 ms it would be a storage write every
+        // 100 ms.
+        if self.writer_lease_timeout < Duration::from_millis(300) {
+            return Err(EngineError::config(
+                "checkpoint.writer-lease-timeout",
+                format!("{:?}", self.writer_lease_timeout),
+                ">= 300ms",
             ));
         }
         if self.dir.trim().is_empty() {

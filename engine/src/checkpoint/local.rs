@@ -8,9 +8,9 @@
 //!                                                  renamed here after chk-<id> committed: hard
 //!                                                  links to the SSTs + copies of MANIFEST etc.
 //! <slot working dir>/local-recovery/chk-<id>/cairn-local.json
-//!                                                  which job, checkpoint and key groups it is;
-//!                                                  written last, so a snapshot without it is
-//!                                                  incomplete and never used
+//!                                                  which storage, job, checkpoint and key
+//!                                                  groups it is; written last, so a snapshot
+//!                                                  without it is incomplete and never used
 //! ```
 //! After each completed checkpoint everything else under `local-recovery/` is removed (the
 //! previous snapshot, anything a crash left), and with local recovery off the directory is
@@ -18,18 +18,24 @@
 //! already compacted away, at most one checkpoint's worth per slot.
 //!
 //! ## Checks before use
-//! The snapshot must be of the restored job and checkpoint, with the slot's exact key groups
-//! (no rescaling from local state, as in Flink), and hold every file of the slot's handle with
+//! The snapshot must be of the restored storage, job and checkpoint (a same-named job in other
+//! storage is another job), with the slot's exact key groups (no rescaling from local state,
+//! as in Flink), and hold every file of the slot's handle with
 //! its size and, by default, its sha256 from the metadata (`local-recovery-verify = "size"`
 //! skips the hashing). Files are placed first (SSTs and heap snapshots hard-linked, RocksDB's
 //! small MANIFEST/CURRENT/OPTIONS copied, since the restored database rewrites those) and the
 //! placed files are hashed: exactly the bytes the restored slot reads. Any failure removes
 //! what was placed and the restore downloads from storage instead.
+//!
+//! The local directory is not trusted either: `local-recovery/`, the snapshot directory and
+//! every file in it must be what they seem (a directory, regular files), never symbolic links
+//! that could lead outside the slot directory, and every file name comes from the validated
+//! metadata and is checked again where the path is built.
 
 use std::path::{Path, PathBuf};
 
 use cairn_snapshot::metadata::SlotHandle;
-use cairn_snapshot::{KeyGroups, transfer};
+use cairn_snapshot::{KeyGroups, layout, transfer};
 use serde::{Deserialize, Serialize};
 
 use super::config::FileVerify;
@@ -43,6 +49,8 @@ const MARKER: &str = "cairn-local.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
+    /// The storage the checkpoint is in ([`cairn_snapshot::CheckpointStorage::identity`]).
+    root: String,
     job: String,
     checkpoint_id: u64,
     slot: u32,
@@ -84,6 +92,7 @@ fn io(op: String) -> impl FnOnce(std::io::Error) -> EngineError {
 pub(crate) fn keep(
     slot_dir: &Path,
     snapshot_dir: &Path,
+    storage: &str,
     job: &str,
     id: u64,
     slot: u32,
@@ -101,6 +110,7 @@ pub(crate) fn keep(
         target.display()
     )))?;
     let marker = Marker {
+        root: storage.to_string(),
         job: job.to_string(),
         checkpoint_id: id,
         slot,
@@ -144,18 +154,22 @@ fn remove_others(root: &Path, keep: Option<&Path>) -> Result<()> {
 /// Places the slot's local snapshot of `job`/`checkpoint_id` at `dest` (removed first) and
 /// verifies it against `handle`. Returns the bytes checked, or why the snapshot can't be used
 /// (then `dest` is removed).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn place(
     slot_dir: &Path,
     handle: &SlotHandle,
+    root: &str,
     job: &str,
     checkpoint_id: u64,
     dest: &Path,
     verify: FileVerify,
     parallelism: usize,
 ) -> std::result::Result<u64, String> {
-    let src = slot_dir
-        .join(LOCAL_DIR)
-        .join(format!("chk-{checkpoint_id}"));
+    let base = slot_dir.join(LOCAL_DIR);
+    let src = base.join(format!("chk-{checkpoint_id}"));
+    real_dir(&base)?;
+    real_dir(&src)?;
+    real_file(&src.join(MARKER))?;
     let marker = std::fs::read(src.join(MARKER)).map_err(|_| {
         let found = std::fs::read_dir(slot_dir.join(LOCAL_DIR))
             .map(|d| {
@@ -169,6 +183,12 @@ pub(crate) async fn place(
     })?;
     let marker: Marker = serde_json::from_slice(&marker)
         .map_err(|e| format!("unreadable {}: {e}", src.join(MARKER).display()))?;
+    if marker.root != root {
+        return Err(format!(
+            "local snapshot is of storage {}, not {root}",
+            marker.root
+        ));
+    }
     if marker.job != job
         || marker.checkpoint_id != checkpoint_id
         || marker.key_groups != handle.key_groups
@@ -188,6 +208,33 @@ pub(crate) async fn place(
         let _ = std::fs::remove_dir_all(dest);
     }
     r
+}
+
+/// The metadata of `path` itself (not of what a link points to); an error unless it is a
+/// directory.
+fn real_dir(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
+    let m = std::fs::symlink_metadata(path)
+        .map_err(|_| format!("{} is missing", path.display()))?;
+    if !m.is_dir() {
+        return Err(format!(
+            "{} is not a directory (a symbolic link is never followed)",
+            path.display()
+        ));
+    }
+    Ok(m)
+}
+
+/// The metadata of `path` itself; an error unless it is a regular file.
+fn real_file(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
+    let m = std::fs::symlink_metadata(path)
+        .map_err(|_| format!("{} is missing", path.display()))?;
+    if !m.is_file() {
+        return Err(format!(
+            "{} is not a regular file (a symbolic link is never followed)",
+            path.display()
+        ));
+    }
+    Ok(m)
 }
 
 async fn place_verified(
@@ -213,10 +260,10 @@ async fn place_verified(
     }));
     let mut total = 0;
     for (name, size, _, link) in &files {
-        let (from, to) = (src.join(name), dest.join(name));
-        let actual = std::fs::metadata(&from)
-            .map_err(|_| format!("{} is missing", from.display()))?
-            .len();
+        let from = layout::local_path(src, "local snapshot file", name).map_err(|e| e.to_string())?;
+        let to = layout::local_path(dest, "restored file", name).map_err(|e| e.to_string())?;
+        // Not followed: a link could lead anywhere outside the slot directory.
+        let actual = real_file(&from)?.len();
         if actual != *size {
             return Err(format!(
                 "{} has {actual} bytes, the checkpoint recorded {size}",
@@ -234,7 +281,7 @@ async fn place_verified(
         let jobs: Vec<_> = files
             .iter()
             .map(|(name, _, sha, _)| {
-                let path: PathBuf = dest.join(name);
+                let path: PathBuf = dest.join(name); // checked above
                 let expected = sha.to_string();
                 async move {
                     let (actual, _) = transfer::hash_file(&path).await?;

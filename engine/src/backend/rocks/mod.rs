@@ -17,7 +17,8 @@ mod options;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cairn_memory::{MemoryReport, SlotMemory};
 use rocksdb::{
@@ -114,6 +115,8 @@ pub struct RocksDbBackend {
     cache: Option<StateCache>,
     /// A pre-flush is under way: its memtable flush starts once the cache's drain is done.
     memtable_flush_pending: bool,
+    /// Test and torture only: fails chosen write-back commits.
+    write_back_fault: Option<Arc<WriteBackFault>>,
     _lock: File,
 }
 
@@ -209,8 +212,16 @@ impl RocksDbBackend {
             write_opts,
             scratch: Vec::new(),
             memtable_flush_pending: false,
+            write_back_fault: None,
             _lock: lock,
         })
+    }
+
+    /// Test and torture only: the same backend, failing the write-back commits `fault` is armed
+    /// for (see [`WriteBackFault`]).
+    pub fn with_write_back_fault(mut self, fault: Option<Arc<WriteBackFault>>) -> Self {
+        self.write_back_fault = fault;
+        self
     }
 
     /// The RocksDB directory (for checkpoints and disk-usage reports).
@@ -309,7 +320,12 @@ impl RocksDbBackend {
             let t = std::time::Instant::now();
             let mut w = BatchWriter::new(&self.db, &self.states);
             cache.drain_step(PRE_FLUSH_CHUNK, &mut |op| w.add(op));
-            let r = w.commit(&self.db, &self.write_opts, "pre-flush state cache");
+            let r = w.commit(
+                &self.db,
+                &self.write_opts,
+                self.write_back_fault.as_deref(),
+                "pre-flush state cache",
+            );
             cache.record_pre_flush(t.elapsed());
             r?;
             if cache.draining() {
@@ -346,7 +362,12 @@ impl RocksDbBackend {
         let mut w = BatchWriter::new(&self.db, &self.states);
         let n = cache.flush_all(&mut |op| w.add(op));
         let batched = t.elapsed();
-        let r = w.commit(&self.db, &self.write_opts, "flush state cache");
+        let r = w.commit(
+            &self.db,
+            &self.write_opts,
+            self.write_back_fault.as_deref(),
+            "flush state cache",
+        );
         match purpose {
             WriteBackFor::Checkpoint => cache.record_checkpoint_flush(t.elapsed()),
             WriteBackFor::Flush => {}
@@ -371,7 +392,12 @@ impl RocksDbBackend {
         }
         let mut w = BatchWriter::new(&self.db, &self.states);
         cache.maintain(&mut |op| w.add(op));
-        w.commit(&self.db, &self.write_opts, "write back state cache")
+        w.commit(
+            &self.db,
+            &self.write_opts,
+            self.write_back_fault.as_deref(),
+            "write back state cache",
+        )
     }
 
     /// Reads `key` through the cache: a hit is answered from memory; a miss reads RocksDB and
@@ -797,12 +823,93 @@ impl<'a> BatchWriter<'a> {
         }
     }
 
-    fn commit(self, db: &Db, opts: &WriteOptions, op: &'static str) -> Result<()> {
+    fn commit(
+        self,
+        db: &Db,
+        opts: &WriteOptions,
+        fault: Option<&WriteBackFault>,
+        op: &'static str,
+    ) -> Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        if let Some(f) = fault {
+            f.check(op)?;
+        }
         db.write_opt(&self.batch, opts)
             .map_err(EngineError::rocks(op))
+    }
+}
+
+/// Test and torture only: fails chosen write-back commits of one RocksDB backend, the
+/// `WriteBatch`es that carry the state cache's evicted, dirty-bound, pre-flush and checkpoint
+/// writes into RocksDB (what a full disk or an I/O error does to `DB::write`). Scoped per
+/// instance like `cairn_snapshot::FailPoints`, so tests run in parallel: hand it to
+/// [`crate::SlotBuilder::write_back_fault`]. A backend without one pays one `Option` check per
+/// write-back commit. An injected failure writes nothing and surfaces as an
+/// [`EngineError::Io`] of kind `StorageFull`.
+#[derive(Debug, Default)]
+pub struct WriteBackFault {
+    /// (commits to let pass, commits to fail after them).
+    armed: Mutex<(u64, u64)>,
+    commits: AtomicU64,
+    fired: AtomicU64,
+}
+
+impl WriteBackFault {
+    /// A hook with nothing armed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Arms the hook: the next `skip` write-back commits pass, then `times` fail (`u64::MAX`:
+    /// all). `arm(0, 1)` fails the next one.
+    pub fn arm(&self, skip: u64, times: u64) {
+        if let Ok(mut a) = self.armed.lock() {
+            *a = (skip, times);
+        }
+    }
+
+    /// Lets every later commit pass.
+    pub fn disarm(&self) {
+        self.arm(0, 0);
+    }
+
+    /// Write-back commits reached (failed or not; empty batches are not commits).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Failures injected so far.
+    pub fn fired(&self) -> u64 {
+        self.fired.load(Ordering::Relaxed)
+    }
+
+    /// Called right before a write-back commit: the injected failure, when armed.
+    fn check(&self, op: &'static str) -> Result<()> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let fire = match self.armed.lock() {
+            Ok(mut a) if a.0 > 0 => {
+                a.0 -= 1;
+                false
+            }
+            Ok(mut a) if a.1 > 0 => {
+                a.1 -= 1;
+                true
+            }
+            _ => false,
+        };
+        if !fire {
+            return Ok(());
+        }
+        self.fired.fetch_add(1, Ordering::Relaxed);
+        Err(EngineError::Io {
+            op: format!("rocksdb {op}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "write-back commit failed by an injected fault (WriteBackFault)",
+            ),
+        })
     }
 }
 
