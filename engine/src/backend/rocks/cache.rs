@@ -51,6 +51,11 @@
 //! thread between records, like RisingWave's mem-table spill, rather than on a thread of its own:
 //! the entries would otherwise need locking on every access.
 //!
+//! Every write-back (eviction, dirty bound, pre-flush drain, full flush) lets go of its entries
+//! as it hands their writes out: they are clean, evicted or dropped before the caller has
+//! committed them. A caller that cannot commit them must stop using the cache; the RocksDB
+//! backend poisons itself (see its module doc).
+//!
 //! ## Scans
 //! Map iteration and key-group scans merge the cached entries of the range (sorted) with a
 //! RocksDB iterator: on an equal key the cache wins, a tombstone hides the stored entry and a
@@ -631,7 +636,7 @@ impl StateCache {
 
     /// Evicts down to the capacity (with slack) and, past the dirty bound, writes dirty entries
     /// down to half of it; every write RocksDB must see goes to `out`, which the caller must
-    /// apply before the next read.
+    /// apply before the next read (or stop using the cache: see the module doc).
     pub fn maintain(&mut self, out: &mut dyn FnMut(CacheWrite<'_>)) {
         if self.bytes > self.capacity {
             self.evict(out);

@@ -11,6 +11,32 @@
 //! module doc): reads check it first, writes go to it, and RocksDB sees them when they are
 //! evicted, when the dirty bound is passed, and at the latest in the checkpoint's sync phase
 //! ([`RocksDbBackend::flush_cache`]).
+//!
+//! ## A failed write-back poisons the backend
+//! The cache lets go of a write-back's writes (marks the entries clean, evicts them, drops list
+//! deltas) as it hands them to the `WriteBatch`, before the batch is committed. When
+//! `DB::write` then fails (disk full, an I/O error, a background error that left RocksDB
+//! read-only), those writes exist nowhere else: RocksDB lacks writes the slot acknowledged, a
+//! later checkpoint would silently miss them, and an evicted key would read its older stored
+//! value (a deleted one would come back). So the first failed write-back commit **poisons** the
+//! backend: every later call (reads, writes, scans, `flush_cache` and so every checkpoint's
+//! sync phase, pre-flushes, `flush`) fails with [`EngineError::Poisoned`]
+//! ([`crate::ErrorKind::Closed`]) naming the original failure, and so does the call that hit
+//! it. The slot must be dropped and restored from its last checkpoint, which predates every
+//! lost write.
+//!
+//! Why not keep the entries dirty until the batch commits, and retry?
+//! - WAL is off and the working directory is disposable: the last checkpoint is the unit of
+//!   durability already, and a failed write is handled like a crash of the slot (fjall poisons
+//!   its keyspace after a failed journal write the same way);
+//! - after a failed write RocksDB itself is in doubt: a background error keeps it read-only
+//!   until resumed, and the slot's RocksDB timers write to the same DB, so a retry in place
+//!   would rarely succeed and would run on with state nobody checked;
+//! - undoing a write-back means restoring the bookkeeping of four paths (eviction victims
+//!   already out of the hash table, dirty-queue positions, a drain's position, deltas dropped
+//!   after their merge), where any slip loses a write silently again; the poison flag is one
+//!   branch per call, and every path is covered by `tests/state_cache_write_failure.rs`
+//!   through [`WriteBackFault`].
 
 pub mod cache;
 mod options;
@@ -117,6 +143,9 @@ pub struct RocksDbBackend {
     memtable_flush_pending: bool,
     /// Test and torture only: fails chosen write-back commits.
     write_back_fault: Option<Arc<WriteBackFault>>,
+    /// Set by a failed write-back commit (the original failure): every later call is refused
+    /// (see the module doc).
+    poisoned: Option<String>,
     _lock: File,
 }
 
@@ -213,6 +242,7 @@ impl RocksDbBackend {
             scratch: Vec::new(),
             memtable_flush_pending: false,
             write_back_fault: None,
+            poisoned: None,
             _lock: lock,
         })
     }
@@ -222,6 +252,33 @@ impl RocksDbBackend {
     pub fn with_write_back_fault(mut self, fault: Option<Arc<WriteBackFault>>) -> Self {
         self.write_back_fault = fault;
         self
+    }
+
+    /// Refuses the call once a write-back failed (see the module doc).
+    #[inline]
+    fn check_open(&self) -> Result<()> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(reason) => Err(EngineError::Poisoned {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// The outcome of a write-back commit: a failure poisons the backend, because the cache has
+    /// already let go of the writes the batch carried.
+    fn settle(&mut self, committed: Result<()>) -> Result<()> {
+        let Err(e) = committed else {
+            return Ok(());
+        };
+        let reason = e.to_string();
+        tracing::error!(
+            db = %self.db_path.display(),
+            error = %reason,
+            "state cache write-back failed: the slot refuses every further call; restore it from its last checkpoint"
+        );
+        self.poisoned = Some(reason.clone());
+        Err(EngineError::Poisoned { reason })
     }
 
     /// The RocksDB directory (for checkpoints and disk-usage reports).
@@ -305,6 +362,7 @@ impl RocksDbBackend {
     /// phase calls it right before the native checkpoint, and its duration is recorded in the
     /// cache's counters. Returns the entries written.
     pub fn flush_cache(&mut self) -> Result<u64> {
+        self.check_open()?;
         // The sync phase flushes the memtables itself: a pre-flush still under way is moot.
         self.memtable_flush_pending = false;
         self.write_back_all(WriteBackFor::Checkpoint)
@@ -327,8 +385,9 @@ impl RocksDbBackend {
                 "pre-flush state cache",
             );
             cache.record_pre_flush(t.elapsed());
-            r?;
-            if cache.draining() {
+            let more = cache.draining();
+            self.settle(r)?;
+            if more {
                 return Ok(true);
             }
         }
@@ -379,7 +438,7 @@ impl RocksDbBackend {
             ?purpose,
             "wrote every dirty state cache entry"
         );
-        r.map(|()| n)
+        self.settle(r).map(|()| n)
     }
 
     /// Evicts and writes back after a cache write, when the cache asks for it.
@@ -392,12 +451,13 @@ impl RocksDbBackend {
         }
         let mut w = BatchWriter::new(&self.db, &self.states);
         cache.maintain(&mut |op| w.add(op));
-        w.commit(
+        let r = w.commit(
             &self.db,
             &self.write_opts,
             self.write_back_fault.as_deref(),
             "write back state cache",
-        )
+        );
+        self.settle(r)
     }
 
     /// Reads `key` through the cache: a hit is answered from memory; a miss reads RocksDB and
@@ -408,6 +468,7 @@ impl RocksDbBackend {
         key: &[u8],
         f: &mut dyn FnMut(Option<&[u8]>),
     ) -> Result<()> {
+        self.check_open()?;
         if let Some(cache) = self.cache.as_mut() {
             let delta = match cache.get(state, key) {
                 Some(Cached::Value(v)) => {
@@ -462,6 +523,7 @@ impl RocksDbBackend {
         lower: &[u8],
         upper: Option<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.check_open()?;
         let mut stored = Vec::new();
         self.scan(state, lower, upper.clone(), |k, v| {
             stored.push((k.to_vec(), v.to_vec()));
@@ -488,6 +550,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn create_state(&mut self, id: StateId, desc: &StateDescriptor) -> Result<()> {
+        self.check_open()?;
         debug_assert_eq!(id as usize, self.states.len());
         let name = desc.full_name();
         let builder = OptionsBuilder {
@@ -533,6 +596,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {
+        self.check_open()?;
         if let Some(c) = self.cache.as_mut() {
             c.put(state, &scope.composite, value);
             return self.maintain_cache();
@@ -544,6 +608,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn clear(&mut self, state: StateId, scope: &ScopeKey) -> Result<()> {
+        self.check_open()?;
         let kind = self
             .states
             .get(state as usize)
@@ -554,11 +619,6 @@ impl StateBackend for RocksDbBackend {
         {
             c.delete(state, &scope.composite);
             return self.maintain_cache();
-        }
-        // Cached entries of a map are dropped (dirty ones included: the clear supersedes them)
-        // and the stored ones deleted below.
-        if let Some(c) = self.cache.as_mut() {
-            c.remove_prefix(state, &scope.composite);
         }
         let cf = self.cf(state)?;
         if kind != StateKind::Map {
@@ -581,7 +641,14 @@ impl StateBackend for RocksDbBackend {
         )?;
         self.db
             .write_opt(&batch, &self.write_opts)
-            .map_err(EngineError::rocks("clear map"))
+            .map_err(EngineError::rocks("clear map"))?;
+        // Then the cached entries are dropped (dirty ones included: the clear supersedes them).
+        // Not before: a failed scan or write must leave the map as it was, pending writes and all.
+        drop(cf);
+        if let Some(c) = self.cache.as_mut() {
+            c.remove_prefix(state, &scope.composite);
+        }
+        Ok(())
     }
 
     fn list_get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<Vec<u8>>> {
@@ -595,6 +662,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn list_append(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()> {
+        self.check_open()?;
         if elements.is_empty() {
             return Ok(());
         }
@@ -610,6 +678,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn list_update(&mut self, state: StateId, scope: &ScopeKey, elements: &[&[u8]]) -> Result<()> {
+        self.check_open()?;
         if elements.is_empty() {
             return self.clear(state, scope);
         }
@@ -644,6 +713,7 @@ impl StateBackend for RocksDbBackend {
         user_key: &[u8],
         value: &[u8],
     ) -> Result<()> {
+        self.check_open()?;
         let k = self.map_key(scope, user_key);
         if let Some(c) = self.cache.as_mut() {
             c.put(state, &k, value);
@@ -661,6 +731,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()> {
+        self.check_open()?;
         let k = self.map_key(scope, user_key);
         if let Some(c) = self.cache.as_mut() {
             c.delete(state, &k);
@@ -757,12 +828,14 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.check_open()?;
         self.memtable_flush_pending = false;
         self.write_back_all(WriteBackFor::Flush)?;
         self.flush_memtables(true)
     }
 
     fn start_flush(&mut self) -> Result<()> {
+        self.check_open()?;
         match self.cache.as_mut() {
             Some(cache) => {
                 cache.begin_drain();
@@ -774,6 +847,7 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn continue_flush(&mut self) -> Result<bool> {
+        self.check_open()?;
         self.pre_flush_step()
     }
 }
@@ -797,6 +871,9 @@ pub const PRE_FLUSH_CHUNK: usize = 512;
 struct BatchWriter<'a> {
     batch: WriteBatch,
     cfs: Vec<Option<Arc<rocksdb::BoundColumnFamily<'a>>>>,
+    /// A write of a state without a column family (a bug): the commit fails, so the backend is
+    /// poisoned rather than the write dropped.
+    unknown_state: Option<StateId>,
 }
 
 impl<'a> BatchWriter<'a> {
@@ -804,6 +881,7 @@ impl<'a> BatchWriter<'a> {
         Self {
             batch: WriteBatch::default(),
             cfs: states.iter().map(|(n, _)| db.cf_handle(n)).collect(),
+            unknown_state: None,
         }
     }
 
@@ -811,9 +889,10 @@ impl<'a> BatchWriter<'a> {
         let state = match op {
             CacheWrite::Put(s, ..) | CacheWrite::Delete(s, _) | CacheWrite::Merge(s, ..) => s,
         };
-        // Every cached state was registered, so its column family exists.
+        // Every cached state was registered, so its column family exists; if not, the write
+        // cannot be placed and the commit fails (the cache has let go of it already).
         let Some(Some(cf)) = self.cfs.get(state as usize) else {
-            debug_assert!(false, "cache entry of unknown state {state}");
+            self.unknown_state.get_or_insert(state);
             return;
         };
         match op {
@@ -830,6 +909,11 @@ impl<'a> BatchWriter<'a> {
         fault: Option<&WriteBackFault>,
         op: &'static str,
     ) -> Result<()> {
+        if let Some(state) = self.unknown_state {
+            return Err(EngineError::InvalidArgument(format!(
+                "{op}: the state cache holds a write of state id {state}, which has no column family"
+            )));
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -926,4 +1010,93 @@ pub fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn open(dir: &Path) -> RocksDbBackend {
+        let memory = SlotMemory::build_shared(&cairn_memory::MemoryConfig::default()).unwrap();
+        let range = KeyGroupRange::for_slot(128, 1, 0).unwrap();
+        RocksDbBackend::open(RocksDbParams {
+            dir,
+            range,
+            max_parallelism: 128,
+            config: &RocksDbConfig::default(),
+            memory,
+            hook: None,
+            state_cache: &StateCacheConfig::default(),
+            restore: None,
+        })
+        .unwrap()
+    }
+
+    fn assert_poisoned(r: Result<impl std::fmt::Debug>, what: &str) {
+        match r {
+            Err(e @ EngineError::Poisoned { .. }) => assert_eq!(e.kind(), ErrorKind::Closed),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+
+    /// A cache write of a state without a column family used to be dropped silently in release
+    /// builds; now its write-back fails and poisons the backend.
+    #[test]
+    fn a_write_of_an_unknown_state_poisons_instead_of_vanishing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = open(dir.path());
+        let desc = StateDescriptor::new("op", "v", StateKind::Value);
+        b.create_state(0, &desc).unwrap();
+        let scope = ScopeKey::new(0, 1, b"k", b"");
+        b.put(0, &scope, b"1").unwrap();
+        // A bug's write: state 7 was never created.
+        b.cache.as_mut().unwrap().put(7, b"orphan", b"x");
+        let e = b.flush_cache().unwrap_err();
+        assert!(e.to_string().contains("state id 7"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Closed);
+        assert_poisoned(b.get(0, &scope), "read");
+        assert_poisoned(b.put(0, &scope, b"2"), "write");
+        assert_poisoned(b.flush_cache(), "flush_cache");
+        assert_poisoned(b.start_flush(), "pre-flush");
+    }
+
+    /// Every call after a failed write-back commit is refused with the original failure named,
+    /// and the faulted commit wrote nothing.
+    #[test]
+    fn a_failed_write_back_refuses_every_later_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let fault = WriteBackFault::new();
+        let mut b = open(dir.path()).with_write_back_fault(Some(Arc::clone(&fault)));
+        b.create_state(0, &StateDescriptor::new("op", "v", StateKind::Value))
+            .unwrap();
+        b.create_state(1, &StateDescriptor::new("op", "m", StateKind::Map))
+            .unwrap();
+        let scope = ScopeKey::new(0, 1, b"k", b"");
+        b.put(0, &scope, b"1").unwrap();
+        fault.arm(0, 1);
+        let e = b.flush_cache().unwrap_err();
+        assert!(e.to_string().contains("injected fault"), "{e}");
+        assert_eq!(fault.fired(), 1);
+        let cf = b.cf(0).unwrap();
+        assert_eq!(b.db.get_cf(&cf, scope.composite()).unwrap(), None);
+        drop(cf);
+        assert_poisoned(b.get(0, &scope), "get");
+        assert_poisoned(b.put(0, &scope, b"2"), "put");
+        assert_poisoned(b.clear(0, &scope), "clear");
+        assert_poisoned(b.list_get(0, &scope), "list_get");
+        assert_poisoned(b.map_get(1, &scope, b"u"), "map_get");
+        assert_poisoned(b.map_put(1, &scope, b"u", b"v"), "map_put");
+        assert_poisoned(b.map_remove(1, &scope, b"u"), "map_remove");
+        assert_poisoned(b.map_entries(1, &scope), "map_entries");
+        assert_poisoned(b.scan_key_group(0, 0), "scan_key_group");
+        assert_poisoned(b.flush_cache(), "flush_cache");
+        assert_poisoned(b.flush(), "flush");
+        assert_poisoned(b.start_flush(), "start_flush");
+        assert_poisoned(b.continue_flush(), "continue_flush");
+        assert_poisoned(
+            b.create_state(2, &StateDescriptor::new("op", "w", StateKind::Value)),
+            "create_state",
+        );
+    }
 }
