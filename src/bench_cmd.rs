@@ -72,6 +72,10 @@ pub struct CheckpointBenchArgs {
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Sync every file and directory written to local checkpoint storage before the write
+    /// returns (`checkpoint.storage.fsync`; `--fsync false` measures what the durability costs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub fsync: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -257,7 +261,8 @@ fn load(
 }
 
 fn churn(a: &CheckpointBenchArgs, root: &Path) -> BResult<Vec<ChurnResult>> {
-    let cfg = config(root);
+    let mut cfg = config(root);
+    cfg.checkpoint.storage.fsync = a.fsync;
     let mut slot = Slot::builder(&cfg).open()?;
     let max_p = slot.max_parallelism();
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
@@ -389,7 +394,8 @@ fn timed<T>(f: impl FnOnce() -> BResult<T>) -> BResult<(T, f64, f64)> {
 }
 
 fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
-    let cfg = config(root);
+    let mut cfg = config(root);
+    cfg.checkpoint.storage.fsync = a.fsync;
     let (job_url, id, t_chk) = {
         let mut slot = Slot::builder(&cfg).open()?;
         let max_p = slot.max_parallelism();

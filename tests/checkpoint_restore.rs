@@ -443,7 +443,10 @@ fn claim_and_no_claim_ownership() -> TestResult {
             }
         }
         drop(slot2);
-        let (_cp3, mut slot3) = restore(&cfg, &format!("{}/chk-{id2}", cp2.job_url()))?;
+        // The restoring job must be stopped first: a claim refuses a job whose writer is live.
+        let url2 = format!("{}/chk-{id2}", cp2.job_url());
+        drop(cp2);
+        let (_cp3, mut slot3) = restore(&cfg, &url2)?;
         assert_eq!(read_back(&mut slot3, 500)?, model);
     }
     Ok(())

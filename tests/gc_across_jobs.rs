@@ -87,7 +87,9 @@ fn job_b(
 }
 
 fn cli(args: &[&str]) -> Result<(bool, String), Box<dyn std::error::Error>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).output()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -127,6 +129,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+#[expect(clippy::disallowed_methods, reason = "a file's age on disk, not a decision")]
 fn age(path: &Path, by: Duration) -> TestResult {
     let f = std::fs::File::options().write(true).open(path)?;
     f.set_modified(SystemTime::now() - by)?;
@@ -141,11 +144,21 @@ fn gc_over_the_root_keeps_what_a_claiming_job_references() -> TestResult {
     // checkpoint references A's SSTs.
     let (b, _) = job_b(root.path(), RestoreMode::Claim, &a, a_id, 2)?;
     assert!(
-        !root.path().join(format!("cp/{a}/chk-{a_id}/_metadata")).exists(),
+        !root
+            .path()
+            .join(format!("cp/{a}/chk-{a_id}/_metadata"))
+            .exists(),
         "the claimed checkpoint was not subsumed"
     );
     let cp = root.path().join("cp");
-    let (ok, out) = cli(&["checkpoints", "gc", &cp.display().to_string(), "--grace", "0s", "--apply"])?;
+    let (ok, out) = cli(&[
+        "checkpoints",
+        "gc",
+        &cp.display().to_string(),
+        "--grace",
+        "0s",
+        "--apply",
+    ])?;
     assert!(ok, "{out}");
     verify(root.path(), &b)?;
     // Per job too: collecting A alone must look at B's references.
@@ -175,9 +188,23 @@ fn gc_never_touches_a_directory_that_is_not_a_cairn_job() -> TestResult {
     std::fs::write(other.join("notes.txt"), b"keep me")?;
     age(&fake, Duration::from_secs(7200))?;
     let before = files(&other);
-    let (ok, out) = cli(&["checkpoints", "gc", &cp.display().to_string(), "--grace", "0s", "--apply"])?;
-    assert_eq!(files(&other), before, "gc deleted files of a non-Cairn directory: {out}");
-    assert!(out.contains("not-a-job"), "the skipped directory is not reported: {out}");
+    let (ok, out) = cli(&[
+        "checkpoints",
+        "gc",
+        &cp.display().to_string(),
+        "--grace",
+        "0s",
+        "--apply",
+    ])?;
+    assert_eq!(
+        files(&other),
+        before,
+        "gc deleted files of a non-Cairn directory: {out}"
+    );
+    assert!(
+        out.contains("not-a-job"),
+        "the skipped directory is not reported: {out}"
+    );
     let _ = ok;
     verify(root.path(), &a)?;
     Ok(())
@@ -194,14 +221,36 @@ fn gc_collects_staging_files_a_crash_left() -> TestResult {
     let young = shared.join(format!("{}-e1#4", "ef".repeat(32)));
     std::fs::write(&young, vec![7u8; 10])?;
     let cp = root.path().join("cp");
-    let (ok, out) = cli(&["checkpoints", "gc", &cp.display().to_string(), "--grace", "1h"])?;
+    let (ok, out) = cli(&[
+        "checkpoints",
+        "gc",
+        &cp.display().to_string(),
+        "--grace",
+        "1h",
+    ])?;
     assert!(ok, "{out}");
-    assert!(out.contains("#3"), "the dry run does not list the staging file: {out}");
+    assert!(
+        out.contains("#3"),
+        "the dry run does not list the staging file: {out}"
+    );
     assert!(staging.exists(), "a dry run deleted");
-    let (ok, out) = cli(&["checkpoints", "gc", &cp.display().to_string(), "--grace", "1h", "--apply"])?;
+    let (ok, out) = cli(&[
+        "checkpoints",
+        "gc",
+        &cp.display().to_string(),
+        "--grace",
+        "1h",
+        "--apply",
+    ])?;
     assert!(ok, "{out}");
-    assert!(!staging.exists(), "the old staging file is still there: {out}");
-    assert!(young.exists(), "a staging file inside the grace period was deleted");
+    assert!(
+        !staging.exists(),
+        "the old staging file is still there: {out}"
+    );
+    assert!(
+        young.exists(),
+        "a staging file inside the grace period was deleted"
+    );
     verify(root.path(), &a)?;
     Ok(())
 }

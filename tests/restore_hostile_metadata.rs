@@ -98,13 +98,12 @@ impl Committed {
         for i in 0..self.slots {
             let range = KeyGroupRange::for_slot(128, self.slots, i)?;
             let dest = work.join(format!("restore-slot-{i}"));
-            let (files, _) = cp.restore_slot(
-                &restored,
-                range,
-                &work.join(format!("slot-{i}")),
-                &dest,
-            )?;
-            let slot = Slot::builder(&cfg).slot(i, self.slots).restore(files).open()?;
+            let (files, _) =
+                cp.restore_slot(&restored, range, &work.join(format!("slot-{i}")), &dest)?;
+            let slot = Slot::builder(&cfg)
+                .slot(i, self.slots)
+                .restore(files)
+                .open()?;
             drop(slot);
         }
         Ok(())
@@ -218,9 +217,15 @@ fn hostile_names(backend: BackendKind) -> TestResult {
     expect_refused(&c, c.id, "outside", &format!("{backend:?} foreign object"))?;
     // And one escaping the storage root.
     let mut m = original.clone();
-    first_file(&mut m, backend)["object"] = Value::String(format!("{}/../../outside/victim.txt", c.job));
+    first_file(&mut m, backend)["object"] =
+        Value::String(format!("{}/../../outside/victim.txt", c.job));
     c.write_metadata(c.id, &m)?;
-    expect_refused(&c, c.id, "object reference", &format!("{backend:?} escaping object"))?;
+    expect_refused(
+        &c,
+        c.id,
+        "object reference",
+        &format!("{backend:?} escaping object"),
+    )?;
     // The untouched metadata still restores.
     c.write_metadata(c.id, &original)?;
     c.restore(c.id)?;
@@ -254,12 +259,18 @@ fn metadata_of_another_checkpoint_id_is_refused() -> TestResult {
 fn key_groups_not_covered_are_an_error_not_empty_state() -> TestResult {
     for backend in [BackendKind::Heap, BackendKind::RocksDb] {
         let c = Committed::new(backend, 2)?;
-        let mut m = c.metadata()?;
+        let original = c.metadata()?;
+        let mut m = original.clone();
         m["slots"].as_array_mut().ok_or("slots")?.truncate(1);
         c.write_metadata(c.id, &m)?;
-        expect_refused(&c, c.id, "not covered", &format!("{backend:?} missing slot"))?;
+        expect_refused(
+            &c,
+            c.id,
+            "not covered",
+            &format!("{backend:?} missing slot"),
+        )?;
         // Two slots claiming the same key groups.
-        let mut m = c.metadata()?;
+        let mut m = original.clone();
         m["slots"][1]["key_groups"]["start"] = Value::from(0);
         c.write_metadata(c.id, &m)?;
         expect_refused(&c, c.id, "overlap", &format!("{backend:?} overlap"))?;
@@ -286,7 +297,10 @@ fn decompression_stops_at_the_recorded_size() -> TestResult {
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
         let msg = e.to_string();
         assert!(
-            msg.contains(&format!("expected {recorded} bytes, actual {}", recorded + 1)),
+            msg.contains(&format!(
+                "expected {recorded} bytes, actual {}",
+                recorded + 1
+            )),
             "{backend:?}: decompression did not stop at the recorded size: {msg}"
         );
     }
@@ -303,4 +317,3 @@ fn oversized_metadata_is_refused() -> TestResult {
     expect_refused(&c, c.id, "larger than", "oversized _metadata")?;
     Ok(())
 }
-

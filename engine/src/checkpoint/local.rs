@@ -167,11 +167,9 @@ pub(crate) async fn place(
 ) -> std::result::Result<u64, String> {
     let base = slot_dir.join(LOCAL_DIR);
     let src = base.join(format!("chk-{checkpoint_id}"));
-    real_dir(&base)?;
-    real_dir(&src)?;
-    real_file(&src.join(MARKER))?;
-    let marker = std::fs::read(src.join(MARKER)).map_err(|_| {
-        let found = std::fs::read_dir(slot_dir.join(LOCAL_DIR))
+    let marker_path = src.join(MARKER);
+    if std::fs::symlink_metadata(&marker_path).is_err() {
+        let found = std::fs::read_dir(&base)
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -179,8 +177,15 @@ pub(crate) async fn place(
                     .join(", ")
             })
             .unwrap_or_default();
-        format!("no complete local snapshot of chk-{checkpoint_id} (found: [{found}])")
-    })?;
+        return Err(format!(
+            "no complete local snapshot of chk-{checkpoint_id} (found: [{found}])"
+        ));
+    }
+    real_dir(&base)?;
+    real_dir(&src)?;
+    real_file(&marker_path)?;
+    let marker = std::fs::read(&marker_path)
+        .map_err(|e| format!("unreadable {}: {e}", marker_path.display()))?;
     let marker: Marker = serde_json::from_slice(&marker)
         .map_err(|e| format!("unreadable {}: {e}", src.join(MARKER).display()))?;
     if marker.root != root {
@@ -213,8 +218,8 @@ pub(crate) async fn place(
 /// The metadata of `path` itself (not of what a link points to); an error unless it is a
 /// directory.
 fn real_dir(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
-    let m = std::fs::symlink_metadata(path)
-        .map_err(|_| format!("{} is missing", path.display()))?;
+    let m =
+        std::fs::symlink_metadata(path).map_err(|_| format!("{} is missing", path.display()))?;
     if !m.is_dir() {
         return Err(format!(
             "{} is not a directory (a symbolic link is never followed)",
@@ -226,8 +231,8 @@ fn real_dir(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
 
 /// The metadata of `path` itself; an error unless it is a regular file.
 fn real_file(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
-    let m = std::fs::symlink_metadata(path)
-        .map_err(|_| format!("{} is missing", path.display()))?;
+    let m =
+        std::fs::symlink_metadata(path).map_err(|_| format!("{} is missing", path.display()))?;
     if !m.is_file() {
         return Err(format!(
             "{} is not a regular file (a symbolic link is never followed)",
@@ -260,7 +265,8 @@ async fn place_verified(
     }));
     let mut total = 0;
     for (name, size, _, link) in &files {
-        let from = layout::local_path(src, "local snapshot file", name).map_err(|e| e.to_string())?;
+        let from =
+            layout::local_path(src, "local snapshot file", name).map_err(|e| e.to_string())?;
         let to = layout::local_path(dest, "restored file", name).map_err(|e| e.to_string())?;
         // Not followed: a link could lead anywhere outside the slot directory.
         let actual = real_file(&from)?.len();
