@@ -11,8 +11,10 @@
 //! passes for a healthy root, and `gc --apply` deletes nothing there.
 //!
 //! One damaged job or checkpoint (unreadable `_metadata`, missing files) does not stop the
-//! others: they are still listed, verified and collected, every failure is named on stderr, and
-//! the exit code is 1. Exit code 0 means every job was read and found whole.
+//! others: they are still listed and verified, every failure is named on stderr, and the exit
+//! code is 1. Exit code 0 means every job was read and found whole. `gc` is stricter: while any
+//! metadata under the root is unreadable it deletes nothing (that checkpoint may reference any
+//! job's files, see `cairn_snapshot::gc`); it lists the orphans it found and exits 1.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -20,10 +22,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cairn_engine::checkpoint::RestoreSource;
-use cairn_snapshot::layout::parse_checkpoint_dir;
+use cairn_snapshot::layout::WRITERS_DIR;
 use cairn_snapshot::{
-    CheckpointId, CheckpointMetadata, CheckpointStorage, CheckpointStore, GcReport, JobLayout,
-    SnapshotError, StorageOptions, VerifyProblem,
+    CheckpointId, CheckpointMetadata, CheckpointStorage, CheckpointStore, SnapshotError,
+    StorageOptions, VerifyProblem, gc as snapshot_gc,
 };
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -93,10 +95,6 @@ pub(crate) fn storage_options() -> StorageOptions {
 
 type CmdResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// The directory of a job's writer leases (`<job>/_writers/epoch-<n>`), written when the job
-/// starts: it marks a job that has not committed a checkpoint yet.
-const WRITERS_DIR: &str = "_writers";
-
 /// What a URL resolved to.
 struct Target {
     storage: CheckpointStorage,
@@ -156,7 +154,7 @@ async fn target(url: &str) -> CmdResult<Target> {
         && src.checkpoint.is_none()
     {
         let storage = CheckpointStorage::from_url(&src.storage_url, &opts)?;
-        if is_job(&storage, &src.job).await? {
+        if snapshot_gc::is_job(&storage, &src.job).await? {
             return Ok(Target {
                 storage,
                 jobs: vec![src.job],
@@ -169,7 +167,7 @@ async fn target(url: &str) -> CmdResult<Target> {
         let Some(name) = dir.filename().map(str::to_string) else {
             continue;
         };
-        match is_job(&storage, &name).await {
+        match snapshot_gc::is_job(&storage, &name).await {
             Ok(true) => jobs.push(name),
             Ok(false) => skipped.push(format!(
                 "{name}/: not a Cairn job (no chk-<id>/_metadata, no {WRITERS_DIR}/)"
@@ -208,22 +206,6 @@ fn require_local_dir(url: &str) -> CmdResult<()> {
     } else {
         Err(format!("{url} is not a checkpoint directory: no such directory").into())
     }
-}
-
-/// Whether `job` is a Cairn job: it has a `_writers/` marker or a committed checkpoint.
-async fn is_job(storage: &CheckpointStorage, job: &str) -> Result<bool, SnapshotError> {
-    let layout = JobLayout::new(storage.root().clone(), job);
-    let children = storage.list_dirs(&layout.job_dir()).await?;
-    let names: Vec<&str> = children.iter().filter_map(|p| p.filename()).collect();
-    if names.contains(&WRITERS_DIR) {
-        return Ok(true);
-    }
-    for id in names.iter().filter_map(|n| parse_checkpoint_dir(n)) {
-        if storage.size(&layout.metadata(id)).await?.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Objects `meta` references that storage does not hold (object paths as in the metadata).
@@ -581,52 +563,41 @@ async fn verify_job(
     Ok((ids.len(), store.verify(&ids, deep).await?))
 }
 
+/// Collects the orphans of the jobs `url` names, with the storage root's rules
+/// (`cairn_snapshot::gc`): references come from every job under the root (a claimed
+/// checkpoint names files of another job), and damaged metadata anywhere under the root
+/// stops every deletion, since what it references is unknown.
 async fn gc(url: &str, apply: bool, grace: Duration) -> CmdResult<ExitCode> {
     let t = target(url).await?;
-    let (mut n, mut bytes) = (0usize, 0u64);
-    let mut failures = Vec::new();
-    for job in &t.jobs {
-        let r = match gc_job(&t.storage, job, apply, grace).await {
-            Ok(r) => r,
-            Err(e) => {
-                println!("{job}: left alone, its checkpoints cannot be read: {e}");
-                failures.push(Failure::new(job, None, e));
-                continue;
-            }
-        };
-        for o in &r.orphans {
-            println!("{} {o}", if apply { "deleted" } else { "orphan" });
-        }
-        if r.too_young > 0 {
-            println!(
-                "{job}: kept {} unreferenced file(s) younger than {grace:?}",
-                r.too_young
-            );
-        }
-        println!("{job}: {} orphan file(s)", r.orphans.len());
-        n += r.orphans.len();
-        bytes += r.orphan_bytes;
+    // From outside any writer: nothing is in flight but what `grace` protects.
+    let r = snapshot_gc::collect(&t.storage, &t.jobs, grace, apply, &|_| false).await?;
+    let verb = if r.applied { "deleted" } else { "orphan" };
+    for o in &r.orphans {
+        println!("{verb} {o}");
     }
+    if r.too_young > 0 {
+        println!(
+            "kept {} unreferenced file(s) younger than {grace:?}",
+            r.too_young
+        );
+    }
+    for d in &r.not_jobs {
+        eprintln!("note: skipped {d}/: not a Cairn job");
+    }
+    let deleted = if r.applied {
+        " deleted"
+    } else if apply {
+        " NOT deleted: damaged checkpoints under the root (see below)"
+    } else {
+        " (dry run; --apply deletes)"
+    };
     println!(
-        "{n} orphan file(s), {bytes} bytes{}",
-        if apply {
-            " deleted"
-        } else {
-            " (dry run; --apply deletes)"
-        }
+        "{} orphan file(s), {} bytes{deleted}",
+        r.orphans.len(),
+        r.orphan_bytes
     );
-    Ok(report(&failures))
-}
-
-/// Collects `job`'s orphans. A job whose checkpoints cannot all be read fails here, before
-/// anything is deleted: what they reference is unknown.
-async fn gc_job(
-    storage: &CheckpointStorage,
-    job: &str,
-    apply: bool,
-    grace: Duration,
-) -> Result<GcReport, SnapshotError> {
-    // Retain everything committed: gc never subsumes, it only removes unreferenced files.
-    let store = CheckpointStore::open(storage.clone(), job, usize::MAX).await?;
-    store.gc(grace, apply).await
+    for d in &r.damaged {
+        eprintln!("error: damaged checkpoint {d}");
+    }
+    Ok(exit_code(r.damaged.is_empty()))
 }

@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
 use cairn_engine::{BackendKind, CairnConfig, EngineError, KeyGroupRange, Slot, VoidNamespace};
-use cairn_snapshot::layout::ObjectKind;
+use cairn_snapshot::layout::{ObjectKind, WRITERS_DIR};
 use cairn_snapshot::{
-    CheckpointStorage, CheckpointStore, JobLayout, SnapshotError, StorageOptions,
+    CheckpointStorage, CheckpointStore, JobLayout, SnapshotError, StorageOptions, gc as snapshot_gc,
 };
 use clap::Args;
 use serde::Serialize;
@@ -280,9 +280,9 @@ fn count_commits(
     Ok(latest)
 }
 
-/// Runs Cairn's gc on the round's job (collecting the killed checkpoint's uploads), then
-/// checks by an independent listing that nothing is leaked, and that the retained checkpoints
-/// still verify.
+/// Runs Cairn's gc on the round's job (collecting the killed checkpoint's uploads and the
+/// staging files of its killed writes), then checks by an independent listing that nothing is
+/// leaked, and that the retained checkpoints still verify.
 fn collect_and_check(
     rt: &tokio::runtime::Runtime,
     storage: &CheckpointStorage,
@@ -292,18 +292,28 @@ fn collect_and_check(
     report: &mut TortureReport,
 ) -> Result<(), TortureError> {
     let violation = |what: String| TortureError::Violation { round, what };
-    let gc_store = rt.block_on(CheckpointStore::open(storage.clone(), job, usize::MAX))?;
-    report.orphans_collected += rt
-        .block_on(gc_store.gc(Duration::ZERO, true))?
-        .orphans
-        .len() as u64;
+    // As `cairn checkpoints gc` does: from outside any writer, no lease taken (the killed
+    // child's lease has not expired yet).
+    let jobs = [job.to_string()];
+    let gc = rt.block_on(snapshot_gc::collect(
+        storage,
+        &jobs,
+        Duration::ZERO,
+        true,
+        &|_| false,
+    ))?;
+    if !gc.damaged.is_empty() {
+        return Err(violation(format!("damaged metadata: {:?}", gc.damaged)));
+    }
+    report.orphans_collected += gc.orphans.len() as u64;
     let leaked = leaks(rt, storage, url, job)?;
     report.leaked_after_gc += leaked.len() as u64;
     if !leaked.is_empty() {
         return Err(violation(format!("leaked after GC: {leaked:?}")));
     }
-    let ids = rt.block_on(gc_store.committed_ids())?;
-    let problems = rt.block_on(gc_store.verify(&ids, false))?;
+    let store = rt.block_on(CheckpointStore::open_read_only(storage.clone(), job))?;
+    let ids = rt.block_on(store.committed_ids())?;
+    let problems = rt.block_on(store.verify(&ids, false))?;
     if !problems.is_empty() {
         return Err(violation(format!("after GC: {problems:?}")));
     }
@@ -390,9 +400,6 @@ fn jobs(
 
 /// How often the store is listed while a child runs: a tenth of its checkpoint interval.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);
-
-/// The directory of a job's writer leases (`<job>/_writers/epoch-<n>`): legitimate objects.
-const WRITERS_DIR: &str = "_writers";
 
 /// What the store listings saw while a child ran.
 #[derive(Debug, Default)]
@@ -667,5 +674,49 @@ pub fn command(args: TortureArgs) -> std::process::ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The independent leak check finds what a killed local write leaves and the object-store
+    /// listing skips (staging files `<name>#<n>`), and an unreferenced private file; writer
+    /// leases are legitimate.
+    #[test]
+    fn leaks_include_staging_files_the_listing_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let job = dir.path().join("job-a");
+        let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        for (rel, bytes) in [
+            ("_writers/epoch-00000000000000000001", &b"lease"[..]),
+            (&format!("shared/{sha}-e1#7")[..], b"half an upload"),
+            ("chk-3/e1/slot-0/MANIFEST-000001.zst", b"unreferenced"),
+        ] {
+            let p = job.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        let storage = CheckpointStorage::from_url(&url, &StorageOptions::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listed = rt
+            .block_on(storage.list(&JobLayout::new(storage.root().clone(), "job-a").job_dir()))
+            .unwrap();
+        assert!(
+            listed.iter().all(|m| !m.location.as_ref().contains('#')),
+            "object_store lists staging files now: {listed:?}"
+        );
+        let leaked = leaks(&rt, &storage, &url, "job-a").unwrap();
+        let expected: BTreeSet<String> = [
+            format!("job-a/shared/{sha}-e1#7"),
+            "job-a/chk-3/e1/slot-0/MANIFEST-000001.zst".to_string(),
+        ]
+        .into();
+        assert_eq!(leaked, expected);
     }
 }

@@ -7,9 +7,10 @@
 //! committed checkpoints are counted by listing `chk-*/_metadata` while the child runs, and
 //! leaks by listing the store (and walking the local directory, which also shows the staging
 //! files a killed upload leaves) against what the retained metadata references; see
-//! `src/torture.rs`. Each round continues from the previous round's latest checkpoint. The rounds are [`cairn::torture::run`], which `cairn torture` runs
-//! for longer (`scripts/torture.sh`). Rounds rotate the child's write-back state cache: the
-//! default, a tiny one that evicts and writes back on nearly every record, and none.
+//! `src/torture.rs`. Each round continues from the previous round's latest checkpoint. The
+//! rounds are [`cairn::torture::run`], which `cairn torture` runs for longer
+//! (`scripts/torture.sh`). Rounds rotate the child's write-back state cache: the default, a
+//! tiny one that evicts and writes back on nearly every record, and none.
 //!
 //! `CAIRN_CRASH_ROUNDS` sets the number of rounds per storage (default 20).
 

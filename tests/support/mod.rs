@@ -18,9 +18,10 @@
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use cairn_snapshot::StorageOptions;
+use cairn_snapshot::{Clock, StorageOptions, SystemClock};
 
 /// Where an S3 leg stores its objects: a fresh prefix in the test bucket.
 #[derive(Clone, Debug)]
@@ -71,8 +72,10 @@ pub fn s3_target(name: &str) -> Option<S3Target> {
             !required,
             "CAIRN_TEST_S3=required but CAIRN_TEST_S3_ENDPOINT is not set (run scripts/test.sh)"
         );
+        // libtest names the thread after the test.
+        let test = std::thread::current().name().unwrap_or(name).to_string();
         skipped(&format!(
-            "{name}: S3 leg not run, CAIRN_TEST_S3_ENDPOINT is not set (scripts/test.sh starts a local S3 server and sets it)"
+            "{test}: S3 leg not run, CAIRN_TEST_S3_ENDPOINT is not set (scripts/test.sh starts a local S3 server and sets it)"
         ));
         return None;
     };
@@ -90,10 +93,10 @@ pub fn s3_target(name: &str) -> Option<S3Target> {
         "the S3 server at CAIRN_TEST_S3_ENDPOINT={endpoint} is unreachable (test {name})"
     );
     let bucket = std::env::var("CAIRN_TEST_S3_BUCKET").unwrap_or_else(|_| "cairn-test".into());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
+    // Unique per call: the time tells runs apart, the counter calls within one millisecond.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = SystemClock.now_ms();
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let mut options = StorageOptions::default();
     options.s3_endpoint = Some(endpoint.clone());
     options.s3_allow_http = true;
@@ -101,7 +104,10 @@ pub fn s3_target(name: &str) -> Option<S3Target> {
     options.s3_secret_access_key = Some(secret());
     options.s3_region = Some("us-east-1".into());
     Some(S3Target {
-        url: format!("s3://{bucket}/{name}-{}-{nanos:x}", std::process::id()),
+        url: format!(
+            "s3://{bucket}/{name}-{}-{now_ms:x}-{call}",
+            std::process::id()
+        ),
         options,
         endpoint,
     })
