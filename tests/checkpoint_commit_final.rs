@@ -68,7 +68,8 @@ impl Rig {
 
     /// Committed ids of `job`, read from storage by a reader of its own.
     fn committed(&self, job: &str) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
-        let plain = CheckpointStorage::from_url(&self.cfg.checkpoint.dir, &StorageOptions::default())?;
+        let plain =
+            CheckpointStorage::from_url(&self.cfg.checkpoint.dir, &StorageOptions::default())?;
         let rt = tokio::runtime::Runtime::new()?;
         let store = rt.block_on(CheckpointStore::open_read_only(plain, job))?;
         Ok(rt.block_on(store.committed_ids())?)
@@ -76,7 +77,8 @@ impl Rig {
 
     /// Deep-verifies every committed checkpoint of `job`.
     fn verify(&self, job: &str) -> TestResult {
-        let plain = CheckpointStorage::from_url(&self.cfg.checkpoint.dir, &StorageOptions::default())?;
+        let plain =
+            CheckpointStorage::from_url(&self.cfg.checkpoint.dir, &StorageOptions::default())?;
         let rt = tokio::runtime::Runtime::new()?;
         let store = rt.block_on(CheckpointStore::open_read_only(plain, job))?;
         let ids = rt.block_on(store.committed_ids())?;
@@ -164,7 +166,8 @@ fn a_timeout_after_the_commit_keeps_the_checkpoint() -> TestResult {
             !committed.is_empty(),
             "{backend:?}: the job was left with no committed checkpoint ({r:?})"
         );
-        let id = r.map_err(|e| format!("{backend:?}: checkpoint 2 failed after its commit: {e}"))?;
+        let id =
+            r.map_err(|e| format!("{backend:?}: checkpoint 2 failed after its commit: {e}"))?;
         assert_eq!(committed, vec![id], "{backend:?}");
         rig.verify(&job)?;
         drop(cp);
@@ -236,9 +239,8 @@ fn a_claimed_checkpoint_survives_a_failed_delete_and_a_restart() -> TestResult {
     cfg_b.checkpoint.restore_mode = RestoreMode::Claim;
     cfg_b.state.working_dir = rig.root.path().join("work-b");
     let job_b = new_job_name();
-    let open_b = || {
-        Checkpointer::open_with_storage(&cfg_b.checkpoint, rig.storage.clone(), &job_b, 128)
-    };
+    let open_b =
+        || Checkpointer::open_with_storage(&cfg_b.checkpoint, rig.storage.clone(), &job_b, 128);
     let mut cp = open_b()?;
     let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
         "{}/{job_a}/chk-{a_id}",
@@ -261,7 +263,11 @@ fn a_claimed_checkpoint_survives_a_failed_delete_and_a_restart() -> TestResult {
     ));
     write(&mut slot, 2)?;
     let b1 = checkpoint(&mut cp, &mut slot)?;
-    assert_eq!(rig.committed(&job_a)?, vec![a_id], "A's checkpoint is still there");
+    assert_eq!(
+        rig.committed(&job_a)?,
+        vec![a_id],
+        "A's checkpoint is still there"
+    );
     // Restart B (clean stop, then the same job opened again and restored from its own
     // checkpoint): the claim must still be known.
     drop(slot);

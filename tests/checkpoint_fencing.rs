@@ -48,7 +48,10 @@ fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Result<u
 /// Restores `job/chk-id` into a fresh slot; checks every counter is `k + round * KEYS`.
 fn restores(cfg: &CairnConfig, job: &str, id: u64, round: u64, tag: &str) -> TestResult {
     let mut cfg = cfg.clone();
-    cfg.state.working_dir = cfg.state.working_dir.with_file_name(format!("restore-{tag}"));
+    cfg.state.working_dir = cfg
+        .state
+        .working_dir
+        .with_file_name(format!("restore-{tag}"));
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
     let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
         "{}/{job}/chk-{id}",
@@ -96,7 +99,11 @@ fn a_second_writer_on_a_live_job_fails_fast_naming_the_holder() -> TestResult {
         Ok(_) => panic!("a second writer opened a live job"),
         Err(e) => e,
     };
-    assert!(t.elapsed() < Duration::from_secs(5), "not fast: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "not fast: {:?}",
+        t.elapsed()
+    );
     let msg = e.to_string();
     assert!(
         msg.contains(&job) && msg.contains(&format!("pid {}", std::process::id())),
@@ -178,7 +185,15 @@ fn a_writer_whose_lease_expired_is_fenced_and_harms_nothing() -> TestResult {
 fn job_names_are_validated() -> TestResult {
     let root = tempfile::tempdir()?;
     let cfg = config(root.path());
-    for bad in ["../escape", "a/b", "", "_writers", ".hidden", "with space", "a\\b"] {
+    for bad in [
+        "../escape",
+        "a/b",
+        "",
+        "_writers",
+        ".hidden",
+        "with space",
+        "a\\b",
+    ] {
         let e = match Checkpointer::open(&cfg.checkpoint, bad, 128) {
             Ok(_) => panic!("job name {bad:?} was accepted"),
             Err(e) => e,

@@ -390,9 +390,15 @@ fn a_local_snapshot_from_other_storage_is_not_used() -> TestResult {
         "the local snapshot of {dir_b} was used for {dir_a}: {report:?}"
     );
     assert!(
-        report.local_rejected.unwrap_or_default().contains("storage"),
+        report
+            .local_rejected
+            .unwrap_or_default()
+            .contains("storage"),
         "the rejection does not name the storage"
     );
-    assert!(state.values().all(|v| v == "aaaaaaaa"), "restored the wrong storage's state");
+    assert!(
+        state.values().all(|v| v == "aaaaaaaa"),
+        "restored the wrong storage's state"
+    );
     Ok(())
 }

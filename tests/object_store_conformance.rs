@@ -150,7 +150,10 @@ async fn put_get_list_delete(s: &CheckpointStorage) -> TestResult {
 
 async fn create_only_commit(s: &CheckpointStorage, faults: &FaultStore) -> TestResult {
     let p = root_path(s, "commit/chk-1/_metadata");
-    assert!(s.put_create(&p, b"v1".to_vec()).await?, "the first create wrote");
+    assert!(
+        s.put_create(&p, b"v1".to_vec()).await?,
+        "the first create wrote"
+    );
     assert!(
         !s.put_create(&p, b"v2".to_vec()).await?,
         "a second create of the same key must report that it did not write"

@@ -215,7 +215,9 @@ pub enum SnapshotError {
     },
     /// A commit whose outcome storage could not tell (the put failed and reading `_metadata`
     /// back failed too): nothing of the checkpoint is deleted until a later check knows.
-    #[error("checkpoint {id} of job {job}: commit outcome unknown ({reason}); its files are kept until it is known")]
+    #[error(
+        "checkpoint {id} of job {job}: commit outcome unknown ({reason}); its files are kept until it is known"
+    )]
     CommitInDoubt {
         /// The job.
         job: String,

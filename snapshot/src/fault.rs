@@ -490,7 +490,8 @@ impl ObjectStore for FaultStore {
                     tokio::time::sleep(d).await;
                     inner.put_opts(&location, payload, opts).await
                 });
-                task.await.map_err(|e| object_store::Error::JoinError { source: e })?
+                task.await
+                    .map_err(|e| object_store::Error::JoinError { source: e })?
             }
         }
     }

@@ -123,7 +123,10 @@ async fn top(storage: &CheckpointStorage, layout: &JobLayout) -> Result<Top> {
         });
     }
     let path = layout.writer(epoch);
-    let bytes = match storage.get_capped(&path, MAX_RECORD_BYTES, "lease record").await {
+    let bytes = match storage
+        .get_capped(&path, MAX_RECORD_BYTES, "lease record")
+        .await
+    {
         Ok(b) => b,
         // Deleted by hand (an explicit user command): treat as released.
         Err(SnapshotError::MissingFile { .. }) => {
@@ -134,10 +137,11 @@ async fn top(storage: &CheckpointStorage, layout: &JobLayout) -> Result<Top> {
         }
         Err(e) => return Err(e),
     };
-    let record: Record = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::BadMetadata {
-        path: path.to_string(),
-        reason: e.to_string(),
-    })?;
+    let record: Record =
+        serde_json::from_slice(&bytes).map_err(|e| SnapshotError::BadMetadata {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
     if record.format != FORMAT || record.epoch != epoch {
         return Err(SnapshotError::BadMetadata {
             path: path.to_string(),
@@ -227,7 +231,12 @@ impl WriterLease {
                 wait_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
             });
         }
-        tracing::debug!(job = layout.job(), epoch, ?takeover, "took the job's writer lease");
+        tracing::debug!(
+            job = layout.job(),
+            epoch,
+            ?takeover,
+            "took the job's writer lease"
+        );
         Ok(Self {
             layout: layout.clone(),
             epoch,
@@ -404,7 +413,14 @@ mod tests {
         assert_eq!((second.epoch(), second.takeover()), (2, Takeover::Expired));
         let e = first.renew(&s).await.unwrap_err();
         assert!(
-            matches!(e, SnapshotError::Fenced { epoch: 1, by: 2, .. }),
+            matches!(
+                e,
+                SnapshotError::Fenced {
+                    epoch: 1,
+                    by: 2,
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(first.fenced().is_err());

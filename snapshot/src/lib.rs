@@ -44,6 +44,6 @@ pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, Stat
 pub use registry::SharedRegistry;
 pub use storage::{CheckpointStorage, StorageOptions};
 pub use store::{
-    CheckpointStore, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy,
-    VerifyProblem, load_metadata,
+    CheckpointStore, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy, VerifyProblem,
+    load_metadata,
 };

@@ -485,12 +485,36 @@ mod tests {
         let cases: Vec<(&str, Edit, &str)> = vec![
             ("id", |m| m.checkpoint_id = 4, "read from chk-3"),
             ("job", |m| m.job = "job-2".into(), "job directory"),
-            ("relative name", |m| m.slots[0].shared[0].name = "../x.sst".into(), "../x.sst"),
-            ("absolute name", |m| m.slots[0].private[0].name = "/etc/passwd".into(), "/etc/passwd"),
-            ("separator", |m| m.slots[0].shared[0].name = "a/b.sst".into(), "a/b.sst"),
-            ("nul", |m| m.slots[0].shared[0].name = "a\0b".into(), "no NUL"),
-            ("dot", |m| m.slots[0].shared[0].name = "..".into(), "not . or .."),
-            ("duplicate", |m| m.slots[0].private[0].name = "000009.sst".into(), "twice"),
+            (
+                "relative name",
+                |m| m.slots[0].shared[0].name = "../x.sst".into(),
+                "../x.sst",
+            ),
+            (
+                "absolute name",
+                |m| m.slots[0].private[0].name = "/etc/passwd".into(),
+                "/etc/passwd",
+            ),
+            (
+                "separator",
+                |m| m.slots[0].shared[0].name = "a/b.sst".into(),
+                "a/b.sst",
+            ),
+            (
+                "nul",
+                |m| m.slots[0].shared[0].name = "a\0b".into(),
+                "no NUL",
+            ),
+            (
+                "dot",
+                |m| m.slots[0].shared[0].name = "..".into(),
+                "not . or ..",
+            ),
+            (
+                "duplicate",
+                |m| m.slots[0].private[0].name = "000009.sst".into(),
+                "twice",
+            ),
             (
                 "object outside the job",
                 |m| m.slots[0].shared[0].object = format!("job-2/shared/{SHA_A}-e1"),
@@ -511,22 +535,49 @@ mod tests {
                 |m| m.slots[0].private[0].object = "job-1/chk-2/e1/slot-0/CURRENT.zst".into(),
                 "outside job-1/chk-3/",
             ),
-            ("bad sha", |m| m.slots[0].shared[0].sha256 = "AB".into(), "hex"),
-            ("huge file", |m| m.slots[0].private[0].size = u64::MAX, "at most"),
+            (
+                "bad sha",
+                |m| m.slots[0].shared[0].sha256 = "AB".into(),
+                "hex",
+            ),
+            (
+                "huge file",
+                |m| m.slots[0].private[0].size = u64::MAX,
+                "at most",
+            ),
             ("gap", |m| m.slots[0].key_groups.start = 1, "expected 0"),
             ("short", |m| m.slots[0].key_groups.end = 100, "not covered"),
-            ("beyond", |m| m.slots[0].key_groups.end = 128, "inside [0, 128)"),
-            ("max parallelism", |m| m.max_parallelism = 0, "max_parallelism"),
+            (
+                "beyond",
+                |m| m.slots[0].key_groups.end = 128,
+                "inside [0, 128)",
+            ),
+            (
+                "max parallelism",
+                |m| m.max_parallelism = 0,
+                "max_parallelism",
+            ),
             ("backend", |m| m.slots[0].backend = "lmdb".into(), "backend"),
-            ("state kind", |m| m.slots[0].states[0].kind = "bag".into(), "unknown kind"),
-            ("state name", |m| m.slots[0].states[0].name = "nameonly".into(), "operator/name"),
+            (
+                "state kind",
+                |m| m.slots[0].states[0].kind = "bag".into(),
+                "unknown kind",
+            ),
+            (
+                "state name",
+                |m| m.slots[0].states[0].name = "nameonly".into(),
+                "operator/name",
+            ),
             ("no slots", |m| m.slots.clear(), "slots"),
             (
                 "overlap",
                 |m| {
                     let mut s = m.slots[0].clone();
                     s.slot = 1;
-                    s.key_groups = KeyGroups { start: 64, end: 127 };
+                    s.key_groups = KeyGroups {
+                        start: 64,
+                        end: 127,
+                    };
                     m.slots.push(s);
                 },
                 "overlap",
@@ -551,7 +602,10 @@ mod tests {
                 .expect_err(what)
                 .to_string();
             assert!(e.contains(needle), "{what}: {e}");
-            assert!(e.contains("chk-3/_metadata") || e.contains("bad "), "{what}: {e}");
+            assert!(
+                e.contains("chk-3/_metadata") || e.contains("bad "),
+                "{what}: {e}"
+            );
         }
         // Another job's objects are allowed when the metadata records that job.
         let mut m = sample();

@@ -213,7 +213,11 @@ pub async fn load_metadata(
 ) -> Result<CheckpointMetadata> {
     let path = layout.metadata(id);
     let bytes = storage
-        .get_capped(&path, MAX_METADATA_BYTES, "the checkpoint metadata size cap")
+        .get_capped(
+            &path,
+            MAX_METADATA_BYTES,
+            "the checkpoint metadata size cap",
+        )
         .await
         .map_err(|e| match e {
             SnapshotError::MissingFile { .. } => SnapshotError::NoCheckpoint {
@@ -837,7 +841,11 @@ impl CheckpointStore {
             return Ok(());
         };
         let epoch = lease.epoch();
-        for m in self.storage.list(&self.layout.attempt_dir(id, epoch)).await? {
+        for m in self
+            .storage
+            .list(&self.layout.attempt_dir(id, epoch))
+            .await?
+        {
             self.storage.delete(&m.location).await?;
         }
         for obj in released.delete {

@@ -584,7 +584,9 @@ impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.size.saturating_add(buf.len() as u64) > self.limit {
             self.over = true;
-            return Err(std::io::Error::other("more bytes than the checkpoint records"));
+            return Err(std::io::Error::other(
+                "more bytes than the checkpoint records",
+            ));
         }
         self.hasher.update(buf);
         self.inner.write_all(buf)?;

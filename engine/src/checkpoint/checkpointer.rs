@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_snapshot::{
-    CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, LeaseOptions,
-    LocalSnapshot, RestoredFrom, SlotHandle, SlotUploadState, SnapshotError, UploadPolicy,
+    CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, LeaseOptions, LocalSnapshot,
+    RestoredFrom, SlotHandle, SlotUploadState, SnapshotError, UploadPolicy,
 };
 use serde::Serialize;
 
@@ -657,13 +657,9 @@ impl Checkpointer {
         // `_metadata` abandoned halfway could still land after the checkpoint was reported
         // failed, and once it landed the checkpoint is committed (the commit point is final).
         // The put is bounded by the storage's own retries; subsumption after it never fails it.
-        let meta = self.rt.block_on(store.commit(
-            id,
-            max_p,
-            handles,
-            restored_from,
-            properties,
-        ))?;
+        let meta = self
+            .rt
+            .block_on(store.commit(id, max_p, handles, restored_from, properties))?;
         Ok(AsyncOutcome {
             meta,
             incremental: totals.0,
@@ -899,7 +895,10 @@ fn covering(meta: &CheckpointMetadata, range: KeyGroupRange) -> Result<Vec<&Slot
     let covered: u64 = handles
         .iter()
         .map(|h| {
-            let (a, b) = (h.key_groups.start.max(range.start), h.key_groups.end.min(range.end));
+            let (a, b) = (
+                h.key_groups.start.max(range.start),
+                h.key_groups.end.min(range.end),
+            );
             u64::from(b - a) + 1
         })
         .sum();
