@@ -420,10 +420,6 @@ impl Checkpointer {
         properties: std::collections::BTreeMap<String, String>,
     ) -> Result<CheckpointReport> {
         let t = Instant::now();
-        if let Some(l) = self.store.lease() {
-            // A fenced writer commits nothing; fail before uploading anything.
-            l.fenced()?;
-        }
         let decision = self
             .rebase
             .decide(&self.cfg.rebase, self.store.storage().now_ms());
