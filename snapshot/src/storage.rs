@@ -300,7 +300,17 @@ impl CheckpointStorage {
     /// trailing slashes. Local recovery records it, so a snapshot of a same-named job in other
     /// storage is never taken for this one.
     pub fn identity(&self) -> String {
-        match &self.local_dir {
+        if let Some(d) = &self.local_dir {
+            return format!("file://{}", d.display());
+        }
+        // A store built by the caller over a local directory (a fault injector, say): resolve
+        // its URL the way `from_url` resolves a local one.
+        let local = match self.url.strip_prefix("file://") {
+            Some(p) => Some(p),
+            None if !self.url.contains("://") => Some(self.url.as_str()),
+            None => None,
+        };
+        match local.and_then(|p| std::fs::canonicalize(p).ok()) {
             Some(d) => format!("file://{}", d.display()),
             None => self.url.trim_end_matches('/').to_string(),
         }
