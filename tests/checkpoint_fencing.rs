@@ -8,14 +8,17 @@
 //!   committed checkpoint still restores.
 //! - Job names are validated; default job names do not collide.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
-use cairn::{BackendKind, CairnConfig, ErrorKind, KeyGroupRange, Slot, VoidNamespace};
-use cairn_snapshot::{CheckpointStorage, CheckpointStore, ManualClock, StorageOptions};
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use cairn::{BackendKind, CairnConfig, ErrorKind, KeyGroupRange, Slot};
+use cairn_snapshot::{CheckpointStorage, ManualClock, StorageOptions};
+use support::checkpoints::{
+    TestResult, checkpoint, committed_verified, read_counters, write_counters,
+};
 
 const KEYS: u64 = 1_000;
 
@@ -31,18 +34,7 @@ fn config(root: &std::path::Path) -> CairnConfig {
 }
 
 fn write(slot: &mut Slot, round: u64) -> TestResult {
-    let count = slot.value_state::<u64>("op", "count")?;
-    for k in 0..KEYS {
-        let scope = slot.scope(&k, &VoidNamespace)?;
-        count.update(slot, &scope, &(k + round * KEYS))?;
-    }
-    Ok(())
-}
-
-fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Result<u64> {
-    let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
-    cp.complete(id, vec![sync]).map(|_| id)
+    write_counters(slot, KEYS, |k| k + round * KEYS)
 }
 
 /// Restores `job/chk-id` into a fresh slot; checks every counter is `k + round * KEYS`.
@@ -52,37 +44,19 @@ fn restores(cfg: &CairnConfig, job: &str, id: u64, round: u64, tag: &str) -> Tes
         .state
         .working_dir
         .with_file_name(format!("restore-{tag}"));
-    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
-        "{}/{job}/chk-{id}",
-        cfg.checkpoint.dir
-    ))?)?;
-    let (files, _) = cp.download_for_slot(
-        &restored,
-        KeyGroupRange::for_slot(128, 1, 0)?,
-        &cfg.state.working_dir.join("restore"),
-    )?;
-    let mut slot = Slot::builder(&cfg).restore(files).open()?;
-    let count = slot.value_state::<u64>("op", "count")?;
-    for k in 0..KEYS {
-        let scope = slot.scope(&k, &VoidNamespace)?;
-        assert_eq!(
-            count.get(&mut slot, &scope)?,
-            Some(k + round * KEYS),
-            "{tag}: {job}/chk-{id} key {k}"
-        );
-    }
+    let url = format!("{}/{job}/chk-{id}", cfg.checkpoint.dir);
+    let (_cp, mut slot) = support::checkpoints::restore(&cfg, &url)?;
+    let expected: Vec<Option<u64>> = (0..KEYS).map(|k| Some(k + round * KEYS)).collect();
+    assert_eq!(
+        read_counters(&mut slot, KEYS)?,
+        expected,
+        "{tag}: {job}/chk-{id}"
+    );
     Ok(())
 }
 
 fn committed(cfg: &CairnConfig, job: &str) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
-    let storage = CheckpointStorage::from_url(&cfg.checkpoint.dir, &StorageOptions::default())?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let store = rt.block_on(CheckpointStore::open_read_only(storage, job))?;
-    let ids = rt.block_on(store.committed_ids())?;
-    let problems = rt.block_on(store.verify(&ids, true))?;
-    assert!(problems.is_empty(), "{job}: {problems:?}");
-    Ok(ids)
+    committed_verified(&cfg.checkpoint.dir, job)
 }
 
 #[test]

@@ -10,15 +10,15 @@
 //! - A no-claim restore whose source job deleted its files since still checkpoints: the copy
 //!   falls back to uploading the local file.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreMode, RestoreSource, new_job_name};
-use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
-use cairn_snapshot::{CheckpointStorage, CheckpointStore, StorageOptions};
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use cairn::engine::checkpoint::{Checkpointer, RestoreMode, new_job_name};
+use cairn::{BackendKind, CairnConfig, Slot, VoidNamespace};
+use support::checkpoints::{TestResult, checkpoint, committed_verified, write_counters};
 
 const KEYS: u64 = 2_000;
 
@@ -31,18 +31,7 @@ fn config(root: &Path, work: &str) -> CairnConfig {
 }
 
 fn write(slot: &mut Slot, round: u64) -> TestResult {
-    let count = slot.value_state::<u64>("op", "count")?;
-    for k in 0..KEYS {
-        let scope = slot.scope(&k, &VoidNamespace)?;
-        count.update(slot, &scope, &(k + round * KEYS))?;
-    }
-    Ok(())
-}
-
-fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Result<u64> {
-    let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
-    cp.complete(id, vec![sync]).map(|_| id)
+    write_counters(slot, KEYS, |k| k + round * KEYS)
 }
 
 /// A job that commits one checkpoint (round 1) and stops cleanly: (job, id).
@@ -66,17 +55,8 @@ fn job_b(
 ) -> Result<(String, u64), Box<dyn std::error::Error>> {
     let mut cfg = config(root, "work-b");
     cfg.checkpoint.restore_mode = mode;
-    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
-        "{}/{job}/chk-{id}",
-        cfg.checkpoint.dir
-    ))?)?;
-    let (files, _) = cp.download_for_slot(
-        &restored,
-        KeyGroupRange::for_slot(128, 1, 0)?,
-        &cfg.state.working_dir.join("restore"),
-    )?;
-    let mut slot = Slot::builder(&cfg).restore(files).open()?;
+    let url = format!("{}/{job}/chk-{id}", cfg.checkpoint.dir);
+    let (mut cp, mut slot) = support::checkpoints::restore(&cfg, &url)?;
     // A few keys only: most SSTs stay the restored ones.
     let count = slot.value_state::<u64>("op", "count")?;
     let scope = slot.scope(&0u64, &VoidNamespace)?;
@@ -99,16 +79,8 @@ fn cli(args: &[&str]) -> Result<(bool, String), Box<dyn std::error::Error>> {
 }
 
 fn verify(root: &Path, job: &str) -> TestResult {
-    let storage = CheckpointStorage::from_url(
-        &format!("file://{}", root.join("cp").display()),
-        &StorageOptions::default(),
-    )?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let store = rt.block_on(CheckpointStore::open_read_only(storage, job))?;
-    let ids = rt.block_on(store.committed_ids())?;
+    let ids = committed_verified(&format!("file://{}", root.join("cp").display()), job)?;
     assert!(!ids.is_empty(), "{job} has no checkpoint");
-    let problems = rt.block_on(store.verify(&ids, true))?;
-    assert!(problems.is_empty(), "{job}: {problems:?}");
     Ok(())
 }
 
@@ -129,7 +101,10 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[expect(clippy::disallowed_methods, reason = "a file's age on disk, not a decision")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a file's age on disk, not a decision"
+)]
 fn age(path: &Path, by: Duration) -> TestResult {
     let f = std::fs::File::options().write(true).open(path)?;
     f.set_modified(SystemTime::now() - by)?;
@@ -263,17 +238,8 @@ fn a_no_claim_restore_checkpoints_after_its_source_deleted_its_files() -> TestRe
     // deleted the job) before B's first checkpoint copies them.
     let mut cfg = config(root.path(), "work-b");
     cfg.checkpoint.restore_mode = RestoreMode::NoClaim;
-    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
-        "{}/{a}/chk-{a_id}",
-        cfg.checkpoint.dir
-    ))?)?;
-    let (files_b, _) = cp.download_for_slot(
-        &restored,
-        KeyGroupRange::for_slot(128, 1, 0)?,
-        &cfg.state.working_dir.join("restore"),
-    )?;
-    let mut slot = Slot::builder(&cfg).restore(files_b).open()?;
+    let url = format!("{}/{a}/chk-{a_id}", cfg.checkpoint.dir);
+    let (mut cp, mut slot) = support::checkpoints::restore(&cfg, &url)?;
     std::fs::remove_dir_all(root.path().join(format!("cp/{a}/shared")))?;
     write(&mut slot, 2)?;
     let id = checkpoint(&mut cp, &mut slot)

@@ -17,6 +17,8 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod checkpoints;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -181,9 +181,9 @@ pub(crate) async fn place(
             "no complete local snapshot of chk-{checkpoint_id} (found: [{found}])"
         ));
     }
-    real_dir(&base)?;
-    real_dir(&src)?;
-    real_file(&marker_path)?;
+    real(&base, true)?;
+    real(&src, true)?;
+    real(&marker_path, false)?;
     let marker = std::fs::read(&marker_path)
         .map_err(|e| format!("unreadable {}: {e}", marker_path.display()))?;
     let marker: Marker = serde_json::from_slice(&marker)
@@ -215,27 +215,19 @@ pub(crate) async fn place(
     r
 }
 
-/// The metadata of `path` itself (not of what a link points to); an error unless it is a
-/// directory.
-fn real_dir(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
+/// The metadata of `path` itself (a symbolic link is never followed); an error unless it is a
+/// directory (`dir`) or a regular file.
+fn real(path: &Path, dir: bool) -> std::result::Result<std::fs::Metadata, String> {
     let m =
         std::fs::symlink_metadata(path).map_err(|_| format!("{} is missing", path.display()))?;
-    if !m.is_dir() {
+    let (ok, kind) = if dir {
+        (m.is_dir(), "a directory")
+    } else {
+        (m.is_file(), "a regular file")
+    };
+    if !ok {
         return Err(format!(
-            "{} is not a directory (a symbolic link is never followed)",
-            path.display()
-        ));
-    }
-    Ok(m)
-}
-
-/// The metadata of `path` itself; an error unless it is a regular file.
-fn real_file(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
-    let m =
-        std::fs::symlink_metadata(path).map_err(|_| format!("{} is missing", path.display()))?;
-    if !m.is_file() {
-        return Err(format!(
-            "{} is not a regular file (a symbolic link is never followed)",
+            "{} is not {kind} (a symbolic link is never followed)",
             path.display()
         ));
     }
@@ -269,7 +261,7 @@ async fn place_verified(
             layout::local_path(src, "local snapshot file", name).map_err(|e| e.to_string())?;
         let to = layout::local_path(dest, "restored file", name).map_err(|e| e.to_string())?;
         // Not followed: a link could lead anywhere outside the slot directory.
-        let actual = real_file(&from)?.len();
+        let actual = real(&from, false)?.len();
         if actual != *size {
             return Err(format!(
                 "{} has {actual} bytes, the checkpoint recorded {size}",

@@ -1,0 +1,65 @@
+//! Checkpoint helpers shared by the checkpoint tests: one slot whose state is a counter per key,
+//! a checkpoint of it, a restore into a new job, and an independent look at what storage holds.
+
+use std::error::Error;
+
+use cairn::engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn::{CairnConfig, KeyGroupRange, Slot, VoidNamespace};
+use cairn_snapshot::{CheckpointStorage, CheckpointStore, StorageOptions};
+
+/// A test's result.
+pub type TestResult = Result<(), Box<dyn Error>>;
+
+/// Sets the counter (`op/count`) of every key in `0..keys` to `value(key)`.
+pub fn write_counters(slot: &mut Slot, keys: u64, value: impl Fn(u64) -> u64) -> TestResult {
+    let count = slot.value_state::<u64>("op", "count")?;
+    for k in 0..keys {
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        count.update(slot, &scope, &value(k))?;
+    }
+    Ok(())
+}
+
+/// The counters of keys `0..keys` (`None` where a key has none).
+pub fn read_counters(slot: &mut Slot, keys: u64) -> Result<Vec<Option<u64>>, Box<dyn Error>> {
+    let count = slot.value_state::<u64>("op", "count")?;
+    let mut out = Vec::new();
+    for k in 0..keys {
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        out.push(count.get(slot, &scope)?);
+    }
+    Ok(out)
+}
+
+/// Takes one checkpoint of `slot` (the synchronous and the asynchronous phase); its id.
+pub fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Result<u64> {
+    let id = cp.next_id();
+    let sync = slot.snapshot_sync(id)?;
+    cp.complete(id, vec![sync]).map(|_| id)
+}
+
+/// Opens a new job that restores `url` (`<dir>/<job>[/chk-<id>]`) into slot 0 of 1, working in
+/// `cfg`'s working directory; the coordinator (mode and storage from `cfg`) and the slot.
+pub fn restore(cfg: &CairnConfig, url: &str) -> Result<(Checkpointer, Slot), Box<dyn Error>> {
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let restored = cp.prepare_restore(&RestoreSource::parse(url)?)?;
+    let (files, _) = cp.download_for_slot(
+        &restored,
+        KeyGroupRange::for_slot(128, 1, 0)?,
+        &cfg.state.working_dir.join("restore"),
+    )?;
+    let slot = Slot::builder(cfg).restore(files).open()?;
+    Ok((cp, slot))
+}
+
+/// The committed checkpoint ids of `job` in storage `dir`, read by a reader of its own after
+/// it re-hashed every file of every one of them (a problem fails the test).
+pub fn committed_verified(dir: &str, job: &str) -> Result<Vec<u64>, Box<dyn Error>> {
+    let storage = CheckpointStorage::from_url(dir, &StorageOptions::default())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let store = rt.block_on(CheckpointStore::open_read_only(storage, job))?;
+    let ids = rt.block_on(store.committed_ids())?;
+    let problems = rt.block_on(store.verify(&ids, true))?;
+    assert!(problems.is_empty(), "{job}: {problems:?}");
+    Ok(ids)
+}
