@@ -35,10 +35,13 @@ pub struct View {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// Metadata as read from one `_metadata` object: parsed and validated, or why not.
+type Parsed = Result<Arc<CheckpointMetadata>, String>;
+
 /// Reads views of storage, caching parsed metadata by (path, e-tag).
 pub struct Inspector {
     inner: Arc<InMemory>,
-    cache: HashMap<String, (Option<String>, Result<Arc<CheckpointMetadata>, String>)>,
+    cache: HashMap<String, (Option<String>, Parsed)>,
     /// Runs restores of the checks (its own runtime: the simulation's is not driven).
     rt: tokio::runtime::Runtime,
     /// The store without faults or latency, for restores of the checks.
@@ -112,7 +115,8 @@ impl Inspector {
                             .map(Arc::new)
                             .map_err(|e| e.to_string()),
                     };
-                    self.cache.insert(path.clone(), (m.e_tag.clone(), r.clone()));
+                    self.cache
+                        .insert(path.clone(), (m.e_tag.clone(), r.clone()));
                     r
                 }
             };
@@ -144,9 +148,12 @@ impl Inspector {
                 continue;
             };
             for f in &h.shared {
-                let got = self
-                    .bytes(&f.object)
-                    .ok_or_else(|| format!("slot {} file {}: object {} is missing", h.slot, f.name, f.object))?;
+                let got = self.bytes(&f.object).ok_or_else(|| {
+                    format!(
+                        "slot {} file {}: object {} is missing",
+                        h.slot, f.name, f.object
+                    )
+                })?;
                 if Some(&got) != want.shared.get(&f.name) {
                     return Err(format!(
                         "slot {} file {}: object {} holds {} bytes that differ from the model's",
@@ -158,11 +165,17 @@ impl Inspector {
                 }
             }
             for f in &h.private {
-                let got = self
-                    .bytes(&f.object)
-                    .ok_or_else(|| format!("slot {} file {}: object {} is missing", h.slot, f.name, f.object))?;
+                let got = self.bytes(&f.object).ok_or_else(|| {
+                    format!(
+                        "slot {} file {}: object {} is missing",
+                        h.slot, f.name, f.object
+                    )
+                })?;
                 let plain = zstd::stream::decode_all(&got[..]).map_err(|e| {
-                    format!("slot {} file {}: object {} is not zstd: {e}", h.slot, f.name, f.object)
+                    format!(
+                        "slot {} file {}: object {} is not zstd: {e}",
+                        h.slot, f.name, f.object
+                    )
                 })?;
                 if want.private.get(&f.name).map(|b| &b[..]) != Some(&plain[..]) {
                     return Err(format!(

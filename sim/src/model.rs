@@ -173,6 +173,13 @@ impl Model {
             .insert(claimer.to_string());
     }
 
+    /// Whether job `claimer` claimed checkpoint `id` of job `job`.
+    pub fn is_claim(&self, job: &str, id: u64, claimer: &str) -> bool {
+        self.claims
+            .get(&(job.to_string(), id))
+            .is_some_and(|c| c.contains(claimer))
+    }
+
     /// Marks a committed checkpoint as compared with the model.
     pub fn verified(&mut self, job: &str, id: u64) {
         if let Some(s) = self.seen.get_mut(&(job.to_string(), id)) {
@@ -207,9 +214,10 @@ impl Model {
             let uid = c.attempt.ok_or_else(|| {
                 format!("{job}/chk-{id} is committed but names no simulation attempt")
             })?;
-            let a = self.attempts.get(&uid).ok_or_else(|| {
-                format!("{job}/chk-{id} is committed by unknown attempt {uid}")
-            })?;
+            let a = self
+                .attempts
+                .get(&uid)
+                .ok_or_else(|| format!("{job}/chk-{id} is committed by unknown attempt {uid}"))?;
             if a.job != *job || a.id != *id {
                 return Err(format!(
                     "{job}/chk-{id} holds the metadata of attempt {uid} ({}/chk-{})",

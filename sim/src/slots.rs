@@ -3,8 +3,11 @@
 //! A slot's state is a set of immutable "SST" files (shared: content-addressed and reused
 //! across checkpoints) plus a private `MANIFEST` listing them (uploaded with every
 //! checkpoint), like a RocksDB checkpoint directory. Steps add files, compact (several files
-//! replaced by a merged one), drop files, and sometimes add a file whose content equals another
-//! one's (two names, one content-addressed object). File contents are a pure function of the
+//! replaced by a merged one), drop files, and sometimes re-create a content the slot dropped
+//! earlier under a new name (one content-addressed object for two files of different times;
+//! two names at once in one slot only with `SimConfig::dup_in_slot`). Contents never repeat
+//! across slots: which of two slots uploading one new object acquires it first is real-time
+//! order, which would make runs irreproducible. File contents are a pure function of the
 //! seed, the slot and a file counter, so shared object names (sha256) and fault decisions
 //! (keyed by path) are the same in every run.
 
@@ -18,8 +21,6 @@ use crate::det::{Stream, hash_all};
 
 /// The private file listing a slot's SSTs (uploaded with every checkpoint).
 pub const MANIFEST: &str = "MANIFEST";
-/// A second private file whose content never changes (its object is still per checkpoint).
-pub const OPTIONS: &str = "OPTIONS";
 
 /// The files of one slot at one moment: what a checkpoint of it must restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +51,12 @@ pub struct SimSlot {
     key_groups: KeyGroups,
     files: BTreeMap<String, Bytes>,
     generation: u64,
+    /// Contents of files it dropped (the last few), to re-create under new names.
+    dropped: Vec<Bytes>,
 }
+
+/// Dropped contents remembered per slot.
+const DROPPED: usize = 16;
 
 /// The key groups of slot `index` of `slots` over `max_parallelism` key groups: contiguous
 /// ranges that partition `[0, max_parallelism)`.
@@ -81,6 +87,7 @@ impl SimSlot {
             key_groups,
             files: BTreeMap::new(),
             generation: 0,
+            dropped: Vec::new(),
         }
     }
 
@@ -91,6 +98,7 @@ impl SimSlot {
             key_groups: state.key_groups,
             files: state.shared.clone(),
             generation: manifest_generation(state.private.get(MANIFEST)),
+            dropped: Vec::new(),
         }
     }
 
@@ -111,29 +119,50 @@ impl SimSlot {
 
     /// Adds file `counter` with its content.
     pub fn add(&mut self, seed: u64, counter: u64) {
-        self.files.insert(
-            sst_name(counter),
-            sst_content(seed, self.index, counter),
-        );
+        self.files
+            .insert(sst_name(counter), sst_content(seed, self.index, counter));
         self.generation += 1;
     }
 
-    /// Adds file `counter` with the content of an existing file chosen by `pick` (a second
-    /// name for one content-addressed object), or fresh content when the slot is empty.
-    pub fn add_duplicate(&mut self, seed: u64, counter: u64, pick: u64) {
-        let content = match self.nth(pick) {
-            Some((_, c)) => c,
-            None => sst_content(seed, self.index, counter),
-        };
+    /// Adds file `counter` with `content` (a second name for a content-addressed object when
+    /// another file has that content).
+    pub fn add_content(&mut self, counter: u64, content: Bytes) {
         self.files.insert(sst_name(counter), content);
         self.generation += 1;
+    }
+
+    /// Whether a file of the slot has `content`.
+    pub fn holds(&self, content: &Bytes) -> bool {
+        self.files.values().any(|c| c == content)
+    }
+
+    /// A content this slot dropped earlier and does not hold now, chosen by `pick`: the same
+    /// content again under a new name is one content-addressed object, reused while a retained
+    /// checkpoint still references it and uploaded again after that.
+    pub fn dropped_content(&self, pick: u64) -> Option<Bytes> {
+        let gone: Vec<&Bytes> = self.dropped.iter().filter(|c| !self.holds(c)).collect();
+        (!gone.is_empty()).then(|| gone[(pick % gone.len() as u64) as usize].clone())
+    }
+
+    fn forget(&mut self, name: &str) {
+        if let Some(c) = self.files.remove(name) {
+            if self.dropped.len() == DROPPED {
+                self.dropped.remove(0);
+            }
+            self.dropped.push(c);
+        }
+    }
+
+    /// The content of a file chosen by `pick` (`None` when the slot is empty).
+    pub fn content_of(&self, pick: u64) -> Option<Bytes> {
+        self.nth(pick).map(|(_, c)| c)
     }
 
     /// Replaces up to `k` files chosen from `pick` by one merged file `counter`.
     pub fn compact(&mut self, seed: u64, counter: u64, k: usize, mut pick: u64) {
         for _ in 0..k {
             if let Some((name, _)) = self.nth(pick) {
-                self.files.remove(&name);
+                self.forget(&name);
             }
             pick = crate::det::mix(pick);
         }
@@ -143,7 +172,7 @@ impl SimSlot {
     /// Drops one file chosen by `pick` (a compaction whose output was empty).
     pub fn drop_file(&mut self, pick: u64) {
         if let Some((name, _)) = self.nth(pick) {
-            self.files.remove(&name);
+            self.forget(&name);
             self.generation += 1;
         }
     }
@@ -170,10 +199,6 @@ impl SimSlot {
         }
         let mut private = BTreeMap::new();
         private.insert(MANIFEST.to_string(), Bytes::from(manifest));
-        private.insert(
-            OPTIONS.to_string(),
-            Bytes::from_static(b"[sim]\nformat = 1\n"),
-        );
         SlotState {
             slot: self.index,
             key_groups: self.key_groups,
@@ -245,7 +270,8 @@ mod tests {
         assert_eq!(key_groups(1, 2, 8), KeyGroups { start: 4, end: 7 });
         s.add(1, 1);
         s.add(1, 2);
-        s.add_duplicate(1, 3, 0);
+        let c = s.content_of(0).unwrap();
+        s.add_content(3, c);
         s.compact(1, 4, 2, 9);
         let state = s.state();
         let back = SimSlot::restored(&state);

@@ -57,6 +57,9 @@ pub struct Stats {
     pub verified: u64,
     /// Full restores (download + compare) by the checks and by restarting writers.
     pub restores: u64,
+    /// Worlds whose restores could not use `Checkpointer::prepare_restore` (it opens storage
+    /// from its URL) and went through the simulation's workaround instead.
+    pub restore_workarounds: u64,
     /// What storage injected.
     pub faults: FaultCounts,
 }
@@ -92,7 +95,8 @@ impl Stats {
             gc_zero,
             gc_deleted,
             verified,
-            restores
+            restores,
+            restore_workarounds
         );
         self.faults.add(&other.faults);
     }
@@ -108,12 +112,22 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "checkpoints {}: committed {}, failed {} (timed out {}), in doubt {}, cut by a crash {}",
-            self.checkpoints, self.committed, self.failed, self.timed_out, self.in_doubt, self.crashed
+            self.checkpoints,
+            self.committed,
+            self.failed,
+            self.timed_out,
+            self.in_doubt,
+            self.crashed
         )?;
         writeln!(
             f,
             "writers: crashes {}, restarts {}, takeovers {}, claims {}, no-claims {}, fresh starts {}",
-            self.crashes, self.restarts, self.takeovers, self.claims, self.no_claims, self.fresh_starts
+            self.crashes,
+            self.restarts,
+            self.takeovers,
+            self.claims,
+            self.no_claims,
+            self.fresh_starts
         )?;
         writeln!(
             f,
@@ -127,8 +141,8 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "checks: checkpoints verified {}, full restores {}",
-            self.verified, self.restores
+            "checks: checkpoints verified {}, full restores {}, worlds restoring without prepare_restore {}",
+            self.verified, self.restores, self.restore_workarounds
         )?;
         let x = &self.faults;
         write!(

@@ -2,8 +2,8 @@
 //! over 100,000 steps over a few seeds in about a minute, then one seed twice to show that a
 //! run replays exactly.
 //!
-//! `CAIRN_SIM_SEED=<n>` runs that seed only; `CAIRN_SIM_STEPS=<n>` sets the steps per seed;
-//! `scripts/sim.sh` runs many seeds for longer.
+//! `CAIRN_SIM_SEED=<n>` runs that seed only, `CAIRN_SIM_SEEDS=<a>..<b>` a range of seeds;
+//! `CAIRN_SIM_STEPS=<n>` sets the steps per seed; `scripts/sim.sh` runs many seeds for longer.
 
 use std::time::Instant;
 
@@ -13,13 +13,28 @@ use cairn_sim::{SimConfig, Stats, run};
 const SEEDS: [u64; 4] = [1, 2, 3, 4];
 const STEPS: u64 = 25_000;
 
+/// `CAIRN_SIM_SEED=<n>` (one seed), `CAIRN_SIM_SEEDS=<a>..<b>` (a range, inclusive) or
+/// `CAIRN_SIM_SEEDS=<a>,<b>,...`; else [`SEEDS`].
+fn seeds() -> Vec<u64> {
+    let num = |s: &str| -> u64 { s.trim().parse().expect("a seed is a number") };
+    if let Ok(s) = std::env::var("CAIRN_SIM_SEED") {
+        return vec![num(&s)];
+    }
+    match std::env::var("CAIRN_SIM_SEEDS") {
+        Ok(s) => match s.split_once("..") {
+            Some((a, b)) => (num(a)..=num(b)).collect(),
+            None => s.split(',').map(num).collect(),
+        },
+        Err(_) => SEEDS.to_vec(),
+    }
+}
+
 #[test]
 fn checkpoint_protocol_holds_its_invariants_under_simulation() {
-    let seeds: Vec<u64> = match std::env::var("CAIRN_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("CAIRN_SIM_SEED is a number")],
-        Err(_) => SEEDS.to_vec(),
-    };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len());
+    let seeds = seeds();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(seeds.len());
     let t = Instant::now();
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
