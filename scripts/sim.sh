@@ -5,10 +5,9 @@
 #
 #   scripts/sim.sh                          # seeds 1..16, 200,000 steps each
 #   SEEDS=1..64 STEPS=2000000 scripts/sim.sh
-#   CAIRN_SIM_KNOWN_BUGS=1 scripts/sim.sh   # without steering around the known bugs
 #
-# Other knobs (environment, see `SimConfig::from_env`): CAIRN_SIM_DUP_IN_SLOT=1,
-# CAIRN_SIM_PARTIAL_EVERYWHERE=1, CAIRN_SIM_WORLD_STEPS=<n>. A failure prints its seed and step;
+# Other knobs (environment, see `SimConfig::from_env`): CAIRN_SIM_PARTIAL_EVERYWHERE=1,
+# CAIRN_SIM_WORLD_STEPS=<n>. A failure prints its seed and step;
 # replay it with every step printed:
 #   CAIRN_SIM_SEED=<seed> CAIRN_SIM_STEPS=<step+1> CAIRN_SIM_VERBOSE=1 \
 #     cargo test --release -p cairn-sim --test simulation checkpoint_protocol -- --nocapture

@@ -28,46 +28,41 @@
 //! }
 //! ```
 //!
-//! ## Known bugs
-//! Bugs of the protocol this simulation found, and how it steers around each by default (so a
-//! run looks for *other* bugs); [`SimConfig::known_bugs`] (`CAIRN_SIM_KNOWN_BUGS=all`, or
-//! `=3,6`) stops steering and reproduces them. The commands below reproduce each with this
-//! revision of the simulation.
-//! 1. Two files of one slot with the same content: `upload_slot_with` decides "already stored"
-//!    per object from every occurrence's acquire, so it transfers the object for neither file
-//!    and the checkpoint commits without it. Avoided: contents never repeat inside a slot
-//!    ([`SimConfig::dup_in_slot`] off). `CAIRN_SIM_DUP_IN_SLOT=1 CAIRN_SIM_SEED=2
-//!    CAIRN_SIM_STEPS=13`.
-//! 2. Subsuming a claimed checkpoint deletes another job's objects when `gc::root_references`
-//!    could not read some committed `_metadata` (a transient error): `delete_released` ignores
-//!    `RootReferences::damaged`, so what that checkpoint references counts as unreferenced.
-//!    Avoided: reads of another job's `_metadata` are never faulted.
-//!    `CAIRN_SIM_KNOWN_BUGS=2 CAIRN_SIM_SEED=4 CAIRN_SIM_STEPS=8190`.
-//! 3. A checkpoint reuses, as already stored, objects that only a checkpoint whose commit is in
-//!    doubt references; no committed metadata references them, so garbage collection deletes
-//!    them once they are older than its grace period, and the later checkpoint commits
-//!    referencing them. Avoided: no garbage collection while a writer has a commit in doubt.
-//!    `CAIRN_SIM_KNOWN_BUGS=3 CAIRN_SIM_SEED=3 CAIRN_SIM_STEPS=2285`.
-//! 4. Garbage collection judges ages by a `now` read after it read the references: an object
-//!    young during the scan, whose commit landed during the scan, is deleted. And "grace above
-//!    the checkpoint timeout" does not cover the commit, which is not under the timeout.
-//!    Avoided: a grace above the longest commit the fault profiles make.
-//!    `CAIRN_SIM_KNOWN_BUGS=4 CAIRN_SIM_SEED=5 CAIRN_SIM_STEPS=18536`.
+//! ## Bugs it found
+//! Bugs of the protocol this simulation found, each fixed; the simulation no longer steers
+//! around any of them (before the fixes it did, and the commands named in `benches/RESULTS.md`
+//! reproduced each on the code of that time).
+//! 1. Two files of one slot with the same content: `upload_slot_with` decided "already
+//!    stored" per object from every occurrence's acquire, so it transferred the object for
+//!    neither file and the checkpoint committed without it. Fixed: an object is transferred
+//!    once per slot, and "stored" is the registry's answer for the object, not the occurrence.
+//! 2. Subsuming a claimed checkpoint deleted another job's objects when
+//!    `gc::root_references` could not read some committed `_metadata` (a transient error):
+//!    `delete_released` ignored `RootReferences::damaged`. Fixed: those objects are kept for a
+//!    later subsumption.
+//! 3. A checkpoint reused, as already stored, objects that only a checkpoint whose commit is
+//!    in doubt referenced; no committed metadata referenced them, so garbage collection
+//!    deleted them past its grace, and the later checkpoint committed referencing them.
+//!    Fixed: only objects of completed checkpoints count as stored (`SharedRegistry`).
+//! 4. Garbage collection judged ages by a `now` read after it read the references (an object
+//!    young during the scan whose commit landed during it was deleted), and "grace above the
+//!    checkpoint timeout" did not cover the commit, which is not under the timeout. Fixed:
+//!    `now` is read first, and the grace must be at least `CheckpointConfig::min_gc_grace`
+//!    (the timeout plus the commit's storage operations), which this simulation uses.
 //! 5. A delayed lease renewal (one task's put) landing after a newer one (another task's)
-//!    rewinds `renewed_at_ms`: a live lease looks expired and a second writer takes the job
-//!    (fencing keeps the data safe). Avoided: a lease with a renewal still in flight is not
-//!    judged live.
-//! 6. A subsumption that fails halfway (its `_metadata` deleted, then a transient error
-//!    listing or deleting its files) returns before `SharedRegistry::release`: the writer's
-//!    registry still counts the subsumed checkpoint's objects as stored, but no metadata
-//!    references them, so garbage collection deletes them, and a later checkpoint that holds
-//!    one of those contents again commits it by reference, missing. Avoided: no garbage
-//!    collection while a writer retains a checkpoint whose `_metadata` is gone.
-//! 7. On a store without atomic puts (none that Cairn supports), a truncated lease record makes
-//!    its job impossible to open and a truncated `_metadata` is a committed checkpoint no
-//!    restore can read. Avoided: only checkpoint data is truncated
-//!    ([`SimConfig::partial_everywhere`] off). `CAIRN_SIM_PARTIAL_EVERYWHERE=1 CAIRN_SIM_SEED=4
-//!    CAIRN_SIM_STEPS=277`.
+//!    rewound `renewed_at_ms`: a live lease looked expired and a second writer took the job
+//!    (fencing kept the data safe). Fixed: a writer's lease puts run one at a time.
+//! 6. A subsumption that failed halfway (its `_metadata` deleted, then a transient error
+//!    listing or deleting its files) left the registry counting that checkpoint's objects as
+//!    stored although no metadata referenced them: garbage collection deleted them, and a
+//!    later checkpoint with that content again committed it by reference, missing. Fixed: a
+//!    checkpoint's objects stop counting as stored before its `_metadata` is deleted, and the
+//!    next subsumption finishes it.
+//! 7. Not Cairn's: on a store without atomic puts (none that Cairn supports), a truncated
+//!    lease record makes its job impossible to open and a truncated `_metadata` is a
+//!    committed checkpoint no restore can read. Only checkpoint data is truncated unless
+//!    [`SimConfig::partial_everywhere`] (`CAIRN_SIM_PARTIAL_EVERYWHERE=1 CAIRN_SIM_SEED=4
+//!    CAIRN_SIM_STEPS=277` shows it).
 //!
 //! ## What it reads from error messages
 //! The engine reports a failed checkpoint as `EngineError::CheckpointFailed { reason }`, a
@@ -104,20 +99,6 @@ pub struct SimConfig {
     /// to open (`BadMetadata` in the lease's `top`) and a truncated `_metadata` is a committed
     /// checkpoint nobody can read: failures of that store, reported separately.
     pub partial_everywhere: bool,
-    /// Let a slot hold two files with the same content (two names, one content-addressed
-    /// object). Off by default until the bug it finds is fixed: `upload_slot_with` then skips
-    /// the upload of that object for both files (its "already stored" set is keyed by object,
-    /// and the second file's acquire reports the first one's), so a checkpoint commits
-    /// referencing an object that was never written (invariant 4; `CAIRN_SIM_DUP_IN_SLOT=1
-    /// CAIRN_SIM_SEED=1` fails within 10 steps). Across slots the same content is always
-    /// simulated.
-    pub dup_in_slot: bool,
-    /// Known bugs (numbered as in the crate doc, "Known bugs") *not* steered around. Empty by
-    /// default, so that a run finds other bugs; `CAIRN_SIM_KNOWN_BUGS=all` or a list like
-    /// `CAIRN_SIM_KNOWN_BUGS=3,6` exercises them (`scripts/sim.sh` passes it on). Each
-    /// avoidance is the narrowest that hides its bug. Bugs 1 and 7 have their own switches
-    /// ([`SimConfig::dup_in_slot`], [`SimConfig::partial_everywhere`]).
-    pub known_bugs: Vec<u32>,
     /// Print every step's actions to stderr.
     pub verbose: bool,
 }
@@ -129,8 +110,6 @@ impl Default for SimConfig {
             steps: 1_000,
             world_steps: 1_000,
             partial_everywhere: false,
-            dup_in_slot: false,
-            known_bugs: Vec::new(),
             verbose: false,
         }
     }
@@ -138,8 +117,8 @@ impl Default for SimConfig {
 
 impl SimConfig {
     /// The default configuration with `CAIRN_SIM_SEED`, `CAIRN_SIM_STEPS`,
-    /// `CAIRN_SIM_WORLD_STEPS`, `CAIRN_SIM_PARTIAL_EVERYWHERE`, `CAIRN_SIM_DUP_IN_SLOT`, `CAIRN_SIM_KNOWN_BUGS` and
-    /// `CAIRN_SIM_VERBOSE` applied.
+    /// `CAIRN_SIM_WORLD_STEPS`, `CAIRN_SIM_PARTIAL_EVERYWHERE` and `CAIRN_SIM_VERBOSE`
+    /// applied.
     pub fn from_env(seed: u64, steps: u64) -> Self {
         let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
         let flag = |k: &str| std::env::var(k).is_ok_and(|v| v == "1" || v == "true");
@@ -149,12 +128,6 @@ impl SimConfig {
             steps: num("CAIRN_SIM_STEPS").unwrap_or(steps),
             world_steps: num("CAIRN_SIM_WORLD_STEPS").unwrap_or(d.world_steps).max(1),
             partial_everywhere: flag("CAIRN_SIM_PARTIAL_EVERYWHERE"),
-            dup_in_slot: flag("CAIRN_SIM_DUP_IN_SLOT"),
-            known_bugs: match std::env::var("CAIRN_SIM_KNOWN_BUGS") {
-                Ok(v) if v == "all" => (2..=6).collect(),
-                Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
-                Err(_) => Vec::new(),
-            },
             verbose: flag("CAIRN_SIM_VERBOSE"),
         }
     }

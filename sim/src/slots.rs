@@ -4,8 +4,8 @@
 //! across checkpoints) plus a private `MANIFEST` listing them (uploaded with every
 //! checkpoint), like a RocksDB checkpoint directory. Steps add files, compact (several files
 //! replaced by a merged one), drop files, and sometimes re-create a content the slot dropped
-//! earlier under a new name (one content-addressed object for two files of different times;
-//! two names at once in one slot only with `SimConfig::dup_in_slot`). Contents never repeat
+//! earlier under a new name, or one it holds now (one content-addressed object for two
+//! files, at different times or at once). Contents never repeat
 //! across slots: which of two slots uploading one new object acquires it first is real-time
 //! order, which would make runs irreproducible. File contents are a pure function of the
 //! seed, the slot and a file counter, so shared object names (sha256) and fault decisions

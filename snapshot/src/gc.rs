@@ -13,9 +13,15 @@
 //!   lease is not a Cairn job: it is skipped and reported, never collected.
 //! - **Commits are never collected.** `_metadata` objects and writer leases stay: only
 //!   subsumption or an explicit user command removes a committed checkpoint.
-//! - **In-flight uploads are not orphans.** Objects younger than `grace` stay (an upload may be
-//!   in flight; keep `grace` above the checkpoint timeout); a writer collecting its own job
-//!   also keeps what its in-flight checkpoints use.
+//! - **In-flight uploads are not orphans.** Objects younger than `grace` stay; a writer
+//!   collecting its own job also keeps what its in-flight checkpoints use. Ages are measured
+//!   from a time read *before* the references. `grace` must exceed the longest time from an
+//!   upload to the landing of the commit that references it: the checkpoint timeout (the
+//!   commit starts within it) plus the commit's three storage operations (lease check, lease
+//!   renewal, `_metadata` put; `StorageOptions::max_operation_time` each):
+//!   `CheckpointConfig::min_gc_grace` in the engine, which refuses a shorter grace for the
+//!   collection it runs after each checkpoint. A writer never references an object that only uncommitted checkpoints reference
+//!   without uploading it again (see the registry), so older uploads need no protection.
 //! - **Staging files count.** `file://` storage writes `<name>#<n>` and renames it into place;
 //!   a crash leaves the staging file, which object listings never show. For local storage the
 //!   job directories are also walked on disk for them.
@@ -139,6 +145,10 @@ pub async fn collect(
     apply: bool,
     in_flight: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<GcReport> {
+    // Ages are judged against the time before the references were read: an object whose
+    // checkpoint committed after that read was uploaded less than the checkpoint's duration
+    // before the commit, so it is younger than `grace` relative to this `now`.
+    let now = storage.now_ms();
     let refs = root_references(storage).await?;
     let mut report = GcReport {
         applied: apply && refs.damaged.is_empty(),
@@ -146,7 +156,6 @@ pub async fn collect(
         ..Default::default()
     };
     let apply = report.applied;
-    let now = storage.now_ms();
     let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
     for job in jobs {
         if !is_job(storage, job).await? {

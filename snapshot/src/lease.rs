@@ -187,6 +187,10 @@ pub struct WriterLease {
     takeover: Takeover,
     /// The epoch that fenced this writer (0 = none seen).
     fenced_by: AtomicU64,
+    /// Held across each write of the record: a renewal from the background task and one from
+    /// a commit never run at once, so a slow earlier put can't land after a later one and
+    /// rewind `renewed_at_ms` (a live lease would look expired to the next writer).
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl WriterLease {
@@ -245,6 +249,7 @@ impl WriterLease {
             timeout: options.timeout,
             takeover,
             fenced_by: AtomicU64::new(0),
+            writing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -347,6 +352,7 @@ impl WriterLease {
     }
 
     async fn write(&self, storage: &CheckpointStorage, released: bool) -> Result<()> {
+        let _one_at_a_time = self.writing.lock().await;
         let record = Record {
             format: FORMAT.into(),
             epoch: self.epoch,

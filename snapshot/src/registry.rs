@@ -7,6 +7,13 @@
 //! subsuming it releases them, and an object whose count falls to zero is returned for deletion
 //! unless it is not owned by this job (a `no-claim` restore's files are never deleted).
 //!
+//! An object counts as *stored* (a new checkpoint may reference it without uploading it) only
+//! while a completed checkpoint whose `_metadata` still exists references it. References of a
+//! pending checkpoint, of one whose commit is in doubt, or of one being subsumed don't: the
+//! upload behind them may never have happened, and no committed metadata protects the object
+//! from garbage collection, which deletes unreferenced objects once they are older than its
+//! grace period. Such an object is uploaded again, which also renews its age.
+//!
 //! The registry holds no state of its own on disk: on start it is rebuilt from the retained
 //! checkpoints' metadata, so it can never disagree with what is committed.
 
@@ -17,7 +24,10 @@ use crate::layout::CheckpointId;
 
 #[derive(Clone, Debug)]
 struct Entry {
+    /// Checkpoints (any phase) referencing the object.
     refs: u32,
+    /// Completed checkpoints referencing it: it is stored and committed metadata names it.
+    committed: u32,
     size: u64,
     owned: bool,
 }
@@ -32,6 +42,10 @@ pub enum Phase {
     /// Its commit's outcome is unknown (the put failed and the read-back could not tell): its
     /// references are kept and nothing of it is deleted until the outcome is known.
     InDoubt,
+    /// Being subsumed: its `_metadata` may already be deleted. Its references are kept until
+    /// its files are deleted, but its objects no longer count as stored; retried by the next
+    /// subsumption when it fails halfway.
+    Subsuming,
 }
 
 #[derive(Clone, Debug)]
@@ -66,8 +80,9 @@ impl SharedRegistry {
 
     /// A pending checkpoint `id` references `objects` (object ref, size); may be called once per
     /// slot of the checkpoint. Duplicates count once per checkpoint. `owned = false` marks
-    /// objects this job must never delete. Returns, per input object, whether another
-    /// checkpoint already referenced it (then it is stored and need not be uploaded again).
+    /// objects this job must never delete. Returns, per input object, whether it is stored (see
+    /// the module doc): then it need not be uploaded again. An object not stored is `false` at
+    /// every occurrence, also when this checkpoint acquired it before.
     pub fn acquire(
         &mut self,
         id: CheckpointId,
@@ -87,14 +102,14 @@ impl SharedRegistry {
         for (obj, size) in objects {
             let e = self.entries.entry(obj.clone()).or_insert(Entry {
                 refs: 0,
+                committed: 0,
                 size,
                 owned,
             });
+            present.push(e.committed > 0);
             if ckpt.objects.contains(&obj) {
-                present.push(true);
                 continue;
             }
-            present.push(e.refs > 0);
             e.refs += 1;
             ckpt.objects.push(obj);
         }
@@ -121,8 +136,17 @@ impl SharedRegistry {
     /// Marks a pending (or in-doubt) checkpoint completed (its metadata was written).
     pub fn complete(&mut self, id: CheckpointId) -> Result<()> {
         match self.checkpoints.get_mut(&id) {
+            Some(c) if c.phase == Phase::Completed => Ok(()),
+            Some(c) if c.phase == Phase::Subsuming => Err(SnapshotError::Invariant(format!(
+                "checkpoint {id} is being subsumed; it can't complete again"
+            ))),
             Some(c) => {
                 c.phase = Phase::Completed;
+                for obj in &c.objects {
+                    if let Some(e) = self.entries.get_mut(obj) {
+                        e.committed += 1;
+                    }
+                }
                 Ok(())
             }
             None => Err(SnapshotError::Invariant(format!(
@@ -161,7 +185,29 @@ impl SharedRegistry {
         match self.phase(id)? {
             Phase::Pending => Some(self.release(id)),
             Phase::InDoubt if not_committed => Some(self.release(id)),
-            Phase::InDoubt | Phase::Completed => None,
+            Phase::InDoubt | Phase::Completed | Phase::Subsuming => None,
+        }
+    }
+
+    /// Starts subsuming completed checkpoint `id` (before its `_metadata` is deleted): its
+    /// objects stop counting as stored. Idempotent; `false` when `id` is not completed or
+    /// already being subsumed.
+    pub fn begin_subsume(&mut self, id: CheckpointId) -> bool {
+        let Some(c) = self.checkpoints.get_mut(&id) else {
+            return false;
+        };
+        match c.phase {
+            Phase::Completed => {
+                c.phase = Phase::Subsuming;
+                for obj in &c.objects {
+                    if let Some(e) = self.entries.get_mut(obj) {
+                        e.committed -= 1;
+                    }
+                }
+                true
+            }
+            Phase::Subsuming => true,
+            Phase::Pending | Phase::InDoubt => false,
         }
     }
 
@@ -173,6 +219,9 @@ impl SharedRegistry {
             for obj in c.objects {
                 if let Some(e) = self.entries.get_mut(&obj) {
                     e.refs -= 1;
+                    if c.phase == Phase::Completed {
+                        e.committed -= 1;
+                    }
                     if e.refs == 0 {
                         let owned = e.owned;
                         self.entries.remove(&obj);
@@ -191,16 +240,19 @@ impl SharedRegistry {
         }
     }
 
-    /// Completed checkpoints beyond the newest `retained`, oldest first: the ones to subsume.
+    /// The checkpoints to subsume, oldest first: those a subsumption left halfway, then
+    /// completed checkpoints beyond the newest `retained`.
     pub fn subsumable(&self, retained: usize) -> Vec<CheckpointId> {
-        let completed: Vec<CheckpointId> = self
+        let mut out: Vec<CheckpointId> = self
             .checkpoints
             .iter()
-            .filter(|(_, c)| c.phase == Phase::Completed)
+            .filter(|(_, c)| c.phase == Phase::Subsuming)
             .map(|(id, _)| *id)
             .collect();
+        let completed = self.completed();
         let excess = completed.len().saturating_sub(retained.max(1));
-        completed[..excess].to_vec()
+        out.extend_from_slice(&completed[..excess]);
+        out
     }
 
     /// Completed checkpoints, ascending.
@@ -216,7 +268,7 @@ impl SharedRegistry {
     pub fn pending(&self) -> Vec<CheckpointId> {
         self.checkpoints
             .iter()
-            .filter(|(_, c)| c.phase != Phase::Completed)
+            .filter(|(_, c)| matches!(c.phase, Phase::Pending | Phase::InDoubt))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -226,9 +278,24 @@ impl SharedRegistry {
         self.entries.get(object).map_or(0, |e| e.refs)
     }
 
-    /// Whether any pending or completed checkpoint references `object`.
+    /// Whether any tracked checkpoint (pending, in doubt, completed, being subsumed)
+    /// references `object`.
     pub fn is_referenced(&self, object: &str) -> bool {
         self.refs(object) > 0
+    }
+
+    /// Whether a checkpoint other than `id` references `object`.
+    pub fn is_referenced_elsewhere(&self, id: CheckpointId, object: &str) -> bool {
+        let mine = self
+            .checkpoints
+            .get(&id)
+            .is_some_and(|c| c.objects.iter().any(|o| o == object));
+        self.refs(object) > u32::from(mine)
+    }
+
+    /// Whether `object` is stored: a completed checkpoint references it (see the module doc).
+    pub fn is_stored(&self, object: &str) -> bool {
+        self.entries.get(object).is_some_and(|e| e.committed > 0)
     }
 
     /// Number of registered objects and their total bytes.
@@ -255,18 +322,21 @@ impl SharedRegistry {
                 )));
             }
         }
-        let mut counts: HashMap<&str, u32> = HashMap::new();
+        let mut counts: HashMap<&str, (u32, u32)> = HashMap::new();
         for c in self.checkpoints.values() {
             for o in &c.objects {
-                *counts.entry(o.as_str()).or_default() += 1;
+                let n = counts.entry(o.as_str()).or_default();
+                n.0 += 1;
+                n.1 += u32::from(c.phase == Phase::Completed);
             }
         }
         for (obj, e) in &self.entries {
-            let n = counts.get(obj.as_str()).copied().unwrap_or(0);
-            if n != e.refs {
+            let (n, committed) = counts.get(obj.as_str()).copied().unwrap_or((0, 0));
+            if n != e.refs || committed != e.committed {
                 return Err(SnapshotError::Invariant(format!(
-                    "{obj} has refcount {} but {n} checkpoints reference it",
-                    e.refs
+                    "{obj} has refcount {} ({} completed) but {n} checkpoints ({committed} \
+                     completed) reference it",
+                    e.refs, e.committed
                 )));
             }
         }
@@ -317,9 +387,10 @@ mod tests {
     #[test]
     fn acquire_reports_stored_objects_and_refuses_completed() {
         let mut r = SharedRegistry::new();
+        // Not stored at either occurrence: the caller uploads it (once).
         assert_eq!(
             r.acquire(1, objs(&["a", "a"]), true).unwrap(),
-            vec![false, true]
+            vec![false, false]
         );
         assert_eq!(r.refs("a"), 1);
         assert_eq!(r.acquire(1, objs(&["b"]), true).unwrap(), vec![false]);
@@ -331,6 +402,36 @@ mod tests {
         );
         assert!(r.register_completed(1, objs(&["a"]), true).is_err());
         assert!(r.complete(9).is_err());
+    }
+
+    #[test]
+    fn only_objects_of_completed_checkpoints_count_as_stored() {
+        let mut r = SharedRegistry::new();
+        // Pending and in doubt: the upload may not have happened, no metadata protects it.
+        r.acquire(1, objs(&["a"]), true).unwrap();
+        assert_eq!(r.acquire(2, objs(&["a"]), true).unwrap(), vec![false]);
+        r.mark_in_doubt(1);
+        assert_eq!(r.acquire(2, objs(&["a"]), true).unwrap(), vec![false]);
+        assert!(!r.is_stored("a"));
+        // Its commit turned out to have landed.
+        r.complete(1).unwrap();
+        assert_eq!(r.acquire(3, objs(&["a"]), true).unwrap(), vec![true]);
+        r.check_invariants(3).unwrap();
+        // Being subsumed (its `_metadata` may be gone): no longer stored, still referenced.
+        assert!(r.begin_subsume(1));
+        assert!(!r.is_stored("a"));
+        assert!(r.is_referenced("a"));
+        assert_eq!(r.acquire(4, objs(&["a"]), true).unwrap(), vec![false]);
+        assert!(r.completed().is_empty());
+        assert_eq!(r.subsumable(1), vec![1], "a halfway subsumption is retried");
+        r.check_invariants(4).unwrap();
+        assert!(
+            r.release(1).delete.is_empty(),
+            "2, 3 and 4 still reference it"
+        );
+        assert!(r.abort(4, false).is_some());
+        assert!(r.abort(3, false).is_some());
+        assert_eq!(r.release(2).delete, vec!["a".to_string()]);
     }
 
     #[derive(Clone, Debug)]
@@ -441,8 +542,18 @@ mod tests {
                         let mut names: Vec<String> = files.iter().map(|f| format!("{}/o{f}", j.name)).collect();
                         names.extend(j.foreign.iter().map(|f| format!("{}/copy-{}", j.name, f.replace('/', "-"))));
                         names.extend(j.reuse.iter().cloned());
-                        for n in &names { live.insert(n.clone()); }
-                        j.reg.acquire(id, names.iter().map(|n| (n.clone(), 1)), true).unwrap();
+                        let stored = j.reg.acquire(id, names.iter().map(|n| (n.clone(), 1)), true).unwrap();
+                        // An object reported stored is not uploaded: it must exist, and
+                        // committed metadata must protect it from garbage collection.
+                        let protected = root_refs(&jobs);
+                        for (n, s) in names.iter().zip(stored) {
+                            if s {
+                                prop_assert!(live.contains(n) && protected.contains(n), "{} reported stored but unprotected", n);
+                            } else {
+                                live.insert(n.clone());
+                            }
+                        }
+                        let j = &mut jobs[cur];
                         j.pending = Some((id, names));
                     }
                     Op::Complete => if let Some((id, names)) = jobs[cur].pending.take() {
@@ -461,6 +572,7 @@ mod tests {
                                 }
                                 _ => { jobs[cur].committed.remove(&old); }
                             }
+                            prop_assert!(jobs[cur].reg.begin_subsume(old));
                             let released = jobs[cur].reg.release(old).delete;
                             delete(&jobs, cur, released, &mut live)?;
                         }

@@ -117,6 +117,15 @@ impl Default for StorageOptions {
 }
 
 impl StorageOptions {
+    /// The longest one storage operation takes through Cairn's retry on S3: every attempt
+    /// runs until `object_store` gives up (`s3-retry-timeout`), with the longest backoff
+    /// between attempts. Garbage collection's grace must cover a commit, which is three
+    /// operations (the lease check and renewal, the `_metadata` put): see
+    /// `cairn_snapshot::gc`.
+    pub fn max_operation_time(&self) -> Duration {
+        (self.s3_retry_timeout + self.retry_max_backoff) * self.retry_max_attempts.max(1)
+    }
+
     /// Checks the options, naming the field.
     pub fn validate(&self) -> Result<()> {
         // S3 rejects non-final parts under 5 MiB and parts over 5 GiB.

@@ -531,9 +531,11 @@ impl CheckpointStore {
         //    objects; everything else keeps its object.
         let mut files: Vec<SharedFile> = Vec::new();
         let mut copies = Vec::new();
+        let mut uploads = Vec::new();
         for (local, f) in reused {
             if self.reusable(&f.object) {
-                report.files_reused += 1;
+                // Uploaded again below if it turns out not to be stored any more.
+                uploads.push((local, f.clone()));
                 files.push(f);
             } else {
                 let own = SharedFile {
@@ -551,7 +553,6 @@ impl CheckpointStore {
             .values()
             .map(|f| (f.object.as_str(), f.uploaded_at_ms))
             .collect();
-        let mut uploads = Vec::new();
         let mut reuploads: HashSet<String> = HashSet::new();
         for (local, f) in again {
             let f = SharedFile {
@@ -580,22 +581,43 @@ impl CheckpointStore {
             uploads.push((local, f.clone()));
             files.push(f);
         }
-        // 3. Acquire every reference before transferring anything.
-        let present = {
+        // 3. Acquire every reference before transferring anything. An object is transferred
+        //    once however many files of the slot have its content, and not at all when it is
+        //    stored (see the registry: a completed checkpoint references it).
+        //    An object that is not stored but that another checkpoint references (one whose
+        //    commit is in doubt, or one being subsumed) is not written again under its name:
+        //    that checkpoint may be committed, and a failed overwrite on a store without
+        //    atomic puts would damage it. This checkpoint uploads the content under an object
+        //    of its own (`<sha>-e<E>-c<id>`) instead.
+        let mut renamed: HashMap<String, String> = HashMap::new();
+        let stored = {
+            let mut reg = self.registry()?;
+            for f in &mut files {
+                if !reg.is_stored(&f.object) && reg.is_referenced_elsewhere(id, &f.object) {
+                    let own = self.layout.shared_ref_at(&f.sha256, epoch, id);
+                    renamed.insert(std::mem::replace(&mut f.object, own.clone()), own);
+                }
+            }
             let objs = files.iter().map(|f| (f.object.clone(), f.size));
-            self.registry()?.acquire(id, objs, true)?
+            reg.acquire(id, objs, true)?
         };
-        let already: HashSet<&str> = files
+        let rename = |object: &mut String| {
+            if let Some(own) = renamed.get(object.as_str()) {
+                object.clone_from(own);
+            }
+        };
+        let mut skip: HashSet<String> = files
             .iter()
-            .zip(&present)
-            .filter(|(_, p)| **p)
-            .map(|(f, _)| f.object.as_str())
+            .zip(&stored)
+            .filter(|(_, s)| **s)
+            .map(|(f, _)| f.object.clone())
             .collect();
         let fallbacks = AtomicU64::new(0);
         let fallbacks = &fallbacks;
         let mut jobs: Vec<Transfer<'_>> = Vec::new();
-        for (from, local, own) in copies {
-            if already.contains(own.object.as_str()) {
+        for (from, local, mut own) in copies {
+            rename(&mut own.object);
+            if !skip.insert(own.object.clone()) {
                 report.files_reused += 1;
                 continue;
             }
@@ -619,8 +641,9 @@ impl CheckpointStore {
                 }
             }));
         }
-        for (local, f) in uploads {
-            if already.contains(f.object.as_str()) {
+        for (local, mut f) in uploads {
+            rename(&mut f.object);
+            if !skip.insert(f.object.clone()) {
                 report.files_reused += 1;
                 continue;
             }
@@ -862,6 +885,11 @@ impl CheckpointStore {
     /// Subsumes completed checkpoints beyond `retained`, oldest first: metadata, then private
     /// files, then shared objects no retained checkpoint references. A fenced writer deletes
     /// nothing.
+    ///
+    /// A checkpoint's objects stop counting as stored before its `_metadata` is deleted (see
+    /// [`SharedRegistry::begin_subsume`]): once that delete is tried, no committed metadata may
+    /// protect them from garbage collection, so a new checkpoint must not reference them
+    /// without uploading them. A subsumption that fails halfway is finished by the next call.
     pub async fn subsume(&self) -> Result<Vec<CheckpointId>> {
         let ids = self.registry()?.subsumable(self.retained);
         let undeleted = self
@@ -879,6 +907,7 @@ impl CheckpointStore {
                 .get(id)
                 .cloned()
                 .unwrap_or_else(|| self.layout.clone());
+            self.registry()?.begin_subsume(*id);
             self.storage.delete(&layout.metadata(*id)).await?;
             for m in self.storage.list(&layout.checkpoint_dir(*id)).await? {
                 self.storage.delete(&m.location).await?;
@@ -895,8 +924,9 @@ impl CheckpointStore {
 
     /// Deletes released shared objects, and those an earlier subsumption failed to delete. An
     /// object of another job (a claimed checkpoint's) is deleted only when no committed
-    /// checkpoint of any job under the root references it. On failure the rest is kept for
-    /// the next call, so a failed delete leaks nothing.
+    /// checkpoint of any job under the root references it, and kept for a later call while
+    /// some committed metadata under the root can't be read (what it references is unknown).
+    /// On failure the rest is kept for the next call, so a failed delete leaks nothing.
     async fn delete_released(&self, released: Vec<String>) -> Result<()> {
         let lock = || {
             self.undeleted
@@ -905,7 +935,8 @@ impl CheckpointStore {
         };
         let mut todo = std::mem::take(&mut *lock()?);
         todo.extend(released);
-        let mut elsewhere: Option<HashSet<String>> = None;
+        let mut elsewhere: Option<crate::gc::RootReferences> = None;
+        let mut later = Vec::new();
         for (i, obj) in todo.iter().enumerate() {
             // Content-addressed: a later checkpoint may have uploaded the same content again.
             if self.registry()?.is_referenced(obj) {
@@ -915,14 +946,21 @@ impl CheckpointStore {
             if foreign {
                 if elsewhere.is_none() {
                     match crate::gc::root_references(&self.storage).await {
-                        Ok(refs) => elsewhere = Some(refs.objects),
+                        Ok(refs) => elsewhere = Some(refs),
                         Err(e) => {
-                            lock()?.extend(todo[i..].iter().cloned());
+                            lock()?.extend(todo[i..].iter().cloned().chain(later));
                             return Err(e);
                         }
                     }
                 }
-                if elsewhere.as_ref().is_some_and(|r| r.contains(obj)) {
+                let Some(refs) = &elsewhere else { continue };
+                if !refs.damaged.is_empty() {
+                    tracing::warn!(object = %obj, damaged = ?refs.damaged,
+                        "not deleting another job's object: some committed metadata can't be read");
+                    later.push(obj.clone());
+                    continue;
+                }
+                if refs.objects.contains(obj) {
                     continue;
                 }
             }
@@ -932,10 +970,11 @@ impl CheckpointStore {
                 .and_then(|()| self.storage.delete(&path))
                 .await
             {
-                lock()?.extend(todo[i..].iter().cloned());
+                lock()?.extend(todo[i..].iter().cloned().chain(later));
                 return Err(e);
             }
         }
+        lock()?.extend(later);
         Ok(())
     }
 

@@ -162,7 +162,8 @@ pub struct CheckpointConfig {
     /// Restore ownership mode. Default `no-claim`. Flink: `execution.state-recovery.claim-mode`.
     pub restore_mode: RestoreMode,
     /// Orphan files younger than this are never collected (they may belong to an upload in
-    /// flight). Default 1 h.
+    /// flight). Default 1 h; with `gc-after-checkpoint` at least
+    /// [`CheckpointConfig::min_gc_grace`].
     #[serde(with = "humantime_serde")]
     pub gc_grace: Duration,
     /// Run orphan collection after each completed checkpoint. Default false.
@@ -235,6 +236,16 @@ impl Default for CheckpointConfig {
 }
 
 impl CheckpointConfig {
+    /// The shortest safe grace period of garbage collection for this configuration: an object
+    /// is uploaded at the earliest when its checkpoint starts, the commit starts within
+    /// `timeout`, and the commit lands after at most three storage operations (the lease
+    /// check, the lease renewal, the `_metadata` put; each at most
+    /// [`StorageOptions::max_operation_time`]). A younger orphan may be an upload whose commit
+    /// is still to land. Default settings: 10 min + 3 x 555 s = 37 min 45 s.
+    pub fn min_gc_grace(&self) -> Duration {
+        self.timeout + self.storage.max_operation_time() * 3
+    }
+
     /// Checks the settings, naming the field.
     pub fn validate(&self) -> Result<()> {
         self.rebase.validate()?;
@@ -283,6 +294,17 @@ impl CheckpointConfig {
                 "checkpoint.writer-lease-timeout",
                 format!("{:?}", self.writer_lease_timeout),
                 ">= 300ms",
+            ));
+        }
+        if self.gc_after_checkpoint && self.gc_grace < self.min_gc_grace() {
+            return Err(EngineError::config(
+                "checkpoint.gc-grace",
+                format!("{:?}", self.gc_grace),
+                format!(
+                    ">= {:?} (checkpoint.timeout + three storage operations, see \
+                     CheckpointConfig::min_gc_grace)",
+                    self.min_gc_grace()
+                ),
             ));
         }
         if self.dir.trim().is_empty() {

@@ -89,6 +89,20 @@ impl FaultProfile {
         late_ms: (5, 6_000),
         metadata_error: 0.35,
     };
+
+    /// Every profile.
+    pub const ALL: [FaultProfile; 4] = [Self::CALM, Self::FLAKY, Self::SLOW, Self::CHAOS];
+
+    /// The longest one call can take under any profile: the longest latency, stall and late
+    /// landing together (a late put's caller waits for it to land).
+    pub fn longest_call() -> std::time::Duration {
+        let ms = Self::ALL
+            .iter()
+            .map(|p| p.latency_ms.1 + p.spike_ms.1 + p.late_ms.1)
+            .max()
+            .unwrap_or(0);
+        std::time::Duration::from_millis(ms)
+    }
 }
 
 /// Counters of what the store did to its callers.

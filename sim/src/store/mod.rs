@@ -89,9 +89,6 @@ pub struct CloudOptions {
     /// Let any put be truncated (lease records and commits too), not only checkpoint data
     /// (shared and private files).
     pub partial_everywhere: bool,
-    /// Never fault a process's reads of *another* job's `_metadata` (avoids a known bug: see
-    /// `SimConfig::known_bugs`, bug 2).
-    pub shield_foreign_metadata_reads: bool,
 }
 
 /// Code run at the n-th effect of the run (inside the runtime, from the call's task).
@@ -151,8 +148,6 @@ pub struct Process {
     id: u64,
     name: String,
     faults: bool,
-    /// The job the process writes (see [`CloudOptions::shield_foreign_metadata_reads`]).
-    job: Option<String>,
     /// The process dies at its n-th effect (`u64::MAX`: never).
     crash_at: AtomicU64,
     effects: AtomicU64,
@@ -273,19 +268,12 @@ impl SimCloud {
         &self.inner
     }
 
-    /// A new process (`faults = false`: latency only, e.g. the garbage collector) writing
-    /// `job` (if any).
-    pub fn process(
-        &self,
-        name: impl Into<String>,
-        faults: bool,
-        job: Option<&str>,
-    ) -> Arc<Process> {
+    /// A new process (`faults = false`: latency only, e.g. the garbage collector).
+    pub fn process(&self, name: impl Into<String>, faults: bool) -> Arc<Process> {
         Arc::new(Process {
             id: self.next_process.fetch_add(1, Ordering::SeqCst),
             name: name.into(),
             faults,
-            job: job.map(str::to_string),
             crash_at: AtomicU64::new(u64::MAX),
             effects: AtomicU64::new(0),
             dead: AtomicBool::new(false),
@@ -535,14 +523,7 @@ impl SimCloud {
             *c += 1;
             n
         };
-        let shielded = self.options.shield_foreign_metadata_reads
-            && op == Op::Get
-            && key.ends_with("/_metadata")
-            && process
-                .job
-                .as_ref()
-                .is_some_and(|j| !key.starts_with(&format!("{j}/")));
-        let faults = process.faults && !shielded;
+        let faults = process.faults;
         let (fault, latency) = self.decide(op, key, n, faults, partial_ok);
         let keyhash = hash_all(&[op as u64, hash_bytes(key.as_bytes()), n]);
         let turn = self.schedule(latency, keyhash).await;

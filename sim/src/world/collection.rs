@@ -12,44 +12,9 @@ use crate::Failure;
 use crate::model::Model;
 
 impl World {
-    /// Whether a garbage collection may run now: always, unless known bugs are avoided and a
-    /// writer has a commit in doubt (a later checkpoint reuses its uploads as stored, but no
-    /// committed metadata references them, so garbage collection deletes them), or retains a
-    /// checkpoint whose `_metadata` is gone (a subsumption that failed halfway: the registry
-    /// still counts that checkpoint's objects as stored, garbage collection deletes them).
-    pub(super) fn gc_allowed(&mut self) -> bool {
-        if self.avoids(3) {
-            let in_doubt = self
-                .writers
-                .iter()
-                .any(|w| !matches!(w.cp.store().pending_ids(), Ok(p) if p.is_empty()));
-            if in_doubt {
-                return false;
-            }
-        }
-        if !self.avoids(6) {
-            return true;
-        }
-        self.settle();
-        let view = self.inspector.view();
-        let model = &self.model;
-        self.writers.iter().all(|w| {
-            w.cp.store().retained_ids().is_ok_and(|ids| {
-                ids.iter().all(|id| {
-                    view.committed
-                        .keys()
-                        .any(|(j, i)| i == id && (*j == w.job || model.is_claim(j, *id, &w.job)))
-                })
-            })
-        })
-    }
-
     /// Arms a garbage collection (with a grace period above the checkpoint timeout) to start at
     /// the `at`-th storage effect from now, in the middle of whatever runs then.
     pub(super) fn arm_gc(&mut self, at: u64) {
-        if !self.gc_allowed() {
-            return;
-        }
         let storage = self.gc_storage.clone();
         let grace = self.gc_grace;
         let tasks = self.gc_tasks.clone();
@@ -104,7 +69,7 @@ impl World {
             .writers
             .iter()
             .any(|w| !matches!(w.cp.store().pending_ids(), Ok(p) if p.is_empty()));
-        if busy || !self.gc_allowed() {
+        if busy {
             return Ok(());
         }
         // Writes that land late would be orphans again after the collection.

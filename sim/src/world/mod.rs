@@ -84,9 +84,6 @@ pub struct World {
     verbose: bool,
     /// (storage version, model revision) of the last check.
     checked: (u64, u64),
-    dup_in_slot: bool,
-    /// Known bugs not steered around (see `SimConfig::known_bugs`).
-    known_bugs: Vec<u32>,
     /// `prepare_restore` can't open this storage: restores go through
     /// [`World::prepare_restore_workaround`].
     restore_workaround: bool,
@@ -115,7 +112,6 @@ impl World {
             clock.clone() as Arc<dyn Clock>,
             CloudOptions {
                 partial_everywhere: cfg.partial_everywhere,
-                shield_foreign_metadata_reads: !cfg.known_bugs.contains(&2),
             },
         );
         let inspector =
@@ -150,18 +146,16 @@ impl World {
         storage.retry_initial_backoff = Duration::from_millis(100);
         storage.retry_max_backoff = Duration::from_secs(2);
         cfg_cp.storage = storage;
-        // Above the checkpoint timeout, as `gc` asks; how far above is part of the search.
-        // A commit is not under the timeout and can take long (retries, stalls, a late
-        // landing): avoiding that known bug takes a grace above the longest commit the fault
-        // profiles can make (about a minute).
-        let above = if !cfg.known_bugs.contains(&4) {
-            rng.random_range(120..=180)
-        } else {
-            rng.random_range(1..=60)
-        };
-        let gc_grace = cfg_cp.timeout + Duration::from_secs(above);
+        // The grace the engine asks for (`CheckpointConfig::min_gc_grace`: the checkpoint
+        // timeout plus the commit's storage operations), computed for this store: one attempt
+        // of a call takes at most the longest latency, spike and late landing of any fault
+        // profile (this store has no request timeout of its own, so that bound stands in for
+        // `s3-retry-timeout`). How far above is part of the search.
+        cfg_cp.storage.s3_retry_timeout = FaultProfile::longest_call();
+        let above = rng.random_range(0..=30);
+        let gc_grace = cfg_cp.min_gc_grace() + Duration::from_secs(above);
         let nslots = rng.random_range(1..=3);
-        let gc_process = cloud.process("gc", false, None);
+        let gc_process = cloud.process("gc", false);
         let gc_storage = CheckpointStorage::with_options(
             cloud.store(&gc_process) as Arc<dyn ObjectStore>,
             Path::default(),
@@ -196,10 +190,8 @@ impl World {
                 ..Stats::default()
             },
             verbose: cfg.verbose,
-            known_bugs: cfg.known_bugs.clone(),
             restore_workaround: false,
             checked: (u64::MAX, u64::MAX),
-            dup_in_slot: cfg.dup_in_slot,
         })
     }
 
@@ -235,11 +227,6 @@ impl World {
                 what()
             );
         }
-    }
-
-    /// Whether known bug `n` is steered around (see `SimConfig::known_bugs`).
-    fn avoids(&self, n: u32) -> bool {
-        !self.known_bugs.contains(&n)
     }
 
     /// Lets everything due now take effect before storage is read directly (see
@@ -328,9 +315,8 @@ impl World {
         let what = self.rng.random_range(0..100u32);
         let counter = self.next_file;
         self.next_file += 2;
-        // Two files of one content: one the slot dropped earlier, or (with `dup_in_slot`) one it
-        // holds now.
-        let dup = if self.dup_in_slot && what % 2 == 0 {
+        // Two files of one content: one the slot dropped earlier, or one it holds now.
+        let dup = if what % 2 == 0 {
             self.writers[wi].slots[si].content_of(mix(pick))
         } else {
             self.writers[wi].slots[si].dropped_content(mix(pick))
