@@ -10,7 +10,12 @@
 //! - `download-shared-sst` failing fails the restore with a typed error; a transient download
 //!   fault is retried;
 //! - the job coordinator counts failed checkpoints against `tolerable-failed` and resets the
-//!   count on success (real RocksDB slot).
+//!   count on success (real RocksDB slot);
+//! - what a checkpoint references without uploading it is protected by committed metadata:
+//!   two files of one content in a slot, objects of a commit in doubt or of a subsumption that
+//!   failed halfway are uploaded again even after garbage collection ran; another job's
+//!   released objects stay while some committed metadata under the root is unreadable (the
+//!   bugs the simulation in `sim/` found).
 
 mod support;
 
@@ -22,6 +27,7 @@ use std::time::Duration;
 use cairn::engine::checkpoint::{Checkpointer, new_job_name};
 use cairn::{BackendKind, CairnConfig, Slot, VoidNamespace};
 use cairn_snapshot::fault::Op;
+use cairn_snapshot::gc;
 use cairn_snapshot::metadata::KeyGroups;
 use cairn_snapshot::{
     CheckpointStorage, CheckpointStore, FailPoint, FailPoints, Fault, FaultAction, FaultStore,
@@ -463,6 +469,154 @@ fn the_coordinator_counts_failures_against_tolerable_failed() -> TestResult {
         assert!(cp.failure_tolerated(), "{url}: a success resets the count");
         assert_eq!(cp.reports().len(), 2);
         cp.block_on(assert_clean(cp.store(), &url))?;
+    }
+    Ok(())
+}
+
+/// Garbage collection of `store`'s job as an operator runs it from outside the writer (no
+/// in-flight set), with a grace of 0: stands in for uploads older than any grace.
+async fn collect_now(store: &CheckpointStore) -> Result<(), SnapshotError> {
+    let jobs = vec![store.layout().job().to_string()];
+    gc::collect(store.storage(), &jobs, Duration::ZERO, true, &|_| false).await?;
+    Ok(())
+}
+
+/// Two files of one slot with the same content are one object: it is uploaded (once), not
+/// skipped for both as "already stored" (the bug: each occurrence's acquire answered for the
+/// other, and the checkpoint committed referencing an object never written).
+#[test]
+fn two_files_with_one_content_in_a_slot_are_uploaded() -> TestResult {
+    for (name, r) in rigs("same_content_twice")? {
+        rt().block_on(async {
+            let store = CheckpointStore::open(r.storage.clone(), "job", 1).await?;
+            let mut st = SlotUploadState::new();
+            let mut snap = snapshot(r.scratch.path(), 1, &["a.sst"])?;
+            std::fs::copy(snap.dir.join("a.sst"), snap.dir.join("twin.sst"))?;
+            snap.shared.push("twin.sst".into());
+            let (h, report) = store.upload_slot(1, &snap, &mut st, 2).await?;
+            assert_eq!(h.shared[0].object, h.shared[1].object, "{name}: one object");
+            assert_eq!(report.files_uploaded, 1, "{name}: uploaded once");
+            store.commit(1, 128, vec![h], None, Default::default()).await?;
+            assert_clean(&store, name).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Objects only a checkpoint whose commit is in doubt references are not "stored": no
+/// committed metadata protects them from garbage collection, so the next checkpoint uploads
+/// them again rather than committing a reference to an object GC may have deleted.
+#[test]
+fn objects_of_a_commit_in_doubt_are_uploaded_again() -> TestResult {
+    for (name, r) in rigs("in_doubt_reuse")? {
+        rt().block_on(async {
+            let store = CheckpointStore::open(r.storage.clone(), "job", 1).await?;
+            let mut st = SlotUploadState::new();
+            checkpoint(&store, &mut st, r.scratch.path(), 1, &["a.sst"]).await?;
+            // The put of chk-2's metadata fails and so does reading it back: in doubt.
+            for op in [Op::Put, Op::Get] {
+                let f = Fault::on_path(Some(op), "chk-2/_metadata", FaultAction::Permanent);
+                r.faults.add(f.times(1));
+            }
+            let e = checkpoint(&store, &mut st, r.scratch.path(), 2, &["a.sst", "b.sst"])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, SnapshotError::CommitInDoubt { .. }),
+                "{name}: {e}"
+            );
+            // b.sst's object is referenced by no committed metadata: GC deletes it.
+            collect_now(&store).await?;
+            checkpoint(&store, &mut st, r.scratch.path(), 3, &["a.sst", "b.sst"]).await?;
+            assert_eq!(store.committed_ids().await?, vec![3], "{name}");
+            assert_clean(&store, name).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })?;
+    }
+    Ok(())
+}
+
+/// A subsumption that deleted a checkpoint's `_metadata` and then failed leaves objects no
+/// committed metadata references: they no longer count as stored (GC may delete them), a
+/// later checkpoint with that content uploads it again, and the next subsumption finishes
+/// the job.
+#[test]
+fn a_subsumption_that_failed_halfway_leaves_no_stale_stored_objects() -> TestResult {
+    for (name, r) in rigs("halfway_subsumption")? {
+        rt().block_on(async {
+            let store = CheckpointStore::open(r.storage.clone(), "job", 1).await?;
+            let mut st = SlotUploadState::new();
+            checkpoint(&store, &mut st, r.scratch.path(), 1, &["a.sst", "b.sst"]).await?;
+            // Subsuming chk-1 deletes its metadata, then listing its files fails.
+            let f = Fault::on_path(Some(Op::List), "chk-1", FaultAction::Permanent);
+            r.faults.add(f.times(1));
+            checkpoint(&store, &mut st, r.scratch.path(), 2, &["a.sst", "c.sst"]).await?;
+            assert_eq!(store.subsume_failures(), 1, "{name}");
+            collect_now(&store).await?;
+            checkpoint(&store, &mut st, r.scratch.path(), 3, &["b.sst", "c.sst"]).await?;
+            assert_eq!(store.committed_ids().await?, vec![3], "{name}");
+            assert_clean(&store, name).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Subsuming a claimed checkpoint releases objects in the claimed job's directory; they are
+/// deleted only when no committed checkpoint under the root references them. While some
+/// committed metadata can't be read, what it references is unknown: they are kept (the bug
+/// deleted them, breaking the other job's older checkpoint), and deleted by a later
+/// subsumption once the metadata reads again and nothing references them.
+#[test]
+fn released_objects_of_another_job_stay_while_root_metadata_is_unreadable() -> TestResult {
+    for (name, r) in rigs("claimed_release_damaged")? {
+        rt().block_on(async {
+            let a = CheckpointStore::open(r.storage.clone(), "job-a", 2).await?;
+            let mut sa = SlotUploadState::new();
+            checkpoint(&a, &mut sa, r.scratch.path(), 1, &["a.sst"]).await?;
+            checkpoint(&a, &mut sa, r.scratch.path(), 2, &["a.sst", "b.sst"]).await?;
+            a.release_lease().await?;
+            let source = a.layout().clone();
+            drop(a);
+            let b = CheckpointStore::open(r.storage.clone(), "job-b", 1).await?;
+            let meta = cairn_snapshot::store::load_metadata(&r.storage, &source, 2).await?;
+            b.claim(&source, &meta).await?;
+            let object_of = |file: &str| {
+                meta.slots[0]
+                    .shared
+                    .iter()
+                    .find(|f| f.name == file)
+                    .map(|f| b.layout().resolve(&f.object))
+            };
+            let (obj_a, obj_b) = (object_of("a.sst"), object_of("b.sst"));
+            // job-a's chk-1 (which references a.sst's object) can't be read for now.
+            let f = Fault::on_path(Some(Op::Get), "job-a/chk-1/_metadata", FaultAction::Permanent);
+            r.faults.add(f.times(u64::MAX));
+            let mut sb = SlotUploadState::new();
+            checkpoint(&b, &mut sb, r.scratch.path(), 3, &["c.sst"]).await?;
+            r.faults.clear();
+            assert_eq!(b.committed_ids().await?, vec![3], "{name}");
+            let a_ro = CheckpointStore::open_read_only(r.storage.clone(), "job-a").await?;
+            assert_eq!(a_ro.committed_ids().await?, vec![1], "{name}: chk-2 was subsumed");
+            let problems = a_ro.verify(&[1], true).await?;
+            assert!(problems.is_empty(), "{name}: job-a's chk-1 broke: {problems:?}");
+            // Readable again: the next subsumption deletes what nothing references (b.sst).
+            checkpoint(&b, &mut sb, r.scratch.path(), 4, &["d.sst"]).await?;
+            let exists = |p: Option<object_store::path::Path>| {
+                let s = r.storage.clone();
+                async move {
+                    match p {
+                        Some(p) => s.size(&p).await.map(|x| x.is_some()),
+                        None => Ok(false),
+                    }
+                }
+            };
+            assert!(exists(obj_a).await?, "{name}: a.sst's object is job-a's chk-1's");
+            assert!(!exists(obj_b).await?, "{name}: b.sst's object is referenced by nothing");
+            assert!(a_ro.verify(&[1], true).await?.is_empty(), "{name}");
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })?;
     }
     Ok(())
 }
