@@ -33,7 +33,7 @@ use cairn_snapshot::{
     CheckpointStorage, CheckpointStore, FailPoint, FailPoints, Fault, FaultAction, FaultStore,
     LocalSnapshot, SlotUploadState, SnapshotError, SnapshotErrorKind, StorageOptions,
 };
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -496,7 +496,9 @@ fn two_files_with_one_content_in_a_slot_are_uploaded() -> TestResult {
             let (h, report) = store.upload_slot(1, &snap, &mut st, 2).await?;
             assert_eq!(h.shared[0].object, h.shared[1].object, "{name}: one object");
             assert_eq!(report.files_uploaded, 1, "{name}: uploaded once");
-            store.commit(1, 128, vec![h], None, Default::default()).await?;
+            store
+                .commit(1, 128, vec![h], None, Default::default())
+                .await?;
             assert_clean(&store, name).await?;
             Ok::<_, Box<dyn std::error::Error>>(())
         })?;
@@ -590,17 +592,28 @@ fn released_objects_of_another_job_stay_while_root_metadata_is_unreadable() -> T
                     .map(|f| b.layout().resolve(&f.object))
             };
             let (obj_a, obj_b) = (object_of("a.sst"), object_of("b.sst"));
-            // job-a's chk-1 (which references a.sst's object) can't be read for now.
-            let f = Fault::on_path(Some(Op::Get), "job-a/chk-1/_metadata", FaultAction::Permanent);
-            r.faults.add(f.times(u64::MAX));
+            // job-a's chk-1 (which references a.sst's object) can't be read for now: its
+            // metadata is listed but does not parse (as a read cut short would leave it).
+            let raw = r.storage.store().clone();
+            let meta1 = source.metadata(1);
+            let saved = raw.get(&meta1).await?.bytes().await?;
+            raw.put(&meta1, saved.slice(..saved.len() / 2).into())
+                .await?;
             let mut sb = SlotUploadState::new();
             checkpoint(&b, &mut sb, r.scratch.path(), 3, &["c.sst"]).await?;
-            r.faults.clear();
+            raw.put(&meta1, saved.into()).await?;
             assert_eq!(b.committed_ids().await?, vec![3], "{name}");
             let a_ro = CheckpointStore::open_read_only(r.storage.clone(), "job-a").await?;
-            assert_eq!(a_ro.committed_ids().await?, vec![1], "{name}: chk-2 was subsumed");
+            assert_eq!(
+                a_ro.committed_ids().await?,
+                vec![1],
+                "{name}: chk-2 was subsumed"
+            );
             let problems = a_ro.verify(&[1], true).await?;
-            assert!(problems.is_empty(), "{name}: job-a's chk-1 broke: {problems:?}");
+            assert!(
+                problems.is_empty(),
+                "{name}: job-a's chk-1 broke: {problems:?}"
+            );
             // Readable again: the next subsumption deletes what nothing references (b.sst).
             checkpoint(&b, &mut sb, r.scratch.path(), 4, &["d.sst"]).await?;
             let exists = |p: Option<object_store::path::Path>| {
@@ -612,8 +625,14 @@ fn released_objects_of_another_job_stay_while_root_metadata_is_unreadable() -> T
                     }
                 }
             };
-            assert!(exists(obj_a).await?, "{name}: a.sst's object is job-a's chk-1's");
-            assert!(!exists(obj_b).await?, "{name}: b.sst's object is referenced by nothing");
+            assert!(
+                exists(obj_a).await?,
+                "{name}: a.sst's object is job-a's chk-1's"
+            );
+            assert!(
+                !exists(obj_b).await?,
+                "{name}: b.sst's object is referenced by nothing"
+            );
             assert!(a_ro.verify(&[1], true).await?.is_empty(), "{name}");
             Ok::<_, Box<dyn std::error::Error>>(())
         })?;
