@@ -76,7 +76,11 @@ pub enum CheckpointsCommand {
         /// Delete the orphans (default: dry run).
         #[arg(long)]
         apply: bool,
-        /// Never touch files younger than this (uploads may be in flight).
+        /// Never touch files younger than this (uploads may be in flight). While a writer
+        /// runs, keep it at least the writer's checkpoint timeout plus three storage
+        /// operations (`CheckpointConfig::min_gc_grace`; 37 min 45 s with default settings):
+        /// a younger orphan may be an upload whose commit is still to land. `0s` only when no
+        /// writer runs.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         grace: Duration,
     },
