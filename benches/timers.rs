@@ -87,7 +87,9 @@ fn round(kind: TimerServiceKind, shape: Shape, n: u64) -> Round {
     let ts_of = |i: u64| -> i64 {
         match shape {
             Shape::Windows => ((i * 20) / n) as i64 * 1_000 + 999,
-            Shape::Spread => (cairn::stream::mix64(i) % 1_000_000_000) as i64,
+            Shape::Spread => {
+                (cairn::engine::keygroup::key_hash(&i.to_be_bytes()) % 1_000_000_000) as i64
+            }
         }
     };
     let timers = slot.timers().expect("timer service");
@@ -137,7 +139,7 @@ fn snapshot_round(n: u64) {
     let timers = slot.timers().expect("timer service");
     for i in 0..n {
         let k = i.to_be_bytes();
-        let ts = (cairn::stream::mix64(i) % 1_000_000) as i64;
+        let ts = (cairn::engine::keygroup::key_hash(&i.to_be_bytes()) % 1_000_000) as i64;
         timers
             .register(
                 TimeDomain::EventTime,

@@ -1,7 +1,8 @@
 //! Cairn: a RocksDB state engine for stream processors.
 //!
-//! This crate re-exports the workspace's crates under one name and holds the `cairn` CLI's
-//! workloads. Library users embed [`Slot`]s (one per parallel worker); see [`engine`].
+//! This crate is the public API: re-exports of the workspace's crates under one name, and
+//! nothing else (no command-line code; the `cairn` command is the `cairn-cli` package, one
+//! user of this API). Library users embed [`Slot`]s, one per parallel worker; see [`engine`].
 #![deny(missing_docs)]
 
 pub use cairn_engine as engine;
@@ -14,17 +15,3 @@ pub use cairn_engine::{
     KeyGroupRange, ListState, MapState, ReducingState, ScopeKey, Slot, StateDescriptor, StateKind,
     ValueState, VoidNamespace,
 };
-
-pub mod bench_cmd;
-pub mod cache_bench;
-pub mod checkpointing;
-pub mod checkpoints_cmd;
-pub mod cli;
-pub mod metrics_server;
-pub mod rebase_bench;
-pub mod report;
-pub mod run;
-pub mod stream;
-pub mod torture;
-pub mod wordcount;
-pub mod workload;

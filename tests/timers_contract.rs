@@ -268,7 +268,7 @@ fn snapshot_restore_keeps_timers_and_filters_key_groups() -> R {
 #[test]
 fn many_timers_at_one_timestamp_fire_in_payload_order() -> R {
     each(|_, s| {
-        let key = |i: u64| cairn::stream::mix64(i).to_be_bytes();
+        let key = |i: u64| cairn::engine::keygroup::key_hash(&i.to_be_bytes()).to_be_bytes();
         for i in 0..600u64 {
             s.register(EV, 9, 1_000, &key(i), b"")?;
             s.register(EV, 9, 1_000, &key(i), b"")?;
@@ -424,7 +424,7 @@ fn long_runs_of_registrations_fire_once_in_order_and_snapshots_stay_exact() -> R
     // Timer `i` and `i + 3000` are the same timer; a quarter are processing-time timers.
     let timer = |i: u64| {
         let j = i % 3_000;
-        let h = cairn::stream::mix64(j);
+        let h = cairn::engine::keygroup::key_hash(&j.to_be_bytes());
         let domain = if j.is_multiple_of(4) { PT } else { EV };
         (
             domain,

@@ -7,18 +7,19 @@
 //! committed checkpoints are counted by listing `chk-*/_metadata` while the child runs, and
 //! leaks by listing the store (and walking the local directory, which also shows the staging
 //! files a killed upload leaves) against what the retained metadata references; see
-//! `src/torture.rs`. Each round continues from the previous round's latest checkpoint. The
-//! rounds are [`cairn::torture::run`], which `cairn torture` runs for longer
+//! `cli/src/torture.rs`. Each round continues from the previous round's latest checkpoint. The
+//! rounds are [`cairn_cli::torture::run`], which `cairn torture` runs for longer
 //! (`scripts/torture.sh`). Rounds rotate the child's write-back state cache: the default, a
 //! tiny one that evicts and writes back on nearly every record, and none.
 //!
 //! `CAIRN_CRASH_ROUNDS` sets the number of rounds per storage (default 20).
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
-use cairn::torture::{self, TortureOptions, TortureReport};
+use cairn_cli::torture::{self, TortureOptions, TortureReport};
 use cairn_snapshot::StorageOptions;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

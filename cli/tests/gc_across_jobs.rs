@@ -10,6 +10,7 @@
 //! - A no-claim restore whose source job deleted its files since still checkpoints: the copy
 //!   falls back to uploading the local file.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use cairn::engine::TimerServiceKind;
-use cairn::stream::key_for;
-use cairn::wordcount::{self, WordcountSpec};
 use cairn::{BackendKind, CairnConfig};
+use cairn_cli::stream::key_for;
+use cairn_cli::wordcount::{self, WordcountSpec};
 
 fn spec() -> WordcountSpec {
     WordcountSpec {

@@ -17,6 +17,7 @@
 //! directory for a job (deleting `chk-*/...` and `shared/<sha>` look-alikes in it), and an
 //! empty or missing directory listed as an empty root with exit 0 (a missing one was created).
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

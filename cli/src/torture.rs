@@ -28,7 +28,7 @@
 //!
 //! The child's stderr goes to `<work>/child.log` (kept for debugging, not read).
 //!
-//! The same code backs `tests/crash_restore.rs` (20 rounds on the local directory and on the
+//! The same code backs `cli/tests/crash_restore.rs` (20 rounds on the local directory and on the
 //! loopback S3 server) and `scripts/torture.sh` (200+ rounds).
 
 use std::collections::{BTreeSet, HashSet};

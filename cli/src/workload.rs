@@ -195,7 +195,7 @@ impl Driver {
             },
             WorkloadKind::Wordcount => {
                 return Err(cairn_engine::EngineError::InvalidArgument(
-                    "the wordcount workload runs through cairn::wordcount::run".into(),
+                    "the wordcount workload runs through cairn_cli::wordcount::run".into(),
                 ));
             }
             WorkloadKind::Mixed => States::Mixed {

@@ -1,0 +1,18 @@
+//! The `cairn` command's code: its commands, the workloads and their one runner, benchmarks,
+//! the chart writer and the kill -9 torture. Built on the `cairn` library's public API like any
+//! other host; nothing here is part of that API.
+#![deny(missing_docs)]
+
+pub mod bench_cmd;
+pub mod cache_bench;
+pub mod checkpointing;
+pub mod checkpoints_cmd;
+pub mod cli;
+pub mod metrics_server;
+pub mod rebase_bench;
+pub mod report;
+pub mod run;
+pub mod stream;
+pub mod torture;
+pub mod wordcount;
+pub mod workload;
