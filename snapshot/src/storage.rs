@@ -36,14 +36,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    BackoffConfig, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig,
-};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock};
@@ -209,38 +205,7 @@ impl CheckpointStorage {
             return Ok(s);
         }
         if url.starts_with("s3://") {
-            let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-            let bucket = parsed
-                .host_str()
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| bad("missing bucket".into()))?;
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if let Some(e) = &options.s3_endpoint {
-                b = b.with_endpoint(e);
-            }
-            let region = options
-                .s3_region
-                .clone()
-                .or_else(|| std::env::var("AWS_REGION").ok())
-                .unwrap_or_else(|| "us-east-1".into());
-            b = b.with_region(region).with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: options.s3_max_retries,
-                retry_timeout: options.s3_retry_timeout,
-            });
-            // `false` keeps what the environment says (`AWS_ALLOW_HTTP`).
-            if options.s3_allow_http {
-                b = b.with_allow_http(true);
-            }
-            if let Some(k) = &options.s3_access_key_id {
-                b = b.with_access_key_id(k);
-            }
-            if let Some(k) = &options.s3_secret_access_key {
-                b = b.with_secret_access_key(k);
-            }
-            let store = b.build().map_err(|e| bad(e.to_string()))?;
-            let root = Path::from(parsed.path().trim_matches('/'));
-            return Ok(Self::with_options(Arc::new(store), root, url, options));
+            return s3(url, options).map_err(bad);
         }
         let dir = match url.strip_prefix("file://") {
             Some(p) => std::path::PathBuf::from(p),
@@ -570,6 +535,57 @@ impl CheckpointStorage {
         })
         .await
     }
+}
+
+/// An S3 store for `s3://bucket/prefix`, configured from `AWS_*` env vars and `options`. The
+/// S3 client (object_store's `aws` feature: an HTTP and TLS stack) is only built with the `s3`
+/// feature, so embedders checkpointing to local directories don't compile it.
+#[cfg(feature = "s3")]
+fn s3(url: &str, options: &StorageOptions) -> std::result::Result<CheckpointStorage, String> {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{BackoffConfig, RetryConfig};
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let bucket = parsed
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| "missing bucket".to_string())?;
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(e) = &options.s3_endpoint {
+        b = b.with_endpoint(e);
+    }
+    let region = options
+        .s3_region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    b = b.with_region(region).with_retry(RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: options.s3_max_retries,
+        retry_timeout: options.s3_retry_timeout,
+    });
+    // `false` keeps what the environment says (`AWS_ALLOW_HTTP`).
+    if options.s3_allow_http {
+        b = b.with_allow_http(true);
+    }
+    if let Some(k) = &options.s3_access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(k) = &options.s3_secret_access_key {
+        b = b.with_secret_access_key(k);
+    }
+    let store = b.build().map_err(|e| e.to_string())?;
+    let root = Path::from(parsed.path().trim_matches('/'));
+    Ok(CheckpointStorage::with_options(
+        Arc::new(store),
+        root,
+        url,
+        options,
+    ))
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3(_url: &str, _options: &StorageOptions) -> std::result::Result<CheckpointStorage, String> {
+    Err("this build has no S3 support: build Cairn with its `s3` feature".into())
 }
 
 #[cfg(test)]
