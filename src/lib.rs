@@ -10,8 +10,14 @@ pub use cairn_memory as memory;
 pub use cairn_snapshot as snapshot;
 pub use cairn_timers as timers;
 
+/// Bytes sizes in the configuration (`max-value-size`, memory budgets).
+pub use bytesize::ByteSize;
+pub use cairn_engine::checkpoint::{
+    CheckpointConfig, CheckpointReport, Checkpointer, RestoreMode, RestoreSource, SyncSnapshot,
+};
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
-    KeyGroupRange, ListState, MapState, ReducingState, ScopeKey, Slot, StateDescriptor, StateKind,
-    ValueState, VoidNamespace,
+    KeyGroup, KeyGroupRange, ListState, MapState, Metrics, ReducingState, ScopeKey, Slot,
+    SlotBuilder, SlotRestore, StateDescriptor, StateKind, TimeDomain, Timer, ValueState,
+    VoidNamespace, key_group_of, slot_for_key,
 };

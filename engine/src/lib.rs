@@ -29,9 +29,9 @@ pub use cairn_timers::{TimeDomain, Timer, TimerService};
 pub use codec::VoidNamespace;
 pub use config::{BackendKind, CairnConfig, TimerServiceKind};
 pub use error::{EngineError, ErrorKind, Result};
-pub use keygroup::{KeyGroup, KeyGroupRange};
+pub use keygroup::{KeyGroup, KeyGroupRange, key_group_of, slot_for_key};
 pub use metrics::Metrics;
-pub use slot::{Slot, SlotBuilder};
+pub use slot::{Slot, SlotBuilder, SlotRestore};
 pub use state::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,
 };
