@@ -21,3 +21,5 @@ echo "== cargo clippy --release"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test --release --workspace"
 cargo test --release --workspace
+echo "== examples"
+cargo run --release --example embed

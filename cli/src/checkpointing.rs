@@ -11,13 +11,16 @@
 //! restored from it continues at `g = B`.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, CompactionStats, SyncSnapshot};
+use cairn_engine::checkpoint::{
+    CheckpointReport, CheckpointSchedule, Checkpointer, CompactionStats, SyncSnapshot,
+};
 use cairn_engine::{EngineError, Metrics, Slot};
+use cairn_snapshot::SystemClock;
 
 /// The property holding a checkpoint's stream position.
 pub const POSITION: &str = "position";
@@ -185,7 +188,10 @@ pub struct BarrierCursor {
 }
 
 /// Runs the coordinator until the final checkpoint is done (or `abort` is set). Returns the
-/// reports of the completed checkpoints, or the error that must fail the run.
+/// reports of the completed checkpoints, or the error that must fail the run. When to trigger
+/// and when a checkpoint has expired is the engine's [`CheckpointSchedule`] (Flink's interval,
+/// min pause from the last completion, timeout from the trigger, so barrier collection is
+/// under it); an expired checkpoint counts against `tolerable-failed`.
 pub fn coordinate(
     cp: &mut Checkpointer,
     barriers: &Barriers,
@@ -195,19 +201,17 @@ pub fn coordinate(
     abort: &AtomicBool,
     metrics: &Metrics,
 ) -> Result<(), EngineError> {
-    let interval = cp.config().interval;
-    let min_pause = cp.config().min_pause;
+    let mut schedule = CheckpointSchedule::new(cp.config(), Arc::new(SystemClock));
     // Far enough ahead that no slot passes the barrier before it sees it: the positions slots
     // publish are up to `POSITION_EVERY` records per slot stale.
     let margin = 4 * POSITION_EVERY * u64::from(slots) + 10_000;
-    let mut last_done = Instant::now();
     loop {
         if abort.load(Ordering::Relaxed) {
             barriers.final_done.store(true, Ordering::Release);
             return Ok(());
         }
         let all_done = barriers.slots_done.load(Ordering::Acquire) == slots;
-        let due = interval.is_some_and(|i| last_done.elapsed() >= i.max(min_pause));
+        let due = schedule.due();
         if all_done || due {
             let pos = if all_done {
                 records
@@ -222,8 +226,10 @@ pub fn coordinate(
             };
             if all_done || pos < records {
                 let id = cp.next_id();
+                schedule.triggered(id);
                 barriers.publish(pos, id);
-                match collect(replies, id, slots, abort) {
+                let mut completed = false;
+                match collect(replies, id, slots, abort, &schedule) {
                     Collected::All(syncs) => {
                         // Compactions ran on the slot threads before their snapshots.
                         if let Ok(mut c) = barriers.compacted.lock() {
@@ -235,6 +241,7 @@ pub fn coordinate(
                             BTreeMap::from([(POSITION.to_string(), pos.min(records).to_string())]);
                         match cp.complete_with(id, syncs, props) {
                             Ok(r) => {
+                                completed = true;
                                 metrics.checkpoint_completed(&r);
                                 for s in &r.compact_slots {
                                     if let Some(f) = barriers.compact.get(*s as usize) {
@@ -261,6 +268,27 @@ pub fn coordinate(
                         }
                         tracing::info!("checkpoint {id} declined: a slot was past its barrier");
                     }
+                    Collected::Expired(syncs) => {
+                        for s in syncs {
+                            let _ = std::fs::remove_dir_all(s.dir());
+                        }
+                        cp.checkpoint_expired(id);
+                        metrics.checkpoint_failed();
+                        let timeout = cp.config().timeout;
+                        tracing::warn!(
+                            ?timeout,
+                            "checkpoint {id} expired before every slot answered"
+                        );
+                        if !cp.failure_tolerated() || all_done {
+                            barriers.final_done.store(true, Ordering::Release);
+                            return Err(EngineError::CheckpointFailed {
+                                id,
+                                reason: format!(
+                                    "expired after {timeout:?} before every slot took its snapshot"
+                                ),
+                            });
+                        }
+                    }
                     Collected::Failed(e) => {
                         metrics.checkpoint_failed();
                         barriers.final_done.store(true, Ordering::Release);
@@ -268,7 +296,7 @@ pub fn coordinate(
                     }
                     Collected::Aborted => {}
                 }
-                last_done = Instant::now();
+                schedule.finished(id, completed);
             }
             if all_done {
                 barriers.final_done.store(true, Ordering::Release);
@@ -282,6 +310,8 @@ pub fn coordinate(
 enum Collected {
     All(Vec<SyncSnapshot>),
     Declined(Vec<SyncSnapshot>),
+    /// The timeout passed before every slot answered (the snapshots collected so far).
+    Expired(Vec<SyncSnapshot>),
     Failed(EngineError),
     Aborted,
 }
@@ -291,10 +321,18 @@ fn collect(
     id: u64,
     slots: u32,
     abort: &AtomicBool,
+    schedule: &CheckpointSchedule,
 ) -> Collected {
     let (mut syncs, mut answered, mut missed) = (Vec::new(), 0u32, false);
     while answered < slots {
+        if schedule.expired().contains(&id) {
+            return Collected::Expired(syncs);
+        }
         match replies.recv_timeout(Duration::from_millis(50)) {
+            // A late answer to an expired checkpoint: its snapshot is not needed.
+            Ok((_, rid, BarrierReply::Snapshot(Ok(s)))) if rid != id => {
+                let _ = std::fs::remove_dir_all(s.dir());
+            }
             Ok((_, rid, _)) if rid != id => {}
             Ok((_, _, BarrierReply::Missed)) => {
                 answered += 1;

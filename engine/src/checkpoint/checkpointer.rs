@@ -355,6 +355,18 @@ impl Checkpointer {
         self.consecutive_failures <= self.cfg.tolerable_failed && !self.fenced()
     }
 
+    /// Checkpoint `id` expired before its snapshots were all collected (see
+    /// [`CheckpointSchedule::expired`](crate::checkpoint::CheckpointSchedule::expired)): it
+    /// counts as a failed checkpoint against `tolerable-failed`, as in Flink. Nothing of it
+    /// was uploaded; the host removes the snapshots it did collect.
+    pub fn checkpoint_expired(&mut self, id: u64) {
+        self.consecutive_failures += 1;
+        tracing::warn!(
+            failures = self.consecutive_failures,
+            "checkpoint {id} expired"
+        );
+    }
+
     /// Whether another writer took this job over (see `cairn_snapshot::lease`).
     pub fn fenced(&self) -> bool {
         self.store.lease().is_some_and(|l| l.fenced().is_err())

@@ -8,6 +8,7 @@ mod config;
 mod local;
 mod prepare;
 mod rebase;
+mod schedule;
 mod sync;
 
 pub use checkpointer::{
@@ -16,4 +17,5 @@ pub use checkpointer::{
 pub use config::{CheckpointConfig, FileVerify, RebaseConfig, RestoreMode};
 pub use local::{RestorePath, SlotRestoreReport};
 pub use rebase::CompactionStats;
+pub use schedule::CheckpointSchedule;
 pub use sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot, TIMERS_SNAPSHOT_FILE};
