@@ -131,10 +131,12 @@ mod tests {
         timeout: u64,
     ) -> (CheckpointSchedule, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let mut cfg = CheckpointConfig::default();
-        cfg.interval = interval.map(Duration::from_millis);
-        cfg.min_pause = Duration::from_millis(min_pause);
-        cfg.timeout = Duration::from_millis(timeout);
+        let cfg = CheckpointConfig {
+            interval: interval.map(Duration::from_millis),
+            min_pause: Duration::from_millis(min_pause),
+            timeout: Duration::from_millis(timeout),
+            ..CheckpointConfig::default()
+        };
         (CheckpointSchedule::new(&cfg, clock.clone()), clock)
     }
 
