@@ -19,11 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::path::Path;
 
-use cairn::engine::checkpoint::new_job_name;
 use cairn::engine::codec;
 use cairn::{
     BackendKind, CairnConfig, Checkpointer, KeyGroupRange, RestoreSource, Slot, SlotRestore,
-    TimeDomain, Timer, ValueState, VoidNamespace, slot_for_key,
+    TimeDomain, ValueState, VoidNamespace, new_job_name, slot_for_key,
 };
 
 type Res<T = ()> = Result<T, Box<dyn Error>>;
@@ -136,25 +135,30 @@ impl Job {
     /// timestamp order. The callback reads the word's count, as a windowed operator would before
     /// emitting it; here it checks the count against the host's.
     fn advance_watermark(&mut self, watermark: i64) -> Res {
-        let mut timer = Timer::default();
+        let (expected, pending) = (&self.expected, &mut self.pending);
+        let mut wrong = Vec::new();
         for w in &mut self.workers {
-            while w
-                .slot
-                .poll_timer(TimeDomain::EventTime, watermark, &mut timer)?
-            {
-                // A timer carries its serialized key and namespace, which scope the state.
-                let scope = w.slot.scope_raw(&timer.key, &timer.namespace)?;
-                let word: String = codec::decode(&timer.key, "<key>")?;
-                let count = w.count.get(&mut w.slot, &scope)?;
-                let want = self.expected.get(&word).copied();
-                if count != want || !self.pending.remove(&(timer.timestamp, word.clone())) {
-                    let at = timer.timestamp;
-                    return Err(format!("timer {word}@{at}: count {count:?}, want {want:?}").into());
-                }
-                self.fired += 1;
-            }
+            let count = &w.count;
+            // `scope` is set to the timer's key and namespace, so state reads are that key's.
+            self.fired +=
+                w.slot
+                    .fire_timers(TimeDomain::EventTime, watermark, |slot, scope, timer| {
+                        let word: String = codec::decode(&timer.key, "<key>")?;
+                        let got = count.get(slot, scope)?;
+                        let want = expected.get(&word).copied();
+                        if got != want || !pending.remove(&(timer.timestamp, word.clone())) {
+                            wrong.push(format!(
+                                "timer {word}@{}: count {got:?}, want {want:?}",
+                                timer.timestamp
+                            ));
+                        }
+                        Ok(())
+                    })?;
         }
-        Ok(())
+        match wrong.first() {
+            Some(w) => Err(w.clone().into()),
+            None => Ok(()),
+        }
     }
 
     /// Checkpoint `position` (records `0..position` processed). Called between two records, so

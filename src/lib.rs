@@ -13,7 +13,8 @@ pub use cairn_timers as timers;
 /// Bytes sizes in the configuration (`max-value-size`, memory budgets).
 pub use bytesize::ByteSize;
 pub use cairn_engine::checkpoint::{
-    CheckpointConfig, CheckpointReport, Checkpointer, RestoreMode, RestoreSource, SyncSnapshot,
+    CheckpointConfig, CheckpointReport, CheckpointSchedule, Checkpointer, RestoreMode,
+    RestoreSource, SyncSnapshot, new_job_name,
 };
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,

@@ -770,7 +770,7 @@ fn each_slot_accepts_only_keys_of_its_key_groups(b: &Backend) -> TestResult {
         let kg = key_group_of(&k, max_p);
         let owner = keygroup::slot_for_key_group(kg, max_p, SLOTS) as usize;
         for (i, slot) in slots.iter_mut().enumerate() {
-            assert_eq!(slot.key_group_of(&enc(&k)), kg);
+            assert_eq!(slot.key_group_of_bytes(&enc(&k)), kg);
             match slot.scope(&k, &VoidNamespace) {
                 Ok(s) => {
                     assert_eq!(i, owner, "slot {i} accepted key {k} of key group {kg}");

@@ -385,7 +385,7 @@ fn check_sequence(dir: &Path, cache: Cache, ops: &[Op]) -> Result<(), TestCaseEr
     // A scope of each key maps to the key group its entries were scanned under.
     for k in 0..KEYS {
         let s = heap.scope((k, 0)).map_err(fail("scope"))?;
-        prop_assert_eq!(s.key_group(), heap.slot.key_group_of(&enc(&k)));
+        prop_assert_eq!(s.key_group(), heap.slot.key_group_of_bytes(&enc(&k)));
     }
     Ok(())
 }

@@ -70,7 +70,7 @@ fn contract_order(slot: &mut Slot, model: &Model) -> R<Vec<(i64, u64, u32)>> {
         let nb = codec::encode(&ns, "ns")?;
         let mut p = Vec::new();
         layout::encode_payload(&mut p, &kb, &nb);
-        v.push(((ts, slot.key_group_of(&kb), p), (ts, key, ns)));
+        v.push(((ts, slot.key_group_of_bytes(&kb), p), (ts, key, ns)));
     }
     v.sort();
     Ok(v.into_iter().map(|(_, t)| t).collect())

@@ -420,7 +420,7 @@ mod tests {
             let raw = slot.scope_raw(&kb, &[]).expect("raw");
             let typed = slot.scope(&key, &VoidNamespace).expect("typed");
             assert_eq!(raw, typed);
-            assert_eq!(raw.key_group(), slot.key_group_of(&kb));
+            assert_eq!(raw.key_group(), slot.key_group_of_bytes(&kb));
         }
     }
 

@@ -409,8 +409,11 @@ impl Slot {
         r
     }
 
-    /// The key group of a serialized key (for routing records to slots).
-    pub fn key_group_of(&self, key: &[u8]) -> KeyGroup {
+    /// The key group of already serialized key bytes, hashed as given (what
+    /// [`Slot::scope_raw`] does). A typed key is routed with
+    /// [`crate::keygroup::key_group_of`] / [`crate::keygroup::slot_for_key`], which serialize
+    /// it first.
+    pub fn key_group_of_bytes(&self, key: &[u8]) -> KeyGroup {
         keygroup::assign_to_key_group(key, self.max_parallelism)
     }
 
@@ -914,6 +917,39 @@ impl Slot {
     ) -> Result<()> {
         let svc = self.timers()?;
         Ok(op(svc, scope.key_group, scope.key(), scope.namespace())?)
+    }
+
+    /// Fires every timer of `domain` due at `up_to` (a watermark, or the processing time), in
+    /// order, calling `on_timer(slot, scope, timer)` for each with `scope` set to the timer's
+    /// key and namespace, so the callback reads and writes that key's state (and may register
+    /// timers, which fire in this call when due). Returns how many fired; stops at the first
+    /// error of the callback or the timer service.
+    ///
+    /// ```no_run
+    /// # use cairn_engine::{Slot, TimeDomain, ValueState, VoidNamespace};
+    /// # fn f(slot: &mut Slot, count: &ValueState<u64>, watermark: i64) -> cairn_engine::Result<()> {
+    /// slot.fire_timers(TimeDomain::EventTime, watermark, |slot, scope, timer| {
+    ///     let n = count.get(slot, scope)?.unwrap_or(0);
+    ///     println!("window ending {} of key {:?}: {n}", timer.timestamp, timer.key);
+    ///     Ok(())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fire_timers(
+        &mut self,
+        domain: TimeDomain,
+        up_to: i64,
+        mut on_timer: impl FnMut(&mut Slot, &ScopeKey, &Timer) -> Result<()>,
+    ) -> Result<u64> {
+        let mut timer = Timer::default();
+        let mut scope = ScopeKey::new(0, self.prefix_bytes, &[], &[]);
+        let mut fired = 0;
+        while self.poll_timer(domain, up_to, &mut timer)? {
+            self.rescope_timer(&mut scope, &timer)?;
+            on_timer(self, &scope, &timer)?;
+            fired += 1;
+        }
+        Ok(fired)
     }
 
     /// Removes the next timer of `domain` due at `up_to` into `out` (see
