@@ -251,3 +251,32 @@ fn a_claimed_checkpoint_survives_a_failed_delete_and_a_restart() -> TestResult {
     assert_eq!(rig.restore(&job_b, b2)?, expected(3));
     Ok(())
 }
+
+/// The timeout runs from the trigger (`Checkpointer::next_id`), as Flink's: a checkpoint whose
+/// barriers took longer than the timeout to collect fails before uploading anything, and the
+/// next checkpoint, taken promptly, commits.
+#[test]
+fn the_timeout_runs_from_the_trigger() -> TestResult {
+    let rig = Rig::new(BackendKind::RocksDb)?;
+    let job = new_job_name();
+    let mut cp = rig.open(&job)?;
+    let mut slot = Slot::builder(&rig.cfg).open()?;
+    write(&mut slot, 1)?;
+    checkpoint(&mut cp, &mut slot)?;
+    // Triggered, then the barrier takes 700 ms to reach the slot (timeout: 500 ms).
+    let id = cp.next_id();
+    std::thread::sleep(Duration::from_millis(700));
+    write(&mut slot, 2)?;
+    let sync = slot.snapshot_sync(id)?;
+    let e = match cp.complete(id, vec![sync]) {
+        Ok(_) => return Err("a checkpoint triggered 700 ms ago committed".into()),
+        Err(e) => e,
+    };
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert_eq!(rig.committed(&job)?, vec![1]);
+    let id = checkpoint(&mut cp, &mut slot)?;
+    assert_eq!(rig.committed(&job)?, vec![id]);
+    drop(cp);
+    assert_eq!(rig.restore(&job, id)?, expected(2));
+    Ok(())
+}

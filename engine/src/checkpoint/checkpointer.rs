@@ -2,7 +2,7 @@
 //! restore. One per job (it owns the job's `CheckpointStore` and a small tokio runtime for
 //! transfers); slots hand it their [`SyncSnapshot`]s.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,6 +147,10 @@ pub struct Checkpointer {
     cfg: CheckpointConfig,
     uploads: HashMap<u32, SlotUploadState>,
     next_id: u64,
+    /// When each id was handed out by [`Checkpointer::next_id`] (the trigger), storage-clock
+    /// ms: the timeout runs from there, so barrier collection and the synchronous phases are
+    /// under it (as in Flink), not only the uploads.
+    triggered_at_ms: BTreeMap<u64, u64>,
     max_parallelism: u32,
     restored_from: Option<RestoredFrom>,
     consecutive_failures: u32,
@@ -290,6 +294,7 @@ impl Checkpointer {
             cfg: cfg.clone(),
             uploads: HashMap::new(),
             next_id,
+            triggered_at_ms: BTreeMap::new(),
             max_parallelism,
             restored_from: None,
             consecutive_failures: 0,
@@ -342,10 +347,14 @@ impl Checkpointer {
         &self.cfg
     }
 
-    /// The id the next checkpoint gets (ids continue after a restored checkpoint's, as Flink's).
+    /// Triggers the next checkpoint: its id (ids continue after a restored checkpoint's, as
+    /// Flink's). Its timeout (`checkpoint.timeout`) runs from now.
     pub fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        // Ids never completed (declined, expired) are dropped when a later one completes.
+        self.triggered_at_ms
+            .insert(id, self.store.storage().now_ms());
         id
     }
 
@@ -615,7 +624,16 @@ impl Checkpointer {
             .iter()
             .map(|l| self.uploads.remove(&l.slot).unwrap_or_default())
             .collect();
+        // What is left of the timeout since the trigger (all of it for an id this checkpointer
+        // did not hand out).
+        let now = self.store.storage().now_ms();
+        let since_trigger = self
+            .triggered_at_ms
+            .remove(&id)
+            .map_or(0, |t| now.saturating_sub(t));
+        self.triggered_at_ms.retain(|i, _| *i > id);
         let timeout = self.cfg.timeout;
+        let budget = timeout.saturating_sub(Duration::from_millis(since_trigger));
         let restored_from = self.restored_from.clone();
         let max_p = self.max_parallelism;
         // Before the commit: materialized, uploaded, within the timeout. A timeout here aborts
@@ -648,7 +666,7 @@ impl Checkpointer {
         };
         let uploaded = self
             .rt
-            .block_on(async { tokio::time::timeout(timeout, uploads).await });
+            .block_on(async { tokio::time::timeout(budget, uploads).await });
         for (l, st) in locals.iter().zip(states) {
             self.uploads.insert(l.slot, st);
         }
@@ -657,7 +675,9 @@ impl Checkpointer {
             Err(_) => {
                 return Err(EngineError::CheckpointFailed {
                     id,
-                    reason: format!("timed out after {timeout:?} before its commit"),
+                    reason: format!(
+                        "timed out after {timeout:?} (from its trigger) before its commit"
+                    ),
                 });
             }
         };
