@@ -150,7 +150,7 @@ fn snapshot_round(n: u64) {
             )
             .expect("register");
     }
-    let sync = slot.snapshot_sync(1).expect("snapshot");
+    let sync = slot.snapshot_for_checkpoint(1).expect("snapshot");
     let sync_ms = sync.sync_duration.as_secs_f64() * 1e3;
     // First writes after the snapshot: one per key group, each copies that key group's queue.
     let timers = slot.timers().expect("timer service");

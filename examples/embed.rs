@@ -169,7 +169,7 @@ impl Job {
         let id = cp.next_id();
         let mut syncs = Vec::new();
         for w in &mut self.workers {
-            syncs.push(w.slot.snapshot_sync(id)?);
+            syncs.push(w.slot.snapshot_for_checkpoint(id)?);
         }
         let props = BTreeMap::from([(POSITION.to_string(), position.to_string())]);
         let r = cp.complete_with(id, syncs, props)?;

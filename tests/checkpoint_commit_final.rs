@@ -267,7 +267,7 @@ fn the_timeout_runs_from_the_trigger() -> TestResult {
     let id = cp.next_id();
     std::thread::sleep(Duration::from_millis(700));
     write(&mut slot, 2)?;
-    let sync = slot.snapshot_sync(id)?;
+    let sync = slot.snapshot_for_checkpoint(id)?;
     let e = match cp.complete(id, vec![sync]) {
         Ok(_) => return Err("a checkpoint triggered 700 ms ago committed".into()),
         Err(e) => e,

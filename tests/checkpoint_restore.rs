@@ -88,7 +88,7 @@ fn read_back(slot: &mut Slot, keys: u64) -> Result<Model, Box<dyn std::error::Er
 /// Takes one checkpoint of `slot` and returns its id.
 fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> Result<u64, Box<dyn std::error::Error>> {
     let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
+    let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync])?;
     Ok(id)
 }

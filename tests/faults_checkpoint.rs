@@ -447,7 +447,7 @@ fn the_coordinator_counts_failures_against_tolerable_failed() -> TestResult {
                 count.update(slot, &scope, &n)?;
             }
             let id = cp.next_id();
-            let sync = slot.snapshot_sync(id)?;
+            let sync = slot.snapshot_for_checkpoint(id)?;
             Ok(cp.complete(id, vec![sync]).is_ok())
         };
         assert!(take(&mut slot, &mut cp, 0)?, "{url}: first checkpoint");

@@ -68,7 +68,7 @@ fn run_job(
     for r in 0..rounds {
         write(&mut slot, &mut model, r)?;
         id = cp.next_id();
-        let sync = slot.snapshot_sync(id)?;
+        let sync = slot.snapshot_for_checkpoint(id)?;
         let rep = cp.complete(id, vec![sync])?;
         assert_eq!(rep.kept_locally, cfg.checkpoint.local_recovery);
     }
@@ -94,7 +94,7 @@ fn restore(
     let state = read_back(&mut slot)?;
     // The restored slot checkpoints on (its SSTs may be links into the local snapshot).
     let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
+    let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync])?;
     let _ = std::fs::remove_dir_all(&dest);
     Ok((report, state))
@@ -373,7 +373,7 @@ fn a_local_snapshot_from_other_storage_is_not_used() -> TestResult {
         }
         let mut cp = Checkpointer::open(&c.checkpoint, &job, 128)?;
         let id = cp.next_id();
-        let sync = slot.snapshot_sync(id)?;
+        let sync = slot.snapshot_for_checkpoint(id)?;
         cp.complete(id, vec![sync])?;
         Ok((c.checkpoint.dir.clone(), id))
     };

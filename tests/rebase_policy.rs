@@ -68,7 +68,7 @@ fn checkpoint(
 ) -> Result<CheckpointReport, Box<dyn std::error::Error>> {
     cp.compact_if_due(slot)?;
     let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
+    let sync = slot.snapshot_for_checkpoint(id)?;
     Ok(cp.complete(id, vec![sync])?)
 }
 

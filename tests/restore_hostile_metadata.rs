@@ -51,7 +51,7 @@ impl Committed {
                 };
                 count.update(&mut slot, &scope, &(k + 1))?;
             }
-            syncs.push(slot.snapshot_sync(id)?);
+            syncs.push(slot.snapshot_for_checkpoint(id)?);
         }
         cp.complete(id, syncs)?;
         let job = cp.job().to_string();

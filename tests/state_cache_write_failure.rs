@@ -33,7 +33,7 @@ enum WriteBack {
     Eviction,
     /// A write that takes the dirty bytes past `state-cache.max-dirty-ratio`.
     DirtyBound,
-    /// The checkpoint's synchronous phase (`snapshot_sync` -> `flush_cache`).
+    /// The checkpoint's synchronous phase (`snapshot_for_checkpoint` -> `flush_cache`).
     CheckpointFlush,
     /// The checkpoint pre-flush (`prepare_checkpoint`), a chunk of the drain.
     PreFlush,
@@ -102,7 +102,7 @@ fn checkpoint(
     slot: &mut Slot,
 ) -> TestResult<Result<u64, cairn::EngineError>> {
     let id = cp.next_id();
-    match slot.snapshot_sync(id) {
+    match slot.snapshot_for_checkpoint(id) {
         Ok(sync) => {
             cp.complete(id, vec![sync])?;
             Ok(Ok(id))

@@ -131,7 +131,7 @@ fn round_trip_with(
 
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
     let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
+    let sync = slot.snapshot_for_checkpoint(id)?;
     // Changes between the synchronous and the asynchronous phase are not in the checkpoint
     // (heap timers: copy-on-write of the key groups they touch).
     let mut later = Model::new();
@@ -286,7 +286,7 @@ fn heap_timers_follow_their_key_groups_when_rescaling() -> R {
     let id = cp.next_id();
     let syncs = slots
         .iter_mut()
-        .map(|s| s.snapshot_sync(id))
+        .map(|s| s.snapshot_for_checkpoint(id))
         .collect::<Result<Vec<_>, _>>()?;
     cp.complete(id, syncs)?;
     let url = format!("{}/chk-{id}", cp.job_url());

@@ -268,7 +268,7 @@ fn churn(a: &CheckpointBenchArgs, root: &Path) -> BResult<Vec<ChurnResult>> {
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
     let state = load(&mut slot, a.keys, a.value_size, |g| g)?;
     let first = cp.next_id();
-    let sync = slot.snapshot_sync(first)?;
+    let sync = slot.snapshot_for_checkpoint(first)?;
     cp.complete(first, vec![sync])?;
     let mut prev: HashMap<String, u64> = shared_of(&cp, first)?;
     let mut results = Vec::new();
@@ -291,7 +291,7 @@ fn churn(a: &CheckpointBenchArgs, root: &Path) -> BResult<Vec<ChurnResult>> {
                 g += 1;
             }
             let id = cp.next_id();
-            let sync = slot.snapshot_sync(id)?;
+            let sync = slot.snapshot_for_checkpoint(id)?;
             let rep = cp.complete(id, vec![sync])?;
             let now = shared_of(&cp, id)?;
             new_sst += now
@@ -408,7 +408,7 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         load(&mut slot, keys, a.restore_value_size, |g| g % keys)?;
         let id = cp.next_id();
         let t = Instant::now();
-        let sync = slot.snapshot_sync(id)?;
+        let sync = slot.snapshot_for_checkpoint(id)?;
         cp.complete(id, vec![sync])?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         (cp.job_url(), id, ms)
@@ -531,7 +531,7 @@ fn first_checkpoint(
     slot: &mut Slot,
 ) -> BResult<cairn_engine::checkpoint::CheckpointReport> {
     let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
+    let sync = slot.snapshot_for_checkpoint(id)?;
     Ok(cp.complete(id, vec![sync])?)
 }
 

@@ -129,7 +129,7 @@ impl Barriers {
         let reply = if g == pos || at_end {
             // The synchronous phase writes whatever the pre-flush had left.
             cursor.preparing = false;
-            BarrierReply::Snapshot(slot.snapshot_sync(id))
+            BarrierReply::Snapshot(slot.snapshot_for_checkpoint(id))
         } else if g > pos {
             BarrierReply::Missed
         } else {

@@ -317,7 +317,7 @@ fn run_policy(
         }
         let compaction_ms = cp.compact_if_due(&mut slot)?.map_or(0.0, |s| s.ms);
         let id = cp.next_id();
-        let sync = slot.snapshot_sync(id)?;
+        let sync = slot.snapshot_for_checkpoint(id)?;
         let rep = cp.complete(id, vec![sync])?;
         let (_, referenced) = cp.store().referenced_totals()?;
         let (objects, stored) = cp.block_on(cp.store().stored_totals())?;

@@ -34,7 +34,7 @@ pub fn read_counters(slot: &mut Slot, keys: u64) -> Result<Vec<Option<u64>>, Box
 /// Takes one checkpoint of `slot` (the synchronous and the asynchronous phase); its id.
 pub fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Result<u64> {
     let id = cp.next_id();
-    let sync = slot.snapshot_sync(id)?;
+    let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync]).map(|_| id)
 }
 

@@ -96,7 +96,7 @@ mod tests {
         // The write made during the flush is still there, and the checkpoint takes it.
         let scope = s.scope(&u64::MAX, &VoidNamespace).unwrap();
         assert_eq!(v.get(&mut s, &scope).unwrap(), Some(7));
-        s.snapshot_sync(1).unwrap();
+        s.snapshot_for_checkpoint(1).unwrap();
     }
 
     #[test]

@@ -51,8 +51,11 @@ impl Slot {
     /// Takes the synchronous part of checkpoint `id`: RocksDB first receives every dirty entry
     /// of the slot's state cache (one `WriteBatch`), then flushes its memtables and hard-links
     /// its live files into `<working dir>/snapshots/chk-<id>` (RocksDB's `Checkpoint`); the heap
-    /// backend takes a copy-on-write view of its tables.
-    pub fn snapshot_sync(&mut self, id: u64) -> Result<SyncSnapshot> {
+    /// backend takes a copy-on-write view of its tables. This is the slot's synchronous phase
+    /// (it runs on the slot's thread, between two records); the upload is the
+    /// [`crate::checkpoint::Checkpointer`]'s asynchronous phase.
+    #[doc(alias = "snapshot_sync")]
+    pub fn snapshot_for_checkpoint(&mut self, id: u64) -> Result<SyncSnapshot> {
         let t = Instant::now();
         let base = self.working_dir().join("snapshots");
         std::fs::create_dir_all(&base).map_err(|e| EngineError::Io {
