@@ -37,6 +37,12 @@ fn run_json(dir: &Path, extra: &[&str]) -> Result<Value, Box<dyn std::error::Err
         "--json",
         json.to_str().ok_or("utf-8 path")?,
     ];
+    // Checkpoints go below `dir` too, never into `./cairn-data` of the test's directory.
+    let cp = dir.join("checkpoints");
+    let cp = cp.to_str().ok_or("utf-8 path")?;
+    if !extra.contains(&"--checkpoint-dir") {
+        args.extend_from_slice(&["--checkpoint-dir", cp]);
+    }
     args.extend_from_slice(extra);
     let out = cairn(&args)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
