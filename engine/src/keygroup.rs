@@ -3,7 +3,9 @@
 //! A job has a fixed `max_parallelism` (the number of key groups). Every key maps to one key group
 //! by a stable hash of its *serialized* bytes, and every slot owns one contiguous range of key
 //! groups. A checkpoint taken with N slots can therefore be restored into M slots by handing out
-//! the key-group ranges again — the same scheme as Flink's `KeyGroupRangeAssignment`.
+//! the key-group ranges again — the same scheme as Flink's `KeyGroupRangeAssignment`. (Today the
+//! heap backend does; a RocksDB checkpoint restores into slots with the same ranges until
+//! rescaling lands, and refuses other ranges with an error saying so.)
 //!
 //! ## Hash
 //! `key_group = xxh3_64(serialized_key) % max_parallelism`. XXH3 is specified and stable across
