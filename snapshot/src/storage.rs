@@ -7,7 +7,7 @@
 //! | `memory://` | `InMemory`, with a total size cap (like Flink's JobManager storage) |
 //!
 //! ## Retries
-//! Two layers. S3 requests go through `object_store`'s own [`RetryConfig`] (exponential
+//! Two layers. S3 requests go through `object_store`'s own `RetryConfig` (exponential
 //! backoff on connection errors, 5xx and throttling, per HTTP request; `s3-max-retries`,
 //! `s3-retry-timeout`). On top, every store gets Cairn's retry of whole operations
 //! (`retry-max-attempts`, exponential backoff from `retry-initial-backoff` to
