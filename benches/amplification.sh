@@ -4,7 +4,7 @@
 #   amplification = sum(checkpoints[].incremental_bytes) / checkpoints[-1].full_bytes
 #
 # i.e. what Flink's UI shows as the sum of "Checkpointed Data Size" over the run divided by the
-# final "Full Checkpoint Data Size" (flink-anchor.md: 6.5-16.5x on the keyed counter, 4.0x on the
+# final "Full Checkpoint Data Size" (Flink 2.3, benches/RESULTS.md: 6.5-16.5x on the keyed counter, 4.0x on the
 # 8M-key load).
 #
 # Usage:
@@ -12,7 +12,7 @@
 #   benches/amplification.sh table                              # one row per JSON in $OUT
 #
 #   WORKLOAD: update (10M records over 1M keys) or load (8M keys x 200 B values), both with
-#             3 s checkpoints, as in flink-anchor.md; mixed (4M records over 2M keys, 200 B
+#             3 s checkpoints, as in the Flink comparison; mixed (4M records over 2M keys, 200 B
 #             values) to see what a compaction setting costs in reads.
 #   Environment: CAIRN (binary, default ~/.cache/cairn-target/release/cairn), OUT (results,
 #             default /tmp/amp/results), SCRATCH (checkpoint + working dirs, default /tmp/amp),

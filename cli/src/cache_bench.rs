@@ -1,6 +1,6 @@
 //! `cairn bench cache`: what the RocksDB backend's write-back state cache buys, in one run.
 //!
-//! - **update**: flink-anchor's keyed counter job (`--records` over `--keys`, 2 s checkpoints)
+//! - **update**: the keyed counter job of the Flink comparison (`--records` over `--keys`, 2 s checkpoints)
 //!   through `cairn run`'s own runner, with the cache off (`memory.state-cache-ratio = 0`), on (the
 //!   defaults) and on the heap backend; reports records/s, the ratios between them and to Flink
 //!   2.3's RocksDB figure, the hit rate, and the sync-phase cache flush p50/p99.
@@ -29,7 +29,8 @@ use crate::run::{RunOptions, run};
 use crate::stream::{RecordRng, Zipf, key_for};
 use crate::workload::{Skew, WorkloadKind, WorkloadSpec, ZIPF_SALT};
 
-/// Flink 2.3's RocksDB backend on the update job (`../shared/reference/flink-anchor.md`).
+/// Flink 2.3's RocksDB backend on the update job, measured on these machines (recorded in
+/// `benches/RESULTS.md`, "Flink 2.3 on the same job").
 pub const FLINK_ROCKSDB_UPDATE_RECORDS_PER_SEC: f64 = 138_624.0;
 
 /// `cairn bench cache` flags.

@@ -1,5 +1,6 @@
-//! The record streams of the `cairn run` workloads, defined exactly as in the Flink comparison
-//! (`flink-anchor.md`) so that Cairn and Flink see the same records.
+//! The record streams of the `cairn run` workloads, defined exactly as the Flink comparison job
+//! generates them (the definition is the block below), so that Cairn and Flink see the same
+//! records.
 //!
 //! All integer math is 64-bit and wrapping; `>>` on `u64` is a logical shift.
 //!
@@ -18,7 +19,7 @@
 /// The golden-ratio increment of SplitMix64 (`φ`), also used to spread the seed.
 pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// SplitMix64's finalizer (Stafford's variant 13), as defined in `flink-anchor.md`.
+/// SplitMix64's finalizer (Stafford's variant 13): `mix64` of the module doc's definition.
 #[inline]
 pub fn mix64(z: u64) -> u64 {
     let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -157,7 +158,7 @@ impl Zipf {
 mod tests {
     use super::*;
 
-    /// Values computed from the definition in `flink-anchor.md` with an independent
+    /// Values computed from the module doc's definition with an independent
     /// (Python, arbitrary-precision integers masked to 64 bits) implementation.
     #[test]
     fn mix64_is_pinned() {

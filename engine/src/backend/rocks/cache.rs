@@ -3,8 +3,8 @@
 //! Flink's RocksDB backend sends every state access through JNI, the serializer and RocksDB (a
 //! memtable and block-cache lookup for a read, a memtable insert for a write): ~7 µs per
 //! read-modify-write on these machines, ~10x its heap backend. This cache keeps the hot entries of
-//! a slot in memory, as Kafka Streams' record cache and RisingWave's executor caches do
-//! (`../shared/reference/state-caches.md`), while RocksDB holds the rest.
+//! a slot in memory, as Kafka Streams' record cache and RisingWave's executor caches do,
+//! while RocksDB holds the rest.
 //!
 //! ## What it holds
 //! One entry per RocksDB key (state id + `[kg][key][ns]` composite, plus the user key for map
