@@ -5,7 +5,7 @@
 //!   100 % of the keys rewritten) take `--rounds` checkpoints; report incremental and full
 //!   bytes, uploaded bytes / bytes of the SSTs new in that checkpoint (target <= 1.05) and the
 //!   synchronous pause p50/p99.
-//! - restore: load `--restore-keys` keys (flink-anchor's `load` stream), take a final
+//! - restore: load `--restore-keys` keys (the Flink comparison's `load` stream), take a final
 //!   checkpoint, then restore it into a fresh slot (time until the slot is open), and, in the
 //!   same run, copy the same files from the same storage with the same parallelism, twice: with
 //!   the storage client and no hashing, and with a kernel copy (`std::fs::copy`); report
@@ -59,7 +59,7 @@ pub struct CheckpointBenchArgs {
     /// Checkpoints per churn level.
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
-    /// Keys of the restore benchmark (0 skips it). flink-anchor's restore state is 8,000,000
+    /// Keys of the restore benchmark (0 skips it). the Flink comparison's restore state is 8,000,000
     /// keys of 200 bytes.
     #[arg(long, default_value_t = 8_000_000)]
     pub restore_keys: u64,

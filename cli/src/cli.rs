@@ -84,8 +84,8 @@ impl From<BackendArg> for BackendKind {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The workload: `mixed` (value read-modify-write, list and map operations), `update`
-    /// (flink-anchor's keyed counter), `load` (flink-anchor's bulk load) or `wordcount`
-    /// (flink-anchor's windowed word count: state + one timer per word and window,
+    /// (the Flink comparison's keyed counter), `load` (the Flink comparison's bulk load) or `wordcount`
+    /// (the Flink comparison's windowed word count: state + one timer per word and window,
     /// checkpointed like the others; its JSON is `wordcount::WordcountSummary`).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Mixed)]
     pub workload: WorkloadKind,
@@ -437,7 +437,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
             return Err(flag(
                 "--skew",
                 &args.skew,
-                "uniform for the update and load workloads (they follow flink-anchor's streams); \
+                "uniform for the update and load workloads (they follow the Flink comparison's streams); \
                  zipf only with --workload mixed or wordcount",
             ));
         }

@@ -29,7 +29,7 @@
 //! entry to fetch.)
 //!
 //! ## Checkpoints
-//! With `checkpoint.interval` set (2 s by default; flink-anchor's Flink ran this job with
+//! With `checkpoint.interval` set (2 s by default; the Flink comparison's Flink ran this job with
 //! checkpoints every 3 s) the job is checkpointed like `cairn run`'s other workloads: barriers
 //! at stream positions (see `checkpointing`), the counts and the timers of every slot in each
 //! snapshot, and a final checkpoint after the last firing. A run cannot be resumed from them
@@ -97,7 +97,7 @@ pub struct WordcountSpec {
 }
 
 impl Default for WordcountSpec {
-    /// flink-anchor's stream.
+    /// the Flink comparison's stream.
     fn default() -> Self {
         Self {
             records: 5_000_000,
@@ -351,7 +351,7 @@ pub fn run(
     }
     let timer_service = config.state.effective_timer_service();
     // Periodic checkpoints as in `cairn run` (barriers at stream positions, see
-    // `checkpointing`): flink-anchor's Flink ran this job with checkpoints every 3 s.
+    // `checkpointing`): the Flink comparison's Flink ran this job with checkpoints every 3 s.
     let ck_err = |phase| {
         move |source| RunError::Checkpoint {
             phase,
@@ -750,7 +750,7 @@ pub fn bench(a: &WordcountBenchArgs) -> Result<Vec<SweepPoint>, Box<dyn std::err
         let mut config = CairnConfig::default();
         config.state.backend = backend;
         config.state.timer_service = timers;
-        // Checkpoints at the default interval, as flink-anchor's Flink ran with them.
+        // Checkpoints at the default interval, as the Flink comparison's Flink ran with them.
         config.checkpoint.dir = tmp.path().join("checkpoints").display().to_string();
         let name = format!("{backend}/{timers}");
         let mut rates: Vec<Option<f64>> = vec![None];

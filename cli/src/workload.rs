@@ -3,12 +3,12 @@
 //! Every record `g` of a run is a pure function of `(g, seed)` (see [`crate::stream`]), keys are
 //! `u64` serialized by the engine's codec (postcard), and the namespace is [`VoidNamespace`](cairn_engine::codec::VoidNamespace).
 //!
-//! ## `update` (flink-anchor's keyed counter)
+//! ## `update` (the Flink comparison's keyed counter)
 //! Record `g` -> key `key_for(g, K, seed)`; `count[key] += 1` in a `ValueState<u64>`
 //! (`counter/count`): one get and one put per record. The counter is postcard-encoded (a varint,
 //! 1–3 bytes for these counts) where Flink's `Long` takes 8 bytes. `--value-size` is ignored.
 //!
-//! ## `load` (flink-anchor's bulk load)
+//! ## `load` (the Flink comparison's bulk load)
 //! Record `g` -> key `g mod K`, value `payload(key, V)` with `V = --value-size`, written with the
 //! raw slot API (`Slot::put` into the value state `load/payload`): the stored bytes are exactly the
 //! payload, with no serde length prefix. One put per record, no read.
@@ -57,11 +57,11 @@ pub const MAP_USER_KEYS: u64 = 16;
 pub enum WorkloadKind {
     /// 50 % value read-modify-write, 20 % list append, 20 % map put, 5 % map get, 5 % list read.
     Mixed,
-    /// flink-anchor's keyed counter: one get + one put of a `u64` per record.
+    /// the Flink comparison's keyed counter: one get + one put of a `u64` per record.
     Update,
-    /// flink-anchor's load: one put of `payload(g mod K, V)` per record.
+    /// the Flink comparison's load: one put of `payload(g mod K, V)` per record.
     Load,
-    /// flink-anchor's windowed word count: a reducing state and an event-time timer per
+    /// the Flink comparison's windowed word count: a reducing state and an event-time timer per
     /// (word, window); see [`crate::wordcount`].
     Wordcount,
 }

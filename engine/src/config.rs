@@ -65,7 +65,7 @@ pub struct StateCacheConfig {
     ///
     /// Default 0.1 (10 MiB of the default 256 MiB budget, ~145k counters), measured on this
     /// repository's 2-core machines (benches/RESULTS.md, 2026-12-04, alternating runs):
-    /// - word count (flink-anchor's 5M words, checkpoints every 2 s): 0.02 -> 197-230k
+    /// - word count (the Flink comparison's 5M words, checkpoints every 2 s): 0.02 -> 197-230k
     ///   records/s (RocksDB timers) and 202-225k (heap timers), 0.1 -> 276-390k and 418-431k:
     ///   a window's counts (~63k per window) live and die in the cache (2.7M of 3.16M counts
     ///   never written); sync pause p50 42-47 ms -> 47-66 ms;
