@@ -96,7 +96,7 @@ pub struct RunArgs {
     /// are routed to slots by key group.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
-    /// Number of records [default: 5000000 for wordcount (flink-anchor's), else 1000000].
+    /// Number of records [default: 5000000 for wordcount (the Flink comparison's), else 1000000].
     #[arg(long)]
     pub records: Option<u64>,
     /// Number of distinct keys (the vocabulary of `wordcount`).

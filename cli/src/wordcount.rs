@@ -1,7 +1,7 @@
 //! The windowed word count (`cairn run --workload wordcount`, `cairn bench wordcount`): keyed
 //! state plus one event-time timer per (word, window), the benchmark of timers.
 //!
-//! ## Stream (flink-anchor's, by default)
+//! ## Stream (the Flink comparison's, by default)
 //! Record `g` (`0..N`) is the word `"w" + key_for(g, K, seed)` (`--keys` = vocabulary `K`; with
 //! `--skew zipf` the rank-1 of a [`Zipf`] draw instead) with event time
 //! `ts = g * 1000 / events_per_sec` ms (integer division). Defaults: 5M words, 100k words,
