@@ -955,8 +955,6 @@ impl CheckpointStore {
                 }
                 let Some(refs) = &elsewhere else { continue };
                 if !refs.damaged.is_empty() {
-                    tracing::warn!(object = %obj, damaged = ?refs.damaged,
-                        "not deleting another job's object: some committed metadata can't be read");
                     later.push(obj.clone());
                     continue;
                 }
@@ -973,6 +971,10 @@ impl CheckpointStore {
                 lock()?.extend(todo[i..].iter().cloned().chain(later));
                 return Err(e);
             }
+        }
+        if let Some(refs) = elsewhere.filter(|_| !later.is_empty()) {
+            tracing::warn!(objects = later.len(), damaged = ?refs.damaged,
+                "kept released objects of other jobs: some committed metadata can't be read");
         }
         lock()?.extend(later);
         Ok(())
