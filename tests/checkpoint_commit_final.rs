@@ -280,3 +280,27 @@ fn the_timeout_runs_from_the_trigger() -> TestResult {
     assert_eq!(rig.restore(&job, id)?, expected(2));
     Ok(())
 }
+
+/// A checkpoint the host's schedule expired (its barriers never all came back) counts against
+/// `tolerable-failed` like any failed checkpoint, and the next completed one resets the count;
+/// the committed checkpoint is untouched.
+#[test]
+fn an_expired_checkpoint_counts_as_a_failure() -> TestResult {
+    let rig = Rig::new(BackendKind::Heap)?;
+    let job = new_job_name();
+    let mut cp = rig.open(&job)?;
+    let mut slot = Slot::builder(&rig.cfg).open()?;
+    write(&mut slot, 1)?;
+    let first = checkpoint(&mut cp, &mut slot)?;
+    assert!(cp.failure_tolerated());
+    let id = cp.next_id();
+    cp.checkpoint_expired(id);
+    assert!(!cp.failure_tolerated(), "tolerable-failed is 0");
+    assert_eq!(rig.committed(&job)?, vec![first]);
+    checkpoint(&mut cp, &mut slot)?;
+    assert!(
+        cp.failure_tolerated(),
+        "a completed checkpoint resets the count"
+    );
+    Ok(())
+}
