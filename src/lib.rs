@@ -13,8 +13,10 @@ pub use cairn_timers as timers;
 /// Bytes sizes in the configuration (`max-value-size`, memory budgets).
 pub use bytesize::ByteSize;
 pub use cairn_engine::checkpoint::{
-    CheckpointConfig, CheckpointReport, CheckpointSchedule, Checkpointer, RestoreMode,
-    RestoreSource, SyncSnapshot, new_job_name,
+    AbortReason, CancelOutcome, CheckpointConfig, CheckpointCoordinator, CheckpointEvent,
+    CheckpointKind, CheckpointReport, CheckpointSchedule, Checkpointer, CheckpointingMode,
+    DeclineReason, RestoreMode, RestoreSource, RestoredCheckpoint, SlotAck, SlotReply,
+    SlotUploader, SyncSnapshot, TriggeredCheckpoint, new_job_name,
 };
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
@@ -22,3 +24,4 @@ pub use cairn_engine::{
     SlotBuilder, SlotRestore, StateDescriptor, StateKind, TimeDomain, Timer, ValueState,
     VoidNamespace, key_group_of, slot_for_key,
 };
+pub use cairn_snapshot::UploadTarget;

@@ -226,6 +226,18 @@ pub enum SnapshotError {
         /// The errors seen.
         reason: String,
     },
+    /// A slot's checkpoint handle the committer can't accept (uploaded by another process): a
+    /// slot missing or twice, key groups not covering the job, an object missing or of the
+    /// wrong size, an object no retained checkpoint holds any more. Nothing was committed.
+    #[error("checkpoint {id}: slot {slot}'s handle refused: {reason}")]
+    BadSlotHandle {
+        /// The checkpoint id.
+        id: u64,
+        /// The slot whose handle is wrong.
+        slot: u32,
+        /// What is wrong, with the values.
+        reason: String,
+    },
     /// A protocol invariant does not hold (a bug); nothing was committed.
     #[error("checkpoint invariant violated: {0}")]
     Invariant(String),
@@ -288,7 +300,8 @@ impl SnapshotError {
             | SnapshotError::UnsupportedVersion { .. }
             | SnapshotError::BadName { .. }
             | SnapshotError::InvalidMetadata { .. }
-            | SnapshotError::TooLarge { .. } => SnapshotErrorKind::Corrupt,
+            | SnapshotError::TooLarge { .. }
+            | SnapshotError::BadSlotHandle { .. } => SnapshotErrorKind::Corrupt,
             SnapshotError::JobLocked { .. }
             | SnapshotError::Fenced { .. }
             | SnapshotError::CommitConflict { .. } => SnapshotErrorKind::Conflict,

@@ -30,6 +30,7 @@ pub mod layout;
 pub mod lease;
 pub mod metadata;
 pub mod registry;
+pub mod slot_upload;
 pub mod storage;
 pub mod store;
 pub mod transfer;
@@ -42,6 +43,7 @@ pub use layout::{CheckpointId, Epoch, JobLayout};
 pub use lease::{LeaseOptions, Takeover, WriterLease};
 pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, StateInfo};
 pub use registry::SharedRegistry;
+pub use slot_upload::{UploadTarget, upload_slot_files};
 pub use storage::{CheckpointStorage, StorageOptions};
 pub use store::{
     CheckpointStore, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy, VerifyProblem,

@@ -255,6 +255,16 @@ impl SharedRegistry {
         out
     }
 
+    /// Every completed checkpoint and every subsumption left halfway, oldest first: what
+    /// discarding a job's checkpoints (a cancel without retention) deletes.
+    pub fn discardable(&self) -> Vec<CheckpointId> {
+        self.checkpoints
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Subsuming | Phase::Completed))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Completed checkpoints, ascending.
     pub fn completed(&self) -> Vec<CheckpointId> {
         self.checkpoints

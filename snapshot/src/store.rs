@@ -102,6 +102,31 @@ impl SlotUploadState {
     pub fn discard(&mut self, id: CheckpointId) {
         self.pending.remove(&id);
     }
+
+    /// Checkpoint `id` committed with `handle` as this slot's part (read back from its
+    /// `_metadata`): its files, under the objects the committer chose (copies included), become
+    /// the base of the next checkpoint.
+    pub fn confirm_committed(&mut self, id: CheckpointId, handle: &SlotHandle) {
+        self.confirmed = handle
+            .shared
+            .iter()
+            .map(|f| (f.name.clone(), f.clone()))
+            .collect();
+        self.pending.retain(|k, _| *k > id);
+    }
+
+    /// The file of the last confirmed checkpoint named `name` (a file of the slot's database).
+    pub(crate) fn confirmed_file(&self, name: &str) -> Option<&SharedFile> {
+        self.confirmed.get(name)
+    }
+
+    /// Checkpoint `id` references `files`: they become the base once it is confirmed.
+    pub(crate) fn record_pending(&mut self, id: CheckpointId, files: &[SharedFile]) {
+        self.pending.insert(
+            id,
+            files.iter().map(|f| (f.name.clone(), f.clone())).collect(),
+        );
+    }
 }
 
 /// How a checkpoint treats files earlier checkpoints already uploaded (the rebase policy's
@@ -147,7 +172,7 @@ impl UploadPolicy {
 }
 
 /// What uploading one slot's snapshot did (Flink's "Checkpointed Data Size" is `incremental`).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SlotUploadReport {
     /// Shared files uploaded now.
     pub files_uploaded: u64,
@@ -715,6 +740,92 @@ impl CheckpointStore {
         Ok((handle, report))
     }
 
+    /// Accepts a slot's handle for checkpoint `id` uploaded by
+    /// [`upload_slot_files`](crate::slot_upload::upload_slot_files), possibly in another
+    /// process: checks it and registers its objects, as [`CheckpointStore::upload_slot_with`]
+    /// registers an in-process slot's. Returns the handle to commit (objects this writer may
+    /// not reference where they are, [`CheckpointStore::reusable`], are copied into its own
+    /// objects first) and (files, bytes) copied.
+    ///
+    /// Refused with [`SnapshotError::BadSlotHandle`]: a private file not under this attempt's
+    /// prefix, an object of this attempt missing or of another size, a reused object no
+    /// retained checkpoint holds (it may be deleted already), a copy whose source is gone.
+    pub async fn accept_slot(
+        &self,
+        id: CheckpointId,
+        mut handle: SlotHandle,
+    ) -> Result<(SlotHandle, (u64, u64))> {
+        let lease = self.writer()?;
+        lease.fenced()?;
+        let epoch = lease.epoch();
+        let slot = handle.slot;
+        let bad = |reason: String| SnapshotError::BadSlotHandle { id, slot, reason };
+        let exists = |object: String, size: u64| async move {
+            let path = self.layout.resolve(&object);
+            match self.storage.size(&path).await? {
+                Some(s) if s == size => Ok(()),
+                Some(s) => Err(bad(format!(
+                    "{object} has {s} bytes, the handle says {size}"
+                ))),
+                None => Err(bad(format!("{object} does not exist"))),
+            }
+        };
+        for p in &handle.private {
+            layout::check_file_name("private file", &p.name)?;
+            if p.object != self.layout.private_ref(id, epoch, slot, &p.name) {
+                return Err(bad(format!(
+                    "private file {} is at {}, not under this attempt (epoch {epoch})",
+                    p.name, p.object
+                )));
+            }
+            exists(p.object.clone(), p.stored_size).await?;
+        }
+        let now = self.storage.now_ms();
+        let mut copied = (0u64, 0u64);
+        let mut copies_done: HashSet<String> = HashSet::new();
+        for f in &mut handle.shared {
+            layout::check_file_name("shared file", &f.name)?;
+            if !layout::is_sha256_hex(&f.sha256) {
+                return Err(bad(format!("{} has no sha256", f.name)));
+            }
+            let attempt = self.layout.shared_ref_at(&f.sha256, epoch, id);
+            if f.object == attempt {
+                exists(f.object.clone(), f.size).await?;
+                continue;
+            }
+            if !self.reusable(&f.object) {
+                // A no-claim restore's file, or one of a writer whose lease expired: copied
+                // into this attempt's own object (once per content).
+                if copies_done.insert(attempt.clone()) {
+                    let (from, to) = (
+                        self.layout.resolve(&f.object),
+                        self.layout.resolve(&attempt),
+                    );
+                    self.storage.copy(&from, &to).await.map_err(|e| {
+                        bad(format!("copying {} into this job failed: {e}", f.object))
+                    })?;
+                    copied.0 += 1;
+                    copied.1 += f.size;
+                }
+                f.object = attempt;
+                f.uploaded_at_ms = now;
+                continue;
+            }
+            if !self.registry()?.is_stored(&f.object) {
+                return Err(bad(format!(
+                    "{} reuses {}, which no retained checkpoint holds (the slot's confirmation of an earlier checkpoint is stale)",
+                    f.name, f.object
+                )));
+            }
+        }
+        self.registry()?.acquire(
+            id,
+            handle.shared.iter().map(|f| (f.object.clone(), f.size)),
+            true,
+        )?;
+        Ok((handle, copied))
+    }
+
     /// Commits checkpoint `id`: checks the metadata against the rules it is read with and the
     /// registry's invariants, renews the writer lease (a fenced writer stops here), then writes
     /// `_metadata` with a create-only put (the commit point), then subsumes checkpoints beyond
@@ -892,6 +1003,18 @@ impl CheckpointStore {
     /// without uploading them. A subsumption that fails halfway is finished by the next call.
     pub async fn subsume(&self) -> Result<Vec<CheckpointId>> {
         let ids = self.registry()?.subsumable(self.retained);
+        self.subsume_ids(ids).await
+    }
+
+    /// Deletes every committed checkpoint of this job (and its shared objects no other job
+    /// references), as subsumption deletes them: `_metadata` first. Only for an explicit
+    /// request: a job cancelled with `retain-on-cancellation = false`, or a user's command.
+    pub async fn discard_all_checkpoints(&self) -> Result<Vec<CheckpointId>> {
+        let ids = self.registry()?.discardable();
+        self.subsume_ids(ids).await
+    }
+
+    async fn subsume_ids(&self, ids: Vec<CheckpointId>) -> Result<Vec<CheckpointId>> {
         let undeleted = self
             .undeleted
             .lock()

@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use cairn_snapshot::{
     CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, LeaseOptions, LocalSnapshot,
-    RestoredFrom, SlotHandle, SlotUploadState, SnapshotError, UploadPolicy,
+    RestoredFrom, SlotHandle, SlotUploadReport, SlotUploadState, SnapshotError, UploadPolicy,
+    UploadTarget,
 };
 use serde::Serialize;
 
 use super::config::{CheckpointConfig, FileVerify, RestoreMode};
 use super::local::{self, RestorePath, SlotRestoreReport};
 use super::rebase::{self, CompactionStats, RebaseState};
+use super::slot_uploader::SlotAck;
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
 use crate::backend::{StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
@@ -138,6 +140,40 @@ pub struct RestoredCheckpoint {
     /// Where it is.
     pub source: RestoreSource,
     storage: CheckpointStorage,
+}
+
+impl RestoredCheckpoint {
+    /// Reads checkpoint `source` (the given id or the latest committed one) without taking
+    /// any lease: what a slot in another process restores from, once the job's committer
+    /// prepared the restore ([`Checkpointer::prepare_restore`]) and told it which checkpoint.
+    pub fn load(cfg: &CheckpointConfig, source: &RestoreSource) -> Result<Self> {
+        let storage = CheckpointStorage::from_url(&source.storage_url, &cfg.storage)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError::Io {
+                op: "start restore runtime".into(),
+                source: e,
+            })?;
+        let (metadata, _) = rt.block_on(async {
+            let store = CheckpointStore::open_read_only(storage.clone(), &source.job).await?;
+            let id = match source.checkpoint {
+                Some(id) => id,
+                None => *store.committed_ids().await?.last().ok_or_else(|| {
+                    SnapshotError::NoCheckpoint {
+                        what: "(none committed)".into(),
+                        location: format!("{}/{}", source.storage_url, source.job),
+                    }
+                })?,
+            };
+            Ok::<_, SnapshotError>((store.load(id).await?, id))
+        })?;
+        Ok(Self {
+            metadata,
+            source: source.clone(),
+            storage,
+        })
+    }
 }
 
 /// The job-level checkpoint coordinator. See the module doc.
@@ -430,6 +466,143 @@ impl Checkpointer {
             .map(|l| (l.slot, l.dir.clone(), None, None))
             .collect();
         self.finish(id, 0.0, dirs, Snapshots::Local(locals), properties)
+    }
+
+    /// Where slots of this job in other processes upload ([`SlotUploader`]): the storage URL,
+    /// the job and this writer's epoch.
+    ///
+    /// [`SlotUploader`]: crate::checkpoint::SlotUploader
+    pub fn upload_target(&self) -> UploadTarget {
+        UploadTarget {
+            storage_url: self.cfg.dir.clone(),
+            job: self.job().to_string(),
+            epoch: self.store.epoch().unwrap_or_default(),
+        }
+    }
+
+    /// Commits checkpoint `id` from slots' acks uploaded elsewhere ([`SlotAck`]s, one per
+    /// slot): each handle is checked and registered
+    /// ([`CheckpointStore::accept_slot`]), then the metadata is committed. On failure the
+    /// checkpoint is aborted (what its slots uploaded is deleted), counted as a failure and the
+    /// error returned, as for [`Checkpointer::complete_with`].
+    pub fn commit_acknowledged(
+        &mut self,
+        id: u64,
+        acks: Vec<SlotAck>,
+        properties: BTreeMap<String, String>,
+    ) -> Result<CheckpointReport> {
+        let t = Instant::now();
+        let sync_ms = acks.iter().map(|a| a.sync_ms).fold(0.0, f64::max);
+        let upload_ms = acks.iter().map(|a| a.upload_ms).fold(0.0, f64::max);
+        let mut totals = SlotUploadReport::default();
+        for a in &acks {
+            let u = &a.upload;
+            totals.files_uploaded += u.files_uploaded;
+            totals.files_reused += u.files_reused;
+            totals.bytes_uploaded += u.bytes_uploaded;
+        }
+        let handles: Vec<SlotHandle> = acks.iter().map(|a| a.handle.clone()).collect();
+        let store = self.store.clone();
+        let (max_p, restored_from) = (self.max_parallelism, self.restored_from.clone());
+        let committed = self.rt.block_on(async {
+            let mut accepted = Vec::with_capacity(handles.len());
+            for h in handles.iter().cloned() {
+                let (h, copied) = store.accept_slot(id, h).await?;
+                totals.files_copied += copied.0;
+                totals.bytes_copied += copied.1;
+                accepted.push(h);
+            }
+            store
+                .commit(id, max_p, accepted, restored_from, properties)
+                .await
+        });
+        self.triggered_at_ms.remove(&id);
+        self.triggered_at_ms.retain(|i, _| *i > id);
+        match committed {
+            Ok(meta) => {
+                self.consecutive_failures = 0;
+                let async_ms = upload_ms + t.elapsed().as_secs_f64() * 1000.0;
+                let report = CheckpointReport {
+                    id,
+                    completed_at_ms: meta.created_at_ms,
+                    incremental_bytes: totals.bytes_uploaded + meta.to_bytes().len() as u64,
+                    full_bytes: meta.full_bytes() + meta.to_bytes().len() as u64,
+                    files_uploaded: totals.files_uploaded,
+                    files_reused: totals.files_reused,
+                    files_copied: totals.files_copied,
+                    bytes_copied: totals.bytes_copied,
+                    sync_ms,
+                    async_ms,
+                    upload_mb_per_s: totals.bytes_uploaded as f64
+                        / 1e6
+                        / (async_ms / 1000.0).max(1e-6),
+                    ..CheckpointReport::default()
+                };
+                self.reports.push(report.clone());
+                Ok(report)
+            }
+            Err(e) => {
+                self.discard_uploads(id, &handles);
+                self.consecutive_failures += 1;
+                tracing::warn!(error = %e, failures = self.consecutive_failures, "checkpoint {id} failed");
+                Err(EngineError::CheckpointFailed {
+                    id,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Checkpoint `id` was aborted after slots uploaded for it elsewhere: releases what it
+    /// registered and deletes what only this attempt wrote (its private files and the shared
+    /// objects named after it). Objects a slot uploads after this are orphans for garbage
+    /// collection. Never touches a committed checkpoint.
+    pub fn discard_uploads(&mut self, id: u64, handles: &[SlotHandle]) {
+        let epoch = self.store.epoch().unwrap_or_default();
+        let layout = self.store.layout().clone();
+        let store = self.store.clone();
+        let r = self.rt.block_on(async {
+            store.abort(id).await?;
+            if store.committed_ids().await?.contains(&id) {
+                return Ok(());
+            }
+            for f in handles.iter().flat_map(|h| h.shared.iter()) {
+                if f.object == layout.shared_ref_at(&f.sha256, epoch, id)
+                    && !store.is_referenced(&f.object)?
+                {
+                    store.storage().delete(&layout.resolve(&f.object)).await?;
+                }
+            }
+            for m in store.storage().list(&layout.attempt_dir(id, epoch)).await? {
+                store.storage().delete(&m.location).await?;
+            }
+            Ok::<_, cairn_snapshot::SnapshotError>(())
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cleaning up aborted checkpoint {id} failed; GC will collect its files");
+        }
+    }
+
+    /// Deletes every committed checkpoint of this job: a cancel without retention
+    /// (`retain-on-cancellation = false`). Returns the ids deleted.
+    pub fn discard_all_checkpoints(&mut self) -> Result<Vec<u64>> {
+        Ok(self.rt.block_on(self.store.discard_all_checkpoints())?)
+    }
+
+    /// Counts a checkpoint that failed outside [`Checkpointer::complete_with`] and
+    /// [`Checkpointer::commit_acknowledged`] (a slot declined it after a failure) against
+    /// `tolerable-failed`.
+    pub fn checkpoint_failed(&mut self, id: u64, reason: &str) {
+        self.consecutive_failures += 1;
+        tracing::warn!(
+            failures = self.consecutive_failures,
+            "checkpoint {id} failed: {reason}"
+        );
+    }
+
+    /// Consecutive failed checkpoints since the last completed one.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
     }
 
     fn finish(
@@ -856,59 +1029,72 @@ impl Checkpointer {
         range: KeyGroupRange,
         dest: &Path,
     ) -> Result<(SlotRestore, u64)> {
-        let handles = covering(&restored.metadata, range)?;
-        let threads = self.cfg.transfer_threads as usize;
-        if dest.exists() {
-            std::fs::remove_dir_all(dest).map_err(|e| EngineError::Io {
-                op: format!("remove {}", dest.display()),
-                source: e,
-            })?;
-        }
-        let backend = handles
-            .first()
-            .map(|h| h.backend.clone())
-            .unwrap_or_default();
-        if backend == "rocksdb" {
-            let h = handles
-                .iter()
-                .find(|h| h.key_groups.start == range.start && h.key_groups.end == range.end)
-                .ok_or_else(|| {
-                    EngineError::InvalidArgument(format!(
-                        "checkpoint {} has no RocksDB slot with key groups {range}; restoring into a different number of RocksDB slots (rescaling) is not supported yet",
-                        restored.metadata.checkpoint_id
-                    ))
-                })?;
-            let bytes = self.rt.block_on(CheckpointStore::download_slot(
-                &restored.storage,
-                h,
-                dest,
-                threads,
-                self.cfg.restore_verify == FileVerify::Sha256,
-            ))?;
-            let states = states_of(h)?;
-            return Ok((
-                SlotRestore::RocksDb {
-                    files: dest.to_path_buf(),
-                    states,
-                },
-                bytes,
-            ));
-        }
-        let mut files = Vec::new();
-        let mut bytes = 0;
-        for h in handles {
-            let d = dest.join(format!("slot-{}", h.slot));
-            bytes += self.rt.block_on(CheckpointStore::download_slot(
-                &restored.storage,
-                h,
-                &d,
-                threads,
-                true,
-            ))?;
-            files.push(d.join(HEAP_SNAPSHOT_FILE));
-        }
-        Ok((SlotRestore::Heap { files }, bytes))
+        download_slot(&self.rt, &self.cfg, restored, range, dest)
     }
+}
+
+/// [`Checkpointer::download_for_slot`] on runtime `rt` with `cfg`'s transfer threads and
+/// verification: also what a slot in another process restores with
+/// ([`SlotUploader::restore`](crate::checkpoint::SlotUploader::restore)).
+pub(crate) fn download_slot(
+    rt: &tokio::runtime::Runtime,
+    cfg: &CheckpointConfig,
+    restored: &RestoredCheckpoint,
+    range: KeyGroupRange,
+    dest: &Path,
+) -> Result<(SlotRestore, u64)> {
+    let handles = covering(&restored.metadata, range)?;
+    let threads = cfg.transfer_threads as usize;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| EngineError::Io {
+            op: format!("remove {}", dest.display()),
+            source: e,
+        })?;
+    }
+    let backend = handles
+        .first()
+        .map(|h| h.backend.clone())
+        .unwrap_or_default();
+    if backend == "rocksdb" {
+        let h = handles
+            .iter()
+            .find(|h| h.key_groups.start == range.start && h.key_groups.end == range.end)
+            .ok_or_else(|| {
+                EngineError::InvalidArgument(format!(
+                    "checkpoint {} has no RocksDB slot with key groups {range}; restoring into a different number of RocksDB slots (rescaling) is not supported yet",
+                    restored.metadata.checkpoint_id
+                ))
+            })?;
+        let bytes = rt.block_on(CheckpointStore::download_slot(
+            &restored.storage,
+            h,
+            dest,
+            threads,
+            cfg.restore_verify == FileVerify::Sha256,
+        ))?;
+        let states = states_of(h)?;
+        return Ok((
+            SlotRestore::RocksDb {
+                files: dest.to_path_buf(),
+                states,
+            },
+            bytes,
+        ));
+    }
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    for h in handles {
+        let d = dest.join(format!("slot-{}", h.slot));
+        bytes += rt.block_on(CheckpointStore::download_slot(
+            &restored.storage,
+            h,
+            &d,
+            threads,
+            true,
+        ))?;
+        files.push(d.join(HEAP_SNAPSHOT_FILE));
+    }
+    Ok((SlotRestore::Heap { files }, bytes))
 }
 
 /// The slot handles of `meta` whose key groups overlap `range`; an error unless together they

@@ -21,6 +21,34 @@ pub enum RestoreMode {
     Claim,
 }
 
+/// The consistency a host's barriers give (Flink's `execution.checkpointing.mode`). Cairn
+/// snapshots whatever the slot holds when the host calls
+/// [`Slot::snapshot_for_checkpoint`](crate::Slot::snapshot_for_checkpoint); the mode says how
+/// the host got the slot there, and the coordinator records it in every checkpoint's
+/// properties (`cairn.mode`) and report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointingMode {
+    /// Aligned barriers: a slot with several inputs snapshots once the barrier arrived on all
+    /// of them, holding back records of inputs whose barrier came first. State reflects each
+    /// record exactly once after a restore. Flink's default.
+    #[default]
+    ExactlyOnce,
+    /// No alignment: a slot snapshots at the first barrier and keeps processing every input,
+    /// so records after the barrier on a slower input may be in the snapshot and replayed
+    /// again after a restore. Lower latency under backpressure; duplicates possible.
+    AtLeastOnce,
+}
+
+impl std::fmt::Display for CheckpointingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckpointingMode::ExactlyOnce => "exactly-once",
+            CheckpointingMode::AtLeastOnce => "at-least-once",
+        })
+    }
+}
+
 /// When a checkpoint stops reusing old uploads. Bounds what an incremental history pins in
 /// storage and how old its objects get. Flink's RocksDB backend has no such policy: history is
 /// pruned only by RocksDB's own compactions (FLINK-7449), and a `FULL_CHECKPOINT` is taken only
@@ -145,16 +173,27 @@ pub struct CheckpointConfig {
     /// Flink: `execution.checkpointing.min-pause`.
     #[serde(with = "humantime_serde")]
     pub min_pause: Duration,
-    /// Checkpoints in flight at once. Only 1 is supported (Flink's default): subsumption then
-    /// never races an upload. Flink: `execution.checkpointing.max-concurrent-checkpoints`.
+    /// Checkpoints in flight at once (triggered, not yet completed or aborted). Default 1;
+    /// up to 16 when `min-pause` is 0 (a min pause leaves no room for a second one, as in
+    /// Flink). Overlapping checkpoints overlap their barrier collection and uploads; commits
+    /// happen one at a time, and a completed checkpoint subsumes older ones still in flight.
+    /// Flink: `execution.checkpointing.max-concurrent-checkpoints`.
     pub max_concurrent: u32,
+    /// The consistency of the host's barriers, recorded with every checkpoint. Default
+    /// `exactly-once`. Flink: `execution.checkpointing.mode`.
+    pub mode: CheckpointingMode,
     /// Consecutive failed checkpoints tolerated before the job fails. Default 0.
     /// Flink: `execution.checkpointing.tolerable-failed-checkpoints`.
     pub tolerable_failed: u32,
     /// Completed checkpoints kept. Default 1. Flink: `execution.checkpointing.num-retained`.
     pub retained: u32,
-    /// Keep the last checkpoint when the job is cancelled (`true`, Flink's RETAIN_ON_CANCELLATION)
-    /// or delete them all. Default true. Flink: `execution.checkpointing.externalized-checkpoint-retention`.
+    /// What [`CheckpointCoordinator::cancel`](crate::checkpoint::CheckpointCoordinator::cancel)
+    /// does with the job's committed checkpoints: keep them (`true`, Flink's
+    /// RETAIN_ON_CANCELLATION) or delete them all (`false`, DELETE_ON_CANCELLATION). A job
+    /// that fails or is dropped without `cancel` keeps them either way. Default true (Flink's
+    /// default, NO_EXTERNALIZED_CHECKPOINTS, deletes them: Cairn keeps them, since a
+    /// checkpoint deleted by accident can't come back). Flink:
+    /// `execution.checkpointing.externalized-checkpoint-retention`.
     pub retain_on_cancellation: bool,
     /// Parallel file transfers per checkpoint and restore. Default 4.
     /// Flink: `state.backend.rocksdb.checkpoint.transfer.thread.num`.
@@ -217,6 +256,7 @@ impl Default for CheckpointConfig {
             timeout: Duration::from_secs(600),
             min_pause: Duration::ZERO,
             max_concurrent: 1,
+            mode: CheckpointingMode::ExactlyOnce,
             tolerable_failed: 0,
             retained: 1,
             retain_on_cancellation: true,
@@ -250,11 +290,18 @@ impl CheckpointConfig {
     pub fn validate(&self) -> Result<()> {
         self.rebase.validate()?;
         self.storage.validate()?;
-        if self.max_concurrent != 1 {
+        if self.max_concurrent == 0 || self.max_concurrent > 16 {
             return Err(EngineError::config(
                 "checkpoint.max-concurrent",
                 self.max_concurrent,
-                "1 (concurrent checkpoints are not supported)",
+                "[1, 16]",
+            ));
+        }
+        if self.max_concurrent > 1 && !self.min_pause.is_zero() {
+            return Err(EngineError::config(
+                "checkpoint.max-concurrent",
+                self.max_concurrent,
+                "1 when checkpoint.min-pause is above 0 (a pause between checkpoints leaves none concurrent)",
             ));
         }
         if self.retained == 0 || self.retained > 1000 {

@@ -79,11 +79,18 @@ impl CheckpointSchedule {
             && self.next_due_ms().is_some_and(|t| self.clock.now_ms() >= t)
     }
 
-    /// Checkpoint `id` was triggered now (periodic or forced).
+    /// Periodic checkpoint `id` was triggered now: the next one is due an interval later.
     pub fn triggered(&mut self, id: u64) {
         let now = self.clock.now_ms();
         self.last_trigger_ms = Some(now);
         self.in_flight.insert(id, now);
+    }
+
+    /// Requested checkpoint `id` (forced, savepoint) was triggered now: it is in flight (max
+    /// concurrent, timeout) but does not move the periodic schedule, as Flink's periodic
+    /// trigger runs at its own rate whatever savepoints are taken in between.
+    pub fn triggered_on_request(&mut self, id: u64) {
+        self.in_flight.insert(id, self.clock.now_ms());
     }
 
     /// Checkpoint `id` ended now: `completed` (committed) or not (failed, declined, expired,

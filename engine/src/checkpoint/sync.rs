@@ -176,6 +176,14 @@ impl SyncSnapshot {
         })
     }
 
+    /// Drops a snapshot that will not be uploaded (its checkpoint was aborted): removes its
+    /// local directory.
+    pub fn discard(self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(error = %e, dir = %self.dir.display(), "removing a discarded snapshot failed");
+        }
+    }
+
     /// The local directory (removed after upload, or kept for local recovery).
     pub fn dir(&self) -> &Path {
         &self.dir
