@@ -10,17 +10,16 @@
 //! (not counted as a failure). `B` is stored as the checkpoint's `position` property, and a run
 //! restored from it continues at `g = B`.
 
-use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_engine::checkpoint::{
-    CheckpointReport, CheckpointSchedule, Checkpointer, CompactionStats, SyncSnapshot,
+    AbortReason, CheckpointCoordinator, CheckpointEvent, CheckpointKind, CheckpointReport,
+    CompactionStats, DeclineReason, SlotReply, SyncSnapshot,
 };
 use cairn_engine::{EngineError, Metrics, Slot};
-use cairn_snapshot::SystemClock;
 
 /// The property holding a checkpoint's stream position.
 pub const POSITION: &str = "position";
@@ -188,12 +187,13 @@ pub struct BarrierCursor {
 }
 
 /// Runs the coordinator until the final checkpoint is done (or `abort` is set). Returns the
-/// reports of the completed checkpoints, or the error that must fail the run. When to trigger
-/// and when a checkpoint has expired is the engine's [`CheckpointSchedule`] (Flink's interval,
-/// min pause from the last completion, timeout from the trigger, so barrier collection is
-/// under it); an expired checkpoint counts against `tolerable-failed`.
+/// error that must fail the run. When to trigger, when a checkpoint expired, what counts as a
+/// failure and when the run must fail is the engine's [`CheckpointCoordinator`] (the API every
+/// host uses): this function only places barriers in the stream and carries the slots'
+/// answers. A slot already past its barrier declines as not ready (not a failure); a failed
+/// synchronous phase fails the run (Flink fails over on it too).
 pub fn coordinate(
-    cp: &mut Checkpointer,
+    coordinator: &mut CheckpointCoordinator,
     barriers: &Barriers,
     replies: &Receiver<(u32, u64, BarrierReply)>,
     slots: u32,
@@ -201,162 +201,140 @@ pub fn coordinate(
     abort: &AtomicBool,
     metrics: &Metrics,
 ) -> Result<(), EngineError> {
-    let mut schedule = CheckpointSchedule::new(cp.config(), Arc::new(SystemClock));
     // Far enough ahead that no slot passes the barrier before it sees it: the positions slots
     // publish are up to `POSITION_EVERY` records per slot stale.
     let margin = 4 * POSITION_EVERY * u64::from(slots) + 10_000;
-    loop {
+    let result = loop {
         if abort.load(Ordering::Relaxed) {
-            barriers.final_done.store(true, Ordering::Release);
-            return Ok(());
+            break Ok(());
         }
         let all_done = barriers.slots_done.load(Ordering::Acquire) == slots;
-        let due = schedule.due();
-        if all_done || due {
-            let pos = if all_done {
-                records
-            } else {
-                let max = barriers
-                    .positions
-                    .iter()
-                    .map(|p| p.load(Ordering::Relaxed))
-                    .max()
-                    .unwrap_or(0);
-                max + margin
-            };
-            if all_done || pos < records {
-                let id = cp.next_id();
-                schedule.triggered(id);
-                barriers.publish(pos, id);
-                let mut completed = false;
-                match collect(replies, id, slots, abort, &schedule) {
-                    Collected::All(syncs) => {
-                        // Compactions ran on the slot threads before their snapshots.
-                        if let Ok(mut c) = barriers.compacted.lock() {
-                            for (slot, stats) in c.drain(..) {
-                                cp.note_compaction(slot, stats);
-                            }
-                        }
-                        let props =
-                            BTreeMap::from([(POSITION.to_string(), pos.min(records).to_string())]);
-                        match cp.complete_with(id, syncs, props) {
-                            Ok(r) => {
-                                completed = true;
-                                metrics.checkpoint_completed(&r);
-                                for s in &r.compact_slots {
-                                    if let Some(f) = barriers.compact.get(*s as usize) {
-                                        f.store(true, Ordering::Release);
-                                    }
-                                }
-                                note(barriers, &r);
-                            }
-                            Err(e) if cp.failure_tolerated() && !all_done => {
-                                metrics.checkpoint_failed();
-                                tracing::warn!(error = %e, "checkpoint failed (tolerated)");
-                            }
-                            Err(e) => {
-                                metrics.checkpoint_failed();
-                                barriers.final_done.store(true, Ordering::Release);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Collected::Declined(syncs) => {
-                        metrics.checkpoint_declined();
-                        for s in syncs {
-                            let _ = std::fs::remove_dir_all(s.dir());
-                        }
-                        tracing::info!("checkpoint {id} declined: a slot was past its barrier");
-                    }
-                    Collected::Expired(syncs) => {
-                        for s in syncs {
-                            let _ = std::fs::remove_dir_all(s.dir());
-                        }
-                        cp.checkpoint_expired(id);
-                        metrics.checkpoint_failed();
-                        let timeout = cp.config().timeout;
-                        tracing::warn!(
-                            ?timeout,
-                            "checkpoint {id} expired before every slot answered"
-                        );
-                        if !cp.failure_tolerated() || all_done {
-                            barriers.final_done.store(true, Ordering::Release);
-                            return Err(EngineError::CheckpointFailed {
-                                id,
-                                reason: format!(
-                                    "expired after {timeout:?} before every slot took its snapshot"
-                                ),
-                            });
-                        }
-                    }
-                    Collected::Failed(e) => {
-                        metrics.checkpoint_failed();
-                        barriers.final_done.store(true, Ordering::Release);
-                        return Err(e);
-                    }
-                    Collected::Aborted => {}
-                }
-                schedule.finished(id, completed);
+        let pos = if all_done {
+            records
+        } else {
+            let max = barriers
+                .positions
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            max + margin
+        };
+        // The final checkpoint, at the end of the stream, is requested; a periodic one is
+        // triggered only where the slots still have a record to stop before.
+        if all_done {
+            coordinator.request(CheckpointKind::Forced);
+        }
+        let trigger = if all_done || (pos < records && coordinator.periodic_due()) {
+            coordinator.poll()
+        } else {
+            coordinator.expire_overdue();
+            Ok(None)
+        };
+        let t = match trigger {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
             }
-            if all_done {
-                barriers.final_done.store(true, Ordering::Release);
-                return Ok(());
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = coordinator.set_property(t.id, POSITION, &pos.min(records).to_string()) {
+            break Err(e);
+        }
+        barriers.publish(pos, t.id);
+        if let Err(e) = collect(coordinator, barriers, replies, t.id, abort) {
+            break Err(e);
+        }
+        let mut failure = None;
+        for event in coordinator.take_events() {
+            match event {
+                CheckpointEvent::Completed { report, .. } => {
+                    metrics.checkpoint_completed(&report);
+                    for s in &report.compact_slots {
+                        if let Some(f) = barriers.compact.get(*s as usize) {
+                            f.store(true, Ordering::Release);
+                        }
+                    }
+                    note(barriers, &report);
+                }
+                CheckpointEvent::Aborted {
+                    id,
+                    reason:
+                        AbortReason::Declined {
+                            reason: DeclineReason::NotReady,
+                            ..
+                        },
+                    ..
+                } => {
+                    metrics.checkpoint_declined();
+                    tracing::info!("checkpoint {id} declined: a slot was past its barrier");
+                }
+                CheckpointEvent::Aborted { id, reason, .. } => {
+                    metrics.checkpoint_failed();
+                    tracing::warn!(?reason, "checkpoint {id} failed");
+                    failure = Some((id, reason));
+                }
             }
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        if let Err(e) = coordinator.check_tolerance() {
+            break Err(e);
+        }
+        if all_done {
+            // The final checkpoint is the run's result: it must complete.
+            break match failure {
+                Some((id, reason)) => Err(EngineError::CheckpointFailed {
+                    id,
+                    reason: format!("the final checkpoint failed: {reason:?}"),
+                }),
+                None => Ok(()),
+            };
+        }
+    };
+    barriers.final_done.store(true, Ordering::Release);
+    result
 }
 
-enum Collected {
-    All(Vec<SyncSnapshot>),
-    Declined(Vec<SyncSnapshot>),
-    /// The timeout passed before every slot answered (the snapshots collected so far).
-    Expired(Vec<SyncSnapshot>),
-    Failed(EngineError),
-    Aborted,
-}
-
+/// Carries the slots' answers to checkpoint `id` to the coordinator until it completed or was
+/// aborted (or the run is aborted).
 fn collect(
+    coordinator: &mut CheckpointCoordinator,
+    barriers: &Barriers,
     replies: &Receiver<(u32, u64, BarrierReply)>,
     id: u64,
-    slots: u32,
     abort: &AtomicBool,
-    schedule: &CheckpointSchedule,
-) -> Collected {
-    let (mut syncs, mut answered, mut missed) = (Vec::new(), 0u32, false);
-    while answered < slots {
-        if schedule.expired().contains(&id) {
-            return Collected::Expired(syncs);
-        }
+) -> Result<(), EngineError> {
+    while coordinator.in_flight().contains(&id) {
+        coordinator.expire_overdue();
         match replies.recv_timeout(Duration::from_millis(50)) {
-            // A late answer to an expired checkpoint: its snapshot is not needed.
-            Ok((_, rid, BarrierReply::Snapshot(Ok(s)))) if rid != id => {
-                let _ = std::fs::remove_dir_all(s.dir());
+            Ok((slot, rid, BarrierReply::Snapshot(Ok(s)))) => {
+                if rid == id {
+                    // Compactions ran on the slot threads before their snapshots.
+                    if let Ok(mut c) = barriers.compacted.lock() {
+                        for (slot, stats) in c.drain(..) {
+                            coordinator.checkpointer_mut().note_compaction(slot, stats);
+                        }
+                    }
+                }
+                // A late answer to an aborted checkpoint is dropped (its files removed).
+                coordinator.acknowledge(rid, slot, SlotReply::Snapshot(s))?;
             }
-            Ok((_, rid, _)) if rid != id => {}
-            Ok((_, _, BarrierReply::Missed)) => {
-                answered += 1;
-                missed = true;
+            Ok((slot, rid, BarrierReply::Missed)) => {
+                coordinator.decline(rid, slot, DeclineReason::NotReady);
             }
-            Ok((_, _, BarrierReply::Snapshot(Ok(s)))) => {
-                answered += 1;
-                syncs.push(s);
+            Ok((slot, rid, BarrierReply::Snapshot(Err(e)))) => {
+                coordinator.decline(rid, slot, DeclineReason::Failed(e.to_string()));
+                return Err(e);
             }
-            // A failed synchronous phase fails the run (Flink fails over on it too).
-            Ok((_, _, BarrierReply::Snapshot(Err(e)))) => return Collected::Failed(e),
             Err(RecvTimeoutError::Timeout) => {
                 if abort.load(Ordering::Relaxed) {
-                    return Collected::Aborted;
+                    return Ok(());
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => return Collected::Aborted,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
     }
-    if missed {
-        Collected::Declined(syncs)
-    } else {
-        Collected::All(syncs)
-    }
+    Ok(())
 }
 
 fn note(barriers: &Barriers, r: &CheckpointReport) {

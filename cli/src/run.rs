@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{CheckpointCoordinator, Checkpointer, RestoreSource, new_job_name};
 use cairn_engine::keygroup::assign_to_key_group;
 use cairn_engine::{
     BackendKind, CairnConfig, EngineError, KeyGroupRange, Metrics, Slot, StateSize,
@@ -241,10 +241,14 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
     let open_time = open_start.elapsed();
     let (mut barriers, replies) = Barriers::new(n, checkpointing);
     barriers.pre_flush = opts.config.checkpoint.pre_flush;
-    let job_url = checkpointer
-        .as_ref()
-        .filter(|_| checkpointing)
-        .map(Checkpointer::job_url);
+    // Restored (above) through the checkpointer; checkpoints are the engine coordinator's.
+    let mut coordinator = match checkpointer.take().filter(|_| checkpointing) {
+        Some(cp) => {
+            Some(CheckpointCoordinator::new(cp, n).map_err(ck_err("opening the coordinator"))?)
+        }
+        None => None,
+    };
+    let job_url = coordinator.as_ref().map(|c| c.checkpointer().job_url());
     let max_parallelism = slots.first().map_or(0, Slot::max_parallelism);
     let working_dirs: Vec<PathBuf> = slots
         .iter()
@@ -279,7 +283,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
                     })
             })
             .collect();
-        let coordinator = match checkpointer.as_mut().filter(|_| checkpointing) {
+        let coordinator = match coordinator.as_mut() {
             Some(cp) => {
                 let (barriers, shared) = (&barriers, &shared);
                 let records = opts.spec.records;
@@ -351,9 +355,9 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         max_parallelism,
         &working_dirs,
     );
-    summary.checkpoints = checkpointer
+    summary.checkpoints = coordinator
         .as_ref()
-        .map(|c| c.reports().to_vec())
+        .map(|c| c.checkpointer().reports().to_vec())
         .unwrap_or_default();
     summary.job_url = job_url;
     summary.restored_from = restore_summary;

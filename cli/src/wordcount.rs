@@ -64,7 +64,9 @@ use cairn_engine::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use cairn_engine::checkpoint::{CheckpointReport, Checkpointer, new_job_name};
+use cairn_engine::checkpoint::{
+    CheckpointCoordinator, CheckpointReport, Checkpointer, new_job_name,
+};
 
 use crate::checkpointing::{self, BarrierCursor, Barriers};
 use crate::report::CacheSummary;
@@ -358,19 +360,18 @@ pub fn run(
             source: Box::new(source),
         }
     };
-    let mut checkpointer = match config.checkpoint.interval {
+    let mut coordinator = match config.checkpoint.interval {
         Some(_) => {
             let max_p = opened.first().map_or(0, Slot::max_parallelism);
-            Some(
-                Checkpointer::open(&config.checkpoint, &new_job_name(), max_p)
-                    .map_err(ck_err("opening checkpoint storage"))?,
-            )
+            let cp = Checkpointer::open(&config.checkpoint, &new_job_name(), max_p)
+                .map_err(ck_err("opening checkpoint storage"))?;
+            Some(CheckpointCoordinator::new(cp, slots).map_err(ck_err("opening the coordinator"))?)
         }
         None => None,
     };
-    let (mut barriers, replies) = Barriers::new(slots, checkpointer.is_some());
+    let (mut barriers, replies) = Barriers::new(slots, coordinator.is_some());
     barriers.pre_flush = config.checkpoint.pre_flush;
-    let job_url = checkpointer.as_ref().map(Checkpointer::job_url);
+    let job_url = coordinator.as_ref().map(|c| c.checkpointer().job_url());
     let abort = AtomicBool::new(false);
     let metrics = cairn_engine::Metrics::new();
     let start = Instant::now();
@@ -390,7 +391,7 @@ pub fn run(
                 })
             })
             .collect();
-        if let Some(cp) = checkpointer.as_mut() {
+        if let Some(cp) = coordinator.as_mut() {
             coordinated = checkpointing::coordinate(
                 cp,
                 barriers,
@@ -462,9 +463,9 @@ pub fn run(
         },
         state_bytes_on_disk: disk,
         job_url,
-        checkpoints: checkpointer
+        checkpoints: coordinator
             .as_ref()
-            .map(|c| c.reports().to_vec())
+            .map(|c| c.checkpointer().reports().to_vec())
             .unwrap_or_default(),
         state_cache: cache.as_ref().map(CacheSummary::from_stats),
     })

@@ -267,9 +267,7 @@ impl CheckpointCoordinator {
     /// consecutive failures exceed `tolerable-failed` (or another writer took the job): the
     /// host fails the job over and restores from the latest committed checkpoint.
     pub fn poll(&mut self) -> Result<Option<TriggeredCheckpoint>> {
-        for id in self.schedule.expired() {
-            self.abort(id, AbortReason::Expired, true);
-        }
+        self.expire_overdue();
         self.check_tolerance()?;
         let kind = match self.requests.iter().copied().max() {
             Some(k) => {
@@ -304,6 +302,24 @@ impl CheckpointCoordinator {
             kind,
             mode: self.mode,
         }))
+    }
+
+    /// Aborts the checkpoints in flight past their timeout (counted as failures) and returns
+    /// their ids; [`CheckpointCoordinator::poll`] does this first. A host that waits for
+    /// barriers without polling (collecting one checkpoint's snapshots) calls it while it waits.
+    pub fn expire_overdue(&mut self) -> Vec<u64> {
+        let expired = self.schedule.expired();
+        for id in &expired {
+            self.abort(*id, AbortReason::Expired, true);
+        }
+        expired
+    }
+
+    /// Whether a periodic checkpoint is due now (interval, min pause, max concurrent): a host
+    /// that must prepare a barrier before triggering (pick its position in the stream) asks
+    /// this first.
+    pub fn periodic_due(&self) -> bool {
+        self.schedule.due()
     }
 
     /// Stores host properties with checkpoint `id` (read back from the restored checkpoint's
@@ -395,7 +411,10 @@ impl CheckpointCoordinator {
         Ok((outcome, events))
     }
 
-    fn check_tolerance(&self) -> Result<()> {
+    /// Fails with [`EngineError::CheckpointFailed`] once the consecutive failed checkpoints
+    /// exceed `tolerable-failed` or another writer took the job over (what
+    /// [`CheckpointCoordinator::poll`] checks before triggering).
+    pub fn check_tolerance(&self) -> Result<()> {
         if self.checkpointer.failure_tolerated() {
             return Ok(());
         }
