@@ -2,7 +2,72 @@
 //!
 //! This crate is the public API: re-exports of the workspace's crates under one name, and
 //! nothing else (no command-line code; the `cairn` command is the `cairn-cli` package, one
-//! user of this API). Library users embed [`Slot`]s, one per parallel worker; see [`engine`].
+//! user of this API). `examples/embed.rs` is a complete host; this is the short tour.
+//!
+//! # Embedding Cairn in a stream engine
+//! 1. **Open one [`Slot`] per parallel worker** (`SlotBuilder::slot(index, count)`): each owns a
+//!    contiguous range of key groups, in RocksDB (one column family per state) or in memory.
+//! 2. **Route records** to the slot that owns their key with [`slot_for_key`]; in the slot,
+//!    [`Slot::scope`] selects the key and typed handles ([`ValueState`], [`ListState`],
+//!    [`MapState`], ...) read and write its state. Timers: [`Slot::register_timer`], fired
+//!    with the key in scope by [`Slot::fire_timers`].
+//! 3. **Checkpoint with the [`CheckpointCoordinator`]**: [`CheckpointCoordinator::poll`] says
+//!    when to inject a barrier; at the barrier each slot takes its synchronous snapshot and the
+//!    host acknowledges it ([`SlotReply::Snapshot`], or a [`SlotAck`] when the slot uploads
+//!    itself in another process, see [`SlotUploader`]); [`CheckpointCoordinator::take_events`]
+//!    says which checkpoints completed or were aborted (what a two-phase sink waits for).
+//! 4. **Restore** after a failure: a new [`Checkpointer`] prepares the restore
+//!    ([`Checkpointer::prepare_restore`]) and downloads each slot's files
+//!    ([`Checkpointer::download_for_slot`], also into another slot count for the heap backend);
+//!    host properties stored with [`CheckpointCoordinator::set_property`] (a source offset) come
+//!    back in the restored metadata.
+//! 5. **Cancel** with [`CheckpointCoordinator::cancel`]: checkpoints are kept or deleted as
+//!    `checkpoint.retain-on-cancellation` says.
+//!
+//! ```
+//! use cairn::{
+//!     BackendKind, CairnConfig, CheckpointCoordinator, CheckpointEvent, CheckpointKind,
+//!     Checkpointer, Slot, SlotReply, VoidNamespace, new_job_name, slot_for_key,
+//! };
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let mut cfg = CairnConfig::default();
+//! cfg.state.backend = BackendKind::Heap;
+//! cfg.state.max_parallelism = Some(128);
+//! cfg.state.working_dir = dir.path().join("work");
+//! cfg.checkpoint.dir = format!("file://{}", dir.path().join("checkpoints").display());
+//!
+//! // 1. Two slots.
+//! let mut slots: Vec<Slot> = (0..2)
+//!     .map(|i| Slot::builder(&cfg).slot(i, 2).open())
+//!     .collect::<Result<_, _>>()?;
+//! // 2. Count words per slot that owns them.
+//! for word in ["a", "b", "a", "c"] {
+//!     let slot = &mut slots[slot_for_key(&word, 128, 2)? as usize];
+//!     let count = slot.value_state::<u64>("counter", "count")?;
+//!     let scope = slot.scope(&word, &VoidNamespace)?;
+//!     let n = count.get(slot, &scope)?.unwrap_or(0);
+//!     count.update(slot, &scope, &(n + 1))?;
+//! }
+//! // 3. A checkpoint (requested here; `poll` also triggers them every `checkpoint.interval`).
+//! let checkpointer = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+//! let mut coordinator = CheckpointCoordinator::new(checkpointer, 2)?;
+//! coordinator.request(CheckpointKind::Forced);
+//! let barrier = coordinator.poll()?.expect("a requested checkpoint triggers at once");
+//! coordinator.set_property(barrier.id, "source.offset", "4")?;
+//! for slot in &mut slots {
+//!     let snapshot = slot.snapshot_for_checkpoint(barrier.id)?;
+//!     coordinator.acknowledge(barrier.id, slot.index().0, SlotReply::Snapshot(snapshot))?;
+//! }
+//! assert!(matches!(
+//!     coordinator.take_events().as_slice(),
+//!     [CheckpointEvent::Completed { .. }]
+//! ));
+//! // 5. Cancel: the checkpoint is kept for a later restore.
+//! let (outcome, _) = coordinator.cancel()?;
+//! println!("{outcome:?}");
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 pub use cairn_engine as engine;
