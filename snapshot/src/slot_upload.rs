@@ -4,7 +4,7 @@
 //! writer is: it checks each handle (objects exist with their sizes, reused objects are still
 //! held by a retained checkpoint), registers it, and the checkpoint commits as usual.
 //!
-//! Why a second upload path next to [`CheckpointStore::upload_slot_with`]: that one consults the
+//! Why a second upload path next to [`CheckpointStore::upload_slot_with`](crate::CheckpointStore::upload_slot_with): that one consults the
 //! registry (upload a content once across slots and checkpoints, never rewrite an object another
 //! checkpoint references). A remote slot has no registry, so it never writes an object another
 //! checkpoint could reference: every new file goes to an object named after this attempt
