@@ -224,7 +224,9 @@ impl Job {
     fn on_events(&mut self, coord: &mut CheckpointCoordinator) {
         for event in coord.take_events() {
             match event {
-                CheckpointEvent::Completed { id, kind, report } => {
+                CheckpointEvent::Completed {
+                    id, kind, report, ..
+                } => {
                     let (sync, upload) = (report.sync_ms, report.async_ms);
                     println!("  chk-{id} ({kind}): sync {sync:.0} ms, upload {upload:.0} ms");
                     self.sink.completed(id);
@@ -331,11 +333,12 @@ fn main() -> Res {
         return Err(format!("{first_completed} checkpoints completed before the crash").into());
     }
     // The crash: slots, staged output and coordinator are lost without `cancel`; what the sink
-    // published is downstream's. (Dropping the coordinator releases the writer lease that a
-    // dying process would leave to expire; the restore is a new job, it needs no lease of this.)
+    // published is downstream's. `abandon` leaves the writer lease to expire as a dying process
+    // would; the restore is a new job, it needs no lease of this one.
     let job_url = coord.checkpointer().job_url(); // `<checkpoint dir>/<job>`
     let published = std::mem::take(&mut job.sink.committed);
-    drop((job, coord));
+    drop(job);
+    coord.abandon();
 
     // The restore: the latest checkpoint, then the source replayed from its offset.
     let (mut job, mut coord, restored_id) = start(root.path(), "work-2", Some(&job_url))?;

@@ -332,7 +332,15 @@ fn requests_have_priority_and_a_completion_subsumes_older_checkpoints() -> TestR
     // Host properties; `cairn.` keys are reserved.
     assert!(c.set_property(periodic.id, "cairn.kind", "x").is_err());
     c.set_property(periodic.id, "source.offset", "42")?;
+    assert!(c.is_in_flight(periodic.id));
     rig.ack_all(&mut c, periodic.id)?;
+    assert!(!c.is_in_flight(periodic.id));
+    match c.take_events().as_slice() {
+        [CheckpointEvent::Completed { properties, .. }] => {
+            assert_eq!(properties.get("source.offset").map(String::as_str), Some("42"))
+        }
+        other => panic!("{other:?}"),
+    }
     let restored = RestoredCheckpoint::load(
         &rig.cfg.checkpoint,
         &RestoreSource::parse(&format!("{}/{job}", rig.cfg.checkpoint.dir))?,

@@ -139,6 +139,10 @@ pub enum CheckpointEvent {
         kind: CheckpointKind,
         /// What it did.
         report: CheckpointReport,
+        /// The properties committed with it (host ones from
+        /// [`CheckpointCoordinator::set_property`], and `cairn.kind` / `cairn.mode`): a source
+        /// that commits its offset on completion reads it here.
+        properties: BTreeMap<String, String>,
     },
     /// Not committed, and never will be: a two-phase sink discards what it staged for it;
     /// uploaders forget its files.
@@ -243,6 +247,20 @@ impl CheckpointCoordinator {
         self.parallelism
     }
 
+    /// Whether checkpoint `id` is still in flight: a slot asks before its synchronous phase,
+    /// so it does not snapshot for a checkpoint another slot's decline already aborted.
+    pub fn is_in_flight(&self, id: u64) -> bool {
+        self.in_flight.contains_key(&id)
+    }
+
+    /// Drops the coordinator as a crash would: nothing is aborted or deleted, and the job's
+    /// writer lease is neither renewed nor released (it expires after
+    /// `checkpoint.writer-lease-timeout`, so a restarted job waits for it). Tests and example
+    /// hosts simulate a process crash with it; a real crash gets the same by dying.
+    pub fn abandon(self) {
+        self.checkpointer.abandon();
+    }
+
     /// Checkpoints triggered and not yet completed or aborted, ascending.
     pub fn in_flight(&self) -> Vec<u64> {
         self.in_flight.keys().copied().collect()
@@ -323,8 +341,10 @@ impl CheckpointCoordinator {
     }
 
     /// Stores host properties with checkpoint `id` (read back from the restored checkpoint's
-    /// metadata): a source position, a host version. Keys starting with `cairn.` are
-    /// reserved.
+    /// metadata, and carried by its [`CheckpointEvent::Completed`]): a source position, a host
+    /// version. Call it before the last slot's answer (right after the trigger is simplest):
+    /// the last answer commits the checkpoint, after which it is no longer in flight and this
+    /// fails. Keys starting with `cairn.` are reserved.
     pub fn set_property(&mut self, id: u64, key: &str, value: &str) -> Result<()> {
         if key.starts_with("cairn.") {
             return Err(EngineError::InvalidArgument(format!(
@@ -338,6 +358,12 @@ impl CheckpointCoordinator {
 
     /// Slot `slot`'s answer to checkpoint `id`. When it is the last one, the checkpoint is
     /// uploaded (snapshots of this process) and committed, and its event queued.
+    ///
+    /// With [`SlotReply::Snapshot`] the upload runs on the calling thread: the host's loop waits
+    /// for it (the report's `async_ms`), and a checkpoint longer than `checkpoint.interval`
+    /// makes the next one due at once (set `checkpoint.min-pause` to leave the host time
+    /// between checkpoints). A host that must not wait uploads on threads of its own with a
+    /// [`SlotUploader`](crate::checkpoint::SlotUploader) and answers [`SlotReply::Uploaded`].
     ///
     /// An answer for a checkpoint no longer in flight (aborted, expired, subsumed) is dropped
     /// (a snapshot's local files are removed) and `Ok(false)` returned; `Ok(true)` = taken.
@@ -444,6 +470,7 @@ impl CheckpointCoordinator {
                 SlotReply::Uploaded(a) => acks.push(a),
             }
         }
+        let properties = c.properties.clone();
         let result = if acks.is_empty() {
             self.checkpointer.complete_with(id, syncs, c.properties)
         } else if syncs.is_empty() {
@@ -472,6 +499,7 @@ impl CheckpointCoordinator {
                     id,
                     kind: c.kind,
                     report,
+                    properties,
                 });
             }
             Err(e) => {
