@@ -336,10 +336,17 @@ fn requests_have_priority_and_a_completion_subsumes_older_checkpoints() -> TestR
     rig.ack_all(&mut c, periodic.id)?;
     assert!(!c.is_in_flight(periodic.id));
     match c.take_events().as_slice() {
-        [CheckpointEvent::Completed { properties, .. }] => {
-            assert_eq!(properties.get("source.offset").map(String::as_str), Some("42"))
-        }
-        other => panic!("{other:?}"),
+        [
+            CheckpointEvent::Aborted {
+                reason: AbortReason::Subsumed,
+                ..
+            },
+            CheckpointEvent::Completed { properties, .. },
+        ] => assert_eq!(
+            properties.get("source.offset").map(String::as_str),
+            Some("42")
+        ),
+        other => panic!("the forced one subsumed, then the periodic one completed: {other:?}"),
     }
     let restored = RestoredCheckpoint::load(
         &rig.cfg.checkpoint,
