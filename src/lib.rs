@@ -70,6 +70,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub use cairn_base as base;
 pub use cairn_engine as engine;
 pub use cairn_memory as memory;
 pub use cairn_snapshot as snapshot;

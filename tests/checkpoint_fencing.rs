@@ -83,7 +83,7 @@ fn a_second_writer_on_a_live_job_fails_fast_naming_the_holder() -> TestResult {
         msg.contains(&job) && msg.contains(&format!("pid {}", std::process::id())),
         "the error does not name the job and its holder: {msg}"
     );
-    assert_eq!(e.kind(), ErrorKind::Unavailable, "{msg}");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{msg}");
     // The first writer goes on; its checkpoints restore.
     write(&mut slot, 2)?;
     let id2 = checkpoint(&mut first, &mut slot)?;

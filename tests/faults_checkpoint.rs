@@ -24,14 +24,14 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn::KeyGroupRange;
 use cairn::engine::checkpoint::{Checkpointer, new_job_name};
 use cairn::{BackendKind, CairnConfig, Slot, VoidNamespace};
 use cairn_snapshot::fault::Op;
 use cairn_snapshot::gc;
-use cairn_snapshot::metadata::KeyGroups;
 use cairn_snapshot::{
-    CheckpointStorage, CheckpointStore, FailPoint, FailPoints, Fault, FaultAction, FaultStore,
-    LocalSnapshot, SlotUploadState, SnapshotError, SnapshotErrorKind, StorageOptions,
+    CheckpointStorage, CheckpointStore, ErrorKind, FailPoint, FailPoints, Fault, FaultAction,
+    FaultStore, LocalSnapshot, SlotUploadState, SnapshotError, StorageOptions,
 };
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -108,7 +108,7 @@ fn snapshot(scratch: &FsPath, id: u64, shared: &[&str]) -> std::io::Result<Local
     std::fs::write(dir.join("MANIFEST-000001"), format!("manifest of {id}"))?;
     Ok(LocalSnapshot {
         slot: 0,
-        key_groups: KeyGroups { start: 0, end: 127 },
+        key_groups: KeyGroupRange { start: 0, end: 127 },
         backend: "rocksdb".into(),
         states: Vec::new(),
         dir,
@@ -280,7 +280,7 @@ fn a_failing_protocol_step_aborts_cleanly_and_the_next_checkpoint_commits() -> T
                     matches!(e, SnapshotError::Injected { .. }),
                     "{name} {point}: {e}"
                 );
-                assert_eq!(e.kind(), SnapshotErrorKind::Unavailable);
+                assert_eq!(e.kind(), ErrorKind::Unavailable);
                 assert_eq!(store.committed_ids().await?, vec![1], "{name} {point}");
                 assert_clean(&store, &format!("{name} after failed {point}")).await?;
                 r.points.disarm(point);

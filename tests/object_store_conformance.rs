@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cairn::KeyGroupRange;
 use cairn_snapshot::fault::Op;
-use cairn_snapshot::metadata::KeyGroups;
 use cairn_snapshot::transfer::{self, Expected};
 use cairn_snapshot::{
     CheckpointStorage, CheckpointStore, Fault, FaultAction, FaultStore, LocalSnapshot,
@@ -271,7 +271,7 @@ async fn orphans_are_listed_and_collected(
     let store = CheckpointStore::open(s.clone(), "conf-job", 1).await?;
     let snap = LocalSnapshot {
         slot: 0,
-        key_groups: KeyGroups { start: 0, end: 127 },
+        key_groups: KeyGroupRange { start: 0, end: 127 },
         backend: "rocksdb".into(),
         states: Vec::new(),
         dir: dir.clone(),

@@ -192,7 +192,8 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
             }
         })?;
         for (i, r) in restores.iter_mut().enumerate() {
-            let range = KeyGroupRange::for_slot(max_p, n, i as u32).map_err(ck_err("restore"))?;
+            let range = KeyGroupRange::for_slot(max_p, n, i as u32)
+                .map_err(|e| ck_err("restore")(EngineError::from(e)))?;
             let dest = opts
                 .config
                 .state

@@ -569,7 +569,7 @@ fn restored_sum(o: &TortureOptions, job: &str, id: u64, round: u32) -> Result<u6
     std::fs::create_dir_all(&cfg.state.working_dir).map_err(io("create verify dir"))?;
     let (files, _) = cp.download_for_slot(
         &restored,
-        KeyGroupRange::for_slot(128, 1, 0)?,
+        KeyGroupRange::for_slot(128, 1, 0).map_err(EngineError::from)?,
         &cfg.state.working_dir.join("restore"),
     )?;
     let mut slot = Slot::builder(&cfg).restore(files).open()?;

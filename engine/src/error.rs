@@ -1,29 +1,7 @@
 //! Errors of the engine: one internal enum whose messages name the object and the values, sorted
 //! into a small public [`ErrorKind`] that tells callers what to do.
 
-pub use cairn_memory::ConfigError;
-
-/// What the caller should do about an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// A configuration value is wrong: fix the config and start again.
-    InvalidConfig,
-    /// A call's argument is wrong (oversized value, unknown state, wrong state kind): fix the call.
-    /// Nothing was written.
-    InvalidArgument,
-    /// Stored state is damaged (checksum mismatch, undecodable bytes): restore from a checkpoint.
-    Corrupt,
-    /// A resource is unavailable (directory not writable, locked by another slot, I/O error):
-    /// retry later or fix the environment.
-    Unavailable,
-    /// A bug or an unexpected RocksDB status; report it.
-    Internal,
-    /// The slot refuses every call: a failure left its state unknown (a write-back of the state
-    /// cache to RocksDB failed, see [`EngineError::Poisoned`]). Retrying does not help and no
-    /// checkpoint can be taken from it: drop the slot and restore it from its last checkpoint.
-    Closed,
-}
+pub use cairn_base::{ConfigError, ErrorKind};
 
 /// Engine errors. Each message names what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -186,15 +164,7 @@ impl EngineError {
             | EngineError::WorkingDirLocked { .. }
             | EngineError::CheckpointFailed { .. }
             | EngineError::Io { .. } => ErrorKind::Unavailable,
-            EngineError::Checkpoint(e) => match e.kind() {
-                cairn_snapshot::SnapshotErrorKind::Corrupt => ErrorKind::Corrupt,
-                // Another writer owns the job: the environment must change (stop it, or wait
-                // for its lease to expire).
-                cairn_snapshot::SnapshotErrorKind::Unavailable
-                | cairn_snapshot::SnapshotErrorKind::Conflict => ErrorKind::Unavailable,
-                cairn_snapshot::SnapshotErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Internal,
-            },
+            EngineError::Checkpoint(e) => e.kind(),
             EngineError::Timers(e) => match e {
                 cairn_timers::TimerError::KeyGroupOutOfRange { .. } => ErrorKind::InvalidArgument,
                 cairn_timers::TimerError::Corrupt { .. } => ErrorKind::Corrupt,

@@ -46,29 +46,7 @@ pub fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// Writes the key-group prefix.
-#[inline]
-pub fn write_key_group(out: &mut Vec<u8>, key_group: KeyGroup, prefix_bytes: usize) {
-    if prefix_bytes == 1 {
-        out.push(key_group as u8);
-    } else {
-        out.extend_from_slice(&key_group.to_be_bytes());
-    }
-}
-
-/// The smallest RocksDB key of key group `key_group` (its prefix).
-pub fn key_group_prefix(key_group: KeyGroup, prefix_bytes: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2);
-    write_key_group(&mut out, key_group, prefix_bytes);
-    out
-}
-
-/// The exclusive upper bound of key group `key_group`: the prefix of the next key group, or
-/// `None` for the last possible key group (iterate to the end).
-pub fn key_group_upper_bound(key_group: KeyGroup, prefix_bytes: usize) -> Option<Vec<u8>> {
-    let max = if prefix_bytes == 1 { 0xff } else { 0xffff };
-    (u32::from(key_group) < max).then(|| key_group_prefix(key_group + 1, prefix_bytes))
-}
+pub use cairn_base::prefix::{key_group_prefix, key_group_upper_bound, write_key_group};
 
 /// Encodes the composite `[kg][len][key][len][ns]` prefix into `out` (cleared first).
 #[inline]

@@ -114,6 +114,13 @@ impl<'a> SlotBuilder<'a> {
         let config = self.config;
         config.validate()?;
         let max_parallelism = config.max_parallelism_for(self.parallelism)?;
+        // A slot index beyond the slot count is a wrong call, not a wrong setting.
+        if self.parallelism > 0 && self.index >= self.parallelism {
+            return Err(EngineError::InvalidArgument(format!(
+                "slot index {} is not below parallelism {}",
+                self.index, self.parallelism
+            )));
+        }
         let range = KeyGroupRange::for_slot(max_parallelism, self.parallelism, self.index)?;
         let dir = self.working_dir.unwrap_or_else(|| {
             config

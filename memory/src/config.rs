@@ -20,70 +20,7 @@ pub const MIN_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
 /// rejected anyway.
 pub const MIN_WRITE_BUFFER_MANAGER_BYTES: u64 = 1024 * 1024;
 
-/// A configuration value Cairn cannot run with.
-///
-/// This is the configuration error type of all of Cairn: `cairn-memory` is the lowest crate, and the
-/// engine reports its own settings through the same type. Every variant names the setting as it is
-/// spelled in the configuration file (`memory.write-buffer-ratio`), so the user knows what to change.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A value lies outside the range its setting allows.
-    #[error("{field} = {value} is out of range: allowed {allowed}")]
-    OutOfRange {
-        /// The setting, e.g. `memory.write-buffer-ratio`.
-        field: String,
-        /// The rejected value, as the user wrote it (or as it was derived).
-        value: String,
-        /// The allowed range, e.g. `(0, 1)` or `>= 16 MiB`.
-        allowed: String,
-    },
-    /// A value is in range on its own but breaks a rule (often together with another setting).
-    #[error("{field} is invalid: {reason}")]
-    Invalid {
-        /// The setting to change.
-        field: String,
-        /// Which rule is broken and why it exists.
-        reason: String,
-    },
-    /// The configuration text could not be read (syntax error, wrong type, unknown key).
-    #[error("cannot parse configuration: {message}")]
-    Parse {
-        /// The parser's message, which names the offending key and position.
-        message: String,
-    },
-}
-
-impl ConfigError {
-    /// Builds an [`ConfigError::OutOfRange`] from anything displayable.
-    pub fn out_of_range(
-        field: impl Into<String>,
-        value: impl std::fmt::Display,
-        allowed: impl Into<String>,
-    ) -> Self {
-        Self::OutOfRange {
-            field: field.into(),
-            value: value.to_string(),
-            allowed: allowed.into(),
-        }
-    }
-
-    /// Builds an [`ConfigError::Invalid`].
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// The setting this error is about, if it names one.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            Self::OutOfRange { field, .. } | Self::Invalid { field, .. } => Some(field),
-            Self::Parse { .. } => None,
-        }
-    }
-}
+pub use cairn_base::ConfigError;
 
 /// How much memory RocksDB may use per slot, and how it is split (the `[memory]` table).
 ///

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use cairn_snapshot::{KeyGroups, LocalSnapshot, StateInfo};
+use cairn_engine::KeyGroupRange;
+use cairn_snapshot::{LocalSnapshot, StateInfo};
 
 use crate::det::{Stream, hash_all};
 
@@ -28,7 +29,7 @@ pub struct SlotState {
     /// The slot's index.
     pub slot: u32,
     /// Its key groups.
-    pub key_groups: KeyGroups,
+    pub key_groups: KeyGroupRange,
     /// Shared files, name -> content.
     pub shared: BTreeMap<String, Bytes>,
     /// Private files, name -> content.
@@ -48,7 +49,7 @@ impl SlotState {
 #[derive(Clone, Debug)]
 pub struct SimSlot {
     index: u32,
-    key_groups: KeyGroups,
+    key_groups: KeyGroupRange,
     files: BTreeMap<String, Bytes>,
     generation: u64,
     /// Contents of files it dropped (the last few), to re-create under new names.
@@ -60,10 +61,10 @@ const DROPPED: usize = 16;
 
 /// The key groups of slot `index` of `slots` over `max_parallelism` key groups: contiguous
 /// ranges that partition `[0, max_parallelism)`.
-pub fn key_groups(index: u32, slots: u32, max_parallelism: u32) -> KeyGroups {
+pub fn key_groups(index: u32, slots: u32, max_parallelism: u32) -> KeyGroupRange {
     let start = index * max_parallelism / slots;
     let end = (index + 1) * max_parallelism / slots - 1;
-    KeyGroups { start, end }
+    KeyGroupRange { start, end }
 }
 
 /// Deterministic content of file `counter` of slot `slot` (24 to 300 bytes).
@@ -81,7 +82,7 @@ pub fn sst_content(seed: u64, slot: u32, counter: u64) -> Bytes {
 
 impl SimSlot {
     /// An empty slot.
-    pub fn new(index: u32, key_groups: KeyGroups) -> Self {
+    pub fn new(index: u32, key_groups: KeyGroupRange) -> Self {
         Self {
             index,
             key_groups,
@@ -266,8 +267,8 @@ mod tests {
         assert_eq!(sst_content(1, 0, 5), sst_content(1, 0, 5));
         assert_ne!(sst_content(1, 0, 5), sst_content(2, 0, 5));
         let mut s = SimSlot::new(0, key_groups(0, 2, 8));
-        assert_eq!(s.state().key_groups, KeyGroups { start: 0, end: 3 });
-        assert_eq!(key_groups(1, 2, 8), KeyGroups { start: 4, end: 7 });
+        assert_eq!(s.state().key_groups, KeyGroupRange { start: 0, end: 3 });
+        assert_eq!(key_groups(1, 2, 8), KeyGroupRange { start: 4, end: 7 });
         s.add(1, 1);
         s.add(1, 2);
         let c = s.content_of(0).unwrap();

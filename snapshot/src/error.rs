@@ -1,21 +1,6 @@
 //! Errors of checkpoint storage. Messages name the object and the values.
 
-/// What the caller should do about a snapshot error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SnapshotErrorKind {
-    /// A stored checkpoint is damaged or incomplete: restore another checkpoint.
-    Corrupt,
-    /// Storage can't be reached or refused the operation: retry later.
-    Unavailable,
-    /// Another writer owns the job (or took it over): stop this one, or wait for the other's
-    /// lease to expire.
-    Conflict,
-    /// The request is wrong (bad URL, unknown checkpoint, storage full): fix it.
-    InvalidArgument,
-    /// A bug: an invariant of the protocol does not hold.
-    Internal,
-}
+use cairn_base::ErrorKind;
 
 /// Checkpoint-storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -291,7 +276,7 @@ impl SnapshotError {
     }
 
     /// What the caller should do.
-    pub fn kind(&self) -> SnapshotErrorKind {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             SnapshotError::MissingFile { .. }
             | SnapshotError::ChecksumMismatch { .. }
@@ -301,21 +286,21 @@ impl SnapshotError {
             | SnapshotError::BadName { .. }
             | SnapshotError::InvalidMetadata { .. }
             | SnapshotError::TooLarge { .. }
-            | SnapshotError::BadSlotHandle { .. } => SnapshotErrorKind::Corrupt,
+            | SnapshotError::BadSlotHandle { .. } => ErrorKind::Corrupt,
             SnapshotError::JobLocked { .. }
             | SnapshotError::Fenced { .. }
-            | SnapshotError::CommitConflict { .. } => SnapshotErrorKind::Conflict,
+            | SnapshotError::CommitConflict { .. } => ErrorKind::Conflict,
             SnapshotError::Storage { .. }
             | SnapshotError::CommitInDoubt { .. }
             | SnapshotError::Io { .. }
-            | SnapshotError::Injected { .. } => SnapshotErrorKind::Unavailable,
+            | SnapshotError::Injected { .. } => ErrorKind::Unavailable,
             SnapshotError::NoCheckpoint { .. }
             | SnapshotError::AlreadyExists(_)
             | SnapshotError::StorageFull { .. }
             | SnapshotError::BadLocation { .. }
             | SnapshotError::InvalidOption { .. }
-            | SnapshotError::NotAJob { .. } => SnapshotErrorKind::InvalidArgument,
-            SnapshotError::Invariant(_) => SnapshotErrorKind::Internal,
+            | SnapshotError::NotAJob { .. } => ErrorKind::InvalidArgument,
+            SnapshotError::Invariant(_) => ErrorKind::Internal,
         }
     }
 }

@@ -35,13 +35,14 @@ pub mod storage;
 pub mod store;
 pub mod transfer;
 
+pub use cairn_base::ErrorKind;
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
-pub use error::{Result, SnapshotError, SnapshotErrorKind};
+pub use error::{Result, SnapshotError};
 pub use fault::{FailPoint, FailPoints, Fault, FaultAction, FaultStore};
 pub use gc::GcReport;
 pub use layout::{CheckpointId, Epoch, JobLayout};
 pub use lease::{LeaseOptions, Takeover, WriterLease};
-pub use metadata::{CheckpointMetadata, KeyGroups, RestoredFrom, SlotHandle, StateInfo};
+pub use metadata::{CheckpointMetadata, RestoredFrom, SlotHandle, StateInfo};
 pub use registry::SharedRegistry;
 pub use slot_upload::{UploadTarget, upload_slot_files};
 pub use storage::{CheckpointStorage, StorageOptions};

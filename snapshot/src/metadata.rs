@@ -17,6 +17,7 @@
 //! One [`SlotHandle`] per slot with its key-group range, so a checkpoint of N slots commits once
 //! and can be restored into M slots by handing out key-group ranges again.
 
+use cairn_base::KeyGroupRange;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SnapshotError};
@@ -41,15 +42,6 @@ const MAX_FILES_PER_SLOT: usize = 1_000_000;
 const MAX_STATES_PER_SLOT: usize = 65_536;
 /// The oldest metadata version this build reads.
 pub const MIN_VERSION: u32 = 1;
-
-/// An inclusive key-group range `[start, end]` (mirrors the engine's, which this crate can't use).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyGroups {
-    /// First key group.
-    pub start: u32,
-    /// Last key group (inclusive).
-    pub end: u32,
-}
 
 /// A shared (content-addressed) file of a slot's snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +81,7 @@ pub struct SlotHandle {
     /// The slot's index at checkpoint time.
     pub slot: u32,
     /// The slot's key groups.
-    pub key_groups: KeyGroups,
+    pub key_groups: KeyGroupRange,
     /// `rocksdb` or `heap`.
     pub backend: String,
     /// Registered states (`operator/name` and kind), so a restore recreates every column family.
@@ -426,7 +418,7 @@ mod tests {
             max_parallelism: 128,
             slots: vec![SlotHandle {
                 slot: 0,
-                key_groups: KeyGroups { start: 0, end: 127 },
+                key_groups: KeyGroupRange { start: 0, end: 127 },
                 backend: "rocksdb".into(),
                 states: vec![StateInfo {
                     name: "op/count".into(),
@@ -574,7 +566,7 @@ mod tests {
                 |m| {
                     let mut s = m.slots[0].clone();
                     s.slot = 1;
-                    s.key_groups = KeyGroups {
+                    s.key_groups = KeyGroupRange {
                         start: 64,
                         end: 127,
                     };

@@ -19,6 +19,8 @@
 //! fails fast, a writer that lost the job is fenced before it commits or deletes, and each writer
 //! names its objects with its epoch, so an abort never touches another writer's files.
 
+use cairn_base::KeyGroupRange;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Mutex;
@@ -34,8 +36,8 @@ use crate::fault::FailPoint;
 use crate::layout::{self, CheckpointId, Epoch, JobLayout, ObjectRef};
 use crate::lease::{LeaseOptions, Takeover, WriterLease};
 use crate::metadata::{
-    CheckpointMetadata, FORMAT, KeyGroups, MAX_METADATA_BYTES, PrivateFile, RestoredFrom,
-    SharedFile, SlotHandle, StateInfo, VERSION,
+    CheckpointMetadata, FORMAT, MAX_METADATA_BYTES, PrivateFile, RestoredFrom, SharedFile,
+    SlotHandle, StateInfo, VERSION,
 };
 use crate::registry::SharedRegistry;
 use crate::storage::CheckpointStorage;
@@ -47,7 +49,7 @@ pub struct LocalSnapshot {
     /// The slot's index.
     pub slot: u32,
     /// The slot's key groups.
-    pub key_groups: KeyGroups,
+    pub key_groups: KeyGroupRange,
     /// `rocksdb` or `heap`.
     pub backend: String,
     /// Registered states.

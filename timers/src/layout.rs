@@ -18,6 +18,10 @@
 //!
 //! A golden test pins this layout: changing it breaks every checkpoint holding RocksDB timers.
 
+use cairn_base::prefix::{
+    key_group_prefix, key_group_upper_bound, read_key_group, write_key_group,
+};
+
 use crate::KeyGroup;
 
 /// Bytes of the timestamp field.
@@ -53,16 +57,6 @@ pub fn decode_payload(payload: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((key, &payload[4 + len..]))
 }
 
-/// Writes the key-group prefix.
-#[inline]
-pub fn write_key_group(out: &mut Vec<u8>, key_group: KeyGroup, prefix_bytes: usize) {
-    if prefix_bytes == 1 {
-        out.push(key_group as u8);
-    } else {
-        out.extend_from_slice(&key_group.to_be_bytes());
-    }
-}
-
 /// Writes the RocksDB key of a timer into `out` (cleared first).
 #[inline]
 pub fn encode_db_key(
@@ -85,11 +79,7 @@ pub fn decode_db_key(buf: &[u8], prefix_bytes: usize) -> Option<(KeyGroup, i64, 
     if buf.len() < prefix_bytes + TIMESTAMP_BYTES {
         return None;
     }
-    let kg = if prefix_bytes == 1 {
-        KeyGroup::from(buf[0])
-    } else {
-        u16::from_be_bytes([buf[0], buf[1]])
-    };
+    let kg = read_key_group(buf, prefix_bytes)?;
     let ts = decode_timestamp(buf[prefix_bytes..prefix_bytes + 8].try_into().ok()?);
     let payload = &buf[prefix_bytes + 8..];
     decode_payload(payload)?;
@@ -99,15 +89,10 @@ pub fn decode_db_key(buf: &[u8], prefix_bytes: usize) -> Option<(KeyGroup, i64, 
 /// The first RocksDB key of `key_group`, and the exclusive upper bound (`None` for the last
 /// possible key group of the prefix width).
 pub fn key_group_bounds(key_group: KeyGroup, prefix_bytes: usize) -> (Vec<u8>, Option<Vec<u8>>) {
-    let mut lower = Vec::with_capacity(2);
-    write_key_group(&mut lower, key_group, prefix_bytes);
-    let max = if prefix_bytes == 1 { 0xff } else { 0xffff };
-    let upper = (u32::from(key_group) < max).then(|| {
-        let mut u = Vec::with_capacity(2);
-        write_key_group(&mut u, key_group + 1, prefix_bytes);
-        u
-    });
-    (lower, upper)
+    (
+        key_group_prefix(key_group, prefix_bytes),
+        key_group_upper_bound(key_group, prefix_bytes),
+    )
 }
 
 #[cfg(test)]

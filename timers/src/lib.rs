@@ -38,8 +38,7 @@ pub use error::{Result, TimerError};
 pub use heap::{HeapTimers, HeapTimersSnapshot};
 pub use rocks::{DEFAULT_CACHE_SIZE, RocksDbTimers, TimerDb};
 
-/// A key group id (the engine's `KeyGroup`): `[0, max_parallelism)`.
-pub type KeyGroup = u16;
+pub use cairn_base::KeyGroup;
 
 /// The clock a timer fires on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

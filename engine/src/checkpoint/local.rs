@@ -35,7 +35,9 @@
 use std::path::{Path, PathBuf};
 
 use cairn_snapshot::metadata::SlotHandle;
-use cairn_snapshot::{KeyGroups, layout, transfer};
+use cairn_snapshot::{layout, transfer};
+
+use crate::keygroup::KeyGroupRange;
 use serde::{Deserialize, Serialize};
 
 use super::config::FileVerify;
@@ -54,7 +56,7 @@ struct Marker {
     job: String,
     checkpoint_id: u64,
     slot: u32,
-    key_groups: KeyGroups,
+    key_groups: KeyGroupRange,
 }
 
 /// Which way a slot was restored.
@@ -96,7 +98,7 @@ pub(crate) fn keep(
     job: &str,
     id: u64,
     slot: u32,
-    key_groups: KeyGroups,
+    key_groups: KeyGroupRange,
 ) -> Result<()> {
     let root = slot_dir.join(LOCAL_DIR);
     std::fs::create_dir_all(&root).map_err(io(format!("create {}", root.display())))?;

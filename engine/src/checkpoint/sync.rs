@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_snapshot::{KeyGroups, LocalSnapshot, StateInfo};
+use cairn_snapshot::{LocalSnapshot, StateInfo};
+
+use crate::keygroup::KeyGroupRange;
 
 use crate::backend::heap::HeapSnapshotView;
 use crate::config::BackendKind;
@@ -35,7 +37,7 @@ pub struct SyncSnapshot {
     pub cache_flush: Duration,
     /// How many dirty cache entries were written.
     pub cache_flushed_entries: u64,
-    key_groups: KeyGroups,
+    key_groups: KeyGroupRange,
     backend: BackendKind,
     states: Vec<StateInfo>,
     dir: PathBuf,
@@ -126,7 +128,7 @@ impl Slot {
             sync_duration: t.elapsed(),
             cache_flush,
             cache_flushed_entries,
-            key_groups: KeyGroups {
+            key_groups: KeyGroupRange {
                 start: r.start,
                 end: r.end,
             },
