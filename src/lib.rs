@@ -86,8 +86,8 @@ pub use cairn_engine::checkpoint::{
 };
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
-    KeyGroup, KeyGroupRange, ListState, MapState, Metrics, ReducingState, ScopeKey, Slot,
-    SlotBuilder, SlotRestore, StateDescriptor, StateKind, TimeDomain, Timer, ValueState,
-    VoidNamespace, key_group_of, slot_for_key,
+    KeyGroup, KeyGroupRange, ListState, MapState, Metrics, OperatorState, Redistribution,
+    ReducingState, ScopeKey, Slot, SlotBuilder, SlotRestore, StateDescriptor, StateKind,
+    TimeDomain, Timer, ValueState, VoidNamespace, key_group_of, slot_for_key,
 };
 pub use cairn_snapshot::UploadTarget;

@@ -21,6 +21,7 @@ pub mod error;
 pub mod keygroup;
 pub mod layout;
 pub mod metrics;
+pub mod operator_state;
 pub mod slot;
 pub mod state;
 
@@ -31,6 +32,7 @@ pub use config::{BackendKind, CairnConfig, TimerServiceKind};
 pub use error::{EngineError, ErrorKind, Result};
 pub use keygroup::{KeyGroup, KeyGroupRange, key_group_of, slot_for_key};
 pub use metrics::Metrics;
+pub use operator_state::{OperatorState, Redistribution};
 pub use slot::{Slot, SlotBuilder, SlotRestore};
 pub use state::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,

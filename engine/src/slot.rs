@@ -34,6 +34,7 @@ use crate::codec;
 use crate::config::{BackendKind, CairnConfig, TimerServiceKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
+use crate::operator_state::OperatorState;
 use cairn_timers::{
     HeapTimers, HeapTimersSnapshot, RocksDbTimers, TimeDomain, Timer, TimerService, TimerServiceExt,
 };
@@ -55,6 +56,7 @@ pub struct SlotBuilder<'a> {
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
     working_dir: Option<PathBuf>,
     restore: Option<SlotRestore>,
+    operator_state: OperatorState,
     write_back_fault: Option<Arc<WriteBackFault>>,
 }
 
@@ -80,6 +82,13 @@ impl<'a> SlotBuilder<'a> {
     /// Opens the slot from restored files instead of empty.
     pub fn restore(mut self, restore: SlotRestore) -> Self {
         self.restore = Some(restore);
+        self
+    }
+
+    /// Opens the slot with this operator state (restored with
+    /// [`Checkpointer::operator_state_for_slot`](crate::checkpoint::Checkpointer::operator_state_for_slot)).
+    pub fn operator_state(mut self, state: OperatorState) -> Self {
+        self.operator_state = state;
         self
     }
 
@@ -223,6 +232,7 @@ impl<'a> SlotBuilder<'a> {
             key_buf: Vec::new(),
             ns_buf: Vec::new(),
             value_buf: Vec::new(),
+            operator_state: self.operator_state,
         };
         match slot.kind {
             // Heap tables were created while loading; record them.
@@ -282,9 +292,21 @@ pub struct Slot {
     key_buf: Vec<u8>,
     ns_buf: Vec<u8>,
     value_buf: Vec<u8>,
+    operator_state: OperatorState,
 }
 
 impl Slot {
+    /// The slot's operator (non-keyed) state, checkpointed with it (see
+    /// [`crate::operator_state`]).
+    pub fn operator_state(&self) -> &OperatorState {
+        &self.operator_state
+    }
+
+    /// The slot's operator state, to change it.
+    pub fn operator_state_mut(&mut self) -> &mut OperatorState {
+        &mut self.operator_state
+    }
+
     /// Starts opening a slot with `config`.
     pub fn builder(config: &CairnConfig) -> SlotBuilder<'_> {
         SlotBuilder {
@@ -294,6 +316,7 @@ impl Slot {
             hook: None,
             working_dir: None,
             restore: None,
+            operator_state: OperatorState::new(),
             write_back_fault: None,
         }
     }

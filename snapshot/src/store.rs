@@ -1191,6 +1191,44 @@ impl CheckpointStore {
         Ok(problems)
     }
 
+    /// Downloads private file `name` of `handle` (verified, decompressed) into `dest` and returns
+    /// its bytes; `None` when the handle has no such file. For small files read whole (a slot's
+    /// operator state), of every slot of a checkpoint. The recorded size bounds what is read.
+    pub async fn read_private_file(
+        storage: &CheckpointStorage,
+        handle: &SlotHandle,
+        name: &str,
+        dest: &FsPath,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(f) = handle.private.iter().find(|f| f.name == name) else {
+            return Ok(None);
+        };
+        layout::check_file_name(&format!("file of slot {}", handle.slot), &f.name)?;
+        ObjectRef::parse(&f.object)?;
+        tokio::fs::create_dir_all(dest)
+            .await
+            .map_err(SnapshotError::io("create", dest))?;
+        let path = JobLayout::new(storage.root().clone(), "").resolve(&f.object);
+        let to = layout::local_path(
+            dest,
+            "private file",
+            &format!("slot-{}-{}", handle.slot, f.name),
+        )?;
+        let expected = Expected {
+            sha256: f.sha256.clone(),
+            size: f.size,
+            compressed: true,
+            stored_size: Some(f.stored_size),
+            hash_placed: true,
+        };
+        transfer::download_file(storage, &path, &to, &expected).await?;
+        let bytes = tokio::fs::read(&to)
+            .await
+            .map_err(SnapshotError::io("read", &to))?;
+        let _ = tokio::fs::remove_file(&to).await;
+        Ok(Some(bytes))
+    }
+
     /// Downloads one slot's files of a checkpoint into `dest` (created; must not exist), in
     /// parallel, verifying each file's size and sha256 (`hash_placed = false`: SSTs placed
     /// straight from local storage are checked by size only, see

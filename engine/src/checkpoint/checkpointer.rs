@@ -22,6 +22,7 @@ use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
 use crate::backend::{StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
+use crate::operator_state::{OPERATOR_STATE_FILE, OperatorState};
 use crate::slot::Slot;
 use crate::slot::SlotRestore;
 
@@ -1019,6 +1020,20 @@ impl Checkpointer {
         ))
     }
 
+    /// The operator state of slot `index` of `parallelism` from the restored checkpoint: every
+    /// old slot's part, redistributed ([`OperatorState::redistribute`]: lists by even split or
+    /// union, broadcast state copied). `tmp` is a scratch directory (removed after). Open the
+    /// slot with it through [`SlotBuilder::operator_state`](crate::SlotBuilder::operator_state).
+    pub fn operator_state_for_slot(
+        &self,
+        restored: &RestoredCheckpoint,
+        index: u32,
+        parallelism: u32,
+        tmp: &Path,
+    ) -> Result<OperatorState> {
+        restore_operator_state(&self.rt, restored, index, parallelism, tmp)
+    }
+
     /// Downloads (in parallel, verified) what the slot owning `range` needs from the restored
     /// checkpoint into `dest` (on the working directory's file system), and says how to open
     /// the slot. RocksDB needs a handle with exactly this key-group range; heap snapshots of
@@ -1031,6 +1046,34 @@ impl Checkpointer {
     ) -> Result<(SlotRestore, u64)> {
         download_slot(&self.rt, &self.cfg, restored, range, dest)
     }
+}
+
+/// [`Checkpointer::operator_state_for_slot`] on runtime `rt`: reads every old slot's operator
+/// state file of `restored` (in `tmp`) and redistributes it to slot `index` of `parallelism`.
+pub(crate) fn restore_operator_state(
+    rt: &tokio::runtime::Runtime,
+    restored: &RestoredCheckpoint,
+    index: u32,
+    parallelism: u32,
+    tmp: &Path,
+) -> Result<OperatorState> {
+    let mut handles: Vec<&SlotHandle> = restored.metadata.slots.iter().collect();
+    handles.sort_by_key(|h| h.slot);
+    let mut old = Vec::with_capacity(handles.len());
+    for h in handles {
+        let bytes = rt.block_on(CheckpointStore::read_private_file(
+            &restored.storage,
+            h,
+            OPERATOR_STATE_FILE,
+            tmp,
+        ))?;
+        old.push(match bytes {
+            Some(b) => OperatorState::from_bytes(&b)?,
+            None => OperatorState::new(),
+        });
+    }
+    let _ = std::fs::remove_dir_all(tmp);
+    OperatorState::redistribute(&old, index, parallelism)
 }
 
 /// [`Checkpointer::download_for_slot`] on runtime `rt` with `cfg`'s transfer threads and

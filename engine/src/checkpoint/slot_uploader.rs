@@ -31,11 +31,12 @@ use serde::{Deserialize, Serialize};
 
 use std::path::Path;
 
-use super::checkpointer::{RestoredCheckpoint, download_slot};
+use super::checkpointer::{RestoredCheckpoint, download_slot, restore_operator_state};
 use super::config::CheckpointConfig;
 use super::sync::SyncSnapshot;
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
+use crate::operator_state::OperatorState;
 use crate::slot::SlotRestore;
 
 /// What a slot sends the committer for one checkpoint: its handle (the files it uploaded and
@@ -121,6 +122,19 @@ impl SlotUploader {
             self.restored_from(h);
         }
         Ok(restore)
+    }
+
+    /// The operator state of slot `index` of `parallelism` from `restored` (see
+    /// [`Checkpointer::operator_state_for_slot`](crate::checkpoint::Checkpointer::operator_state_for_slot));
+    /// `tmp` is a scratch directory.
+    pub fn operator_state(
+        &self,
+        restored: &RestoredCheckpoint,
+        index: u32,
+        parallelism: u32,
+        tmp: &Path,
+    ) -> Result<OperatorState> {
+        restore_operator_state(&self.rt, restored, index, parallelism, tmp)
     }
 
     /// After the slot was restored from a checkpoint of this job: the restored files are the

@@ -10,6 +10,7 @@ use crate::keygroup::KeyGroupRange;
 use crate::backend::heap::HeapSnapshotView;
 use crate::config::BackendKind;
 use crate::error::{EngineError, Result};
+use crate::operator_state::OPERATOR_STATE_FILE;
 use crate::slot::Slot;
 
 /// Name of the heap backend's snapshot file inside a local snapshot directory.
@@ -47,6 +48,8 @@ pub struct SyncSnapshot {
     /// RocksDB's live-data estimate at snapshot time (rebase `max-space-amplification`).
     live_data_bytes: Option<u64>,
     timers: Option<cairn_timers::HeapTimersSnapshot>,
+    /// The operator state's file bytes (`None` when the slot has none).
+    operator_state: Option<Vec<u8>>,
 }
 
 impl Slot {
@@ -122,6 +125,10 @@ impl Slot {
         };
         let r = self.key_groups();
         let live_data_bytes = self.live_data_estimate();
+        let operator_state = match self.operator_state() {
+            s if s.is_empty() => None,
+            s => Some(s.to_bytes()?),
+        };
         Ok(SyncSnapshot {
             id,
             slot: self.index().0,
@@ -146,6 +153,7 @@ impl Slot {
             slot_dir: self.working_dir().to_path_buf(),
             live_data_bytes,
             timers,
+            operator_state,
         })
     }
 }
@@ -165,6 +173,15 @@ impl SyncSnapshot {
         if let Some(t) = self.timers {
             t.write(&self.dir.join(TIMERS_SNAPSHOT_FILE))?;
             private.push(TIMERS_SNAPSHOT_FILE.to_string());
+            private.sort();
+        }
+        if let Some(bytes) = &self.operator_state {
+            let path = self.dir.join(OPERATOR_STATE_FILE);
+            std::fs::write(&path, bytes).map_err(|e| EngineError::Io {
+                op: format!("write {}", path.display()),
+                source: e,
+            })?;
+            private.push(OPERATOR_STATE_FILE.to_string());
             private.sort();
         }
         Ok(LocalSnapshot {
