@@ -100,32 +100,15 @@ impl Rig {
     /// Restores `job`'s latest checkpoint into as many slots as the rig has and reads every
     /// key's counter from the slot that owns it.
     fn restore_counters(&self, job: &str) -> Result<Vec<Option<u64>>, Box<dyn std::error::Error>> {
-        let n = self.slots.len() as u32;
-        let mut cfg = self.cfg.clone();
         let work = self.root.path().join(format!("restore-{}", new_job_name()));
-        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-        let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
-            "{}/{job}",
-            cfg.checkpoint.dir
-        ))?)?;
-        let mut slots = Vec::new();
-        for i in 0..n {
-            cfg.state.working_dir = work.join(format!("slot-{i}"));
-            let (files, _) = cp.download_for_slot(
-                &restored,
-                KeyGroupRange::for_slot(MAX_P, n, i)?,
-                &cfg.state.working_dir.join("restore"),
-            )?;
-            slots.push(Slot::builder(&cfg).slot(i, n).restore(files).open()?);
-        }
-        let mut out = Vec::new();
-        for k in 0..KEYS {
-            let slot = &mut slots[cairn::slot_for_key(&k, MAX_P, n)? as usize];
-            let count = slot.value_state::<u64>("op", "count")?;
-            let scope = slot.scope(&k, &cairn::VoidNamespace)?;
-            out.push(count.get(slot, &scope)?);
-        }
-        Ok(out)
+        let url = format!("{}/{job}", self.cfg.checkpoint.dir);
+        support::checkpoints::read_counters_from(
+            &self.cfg,
+            &work,
+            &url,
+            self.slots.len() as u32,
+            KEYS,
+        )
     }
 }
 

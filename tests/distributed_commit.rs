@@ -6,6 +6,8 @@
 //! The slot processes are this test executable run again with `CAIRN_SLOT_SPEC` set (the
 //! `slot_process` test, ignored otherwise).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -117,31 +119,9 @@ fn run_slots(root: &Path, specs: Vec<SlotSpec>) -> R<Vec<SlotAck>> {
 /// Restores the latest checkpoint of `job` into `SLOTS` slots in this process and reads every
 /// counter from its owner.
 fn read_back(cfg: &CairnConfig, root: &Path, job: &str) -> R<Vec<Option<u64>>> {
-    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
-        "{}/{job}",
-        cfg.checkpoint.dir
-    ))?)?;
-    let mut slots = Vec::new();
-    for i in 0..SLOTS {
-        let mut cfg = cfg.clone();
-        cfg.state.working_dir =
-            root.join(format!("read-back-{}-{i}", restored.metadata.checkpoint_id));
-        let (files, _) = cp.download_for_slot(
-            &restored,
-            KeyGroupRange::for_slot(MAX_P, SLOTS, i)?,
-            &cfg.state.working_dir.join("restore"),
-        )?;
-        slots.push(Slot::builder(&cfg).slot(i, SLOTS).restore(files).open()?);
-    }
-    let mut out = Vec::new();
-    for k in 0..KEYS {
-        let slot = &mut slots[slot_for_key(&k, MAX_P, SLOTS)? as usize];
-        let count = slot.value_state::<u64>("op", "count")?;
-        let scope = slot.scope(&k, &VoidNamespace)?;
-        out.push(count.get(slot, &scope)?);
-    }
-    Ok(out)
+    let url = format!("{}/{job}", cfg.checkpoint.dir);
+    let work = root.join(format!("read-back-{}", new_job_name()));
+    support::checkpoints::read_counters_from(cfg, &work, &url, SLOTS, KEYS)
 }
 
 #[test]

@@ -71,17 +71,7 @@ pub async fn upload_slot_files(
             _ => to_hash.push((name.clone(), local)),
         }
     }
-    let hashed = transfer::run_parallel(
-        to_hash
-            .into_iter()
-            .map(|(name, local)| async move {
-                let (sha, size) = transfer::hash_file(&local).await?;
-                Ok((name, local, sha, size))
-            })
-            .collect(),
-        parallelism,
-    )
-    .await?;
+    let hashed = transfer::hash_files(to_hash, parallelism).await?;
     let mut sent: HashSet<String> = HashSet::new();
     let mut uploads = Vec::new();
     for (name, local, sha256, size) in hashed {

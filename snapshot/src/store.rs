@@ -543,17 +543,7 @@ impl CheckpointStore {
                 _ => to_hash.push((name.clone(), local)),
             }
         }
-        let hashed = transfer::run_parallel(
-            to_hash
-                .into_iter()
-                .map(|(name, local)| async move {
-                    let (sha, size) = transfer::hash_file(&local).await?;
-                    Ok((name, local, sha, size))
-                })
-                .collect(),
-            parallelism,
-        )
-        .await?;
+        let hashed = transfer::hash_files(to_hash, parallelism).await?;
         // 2. Files this writer may not reference where they are are copied into its own
         //    objects; everything else keeps its object.
         let mut files: Vec<SharedFile> = Vec::new();

@@ -618,6 +618,25 @@ impl Read for ChannelReader {
     }
 }
 
+/// Hashes local files `(name, path)`, at most `parallelism` at once: `(name, path, sha256, size)`
+/// of each, in no particular order.
+pub async fn hash_files(
+    files: Vec<(String, PathBuf)>,
+    parallelism: usize,
+) -> Result<Vec<(String, PathBuf, String, u64)>> {
+    run_parallel(
+        files
+            .into_iter()
+            .map(|(name, local)| async move {
+                let (sha, size) = hash_file(&local).await?;
+                Ok((name, local, sha, size))
+            })
+            .collect(),
+        parallelism,
+    )
+    .await
+}
+
 /// Runs `jobs` with at most `parallelism` at once; the first error wins (the rest are dropped,
 /// which cancels them).
 pub async fn run_parallel<T, F>(jobs: Vec<F>, parallelism: usize) -> Result<Vec<T>>

@@ -63,3 +63,36 @@ pub fn committed_verified(dir: &str, job: &str) -> Result<Vec<u64>, Box<dyn Erro
     assert!(problems.is_empty(), "{job}: {problems:?}");
     Ok(ids)
 }
+
+/// Restores `job_url` (`<dir>/<job>[/chk-<id>]`) into `slots` slots working below `work` and
+/// reads the counter (`op/count`) of every key in `0..keys` from the slot that owns it.
+pub fn read_counters_from(
+    cfg: &CairnConfig,
+    work: &std::path::Path,
+    job_url: &str,
+    slots: u32,
+    keys: u64,
+) -> Result<Vec<Option<u64>>, Box<dyn Error>> {
+    let max_p = cfg.state.max_parallelism.unwrap_or(128);
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
+    let restored = cp.prepare_restore(&RestoreSource::parse(job_url)?)?;
+    let mut opened = Vec::new();
+    for i in 0..slots {
+        let mut cfg = cfg.clone();
+        cfg.state.working_dir = work.join(format!("slot-{i}"));
+        let (files, _) = cp.download_for_slot(
+            &restored,
+            KeyGroupRange::for_slot(max_p, slots, i)?,
+            &cfg.state.working_dir.join("restore"),
+        )?;
+        opened.push(Slot::builder(&cfg).slot(i, slots).restore(files).open()?);
+    }
+    let mut out = Vec::new();
+    for k in 0..keys {
+        let slot = &mut opened[cairn::slot_for_key(&k, max_p, slots)? as usize];
+        let count = slot.value_state::<u64>("op", "count")?;
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        out.push(count.get(slot, &scope)?);
+    }
+    Ok(out)
+}
