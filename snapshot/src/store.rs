@@ -1204,14 +1204,7 @@ impl CheckpointStore {
             "private file",
             &format!("slot-{}-{}", handle.slot, f.name),
         )?;
-        let expected = Expected {
-            sha256: f.sha256.clone(),
-            size: f.size,
-            compressed: true,
-            stored_size: Some(f.stored_size),
-            hash_placed: true,
-        };
-        transfer::download_file(storage, &path, &to, &expected).await?;
+        transfer::download_file(storage, &path, &to, &Expected::private(f)).await?;
         let bytes = tokio::fs::read(&to)
             .await
             .map_err(SnapshotError::io("read", &to))?;
@@ -1283,13 +1276,7 @@ impl CheckpointStore {
         for f in &handle.private {
             let path = root_layout.resolve(&f.object);
             let to = layout::local_path(dest, &what, &f.name)?;
-            let expected = Expected {
-                sha256: f.sha256.clone(),
-                size: f.size,
-                compressed: true,
-                stored_size: Some(f.stored_size),
-                hash_placed: true,
-            };
+            let expected = Expected::private(f);
             let stored = f.stored_size;
             jobs.push(async move {
                 storage.fail_point(FailPoint::DownloadPrivateFile, &path)?;

@@ -203,6 +203,20 @@ pub struct Expected {
     pub hash_placed: bool,
 }
 
+impl Expected {
+    /// What a private file of a checkpoint must be: zstd-compressed as stored, its content
+    /// hashed whatever the path.
+    pub fn private(f: &crate::metadata::PrivateFile) -> Self {
+        Self {
+            sha256: f.sha256.clone(),
+            size: f.size,
+            compressed: true,
+            stored_size: Some(f.stored_size),
+            hash_placed: true,
+        }
+    }
+}
+
 /// Downloads `from` into `to`, verifying size and sha256 of the bytes `to` ends up holding. A
 /// mismatch removes `to` and names the object (`ChecksumMismatch` / `SizeMismatch`; a missing
 /// object is `MissingFile`).
