@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use cairn::engine::codec;
 use cairn::{
-    BackendKind, CairnConfig, CheckpointCoordinator, CheckpointEvent, CheckpointKind, Checkpointer,
-    DeclineReason, KeyGroupRange, RestoreSource, Slot, SlotReply, TimeDomain, TriggeredCheckpoint,
-    ValueState, VoidNamespace, new_job_name, slot_for_key,
+    BackendKind, CairnConfig, CheckpointCoordinator, CheckpointEvent, CheckpointKind,
+    CheckpointLocation, Checkpointer, DeclineReason, KeyGroupRange, Slot, SlotReply, TimeDomain,
+    TriggeredCheckpoint, ValueState, VoidNamespace, new_job_name, slot_for_key,
 };
 
 type Res<T = ()> = Result<T, Box<dyn Error>>;
@@ -276,7 +276,7 @@ fn start(root: &Path, work: &str, restore_from: Option<&str>) -> Res<Started> {
     let mut job = Job::default();
     // No `/chk-<id>` at the end of the URL: the latest committed checkpoint.
     let restored = match restore_from {
-        Some(url) => Some(cp.prepare_restore(&RestoreSource::parse(url)?)?),
+        Some(url) => Some(cp.resume_from(&CheckpointLocation::parse(url)?)?),
         None => None,
     };
     if let Some(r) = &restored {
@@ -288,7 +288,7 @@ fn start(root: &Path, work: &str, restore_from: Option<&str>) -> Res<Started> {
         if let Some(r) = &restored {
             let range = KeyGroupRange::for_slot(MAX_PARALLELISM, SLOTS, i)?;
             let dest = config.state.working_dir.join(format!("restore-{i}"));
-            builder = builder.restore(cp.download_for_slot(r, range, &dest)?.0);
+            builder = builder.restore(cp.download_slot_files(r, range, &dest)?.0);
         }
         let mut slot = builder.open()?;
         // A restored slot already has the state: registering it again returns it.

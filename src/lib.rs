@@ -17,8 +17,8 @@
 //!    itself in another process, see [`SlotUploader`]); [`CheckpointCoordinator::take_events`]
 //!    says which checkpoints completed or were aborted (what a two-phase sink waits for).
 //! 4. **Restore** after a failure: a new [`Checkpointer`] prepares the restore
-//!    ([`Checkpointer::prepare_restore`]) and downloads each slot's files
-//!    ([`Checkpointer::download_for_slot`], also into another slot count for the heap backend);
+//!    ([`Checkpointer::resume_from`]) and downloads each slot's files
+//!    ([`Checkpointer::download_slot_files`], also into another slot count for the heap backend);
 //!    host properties stored with [`CheckpointCoordinator::set_property`] (a source offset) come
 //!    back in the restored metadata.
 //! 5. **Cancel** with [`CheckpointCoordinator::cancel`]: checkpoints are kept or deleted as
@@ -80,14 +80,14 @@ pub use cairn_timers as timers;
 pub use bytesize::ByteSize;
 pub use cairn_engine::checkpoint::{
     AbortReason, CancelOutcome, CheckpointConfig, CheckpointCoordinator, CheckpointEvent,
-    CheckpointKind, CheckpointReport, CheckpointSchedule, Checkpointer, CheckpointingMode,
-    DeclineReason, RestoreMode, RestoreSource, RestoredCheckpoint, SlotAck, SlotReply,
+    CheckpointKind, CheckpointLocation, CheckpointReport, CheckpointSchedule, Checkpointer,
+    CheckpointingMode, ClaimMode, DeclineReason, RestoredCheckpoint, SlotAck, SlotReply,
     SlotUploader, SyncSnapshot, TriggeredCheckpoint, new_job_name,
 };
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
     KeyGroup, KeyGroupRange, ListState, MapState, Metrics, OperatorState, Redistribution,
-    ReducingState, ScopeKey, Slot, SlotBuilder, SlotRestore, StateDescriptor, StateKind,
+    ReducingState, RestoredFiles, ScopeKey, Slot, SlotBuilder, StateDescriptor, StateKind,
     TimeDomain, Timer, ValueState, VoidNamespace, key_group_of, slot_for_key,
 };
 pub use cairn_snapshot::UploadTarget;

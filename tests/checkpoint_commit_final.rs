@@ -16,10 +16,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreMode, RestoreSource, new_job_name};
+use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, ClaimMode, new_job_name};
 use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot};
 use cairn_snapshot::fault::Op;
-use cairn_snapshot::{CheckpointStorage, Fault, FaultAction, FaultStore, StorageOptions};
+use cairn_snapshot::{Fault, FaultAction, FaultStore, StorageOptions, StorageRoot};
 use object_store::ObjectStore;
 use support::checkpoints::{
     TestResult, checkpoint, committed_verified, read_counters, write_counters,
@@ -32,7 +32,7 @@ struct Rig {
     root: tempfile::TempDir,
     cfg: CairnConfig,
     faults: Arc<FaultStore>,
-    storage: CheckpointStorage,
+    storage: StorageRoot,
 }
 
 impl Rig {
@@ -44,9 +44,9 @@ impl Rig {
         cfg.checkpoint.dir = format!("file://{}", root.path().join("cp").display());
         cfg.checkpoint.retained = 1;
         cfg.checkpoint.timeout = Duration::from_millis(500);
-        let plain = CheckpointStorage::from_url(&cfg.checkpoint.dir, &StorageOptions::default())?;
+        let plain = StorageRoot::from_url(&cfg.checkpoint.dir, &StorageOptions::default())?;
         let faults = FaultStore::new(plain.store().clone());
-        let mut storage = CheckpointStorage::with_options(
+        let mut storage = StorageRoot::with_options(
             faults.clone() as Arc<dyn ObjectStore>,
             plain.root().clone(),
             &cfg.checkpoint.dir,
@@ -188,17 +188,17 @@ fn a_claimed_checkpoint_survives_a_failed_delete_and_a_restart() -> TestResult {
         (id, format!("{job_a}/chk-{id}/_metadata"))
     };
     let mut cfg_b = rig.cfg.clone();
-    cfg_b.checkpoint.restore_mode = RestoreMode::Claim;
+    cfg_b.checkpoint.restore_mode = ClaimMode::Claim;
     cfg_b.state.working_dir = rig.root.path().join("work-b");
     let job_b = new_job_name();
     let open_b =
         || Checkpointer::open_with_storage(&cfg_b.checkpoint, rig.storage.clone(), &job_b, 128);
     let mut cp = open_b()?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
+    let restored = cp.resume_from(&CheckpointLocation::parse(&format!(
         "{}/{job_a}/chk-{a_id}",
         cfg_b.checkpoint.dir
     ))?)?;
-    let (files, _) = cp.download_for_slot(
+    let (files, _) = cp.download_slot_files(
         &restored,
         KeyGroupRange::for_slot(128, 1, 0)?,
         &cfg_b.state.working_dir.join("restore"),
@@ -228,12 +228,12 @@ fn a_claimed_checkpoint_survives_a_failed_delete_and_a_restart() -> TestResult {
     let mut cp = open_b()?;
     let report = cp.gc(Duration::ZERO, false)?;
     assert!(report.orphans.is_empty(), "{:?}", report.orphans);
-    let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
+    let restored = cp.resume_from(&CheckpointLocation::parse(&format!(
         "{}/{job_b}/chk-{b1}",
         cfg_b.checkpoint.dir
     ))?)?;
     let _ = std::fs::remove_dir_all(cfg_b.state.working_dir.join("slot-0"));
-    let (files, _) = cp.download_for_slot(
+    let (files, _) = cp.download_slot_files(
         &restored,
         KeyGroupRange::for_slot(128, 1, 0)?,
         &cfg_b.state.working_dir.join("restore2"),
@@ -252,7 +252,7 @@ fn a_claimed_checkpoint_survives_a_failed_delete_and_a_restart() -> TestResult {
     Ok(())
 }
 
-/// The timeout runs from the trigger (`Checkpointer::next_id`), as Flink's: a checkpoint whose
+/// The timeout runs from the trigger (`Checkpointer::trigger_checkpoint`), as Flink's: a checkpoint whose
 /// barriers took longer than the timeout to collect fails before uploading anything, and the
 /// next checkpoint, taken promptly, commits.
 #[test]
@@ -264,7 +264,7 @@ fn the_timeout_runs_from_the_trigger() -> TestResult {
     write(&mut slot, 1)?;
     checkpoint(&mut cp, &mut slot)?;
     // Triggered, then the barrier takes 700 ms to reach the slot (timeout: 500 ms).
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     std::thread::sleep(Duration::from_millis(700));
     write(&mut slot, 2)?;
     let sync = slot.snapshot_for_checkpoint(id)?;
@@ -293,8 +293,8 @@ fn an_expired_checkpoint_counts_as_a_failure() -> TestResult {
     write(&mut slot, 1)?;
     let first = checkpoint(&mut cp, &mut slot)?;
     assert!(cp.failure_tolerated());
-    let id = cp.next_id();
-    cp.checkpoint_expired(id);
+    let id = cp.trigger_checkpoint();
+    cp.checkpoint_failed(id, "expired");
     assert!(!cp.failure_tolerated(), "tolerable-failed is 0");
     assert_eq!(rig.committed(&job)?, vec![first]);
     checkpoint(&mut cp, &mut slot)?;

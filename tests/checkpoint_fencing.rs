@@ -13,9 +13,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
 use cairn::{BackendKind, CairnConfig, ErrorKind, KeyGroupRange, Slot};
-use cairn_snapshot::{CheckpointStorage, ManualClock, StorageOptions};
+use cairn_snapshot::{ManualClock, StorageOptions, StorageRoot};
 use support::checkpoints::{
     TestResult, checkpoint, committed_verified, read_counters, write_counters,
 };
@@ -106,9 +106,9 @@ fn a_writer_whose_lease_expired_is_fenced_and_harms_nothing() -> TestResult {
     let root = tempfile::tempdir()?;
     let cfg = config(root.path());
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let storage = || -> Result<CheckpointStorage, Box<dyn std::error::Error>> {
+    let storage = || -> Result<StorageRoot, Box<dyn std::error::Error>> {
         Ok(
-            CheckpointStorage::from_url(&cfg.checkpoint.dir, &StorageOptions::default())?
+            StorageRoot::from_url(&cfg.checkpoint.dir, &StorageOptions::default())?
                 .with_clock(clock.clone()),
         )
     };
@@ -124,11 +124,11 @@ fn a_writer_whose_lease_expired_is_fenced_and_harms_nothing() -> TestResult {
     let mut cfg_b = cfg.clone();
     cfg_b.state.working_dir = root.path().join("work-b");
     let mut second = Checkpointer::open_with_storage(&cfg_b.checkpoint, storage()?, &job, 128)?;
-    let restored = second.prepare_restore(&RestoreSource::parse(&format!(
+    let restored = second.resume_from(&CheckpointLocation::parse(&format!(
         "{}/{job}/chk-{id2}",
         cfg.checkpoint.dir
     ))?)?;
-    let (files, _) = second.download_for_slot(
+    let (files, _) = second.download_slot_files(
         &restored,
         KeyGroupRange::for_slot(128, 1, 0)?,
         &cfg_b.state.working_dir.join("restore"),
@@ -188,6 +188,9 @@ fn default_job_names_do_not_collide() {
     let names: std::collections::HashSet<String> = (0..10_000).map(|_| new_job_name()).collect();
     assert_eq!(names.len(), 10_000);
     for n in names.iter().take(5) {
-        assert!(cairn_snapshot::layout::check_job_name(n).is_ok(), "{n}");
+        assert!(
+            cairn_snapshot::object_layout::check_job_name(n).is_ok(),
+            "{n}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn::engine::checkpoint::{
-    Checkpointer, FileVerify, RestoreMode, RestoreSource, new_job_name,
+    CheckpointLocation, Checkpointer, ClaimMode, FileVerify, new_job_name,
 };
 use cairn::engine::slot::SlotBuilder;
 use cairn::{BackendKind, CairnConfig, ErrorKind, Slot, VoidNamespace};
@@ -87,7 +87,7 @@ fn read_back(slot: &mut Slot, keys: u64) -> Result<Model, Box<dyn std::error::Er
 
 /// Takes one checkpoint of `slot` and returns its id.
 fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> Result<u64, Box<dyn std::error::Error>> {
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync])?;
     Ok(id)
@@ -99,11 +99,11 @@ fn restore(
     source: &str,
 ) -> Result<(Checkpointer, Slot), Box<dyn std::error::Error>> {
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(source)?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(source)?)?;
     let builder: SlotBuilder<'_> = Slot::builder(cfg);
     let range = cairn::KeyGroupRange::for_slot(128, 1, 0)?;
     let dest = cfg.state.working_dir.join("restore-slot-0");
-    let (restore, _bytes) = cp.download_for_slot(&restored, range, &dest)?;
+    let (restore, _bytes) = cp.download_slot_files(&restored, range, &dest)?;
     let slot = builder.restore(restore).open()?;
     Ok((cp, slot))
 }
@@ -270,15 +270,7 @@ fn subsumed_checkpoints_leave_no_files() -> TestResult {
         )?;
         checkpoint(&mut cp, &mut slot)?;
         // Force compaction so later checkpoints drop earlier SSTs.
-        if let Some(rocks) = slot.backend().as_rocksdb() {
-            for cf in ["op/count", "op/list", "op/map"] {
-                if let Some(h) = rocks.db().cf_handle(cf) {
-                    rocks
-                        .db()
-                        .compact_range_cf(&h, None::<&[u8]>, None::<&[u8]>);
-                }
-            }
-        }
+        slot.compact_state()?;
     }
     assert_eq!(cp.store().retained_ids()?, vec![4]);
     let report = cp.gc(std::time::Duration::ZERO, false)?;
@@ -399,7 +391,7 @@ fn size_only_restore_of_a_damaged_sst_fails_on_read_not_silently() -> TestResult
 /// touches it, and its first checkpoint copies the files into the new job.
 #[test]
 fn claim_and_no_claim_ownership() -> TestResult {
-    for mode in [RestoreMode::NoClaim, RestoreMode::Claim] {
+    for mode in [ClaimMode::NoClaim, ClaimMode::Claim] {
         let root = tempfile::tempdir()?;
         let mut cfg = config(BackendKind::RocksDb, root.path());
         let mut slot = Slot::builder(&cfg).open()?;
@@ -423,7 +415,7 @@ fn claim_and_no_claim_ownership() -> TestResult {
             .join(&old_job)
             .join(format!("chk-{id}/_metadata"));
         match mode {
-            RestoreMode::NoClaim => {
+            ClaimMode::NoClaim => {
                 assert!(report.files_copied > 0, "{report:?}");
                 assert!(
                     old_meta.exists(),
@@ -437,7 +429,7 @@ fn claim_and_no_claim_ownership() -> TestResult {
                         .all(|f| f.object.starts_with(cp2.job()))
                 );
             }
-            RestoreMode::Claim => {
+            ClaimMode::Claim => {
                 assert_eq!(report.files_copied, 0);
                 assert!(!old_meta.exists(), "claimed checkpoint was not subsumed");
             }

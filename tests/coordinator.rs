@@ -12,10 +12,10 @@ use std::time::Duration;
 use cairn::engine::checkpoint::RestoredCheckpoint;
 use cairn::{
     AbortReason, BackendKind, CairnConfig, CancelOutcome, CheckpointCoordinator, CheckpointEvent,
-    CheckpointKind, Checkpointer, CheckpointingMode, DeclineReason, EngineError, KeyGroupRange,
-    RestoreSource, Slot, SlotReply, SlotUploader, new_job_name,
+    CheckpointKind, CheckpointLocation, Checkpointer, CheckpointingMode, DeclineReason,
+    EngineError, KeyGroupRange, Slot, SlotReply, SlotUploader, new_job_name,
 };
-use cairn_snapshot::{CheckpointStorage, ManualClock, SnapshotError, StorageOptions};
+use cairn_snapshot::{ManualClock, SnapshotError, StorageOptions, StorageRoot};
 use support::checkpoints::TestResult;
 
 const MAX_P: u32 = 128;
@@ -55,9 +55,9 @@ impl Rig {
         })
     }
 
-    fn storage(&self) -> Result<CheckpointStorage, SnapshotError> {
+    fn storage(&self) -> Result<StorageRoot, SnapshotError> {
         Ok(
-            CheckpointStorage::from_url(&self.cfg.checkpoint.dir, &StorageOptions::default())?
+            StorageRoot::from_url(&self.cfg.checkpoint.dir, &StorageOptions::default())?
                 .with_clock(self.clock.clone()),
         )
     }
@@ -303,7 +303,7 @@ fn requests_have_priority_and_a_completion_subsumes_older_checkpoints() -> TestR
     assert_eq!(periodic.kind, CheckpointKind::Periodic);
     let restored = RestoredCheckpoint::load(
         &rig.cfg.checkpoint,
-        &RestoreSource::parse(&format!("{}/{job}", rig.cfg.checkpoint.dir))?,
+        &CheckpointLocation::parse(&format!("{}/{job}", rig.cfg.checkpoint.dir))?,
     )?;
     let props: &BTreeMap<String, String> = &restored.metadata.properties;
     assert_eq!(restored.metadata.checkpoint_id, b.id);
@@ -333,7 +333,7 @@ fn requests_have_priority_and_a_completion_subsumes_older_checkpoints() -> TestR
     }
     let restored = RestoredCheckpoint::load(
         &rig.cfg.checkpoint,
-        &RestoreSource::parse(&format!("{}/{job}", rig.cfg.checkpoint.dir))?,
+        &CheckpointLocation::parse(&format!("{}/{job}", rig.cfg.checkpoint.dir))?,
     )?;
     assert_eq!(
         restored

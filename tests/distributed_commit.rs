@@ -14,7 +14,7 @@ use std::process::Command;
 use cairn::engine::checkpoint::RestoredCheckpoint;
 use cairn::{
     AbortReason, BackendKind, CairnConfig, CheckpointCoordinator, CheckpointEvent, CheckpointKind,
-    Checkpointer, KeyGroupRange, RestoreSource, Slot, SlotAck, SlotReply, SlotUploader,
+    CheckpointLocation, Checkpointer, KeyGroupRange, Slot, SlotAck, SlotReply, SlotUploader,
     UploadTarget, VoidNamespace, new_job_name, slot_for_key,
 };
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,8 @@ fn slot_process() -> R {
     let builder = Slot::builder(&cfg).slot(spec.slot, SLOTS);
     let mut slot = match &spec.restore_from {
         Some(url) => {
-            let restored = RestoredCheckpoint::load(&cfg.checkpoint, &RestoreSource::parse(url)?)?;
+            let restored =
+                RestoredCheckpoint::load(&cfg.checkpoint, &CheckpointLocation::parse(url)?)?;
             let files = uploader.restore(
                 &cfg.checkpoint,
                 &restored,

@@ -30,8 +30,8 @@ use cairn::{BackendKind, CairnConfig, Slot, VoidNamespace};
 use cairn_snapshot::fault::Op;
 use cairn_snapshot::gc;
 use cairn_snapshot::{
-    CheckpointStorage, CheckpointStore, ErrorKind, FailPoint, FailPoints, Fault, FaultAction,
-    FaultStore, LocalSnapshot, SlotUploadState, SnapshotError, StorageOptions,
+    CheckpointStore, ErrorKind, FailPoint, FailPoints, Fault, FaultAction, FaultStore,
+    LocalSnapshot, SlotUploadState, SnapshotError, StorageOptions, StorageRoot,
 };
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -39,7 +39,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A storage under test with both kinds of fault injection attached.
 struct Rig {
-    storage: CheckpointStorage,
+    storage: StorageRoot,
     faults: Arc<FaultStore>,
     points: Arc<FailPoints>,
     scratch: tempfile::TempDir,
@@ -55,10 +55,10 @@ fn rig(
     opts.retry_initial_backoff = Duration::from_millis(5);
     opts.retry_max_backoff = Duration::from_millis(20);
     opts.s3_max_retries = 1;
-    let plain = CheckpointStorage::from_url(url, &opts)?;
+    let plain = StorageRoot::from_url(url, &opts)?;
     let faults = FaultStore::new(plain.store().clone());
     let points = FailPoints::new();
-    let storage = CheckpointStorage::with_options(
+    let storage = StorageRoot::with_options(
         faults.clone() as Arc<dyn ObjectStore>,
         plain.root().clone(),
         url,
@@ -313,7 +313,7 @@ fn a_commit_whose_answer_was_lost_is_committed() -> TestResult {
     for (name, mut r) in rigs("lost_commit")? {
         let mut opts = StorageOptions::default();
         opts.retry_max_attempts = 1;
-        r.storage = CheckpointStorage::with_options(
+        r.storage = StorageRoot::with_options(
             r.faults.clone() as Arc<dyn ObjectStore>,
             r.storage.root().clone(),
             r.storage.url(),
@@ -431,8 +431,8 @@ fn the_coordinator_counts_failures_against_tolerable_failed() -> TestResult {
         cfg.checkpoint.tolerable_failed = 1;
         cfg.checkpoint.storage = base;
         let points = FailPoints::new();
-        let storage = CheckpointStorage::from_url(&url, &cfg.checkpoint.storage)?
-            .with_fail_points(points.clone());
+        let storage =
+            StorageRoot::from_url(&url, &cfg.checkpoint.storage)?.with_fail_points(points.clone());
         let mut cp =
             Checkpointer::open_with_storage(&cfg.checkpoint, storage, &new_job_name(), 128)?;
         let mut slot = Slot::builder(&cfg).open()?;
@@ -446,7 +446,7 @@ fn the_coordinator_counts_failures_against_tolerable_failed() -> TestResult {
                 let n = count.get(slot, &scope)?.unwrap_or(0) + 1;
                 count.update(slot, &scope, &n)?;
             }
-            let id = cp.next_id();
+            let id = cp.trigger_checkpoint();
             let sync = slot.snapshot_for_checkpoint(id)?;
             Ok(cp.complete(id, vec![sync]).is_ok())
         };

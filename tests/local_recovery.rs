@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use cairn::engine::checkpoint::{
-    Checkpointer, FileVerify, RestorePath, RestoreSource, SlotRestoreReport, new_job_name,
+    CheckpointLocation, Checkpointer, FileVerify, RestoredVia, SlotRestoreReport, new_job_name,
 };
 use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
 
@@ -67,7 +67,7 @@ fn run_job(
     let mut id = 0;
     for r in 0..rounds {
         write(&mut slot, &mut model, r)?;
-        id = cp.next_id();
+        id = cp.trigger_checkpoint();
         let sync = slot.snapshot_for_checkpoint(id)?;
         let rep = cp.complete(id, vec![sync])?;
         assert_eq!(rep.kept_locally, cfg.checkpoint.local_recovery);
@@ -85,15 +85,15 @@ fn restore(
     job_url: &str,
 ) -> Result<(SlotRestoreReport, Model), Box<dyn std::error::Error>> {
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(job_url)?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(job_url)?)?;
     let slot_dir = cfg.state.working_dir.join("slot-0");
     let dest = cfg.state.working_dir.join("restore-slot-0");
     let range = KeyGroupRange::for_slot(128, 1, 0)?;
-    let (files, report) = cp.restore_slot(&restored, range, &slot_dir, &dest)?;
+    let (files, report) = cp.fetch_slot_files(&restored, range, &slot_dir, &dest)?;
     let mut slot = Slot::builder(cfg).restore(files).open()?;
     let state = read_back(&mut slot)?;
     // The restored slot checkpoints on (its SSTs may be links into the local snapshot).
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync])?;
     let _ = std::fs::remove_dir_all(&dest);
@@ -160,7 +160,7 @@ fn rocksdb_restores_from_a_valid_local_snapshot() -> TestResult {
     // Only the last completed checkpoint is kept.
     assert_eq!(local_entries(&cfg), vec![format!("chk-{id}")]);
     let (report, state) = restore(&cfg, &job_url)?;
-    assert_eq!(report.path, RestorePath::Local, "{report:?}");
+    assert_eq!(report.path, RestoredVia::Local, "{report:?}");
     assert!(report.local_rejected.is_none());
     assert!(report.bytes > 0);
     assert_eq!(state, model);
@@ -173,7 +173,7 @@ fn heap_restores_from_a_valid_local_snapshot() -> TestResult {
     let cfg = config(BackendKind::Heap, root.path());
     let (job_url, _, model) = run_job(&cfg, 2)?;
     let (report, state) = restore(&cfg, &job_url)?;
-    assert_eq!(report.path, RestorePath::Local, "{report:?}");
+    assert_eq!(report.path, RestoredVia::Local, "{report:?}");
     assert_eq!(state, model);
     Ok(())
 }
@@ -185,7 +185,7 @@ fn missing_local_snapshot_falls_back_to_storage() -> TestResult {
     let (job_url, id, model) = run_job(&cfg, 2)?;
     std::fs::remove_dir_all(local_snapshot(&cfg, id))?;
     let (report, state) = restore(&cfg, &job_url)?;
-    assert_eq!(report.path, RestorePath::Remote, "{report:?}");
+    assert_eq!(report.path, RestoredVia::Remote, "{report:?}");
     let why = report.local_rejected.unwrap_or_default();
     assert!(why.contains("no complete local snapshot"), "{why}");
     assert_eq!(state, model);
@@ -216,7 +216,7 @@ fn corrupt_local_snapshot_falls_back_to_storage() -> TestResult {
         // storage holds its own copy.
         flip_byte(&victim)?;
         let (report, state) = restore(&cfg, &job_url)?;
-        assert_eq!(report.path, RestorePath::Remote, "{file}: {report:?}");
+        assert_eq!(report.path, RestoredVia::Remote, "{file}: {report:?}");
         let why = report.local_rejected.unwrap_or_default();
         assert!(why.contains("sha256"), "{file}: {why}");
         assert_eq!(state, model, "{file}");
@@ -239,7 +239,7 @@ fn size_only_check_catches_a_truncated_file() -> TestResult {
         .open(&victim)?
         .set_len(len - 1)?;
     let (report, state) = restore(&cfg, &job_url)?;
-    assert_eq!(report.path, RestorePath::Remote, "{report:?}");
+    assert_eq!(report.path, RestoredVia::Remote, "{report:?}");
     assert!(report.local_rejected.unwrap_or_default().contains("bytes"));
     assert_eq!(state, model);
     Ok(())
@@ -256,7 +256,7 @@ fn local_snapshot_of_another_checkpoint_is_not_used() -> TestResult {
     // Restore the previous checkpoint: the local snapshot is of the latest one.
     let older = format!("{job_url}/chk-{}", id - 1);
     let (report, _) = restore(&cfg_retain, &older)?;
-    assert_eq!(report.path, RestorePath::Remote, "{report:?}");
+    assert_eq!(report.path, RestoredVia::Remote, "{report:?}");
     assert!(
         report
             .local_rejected
@@ -337,7 +337,7 @@ fn symbolic_links_in_a_local_snapshot_are_never_followed() -> TestResult {
         let (report, state) = restore(&cfg, &job_url)?;
         assert_eq!(
             report.path,
-            RestorePath::Remote,
+            RestoredVia::Remote,
             "link_the_dir={link_the_dir}: a symbolic link was followed: {report:?}"
         );
         let why = report.local_rejected.unwrap_or_default();
@@ -372,7 +372,7 @@ fn a_local_snapshot_from_other_storage_is_not_used() -> TestResult {
             v.update(&mut slot, &scope, &value.to_string().repeat(8))?;
         }
         let mut cp = Checkpointer::open(&c.checkpoint, &job, 128)?;
-        let id = cp.next_id();
+        let id = cp.trigger_checkpoint();
         let sync = slot.snapshot_for_checkpoint(id)?;
         cp.complete(id, vec![sync])?;
         Ok((c.checkpoint.dir.clone(), id))
@@ -386,7 +386,7 @@ fn a_local_snapshot_from_other_storage_is_not_used() -> TestResult {
     let (report, state) = restore(&c, &format!("{dir_a}/{job}"))?;
     assert_eq!(
         report.path,
-        RestorePath::Remote,
+        RestoredVia::Remote,
         "the local snapshot of {dir_b} was used for {dir_a}: {report:?}"
     );
     assert!(

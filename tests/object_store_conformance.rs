@@ -16,8 +16,8 @@ use cairn::KeyGroupRange;
 use cairn_snapshot::fault::Op;
 use cairn_snapshot::transfer::{self, Expected};
 use cairn_snapshot::{
-    CheckpointStorage, CheckpointStore, Fault, FaultAction, FaultStore, LocalSnapshot,
-    SlotUploadState, SnapshotError, StorageOptions,
+    CheckpointStore, Fault, FaultAction, FaultStore, LocalSnapshot, SlotUploadState, SnapshotError,
+    StorageOptions, StorageRoot,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -36,12 +36,9 @@ fn options(base: StorageOptions) -> StorageOptions {
 }
 
 /// The storage under test wrapped in a [`FaultStore`] (no faults until a check adds some).
-fn wrapped(
-    base: &CheckpointStorage,
-    opts: &StorageOptions,
-) -> (CheckpointStorage, Arc<FaultStore>) {
+fn wrapped(base: &StorageRoot, opts: &StorageOptions) -> (StorageRoot, Arc<FaultStore>) {
     let faults = FaultStore::new(base.store().clone());
-    let storage = CheckpointStorage::with_options(
+    let storage = StorageRoot::with_options(
         faults.clone() as Arc<dyn ObjectStore>,
         base.root().clone(),
         base.url(),
@@ -73,7 +70,7 @@ fn rt() -> tokio::runtime::Runtime {
 /// The whole contract, in order.
 fn storage_contract(url: &str, base_opts: StorageOptions) -> TestResult {
     let opts = options(base_opts);
-    let base = CheckpointStorage::from_url(url, &opts)?;
+    let base = StorageRoot::from_url(url, &opts)?;
     let (storage, faults) = wrapped(&base, &opts);
     let rt = rt();
     eprintln!("{url}: put/get/list/delete");
@@ -92,7 +89,7 @@ fn storage_contract(url: &str, base_opts: StorageOptions) -> TestResult {
     Ok(())
 }
 
-fn root_path(storage: &CheckpointStorage, rel: &str) -> Path {
+fn root_path(storage: &StorageRoot, rel: &str) -> Path {
     let root = storage.root().as_ref();
     if root.is_empty() {
         Path::from(rel)
@@ -101,7 +98,7 @@ fn root_path(storage: &CheckpointStorage, rel: &str) -> Path {
     }
 }
 
-async fn put_get_list_delete(s: &CheckpointStorage) -> TestResult {
+async fn put_get_list_delete(s: &StorageRoot) -> TestResult {
     let a = root_path(s, "conf/dir/a");
     let b = root_path(s, "conf/dir/sub/b");
     let c = root_path(s, "conf/other/c");
@@ -148,7 +145,7 @@ async fn put_get_list_delete(s: &CheckpointStorage) -> TestResult {
     Ok(())
 }
 
-async fn create_only_commit(s: &CheckpointStorage, faults: &FaultStore) -> TestResult {
+async fn create_only_commit(s: &StorageRoot, faults: &FaultStore) -> TestResult {
     let p = root_path(s, "commit/chk-1/_metadata");
     assert!(
         s.put_create(&p, b"v1".to_vec()).await?,
@@ -206,7 +203,7 @@ async fn create_only_commit(s: &CheckpointStorage, faults: &FaultStore) -> TestR
 }
 
 async fn multipart_streams_with_bounded_memory(
-    s: &CheckpointStorage,
+    s: &StorageRoot,
     faults: &FaultStore,
     scratch: &std::path::Path,
 ) -> TestResult {
@@ -260,7 +257,7 @@ async fn multipart_streams_with_bounded_memory(
 }
 
 async fn orphans_are_listed_and_collected(
-    s: &CheckpointStorage,
+    s: &StorageRoot,
     scratch: &std::path::Path,
 ) -> TestResult {
     // One committed checkpoint with a shared and a private file.
@@ -335,10 +332,10 @@ fn s3_conforms() -> TestResult {
 fn storage_options_are_validated() {
     let mut o = StorageOptions::default();
     o.multipart_part_size_bytes = 1 << 20;
-    let e = CheckpointStorage::from_url("memory://", &o).unwrap_err();
+    let e = StorageRoot::from_url("memory://", &o).unwrap_err();
     assert!(e.to_string().contains("multipart-part-size-bytes"), "{e}");
     let mut o = StorageOptions::default();
     o.retry_max_attempts = 0;
-    let e = CheckpointStorage::from_url("memory://", &o).unwrap_err();
+    let e = StorageRoot::from_url("memory://", &o).unwrap_err();
     assert!(e.to_string().contains("retry-max-attempts"), "{e}");
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_snapshot::CheckpointStorage;
+use cairn_snapshot::StorageRoot;
 use object_store::path::Path;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -101,7 +101,7 @@ fn s3_requests_are_retried_by_object_store() -> TestResult {
         o.s3_max_retries = max_retries;
         o.s3_retry_timeout = Duration::from_secs(30);
         o.retry_max_attempts = 1;
-        let s = CheckpointStorage::from_url(&t.url, &o)?;
+        let s = StorageRoot::from_url(&t.url, &o)?;
         let p = Path::from(format!("{}/retried", s.root()));
         let r = rt.block_on(s.put(&p, Bytes::from_static(b"payload")));
         match (should_succeed, r) {

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use cairn::{
-    BackendKind, CairnConfig, CheckpointCoordinator, CheckpointEvent, CheckpointKind, Checkpointer,
-    ErrorKind, KeyGroupRange, OperatorState, Redistribution, RestoreSource, Slot, SlotReply,
-    new_job_name,
+    BackendKind, CairnConfig, CheckpointCoordinator, CheckpointEvent, CheckpointKind,
+    CheckpointLocation, Checkpointer, ErrorKind, KeyGroupRange, OperatorState, Redistribution,
+    Slot, SlotReply, new_job_name,
 };
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -61,7 +61,7 @@ fn checkpoint_two_slots(cfg: &CairnConfig) -> R<String> {
 /// The operator state of every slot of `parallelism` restored from `url`.
 fn restore(cfg: &CairnConfig, url: &str, parallelism: u32, root: &Path) -> R<Vec<OperatorState>> {
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(url)?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
     (0..parallelism)
         .map(|i| Ok(cp.operator_state_for_slot(&restored, i, parallelism, &root.join("tmp"))?))
         .collect()
@@ -103,8 +103,8 @@ fn operator_state_is_checkpointed_and_redistributed() -> R {
         let mut cfg2 = cfg.clone();
         cfg2.state.working_dir = dir.path().join("work-2");
         let mut cp = Checkpointer::open(&cfg2.checkpoint, &new_job_name(), MAX_P)?;
-        let restored = cp.prepare_restore(&RestoreSource::parse(&url)?)?;
-        let (files, _) = cp.download_for_slot(
+        let restored = cp.resume_from(&CheckpointLocation::parse(&url)?)?;
+        let (files, _) = cp.download_slot_files(
             &restored,
             KeyGroupRange::for_slot(MAX_P, 2, 1)?,
             &cfg2.state.working_dir.join("restore"),

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn::engine::checkpoint::{
-    CheckpointReport, Checkpointer, RebaseConfig, RestoreSource, new_job_name,
+    CheckpointLocation, CheckpointReport, Checkpointer, RebaseConfig, new_job_name,
 };
 use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
 
@@ -67,7 +67,7 @@ fn checkpoint(
     slot: &mut Slot,
 ) -> Result<CheckpointReport, Box<dyn std::error::Error>> {
     cp.compact_if_due(slot)?;
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     Ok(cp.complete(id, vec![sync])?)
 }
@@ -107,10 +107,11 @@ fn restored_state(
     let mut cfg = cfg.clone();
     cfg.state.working_dir = cfg.state.working_dir.with_file_name(dir);
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(&format!("{job_url}/chk-{id}"))?)?;
     std::fs::create_dir_all(&cfg.state.working_dir)?;
     let dest = cfg.state.working_dir.join("restore-slot-0");
-    let (files, _) = cp.download_for_slot(&restored, KeyGroupRange::for_slot(128, 1, 0)?, &dest)?;
+    let (files, _) =
+        cp.download_slot_files(&restored, KeyGroupRange::for_slot(128, 1, 0)?, &dest)?;
     let mut slot = Slot::builder(&cfg).restore(files).open()?;
     read_back(&mut slot, keys)
 }
@@ -275,10 +276,12 @@ fn version_1_metadata_reads_and_its_files_have_unknown_age() -> TestResult {
         rebase(|r| r.max_file_age = Some(Duration::from_secs(86_400))),
     );
     cfg2.state.working_dir = root.path().join("work2");
-    cfg2.checkpoint.restore_mode = cairn::engine::checkpoint::RestoreMode::Claim;
+    cfg2.checkpoint.restore_mode = cairn::engine::checkpoint::ClaimMode::Claim;
     let mut cp2 = Checkpointer::open(&cfg2.checkpoint, &new_job_name(), 128)?;
-    let restored =
-        cp2.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{}", rep.id))?)?;
+    let restored = cp2.resume_from(&CheckpointLocation::parse(&format!(
+        "{job_url}/chk-{}",
+        rep.id
+    ))?)?;
     assert_eq!(restored.metadata.version, 1);
     assert!(
         restored
@@ -290,7 +293,7 @@ fn version_1_metadata_reads_and_its_files_have_unknown_age() -> TestResult {
     std::fs::create_dir_all(&cfg2.state.working_dir)?;
     let dest = cfg2.state.working_dir.join("restore-slot-0");
     let (files, _) =
-        cp2.download_for_slot(&restored, KeyGroupRange::for_slot(128, 1, 0)?, &dest)?;
+        cp2.download_slot_files(&restored, KeyGroupRange::for_slot(128, 1, 0)?, &dest)?;
     let mut slot2 = Slot::builder(&cfg2).restore(files).open()?;
     assert_eq!(read_back(&mut slot2, keys)?, model);
     let next = checkpoint(&mut cp2, &mut slot2)?;

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
 use cairn::{BackendKind, CairnConfig, ErrorKind, KeyGroupRange, Slot, VoidNamespace};
 use serde_json::Value;
 
@@ -40,7 +40,7 @@ impl Committed {
         std::fs::create_dir_all(root.path().join("outside"))?;
         std::fs::write(root.path().join("outside/victim.txt"), VICTIM)?;
         let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-        let id = cp.next_id();
+        let id = cp.trigger_checkpoint();
         let mut syncs = Vec::new();
         for i in 0..slots {
             let mut slot = Slot::builder(&cfg).slot(i, slots).open()?;
@@ -91,7 +91,7 @@ impl Committed {
         let mut cfg = self.cfg.clone();
         cfg.state.working_dir = work.clone();
         let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-        let restored = cp.prepare_restore(&RestoreSource::parse(&format!(
+        let restored = cp.resume_from(&CheckpointLocation::parse(&format!(
             "{}/{}/chk-{id}",
             cfg.checkpoint.dir, self.job
         ))?)?;
@@ -99,7 +99,7 @@ impl Committed {
             let range = KeyGroupRange::for_slot(128, self.slots, i)?;
             let dest = work.join(format!("restore-slot-{i}"));
             let (files, _) =
-                cp.restore_slot(&restored, range, &work.join(format!("slot-{i}")), &dest)?;
+                cp.fetch_slot_files(&restored, range, &work.join(format!("slot-{i}")), &dest)?;
             let slot = Slot::builder(&cfg)
                 .slot(i, self.slots)
                 .restore(files)

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cairn::engine::backend::rocks::WriteBackFault;
-use cairn::engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
 use cairn::engine::state::ValueState;
 use cairn::{BackendKind, CairnConfig, ErrorKind, Slot, VoidNamespace};
 
@@ -35,7 +35,7 @@ enum WriteBack {
     DirtyBound,
     /// The checkpoint's synchronous phase (`snapshot_for_checkpoint` -> `flush_cache`).
     CheckpointFlush,
-    /// The checkpoint pre-flush (`prepare_checkpoint`), a chunk of the drain.
+    /// The checkpoint pre-flush (`start_pre_flush`), a chunk of the drain.
     PreFlush,
 }
 
@@ -101,7 +101,7 @@ fn checkpoint(
     cp: &mut Checkpointer,
     slot: &mut Slot,
 ) -> TestResult<Result<u64, cairn::EngineError>> {
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     match slot.snapshot_for_checkpoint(id) {
         Ok(sync) => {
             cp.complete(id, vec![sync])?;
@@ -115,10 +115,10 @@ fn checkpoint(
 fn restore_and_read(cfg: &CairnConfig, cp: &Checkpointer, id: u64, upto: u64) -> TestResult<Model> {
     let source = format!("{}/chk-{id}", cp.job_url());
     let mut cp2 = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp2.prepare_restore(&RestoreSource::parse(&source)?)?;
+    let restored = cp2.resume_from(&CheckpointLocation::parse(&source)?)?;
     let range = cairn::KeyGroupRange::for_slot(128, 1, 0)?;
     let dest = cfg.state.working_dir.join(format!("restore-{id}"));
-    let (restore, _bytes) = cp2.download_for_slot(&restored, range, &dest)?;
+    let (restore, _bytes) = cp2.download_slot_files(&restored, range, &dest)?;
     let mut slot = Slot::builder(cfg)
         .working_dir(cfg.state.working_dir.join(format!("restored-slot-{id}")))
         .restore(restore)
@@ -228,7 +228,7 @@ fn write_back_failure_loses_nothing(path: WriteBack) -> TestResult {
             Ok(id) => return Err(format!("checkpoint {id} ignored the failed flush").into()),
             Err(e) => e,
         },
-        WriteBack::PreFlush => match slot.prepare_checkpoint() {
+        WriteBack::PreFlush => match slot.start_pre_flush() {
             Ok(()) => return Err("the pre-flush ignored the failed write-back".into()),
             Err(e) => e,
         },

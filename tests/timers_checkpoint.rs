@@ -7,10 +7,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreSource, TIMERS_SNAPSHOT_FILE, new_job_name};
+use cairn::engine::checkpoint::{
+    CheckpointLocation, Checkpointer, TIMERS_SNAPSHOT_FILE, new_job_name,
+};
 use cairn::engine::codec;
 use cairn::engine::{TimeDomain, Timer, TimerServiceKind};
-use cairn::timers::layout;
+use cairn::timers::key_format;
 use cairn::{BackendKind, CairnConfig, ScopeKey, Slot};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -69,7 +71,7 @@ fn contract_order(slot: &mut Slot, model: &Model) -> R<Vec<(i64, u64, u32)>> {
         let kb = codec::encode(&key, "key")?;
         let nb = codec::encode(&ns, "ns")?;
         let mut p = Vec::new();
-        layout::encode_payload(&mut p, &kb, &nb);
+        key_format::encode_payload(&mut p, &kb, &nb);
         v.push(((ts, slot.key_group_of_bytes(&kb), p), (ts, key, ns)));
     }
     v.sort();
@@ -78,10 +80,10 @@ fn contract_order(slot: &mut Slot, model: &Model) -> R<Vec<(i64, u64, u32)>> {
 
 fn restore(cfg: &CairnConfig, source: &str) -> R<(Checkpointer, Slot)> {
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(source)?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(source)?)?;
     let range = cairn::KeyGroupRange::for_slot(128, 1, 0)?;
     let dest = cfg.state.working_dir.join("restore-slot-0");
-    let (files, _) = cp.download_for_slot(&restored, range, &dest)?;
+    let (files, _) = cp.download_slot_files(&restored, range, &dest)?;
     let slot = Slot::builder(cfg).restore(files).open()?;
     Ok((cp, slot))
 }
@@ -130,7 +132,7 @@ fn round_trip_with(
     model.retain(|t| t.0 > 300);
 
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     // Changes between the synchronous and the asynchronous phase are not in the checkpoint
     // (heap timers: copy-on-write of the key groups they touch).
@@ -283,7 +285,7 @@ fn heap_timers_follow_their_key_groups_when_rescaling() -> R {
         model.insert((ts, key, ns));
     }
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     let syncs = slots
         .iter_mut()
         .map(|s| s.snapshot_for_checkpoint(id))
@@ -296,9 +298,9 @@ fn heap_timers_follow_their_key_groups_when_rescaling() -> R {
     let mut one = cfg.clone();
     one.state.max_parallelism = Some(max_p);
     let mut cp = Checkpointer::open(&one.checkpoint, &new_job_name(), max_p)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(&url)?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(&url)?)?;
     let dest = one.state.working_dir.join("restore-slot-0");
-    let (files, _) = cp.download_for_slot(&restored, cairn::KeyGroupRange::all(max_p), &dest)?;
+    let (files, _) = cp.download_slot_files(&restored, cairn::KeyGroupRange::all(max_p), &dest)?;
     let mut slot = Slot::builder(&one).restore(files).open()?;
     let expected = contract_order(&mut slot, &model)?;
     assert_eq!(fire(&mut slot, i64::MAX)?, expected);

@@ -70,7 +70,7 @@ fn fires_in_timestamp_order_with_the_documented_tie_break() -> R {
             .iter()
             .map(|(ts, kg, k, n)| {
                 let mut p = Vec::new();
-                layout::encode_payload(&mut p, k, n);
+                key_format::encode_payload(&mut p, k, n);
                 (*ts, *kg, p, k.to_vec(), n.to_vec())
             })
             .collect();

@@ -9,7 +9,7 @@ mod timers_support;
 
 use std::collections::BTreeSet;
 
-use cairn::timers::{TimeDomain, Timer, layout};
+use cairn::timers::{TimeDomain, Timer, key_format};
 use proptest::prelude::*;
 use proptest::test_runner::{
     Config as ProptestConfig, RngSeed, TestCaseError, TestError, TestRunner,
@@ -98,7 +98,7 @@ impl Model {
     fn apply(&mut self, op: &Op) -> Vec<Fired> {
         let entry = |d: TimeDomain, kg: u16, ts: i64, k: usize, n: u8| {
             let mut p = Vec::new();
-            layout::encode_payload(&mut p, KEYS[k], &[n]);
+            key_format::encode_payload(&mut p, KEYS[k], &[n]);
             (d, ts, kg, p)
         };
         match *op {
@@ -120,7 +120,7 @@ impl Model {
                 due.into_iter()
                     .map(|e| {
                         self.0.remove(&e);
-                        let (k, n) = layout::decode_payload(&e.3).expect("model payload");
+                        let (k, n) = key_format::decode_payload(&e.3).expect("model payload");
                         (e.0, e.1, e.2, k.to_vec(), n.to_vec())
                     })
                     .collect()

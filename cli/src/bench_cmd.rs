@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cairn_engine::checkpoint::{Checkpointer, FileVerify, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{CheckpointLocation, Checkpointer, FileVerify, new_job_name};
 use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind};
-use cairn_snapshot::{CheckpointStorage, JobLayout, transfer};
+use cairn_snapshot::{JobLayout, StorageRoot, transfer};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -267,7 +267,7 @@ fn churn(a: &CheckpointBenchArgs, root: &Path) -> BResult<Vec<ChurnResult>> {
     let max_p = slot.max_parallelism();
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
     let state = load(&mut slot, a.keys, a.value_size, |g| g)?;
-    let first = cp.next_id();
+    let first = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(first)?;
     cp.complete(first, vec![sync])?;
     let mut prev: HashMap<String, u64> = shared_of(&cp, first)?;
@@ -290,7 +290,7 @@ fn churn(a: &CheckpointBenchArgs, root: &Path) -> BResult<Vec<ChurnResult>> {
                 slot.put(state, &scope, &buf)?;
                 g += 1;
             }
-            let id = cp.next_id();
+            let id = cp.trigger_checkpoint();
             let sync = slot.snapshot_for_checkpoint(id)?;
             let rep = cp.complete(id, vec![sync])?;
             let now = shared_of(&cp, id)?;
@@ -406,7 +406,7 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
             a.restore_value_size
         );
         load(&mut slot, keys, a.restore_value_size, |g| g % keys)?;
-        let id = cp.next_id();
+        let id = cp.trigger_checkpoint();
         let t = Instant::now();
         let sync = slot.snapshot_for_checkpoint(id)?;
         cp.complete(id, vec![sync])?;
@@ -419,11 +419,11 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
     let t = Instant::now();
     let cpu0 = cpu_ms();
     let mut cp2 = Checkpointer::open(&cfg2.checkpoint, &new_job_name(), 128)?;
-    let restored = cp2.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
+    let restored = cp2.resume_from(&CheckpointLocation::parse(&format!("{job_url}/chk-{id}"))?)?;
     let range = KeyGroupRange::for_slot(restored.metadata.max_parallelism, 1, 0)?;
     std::fs::create_dir_all(&cfg2.state.working_dir)?;
     let dest = cfg2.state.working_dir.join("restore-slot-0");
-    let (files, bytes) = cp2.download_for_slot(&restored, range, &dest)?;
+    let (files, bytes) = cp2.download_slot_files(&restored, range, &dest)?;
     let download_ms = t.elapsed().as_secs_f64() * 1000.0;
     let t_open = Instant::now();
     let mut slot = Slot::builder(&cfg2).restore(files).open()?;
@@ -442,10 +442,10 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         cfg3.checkpoint.dir = root.join("checkpoints-other").display().to_string();
         let mut cp3 = Checkpointer::open(&cfg3.checkpoint, &new_job_name(), 128)?;
         let restored3 =
-            cp3.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
+            cp3.resume_from(&CheckpointLocation::parse(&format!("{job_url}/chk-{id}"))?)?;
         std::fs::create_dir_all(&cfg3.state.working_dir)?;
         let dest3 = cfg3.state.working_dir.join("restore-slot-0");
-        let (files3, _) = cp3.download_for_slot(&restored3, range, &dest3)?;
+        let (files3, _) = cp3.download_slot_files(&restored3, range, &dest3)?;
         let mut slot3 = Slot::builder(&cfg3).restore(files3).open()?;
         first_checkpoint(&mut cp3, &mut slot3)?
     };
@@ -457,10 +457,10 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         let t = Instant::now();
         let mut cp4 = Checkpointer::open(&cfg4.checkpoint, &new_job_name(), 128)?;
         let restored4 =
-            cp4.prepare_restore(&RestoreSource::parse(&format!("{job_url}/chk-{id}"))?)?;
+            cp4.resume_from(&CheckpointLocation::parse(&format!("{job_url}/chk-{id}"))?)?;
         std::fs::create_dir_all(&cfg4.state.working_dir)?;
         let dest4 = cfg4.state.working_dir.join("restore-slot-0");
-        let (files4, _) = cp4.download_for_slot(&restored4, range, &dest4)?;
+        let (files4, _) = cp4.download_slot_files(&restored4, range, &dest4)?;
         let _slot4 = Slot::builder(&cfg4).restore(files4).open()?;
         t.elapsed().as_secs_f64() * 1000.0
     };
@@ -476,7 +476,7 @@ fn restore(a: &CheckpointBenchArgs, root: &Path) -> BResult<RestoreResult> {
         .collect();
     objects.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     let threads = cfg.checkpoint.transfer_threads as usize;
-    let storage = CheckpointStorage::from_url(&cfg.checkpoint.dir, &cfg.checkpoint.storage)?;
+    let storage = StorageRoot::from_url(&cfg.checkpoint.dir, &cfg.checkpoint.storage)?;
     let (raw_copy_ms, raw_copy_cpu_ms) = time_copy(root, "raw-copy", |dir| {
         kernel_copy(root, &objects, threads, dir)
     })?;
@@ -530,7 +530,7 @@ fn first_checkpoint(
     cp: &mut Checkpointer,
     slot: &mut Slot,
 ) -> BResult<cairn_engine::checkpoint::CheckpointReport> {
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     Ok(cp.complete(id, vec![sync])?)
 }
@@ -599,7 +599,7 @@ fn kernel_copy(root: &Path, objects: &[(String, u64)], threads: usize, dir: &Pat
 /// into `dir` through `transfer::run_parallel`, like restore.
 fn client_copy(
     cp: &Checkpointer,
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     objects: &[(String, u64)],
     threads: usize,
     dir: &Path,

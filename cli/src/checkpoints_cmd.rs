@@ -21,11 +21,11 @@ use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cairn_engine::checkpoint::RestoreSource;
-use cairn_snapshot::layout::WRITERS_DIR;
+use cairn_engine::checkpoint::CheckpointLocation;
+use cairn_snapshot::object_layout::WRITERS_DIR;
 use cairn_snapshot::{
-    CheckpointId, CheckpointMetadata, CheckpointStorage, CheckpointStore, SnapshotError,
-    StorageOptions, VerifyProblem, gc as snapshot_gc,
+    CheckpointId, CheckpointMetadata, CheckpointStore, SnapshotError, StorageOptions, StorageRoot,
+    VerifyProblem, gc as snapshot_gc,
 };
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -101,7 +101,7 @@ type CmdResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// What a URL resolved to.
 struct Target {
-    storage: CheckpointStorage,
+    storage: StorageRoot,
     /// The Cairn jobs, sorted.
     jobs: Vec<String>,
 }
@@ -154,10 +154,10 @@ fn exit_code(ok: bool) -> ExitCode {
 async fn target(url: &str) -> CmdResult<Target> {
     require_local_dir(url)?;
     let opts = storage_options();
-    if let Ok(src) = RestoreSource::parse(url)
+    if let Ok(src) = CheckpointLocation::parse(url)
         && src.checkpoint.is_none()
     {
-        let storage = CheckpointStorage::from_url(&src.storage_url, &opts)?;
+        let storage = StorageRoot::from_url(&src.storage_url, &opts)?;
         if snapshot_gc::is_job(&storage, &src.job).await? {
             return Ok(Target {
                 storage,
@@ -165,7 +165,7 @@ async fn target(url: &str) -> CmdResult<Target> {
             });
         }
     }
-    let storage = CheckpointStorage::from_url(url, &opts)?;
+    let storage = StorageRoot::from_url(url, &opts)?;
     let (mut jobs, mut skipped) = (Vec::new(), Vec::new());
     for dir in storage.list_dirs(storage.root()).await? {
         let Some(name) = dir.filename().map(str::to_string) else {
@@ -330,7 +330,7 @@ async fn list(url: &str, json: bool) -> CmdResult<ExitCode> {
 /// Adds a row per committed checkpoint of `job`, and a failure per checkpoint that cannot be
 /// read or misses files. Errs when the job cannot be listed.
 async fn list_job(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     job: &str,
     rows: &mut Vec<ListRow>,
     failures: &mut Vec<Failure>,
@@ -558,7 +558,7 @@ async fn verify(url: &str, deep: bool) -> CmdResult<ExitCode> {
 
 /// Verifies every committed checkpoint of `job`: (checkpoints, problems).
 async fn verify_job(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     job: &str,
     deep: bool,
 ) -> Result<(usize, Vec<VerifyProblem>), SnapshotError> {

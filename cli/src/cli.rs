@@ -168,7 +168,7 @@ pub struct RunArgs {
     pub restore_from: Option<String>,
     /// Ownership of the restored checkpoint (checkpoint.restore-mode).
     #[arg(long, value_enum)]
-    pub restore_mode: Option<RestoreModeArg>,
+    pub restore_mode: Option<ClaimModeArg>,
     /// Keep each slot's last checkpoint locally and restore from it when it verifies
     /// (checkpoint.local-recovery).
     #[arg(long)]
@@ -194,7 +194,7 @@ pub struct RunArgs {
 
 /// `--restore-mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RestoreModeArg {
+pub enum ClaimModeArg {
     /// Never delete the restored checkpoint; the first checkpoint copies its files.
     NoClaim,
     /// Adopt the restored checkpoint; delete it when subsumed.
@@ -367,13 +367,13 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     }
     if let Some(m) = args.restore_mode {
         config.checkpoint.restore_mode = match m {
-            RestoreModeArg::NoClaim => cairn_engine::checkpoint::RestoreMode::NoClaim,
-            RestoreModeArg::Claim => cairn_engine::checkpoint::RestoreMode::Claim,
+            ClaimModeArg::NoClaim => cairn_engine::checkpoint::ClaimMode::NoClaim,
+            ClaimModeArg::Claim => cairn_engine::checkpoint::ClaimMode::Claim,
         };
     }
     let restore_from = match &args.restore_from {
         Some(u) => Some(
-            cairn_engine::checkpoint::RestoreSource::parse(u).map_err(|e| CliError::Flag {
+            cairn_engine::checkpoint::CheckpointLocation::parse(u).map_err(|e| CliError::Flag {
                 flag: "--restore-from",
                 value: u.clone(),
                 allowed: format!("<checkpoint dir>/<job>[/chk-<id>] ({e})"),

@@ -3,9 +3,9 @@
 //! other host; nothing here is part of that API.
 #![deny(missing_docs)]
 
+pub mod barriers;
 pub mod bench_cmd;
 pub mod cache_bench;
-pub mod checkpointing;
 pub mod checkpoints_cmd;
 pub mod cli;
 pub mod metrics_server;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cairn_engine::checkpoint::{
-    Checkpointer, RebaseConfig, RestorePath, RestoreSource, new_job_name,
+    CheckpointLocation, Checkpointer, RebaseConfig, RestoredVia, new_job_name,
 };
 use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind};
 use clap::Args;
@@ -316,7 +316,7 @@ fn run_policy(
             }
         }
         let compaction_ms = cp.compact_if_due(&mut slot)?.map_or(0.0, |s| s.ms);
-        let id = cp.next_id();
+        let id = cp.trigger_checkpoint();
         let sync = slot.snapshot_for_checkpoint(id)?;
         let rep = cp.complete(id, vec![sync])?;
         let (_, referenced) = cp.store().referenced_totals()?;
@@ -356,7 +356,7 @@ fn restore_both(
     slot_dir: &Path,
     root: &Path,
 ) -> BResult<(f64, f64)> {
-    let source = RestoreSource::parse(&format!("{}/chk-{id}", cp.job_url()))?;
+    let source = CheckpointLocation::parse(&format!("{}/chk-{id}", cp.job_url()))?;
     let mut times = [0.0; 2];
     for (i, local) in [false, true].into_iter().enumerate() {
         let mut c = cfg.clone();
@@ -370,13 +370,14 @@ fn restore_both(
         std::fs::create_dir_all(&dir)?;
         let t = Instant::now();
         let mut cp2 = Checkpointer::open(&c.checkpoint, &new_job_name(), 128)?;
-        let restored = cp2.prepare_restore(&source)?;
+        let restored = cp2.resume_from(&source)?;
         let range = KeyGroupRange::for_slot(restored.metadata.max_parallelism, 1, 0)?;
-        let (files, report) = cp2.restore_slot(&restored, range, slot_dir, &dir.join("dest"))?;
+        let (files, report) =
+            cp2.fetch_slot_files(&restored, range, slot_dir, &dir.join("dest"))?;
         let expected = if local {
-            RestorePath::Local
+            RestoredVia::Local
         } else {
-            RestorePath::Remote
+            RestoredVia::Remote
         };
         if report.path != expected {
             return Err(format!("restore took {:?}: {report:?}", report.path).into());

@@ -620,8 +620,8 @@ impl RunSummary {
             );
             for (i, sr) in r.slots.iter().enumerate() {
                 let path = match sr.path {
-                    cairn_engine::checkpoint::RestorePath::Local => "local snapshot",
-                    cairn_engine::checkpoint::RestorePath::Remote => "storage",
+                    cairn_engine::checkpoint::RestoredVia::Local => "local snapshot",
+                    cairn_engine::checkpoint::RestoredVia::Remote => "storage",
                 };
                 let why = sr
                     .local_rejected

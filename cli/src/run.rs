@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_engine::checkpoint::{CheckpointCoordinator, Checkpointer, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{
+    CheckpointCoordinator, CheckpointLocation, Checkpointer, new_job_name,
+};
 use cairn_engine::keygroup::assign_to_key_group;
 use cairn_engine::{
     BackendKind, CairnConfig, EngineError, KeyGroupRange, Metrics, Slot, StateSize,
@@ -32,7 +34,7 @@ use cairn_engine::{
 use cairn_memory::{MemoryPlan, MemoryReport};
 use hdrhistogram::Histogram;
 
-use crate::checkpointing::{self, BarrierCursor, Barriers};
+use crate::barriers::{self, BarrierCursor, Barriers};
 use crate::report::{LatencySummary, MemorySummary, RestoreSummary, RunSummary, SlotSummary};
 use crate::workload::{self, Checksum, Driver, OpCounts, WorkloadKind, WorkloadSpec};
 
@@ -55,7 +57,7 @@ pub struct RunOptions {
     /// Whether to scan the final state for a checksum.
     pub checksum: bool,
     /// Continue from this checkpoint (`--restore-from`).
-    pub restore_from: Option<RestoreSource>,
+    pub restore_from: Option<CheckpointLocation>,
     /// Where the run publishes its metrics (records, memory, checkpoints, restore); share it
     /// with a `/metrics` endpoint to watch the run.
     pub metrics: Arc<Metrics>,
@@ -170,14 +172,14 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
     };
     let mut start_position = 0u64;
     let mut restore_summary = None;
-    let mut restores: Vec<Option<cairn_engine::slot::SlotRestore>> = (0..n).map(|_| None).collect();
+    let mut restores: Vec<Option<cairn_engine::RestoredFiles>> = (0..n).map(|_| None).collect();
     if let (Some(src), Some(cp)) = (&opts.restore_from, checkpointer.as_mut()) {
         let t = Instant::now();
-        let restored = cp.prepare_restore(src).map_err(ck_err("restore"))?;
+        let restored = cp.resume_from(src).map_err(ck_err("restore"))?;
         start_position = restored
             .metadata
             .properties
-            .get(checkpointing::POSITION)
+            .get(barriers::POSITION)
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         let mut bytes = 0;
@@ -201,7 +203,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
                 .join(format!("restore-slot-{i}"));
             let slot_dir = opts.config.state.working_dir.join(format!("slot-{i}"));
             let (files, report) = cp
-                .restore_slot(&restored, range, &slot_dir, &dest)
+                .fetch_slot_files(&restored, range, &slot_dir, &dest)
                 .map_err(ck_err("restore"))?;
             bytes += report.bytes;
             slot_reports.push(report);
@@ -289,7 +291,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
                 let (barriers, shared) = (&barriers, &shared);
                 let records = opts.spec.records;
                 Some(scope.spawn(move || {
-                    let r = checkpointing::coordinate(
+                    let r = barriers::coordinate(
                         cp,
                         barriers,
                         &replies,

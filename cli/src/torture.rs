@@ -17,7 +17,7 @@
 //!   A checkpoint committed and subsumed between two listings would go unseen, so the count is
 //!   a lower bound; `max_poll_gap_ms` says how tight. The latest id ever seen must still be
 //!   there after the kill (a committed checkpoint is never lost).
-//! - Leaks are found by listing the store directly ([`CheckpointStorage::list`]) and, for a
+//! - Leaks are found by listing the store directly ([`StorageRoot::list`]) and, for a
 //!   local directory, walking it with `std::fs`, which also finds the staging files
 //!   (`<name>#<n>`) a killed upload leaves and the object-store listing skips. Legitimate are
 //!   the objects the committed checkpoints' metadata references, every `chk-<id>/_metadata`,
@@ -38,11 +38,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn_engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
 use cairn_engine::{BackendKind, CairnConfig, EngineError, KeyGroupRange, Slot, VoidNamespace};
-use cairn_snapshot::layout::{ObjectKind, WRITERS_DIR};
+use cairn_snapshot::object_layout::{ObjectKind, WRITERS_DIR};
 use cairn_snapshot::{
-    CheckpointStorage, CheckpointStore, JobLayout, SnapshotError, StorageOptions, gc as snapshot_gc,
+    CheckpointStore, JobLayout, SnapshotError, StorageOptions, StorageRoot, gc as snapshot_gc,
 };
 use clap::Args;
 use serde::Serialize;
@@ -156,7 +156,7 @@ pub fn run(
 ) -> Result<TortureReport, TortureError> {
     let t = Instant::now();
     std::fs::create_dir_all(&o.work_dir).map_err(io(format!("create {}", o.work_dir.display())))?;
-    let storage = CheckpointStorage::from_url(&o.url, &o.storage)?;
+    let storage = StorageRoot::from_url(&o.url, &o.storage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -219,7 +219,7 @@ pub fn run(
 fn kill_round(
     o: &TortureOptions,
     rt: &tokio::runtime::Runtime,
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     round: u32,
     previous: Option<&(String, u64)>,
     before: &BTreeSet<String>,
@@ -285,7 +285,7 @@ fn count_commits(
 /// leaked, and that the retained checkpoints still verify.
 fn collect_and_check(
     rt: &tokio::runtime::Runtime,
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     url: &str,
     job: &str,
     round: u32,
@@ -389,7 +389,7 @@ fn check_latest(
 /// Job directories under the storage root.
 fn jobs(
     rt: &tokio::runtime::Runtime,
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
 ) -> Result<BTreeSet<String>, TortureError> {
     Ok(rt
         .block_on(storage.list_dirs(storage.root()))?
@@ -419,7 +419,7 @@ struct Polled {
 /// Lists the store every [`POLL_EVERY`] until `stop`: first for the child's new job directory
 /// (not in `before`), then for its committed checkpoints.
 async fn poll_store(
-    storage: CheckpointStorage,
+    storage: StorageRoot,
     before: BTreeSet<String>,
     stop: Arc<AtomicBool>,
 ) -> Polled {
@@ -443,7 +443,7 @@ async fn poll_store(
 }
 
 async fn poll_once(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     before: &BTreeSet<String>,
     p: &mut Polled,
 ) -> Result<(), SnapshotError> {
@@ -472,7 +472,7 @@ async fn poll_once(
 /// module doc for what is legitimate).
 fn leaks(
     rt: &tokio::runtime::Runtime,
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     url: &str,
     job: &str,
 ) -> Result<BTreeSet<String>, TortureError> {
@@ -564,10 +564,12 @@ fn restored_sum(o: &TortureOptions, job: &str, id: u64, round: u32) -> Result<u6
     cfg.checkpoint.dir = format!("{}/verify-cp", o.work_dir.display());
     cfg.checkpoint.storage = o.storage.clone();
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored =
-        cp.prepare_restore(&RestoreSource::parse(&format!("{}/{job}/chk-{id}", o.url))?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(&format!(
+        "{}/{job}/chk-{id}",
+        o.url
+    ))?)?;
     std::fs::create_dir_all(&cfg.state.working_dir).map_err(io("create verify dir"))?;
-    let (files, _) = cp.download_for_slot(
+    let (files, _) = cp.download_slot_files(
         &restored,
         KeyGroupRange::for_slot(128, 1, 0).map_err(EngineError::from)?,
         &cfg.state.working_dir.join("restore"),
@@ -699,7 +701,7 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, bytes).unwrap();
         }
-        let storage = CheckpointStorage::from_url(&url, &StorageOptions::default()).unwrap();
+        let storage = StorageRoot::from_url(&url, &StorageOptions::default()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -68,7 +68,7 @@ use cairn_engine::checkpoint::{
     CheckpointCoordinator, CheckpointReport, Checkpointer, new_job_name,
 };
 
-use crate::checkpointing::{self, BarrierCursor, Barriers};
+use crate::barriers::{self, BarrierCursor, Barriers};
 use crate::report::CacheSummary;
 use crate::run::RunError;
 use crate::stream::{self, RecordRng, Zipf};
@@ -392,15 +392,8 @@ pub fn run(
             })
             .collect();
         if let Some(cp) = coordinator.as_mut() {
-            coordinated = checkpointing::coordinate(
-                cp,
-                barriers,
-                &replies,
-                slots,
-                spec.records,
-                abort,
-                &metrics,
-            );
+            coordinated =
+                barriers::coordinate(cp, barriers, &replies, slots, spec.records, abort, &metrics);
         }
         handles
             .into_iter()
@@ -618,7 +611,7 @@ fn run_slot(
         if barriers.enabled {
             // A snapshot at `g` holds every record < g and the firings they caused.
             barriers.check(&mut slot, g, spec.records, &mut cursor);
-            if g.is_multiple_of(checkpointing::POSITION_EVERY) {
+            if g.is_multiple_of(barriers::POSITION_EVERY) {
                 position.store(g, Ordering::Relaxed);
             }
         }

@@ -529,7 +529,7 @@ fn unrelated_s3_prefix_is_not_a_checkpoint_root_and_gc_deletes_nothing() -> Test
     let Some(t) = support::s3_target("cli_checkpoints") else {
         return Ok(());
     };
-    let storage = cairn_snapshot::CheckpointStorage::from_url(&t.url, &t.options)?;
+    let storage = cairn_snapshot::StorageRoot::from_url(&t.url, &t.options)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -539,7 +539,7 @@ fn unrelated_s3_prefix_is_not_a_checkpoint_root_and_gc_deletes_nothing() -> Test
         "archive/chk-4/slot-0/OPTIONS-000007.zst".into(),
         format!("archive/shared/{SHA}"),
     ];
-    let listed = |storage: &cairn_snapshot::CheckpointStorage| {
+    let listed = |storage: &cairn_snapshot::StorageRoot| {
         rt.block_on(storage.list(storage.root())).map(|l| {
             let mut v: Vec<String> = l.into_iter().map(|m| m.location.to_string()).collect();
             v.sort();

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreMode, new_job_name};
+use cairn::engine::checkpoint::{Checkpointer, ClaimMode, new_job_name};
 use cairn::{BackendKind, CairnConfig, Slot, VoidNamespace};
 use support::checkpoints::{TestResult, checkpoint, committed_verified, write_counters};
 
@@ -49,7 +49,7 @@ fn job_a(root: &Path) -> Result<(String, u64), Box<dyn std::error::Error>> {
 /// A new job restoring `job/chk-id` in `mode`, writing `round`, checkpointing twice.
 fn job_b(
     root: &Path,
-    mode: RestoreMode,
+    mode: ClaimMode,
     job: &str,
     id: u64,
     round: u64,
@@ -118,7 +118,7 @@ fn gc_over_the_root_keeps_what_a_claiming_job_references() -> TestResult {
     let (a, a_id) = job_a(root.path())?;
     // B claims A's checkpoint, then subsumes it: A's directory has no metadata left, but B's
     // checkpoint references A's SSTs.
-    let (b, _) = job_b(root.path(), RestoreMode::Claim, &a, a_id, 2)?;
+    let (b, _) = job_b(root.path(), ClaimMode::Claim, &a, a_id, 2)?;
     assert!(
         !root
             .path()
@@ -238,7 +238,7 @@ fn a_no_claim_restore_checkpoints_after_its_source_deleted_its_files() -> TestRe
     // Restore, then A's shared files vanish (its job went on and subsumed them, or a user
     // deleted the job) before B's first checkpoint copies them.
     let mut cfg = config(root.path(), "work-b");
-    cfg.checkpoint.restore_mode = RestoreMode::NoClaim;
+    cfg.checkpoint.restore_mode = ClaimMode::NoClaim;
     let url = format!("{}/{a}/chk-{a_id}", cfg.checkpoint.dir);
     let (mut cp, mut slot) = support::checkpoints::restore(&cfg, &url)?;
     std::fs::remove_dir_all(root.path().join(format!("cp/{a}/shared")))?;

@@ -18,14 +18,16 @@ pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod key_format;
 pub mod keygroup;
-pub mod layout;
 pub mod metrics;
 pub mod operator_state;
 pub mod slot;
 pub mod state;
 
-pub use backend::{ScopeKey, StateDescriptor, StateEntry, StateId, StateKind, StateSize};
+pub use backend::{
+    RestoredFiles, ScopeKey, StateDescriptor, StateEntry, StateId, StateKind, StateSize,
+};
 pub use cairn_timers::{TimeDomain, Timer, TimerService};
 pub use codec::VoidNamespace;
 pub use config::{BackendKind, CairnConfig, TimerServiceKind};
@@ -33,7 +35,7 @@ pub use error::{EngineError, ErrorKind, Result};
 pub use keygroup::{KeyGroup, KeyGroupRange, key_group_of, slot_for_key};
 pub use metrics::Metrics;
 pub use operator_state::{OperatorState, Redistribution};
-pub use slot::{Slot, SlotBuilder, SlotRestore};
+pub use slot::{Slot, SlotBuilder};
 pub use state::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,
 };

@@ -7,7 +7,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_snapshot::{CheckpointMetadata, CheckpointStorage, CheckpointStore, SlotHandle};
+use cairn_snapshot::{CheckpointMetadata, CheckpointStore, SlotHandle, StorageRoot};
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -45,17 +45,17 @@ pub struct Inspector {
     /// Runs restores of the checks (its own runtime: the simulation's is not driven).
     rt: tokio::runtime::Runtime,
     /// The store without faults or latency, for restores of the checks.
-    storage: CheckpointStorage,
+    storage: StorageRoot,
 }
 
 /// `<job>/chk-<id>/_metadata` -> (job, id).
 fn metadata_key(path: &str) -> Option<(String, u64)> {
     let mut parts = path.split('/');
     let (job, chk, file) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || file != cairn_snapshot::layout::METADATA_FILE {
+    if parts.next().is_some() || file != cairn_snapshot::object_layout::METADATA_FILE {
         return None;
     }
-    let id = cairn_snapshot::layout::parse_checkpoint_dir(chk)?;
+    let id = cairn_snapshot::object_layout::parse_checkpoint_dir(chk)?;
     Some((job.to_string(), id))
 }
 
@@ -65,7 +65,7 @@ impl Inspector {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let storage = CheckpointStorage::from_store(
+        let storage = StorageRoot::from_store(
             inner.clone() as Arc<dyn ObjectStore>,
             Path::default(),
             "sim-inspect://",

@@ -57,7 +57,7 @@ pub struct Stats {
     pub verified: u64,
     /// Full restores (download + compare) by the checks and by restarting writers.
     pub restores: u64,
-    /// Worlds whose restores could not use `Checkpointer::prepare_restore` (it opens storage
+    /// Worlds whose restores could not use `Checkpointer::resume_from` (it opens storage
     /// from its URL) and went through the simulation's workaround instead.
     pub restore_workarounds: u64,
     /// What storage injected.
@@ -141,7 +141,7 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "checks: checkpoints verified {}, full restores {}, worlds restoring without prepare_restore {}",
+            "checks: checkpoints verified {}, full restores {}, worlds restoring without resume_from {}",
             self.verified, self.restores, self.restore_workarounds
         )?;
         let x = &self.faults;

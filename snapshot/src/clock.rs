@@ -1,6 +1,6 @@
 //! Wall-clock time, injected: the checkpoint protocol never reads the system clock itself.
 //!
-//! Everything that decides by time reads the [`Clock`] of its [`crate::CheckpointStorage`]:
+//! Everything that decides by time reads the [`Clock`] of its [`crate::StorageRoot`]:
 //! commit and upload times written into metadata, the age of a file for `rebase.max-file-age`,
 //! the grace period of garbage collection, and whether a writer's lease has expired. Tests and
 //! the deterministic simulation hand in a [`ManualClock`] or a [`TokioClock`] (which follows

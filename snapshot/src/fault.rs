@@ -7,7 +7,7 @@
 //!   that uploads stream with bounded memory.
 //! - [`FailPoints`] fail a *protocol step* (`upload-shared-sst`, `write-metadata`,
 //!   `delete-subsumed`, `download-shared-sst`, ...). The checkpoint protocol checks them with
-//!   one call ([`crate::CheckpointStorage::fail_point`]) before the step touches storage.
+//!   one call ([`crate::StorageRoot::fail_point`]) before the step touches storage.
 //!
 //! Transport faults surface as `object_store::Error::Generic` (transient: the storage layer's
 //! retries see them, see [`SnapshotError::is_transient`]) unless the rule says `Permanent`.
@@ -106,7 +106,7 @@ struct Arming {
 }
 
 /// A per-instance registry of armed fail points (slatedb's fail-parallel style, without
-/// globals). Share it through [`crate::CheckpointStorage::with_fail_points`].
+/// globals). Share it through [`crate::StorageRoot::with_fail_points`].
 #[derive(Debug, Default)]
 pub struct FailPoints {
     armed: Mutex<HashMap<FailPoint, Arming>>,

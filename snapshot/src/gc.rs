@@ -35,8 +35,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::error::{Result, SnapshotError};
-use crate::layout::{self, JobLayout, ObjectKind};
-use crate::storage::CheckpointStorage;
+use crate::object_layout::{self, JobLayout, ObjectKind};
+use crate::storage::StorageRoot;
 use crate::store::{committed_ids, load_metadata};
 
 /// Result of a garbage collection.
@@ -67,21 +67,21 @@ pub struct RootReferences {
 }
 
 /// The job directories under the storage root (valid job names only).
-pub async fn jobs_under_root(storage: &CheckpointStorage) -> Result<Vec<String>> {
+pub async fn jobs_under_root(storage: &StorageRoot) -> Result<Vec<String>> {
     let mut jobs: Vec<String> = storage
         .list_dirs(storage.root())
         .await?
         .iter()
         .filter_map(|p| p.filename().map(str::to_string))
-        .filter(|j| layout::check_job_name(j).is_ok())
+        .filter(|j| object_layout::check_job_name(j).is_ok())
         .collect();
     jobs.sort();
     Ok(jobs)
 }
 
 /// Whether `job` is a Cairn job: it has a committed checkpoint or a writer lease.
-pub async fn is_job(storage: &CheckpointStorage, job: &str) -> Result<bool> {
-    if layout::check_job_name(job).is_err() {
+pub async fn is_job(storage: &StorageRoot, job: &str) -> Result<bool> {
+    if object_layout::check_job_name(job).is_err() {
         return Ok(false);
     }
     let l = JobLayout::new(storage.root().clone(), job);
@@ -93,7 +93,7 @@ pub async fn is_job(storage: &CheckpointStorage, job: &str) -> Result<bool> {
 
 /// Everything the committed checkpoints of every job under the root reference. See the
 /// module doc ("Listings race commits").
-pub async fn root_references(storage: &CheckpointStorage) -> Result<RootReferences> {
+pub async fn root_references(storage: &StorageRoot) -> Result<RootReferences> {
     let mut out = RootReferences::default();
     for job in jobs_under_root(storage).await? {
         let l = JobLayout::new(storage.root().clone(), job.as_str());
@@ -139,7 +139,7 @@ pub async fn root_references(storage: &CheckpointStorage) -> Result<RootReferenc
 /// `in_flight(object)` keeps objects a running writer uses that no committed metadata names
 /// yet (pass `&|_| false` from outside a writer).
 pub async fn collect(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     jobs: &[String],
     grace: Duration,
     apply: bool,
@@ -192,7 +192,7 @@ pub async fn collect(
 
 /// Staging files (`<name>#<digits>`) a crash left under a `file://` job directory.
 fn collect_staging(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     l: &JobLayout,
     now: u64,
     grace_ms: u64,
@@ -253,7 +253,7 @@ pub fn is_staging_name(name: &str) -> bool {
 }
 
 /// `path` relative to the storage root, as metadata names objects.
-pub fn relative(storage: &CheckpointStorage, path: &object_store::path::Path) -> String {
+pub fn relative(storage: &StorageRoot, path: &object_store::path::Path) -> String {
     match path.prefix_match(storage.root()) {
         Some(parts) => parts
             .map(|p| p.as_ref().to_string())

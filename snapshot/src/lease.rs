@@ -33,8 +33,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SnapshotError};
-use crate::layout::{Epoch, JobLayout, parse_writer};
-use crate::storage::CheckpointStorage;
+use crate::object_layout::{Epoch, JobLayout, parse_writer};
+use crate::storage::StorageRoot;
 
 /// The `format` of a lease record.
 const FORMAT: &str = "cairn-writer";
@@ -108,7 +108,7 @@ struct Top {
 }
 
 /// Reads the highest epoch under `_writers/` (0 when there is none) and its record.
-async fn top(storage: &CheckpointStorage, layout: &JobLayout) -> Result<Top> {
+async fn top(storage: &StorageRoot, layout: &JobLayout) -> Result<Top> {
     let epoch = storage
         .list(&layout.writers_dir())
         .await?
@@ -197,7 +197,7 @@ impl WriterLease {
     /// Takes job `layout` for writing: the next epoch, unless a live writer holds it (then
     /// `JobLocked`, naming it).
     pub async fn acquire(
-        storage: &CheckpointStorage,
+        storage: &StorageRoot,
         layout: &JobLayout,
         options: &LeaseOptions,
     ) -> Result<Self> {
@@ -257,7 +257,7 @@ impl WriterLease {
     /// it; otherwise writes a released record with the next epoch, so that a writer of the job
     /// that is paused rather than dead is fenced when it wakes.
     pub async fn fence(
-        storage: &CheckpointStorage,
+        storage: &StorageRoot,
         layout: &JobLayout,
         timeout: Duration,
         by: &str,
@@ -310,7 +310,7 @@ impl WriterLease {
     }
 
     /// Fails with `Fenced` when a higher epoch exists (remembered: once fenced, always).
-    pub async fn check(&self, storage: &CheckpointStorage) -> Result<()> {
+    pub async fn check(&self, storage: &StorageRoot) -> Result<()> {
         self.fenced()?;
         let top = storage
             .list(&self.layout.writers_dir())
@@ -339,19 +339,19 @@ impl WriterLease {
     }
 
     /// Checks, then renews the lease (its record's `renewed_at_ms` becomes now).
-    pub async fn renew(&self, storage: &CheckpointStorage) -> Result<()> {
+    pub async fn renew(&self, storage: &StorageRoot) -> Result<()> {
         self.check(storage).await?;
         self.write(storage, false).await
     }
 
     /// Marks the lease released (clean shutdown): the next writer may take the job at once and
     /// reuse this writer's files. Does nothing when fenced.
-    pub async fn release(&self, storage: &CheckpointStorage) -> Result<()> {
+    pub async fn release(&self, storage: &StorageRoot) -> Result<()> {
         self.check(storage).await?;
         self.write(storage, true).await
     }
 
-    async fn write(&self, storage: &CheckpointStorage, released: bool) -> Result<()> {
+    async fn write(&self, storage: &StorageRoot, released: bool) -> Result<()> {
         let _one_at_a_time = self.writing.lock().await;
         let record = Record {
             format: FORMAT.into(),
@@ -386,8 +386,8 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::storage::StorageOptions;
 
-    fn storage(clock: Arc<ManualClock>) -> CheckpointStorage {
-        CheckpointStorage::from_url("memory://", &StorageOptions::default())
+    fn storage(clock: Arc<ManualClock>) -> StorageRoot {
+        StorageRoot::from_url("memory://", &StorageOptions::default())
             .unwrap()
             .with_clock(clock)
     }

@@ -8,14 +8,14 @@
 //! [`CheckpointStore::commit`] writes its `_metadata`.
 //!
 //! Storage is untrusted input: every name, size and count read from it is checked before it
-//! becomes a path, an allocation or a loop bound ([`layout`], [`CheckpointMetadata::validate`]),
+//! becomes a path, an allocation or a loop bound ([`object_layout`], [`CheckpointMetadata::validate`]),
 //! and a download never writes past the size its metadata records. One writer holds a job at a
 //! time ([`lease`]); time is read from an injected [`Clock`].
 //!
 //! ```no_run
 //! # async fn demo() -> cairn_snapshot::Result<()> {
-//! use cairn_snapshot::{CheckpointStorage, CheckpointStore, StorageOptions};
-//! let storage = CheckpointStorage::from_url("file:///tmp/cairn-checkpoints", &StorageOptions::default())?;
+//! use cairn_snapshot::{StorageRoot, CheckpointStore, StorageOptions};
+//! let storage = StorageRoot::from_url("file:///tmp/cairn-checkpoints", &StorageOptions::default())?;
 //! let store = CheckpointStore::open(storage, "job-1", 1).await?;
 //! println!("retained: {:?}", store.retained_ids()?);
 //! # Ok(()) }
@@ -26,9 +26,9 @@ pub mod clock;
 pub mod error;
 pub mod fault;
 pub mod gc;
-pub mod layout;
 pub mod lease;
 pub mod metadata;
+pub mod object_layout;
 pub mod registry;
 pub mod slot_upload;
 pub mod storage;
@@ -40,12 +40,12 @@ pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Result, SnapshotError};
 pub use fault::{FailPoint, FailPoints, Fault, FaultAction, FaultStore};
 pub use gc::GcReport;
-pub use layout::{CheckpointId, Epoch, JobLayout};
 pub use lease::{LeaseOptions, Takeover, WriterLease};
 pub use metadata::{CheckpointMetadata, RestoredFrom, SlotHandle, StateInfo};
+pub use object_layout::{CheckpointId, Epoch, JobLayout};
 pub use registry::SharedRegistry;
 pub use slot_upload::{UploadTarget, upload_slot_files};
-pub use storage::{CheckpointStorage, StorageOptions};
+pub use storage::{StorageOptions, StorageRoot};
 pub use store::{
     CheckpointStore, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy, VerifyProblem,
     load_metadata,

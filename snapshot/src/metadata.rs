@@ -7,7 +7,7 @@
 //!   "max_parallelism":..,"slots":[SlotHandle..],"restored_from":..,"referenced_jobs":[..]}`.
 //!
 //! Version 3 names objects by writer epoch (`shared/<sha>-e<E>`, `chk-<id>/e<E>/...`, see
-//! [`crate::layout`]) and lists in `referenced_jobs` the other jobs whose shared objects it
+//! [`crate::object_layout`]) and lists in `referenced_jobs` the other jobs whose shared objects it
 //! references (claimed checkpoints); a reference into any other job is refused at load.
 //!
 //! Version 2 adds `uploaded_at_ms` to every shared file (when its object was written, for
@@ -21,7 +21,7 @@ use cairn_base::KeyGroupRange;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SnapshotError};
-use crate::layout::CheckpointId;
+use crate::object_layout::CheckpointId;
 
 /// The `format` field of every metadata file.
 pub const FORMAT: &str = "cairn-checkpoint";
@@ -145,11 +145,11 @@ impl SlotHandle {
                     .map(|f| (&f.name, &f.object, &f.sha256, f.size, f.stored_size, false)),
             );
         for (name, object, sha, size, stored, shared) in files {
-            crate::layout::check_file_name("file name", name).map_err(|e| e.to_string())?;
+            crate::object_layout::check_file_name("file name", name).map_err(|e| e.to_string())?;
             if !names.insert(name.as_str()) {
                 return Err(format!("file {name} is listed twice"));
             }
-            if !crate::layout::is_sha256_hex(sha) {
+            if !crate::object_layout::is_sha256_hex(sha) {
                 return Err(format!(
                     "file {name} has sha256 {sha:?}, not 64 lower-case hex digits"
                 ));
@@ -159,7 +159,7 @@ impl SlotHandle {
                     "file {name} claims {size} bytes (at most {MAX_FILE_BYTES})"
                 ));
             }
-            let r = crate::layout::ObjectRef::parse(object).map_err(|e| e.to_string())?;
+            let r = crate::object_layout::ObjectRef::parse(object).map_err(|e| e.to_string())?;
             if shared {
                 let Some(n) = r.shared() else {
                     return Err(format!(
@@ -261,7 +261,7 @@ impl CheckpointMetadata {
     }
 
     /// Checks the structure of metadata read from `path`, which storage says is checkpoint `id`
-    /// of job `job`: the rules of the module doc and [`crate::layout`]. Metadata is untrusted
+    /// of job `job`: the rules of the module doc and [`crate::object_layout`]. Metadata is untrusted
     /// input: nothing it names becomes a path, an allocation or a loop bound before this passed.
     pub fn validate(&self, path: &str, job: &str, id: CheckpointId) -> Result<()> {
         let bad = |reason: String| SnapshotError::InvalidMetadata {
@@ -280,7 +280,7 @@ impl CheckpointMetadata {
                 self.job
             )));
         }
-        crate::layout::check_job_name(&self.job)?;
+        crate::object_layout::check_job_name(&self.job)?;
         let mut jobs: Vec<&str> = vec![self.job.as_str()];
         if self.referenced_jobs.len() > 64 {
             return Err(bad(format!(
@@ -289,11 +289,11 @@ impl CheckpointMetadata {
             )));
         }
         for j in &self.referenced_jobs {
-            crate::layout::check_job_name(j)?;
+            crate::object_layout::check_job_name(j)?;
             jobs.push(j);
         }
         if let Some(r) = &self.restored_from {
-            crate::layout::check_job_name(&r.job)?;
+            crate::object_layout::check_job_name(&r.job)?;
             if r.mode != "claim" && r.mode != "no-claim" {
                 return Err(bad(format!(
                     "restore mode {:?} is not claim or no-claim",

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Result, SnapshotError};
-use crate::layout::CheckpointId;
+use crate::object_layout::CheckpointId;
 
 #[derive(Clone, Debug)]
 struct Entry {

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SnapshotError};
 use crate::fault::FailPoint;
-use crate::layout::{self, CheckpointId, Epoch, JobLayout};
 use crate::metadata::{PrivateFile, SharedFile, SlotHandle};
-use crate::storage::CheckpointStorage;
+use crate::object_layout::{self, CheckpointId, Epoch, JobLayout};
+use crate::storage::StorageRoot;
 use crate::store::{LocalSnapshot, SlotUploadReport, SlotUploadState};
 use crate::transfer;
 
@@ -45,21 +45,21 @@ pub struct UploadTarget {
 /// handle's objects are recorded as pending in `state` (confirm or discard them when the
 /// checkpoint completes or aborts).
 pub async fn upload_slot_files(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     target: &UploadTarget,
     id: CheckpointId,
     snap: &LocalSnapshot,
     state: &mut SlotUploadState,
     parallelism: usize,
 ) -> Result<(SlotHandle, SlotUploadReport)> {
-    layout::check_job_name(&target.job)?;
+    object_layout::check_job_name(&target.job)?;
     let job = JobLayout::new(storage.root().clone(), target.job.clone());
     let now = storage.now_ms();
     let mut report = SlotUploadReport::default();
     let mut files: Vec<SharedFile> = Vec::new();
     let mut to_hash = Vec::new();
     for name in &snap.shared {
-        let local = layout::local_path(&snap.dir, "local snapshot file", name)?;
+        let local = object_layout::local_path(&snap.dir, "local snapshot file", name)?;
         let size = std::fs::metadata(&local)
             .map_err(SnapshotError::io("stat", &local))?
             .len();
@@ -108,7 +108,7 @@ pub async fn upload_slot_files(
                 let object = job.private_ref(id, target.epoch, snap.slot, name);
                 let job = &job;
                 async move {
-                    let local = layout::local_path(&snap.dir, "local snapshot file", name)?;
+                    let local = object_layout::local_path(&snap.dir, "local snapshot file", name)?;
                     let (zst, sha256, size, stored_size) = transfer::compress_file(&local).await?;
                     let to = job.resolve(&object);
                     storage.fail_point(FailPoint::UploadPrivateFile, &to)?;

@@ -27,7 +27,7 @@
 //! `AlreadyExists` and leaves the first content, and that of 8 concurrent creates exactly one
 //! wins; a server that ignored the header would fail that test, not weaken the commit silently.
 //! A retried create can meet its own earlier attempt (the write landed, the answer was lost):
-//! [`CheckpointStorage::put_create`] then reads the object back and succeeds only if it holds
+//! [`StorageRoot::put_create`] then reads the object back and succeeds only if it holds
 //! exactly the bytes it was writing.
 
 use std::sync::Arc;
@@ -171,9 +171,11 @@ impl From<&StorageOptions> for RetryPolicy {
     }
 }
 
-/// An object store plus the root path inside it where checkpoint jobs live.
+/// The root of checkpoint storage (one `checkpoint.dir` URL): an object store plus the path
+/// inside it where the jobs' directories live. One job's checkpoints under it are a
+/// [`CheckpointStore`](crate::CheckpointStore).
 #[derive(Clone, Debug)]
-pub struct CheckpointStorage {
+pub struct StorageRoot {
     store: Arc<dyn ObjectStore>,
     root: Path,
     url: String,
@@ -187,7 +189,7 @@ pub struct CheckpointStorage {
     local_dir: Option<std::path::PathBuf>,
 }
 
-impl CheckpointStorage {
+impl StorageRoot {
     /// Opens the storage named by `url` (see the module doc).
     pub fn from_url(url: &str, options: &StorageOptions) -> Result<Self> {
         options.validate()?;
@@ -232,7 +234,7 @@ impl CheckpointStorage {
     }
 
     /// Wraps any object store with `options` (part size, retries; the S3 and memory settings
-    /// only apply to [`CheckpointStorage::from_url`]).
+    /// only apply to [`StorageRoot::from_url`]).
     pub fn with_options(
         store: Arc<dyn ObjectStore>,
         root: Path,
@@ -264,7 +266,7 @@ impl CheckpointStorage {
         &self.clock
     }
 
-    /// The current time of [`CheckpointStorage::clock`], ms since the Unix epoch.
+    /// The current time of [`StorageRoot::clock`], ms since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
@@ -541,7 +543,7 @@ impl CheckpointStorage {
 /// S3 client (object_store's `aws` feature: an HTTP and TLS stack) is only built with the `s3`
 /// feature, so embedders checkpointing to local directories don't compile it.
 #[cfg(feature = "s3")]
-fn s3(url: &str, options: &StorageOptions) -> std::result::Result<CheckpointStorage, String> {
+fn s3(url: &str, options: &StorageOptions) -> std::result::Result<StorageRoot, String> {
     use object_store::aws::AmazonS3Builder;
     use object_store::{BackoffConfig, RetryConfig};
     let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
@@ -575,7 +577,7 @@ fn s3(url: &str, options: &StorageOptions) -> std::result::Result<CheckpointStor
     }
     let store = b.build().map_err(|e| e.to_string())?;
     let root = Path::from(parsed.path().trim_matches('/'));
-    Ok(CheckpointStorage::with_options(
+    Ok(StorageRoot::with_options(
         Arc::new(store),
         root,
         url,
@@ -584,7 +586,7 @@ fn s3(url: &str, options: &StorageOptions) -> std::result::Result<CheckpointStor
 }
 
 #[cfg(not(feature = "s3"))]
-fn s3(_url: &str, _options: &StorageOptions) -> std::result::Result<CheckpointStorage, String> {
+fn s3(_url: &str, _options: &StorageOptions) -> std::result::Result<StorageRoot, String> {
     Err("this build has no S3 support: build Cairn with its `s3` feature".into())
 }
 
@@ -598,7 +600,7 @@ mod tests {
             memory_cap_bytes: 1000,
             ..StorageOptions::default()
         };
-        let s = CheckpointStorage::from_url("memory://", &opts).unwrap();
+        let s = StorageRoot::from_url("memory://", &opts).unwrap();
         s.put(&Path::from("a"), Bytes::from(vec![0u8; 600]))
             .await
             .unwrap();
@@ -647,9 +649,9 @@ mod tests {
 
     #[test]
     fn bad_urls_are_named() {
-        let e = CheckpointStorage::from_url("ftp://x/y", &StorageOptions::default()).unwrap_err();
+        let e = StorageRoot::from_url("ftp://x/y", &StorageOptions::default()).unwrap_err();
         assert!(e.to_string().contains("ftp://x/y"), "{e}");
-        assert!(CheckpointStorage::from_url("memory://x", &StorageOptions::default()).is_err());
-        assert!(CheckpointStorage::from_url("s3://", &StorageOptions::default()).is_err());
+        assert!(StorageRoot::from_url("memory://x", &StorageOptions::default()).is_err());
+        assert!(StorageRoot::from_url("s3://", &StorageOptions::default()).is_err());
     }
 }

@@ -33,14 +33,14 @@ use serde::Serialize;
 
 use crate::error::{Result, SnapshotError};
 use crate::fault::FailPoint;
-use crate::layout::{self, CheckpointId, Epoch, JobLayout, ObjectRef};
 use crate::lease::{LeaseOptions, Takeover, WriterLease};
 use crate::metadata::{
     CheckpointMetadata, FORMAT, MAX_METADATA_BYTES, PrivateFile, RestoredFrom, SharedFile,
     SlotHandle, StateInfo, VERSION,
 };
+use crate::object_layout::{self, CheckpointId, Epoch, JobLayout, ObjectRef};
 use crate::registry::SharedRegistry;
-use crate::storage::CheckpointStorage;
+use crate::storage::StorageRoot;
 use crate::transfer::{self, Expected};
 
 /// The local result of a slot's synchronous snapshot phase: a directory of immutable files.
@@ -210,7 +210,7 @@ pub struct VerifyProblem {
 /// The checkpoint store of one job. See the module doc.
 #[derive(Debug)]
 pub struct CheckpointStore {
-    storage: CheckpointStorage,
+    storage: StorageRoot,
     layout: JobLayout,
     registry: Mutex<SharedRegistry>,
     /// Checkpoints of other jobs adopted by a `claim` restore (id -> their job's layout):
@@ -234,7 +234,7 @@ type Transfer<'a> =
 /// Reads and validates `chk-<id>/_metadata` of the job `layout` (at most
 /// [`MAX_METADATA_BYTES`]). A missing one is [`SnapshotError::NoCheckpoint`].
 pub async fn load_metadata(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     layout: &JobLayout,
     id: CheckpointId,
 ) -> Result<CheckpointMetadata> {
@@ -259,15 +259,12 @@ pub async fn load_metadata(
 }
 
 /// Committed checkpoint ids of job `layout` (those whose `_metadata` exists), ascending.
-pub async fn committed_ids(
-    storage: &CheckpointStorage,
-    layout: &JobLayout,
-) -> Result<Vec<CheckpointId>> {
+pub async fn committed_ids(storage: &StorageRoot, layout: &JobLayout) -> Result<Vec<CheckpointId>> {
     let mut ids: Vec<CheckpointId> = storage
         .list_dirs(&layout.job_dir())
         .await?
         .iter()
-        .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir))
+        .filter_map(|p| p.filename().and_then(object_layout::parse_checkpoint_dir))
         .collect();
     ids.sort_unstable();
     let mut out = Vec::new();
@@ -283,7 +280,7 @@ impl CheckpointStore {
     /// Opens job `job` under `storage` for writing, keeping `retained` completed checkpoints,
     /// with the default writer lease ([`LeaseOptions::default`]). See
     /// [`CheckpointStore::open_writer`].
-    pub async fn open(storage: CheckpointStorage, job: &str, retained: usize) -> Result<Self> {
+    pub async fn open(storage: StorageRoot, job: &str, retained: usize) -> Result<Self> {
         Self::open_writer(storage, job, retained, &LeaseOptions::default()).await
     }
 
@@ -292,12 +289,12 @@ impl CheckpointStore {
     /// checkpoints found there (and a checkpoint of another job the latest one claimed), and
     /// subsumes any beyond `retained` (a crash between commit and subsumption leaves them).
     pub async fn open_writer(
-        storage: CheckpointStorage,
+        storage: StorageRoot,
         job: &str,
         retained: usize,
         lease: &LeaseOptions,
     ) -> Result<Self> {
-        layout::check_job_name(job)?;
+        object_layout::check_job_name(job)?;
         let layout = JobLayout::new(storage.root().clone(), job);
         let lease = WriterLease::acquire(&storage, &layout, lease).await?;
         let me = Self {
@@ -320,8 +317,8 @@ impl CheckpointStore {
 
     /// Opens a job's directory to read it (list, load, verify, download): no lease, nothing is
     /// subsumed or deleted.
-    pub async fn open_read_only(storage: CheckpointStorage, job: &str) -> Result<Self> {
-        layout::check_job_name(job)?;
+    pub async fn open_read_only(storage: StorageRoot, job: &str) -> Result<Self> {
+        object_layout::check_job_name(job)?;
         let layout = JobLayout::new(storage.root().clone(), job);
         Ok(Self {
             storage,
@@ -390,7 +387,7 @@ impl CheckpointStore {
     }
 
     /// The storage.
-    pub fn storage(&self) -> &CheckpointStorage {
+    pub fn storage(&self) -> &StorageRoot {
         &self.storage
     }
 
@@ -531,7 +528,7 @@ impl CheckpointStore {
         let mut again = Vec::new();
         let mut to_hash = Vec::new();
         for name in &snap.shared {
-            let local = layout::local_path(&snap.dir, "local snapshot file", name)?;
+            let local = object_layout::local_path(&snap.dir, "local snapshot file", name)?;
             let size = std::fs::metadata(&local)
                 .map_err(SnapshotError::io("stat", &local))?
                 .len();
@@ -683,7 +680,8 @@ impl CheckpointStore {
                 .map(|name| {
                     let object = self.layout.private_ref(id, epoch, snap.slot, name);
                     async move {
-                        let local = layout::local_path(&snap.dir, "local snapshot file", name)?;
+                        let local =
+                            object_layout::local_path(&snap.dir, "local snapshot file", name)?;
                         let (zst, sha, size, stored) = transfer::compress_file(&local).await?;
                         let to = self.layout.resolve(&object);
                         self.storage.fail_point(FailPoint::UploadPrivateFile, &to)?;
@@ -763,7 +761,7 @@ impl CheckpointStore {
             }
         };
         for p in &handle.private {
-            layout::check_file_name("private file", &p.name)?;
+            object_layout::check_file_name("private file", &p.name)?;
             if p.object != self.layout.private_ref(id, epoch, slot, &p.name) {
                 return Err(bad(format!(
                     "private file {} is at {}, not under this attempt (epoch {epoch})",
@@ -776,8 +774,8 @@ impl CheckpointStore {
         let mut copied = (0u64, 0u64);
         let mut copies_done: HashSet<String> = HashSet::new();
         for f in &mut handle.shared {
-            layout::check_file_name("shared file", &f.name)?;
-            if !layout::is_sha256_hex(&f.sha256) {
+            object_layout::check_file_name("shared file", &f.name)?;
+            if !object_layout::is_sha256_hex(&f.sha256) {
                 return Err(bad(format!("{} has no sha256", f.name)));
             }
             let attempt = self.layout.shared_ref_at(&f.sha256, epoch, id);
@@ -1185,7 +1183,7 @@ impl CheckpointStore {
     /// its bytes; `None` when the handle has no such file. For small files read whole (a slot's
     /// operator state), of every slot of a checkpoint. The recorded size bounds what is read.
     pub async fn read_private_file(
-        storage: &CheckpointStorage,
+        storage: &StorageRoot,
         handle: &SlotHandle,
         name: &str,
         dest: &FsPath,
@@ -1193,13 +1191,13 @@ impl CheckpointStore {
         let Some(f) = handle.private.iter().find(|f| f.name == name) else {
             return Ok(None);
         };
-        layout::check_file_name(&format!("file of slot {}", handle.slot), &f.name)?;
+        object_layout::check_file_name(&format!("file of slot {}", handle.slot), &f.name)?;
         ObjectRef::parse(&f.object)?;
         tokio::fs::create_dir_all(dest)
             .await
             .map_err(SnapshotError::io("create", dest))?;
         let path = JobLayout::new(storage.root().clone(), "").resolve(&f.object);
-        let to = layout::local_path(
+        let to = object_layout::local_path(
             dest,
             "private file",
             &format!("slot-{}-{}", handle.slot, f.name),
@@ -1216,10 +1214,10 @@ impl CheckpointStore {
     /// parallel, verifying each file's size and sha256 (`hash_placed = false`: SSTs placed
     /// straight from local storage are checked by size only, see
     /// [`transfer::Expected::hash_placed`]). Returns the bytes downloaded. Every local path is
-    /// built with [`layout::local_path`], so a name from storage can't leave `dest`, and no
+    /// built with [`object_layout::local_path`], so a name from storage can't leave `dest`, and no
     /// download writes more than the size the metadata records.
     pub async fn download_slot(
-        storage: &CheckpointStorage,
+        storage: &StorageRoot,
         handle: &SlotHandle,
         dest: &FsPath,
         parallelism: usize,
@@ -1233,7 +1231,7 @@ impl CheckpointStore {
             .map(|f| &f.name)
             .chain(handle.private.iter().map(|f| &f.name))
         {
-            layout::check_file_name(&what, name)?;
+            object_layout::check_file_name(&what, name)?;
         }
         for object in handle
             .shared
@@ -1254,7 +1252,7 @@ impl CheckpointStore {
         let mut jobs = Vec::new();
         for f in shared {
             let path = root_layout.resolve(&f.object);
-            let to = layout::local_path(dest, &what, &f.name)?;
+            let to = object_layout::local_path(dest, &what, &f.name)?;
             let expected = Expected {
                 sha256: f.sha256.clone(),
                 size: f.size,
@@ -1275,7 +1273,7 @@ impl CheckpointStore {
         let mut jobs = Vec::new();
         for f in &handle.private {
             let path = root_layout.resolve(&f.object);
-            let to = layout::local_path(dest, &what, &f.name)?;
+            let to = object_layout::local_path(dest, &what, &f.name)?;
             let expected = Expected::private(f);
             let stored = f.stored_size;
             jobs.push(async move {

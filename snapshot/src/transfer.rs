@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Result, SnapshotError};
-use crate::storage::CheckpointStorage;
+use crate::storage::StorageRoot;
 
 /// In-flight parts per multipart upload: with the part being filled, an upload holds at most
 /// `(PARTS_IN_FLIGHT + 1) x part size` whatever the file size.
@@ -68,8 +68,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Uploads a local file to `to`, streaming: one PUT up to the storage's part size, else a
 /// multipart upload with that part size. A transient failure uploads the file again (see
-/// [`CheckpointStorage::retrying`]); a failed multipart upload is aborted so S3 keeps no parts.
-pub async fn upload_file(storage: &CheckpointStorage, local: &FsPath, to: &Path) -> Result<u64> {
+/// [`StorageRoot::retrying`]); a failed multipart upload is aborted so S3 keeps no parts.
+pub async fn upload_file(storage: &StorageRoot, local: &FsPath, to: &Path) -> Result<u64> {
     let size = tokio::fs::metadata(local)
         .await
         .map_err(SnapshotError::io("stat", local))?
@@ -80,12 +80,7 @@ pub async fn upload_file(storage: &CheckpointStorage, local: &FsPath, to: &Path)
         .await
 }
 
-async fn upload_once(
-    storage: &CheckpointStorage,
-    local: &FsPath,
-    to: &Path,
-    size: u64,
-) -> Result<u64> {
+async fn upload_once(storage: &StorageRoot, local: &FsPath, to: &Path, size: u64) -> Result<u64> {
     let store = storage.store();
     let part_size = storage.part_size();
     if size <= part_size as u64 {
@@ -229,7 +224,7 @@ impl Expected {
 ///
 /// A transient storage failure (e.g. the stream cut mid-body) downloads the file again.
 pub async fn download_file(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     from: &Path,
     to: &FsPath,
     expected: &Expected,
@@ -242,7 +237,7 @@ pub async fn download_file(
 }
 
 async fn download_once(
-    storage: &CheckpointStorage,
+    storage: &StorageRoot,
     from: &Path,
     to: &FsPath,
     expected: &Expected,
@@ -505,7 +500,7 @@ fn write_hashed(
 /// reads and writes (a local file) or the chunks as they arrive (a stream). Restore never uses
 /// this; it is the "raw client copy" baseline of `cairn bench checkpoint`, i.e. what a
 /// restore would cost if it skipped hashing and always moved bytes through user space.
-pub async fn copy_unverified(storage: &CheckpointStorage, from: &Path, to: &FsPath) -> Result<u64> {
+pub async fn copy_unverified(storage: &StorageRoot, from: &Path, to: &FsPath) -> Result<u64> {
     let r = storage
         .store()
         .get(from)
@@ -557,11 +552,7 @@ pub async fn copy_unverified(storage: &CheckpointStorage, from: &Path, to: &FsPa
 /// Reads an object fully and checks it against `expected` without keeping it (for `verify --deep`).
 /// A local uncompressed object is hashed where it is; anything else is downloaded to a
 /// temporary file that is removed afterwards.
-pub async fn verify_object(
-    storage: &CheckpointStorage,
-    from: &Path,
-    expected: &Expected,
-) -> Result<()> {
+pub async fn verify_object(storage: &StorageRoot, from: &Path, expected: &Expected) -> Result<()> {
     if !expected.compressed {
         let r = storage
             .store()
@@ -674,9 +665,9 @@ mod tests {
 
     /// Local storage in a temporary directory, with `objects` (name -> content) stored at the
     /// root, and a destination directory on the same filesystem.
-    fn setup(objects: &[(&str, &[u8])]) -> (tempfile::TempDir, CheckpointStorage, PathBuf) {
+    fn setup(objects: &[(&str, &[u8])]) -> (tempfile::TempDir, StorageRoot, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = CheckpointStorage::from_url(
+        let storage = StorageRoot::from_url(
             &dir.path().join("store").display().to_string(),
             &StorageOptions::default(),
         )

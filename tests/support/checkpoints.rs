@@ -3,9 +3,9 @@
 
 use std::error::Error;
 
-use cairn::engine::checkpoint::{Checkpointer, RestoreSource, new_job_name};
+use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
 use cairn::{CairnConfig, KeyGroupRange, Slot, VoidNamespace};
-use cairn_snapshot::{CheckpointStorage, CheckpointStore, StorageOptions};
+use cairn_snapshot::{CheckpointStore, StorageOptions, StorageRoot};
 
 /// A test's result.
 pub type TestResult = Result<(), Box<dyn Error>>;
@@ -33,7 +33,7 @@ pub fn read_counters(slot: &mut Slot, keys: u64) -> Result<Vec<Option<u64>>, Box
 
 /// Takes one checkpoint of `slot` (the synchronous and the asynchronous phase); its id.
 pub fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Result<u64> {
-    let id = cp.next_id();
+    let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync]).map(|_| id)
 }
@@ -42,8 +42,8 @@ pub fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Resu
 /// `cfg`'s working directory; the coordinator (mode and storage from `cfg`) and the slot.
 pub fn restore(cfg: &CairnConfig, url: &str) -> Result<(Checkpointer, Slot), Box<dyn Error>> {
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(url)?)?;
-    let (files, _) = cp.download_for_slot(
+    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
+    let (files, _) = cp.download_slot_files(
         &restored,
         KeyGroupRange::for_slot(128, 1, 0)?,
         &cfg.state.working_dir.join("restore"),
@@ -55,7 +55,7 @@ pub fn restore(cfg: &CairnConfig, url: &str) -> Result<(Checkpointer, Slot), Box
 /// The committed checkpoint ids of `job` in storage `dir`, read by a reader of its own after
 /// it re-hashed every file of every one of them (a problem fails the test).
 pub fn committed_verified(dir: &str, job: &str) -> Result<Vec<u64>, Box<dyn Error>> {
-    let storage = CheckpointStorage::from_url(dir, &StorageOptions::default())?;
+    let storage = StorageRoot::from_url(dir, &StorageOptions::default())?;
     let rt = tokio::runtime::Runtime::new()?;
     let store = rt.block_on(CheckpointStore::open_read_only(storage, job))?;
     let ids = rt.block_on(store.committed_ids())?;
@@ -75,12 +75,12 @@ pub fn read_counters_from(
 ) -> Result<Vec<Option<u64>>, Box<dyn Error>> {
     let max_p = cfg.state.max_parallelism.unwrap_or(128);
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
-    let restored = cp.prepare_restore(&RestoreSource::parse(job_url)?)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(job_url)?)?;
     let mut opened = Vec::new();
     for i in 0..slots {
         let mut cfg = cfg.clone();
         cfg.state.working_dir = work.join(format!("slot-{i}"));
-        let (files, _) = cp.download_for_slot(
+        let (files, _) = cp.download_slot_files(
             &restored,
             KeyGroupRange::for_slot(max_p, slots, i)?,
             &cfg.state.working_dir.join("restore"),

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::error::{Result, TimerError};
-use crate::{KeyGroup, TimeDomain, Timer, TimerService, TimerServiceKind, check_key_group, layout};
+use crate::{KeyGroup, TimeDomain, Timer, TimerService, check_key_group, key_format};
 
 /// `[len(key)][key][namespace]`, inline up to [`INLINE`] bytes (a word and a window: 19):
 /// registering and firing a timer allocate nothing, where a boxed payload cost a malloc and a
@@ -670,7 +670,7 @@ impl HeapTimers {
                 let ts = r.i64().map_err(bad)?;
                 let len = r.u32().map_err(bad)? as usize;
                 let payload = r.take(len).map_err(bad)?;
-                let (key, ns) = layout::decode_payload(payload)
+                let (key, ns) = key_format::decode_payload(payload)
                     .ok_or_else(|| bad(format!("bad payload in key group {kg}")))?;
                 if keep {
                     self.register(domain, kg, ts, key, ns)?;
@@ -712,7 +712,7 @@ impl HeapTimers {
         r
     }
 
-    /// Registers an encoded payload ([`layout::encode_payload`]) in key group index `idx` of
+    /// Registers an encoded payload ([`key_format::encode_payload`]) in key group index `idx` of
     /// domain index `d` (both checked by the caller): appended to the pending log (see the
     /// module doc).
     #[inline]
@@ -796,10 +796,6 @@ impl HeapTimers {
 }
 
 impl TimerService for HeapTimers {
-    fn kind(&self) -> TimerServiceKind {
-        TimerServiceKind::Heap
-    }
-
     fn key_groups(&self) -> RangeInclusive<KeyGroup> {
         self.range.clone()
     }
@@ -814,7 +810,7 @@ impl TimerService for HeapTimers {
     ) -> Result<()> {
         let idx = check_key_group(&self.range, key_group)?;
         let mut p = std::mem::take(&mut self.scratch);
-        layout::encode_payload(&mut p, key, namespace);
+        key_format::encode_payload(&mut p, key, namespace);
         self.insert_payload(domain.index(), idx, timestamp, &p);
         self.scratch = p;
         Ok(())
@@ -830,7 +826,7 @@ impl TimerService for HeapTimers {
     ) -> Result<()> {
         let idx = check_key_group(&self.range, key_group)?;
         let mut p = std::mem::take(&mut self.scratch);
-        layout::encode_payload(&mut p, key, namespace);
+        key_format::encode_payload(&mut p, key, namespace);
         self.remove_payload(domain.index(), idx, timestamp, &p);
         self.scratch = p;
         Ok(())
@@ -903,7 +899,7 @@ impl HeapTimersSnapshot {
     /// `"CAIRNTIMERS" 0x01`, then per non-empty (domain, key group) a block
     /// `0x01 domain:u8 key_group:u16 n:u32 (timestamp:i64 len:u32 payload)*`, then `0x00`.
     /// Integers are big-endian; `domain` is 0 for event time, 1 for processing time; `payload`
-    /// is [`layout::encode_payload`]'s. Blocks are per key group so a restore into other key
+    /// is [`key_format::encode_payload`]'s. Blocks are per key group so a restore into other key
     /// ranges keeps exactly its own.
     pub fn write(&self, path: &Path) -> Result<u64> {
         let io = |e| TimerError::Io {

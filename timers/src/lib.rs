@@ -28,7 +28,7 @@
 mod clock;
 mod error;
 mod heap;
-pub mod layout;
+pub mod key_format;
 mod rocks;
 
 use std::ops::RangeInclusive;
@@ -79,7 +79,7 @@ pub struct Timer {
 }
 
 impl Timer {
-    /// Sets `self` to the fired timer `payload` ([`layout::encode_payload`]'s) of key group
+    /// Sets `self` to the fired timer `payload` ([`key_format::encode_payload`]'s) of key group
     /// `kg`, reusing its buffers; `what` names the payload's source in the error.
     #[inline]
     pub(crate) fn fill(
@@ -90,7 +90,7 @@ impl Timer {
         payload: &[u8],
         what: &str,
     ) -> Result<()> {
-        let (key, ns) = layout::decode_payload(payload).ok_or_else(|| TimerError::Corrupt {
+        let (key, ns) = key_format::decode_payload(payload).ok_or_else(|| TimerError::Corrupt {
             what: what.to_string(),
             reason: format!("bad payload in key group {kg}"),
         })?;
@@ -105,15 +105,6 @@ impl Timer {
     }
 }
 
-/// Which implementation a service is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimerServiceKind {
-    /// [`HeapTimers`].
-    Heap,
-    /// [`RocksDbTimers`].
-    RocksDb,
-}
-
 /// Registers, deletes and fires timers of one slot's key groups.
 ///
 /// # Contract
@@ -122,7 +113,7 @@ pub enum TimerServiceKind {
 ///   collapse to one); deleting an absent timer is a no-op.
 /// - [`poll`](TimerService::poll) removes and returns the earliest timer of a domain whose
 ///   timestamp is `<= up_to`. Order: ascending timestamp; ties are broken by key group, then by
-///   the bytes of the encoded `[len(key): u32 BE][key][namespace]` (see [`layout`]) — the order
+///   the bytes of the encoded `[len(key): u32 BE][key][namespace]` (see [`key_format`]) — the order
 ///   of the RocksDB keys, so both implementations fire identically. Every timer fires at most
 ///   once; a timer registered while firing with a timestamp `<= up_to` fires in the same loop
 ///   (`poll` always takes the earliest due timer, even one sorting before those already fired).
@@ -134,8 +125,6 @@ pub enum TimerServiceKind {
 ///   at the snapshot, of the restoring service's key groups only, and firing continues in the
 ///   same order.
 pub trait TimerService: Send {
-    /// Which implementation this is.
-    fn kind(&self) -> TimerServiceKind;
     /// The key groups the service holds.
     fn key_groups(&self) -> RangeInclusive<KeyGroup>;
     /// Registers a timer (no-op when it exists).

@@ -1,5 +1,5 @@
 //! [`RocksDbTimers`]: timers in column families of the slot's RocksDB (Flink's
-//! `RocksDBPriorityQueueSetFactory`), one per time domain, keyed by [`crate::layout`].
+//! `RocksDBPriorityQueueSetFactory`), one per time domain, keyed by [`crate::key_format`].
 //!
 //! ## Cache
 //! Per domain and key group, an in-memory ordered set holds the key group's *earliest* timers
@@ -58,7 +58,7 @@ use rocksdb::{DBWithThreadMode, MultiThreaded, ReadOptions, WriteBatch, WriteOpt
 
 use crate::error::{Result, TimerError};
 use crate::heap::{HeapTimers, HeapTimersSnapshot};
-use crate::{KeyGroup, TimeDomain, Timer, TimerService, TimerServiceKind, check_key_group, layout};
+use crate::{KeyGroup, TimeDomain, Timer, TimerService, check_key_group, key_format};
 
 /// The RocksDB type of a slot (`cairn-engine`'s).
 pub type TimerDb = DBWithThreadMode<MultiThreaded>;
@@ -262,7 +262,7 @@ impl RocksDbTimers {
             self.horizon[d] = Some(self.horizon[d].map_or(ts, |h| h.min(ts)));
             for p in timers {
                 self.domains[d].groups[idx].admit(ts, &p, self.cache_size);
-                layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &p);
+                key_format::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &p);
                 self.buffer(d, idx, true)?;
             }
             let new = self.group_head(d, idx);
@@ -326,7 +326,7 @@ impl RocksDbTimers {
             return Ok(());
         }
         g.garbage = 0;
-        let (from, _) = layout::key_group_bounds(kg, self.prefix_bytes);
+        let (from, _) = key_format::key_group_bounds(kg, self.prefix_bytes);
         let mut to = g.low.clone();
         to.push(0); // the smallest key above `low`
         // Pending operations precede the range delete.
@@ -369,7 +369,7 @@ impl RocksDbTimers {
     /// `idx`.
     fn buffer_payload(&mut self, d: usize, idx: usize, timestamp: i64, put: bool) -> Result<()> {
         let kg = *self.range.start() + idx as KeyGroup;
-        layout::encode_db_key(
+        key_format::encode_db_key(
             &mut self.key,
             kg,
             self.prefix_bytes,
@@ -395,7 +395,7 @@ impl RocksDbTimers {
     fn scan_into_cache(&mut self, d: usize, idx: usize) -> Result<()> {
         self.write_batch()?;
         let kg = *self.range.start() + idx as KeyGroup;
-        let (mut lower, upper) = layout::key_group_bounds(kg, self.prefix_bytes);
+        let (mut lower, upper) = key_format::key_group_bounds(kg, self.prefix_bytes);
         let dom = &mut self.domains[d];
         if !dom.groups[idx].low.is_empty() {
             lower.clone_from(&dom.groups[idx].low);
@@ -428,9 +428,11 @@ impl RocksDbTimers {
                 continue;
             }
             let (_, ts, payload) =
-                layout::decode_db_key(k, self.prefix_bytes).ok_or_else(|| TimerError::Corrupt {
-                    what: dom.cf.clone(),
-                    reason: format!("key {k:02x?} does not follow the timer layout"),
+                key_format::decode_db_key(k, self.prefix_bytes).ok_or_else(|| {
+                    TimerError::Corrupt {
+                        what: dom.cf.clone(),
+                        reason: format!("key {k:02x?} does not follow the timer layout"),
+                    }
                 })?;
             g.cache.insert((ts, payload.into()));
             it.next();
@@ -489,16 +491,12 @@ impl RocksDbTimers {
         if !self.domains[d].groups[idx].loaded {
             self.load(d, idx)?;
         }
-        layout::encode_payload(&mut self.payload, key, namespace);
+        key_format::encode_payload(&mut self.payload, key, namespace);
         Ok((d, idx))
     }
 }
 
 impl TimerService for RocksDbTimers {
-    fn kind(&self) -> TimerServiceKind {
-        TimerServiceKind::RocksDb
-    }
-
     fn key_groups(&self) -> RangeInclusive<KeyGroup> {
         self.range.clone()
     }
@@ -623,7 +621,7 @@ impl TimerService for RocksDbTimers {
             };
             let refill = g.cache.is_empty() && !g.complete;
             out.fill(domain, ts, kg, &payload, &self.domains[d].cf)?;
-            layout::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
+            key_format::encode_db_key(&mut self.key, kg, self.prefix_bytes, ts, &payload);
             // The popped timer was the key group's smallest live one in RocksDB: it becomes
             // garbage below `low`, deleted in bulk later (no tombstone per firing).
             let g = &mut self.domains[d].groups[idx];
@@ -670,8 +668,8 @@ impl TimerService for RocksDbTimers {
             .db
             .cf_handle(&dom.cf)
             .ok_or_else(|| TimerError::MissingColumnFamily(dom.cf.clone()))?;
-        let (lower, _) = layout::key_group_bounds(*self.range.start(), self.prefix_bytes);
-        let (_, upper) = layout::key_group_bounds(*self.range.end(), self.prefix_bytes);
+        let (lower, _) = key_format::key_group_bounds(*self.range.start(), self.prefix_bytes);
+        let (_, upper) = key_format::key_group_bounds(*self.range.end(), self.prefix_bytes);
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(lower.clone());
         if let Some(u) = upper {

@@ -10,17 +10,18 @@
 //! ([`StateBackend::prefetch`]).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
 use crate::backend::{
-    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, Update,
-    UpdateFn, list_codec,
+    DeferredSnapshot, NativeSnapshot, ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId,
+    StateKind, StateSize, Update, UpdateFn, list_codec,
 };
 use crate::error::{EngineError, Result};
+use crate::key_format;
 use crate::keygroup::{KeyGroup, KeyGroupRange};
-use crate::layout;
 
 use super::heap_table::{Entry, KeyedEntry, Table};
 
@@ -336,7 +337,7 @@ impl StateBackend for HeapBackend {
         // order exactly (a length varint's bytes do not sort like the length).
         let mut out: Vec<(Vec<u8>, StateEntry)> = Vec::with_capacity(table.len());
         for (composite, entry) in table.iter() {
-            let ck = layout::decode_composite(composite, self.prefix_bytes)
+            let ck = key_format::decode_composite(composite, self.prefix_bytes)
                 .ok_or_else(|| self.corrupt(state, "composite key"))?;
             let mk = |user_key: &[u8], value: Vec<u8>| {
                 let mut stored = composite.to_vec();
@@ -402,8 +403,12 @@ impl StateBackend for HeapBackend {
         0
     }
 
-    fn as_heap(&self) -> Option<&HeapBackend> {
-        Some(self)
+    fn native_snapshot(&mut self, dir: &Path) -> Result<NativeSnapshot> {
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::Io {
+            op: format!("create {}", dir.display()),
+            source: e,
+        })?;
+        Ok(NativeSnapshot::Deferred(Box::new(self.snapshot_view())))
     }
 
     fn memory_report(&self) -> cairn_memory::MemoryReport {
@@ -426,6 +431,16 @@ pub struct HeapSnapshotView {
     states: Vec<(StateDescriptor, Vec<Arc<Table>>)>,
 }
 
+/// Name of the heap backend's snapshot file inside a local snapshot directory.
+pub const HEAP_SNAPSHOT_FILE: &str = "heap.snapshot";
+
+impl DeferredSnapshot for HeapSnapshotView {
+    fn write_into(self: Box<Self>, dir: &Path) -> Result<Vec<String>> {
+        self.write(&dir.join(HEAP_SNAPSHOT_FILE))?;
+        Ok(vec![HEAP_SNAPSHOT_FILE.to_string()])
+    }
+}
+
 /// Magic and version of the heap snapshot file.
 const HEAP_MAGIC: &[u8; 9] = b"CAIRNHEAP";
 const HEAP_VERSION: u8 = 1;
@@ -443,12 +458,36 @@ impl HeapBackend {
         }
     }
 
+    /// Opens a backend for `range` from heap snapshot files (of any slot layout). Returns it
+    /// with the states the files hold, created in it, in id order (a state in several files is
+    /// one state).
+    pub fn open_restored(
+        range: KeyGroupRange,
+        max_parallelism: u32,
+        files: &[PathBuf],
+    ) -> Result<(Self, Vec<StateDescriptor>)> {
+        let mut heap = Self::new(range, max_parallelism);
+        let mut states: Vec<StateDescriptor> = Vec::new();
+        for f in files {
+            heap.load(f, |b, desc| {
+                if let Some(i) = states.iter().position(|d| d == desc) {
+                    return Ok(i as StateId);
+                }
+                let id = states.len() as StateId;
+                b.create_state(id, desc)?;
+                states.push(desc.clone());
+                Ok(id)
+            })?;
+        }
+        Ok((heap, states))
+    }
+
     /// Loads a snapshot file written by [`HeapSnapshotView::write`], keeping only the entries
     /// of this backend's key groups (so a snapshot of any slot layout restores into any other).
     /// States are registered through `register` in file order.
     pub fn load(
         &mut self,
-        path: &std::path::Path,
+        path: &Path,
         mut register: impl FnMut(&mut Self, &StateDescriptor) -> Result<StateId>,
     ) -> Result<()> {
         use std::io::Read;
@@ -553,7 +592,7 @@ impl<'a> Reader<'a> {
         }
     }
     fn varint(&mut self) -> std::result::Result<u64, String> {
-        let (v, n) = layout::read_varint(&self.buf[self.pos..])
+        let (v, n) = key_format::read_varint(&self.buf[self.pos..])
             .ok_or_else(|| format!("bad varint at byte {}", self.pos))?;
         self.pos += n;
         Ok(v)
@@ -572,7 +611,7 @@ impl HeapSnapshotView {
     /// `0x01 varint(key group) varint(state index) varint(n) (bytes(composite) entry)*`, then
     /// `0x00`. `bytes(x)` is `varint(len) x`; an entry is `0x00 bytes(value)`,
     /// `0x01 varint(n) bytes(element)*` or `0x02 varint(n) (bytes(user key) bytes(value))*`.
-    pub fn write(&self, path: &std::path::Path) -> Result<u64> {
+    pub fn write(&self, path: &Path) -> Result<u64> {
         use std::io::Write;
         let io = |e| EngineError::Io {
             op: format!("write heap snapshot {}", path.display()),
@@ -583,7 +622,7 @@ impl HeapSnapshotView {
         let mut buf = Vec::with_capacity(1 << 16);
         buf.extend_from_slice(HEAP_MAGIC);
         buf.push(HEAP_VERSION);
-        layout::write_varint(&mut buf, self.states.len() as u64);
+        key_format::write_varint(&mut buf, self.states.len() as u64);
         for (desc, _) in &self.states {
             put_bytes(&mut buf, desc.operator.as_bytes());
             put_bytes(&mut buf, desc.name.as_bytes());
@@ -601,9 +640,9 @@ impl HeapSnapshotView {
                     continue;
                 }
                 buf.push(1);
-                layout::write_varint(&mut buf, u64::from(self.range.start) + ti as u64);
-                layout::write_varint(&mut buf, si as u64);
-                layout::write_varint(&mut buf, table.len() as u64);
+                key_format::write_varint(&mut buf, u64::from(self.range.start) + ti as u64);
+                key_format::write_varint(&mut buf, si as u64);
+                key_format::write_varint(&mut buf, table.len() as u64);
                 for (k, e) in table.iter() {
                     put_bytes(&mut buf, k);
                     match e {
@@ -613,14 +652,14 @@ impl HeapSnapshotView {
                         }
                         HeapEntry::List(l) => {
                             buf.push(1);
-                            layout::write_varint(&mut buf, l.len() as u64);
+                            key_format::write_varint(&mut buf, l.len() as u64);
                             for x in l {
                                 put_bytes(&mut buf, x);
                             }
                         }
                         HeapEntry::Map(m) => {
                             buf.push(2);
-                            layout::write_varint(&mut buf, m.len() as u64);
+                            key_format::write_varint(&mut buf, m.len() as u64);
                             for (a, b) in m {
                                 put_bytes(&mut buf, a);
                                 put_bytes(&mut buf, b);
@@ -643,6 +682,6 @@ impl HeapSnapshotView {
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    layout::write_varint(out, b.len() as u64);
+    key_format::write_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }

@@ -5,16 +5,29 @@
 //! The trait is a raw-bytes API scoped by a [`ScopeKey`] (key group + serialized key +
 //! namespace). [`crate::Slot`] is the public entry point: it validates sizes, key groups and
 //! state kinds before a backend sees a call, so backends only store.
+//!
+//! What differs between the backends beyond storing is a trait method too: the native snapshot
+//! of a checkpoint's synchronous phase ([`StateBackend::native_snapshot`]), opening from
+//! restored files ([`BackendParams::open`]), compaction, and timers kept in the backend's own
+//! files. Slot and checkpoint code never ask which backend they hold.
 
 pub mod heap;
 mod heap_table;
+mod native;
 pub mod rocks;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_timers::RocksDbTimers;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::config::{BackendKind, CairnConfig};
+use crate::error::{EngineError, Result};
+use crate::key_format;
 use crate::keygroup::{KeyGroup, KeyGroupRange};
-use crate::layout;
+pub use native::{CompactionStats, DeferredSnapshot, NativeSnapshot, RestoredFiles};
+use rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams, WriteBackFault};
 
 /// Index of a registered state inside one slot.
 pub type StateId = u32;
@@ -81,7 +94,7 @@ impl StateDescriptor {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScopeKey {
     pub(crate) key_group: KeyGroup,
-    /// `[kg][len][key][len][ns]`, see [`crate::layout`].
+    /// `[kg][len][key][len][ns]`, see [`crate::key_format`].
     pub(crate) composite: Vec<u8>,
     /// Where the key starts and ends, and where the namespace starts, in `composite` (known
     /// when it is encoded: timers take key and namespace without decoding it again).
@@ -100,7 +113,7 @@ impl ScopeKey {
         namespace: &[u8],
     ) {
         self.key_group = key_group;
-        layout::encode_composite(&mut self.composite, key_group, prefix_bytes, key, namespace);
+        key_format::encode_composite(&mut self.composite, key_group, prefix_bytes, key, namespace);
         self.locate(key.len(), namespace.len());
     }
 
@@ -121,7 +134,7 @@ impl ScopeKey {
     /// namespace, preceded by its length's varint, preceded by the key.
     fn locate(&mut self, key_len: usize, ns_len: usize) {
         let ns_start = self.composite.len() - ns_len;
-        let key_end = ns_start - layout::varint_len(ns_len as u64);
+        let key_end = ns_start - key_format::varint_len(ns_len as u64);
         self.ns_start = ns_start as u32;
         self.key_end = key_end as u32;
         self.key_start = (key_end - key_len) as u32;
@@ -260,13 +273,34 @@ pub trait StateBackend: Send {
     fn disk_bytes(&self) -> u64;
     /// Memory the backend uses, as it reports it, plus process RSS.
     fn memory_report(&self) -> cairn_memory::MemoryReport;
-    /// The RocksDB backend, for checkpointing and RocksDB-specific reports.
-    fn as_rocksdb(&self) -> Option<&rocks::RocksDbBackend> {
+    /// Takes the backend's native snapshot into `dir` (which does not exist yet: the backend
+    /// creates it) on the slot's thread, the synchronous phase of a checkpoint. Writes still
+    /// buffered in a state cache must have been written back first
+    /// ([`StateBackend::flush_cache`]). RocksDB: its checkpoint (memtables flushed, live files
+    /// hard-linked); heap: a copy-on-write view written later.
+    fn native_snapshot(&mut self, dir: &Path) -> Result<NativeSnapshot>;
+    /// An estimate of the live data in the backend's files, bytes; `None` when the backend has
+    /// no dead data to compact away (heap). The rebase policy compares it with the bytes a
+    /// checkpoint references.
+    fn live_data_estimate(&self) -> Option<u64> {
         None
     }
-    /// The heap backend, for snapshots.
-    fn as_heap(&self) -> Option<&heap::HeapBackend> {
+    /// Compacts every state's files over its whole key range, so overwritten and deleted data
+    /// is dropped. Runs on the caller's thread. Default: nothing to compact.
+    fn compact(&mut self) -> Result<CompactionStats> {
+        Ok(CompactionStats::default())
+    }
+    /// A native integer property summed over the backend's states (RocksDB's properties, such
+    /// as `rocksdb.num-files-at-level0`); `None` when the backend has no such property.
+    fn native_property(&self, _name: &str) -> Option<u64> {
         None
+    }
+    /// Opens a timer service that keeps its timers in the backend's own files (two states the
+    /// caller created with [`StateBackend::create_state`]). Default: this backend can't.
+    fn open_stored_timers(&mut self, _spec: StoredTimers<'_>) -> Result<RocksDbTimers> {
+        Err(EngineError::InvalidArgument(
+            "timers stored in the state backend (state.timer-service = rocksdb) need the RocksDB backend".into(),
+        ))
     }
     /// Counters of the backend's state cache (`None`: no cache).
     fn cache_stats(&self) -> Option<rocks::cache::CacheStats> {
@@ -294,6 +328,91 @@ pub trait StateBackend: Send {
     }
 }
 
+/// Timers kept in the backend's files ([`StateBackend::open_stored_timers`]).
+pub struct StoredTimers<'a> {
+    /// The state (`operator/name`) holding event-time timers.
+    pub event_time_state: &'a str,
+    /// The state holding processing-time timers.
+    pub processing_time_state: &'a str,
+    /// The slot's key groups.
+    pub key_groups: std::ops::RangeInclusive<KeyGroup>,
+    /// Bytes of the key-group prefix.
+    pub prefix_bytes: usize,
+    /// Timers cached per key group and time domain.
+    pub cache_size: usize,
+    /// The timer service serves the slot: its write-back buffer's share of the memory budget
+    /// moves from the backend to it. `false`: timers only drained at restore.
+    pub reserve_buffer: bool,
+}
+
+/// What opening a slot's backend needs besides the restored files.
+pub(crate) struct BackendParams<'a> {
+    pub config: &'a CairnConfig,
+    /// The slot's working directory.
+    pub dir: &'a Path,
+    pub range: KeyGroupRange,
+    pub max_parallelism: u32,
+    pub hook: Option<Arc<dyn RocksDbOptionsHook>>,
+    pub write_back_fault: Option<Arc<WriteBackFault>>,
+}
+
+impl BackendParams<'_> {
+    /// Opens the backend `state.backend` names, empty or from `restore`'s files. Returns it
+    /// with the states the restore brought, already created in it, in id order. Files of the
+    /// other backend are refused (switching backends takes a savepoint).
+    pub(crate) fn open(
+        self,
+        restore: Option<RestoredFiles>,
+    ) -> Result<(Box<dyn StateBackend>, Vec<StateDescriptor>)> {
+        match (self.config.state.backend, restore) {
+            (BackendKind::Heap, None) => Ok((
+                Box::new(heap::HeapBackend::new(self.range, self.max_parallelism)),
+                Vec::new(),
+            )),
+            (BackendKind::Heap, Some(RestoredFiles::Heap { files })) => {
+                let (heap, states) =
+                    heap::HeapBackend::open_restored(self.range, self.max_parallelism, &files)?;
+                Ok((Box::new(heap), states))
+            }
+            (BackendKind::RocksDb, restore @ (None | Some(RestoredFiles::RocksDb { .. }))) => {
+                let restore = match restore {
+                    Some(RestoredFiles::RocksDb { files, states }) => Some((files, states)),
+                    _ => None,
+                };
+                let states = restore
+                    .as_ref()
+                    .map(|(_, states)| states.clone())
+                    .unwrap_or_default();
+                let memory = cairn_memory::SlotMemory::build_shared(&self.config.memory)?;
+                let rocks = RocksDbBackend::open(RocksDbParams {
+                    dir: self.dir,
+                    range: self.range,
+                    max_parallelism: self.max_parallelism,
+                    config: &self.config.rocksdb,
+                    memory,
+                    hook: self.hook,
+                    restore,
+                    state_cache: &self.config.state_cache,
+                })?
+                .with_write_back_fault(self.write_back_fault);
+                Ok((Box::new(rocks), states))
+            }
+            (BackendKind::Heap, Some(RestoredFiles::RocksDb { .. })) => {
+                Err(EngineError::InvalidArgument(
+                    "a RocksDB checkpoint can't be restored into the heap backend (use a savepoint)"
+                        .into(),
+                ))
+            }
+            (BackendKind::RocksDb, Some(RestoredFiles::Heap { .. })) => {
+                Err(EngineError::InvalidArgument(
+                    "a heap checkpoint can't be restored into the RocksDB backend (use a savepoint)"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
 /// What a read-modify-write ([`StateBackend::update_with`], [`crate::Slot::update_with`]) does
 /// with its entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,7 +432,7 @@ pub type UpdateFn<'a> = dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Update + 'a;
 /// `([varint len][element bytes])*`. Concatenating two encoded lists gives the encoded
 /// concatenation, which is what makes RocksDB's merge operator a plain byte append.
 pub mod list_codec {
-    use crate::layout::{read_varint, write_varint};
+    use crate::key_format::{read_varint, write_varint};
 
     /// Appends one encoded element.
     pub fn push(out: &mut Vec<u8>, element: &[u8]) {
@@ -358,7 +477,7 @@ mod tests {
                     let s = ScopeKey::new(3, prefix, &key, &ns);
                     reused.reset(3, prefix, &key, &ns);
                     assert_eq!(s, reused);
-                    let c = crate::layout::decode_composite(s.composite(), prefix).unwrap();
+                    let c = crate::key_format::decode_composite(s.composite(), prefix).unwrap();
                     assert_eq!((s.key(), s.namespace()), (c.key, c.namespace));
                     assert_eq!((s.key(), s.namespace()), (&key[..], &ns[..]));
                 }

@@ -8,23 +8,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_snapshot::{
-    CheckpointMetadata, CheckpointStorage, CheckpointStore, JobLayout, LeaseOptions, LocalSnapshot,
-    RestoredFrom, SlotHandle, SlotUploadReport, SlotUploadState, SnapshotError, UploadPolicy,
+    CheckpointMetadata, CheckpointStore, JobLayout, LeaseOptions, LocalSnapshot, RestoredFrom,
+    SlotHandle, SlotUploadReport, SlotUploadState, SnapshotError, StorageRoot, UploadPolicy,
     UploadTarget,
 };
 use serde::Serialize;
 
-use super::config::{CheckpointConfig, FileVerify, RestoreMode};
-use super::local::{self, RestorePath, SlotRestoreReport};
+use super::config::{CheckpointConfig, ClaimMode, FileVerify};
+use super::local::{self, RestoredVia, SlotRestoreReport};
 use super::rebase::{self, CompactionStats, RebaseState};
 use super::slot_uploader::SlotAck;
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
+use crate::backend::RestoredFiles;
 use crate::backend::{StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
 use crate::operator_state::{OPERATOR_STATE_FILE, OperatorState};
 use crate::slot::Slot;
-use crate::slot::SlotRestore;
 
 /// What one completed checkpoint did (the run JSON's `checkpoints[]`).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -90,7 +90,7 @@ enum Snapshots {
 
 /// Where to restore from: `<storage url>/<job>[/chk-<id>]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RestoreSource {
+pub struct CheckpointLocation {
     /// The storage root (as for `checkpoint.dir`).
     pub storage_url: String,
     /// The job directory.
@@ -99,7 +99,7 @@ pub struct RestoreSource {
     pub checkpoint: Option<u64>,
 }
 
-impl RestoreSource {
+impl CheckpointLocation {
     /// Parses `<storage url>/<job>` or `<storage url>/<job>/chk-<id>`.
     pub fn parse(url: &str) -> Result<Self> {
         let bad = |reason: &str| {
@@ -108,7 +108,7 @@ impl RestoreSource {
         let trimmed = url.trim_end_matches('/');
         let (rest, checkpoint) = match trimmed.rsplit_once('/') {
             Some((rest, last)) if last.starts_with("chk-") => {
-                let id = cairn_snapshot::layout::parse_checkpoint_dir(last)
+                let id = cairn_snapshot::object_layout::parse_checkpoint_dir(last)
                     .ok_or_else(|| bad("bad chk-<id>"))?;
                 (rest, Some(id))
             }
@@ -139,16 +139,16 @@ pub struct RestoredCheckpoint {
     /// Its metadata.
     pub metadata: CheckpointMetadata,
     /// Where it is.
-    pub source: RestoreSource,
-    storage: CheckpointStorage,
+    pub source: CheckpointLocation,
+    storage: StorageRoot,
 }
 
 impl RestoredCheckpoint {
     /// Reads checkpoint `source` (the given id or the latest committed one) without taking
     /// any lease: what a slot in another process restores from, once the job's committer
-    /// prepared the restore ([`Checkpointer::prepare_restore`]) and told it which checkpoint.
-    pub fn load(cfg: &CheckpointConfig, source: &RestoreSource) -> Result<Self> {
-        let storage = CheckpointStorage::from_url(&source.storage_url, &cfg.storage)?;
+    /// prepared the restore ([`Checkpointer::resume_from`]) and told it which checkpoint.
+    pub fn load(cfg: &CheckpointConfig, source: &CheckpointLocation) -> Result<Self> {
+        let storage = StorageRoot::from_url(&source.storage_url, &cfg.storage)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -184,7 +184,7 @@ pub struct Checkpointer {
     cfg: CheckpointConfig,
     uploads: HashMap<u32, SlotUploadState>,
     next_id: u64,
-    /// When each id was handed out by [`Checkpointer::next_id`] (the trigger), storage-clock
+    /// When each id was handed out by [`Checkpointer::trigger_checkpoint`] (the trigger), storage-clock
     /// ms: the timeout runs from there, so barrier collection and the synchronous phases are
     /// under it (as in Flink), not only the uploads.
     triggered_at_ms: BTreeMap<u64, u64>,
@@ -260,7 +260,7 @@ impl Checkpointer {
     /// Opens the coordinator of job `job` (a fresh name from [`new_job_name`] for a new run).
     pub fn open(cfg: &CheckpointConfig, job: &str, max_parallelism: u32) -> Result<Self> {
         cfg.validate()?;
-        let storage = CheckpointStorage::from_url(&cfg.dir, &cfg.storage)?;
+        let storage = StorageRoot::from_url(&cfg.dir, &cfg.storage)?;
         Self::open_with_storage(cfg, storage, job, max_parallelism)
     }
 
@@ -268,7 +268,7 @@ impl Checkpointer {
     /// tests hand in fault-injecting stores and fail points this way.
     pub fn open_with_storage(
         cfg: &CheckpointConfig,
-        storage: CheckpointStorage,
+        storage: StorageRoot,
         job: &str,
         max_parallelism: u32,
     ) -> Result<Self> {
@@ -293,7 +293,7 @@ impl Checkpointer {
     /// `JobLocked`, naming it) and renews it in the background on `rt`.
     pub fn open_on(
         cfg: &CheckpointConfig,
-        storage: CheckpointStorage,
+        storage: StorageRoot,
         job: &str,
         max_parallelism: u32,
         rt: Arc<tokio::runtime::Runtime>,
@@ -386,7 +386,7 @@ impl Checkpointer {
 
     /// Triggers the next checkpoint: its id (ids continue after a restored checkpoint's, as
     /// Flink's). Its timeout (`checkpoint.timeout`) runs from now.
-    pub fn next_id(&mut self) -> u64 {
+    pub fn trigger_checkpoint(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         // Ids never completed (declined, expired) are dropped when a later one completes.
@@ -399,18 +399,6 @@ impl Checkpointer {
     /// by another one never is: it can't commit any more.
     pub fn failure_tolerated(&self) -> bool {
         self.consecutive_failures <= self.cfg.tolerable_failed && !self.fenced()
-    }
-
-    /// Checkpoint `id` expired before its snapshots were all collected (see
-    /// [`CheckpointSchedule::expired`](crate::checkpoint::CheckpointSchedule::expired)): it
-    /// counts as a failed checkpoint against `tolerable-failed`, as in Flink. Nothing of it
-    /// was uploaded; the host removes the snapshots it did collect.
-    pub fn checkpoint_expired(&mut self, id: u64) {
-        self.consecutive_failures += 1;
-        tracing::warn!(
-            failures = self.consecutive_failures,
-            "checkpoint {id} expired"
-        );
     }
 
     /// Whether another writer took this job over (see `cairn_snapshot::lease`).
@@ -591,8 +579,9 @@ impl Checkpointer {
     }
 
     /// Counts a checkpoint that failed outside [`Checkpointer::complete_with`] and
-    /// [`Checkpointer::commit_acknowledged`] (a slot declined it after a failure) against
-    /// `tolerable-failed`.
+    /// [`Checkpointer::commit_acknowledged`] against `tolerable-failed`, as Flink counts it: a
+    /// slot declined it after a failure, or it expired before its snapshots were all
+    /// collected (nothing of it was uploaded; the host removes the snapshots it collected).
     pub fn checkpoint_failed(&mut self, id: u64, reason: &str) {
         self.consecutive_failures += 1;
         tracing::warn!(
@@ -879,8 +868,8 @@ impl Checkpointer {
     /// Picks the checkpoint to restore (the given id or the latest committed one) and prepares
     /// this job to continue from it: ids continue after it; in `claim` mode it is adopted into
     /// this job's registry, in `no-claim` mode the first checkpoint copies its files.
-    pub fn prepare_restore(&mut self, source: &RestoreSource) -> Result<RestoredCheckpoint> {
-        let storage = CheckpointStorage::from_url(&source.storage_url, &self.cfg.storage)?;
+    pub fn resume_from(&mut self, source: &CheckpointLocation) -> Result<RestoredCheckpoint> {
+        let storage = StorageRoot::from_url(&source.storage_url, &self.cfg.storage)?;
         let src_store = self.rt.block_on(CheckpointStore::open_read_only(
             storage.clone(),
             &source.job,
@@ -908,7 +897,7 @@ impl Checkpointer {
         let same_store =
             source.storage_url.trim_end_matches('/') == self.cfg.dir.trim_end_matches('/');
         let mode = self.cfg.restore_mode;
-        if mode == RestoreMode::Claim {
+        if mode == ClaimMode::Claim {
             // The next checkpoint reuses the claimed files: the chain goes on.
             self.rebase.restored();
             if !same_store {
@@ -934,8 +923,8 @@ impl Checkpointer {
             job: source.job.clone(),
             checkpoint_id: id,
             mode: match mode {
-                RestoreMode::Claim => "claim".into(),
-                RestoreMode::NoClaim => "no-claim".into(),
+                ClaimMode::Claim => "claim".into(),
+                ClaimMode::NoClaim => "no-claim".into(),
             },
         });
         Ok(RestoredCheckpoint {
@@ -947,15 +936,15 @@ impl Checkpointer {
 
     /// Restores the files of the slot owning `range` into `dest`: from the slot's local snapshot
     /// under `slot_dir` when `local-recovery` is on and the snapshot is of this checkpoint and
-    /// checks out, else downloaded from storage ([`Checkpointer::download_for_slot`]). The
+    /// checks out, else downloaded from storage ([`Checkpointer::download_slot_files`]). The
     /// report says which path was taken, why the local one was not, and how long it took.
-    pub fn restore_slot(
+    pub fn fetch_slot_files(
         &self,
         restored: &RestoredCheckpoint,
         range: KeyGroupRange,
         slot_dir: &Path,
         dest: &Path,
-    ) -> Result<(SlotRestore, SlotRestoreReport)> {
+    ) -> Result<(RestoredFiles, SlotRestoreReport)> {
         let t = Instant::now();
         let key_groups = format!("{}..={}", range.start, range.end);
         let mut rejected = None;
@@ -976,18 +965,18 @@ impl Checkpointer {
                     match placed {
                         Ok(bytes) => {
                             let restore = if h.backend == "rocksdb" {
-                                SlotRestore::RocksDb {
+                                RestoredFiles::RocksDb {
                                     files: dest.to_path_buf(),
                                     states: states_of(h)?,
                                 }
                             } else {
-                                SlotRestore::Heap {
+                                RestoredFiles::Heap {
                                     files: vec![dest.join(HEAP_SNAPSHOT_FILE)],
                                 }
                             };
                             let report = SlotRestoreReport {
                                 key_groups,
-                                path: RestorePath::Local,
+                                path: RestoredVia::Local,
                                 ms: t.elapsed().as_secs_f64() * 1000.0,
                                 bytes,
                                 local_rejected: None,
@@ -1007,12 +996,12 @@ impl Checkpointer {
                 }
             }
         }
-        let (restore, bytes) = self.download_for_slot(restored, range, dest)?;
+        let (restore, bytes) = self.download_slot_files(restored, range, dest)?;
         Ok((
             restore,
             SlotRestoreReport {
                 key_groups,
-                path: RestorePath::Remote,
+                path: RestoredVia::Remote,
                 ms: t.elapsed().as_secs_f64() * 1000.0,
                 bytes,
                 local_rejected: rejected,
@@ -1038,12 +1027,12 @@ impl Checkpointer {
     /// checkpoint into `dest` (on the working directory's file system), and says how to open
     /// the slot. RocksDB needs a handle with exactly this key-group range; heap snapshots of
     /// any ranges are filtered by key group.
-    pub fn download_for_slot(
+    pub fn download_slot_files(
         &self,
         restored: &RestoredCheckpoint,
         range: KeyGroupRange,
         dest: &Path,
-    ) -> Result<(SlotRestore, u64)> {
+    ) -> Result<(RestoredFiles, u64)> {
         download_slot(&self.rt, &self.cfg, restored, range, dest)
     }
 }
@@ -1076,7 +1065,7 @@ pub(crate) fn restore_operator_state(
     OperatorState::redistribute(&old, index, parallelism)
 }
 
-/// [`Checkpointer::download_for_slot`] on runtime `rt` with `cfg`'s transfer threads and
+/// [`Checkpointer::download_slot_files`] on runtime `rt` with `cfg`'s transfer threads and
 /// verification: also what a slot in another process restores with
 /// ([`SlotUploader::restore`](crate::checkpoint::SlotUploader::restore)).
 pub(crate) fn download_slot(
@@ -1085,7 +1074,7 @@ pub(crate) fn download_slot(
     restored: &RestoredCheckpoint,
     range: KeyGroupRange,
     dest: &Path,
-) -> Result<(SlotRestore, u64)> {
+) -> Result<(RestoredFiles, u64)> {
     let handles = covering(&restored.metadata, range)?;
     let threads = cfg.transfer_threads as usize;
     if dest.exists() {
@@ -1117,7 +1106,7 @@ pub(crate) fn download_slot(
         ))?;
         let states = states_of(h)?;
         return Ok((
-            SlotRestore::RocksDb {
+            RestoredFiles::RocksDb {
                 files: dest.to_path_buf(),
                 states,
             },
@@ -1137,7 +1126,7 @@ pub(crate) fn download_slot(
         ))?;
         files.push(d.join(HEAP_SNAPSHOT_FILE));
     }
-    Ok((SlotRestore::Heap { files }, bytes))
+    Ok((RestoredFiles::Heap { files }, bytes))
 }
 
 /// The slot handles of `meta` whose key groups overlap `range`; an error unless together they
@@ -1205,22 +1194,22 @@ mod tests {
 
     #[test]
     fn restore_source_parsing() {
-        let s = RestoreSource::parse("file:///tmp/cp/job-1/chk-7").unwrap();
+        let s = CheckpointLocation::parse("file:///tmp/cp/job-1/chk-7").unwrap();
         assert_eq!(
             s,
-            RestoreSource {
+            CheckpointLocation {
                 storage_url: "file:///tmp/cp".into(),
                 job: "job-1".into(),
                 checkpoint: Some(7)
             }
         );
-        let s = RestoreSource::parse("cairn-data/checkpoints/job-1/").unwrap();
+        let s = CheckpointLocation::parse("cairn-data/checkpoints/job-1/").unwrap();
         assert_eq!(s.storage_url, "cairn-data/checkpoints");
         assert_eq!(s.checkpoint, None);
-        let s = RestoreSource::parse("memory:///job-1").unwrap();
+        let s = CheckpointLocation::parse("memory:///job-1").unwrap();
         assert_eq!(s.storage_url, "memory://");
-        assert!(RestoreSource::parse("job-only").is_err());
-        assert!(RestoreSource::parse("x/job/chk-x").is_err());
+        assert!(CheckpointLocation::parse("job-only").is_err());
+        assert!(CheckpointLocation::parse("x/job/chk-x").is_err());
     }
 
     #[test]

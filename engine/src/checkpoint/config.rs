@@ -10,7 +10,7 @@ use crate::error::{EngineError, Result};
 /// How a restored checkpoint is owned (Flink's `RecoveryClaimMode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RestoreMode {
+pub enum ClaimMode {
     /// Never delete the restored checkpoint's files; the first checkpoint after the restore
     /// shares nothing with it (Cairn copies the files inside the store instead of uploading
     /// them again). Flink's default.
@@ -199,7 +199,7 @@ pub struct CheckpointConfig {
     /// Flink: `state.backend.rocksdb.checkpoint.transfer.thread.num`.
     pub transfer_threads: u32,
     /// Restore ownership mode. Default `no-claim`. Flink: `execution.state-recovery.claim-mode`.
-    pub restore_mode: RestoreMode,
+    pub restore_mode: ClaimMode,
     /// Orphan files younger than this are never collected (they may belong to an upload in
     /// flight). Default 1 h; with `gc-after-checkpoint` at least
     /// [`CheckpointConfig::min_gc_grace`].
@@ -261,7 +261,7 @@ impl Default for CheckpointConfig {
             retained: 1,
             retain_on_cancellation: true,
             transfer_threads: 4,
-            restore_mode: RestoreMode::NoClaim,
+            restore_mode: ClaimMode::NoClaim,
             gc_grace: Duration::from_secs(3600),
             gc_after_checkpoint: false,
             pre_flush: true,

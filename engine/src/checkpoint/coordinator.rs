@@ -297,7 +297,7 @@ impl CheckpointCoordinator {
             None if self.schedule.due() => CheckpointKind::Periodic,
             None => return Ok(None),
         };
-        let id = self.checkpointer.next_id();
+        let id = self.checkpointer.trigger_checkpoint();
         if kind == CheckpointKind::Periodic {
             self.schedule.triggered(id);
         } else {

@@ -35,7 +35,7 @@
 use std::path::{Path, PathBuf};
 
 use cairn_snapshot::metadata::SlotHandle;
-use cairn_snapshot::{layout, transfer};
+use cairn_snapshot::{object_layout, transfer};
 
 use crate::keygroup::KeyGroupRange;
 use serde::{Deserialize, Serialize};
@@ -51,7 +51,7 @@ const MARKER: &str = "cairn-local.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
-    /// The storage the checkpoint is in ([`cairn_snapshot::CheckpointStorage::identity`]).
+    /// The storage the checkpoint is in ([`cairn_snapshot::StorageRoot::identity`]).
     root: String,
     job: String,
     checkpoint_id: u64,
@@ -62,7 +62,7 @@ struct Marker {
 /// Which way a slot was restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RestorePath {
+pub enum RestoredVia {
     /// From the slot's local snapshot.
     Local,
     /// Downloaded from checkpoint storage.
@@ -75,7 +75,7 @@ pub struct SlotRestoreReport {
     /// The key groups restored, `start..=end`.
     pub key_groups: String,
     /// Local snapshot or storage.
-    pub path: RestorePath,
+    pub path: RestoredVia,
     /// Wall time until the slot's files were in place and verified, ms.
     pub ms: f64,
     /// Bytes placed: downloaded (remote) or checked (local).
@@ -259,9 +259,10 @@ async fn place_verified(
     }));
     let mut total = 0;
     for (name, size, _, link) in &files {
-        let from =
-            layout::local_path(src, "local snapshot file", name).map_err(|e| e.to_string())?;
-        let to = layout::local_path(dest, "restored file", name).map_err(|e| e.to_string())?;
+        let from = object_layout::local_path(src, "local snapshot file", name)
+            .map_err(|e| e.to_string())?;
+        let to =
+            object_layout::local_path(dest, "restored file", name).map_err(|e| e.to_string())?;
         // Not followed: a link could lead anywhere outside the slot directory.
         let actual = real(&from, false)?.len();
         if actual != *size {

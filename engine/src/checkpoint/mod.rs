@@ -7,22 +7,21 @@ mod checkpointer;
 mod config;
 mod coordinator;
 mod local;
-mod prepare;
 mod rebase;
 mod schedule;
 mod slot_uploader;
 mod sync;
 
+pub use crate::backend::CompactionStats;
 pub use checkpointer::{
-    CheckpointReport, Checkpointer, RestoreSource, RestoredCheckpoint, new_job_name,
+    CheckpointLocation, CheckpointReport, Checkpointer, RestoredCheckpoint, new_job_name,
 };
-pub use config::{CheckpointConfig, CheckpointingMode, FileVerify, RebaseConfig, RestoreMode};
+pub use config::{CheckpointConfig, CheckpointingMode, ClaimMode, FileVerify, RebaseConfig};
 pub use coordinator::{
     AbortReason, CancelOutcome, CheckpointCoordinator, CheckpointEvent, CheckpointKind,
     DeclineReason, KIND_PROPERTY, MODE_PROPERTY, SlotReply, TriggeredCheckpoint,
 };
-pub use local::{RestorePath, SlotRestoreReport};
-pub use rebase::CompactionStats;
+pub use local::{RestoredVia, SlotRestoreReport};
 pub use schedule::CheckpointSchedule;
 pub use slot_uploader::{SlotAck, SlotUploader};
 pub use sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot, TIMERS_SNAPSHOT_FILE};

@@ -14,118 +14,11 @@
 //! state with a large cold part (measured in `benches/RESULTS.md`, "Periodic rebase"). All three
 //! are off by default (see [`RebaseConfig`]).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_snapshot::UploadPolicy;
-use serde::Serialize;
 
 use super::config::RebaseConfig;
-use crate::error::{EngineError, Result};
-use crate::slot::Slot;
-
-/// RocksDB's estimate of the live data in a column family: the sizes of a maximal set of files
-/// with no key-range overlap, bottom level first (overlapping files, i.e. overwritten and
-/// deleted data not yet compacted away, are not counted).
-const LIVE_DATA_PROPERTY: &str = "rocksdb.estimate-live-data-size";
-
-/// What compacting a slot's state did.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct CompactionStats {
-    /// Wall time of the compaction, ms.
-    pub ms: f64,
-    /// Live SST bytes of the state's column families before.
-    pub sst_bytes_before: u64,
-    /// Live SST bytes after.
-    pub sst_bytes_after: u64,
-}
-
-impl Slot {
-    /// An estimate of the live data in the slot's state column families, bytes: per column
-    /// family the larger of RocksDB's `rocksdb.estimate-live-data-size` and the size of its
-    /// largest sorted run (an L0 file, or a level), summed. `None` for the heap backend (it has
-    /// no dead data to compact away).
-    ///
-    /// Why not RocksDB's property alone: it adds up a maximal set of files with no key-range
-    /// overlap, bottom level first. Every Cairn SST spans almost the whole key space (keys start
-    /// with the key group), so one small file in the bottom level hides all the others, and the
-    /// estimate collapses: measured 42-55x "amplification" after a bulk load with universal
-    /// compaction (`benches/RESULTS.md`, "Periodic rebase"). The largest sorted run is a floor
-    /// that does not collapse; both stay optimistic about overwritten data in the largest run.
-    pub fn live_data_estimate(&self) -> Option<u64> {
-        let rocks = self.backend().as_rocksdb()?;
-        let db = rocks.db();
-        let mut runs: HashMap<(&str, i32, Option<&str>), u64> = HashMap::new();
-        let files = db.live_files().unwrap_or_default();
-        for f in &files {
-            // L0 files are sorted runs each; a level >= 1 is one run.
-            let file = (f.level == 0).then_some(f.name.as_str());
-            *runs
-                .entry((f.column_family_name.as_str(), f.level, file))
-                .or_default() += f.size as u64;
-        }
-        Some(
-            rocks
-                .column_families()
-                .map(|n| {
-                    let property = db
-                        .cf_handle(n)
-                        .and_then(|cf| {
-                            db.property_int_value_cf(&cf, LIVE_DATA_PROPERTY)
-                                .ok()
-                                .flatten()
-                        })
-                        .unwrap_or(0);
-                    let largest_run = runs
-                        .iter()
-                        .filter(|((cf, _, _), _)| *cf == n)
-                        .map(|(_, size)| *size)
-                        .max()
-                        .unwrap_or(0);
-                    property.max(largest_run)
-                })
-                .sum(),
-        )
-    }
-
-    /// Compacts every state column family of the slot over its whole key range, bottommost
-    /// level included, so overwritten and deleted data is dropped (RocksDB `compact_range`).
-    /// Runs on the caller's thread: the slot is stopped for its duration, like Flink's manual
-    /// compaction. A no-op for the heap backend.
-    pub fn compact_state(&mut self) -> Result<CompactionStats> {
-        let t = Instant::now();
-        let Some(rocks) = self.backend().as_rocksdb() else {
-            return Ok(CompactionStats::default());
-        };
-        let db = rocks.db();
-        let sst_bytes = || -> u64 {
-            rocks
-                .column_families()
-                .filter_map(|n| db.cf_handle(n))
-                .filter_map(|cf| {
-                    db.property_int_value_cf(&cf, "rocksdb.live-sst-files-size")
-                        .ok()
-                        .flatten()
-                })
-                .sum()
-        };
-        let before = sst_bytes();
-        let mut opts = rocksdb::CompactOptions::default();
-        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        let names: Vec<String> = rocks.column_families().map(str::to_string).collect();
-        for name in &names {
-            let cf = db.cf_handle(name).ok_or_else(|| {
-                EngineError::InvalidArgument(format!("column family {name} is not open"))
-            })?;
-            db.compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &opts);
-        }
-        Ok(CompactionStats {
-            ms: t.elapsed().as_secs_f64() * 1000.0,
-            sst_bytes_before: before,
-            sst_bytes_after: sst_bytes(),
-        })
-    }
-}
 
 /// The policy's running state inside the checkpointer.
 #[derive(Clone, Debug, Default)]

@@ -3,11 +3,11 @@
 //!
 //! A host asks [`CheckpointSchedule::due`] between records (or sleeps until
 //! [`CheckpointSchedule::next_due_ms`]), injects a barrier with the id it got from
-//! [`Checkpointer::next_id`](crate::checkpoint::Checkpointer::next_id) and reports it with
+//! [`Checkpointer::trigger_checkpoint`](crate::checkpoint::Checkpointer::trigger_checkpoint) and reports it with
 //! [`CheckpointSchedule::triggered`]; when the checkpoint ends it calls
 //! [`CheckpointSchedule::finished`]. [`CheckpointSchedule::expired`] names the checkpoints in
 //! flight longer than the timeout: the host aborts them (and counts the failure through
-//! [`Checkpointer::checkpoint_expired`](crate::checkpoint::Checkpointer::checkpoint_expired)).
+//! [`Checkpointer::checkpoint_failed`](crate::checkpoint::Checkpointer::checkpoint_failed)).
 //!
 //! Rules (Flink's `CheckpointRequestDecider` and `CheckpointCoordinator`):
 //! - **Interval**: a periodic checkpoint is due `interval` after the previous trigger (the

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_snapshot::{
-    CheckpointStorage, JobLayout, SlotHandle, SlotUploadReport, SlotUploadState, UploadTarget,
+    JobLayout, SlotHandle, SlotUploadReport, SlotUploadState, StorageRoot, UploadTarget,
     load_metadata, upload_slot_files,
 };
 use serde::{Deserialize, Serialize};
@@ -34,10 +34,10 @@ use std::path::Path;
 use super::checkpointer::{RestoredCheckpoint, download_slot, restore_operator_state};
 use super::config::CheckpointConfig;
 use super::sync::SyncSnapshot;
+use crate::backend::RestoredFiles;
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
 use crate::operator_state::OperatorState;
-use crate::slot::SlotRestore;
 
 /// What a slot sends the committer for one checkpoint: its handle (the files it uploaded and
 /// reuses) and what the upload did.
@@ -58,7 +58,7 @@ pub struct SlotAck {
 /// Uploads one slot's checkpoints to a job whose committer runs elsewhere. See the module doc.
 pub struct SlotUploader {
     slot: u32,
-    storage: CheckpointStorage,
+    storage: StorageRoot,
     target: UploadTarget,
     state: SlotUploadState,
     threads: usize,
@@ -71,8 +71,8 @@ impl SlotUploader {
     /// for slot `slot`, with `cfg`'s storage options (credentials, retries) and transfer
     /// threads.
     pub fn open(cfg: &CheckpointConfig, target: UploadTarget, slot: u32) -> Result<Self> {
-        cairn_snapshot::layout::check_job_name(&target.job)?;
-        let storage = CheckpointStorage::from_url(&target.storage_url, &cfg.storage)?;
+        cairn_snapshot::object_layout::check_job_name(&target.job)?;
+        let storage = StorageRoot::from_url(&target.storage_url, &cfg.storage)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cairn-slot-upload")
@@ -108,7 +108,7 @@ impl SlotUploader {
         restored: &RestoredCheckpoint,
         range: KeyGroupRange,
         dest: &Path,
-    ) -> Result<SlotRestore> {
+    ) -> Result<RestoredFiles> {
         let (restore, _bytes) = download_slot(&self.rt, cfg, restored, range, dest)?;
         let same_store = restored.source.storage_url.trim_end_matches('/')
             == self.target.storage_url.trim_end_matches('/');

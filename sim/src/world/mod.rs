@@ -20,10 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_engine::checkpoint::{CheckpointConfig, Checkpointer, RestoreMode};
-use cairn_snapshot::{
-    CheckpointStorage, Clock, GcReport, SnapshotError, StorageOptions, TokioClock,
-};
+use cairn_engine::checkpoint::{CheckpointConfig, Checkpointer, ClaimMode};
+use cairn_snapshot::{Clock, GcReport, SnapshotError, StorageOptions, StorageRoot, TokioClock};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use rand::rngs::StdRng;
@@ -76,7 +74,7 @@ pub struct World {
     next_file: u64,
     model: Model,
     inspector: Inspector,
-    gc_storage: CheckpointStorage,
+    gc_storage: StorageRoot,
     gc_grace: Duration,
     gc_tasks: Arc<Mutex<Vec<GcHandle>>>,
     /// Stats of this world.
@@ -84,7 +82,7 @@ pub struct World {
     verbose: bool,
     /// (storage version, model revision) of the last check.
     checked: (u64, u64),
-    /// `prepare_restore` can't open this storage: restores go through
+    /// `resume_from` can't open this storage: restores go through
     /// [`World::prepare_restore_workaround`].
     restore_workaround: bool,
 }
@@ -156,7 +154,7 @@ impl World {
         let gc_grace = cfg_cp.min_gc_grace() + Duration::from_secs(above);
         let nslots = rng.random_range(1..=3);
         let gc_process = cloud.process("gc", false);
-        let gc_storage = CheckpointStorage::with_options(
+        let gc_storage = StorageRoot::with_options(
             cloud.store(&gc_process) as Arc<dyn ObjectStore>,
             Path::default(),
             URL,
@@ -256,7 +254,7 @@ impl World {
     fn one_step(&mut self) -> Result<(), Failure> {
         if self.writers.is_empty() {
             let job = self.new_job();
-            let w = self.start_writer(&job, None, RestoreMode::NoClaim)?;
+            let w = self.start_writer(&job, None, ClaimMode::NoClaim)?;
             self.writers.push(w);
         }
         let roll = self.rng.random_range(0..1000u32);
@@ -297,8 +295,8 @@ impl World {
         j
     }
 
-    fn storage_for(&self, process: &Arc<Process>) -> CheckpointStorage {
-        CheckpointStorage::with_options(
+    fn storage_for(&self, process: &Arc<Process>) -> StorageRoot {
+        StorageRoot::with_options(
             self.cloud.store(process) as Arc<dyn ObjectStore>,
             Path::default(),
             URL,
@@ -360,7 +358,7 @@ impl World {
             let states: Vec<SlotState> = w.slots.iter().map(SimSlot::state).collect();
             (w.job.clone(), w.uid, w.superseded, states)
         };
-        let id = self.writers[wi].cp.next_id();
+        let id = self.writers[wi].cp.trigger_checkpoint();
         let uid = self
             .model
             .begin(&job, id, writer, step, states.clone(), zombie);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cairn_engine::checkpoint::RestoreMode;
+use cairn_engine::checkpoint::ClaimMode;
 use rand::Rng;
 
 use super::World;
@@ -51,18 +51,14 @@ impl World {
             }
             Restart::Claim => {
                 let job = self.new_job();
-                self.start_writer(
-                    &job,
-                    Some((old_job.to_string(), target)),
-                    RestoreMode::Claim,
-                )?
+                self.start_writer(&job, Some((old_job.to_string(), target)), ClaimMode::Claim)?
             }
             Restart::NoClaim => {
                 let job = self.new_job();
                 self.start_writer(
                     &job,
                     Some((old_job.to_string(), target)),
-                    RestoreMode::NoClaim,
+                    ClaimMode::NoClaim,
                 )?
             }
         };
@@ -77,7 +73,7 @@ impl World {
         self.cloud.set_profile(FaultProfile::CALM);
         let lease = self.lease(job);
         let r = if lease == Lease::Live {
-            match self.try_open(job, RestoreMode::NoClaim) {
+            match self.try_open(job, ClaimMode::NoClaim) {
                 Opened::Ok(cp, _) => {
                     (*cp).abandon();
                     Err(self.fail(format!(
@@ -210,7 +206,7 @@ impl World {
         let src = self.writers[wi].job.clone();
         let target = self.restore_target(&src);
         let job = self.new_job();
-        let w = self.start_writer(&job, Some((src, target)), RestoreMode::NoClaim)?;
+        let w = self.start_writer(&job, Some((src, target)), ClaimMode::NoClaim)?;
         self.writers.push(w);
         Ok(())
     }

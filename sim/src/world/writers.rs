@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_engine::EngineError;
-use cairn_engine::checkpoint::{Checkpointer, RestoreMode, RestoreSource};
+use cairn_engine::checkpoint::{CheckpointLocation, Checkpointer, ClaimMode};
 use cairn_snapshot::{CheckpointStore, Clock, SnapshotError};
 use rand::Rng;
 
@@ -84,7 +84,7 @@ impl World {
     }
 
     /// Tries once to open a writer of `job`.
-    pub(super) fn try_open(&mut self, job: &str, mode: RestoreMode) -> Opened {
+    pub(super) fn try_open(&mut self, job: &str, mode: ClaimMode) -> Opened {
         let uid = self.next_writer;
         let process = self.cloud.process(format!("writer-{uid}"), true);
         let storage = self.storage_for(&process);
@@ -104,7 +104,7 @@ impl World {
     pub(super) fn open(
         &mut self,
         job: &str,
-        mode: RestoreMode,
+        mode: ClaimMode,
     ) -> Result<(Checkpointer, Arc<Process>), Failure> {
         let profile = self.cloud.profile();
         let mut last = String::new();
@@ -136,7 +136,7 @@ impl World {
         &mut self,
         job: &str,
         source: Option<(String, Option<u64>)>,
-        mode: RestoreMode,
+        mode: ClaimMode,
     ) -> Result<Writer, Failure> {
         let (cp, process) = self.open(job, mode)?;
         let uid = self.next_writer - 1;
@@ -175,9 +175,9 @@ impl World {
         w: &mut Writer,
         src: &str,
         id: Option<u64>,
-        mode: RestoreMode,
+        mode: ClaimMode,
     ) -> Result<bool, Failure> {
-        let source = RestoreSource {
+        let source = CheckpointLocation {
             storage_url: URL.into(),
             job: src.to_string(),
             checkpoint: id,
@@ -193,7 +193,7 @@ impl World {
             let r = if self.restore_workaround {
                 self.prepare_restore_workaround(w, src, id, mode)
             } else {
-                w.cp.prepare_restore(&source).map(|r| r.metadata)
+                w.cp.resume_from(&source).map(|r| r.metadata)
             };
             match r {
                 Ok(meta) => {
@@ -207,7 +207,7 @@ impl World {
                 Err(EngineError::Checkpoint(SnapshotError::BadLocation { .. }))
                     if !self.restore_workaround =>
                 {
-                    // `prepare_restore` opens storage from its URL: it can't see this one.
+                    // `resume_from` opens storage from its URL: it can't see this one.
                     self.restore_workaround = true;
                     self.stats.restore_workarounds += 1;
                 }
@@ -298,13 +298,13 @@ impl World {
         self.stats.restores += 1;
         w.slots = expected.iter().map(SimSlot::restored).collect();
         match mode {
-            RestoreMode::Claim => {
+            ClaimMode::Claim => {
                 self.stats.claims += 1;
                 if src != w.job {
                     self.model.claimed(src, meta.checkpoint_id, &w.job);
                 }
             }
-            RestoreMode::NoClaim => self.stats.no_claims += 1,
+            ClaimMode::NoClaim => self.stats.no_claims += 1,
         }
         self.log(|| {
             format!(
@@ -315,8 +315,8 @@ impl World {
         Ok(true)
     }
 
-    /// What [`Checkpointer::prepare_restore`] does, through public APIs, for storage it can't
-    /// open from a URL (it rebuilds storage from `RestoreSource::storage_url`, so a store
+    /// What [`Checkpointer::resume_from`] does, through public APIs, for storage it can't
+    /// open from a URL (it rebuilds storage from `CheckpointLocation::storage_url`, so a store
     /// handed in through `open_on` is out of its reach): loads the checkpoint, claims it in
     /// claim mode, and moves the writer's ids past it. What it can't do: record
     /// `restored_from` in later metadata, or seed the upload state (the first checkpoint after
@@ -326,7 +326,7 @@ impl World {
         w: &mut Writer,
         src: &str,
         id: Option<u64>,
-        mode: RestoreMode,
+        mode: ClaimMode,
     ) -> Result<cairn_snapshot::CheckpointMetadata, EngineError> {
         let storage = w.cp.store().storage().clone();
         let meta = w.cp.block_on(async {
@@ -342,11 +342,11 @@ impl World {
             };
             source.load(id).await
         })?;
-        if mode == RestoreMode::Claim {
+        if mode == ClaimMode::Claim {
             let layout = cairn_snapshot::JobLayout::new(storage.root().clone(), src);
             w.cp.block_on(w.cp.store().claim(&layout, &meta))?;
         }
-        while w.cp.next_id() < meta.checkpoint_id {}
+        while w.cp.trigger_checkpoint() < meta.checkpoint_id {}
         Ok(meta)
     }
 
@@ -367,11 +367,11 @@ impl World {
         }
     }
 
-    pub(super) fn random_mode(&mut self) -> RestoreMode {
+    pub(super) fn random_mode(&mut self) -> ClaimMode {
         if self.rng.random_bool(0.5) {
-            RestoreMode::Claim
+            ClaimMode::Claim
         } else {
-            RestoreMode::NoClaim
+            ClaimMode::NoClaim
         }
     }
 }

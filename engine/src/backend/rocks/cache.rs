@@ -850,7 +850,7 @@ impl StateCache {
     /// Drops every cached entry of `state` whose key starts with `prefix`, without writing
     /// (the caller deletes the stored ones).
     pub fn remove_prefix(&mut self, state: StateId, prefix: &[u8]) {
-        for i in self.indices_in(state, prefix, crate::layout::prefix_successor(prefix)) {
+        for i in self.indices_in(state, prefix, crate::key_format::prefix_successor(prefix)) {
             self.remove(i);
         }
     }

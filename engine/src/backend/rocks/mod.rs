@@ -39,6 +39,7 @@
 //!   through [`WriteBackFault`].
 
 pub mod cache;
+mod files;
 mod options;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -72,13 +73,15 @@ pub fn slot_options(
 }
 
 use crate::backend::{
-    ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId, StateKind, StateSize, list_codec,
+    CompactionStats, NativeSnapshot, ScopeKey, StateBackend, StateDescriptor, StateEntry, StateId,
+    StateKind, StateSize, StoredTimers, list_codec,
 };
 use crate::config::{RocksDbConfig, StateCacheConfig};
 use crate::error::{EngineError, Result};
+use crate::key_format;
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
-use crate::layout;
 use cache::{CacheStats, CacheWrite, Cached, StateCache};
+use cairn_timers::RocksDbTimers;
 
 /// Name of the merge operator that appends encoded list elements.
 pub(crate) const LIST_MERGE_OPERATOR: &str = "cairn.list-append";
@@ -150,7 +153,8 @@ pub struct RocksDbBackend {
 }
 
 impl RocksDbBackend {
-    /// Locks the working directory, wipes its old RocksDB files and opens a fresh RocksDB.
+    /// Locks the working directory, wipes its old RocksDB files and opens a fresh RocksDB, or
+    /// the restored one (its states registered with ids in the order given).
     pub fn open(p: RocksDbParams<'_>) -> Result<Self> {
         let not_writable = |source| EngineError::WorkingDirNotWritable {
             path: p.dir.display().to_string(),
@@ -228,7 +232,7 @@ impl RocksDbBackend {
             let max_dirty = (capacity as f64 * p.state_cache.max_dirty_ratio) as u64;
             StateCache::new(capacity, max_dirty)
         });
-        Ok(Self {
+        let mut backend = Self {
             cache,
             db: Arc::new(db),
             memory: p.memory,
@@ -244,7 +248,12 @@ impl RocksDbBackend {
             write_back_fault: None,
             poisoned: None,
             _lock: lock,
-        })
+        };
+        // The restored column families exist; registering them gives them their state ids.
+        for (id, state) in restored_states.iter().enumerate() {
+            backend.create_state(id as StateId, state)?;
+        }
+        Ok(backend)
     }
 
     /// Test and torture only: the same backend, failing the write-back commits `fault` is armed
@@ -633,7 +642,7 @@ impl StateBackend for RocksDbBackend {
         self.scan(
             state,
             &scope.composite,
-            layout::prefix_successor(&scope.composite),
+            key_format::prefix_successor(&scope.composite),
             |k, _| {
                 batch.delete_cf(&cf, k);
                 Ok(())
@@ -753,7 +762,7 @@ impl StateBackend for RocksDbBackend {
         let merged = self.merged_scan(
             state,
             &scope.composite,
-            layout::prefix_successor(&scope.composite),
+            key_format::prefix_successor(&scope.composite),
         )?;
         Ok(merged
             .into_iter()
@@ -765,13 +774,13 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn scan_key_group(&mut self, state: StateId, key_group: KeyGroup) -> Result<Vec<StateEntry>> {
-        let lower = layout::key_group_prefix(key_group, self.prefix_bytes);
-        let upper = layout::key_group_upper_bound(key_group, self.prefix_bytes);
+        let lower = key_format::key_group_prefix(key_group, self.prefix_bytes);
+        let upper = key_format::key_group_upper_bound(key_group, self.prefix_bytes);
         let prefix_bytes = self.prefix_bytes;
         self.merged_scan(state, &lower, upper)?
             .into_iter()
             .map(|(k, value)| {
-                let ck = layout::decode_composite(&k, prefix_bytes).ok_or_else(|| {
+                let ck = key_format::decode_composite(&k, prefix_bytes).ok_or_else(|| {
                     self.corrupt(state, "key does not follow the composite layout")
                 })?;
                 Ok(StateEntry {
@@ -823,8 +832,39 @@ impl StateBackend for RocksDbBackend {
         RocksDbBackend::flush_cache(self)
     }
 
-    fn as_rocksdb(&self) -> Option<&RocksDbBackend> {
-        Some(self)
+    fn native_snapshot(&mut self, dir: &Path) -> Result<NativeSnapshot> {
+        self.checkpoint_into(dir)
+    }
+
+    fn live_data_estimate(&self) -> Option<u64> {
+        Some(self.estimate_live_data())
+    }
+
+    fn compact(&mut self) -> Result<CompactionStats> {
+        self.compact_all()
+    }
+
+    fn native_property(&self, name: &str) -> Option<u64> {
+        self.int_property_sum(name)
+    }
+
+    fn open_stored_timers(&mut self, spec: StoredTimers<'_>) -> Result<RocksDbTimers> {
+        // The buffer's share of the budget leaves RocksDB's now, not before: a slot without
+        // RocksDB timers keeps it.
+        let buffer_bytes = if spec.reserve_buffer {
+            self.memory.reserve_timer_buffer()
+        } else {
+            0
+        };
+        Ok(RocksDbTimers::open(
+            self.shared_db(),
+            spec.event_time_state,
+            spec.processing_time_state,
+            spec.key_groups,
+            spec.prefix_bytes,
+            spec.cache_size,
+        )?
+        .with_write_buffer(buffer_bytes))
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -52,7 +52,7 @@ pub struct Barriers {
     /// Whether checkpoints are taken at all.
     pub enabled: bool,
     /// Whether a slot starts flushing its memtables when it first sees a barrier ahead of it
-    /// ([`Slot::prepare_checkpoint`]; `checkpoint.pre-flush`).
+    /// ([`Slot::start_pre_flush`]; `checkpoint.pre-flush`).
     pub pre_flush: bool,
     /// "chk-7: 3.1 MB incremental / 40 MB full" for the progress line.
     pub last: Mutex<String>,
@@ -96,8 +96,8 @@ impl Barriers {
     #[inline]
     pub fn check(&self, slot: &mut Slot, g: u64, records: u64, cursor: &mut BarrierCursor) {
         if cursor.preparing {
-            // One bounded step of the pre-flush per record (see `Slot::prepare_checkpoint`).
-            cursor.preparing = slot.continue_checkpoint_preparation().unwrap_or_else(|e| {
+            // One bounded step of the pre-flush per record (see `Slot::start_pre_flush`).
+            cursor.preparing = slot.continue_pre_flush().unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "pre-flush step failed");
                 false
             });
@@ -135,7 +135,7 @@ impl Barriers {
             if self.pre_flush && cursor.prepared < id {
                 cursor.prepared = id;
                 // Only an optimisation: the synchronous phase flushes whatever is left.
-                match slot.prepare_checkpoint() {
+                match slot.start_pre_flush() {
                     Ok(()) => cursor.preparing = true,
                     Err(e) => tracing::warn!(error = %e, "pre-flush for checkpoint {id} failed"),
                 }
@@ -158,8 +158,8 @@ impl Barriers {
         }
         if self.enabled && self.pre_flush {
             // All at once: the final checkpoint follows as soon as every slot is here.
-            let r = slot.prepare_checkpoint().and_then(|()| {
-                while slot.continue_checkpoint_preparation()? {}
+            let r = slot.start_pre_flush().and_then(|()| {
+                while slot.continue_pre_flush()? {}
                 Ok(())
             });
             if let Err(e) = r {

@@ -1,0 +1,67 @@
+//! What a backend hands the checkpoint and restore paths, in the backend's own (native) format:
+//! the snapshot of the synchronous phase, the restored files a slot opens from, and what a
+//! compaction did. The slot and the checkpoint code see only these types and the
+//! [`StateBackend`](super::StateBackend) methods that produce them, never a concrete backend.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::StateDescriptor;
+use crate::error::Result;
+
+/// What a backend's native snapshot
+/// ([`StateBackend::native_snapshot`](super::StateBackend::native_snapshot)) left for the
+/// checkpoint.
+pub enum NativeSnapshot {
+    /// Files already in the snapshot directory (RocksDB's checkpoint: hard links of its live
+    /// files). `shared` files (SSTs: immutable) can be reused by later checkpoints; `private`
+    /// ones (MANIFEST, OPTIONS, CURRENT) belong to this checkpoint only (Flink's rule).
+    Files {
+        /// Names of the shared files, sorted.
+        shared: Vec<String>,
+        /// Names of the private files, sorted.
+        private: Vec<String>,
+    },
+    /// A consistent view that the asynchronous phase writes into the snapshot directory as
+    /// private files (the heap backend's copy-on-write tables).
+    Deferred(Box<dyn DeferredSnapshot>),
+}
+
+/// A native snapshot taken on the slot's thread and written off it.
+pub trait DeferredSnapshot: Send {
+    /// Writes the snapshot into `dir` (which exists); returns the names of the files written.
+    fn write_into(self: Box<Self>, dir: &Path) -> Result<Vec<String>>;
+}
+
+/// Local files a slot opens from, in its backend's native format (downloaded and verified by
+/// the checkpoint layer: [`Checkpointer::download_slot_files`](crate::checkpoint::Checkpointer::download_slot_files)).
+#[derive(Clone, Debug)]
+pub enum RestoredFiles {
+    /// A RocksDB checkpoint directory (moved into place as the slot's database) and the states
+    /// it holds, in id order.
+    RocksDb {
+        /// The directory with SSTs, MANIFEST, CURRENT, OPTIONS.
+        files: PathBuf,
+        /// The registered states.
+        states: Vec<StateDescriptor>,
+    },
+    /// Heap snapshot files; entries of key groups outside the slot's range are skipped, so
+    /// snapshots of any number of slots restore into any other number.
+    Heap {
+        /// The snapshot files.
+        files: Vec<PathBuf>,
+    },
+}
+
+/// What compacting a slot's state did
+/// ([`StateBackend::compact`](super::StateBackend::compact)).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CompactionStats {
+    /// Wall time of the compaction, ms.
+    pub ms: f64,
+    /// Live SST bytes of the state's column families before.
+    pub sst_bytes_before: u64,
+    /// Live SST bytes after.
+    pub sst_bytes_after: u64,
+}
