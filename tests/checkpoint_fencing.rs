@@ -23,10 +23,7 @@ use support::checkpoints::{
 const KEYS: u64 = 1_000;
 
 fn config(root: &std::path::Path) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = BackendKind::RocksDb;
-    cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = format!("file://{}", root.join("cp").display());
+    let mut cfg = support::checkpoints::config(BackendKind::RocksDb, root);
     // Long enough that the background renewal (every third) never runs during the test: the
     // test moves the lease clock by hand.
     cfg.checkpoint.writer_lease_timeout = Duration::from_secs(600);

@@ -15,15 +15,10 @@ use cairn::engine::checkpoint::{
 use cairn::engine::slot::SlotBuilder;
 use cairn::{BackendKind, CairnConfig, ErrorKind, Slot, VoidNamespace};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+mod support;
+use support::checkpoints::config;
 
-fn config(backend: BackendKind, root: &Path) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = backend;
-    cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
-    cfg
-}
+type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The expected state: counters, lists and maps per key.
 #[derive(Clone, Default, PartialEq, Debug)]

@@ -6,15 +6,15 @@ use cairn::{
     slot_for_key,
 };
 
+mod support;
+
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const MAX_P: u32 = 128;
 
 fn config(backend: BackendKind, root: &std::path::Path) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = backend;
+    let mut cfg = support::checkpoints::config(backend, root);
     cfg.state.max_parallelism = Some(MAX_P);
-    cfg.state.working_dir = root.join("work");
     cfg
 }
 

@@ -13,16 +13,15 @@ use cairn::engine::checkpoint::{
 };
 use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
 
+mod support;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 type Model = BTreeMap<u64, String>;
 
 const KEYS: u64 = 3000;
 
 fn config(backend: BackendKind, root: &Path) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = backend;
-    cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
+    let mut cfg = support::checkpoints::config(backend, root);
     cfg.checkpoint.local_recovery = true;
     cfg
 }

@@ -10,16 +10,15 @@ use cairn::{
     Slot, SlotReply, new_job_name,
 };
 
+mod support;
+
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const MAX_P: u32 = 128;
 
 fn config(backend: BackendKind, root: &Path) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = backend;
+    let mut cfg = support::checkpoints::config(backend, root);
     cfg.state.max_parallelism = Some(MAX_P);
-    cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = format!("file://{}", root.join("cp").display());
     cfg.checkpoint.interval = None;
     cfg
 }
@@ -128,7 +127,7 @@ fn a_damaged_operator_state_object_is_refused() -> R {
     let dir = tempfile::tempdir()?;
     let cfg = config(BackendKind::Heap, dir.path());
     let url = checkpoint_two_slots(&cfg)?;
-    let damaged = walk(&dir.path().join("cp"))?
+    let damaged = walk(&dir.path().join("checkpoints"))?
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with("operator.state.zst"))
         .collect::<Vec<_>>();

@@ -13,6 +13,8 @@ use cairn::engine::checkpoint::{
 };
 use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
 
+mod support;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 type Model = BTreeMap<u64, u64>;
 
@@ -24,10 +26,7 @@ fn rebase(set: impl FnOnce(&mut RebaseConfig)) -> RebaseConfig {
 }
 
 fn config(root: &Path, rebase: RebaseConfig) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = BackendKind::RocksDb;
-    cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
+    let mut cfg = support::checkpoints::config(BackendKind::RocksDb, root);
     cfg.checkpoint.rebase = rebase;
     cfg
 }

@@ -21,6 +21,8 @@ use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
 use cairn::engine::state::ValueState;
 use cairn::{BackendKind, CairnConfig, ErrorKind, Slot, VoidNamespace};
 
+mod support;
+
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 /// Keys written before the first checkpoint.
@@ -40,10 +42,7 @@ enum WriteBack {
 }
 
 fn config(root: &Path, path: WriteBack) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = BackendKind::RocksDb;
-    cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
+    let mut cfg = support::checkpoints::config(BackendKind::RocksDb, root);
     match path {
         WriteBack::Eviction => {
             // ~27 KB of the 256 MiB budget (a few hundred entries of the 2000 keys); a dirty

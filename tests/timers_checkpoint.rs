@@ -15,15 +15,14 @@ use cairn::engine::{TimeDomain, Timer, TimerServiceKind};
 use cairn::timers::key_format;
 use cairn::{BackendKind, CairnConfig, ScopeKey, Slot};
 
+mod support;
+
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn config(backend: BackendKind, timers: TimerServiceKind, root: &Path) -> CairnConfig {
-    let mut cfg = CairnConfig::default();
-    cfg.state.backend = backend;
+    let mut cfg = support::checkpoints::config(backend, root);
     cfg.state.timer_service = timers;
     cfg.state.timer_cache_size = 8;
-    cfg.state.working_dir = root.join("work");
-    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
     cfg
 }
 

@@ -2,13 +2,24 @@
 //! a checkpoint of it, a restore into a new job, and an independent look at what storage holds.
 
 use std::error::Error;
+use std::path::Path;
 
 use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
-use cairn::{CairnConfig, KeyGroupRange, Slot, VoidNamespace};
+use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
 use cairn_snapshot::{CheckpointStore, StorageOptions, StorageRoot};
 
 /// A test's result.
 pub type TestResult = Result<(), Box<dyn Error>>;
+
+/// The configuration tests start from: `backend`, the working directory `<root>/work`,
+/// checkpoints in `<root>/checkpoints` (file://); everything else default.
+pub fn config(backend: BackendKind, root: &Path) -> CairnConfig {
+    let mut cfg = CairnConfig::default();
+    cfg.state.backend = backend;
+    cfg.state.working_dir = root.join("work");
+    cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());
+    cfg
+}
 
 /// Sets the counter (`op/count`) of every key in `0..keys` to `value(key)`.
 pub fn write_counters(slot: &mut Slot, keys: u64, value: impl Fn(u64) -> u64) -> TestResult {
