@@ -9,8 +9,8 @@
 //! from the offset stored with it, and must end with the state and sink output of a run without
 //! the crash (no output lost or published twice), else the process exits non-zero.
 //!
-//! Not shown: rescaling. A RocksDB checkpoint restores only into the key-group ranges its slots
-//! had ("restoring into a different number of RocksDB slots (rescaling) is not supported yet").
+//! Not shown: rescaling. The restore below works the same for another slot count: each new
+//! slot asks for its own key-group range and gets the files of every old slot overlapping it.
 //!
 //! Run it: `. scripts/env.sh && cargo run --release --example embed`
 
@@ -28,7 +28,7 @@ use cairn::{
 
 type Res<T = ()> = Result<T, Box<dyn Error>>;
 
-/// Key groups: fixed for the life of the job (a checkpoint restores only into the same number).
+/// Key groups: fixed for the life of the job (the unit state moves in when the slot count changes).
 const MAX_PARALLELISM: u32 = 128;
 /// Parallel workers, one slot each.
 const SLOTS: u32 = 2;

@@ -18,7 +18,7 @@
 //!    says which checkpoints completed or were aborted (what a two-phase sink waits for).
 //! 4. **Restore** after a failure: a new [`Checkpointer`] prepares the restore
 //!    ([`Checkpointer::resume_from`]) and downloads each slot's files
-//!    ([`Checkpointer::download_slot_files`], also into another slot count for the heap backend);
+//!    ([`Checkpointer::download_slot_files`], also into another slot count);
 //!    host properties stored with [`CheckpointCoordinator::set_property`] (a source offset) come
 //!    back in the restored metadata.
 //! 5. **Cancel** with [`CheckpointCoordinator::cancel`]: checkpoints are kept or deleted as
@@ -87,7 +87,8 @@ pub use cairn_engine::checkpoint::{
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
     KeyGroup, KeyGroupRange, ListState, MapState, Metrics, OperatorState, Redistribution,
-    ReducingState, RestoredFiles, ScopeKey, Slot, SlotBuilder, StateDescriptor, StateKind,
-    TimeDomain, Timer, ValueState, VoidNamespace, key_group_of, slot_for_key,
+    ReducingState, RescalePath, RescaleReport, RescaledPart, RestoredFiles, ScopeKey, Slot,
+    SlotBuilder, StateDescriptor, StateKind, TimeDomain, Timer, ValueState, VoidNamespace,
+    key_group_of, slot_for_key,
 };
 pub use cairn_snapshot::UploadTarget;

@@ -45,6 +45,9 @@ pub enum BenchCommand {
     Wordcount(crate::wordcount::WordcountBenchArgs),
     /// The RocksDB backend's write-back state cache: on/off/heap, dirty bound, size sweep.
     Cache(crate::cache_bench::CacheBenchArgs),
+    /// Restoring a RocksDB checkpoint into another number of slots against the same number
+    /// (JSON, CSV, SVG).
+    Rescale(crate::rescale_bench::RescaleBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -178,6 +181,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             };
         }
         BenchCommand::Cache(a) => crate::cache_bench::run_cache_bench(&a),
+        BenchCommand::Rescale(a) => crate::rescale_bench::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod metrics_server;
 pub mod rebase_bench;
 pub mod report;
+pub mod rescale_bench;
 pub mod run;
 pub mod stream;
 pub mod torture;

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use bytesize::ByteSize;
+use cairn_engine::backend::rocks::rescale::RescalePath;
 use cairn_engine::{BackendKind, StateSize};
 use cairn_memory::{MemoryPlan, MemoryReport};
 use hdrhistogram::Histogram;
@@ -71,7 +72,7 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `per_slot[]` | `{index, key_groups, records, working_dir, state_bytes_on_disk, memory_peak_bytes, memory}` with the slot's `MemoryReport` at the end of the run |
 /// | `job_url` | `<checkpoint dir>/<job>` of this run's checkpoints (`null` with `--checkpoint-interval off`) |
 /// | `checkpoints[]` | per completed checkpoint: `{id, completed_at_ms, incremental_bytes, full_bytes, files_uploaded, files_reused, files_copied, bytes_copied, sync_ms, async_ms, upload_mb_per_s, rebase, files_reuploaded, bytes_reuploaded, space_amplification, compact_slots, kept_locally}`; `rebase` says why the checkpoint rebased (`null` if it did not); the last is the final checkpoint |
-/// | `restored_from` | `{source, checkpoint_id, position, bytes_downloaded, download_s, slots[]}` with `--restore-from`, else `null`; `slots[]`: `{key_groups, path ("local"/"remote"), ms, bytes, local_rejected?}` |
+/// | `restored_from` | `{source, checkpoint_id, position, bytes_downloaded, download_s, slots[]}` with `--restore-from`, else `null`; `slots[]`: `{key_groups, path ("local"/"remote"), ms, bytes, local_rejected?, rescale?}`; `rescale` (a RocksDB checkpoint of other key groups): `{parts[]: {old_slot, key_groups, path ("base"/"ingest"/"insert"), ms, files_ingested, entries_inserted}, clip_ms}` |
 /// | `state_cache` | the RocksDB backend's write-back state cache, all slots ([`CacheSummary`]); `null` when off or heap |
 /// | `state_cache.{hits,misses,hit_rate}` | reads answered from the cache / from RocksDB, and `hits / (hits + misses)` |
 /// | `state_cache.{evictions,evicted_dirty}` | entries evicted, and the dirty ones among them (written to RocksDB) |
@@ -633,6 +634,32 @@ impl RunSummary {
                     &format!("  slot {i}"),
                     format!("from {path}, {} in {:.0} ms{why}", size(sr.bytes), sr.ms),
                 );
+                if let Some(rescale) = &sr.rescale {
+                    let parts: Vec<String> = rescale
+                        .parts
+                        .iter()
+                        .map(|p| {
+                            let how = match p.path {
+                                RescalePath::Base => "base".to_string(),
+                                RescalePath::Ingest => {
+                                    format!("{} files ingested", p.files_ingested)
+                                }
+                                RescalePath::Insert => {
+                                    format!("{} entries inserted", thousands(p.entries_inserted))
+                                }
+                            };
+                            format!(
+                                "old slot {} ({}): {how}, {:.0} ms",
+                                p.old_slot, p.key_groups, p.ms
+                            )
+                        })
+                        .collect();
+                    row(
+                        w,
+                        "    rescaled",
+                        format!("{}; clipped in {:.0} ms", parts.join("; "), rescale.clip_ms),
+                    );
+                }
             }
         }
         if let Some(c) = &self.state_cache {

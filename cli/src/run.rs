@@ -239,6 +239,9 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
                 .working_dir
                 .join(format!("restore-slot-{i}")),
         );
+        if let (Some(summary), Some(rescale)) = (restore_summary.as_mut(), slot.rescale_report()) {
+            summary.slots[i as usize].rescale = Some(rescale.clone());
+        }
         slots.push(slot);
     }
     let open_time = open_start.elapsed();

@@ -25,6 +25,7 @@ pub mod operator_state;
 pub mod slot;
 pub mod state;
 
+pub use backend::rocks::rescale::{RescalePath, RescaleReport, RescaledPart};
 pub use backend::{
     RestoredFiles, ScopeKey, StateDescriptor, StateEntry, StateId, StateKind, StateSize,
 };

@@ -75,6 +75,12 @@ pub async fn upload_slot_files(
     let mut sent: HashSet<String> = HashSet::new();
     let mut uploads = Vec::new();
     for (name, local, sha256, size) in hashed {
+        // A file a rescaling restore brought in under a new name keeps its object.
+        if let Some(f) = state.restored_content(&name, &sha256, size) {
+            report.files_reused += 1;
+            files.push(f);
+            continue;
+        }
         let object = job.shared_ref_at(&sha256, target.epoch, id);
         if sent.insert(object.clone()) {
             report.files_uploaded += 1;

@@ -68,6 +68,10 @@ pub struct LocalSnapshot {
 #[derive(Clone, Debug, Default)]
 pub struct SlotUploadState {
     confirmed: HashMap<String, SharedFile>,
+    /// After a rescaling restore: the files of the old slots whose key groups the slot took,
+    /// by sha256. RocksDB renames the files it ingests, so a new file whose content and size
+    /// match one keeps its object (until the first checkpoint completes).
+    by_content: HashMap<String, SharedFile>,
     pending: BTreeMap<CheckpointId, HashMap<String, SharedFile>>,
 }
 
@@ -82,11 +86,22 @@ impl SlotUploadState {
     /// decision ([`CheckpointStore::reusable`]: a no-claim restore's files, and the files of a
     /// writer whose lease expired, are copied).
     pub fn restored(handle: &SlotHandle) -> Self {
+        Self::rescaled(handle, &[])
+    }
+
+    /// After a rescaling restore: the slot opened `base`'s files under their names and brought
+    /// in `others`' files (renamed); their objects are found by name and by content.
+    pub fn rescaled(base: &SlotHandle, others: &[&SlotHandle]) -> Self {
         Self {
-            confirmed: handle
+            confirmed: base
                 .shared
                 .iter()
                 .map(|f| (f.name.clone(), f.clone()))
+                .collect(),
+            by_content: std::iter::once(base)
+                .chain(others.iter().copied())
+                .flat_map(|h| h.shared.iter())
+                .map(|f| (f.sha256.clone(), f.clone()))
                 .collect(),
             pending: BTreeMap::new(),
         }
@@ -96,6 +111,7 @@ impl SlotUploadState {
     pub fn confirm(&mut self, id: CheckpointId) {
         if let Some(files) = self.pending.remove(&id) {
             self.confirmed = files;
+            self.by_content.clear();
         }
         self.pending.retain(|k, _| *k > id);
     }
@@ -114,12 +130,30 @@ impl SlotUploadState {
             .iter()
             .map(|f| (f.name.clone(), f.clone()))
             .collect();
+        self.by_content.clear();
         self.pending.retain(|k, _| *k > id);
     }
 
     /// The file of the last confirmed checkpoint named `name` (a file of the slot's database).
     pub(crate) fn confirmed_file(&self, name: &str) -> Option<&SharedFile> {
         self.confirmed.get(name)
+    }
+
+    /// A restored file of another old slot with this content and size (see `by_content`),
+    /// under the local name `name`.
+    pub(crate) fn restored_content(
+        &self,
+        name: &str,
+        sha256: &str,
+        size: u64,
+    ) -> Option<SharedFile> {
+        self.by_content
+            .get(sha256)
+            .filter(|f| f.size == size)
+            .map(|f| SharedFile {
+                name: name.to_string(),
+                ..f.clone()
+            })
     }
 
     /// Checkpoint `id` references `files`: they become the base once it is confirmed.
@@ -540,7 +574,19 @@ impl CheckpointStore {
                 _ => to_hash.push((name.clone(), local)),
             }
         }
-        let hashed = transfer::hash_files(to_hash, parallelism).await?;
+        let mut hashed = transfer::hash_files(to_hash, parallelism).await?;
+        // A file a rescaling restore brought in under a new name keeps its object.
+        if !policy.full {
+            hashed.retain(|(name, local, sha, size)| {
+                match state.restored_content(name, sha, *size) {
+                    Some(f) => {
+                        reused.push((local.clone(), f));
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
         // 2. Files this writer may not reference where they are are copied into its own
         //    objects; everything else keeps its object.
         let mut files: Vec<SharedFile> = Vec::new();

@@ -26,7 +26,7 @@ use crate::config::{BackendKind, CairnConfig};
 use crate::error::{EngineError, Result};
 use crate::key_format;
 use crate::keygroup::{KeyGroup, KeyGroupRange};
-pub use native::{CompactionStats, DeferredSnapshot, NativeSnapshot, RestoredFiles};
+pub use native::{CompactionStats, DeferredSnapshot, MergeSource, NativeSnapshot, RestoredFiles};
 use rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams, WriteBackFault};
 
 /// Index of a registered state inside one slot.
@@ -358,33 +358,48 @@ pub(crate) struct BackendParams<'a> {
 
 impl BackendParams<'_> {
     /// Opens the backend `state.backend` names, empty or from `restore`'s files. Returns it
-    /// with the states the restore brought, already created in it, in id order. Files of the
-    /// other backend are refused (switching backends takes a savepoint).
-    pub(crate) fn open(
-        self,
-        restore: Option<RestoredFiles>,
-    ) -> Result<(Box<dyn StateBackend>, Vec<StateDescriptor>)> {
+    /// with the states the restore brought, already created in it, in id order, and what
+    /// rescaling did when the files were of other key groups (RocksDB). Files of the other
+    /// backend are refused (switching backends takes a savepoint).
+    pub(crate) fn open(self, restore: Option<RestoredFiles>) -> Result<OpenedBackend> {
         match (self.config.state.backend, restore) {
-            (BackendKind::Heap, None) => Ok((
-                Box::new(heap::HeapBackend::new(self.range, self.max_parallelism)),
-                Vec::new(),
-            )),
+            (BackendKind::Heap, None) => Ok(OpenedBackend {
+                backend: Box::new(heap::HeapBackend::new(self.range, self.max_parallelism)),
+                states: Vec::new(),
+                rescale: None,
+            }),
             (BackendKind::Heap, Some(RestoredFiles::Heap { files })) => {
                 let (heap, states) =
                     heap::HeapBackend::open_restored(self.range, self.max_parallelism, &files)?;
-                Ok((Box::new(heap), states))
+                Ok(OpenedBackend {
+                    backend: Box::new(heap),
+                    states,
+                    rescale: None,
+                })
             }
             (BackendKind::RocksDb, restore @ (None | Some(RestoredFiles::RocksDb { .. }))) => {
                 let restore = match restore {
-                    Some(RestoredFiles::RocksDb { files, states }) => Some((files, states)),
+                    Some(RestoredFiles::RocksDb {
+                        files,
+                        states,
+                        slot,
+                        key_groups,
+                        merge,
+                    }) => Some(rocks::RocksDbRestore {
+                        files,
+                        states: union_of_states(states, &merge)?,
+                        slot,
+                        key_groups,
+                        merge,
+                    }),
                     _ => None,
                 };
                 let states = restore
                     .as_ref()
-                    .map(|(_, states)| states.clone())
+                    .map(|r| r.states.clone())
                     .unwrap_or_default();
                 let memory = cairn_memory::SlotMemory::build_shared(&self.config.memory)?;
-                let rocks = RocksDbBackend::open(RocksDbParams {
+                let (rocks, rescale) = RocksDbBackend::open(RocksDbParams {
                     dir: self.dir,
                     range: self.range,
                     max_parallelism: self.max_parallelism,
@@ -393,9 +408,12 @@ impl BackendParams<'_> {
                     hook: self.hook,
                     restore,
                     state_cache: &self.config.state_cache,
-                })?
-                .with_write_back_fault(self.write_back_fault);
-                Ok((Box::new(rocks), states))
+                })?;
+                Ok(OpenedBackend {
+                    backend: Box::new(rocks.with_write_back_fault(self.write_back_fault)),
+                    states,
+                    rescale,
+                })
             }
             (BackendKind::Heap, Some(RestoredFiles::RocksDb { .. })) => {
                 Err(EngineError::InvalidArgument(
@@ -411,6 +429,42 @@ impl BackendParams<'_> {
             }
         }
     }
+}
+
+/// A backend [`BackendParams::open`] opened.
+pub(crate) struct OpenedBackend {
+    pub backend: Box<dyn StateBackend>,
+    /// The states the restore brought, created in the backend, in id order.
+    pub states: Vec<StateDescriptor>,
+    /// What rescaling did (RocksDB files of other key groups), else `None`.
+    pub rescale: Option<rocks::rescale::RescaleReport>,
+}
+
+/// The base's states, then every state only the merged old slots have (in their order): the
+/// states of a rescaled slot. A name registered with two kinds is refused.
+fn union_of_states(
+    mut states: Vec<StateDescriptor>,
+    merge: &[MergeSource],
+) -> Result<Vec<StateDescriptor>> {
+    for source in merge {
+        for d in &source.states {
+            match states.iter().find(|s| s.full_name() == d.full_name()) {
+                Some(s) if s.kind != d.kind => {
+                    return Err(EngineError::Corrupt {
+                        state: d.full_name(),
+                        reason: format!(
+                            "old slots registered it as {} and as {}",
+                            s.kind.name(),
+                            d.kind.name()
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => states.push(d.clone()),
+            }
+        }
+    }
+    Ok(states)
 }
 
 /// What a read-modify-write ([`StateBackend::update_with`], [`crate::Slot::update_with`]) does

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::StateDescriptor;
 use crate::error::Result;
+use crate::keygroup::KeyGroupRange;
 
 /// What a backend's native snapshot
 /// ([`StateBackend::native_snapshot`](super::StateBackend::native_snapshot)) left for the
@@ -38,13 +39,21 @@ pub trait DeferredSnapshot: Send {
 /// the checkpoint layer: [`Checkpointer::download_slot_files`](crate::checkpoint::Checkpointer::download_slot_files)).
 #[derive(Clone, Debug)]
 pub enum RestoredFiles {
-    /// A RocksDB checkpoint directory (moved into place as the slot's database) and the states
-    /// it holds, in id order.
+    /// A RocksDB checkpoint of an old slot (the base, moved into place as the slot's database)
+    /// and, when the slot's key groups are not exactly the base's (rescaling), the other old
+    /// slots with key groups of this slot, brought in after it opens (see
+    /// [`crate::backend::rocks::rescale`]).
     RocksDb {
-        /// The directory with SSTs, MANIFEST, CURRENT, OPTIONS.
+        /// The base's directory with SSTs, MANIFEST, CURRENT, OPTIONS.
         files: PathBuf,
-        /// The registered states.
+        /// The base's states, in id order.
         states: Vec<StateDescriptor>,
+        /// The base's old slot index.
+        slot: u32,
+        /// The base's key groups.
+        key_groups: KeyGroupRange,
+        /// The other old slots overlapping this slot's key groups (empty unless rescaling).
+        merge: Vec<MergeSource>,
     },
     /// Heap snapshot files; entries of key groups outside the slot's range are skipped, so
     /// snapshots of any number of slots restore into any other number.
@@ -52,6 +61,19 @@ pub enum RestoredFiles {
         /// The snapshot files.
         files: Vec<PathBuf>,
     },
+}
+
+/// An old slot's RocksDB checkpoint, brought into a rescaled slot for the key groups they share.
+#[derive(Clone, Debug)]
+pub struct MergeSource {
+    /// Its checkpoint directory (on the slot's file system; removed once merged).
+    pub files: PathBuf,
+    /// Its states, in its id order.
+    pub states: Vec<StateDescriptor>,
+    /// Its old slot index.
+    pub slot: u32,
+    /// Its key groups.
+    pub key_groups: KeyGroupRange,
 }
 
 /// What compacting a slot's state did

@@ -16,11 +16,10 @@ use serde::Serialize;
 
 use super::config::{CheckpointConfig, ClaimMode, FileVerify};
 use super::local::{self, RestoredVia, SlotRestoreReport};
-use super::rebase::{self, CompactionStats, RebaseState};
+use super::rebase::{self, RebaseState};
 use super::slot_uploader::SlotAck;
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
-use crate::backend::RestoredFiles;
-use crate::backend::{StateDescriptor, StateKind};
+use crate::backend::{CompactionStats, MergeSource, RestoredFiles, StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
 use crate::operator_state::{OPERATOR_STATE_FILE, OperatorState};
@@ -190,6 +189,9 @@ pub struct Checkpointer {
     triggered_at_ms: BTreeMap<u64, u64>,
     max_parallelism: u32,
     restored_from: Option<RestoredFrom>,
+    /// The slots of the checkpoint this job restored (when in this job's storage): a slot's
+    /// first checkpoint references their files instead of uploading them again.
+    restored_slots: Vec<SlotHandle>,
     consecutive_failures: u32,
     reports: Vec<CheckpointReport>,
     rebase: RebaseState,
@@ -334,6 +336,7 @@ impl Checkpointer {
             triggered_at_ms: BTreeMap::new(),
             max_parallelism,
             restored_from: None,
+            restored_slots: Vec::new(),
             consecutive_failures: 0,
             reports: Vec::new(),
             rebase: RebaseState::default(),
@@ -783,9 +786,14 @@ impl Checkpointer {
         };
         let threads = self.cfg.transfer_threads as usize;
         let store = self.store.clone();
+        let (uploads, restored) = (&mut self.uploads, &self.restored_slots);
         let mut states: Vec<SlotUploadState> = locals
             .iter()
-            .map(|l| self.uploads.remove(&l.slot).unwrap_or_default())
+            .map(|l| {
+                uploads
+                    .remove(&l.slot)
+                    .unwrap_or_else(|| upload_state_after_restore(restored, l.key_groups))
+            })
             .collect();
         // What is left of the timeout since the trigger (all of it for an id this checkpointer
         // did not hand out).
@@ -911,13 +919,14 @@ impl Checkpointer {
                 &metadata,
             ))?;
         }
-        for h in &metadata.slots {
-            // Different storage: nothing can be referenced or copied; the first checkpoint
-            // uploads everything.
-            if same_store {
-                self.uploads.insert(h.slot, SlotUploadState::restored(h));
-            }
-        }
+        // Different storage: nothing can be referenced or copied; the first checkpoint
+        // uploads everything.
+        self.uploads.clear();
+        self.restored_slots = if same_store {
+            metadata.slots.clone()
+        } else {
+            Vec::new()
+        };
         self.next_id = self.next_id.max(id + 1);
         self.restored_from = Some(RestoredFrom {
             job: source.job.clone(),
@@ -968,6 +977,9 @@ impl Checkpointer {
                                 RestoredFiles::RocksDb {
                                     files: dest.to_path_buf(),
                                     states: states_of(h)?,
+                                    slot: h.slot,
+                                    key_groups: h.key_groups,
+                                    merge: Vec::new(),
                                 }
                             } else {
                                 RestoredFiles::Heap {
@@ -980,6 +992,7 @@ impl Checkpointer {
                                 ms: t.elapsed().as_secs_f64() * 1000.0,
                                 bytes,
                                 local_rejected: None,
+                                rescale: None,
                             };
                             return Ok((restore, report));
                         }
@@ -1005,6 +1018,7 @@ impl Checkpointer {
                 ms: t.elapsed().as_secs_f64() * 1000.0,
                 bytes,
                 local_rejected: rejected,
+                rescale: None,
             },
         ))
     }
@@ -1088,27 +1102,51 @@ pub(crate) fn download_slot(
         .map(|h| h.backend.clone())
         .unwrap_or_default();
     if backend == "rocksdb" {
-        let h = handles
-            .iter()
-            .find(|h| h.key_groups.start == range.start && h.key_groups.end == range.end)
-            .ok_or_else(|| {
-                EngineError::InvalidArgument(format!(
-                    "checkpoint {} has no RocksDB slot with key groups {range}; restoring into a different number of RocksDB slots (rescaling) is not supported yet",
-                    restored.metadata.checkpoint_id
-                ))
-            })?;
-        let bytes = rt.block_on(CheckpointStore::download_slot(
+        // The old slot overlapping most is the base; the others are merged into it (rescale).
+        let (base, others) = split_base(&handles, range).ok_or_else(|| {
+            EngineError::InvalidArgument(format!(
+                "checkpoint {} has no slot with key groups of {range}",
+                restored.metadata.checkpoint_id
+            ))
+        })?;
+        let verify = cfg.restore_verify == FileVerify::Sha256;
+        let mut bytes = rt.block_on(CheckpointStore::download_slot(
             &restored.storage,
-            h,
+            base,
             dest,
             threads,
-            cfg.restore_verify == FileVerify::Sha256,
+            verify,
         ))?;
-        let states = states_of(h)?;
+        let mut merge = Vec::new();
+        for h in others {
+            let files = merge_dir(dest, h.slot);
+            if files.exists() {
+                std::fs::remove_dir_all(&files).map_err(|e| EngineError::Io {
+                    op: format!("remove {}", files.display()),
+                    source: e,
+                })?;
+            }
+            bytes += rt.block_on(CheckpointStore::download_slot(
+                &restored.storage,
+                h,
+                &files,
+                threads,
+                verify,
+            ))?;
+            merge.push(MergeSource {
+                files,
+                states: states_of(h)?,
+                slot: h.slot,
+                key_groups: h.key_groups,
+            });
+        }
         return Ok((
             RestoredFiles::RocksDb {
                 files: dest.to_path_buf(),
-                states,
+                states: states_of(base)?,
+                slot: base.slot,
+                key_groups: base.key_groups,
+                merge,
             },
             bytes,
         ));
@@ -1158,6 +1196,50 @@ fn covering(meta: &CheckpointMetadata, range: KeyGroupRange) -> Result<Vec<&Slot
         }));
     }
     Ok(handles)
+}
+
+/// What a slot with key groups `range` starts its uploads from after a restore of `restored`
+/// (nothing when the job did not restore): its base's files by name, every overlapping old
+/// slot's by content (see [`split_base`]).
+pub(crate) fn upload_state_after_restore(
+    restored: &[SlotHandle],
+    range: KeyGroupRange,
+) -> SlotUploadState {
+    let handles: Vec<&SlotHandle> = restored.iter().collect();
+    match split_base(&handles, range) {
+        Some((base, others)) => SlotUploadState::rescaled(base, &others),
+        None => SlotUploadState::new(),
+    }
+}
+
+/// Where old slot `slot`'s files go when merged into the slot restoring into `dest`: next to it,
+/// on the same file system (RocksDB links the files it ingests).
+fn merge_dir(dest: &Path, slot: u32) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".old-slot-{slot}"));
+    dest.with_file_name(name)
+}
+
+/// The old slot a slot with key groups `range` opens as its base when rescaling (the one whose
+/// key groups overlap `range` most; the lowest index on a tie) and the other old slots that
+/// overlap it. `None` when none overlaps. Restore and the first checkpoint's upload state use
+/// the same choice: the base's files keep their names in the slot's database.
+pub(crate) fn split_base<'a>(
+    handles: &[&'a SlotHandle],
+    range: KeyGroupRange,
+) -> Option<(&'a SlotHandle, Vec<&'a SlotHandle>)> {
+    let overlap = |h: &SlotHandle| {
+        let (a, b) = (
+            h.key_groups.start.max(range.start),
+            h.key_groups.end.min(range.end),
+        );
+        if a <= b { b - a + 1 } else { 0 }
+    };
+    let mut overlapping: Vec<&SlotHandle> =
+        handles.iter().copied().filter(|h| overlap(h) > 0).collect();
+    overlapping.sort_by_key(|h| (std::cmp::Reverse(overlap(h)), h.slot));
+    let base = *overlapping.first()?;
+    Some((base, overlapping.split_off(1)))
 }
 
 fn states_of(h: &SlotHandle) -> Result<Vec<StateDescriptor>> {

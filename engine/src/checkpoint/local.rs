@@ -83,6 +83,11 @@ pub struct SlotRestoreReport {
     /// With local recovery on: why the local snapshot was not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_rejected: Option<String>,
+    /// When the slot's key groups were not one old slot's (rescaling a RocksDB checkpoint):
+    /// the base, the old slots ingested or inserted, and their times. Set by the host once
+    /// the slot is open ([`Slot::rescale_report`](crate::Slot::rescale_report)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rescale: Option<crate::backend::rocks::rescale::RescaleReport>,
 }
 
 fn io(op: String) -> impl FnOnce(std::io::Error) -> EngineError {

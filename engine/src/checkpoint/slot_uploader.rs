@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use std::path::Path;
 
-use super::checkpointer::{RestoredCheckpoint, download_slot, restore_operator_state};
+use super::checkpointer::{
+    RestoredCheckpoint, download_slot, restore_operator_state, upload_state_after_restore,
+};
 use super::config::CheckpointConfig;
 use super::sync::SyncSnapshot;
 use crate::backend::RestoredFiles;
@@ -100,8 +102,8 @@ impl SlotUploader {
     /// Downloads what this slot (key groups `range`) needs of `restored` into `dest` (on the
     /// slot's file system) and says how to open the slot
     /// ([`SlotBuilder::restore`](crate::SlotBuilder::restore)). When the checkpoint is of this
-    /// uploader's job and storage and has a part with exactly `range`, that part becomes the base
-    /// of the next checkpoint (its files are referenced, not uploaded again).
+    /// uploader's storage, the restored files become the base of the next checkpoint (referenced,
+    /// not uploaded again; after a rescale too).
     pub fn restore(
         &mut self,
         cfg: &CheckpointConfig,
@@ -112,14 +114,8 @@ impl SlotUploader {
         let (restore, _bytes) = download_slot(&self.rt, cfg, restored, range, dest)?;
         let same_store = restored.source.storage_url.trim_end_matches('/')
             == self.target.storage_url.trim_end_matches('/');
-        if same_store
-            && let Some(h) = restored
-                .metadata
-                .slots
-                .iter()
-                .find(|h| h.key_groups.start == range.start && h.key_groups.end == range.end)
-        {
-            self.restored_from(h);
+        if same_store {
+            self.state = upload_state_after_restore(&restored.metadata.slots, range);
         }
         Ok(restore)
     }
@@ -135,13 +131,6 @@ impl SlotUploader {
         tmp: &Path,
     ) -> Result<OperatorState> {
         restore_operator_state(&self.rt, restored, index, parallelism, tmp)
-    }
-
-    /// After the slot was restored from a checkpoint of this job: the restored files are the
-    /// base of the next checkpoint (referenced, or copied by the committer when it may not
-    /// reference them where they are).
-    pub fn restored_from(&mut self, handle: &SlotHandle) {
-        self.state = SlotUploadState::restored(handle);
     }
 
     /// The asynchronous phase of the slot's part: writes the snapshot's local files, uploads

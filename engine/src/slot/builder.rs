@@ -106,7 +106,7 @@ impl<'a> SlotBuilder<'a> {
         });
         // Read before the backend opens: RocksDB's restored files move into its directory.
         let restored_timers = read_restored_timers(self.restore.as_ref(), range)?;
-        let (backend, restored_states) = BackendParams {
+        let opened = BackendParams {
             config,
             dir: &dir,
             range,
@@ -119,7 +119,8 @@ impl<'a> SlotBuilder<'a> {
             timers: None,
             timer_kind: config.state.effective_timer_service(),
             timer_cache_size: config.state.timer_cache_size as usize,
-            backend,
+            backend: opened.backend,
+            rescale: opened.rescale,
             kind: config.state.backend,
             index: self.index,
             parallelism: self.parallelism,
@@ -135,15 +136,15 @@ impl<'a> SlotBuilder<'a> {
             value_buf: Vec::new(),
             operator_state: self.operator_state,
         };
-        slot.adopt_restored_states(restored_states)?;
+        slot.adopt_restored_states(opened.states)?;
         slot.restore_timers(restored_timers)?;
         Ok(slot)
     }
 }
 
 /// The heap timers of a checkpoint: a `timers.snapshot` next to each heap snapshot file, or in
-/// the RocksDB files (heap timers of a RocksDB slot, or the snapshot of its RocksDB timers'
-/// write-back buffer). Each file is removed once read.
+/// each old slot's RocksDB files (heap timers of a RocksDB slot, or the snapshot of its RocksDB
+/// timers' write-back buffer), of this slot's key groups only. Each file is removed once read.
 fn read_restored_timers(
     restore: Option<&RestoredFiles>,
     range: KeyGroupRange,
@@ -153,7 +154,10 @@ fn read_restored_timers(
             .iter()
             .map(|f| f.with_file_name(TIMERS_SNAPSHOT_FILE))
             .collect(),
-        Some(RestoredFiles::RocksDb { files, .. }) => vec![files.join(TIMERS_SNAPSHOT_FILE)],
+        Some(RestoredFiles::RocksDb { files, merge, .. }) => std::iter::once(files)
+            .chain(merge.iter().map(|m| &m.files))
+            .map(|f| f.join(TIMERS_SNAPSHOT_FILE))
+            .collect(),
         None => Vec::new(),
     };
     let mut timers: Option<HeapTimers> = None;

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::backend::rocks::rescale::RescaleReport;
 use crate::backend::{ScopeKey, StateBackend, StateDescriptor, StateId, StateKind};
 use crate::codec;
 use crate::config::{BackendKind, TimerServiceKind};
@@ -77,6 +78,8 @@ pub struct Slot {
     timer_kind: TimerServiceKind,
     timer_cache_size: usize,
     backend: Box<dyn StateBackend>,
+    /// What rescaling did when the slot opened from old slots of other key groups.
+    rescale: Option<RescaleReport>,
     kind: BackendKind,
     index: u32,
     parallelism: u32,
@@ -103,6 +106,13 @@ impl Slot {
     /// The slot's operator state, to change it.
     pub fn operator_state_mut(&mut self) -> &mut OperatorState {
         &mut self.operator_state
+    }
+
+    /// What rescaling did when the slot opened from a RocksDB checkpoint of other key groups
+    /// (which old slot was its base, which were ingested or inserted, and how long each took);
+    /// `None` otherwise.
+    pub fn rescale_report(&self) -> Option<&RescaleReport> {
+        self.rescale.as_ref()
     }
 
     /// The backend kind.

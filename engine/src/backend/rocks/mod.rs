@@ -41,6 +41,7 @@
 pub mod cache;
 mod files;
 mod options;
+pub mod rescale;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -121,9 +122,24 @@ pub struct RocksDbParams<'a> {
     pub hook: Option<Arc<dyn RocksDbOptionsHook>>,
     /// The state cache's dirty bound (its capacity comes from `memory`).
     pub state_cache: &'a StateCacheConfig,
-    /// Restore: a directory holding a checkpoint's files (moved into place as the new RocksDB
-    /// directory; must be on the working directory's file system) and the states it holds.
-    pub restore: Option<(PathBuf, Vec<StateDescriptor>)>,
+    /// Restore: the files to open from (see [`RocksDbRestore`]).
+    pub restore: Option<RocksDbRestore>,
+}
+
+/// What a RocksDB slot opens from: an old slot's checkpoint as its base and, when rescaling,
+/// other old slots to bring in ([`rescale`]).
+pub struct RocksDbRestore {
+    /// The base's checkpoint directory (moved into place as the new RocksDB directory; must be
+    /// on the working directory's file system).
+    pub files: PathBuf,
+    /// Every state of the slot, in id order: the base's, then those only merged slots have.
+    pub states: Vec<StateDescriptor>,
+    /// The base's old slot index.
+    pub slot: u32,
+    /// The base's key groups.
+    pub key_groups: KeyGroupRange,
+    /// The other old slots with key groups of this slot.
+    pub merge: Vec<crate::backend::MergeSource>,
 }
 
 /// Keyed state of one slot in RocksDB. See the module doc.
@@ -137,6 +153,8 @@ pub struct RocksDbBackend {
     db_path: PathBuf,
     range: KeyGroupRange,
     prefix_bytes: usize,
+    /// Key groups of the job (a rescaled slot clips everything outside its own up to there).
+    max_parallelism: u32,
     states: Vec<(String, StateKind)>,
     write_opts: WriteOptions,
     scratch: Vec<u8>,
@@ -154,8 +172,10 @@ pub struct RocksDbBackend {
 
 impl RocksDbBackend {
     /// Locks the working directory, wipes its old RocksDB files and opens a fresh RocksDB, or
-    /// the restored one (its states registered with ids in the order given).
-    pub fn open(p: RocksDbParams<'_>) -> Result<Self> {
+    /// the restored one (its states registered with ids in the order given; old slots of other
+    /// key groups brought in and the slot clipped to its own, see [`rescale`], with what that
+    /// did).
+    pub fn open(p: RocksDbParams<'_>) -> Result<(Self, Option<rescale::RescaleReport>)> {
         let not_writable = |source| EngineError::WorkingDirNotWritable {
             path: p.dir.display().to_string(),
             source,
@@ -182,7 +202,7 @@ impl RocksDbBackend {
             std::fs::remove_dir_all(&db_path).map_err(not_writable)?;
         }
         let restored_states = match &p.restore {
-            Some((files, states)) => {
+            Some(RocksDbRestore { files, states, .. }) => {
                 std::fs::rename(files, &db_path).map_err(|e| EngineError::Io {
                     op: format!(
                         "move restored files {} into {}",
@@ -207,10 +227,18 @@ impl RocksDbBackend {
             "default",
             builder.cf_options("default"),
         )];
+        // The base's column families; states only merged old slots have are created below.
+        let existing: Vec<String> = if p.restore.is_some() {
+            Db::list_cf(&db_opts, &db_path).map_err(EngineError::rocks("list column families"))?
+        } else {
+            Vec::new()
+        };
         for s in &restored_states {
             let name = s.full_name();
-            let opts = builder.cf_options(&name);
-            cfs.push(ColumnFamilyDescriptor::new(name, opts));
+            if existing.contains(&name) {
+                let opts = builder.cf_options(&name);
+                cfs.push(ColumnFamilyDescriptor::new(name, opts));
+            }
         }
         let db = Db::open_cf_descriptors(&db_opts, &db_path, cfs).map_err(|e| {
             if e.to_string().to_lowercase().contains("lock") {
@@ -241,6 +269,7 @@ impl RocksDbBackend {
             db_path,
             range: p.range,
             prefix_bytes: keygroup::prefix_bytes(p.max_parallelism),
+            max_parallelism: p.max_parallelism,
             states: Vec::new(),
             write_opts,
             scratch: Vec::new(),
@@ -249,11 +278,18 @@ impl RocksDbBackend {
             poisoned: None,
             _lock: lock,
         };
-        // The restored column families exist; registering them gives them their state ids.
+        // Registering the restored states gives them their ids (and creates the column
+        // families of states only merged old slots have).
         for (id, state) in restored_states.iter().enumerate() {
             backend.create_state(id as StateId, state)?;
         }
-        Ok(backend)
+        let rescale = match p.restore {
+            Some(r) if !r.merge.is_empty() || r.key_groups != p.range => {
+                Some(backend.rescale(r.slot, r.key_groups, r.merge)?)
+            }
+            _ => None,
+        };
+        Ok((backend, rescale))
     }
 
     /// Test and torture only: the same backend, failing the write-back commits `fault` is armed
@@ -1071,6 +1107,7 @@ mod tests {
             restore: None,
         })
         .unwrap()
+        .0
     }
 
     fn assert_poisoned(r: Result<impl std::fmt::Debug>, what: &str) {

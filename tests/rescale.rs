@@ -1,0 +1,284 @@
+//! Rescaling: a checkpoint taken with N slots restores into M, for the RocksDB backend (the
+//! heap backend's N -> M is covered here too). Every key must land in exactly one slot with its
+//! exact state (value, list, map) and its timers, against a model; rescaling twice in a row,
+//! checkpointing and crashing after a rescale; and the first checkpoint after a rescale uploads
+//! only what is new.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use cairn::engine::checkpoint::CheckpointReport;
+use cairn::{
+    BackendKind, CairnConfig, CheckpointLocation, Checkpointer, KeyGroupRange, Slot, TimeDomain,
+    Timer, TimerServiceKind, VoidNamespace, new_job_name, slot_for_key,
+};
+
+mod support;
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const MAX_P: u32 = 128;
+
+/// The state of one key: its counter, list, map entries and event-time timers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KeyState {
+    count: Option<u64>,
+    list: Vec<u64>,
+    map: BTreeMap<u64, u64>,
+    timers: BTreeSet<i64>,
+}
+
+type Model = BTreeMap<u64, KeyState>;
+
+fn config(backend: BackendKind, root: &Path) -> CairnConfig {
+    let mut cfg = support::checkpoints::config(backend, root);
+    cfg.state.max_parallelism = Some(MAX_P);
+    cfg.state.timer_service = TimerServiceKind::RocksDb;
+    cfg.checkpoint.interval = None;
+    cfg
+}
+
+/// `n` slots of `cfg`'s job, each in its own working directory below `work`.
+fn open_slots(cfg: &CairnConfig, work: &Path, n: u32) -> R<Vec<Slot>> {
+    (0..n)
+        .map(|i| {
+            let mut c = cfg.clone();
+            c.state.working_dir = work.join(format!("slot-{i}"));
+            Ok(Slot::builder(&c).slot(i, n).open()?)
+        })
+        .collect()
+}
+
+/// Writes round `round` of keys `0..keys` into the slots that own them, and into `model`:
+/// counters set, list elements appended, map entries put, a timer registered; every third key
+/// of a round also loses its oldest map entry.
+fn write(slots: &mut [Slot], model: &mut Model, keys: u64, round: u64) -> R {
+    let n = slots.len() as u32;
+    for k in 0..keys {
+        let slot = &mut slots[slot_for_key(&k, MAX_P, n)? as usize];
+        let count = slot.value_state::<u64>("op", "count")?;
+        let list = slot.list_state::<u64>("op", "list")?;
+        let map = slot.map_state::<u64, u64>("op", "map")?;
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        let m = model.entry(k).or_default();
+        let v = k * 1000 + round;
+        count.update(slot, &scope, &v)?;
+        m.count = Some(v);
+        list.add(slot, &scope, &round)?;
+        m.list.push(round);
+        map.put(slot, &scope, &round, &v)?;
+        m.map.insert(round, v);
+        if k % 3 == 0
+            && let Some(&oldest) = m.map.keys().next()
+            && m.map.len() > 1
+        {
+            map.remove(slot, &scope, &oldest)?;
+            m.map.remove(&oldest);
+        }
+        let ts = (k * 10 + round) as i64;
+        slot.register_timer(TimeDomain::EventTime, &scope, ts)?;
+        m.timers.insert(ts);
+    }
+    Ok(())
+}
+
+/// One checkpoint of every slot through `cp`; its report.
+fn checkpoint(cp: &mut Checkpointer, slots: &mut [Slot]) -> R<CheckpointReport> {
+    let id = cp.trigger_checkpoint();
+    let syncs = slots
+        .iter_mut()
+        .map(|s| s.snapshot_for_checkpoint(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(cp.complete(id, syncs)?)
+}
+
+/// A new job restoring `url` into `m` slots below `work`: its checkpointer and slots.
+fn restore(cfg: &CairnConfig, url: &str, work: &Path, m: u32) -> R<(Checkpointer, Vec<Slot>)> {
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
+    let mut slots = Vec::new();
+    for i in 0..m {
+        let mut c = cfg.clone();
+        c.state.working_dir = work.join(format!("slot-{i}"));
+        let (files, _) = cp.download_slot_files(
+            &restored,
+            KeyGroupRange::for_slot(MAX_P, m, i)?,
+            &c.state.working_dir.join("restore"),
+        )?;
+        slots.push(Slot::builder(&c).slot(i, m).restore(files).open()?);
+    }
+    Ok((cp, slots))
+}
+
+/// Reads every key of `model` from the slot owning it and checks it is exactly the model's,
+/// that every key group holds no entry of a key the model does not place there, and that the
+/// timers are exactly the model's (fired up to the end of time: this consumes them).
+fn check(slots: &mut [Slot], model: &Model, what: &str) -> R {
+    let n = slots.len() as u32;
+    for (k, want) in model {
+        let slot = &mut slots[slot_for_key(k, MAX_P, n)? as usize];
+        let count = slot.value_state::<u64>("op", "count")?;
+        let list = slot.list_state::<u64>("op", "list")?;
+        let map = slot.map_state::<u64, u64>("op", "map")?;
+        let scope = slot.scope(k, &VoidNamespace)?;
+        let got = KeyState {
+            count: count.get(slot, &scope)?,
+            list: list.get(slot, &scope)?,
+            map: map.entries(slot, &scope)?.into_iter().collect(),
+            timers: want.timers.clone(),
+        };
+        assert_eq!(&got, want, "{what}: key {k}");
+    }
+    // No entry of a key group belongs to a key the model puts elsewhere, and none is extra.
+    for slot in slots.iter_mut() {
+        let range = slot.key_groups();
+        let ids: Vec<_> = slot
+            .states()
+            .iter()
+            .enumerate()
+            .map(|(i, _)| i as u32)
+            .collect();
+        let mut entries = 0usize;
+        for kg in range.start..=range.end {
+            for id in &ids {
+                if slot.state_name(*id).starts_with("_timers") {
+                    continue;
+                }
+                entries += slot.scan_key_group(*id, kg as cairn::KeyGroup)?.len();
+            }
+        }
+        let mut want = 0usize;
+        for (k, s) in model {
+            if slot_for_key(k, MAX_P, n)? == slot.index().0 {
+                want += usize::from(s.count.is_some()) + s.list.len().min(1) + s.map.len();
+            }
+        }
+        assert_eq!(entries, want, "{what}: entries of slot {:?}", slot.index());
+    }
+    // Timers: each key's, in its own slot, none anywhere else.
+    let mut fired: BTreeMap<u64, BTreeSet<i64>> = BTreeMap::new();
+    for slot in slots.iter_mut() {
+        let mut t = Timer::default();
+        while slot.poll_timer(TimeDomain::EventTime, i64::MAX, &mut t)? {
+            let key: u64 = cairn::engine::codec::decode(&t.key, "timer key")?;
+            assert_eq!(
+                slot_for_key(&key, MAX_P, n)?,
+                slot.index().0,
+                "{what}: timer of key {key} in the wrong slot"
+            );
+            assert!(
+                fired.entry(key).or_default().insert(t.timestamp),
+                "{what}: timer {key}@{} fired twice",
+                t.timestamp
+            );
+        }
+    }
+    let want: BTreeMap<u64, BTreeSet<i64>> = model
+        .iter()
+        .filter(|(_, s)| !s.timers.is_empty())
+        .map(|(k, s)| (*k, s.timers.clone()))
+        .collect();
+    assert_eq!(fired, want, "{what}: timers");
+    Ok(())
+}
+
+#[test]
+fn every_key_lands_in_exactly_one_slot_for_every_n_and_m() -> R {
+    let dir = tempfile::tempdir()?;
+    for backend in [BackendKind::RocksDb, BackendKind::Heap] {
+        let cfg = config(backend, dir.path());
+        for n in 1..=8u32 {
+            let work = dir.path().join(format!("{backend:?}-{n}"));
+            let mut slots = open_slots(&cfg, &work.join("old"), n)?;
+            let mut model = Model::new();
+            let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+            let url = cp.job_url();
+            write(&mut slots, &mut model, 300, 1)?;
+            checkpoint(&mut cp, &mut slots)?;
+            // A second round: files of two checkpoints, deletions of map entries.
+            write(&mut slots, &mut model, 300, 2)?;
+            checkpoint(&mut cp, &mut slots)?;
+            drop(slots);
+            for m in 1..=8u32 {
+                let (_cp, mut restored) = restore(&cfg, &url, &work.join(format!("new-{m}")), m)?;
+                check(&mut restored, &model, &format!("{backend:?} {n} -> {m}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn rescale_twice_then_checkpoint_crash_and_restore() -> R {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, dir.path());
+    let mut model = Model::new();
+    let mut slots = open_slots(&cfg, &dir.path().join("a"), 2)?;
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+    write(&mut slots, &mut model, 500, 1)?;
+    checkpoint(&mut cp, &mut slots)?;
+    let url = cp.job_url();
+    drop((cp, slots));
+    // 2 -> 5: write, checkpoint.
+    let (mut cp, mut slots) = restore(&cfg, &url, &dir.path().join("b"), 5)?;
+    write(&mut slots, &mut model, 500, 2)?;
+    checkpoint(&mut cp, &mut slots)?;
+    let url = cp.job_url();
+    drop((cp, slots));
+    // 5 -> 3 (old slots that were themselves rescaled and not compacted): write, checkpoint.
+    let (mut cp, mut slots) = restore(&cfg, &url, &dir.path().join("c"), 3)?;
+    write(&mut slots, &mut model, 500, 3)?;
+    checkpoint(&mut cp, &mut slots)?;
+    // Writes after the checkpoint are lost in the crash.
+    let mut lost = model.clone();
+    write(&mut slots, &mut lost, 500, 4)?;
+    let url = cp.job_url();
+    cp.abandon();
+    drop(slots);
+    let (_cp, mut slots) = restore(&cfg, &url, &dir.path().join("d"), 3)?;
+    check(&mut slots, &model, "2 -> 5 -> 3, crash, restore")?;
+    let ids = support::checkpoints::committed_verified(
+        &cfg.checkpoint.dir,
+        url.rsplit('/').next().ok_or("job")?,
+    )?;
+    assert!(!ids.is_empty());
+    Ok(())
+}
+
+#[test]
+fn the_first_checkpoint_after_a_rescale_uploads_only_what_is_new() -> R {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(BackendKind::RocksDb, dir.path());
+    cfg.state.timer_service = TimerServiceKind::Heap;
+    let mut slots = open_slots(&cfg, &dir.path().join("old"), 2)?;
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+    // ~6 MB of state in SSTs.
+    let payload = vec![7u8; 200];
+    for k in 0..30_000u64 {
+        let slot = &mut slots[slot_for_key(&k, MAX_P, 2)? as usize];
+        let v = slot.value_state::<Vec<u8>>("op", "payload")?;
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        v.update(slot, &scope, &payload)?;
+    }
+    let first = checkpoint(&mut cp, &mut slots)?;
+    let url = cp.job_url();
+    drop((cp, slots));
+    for m in [1u32, 3, 4, 2] {
+        let (mut cp, mut slots) = restore(&cfg, &url, &dir.path().join(format!("new-{m}")), m)?;
+        let report = checkpoint(&mut cp, &mut slots)?;
+        let share = report.incremental_bytes as f64 / first.full_bytes as f64;
+        println!(
+            "2 -> {m}: first checkpoint uploaded {} of {} bytes ({:.2} %), {} files reused",
+            report.incremental_bytes,
+            first.full_bytes,
+            share * 100.0,
+            report.files_reused
+        );
+        assert!(
+            share <= 0.05,
+            "2 -> {m}: the first checkpoint uploaded {:.1} % of the state",
+            share * 100.0
+        );
+    }
+    Ok(())
+}
