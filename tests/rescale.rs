@@ -9,8 +9,8 @@ use std::path::Path;
 
 use cairn::engine::checkpoint::CheckpointReport;
 use cairn::{
-    BackendKind, CairnConfig, CheckpointLocation, Checkpointer, KeyGroupRange, Slot, TimeDomain,
-    Timer, TimerServiceKind, VoidNamespace, new_job_name, slot_for_key,
+    BackendKind, CairnConfig, CheckpointLocation, Checkpointer, ClaimMode, KeyGroupRange, Slot,
+    TimeDomain, Timer, TimerServiceKind, VoidNamespace, new_job_name, slot_for_key,
 };
 
 mod support;
@@ -245,40 +245,67 @@ fn rescale_twice_then_checkpoint_crash_and_restore() -> R {
     Ok(())
 }
 
-#[test]
-fn the_first_checkpoint_after_a_rescale_uploads_only_what_is_new() -> R {
-    let dir = tempfile::tempdir()?;
-    let mut cfg = config(BackendKind::RocksDb, dir.path());
-    cfg.state.timer_service = TimerServiceKind::Heap;
-    let mut slots = open_slots(&cfg, &dir.path().join("old"), 2)?;
+/// A job of 2 RocksDB slots holding ~6 MB of incompressible state, checkpointed once: its URL
+/// and the checkpoint's report.
+fn two_slots_of_random_state(cfg: &CairnConfig, work: &Path) -> R<(String, CheckpointReport)> {
+    let mut slots = open_slots(cfg, work, 2)?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-    // ~6 MB of state in SSTs.
-    let payload = vec![7u8; 200];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for k in 0..30_000u64 {
+        let payload: Vec<u8> = (0..25)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
         let slot = &mut slots[slot_for_key(&k, MAX_P, 2)? as usize];
         let v = slot.value_state::<Vec<u8>>("op", "payload")?;
         let scope = slot.scope(&k, &VoidNamespace)?;
         v.update(slot, &scope, &payload)?;
     }
-    let first = checkpoint(&mut cp, &mut slots)?;
-    let url = cp.job_url();
-    drop((cp, slots));
-    for m in [1u32, 3, 4, 2] {
-        let (mut cp, mut slots) = restore(&cfg, &url, &dir.path().join(format!("new-{m}")), m)?;
-        let report = checkpoint(&mut cp, &mut slots)?;
-        let share = report.incremental_bytes as f64 / first.full_bytes as f64;
-        println!(
-            "2 -> {m}: first checkpoint uploaded {} of {} bytes ({:.2} %), {} files reused",
-            report.incremental_bytes,
-            first.full_bytes,
-            share * 100.0,
-            report.files_reused
-        );
-        assert!(
-            share <= 0.05,
-            "2 -> {m}: the first checkpoint uploaded {:.1} % of the state",
-            share * 100.0
-        );
+    let report = checkpoint(&mut cp, &mut slots)?;
+    Ok((cp.job_url(), report))
+}
+
+#[test]
+fn the_first_checkpoint_after_a_rescale_uploads_only_what_is_new() -> R {
+    let dir = tempfile::tempdir()?;
+    for mode in [ClaimMode::NoClaim, ClaimMode::Claim] {
+        let mut cfg = config(BackendKind::RocksDb, dir.path());
+        cfg.state.timer_service = TimerServiceKind::Heap;
+        cfg.checkpoint.restore_mode = mode;
+        for m in [1u32, 3, 4, 2] {
+            let work = dir.path().join(format!("{mode:?}-{m}"));
+            // A job of its own each time: a claimed checkpoint goes with its first subsumption.
+            let (url, first) = two_slots_of_random_state(&cfg, &work.join("old"))?;
+            let (mut cp, mut slots) = restore(&cfg, &url, &work.join("new"), m)?;
+            let report = checkpoint(&mut cp, &mut slots)?;
+            let share = report.incremental_bytes as f64 / first.full_bytes as f64;
+            println!(
+                "{mode:?} 2 -> {m}: the first checkpoint uploaded {} of {} bytes ({:.2} %); files reused {}, copied in storage {}",
+                report.incremental_bytes,
+                first.full_bytes,
+                share * 100.0,
+                report.files_reused,
+                report.files_copied,
+            );
+            assert!(
+                share <= 0.05,
+                "{mode:?} 2 -> {m}: the first checkpoint uploaded {:.1} % of the state",
+                share * 100.0
+            );
+            match mode {
+                // The old files are referenced where they are.
+                ClaimMode::Claim => assert!(
+                    report.files_copied == 0 && report.files_reused > 0,
+                    "{mode:?} 2 -> {m}"
+                ),
+                // Copied inside the store, never sent from the slot.
+                ClaimMode::NoClaim => assert!(report.files_copied > 0, "{mode:?} 2 -> {m}"),
+            }
+        }
     }
     Ok(())
 }
