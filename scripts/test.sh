@@ -23,3 +23,4 @@ echo "== cargo test --release --workspace"
 cargo test --release --workspace
 echo "== examples"
 cargo run --release --example embed
+cargo run --release --example checkpointing_modes

@@ -7,7 +7,6 @@
 //! cache that evicts and writes back on nearly every record.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use cairn::engine::checkpoint::{
     CheckpointLocation, Checkpointer, ClaimMode, FileVerify, new_job_name,

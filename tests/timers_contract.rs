@@ -4,7 +4,7 @@
 mod timers_support;
 
 use cairn::timers::{
-    ManualClock, TimeDomain, Timer, TimerError, TimerService, TimerServiceExt, layout,
+    ManualClock, TimeDomain, Timer, TimerError, TimerService, TimerServiceExt, key_format,
 };
 use timers_support::{IMPLS, Impl, Instance};
 

@@ -8,6 +8,7 @@ use crate::backend::{ScopeKey, StateEntry, StateId, StateKind, StateSize, Update
 use crate::codec;
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroup;
+use cairn_timers::TimerService;
 
 impl Slot {
     const SINGLE: &'static [StateKind] = &[

@@ -252,12 +252,13 @@ impl RocksDbBackend {
             n += 1;
             if batch.size_in_bytes() >= INSERT_BATCH_BYTES {
                 self.db
-                    .write_opt(std::mem::take(&mut batch), &self.write_opts)
+                    .write_opt(&batch, &self.write_opts)
                     .map_err(EngineError::rocks("write an old slot's entries"))?;
+                batch.clear();
             }
         }
         self.db
-            .write_opt(batch, &self.write_opts)
+            .write_opt(&batch, &self.write_opts)
             .map_err(EngineError::rocks("write an old slot's entries"))?;
         Ok(n)
     }
