@@ -391,7 +391,10 @@ mod tests {
 
     #[test]
     fn checkpointing_mode_names_round_trip() {
-        for m in [CheckpointingMode::ExactlyOnce, CheckpointingMode::AtLeastOnce] {
+        for m in [
+            CheckpointingMode::ExactlyOnce,
+            CheckpointingMode::AtLeastOnce,
+        ] {
             assert_eq!(m.to_string().parse::<CheckpointingMode>().unwrap(), m);
         }
         assert!("aligned".parse::<CheckpointingMode>().is_err());
