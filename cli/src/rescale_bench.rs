@@ -241,12 +241,7 @@ fn load(cfg: &CairnConfig, work: &Path, n: u32, a: &RescaleBenchArgs) -> BResult
         slots[i].put(ids[i], &scope, &buf)?;
     }
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-    let id = cp.trigger_checkpoint();
-    let syncs = slots
-        .iter_mut()
-        .map(|s| s.snapshot_for_checkpoint(id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let report = cp.complete(id, syncs)?;
+    let report = checkpoint(&mut cp, &mut slots)?;
     Ok((cp.job_url(), report.full_bytes))
 }
 
@@ -308,12 +303,7 @@ fn restore_and_checkpoint(
             }
         }
     }
-    let id = cp.trigger_checkpoint();
-    let syncs = slots
-        .iter_mut()
-        .map(|s| s.snapshot_for_checkpoint(id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let report = cp.complete(id, syncs)?;
+    let report = checkpoint(&mut cp, &mut slots)?;
     Ok(Row {
         from,
         to,
@@ -325,6 +315,19 @@ fn restore_and_checkpoint(
         parts_ingest: ingest,
         parts_insert: insert,
     })
+}
+
+/// One checkpoint of every slot.
+fn checkpoint(
+    cp: &mut Checkpointer,
+    slots: &mut [Slot],
+) -> BResult<cairn_engine::checkpoint::CheckpointReport> {
+    let id = cp.trigger_checkpoint();
+    let syncs = slots
+        .iter_mut()
+        .map(|s| s.snapshot_for_checkpoint(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(cp.complete(id, syncs)?)
 }
 
 fn write_csv(path: &Path, rows: &[Row]) -> BResult<()> {

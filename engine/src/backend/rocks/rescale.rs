@@ -94,18 +94,9 @@ impl RocksDbBackend {
         // Dropping the base's files that hold only other key groups first leaves fewer files
         // for the ingested ones to overlap.
         let t = Instant::now();
-        for (from, to) in self.outside_ranges() {
-            for name in self
-                .column_families()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-            {
-                let cf = self.cf_named(&name)?;
-                self.db
-                    .delete_file_in_range_cf(&cf, &from, &to)
-                    .map_err(EngineError::rocks("delete files outside the key groups"))?;
-            }
-        }
+        self.for_each_outside("delete files outside the key groups", |db, cf, from, to| {
+            db.delete_file_in_range_cf(cf, from, to)
+        })?;
         let mut clip_ms = t.elapsed().as_secs_f64() * 1000.0;
         for source in sources {
             report.parts.push(self.merge(&source)?);
@@ -114,21 +105,34 @@ impl RocksDbBackend {
             }
         }
         let t = Instant::now();
-        for (from, to) in self.outside_ranges() {
-            for name in self
-                .column_families()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-            {
-                let cf = self.cf_named(&name)?;
-                self.db
-                    .delete_range_cf_opt(&cf, &from, &to, &self.write_opts)
-                    .map_err(EngineError::rocks("delete the key groups outside the slot"))?;
-            }
-        }
+        self.for_each_outside(
+            "delete the key groups outside the slot",
+            |db, cf, from, to| db.delete_range_cf_opt(cf, from, to, &self.write_opts),
+        )?;
         clip_ms += t.elapsed().as_secs_f64() * 1000.0;
         report.clip_ms = clip_ms;
         Ok(report)
+    }
+
+    /// Calls `op` for every state's column family and every key range outside the slot's key
+    /// groups (see [`RocksDbBackend::outside_ranges`]).
+    fn for_each_outside(
+        &self,
+        what: &'static str,
+        mut op: impl FnMut(
+            &Db,
+            &std::sync::Arc<rocksdb::BoundColumnFamily<'_>>,
+            &[u8],
+            &[u8],
+        ) -> std::result::Result<(), rocksdb::Error>,
+    ) -> Result<()> {
+        for (from, to) in self.outside_ranges() {
+            for name in self.column_families() {
+                let cf = self.cf_named(name)?;
+                op(&self.db, &cf, &from, &to).map_err(EngineError::rocks(what))?;
+            }
+        }
+        Ok(())
     }
 
     /// The key ranges outside the slot's key groups, `[from, to)`: below its first key group
