@@ -19,6 +19,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --release"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+echo "== cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps --quiet
 echo "== cargo test --release --workspace"
 cargo test --release --workspace
 echo "== examples"

@@ -8,7 +8,7 @@
 //!
 //! What differs between the backends beyond storing is a trait method too: the native snapshot
 //! of a checkpoint's synchronous phase ([`StateBackend::native_snapshot`]), opening from
-//! restored files ([`BackendParams::open`]), compaction, and timers kept in the backend's own
+//! restored files (`BackendParams::open`), compaction, and timers kept in the backend's own
 //! files. Slot and checkpoint code never ask which backend they hold.
 
 pub mod heap;
