@@ -47,6 +47,6 @@ pub use registry::SharedRegistry;
 pub use slot_upload::{UploadTarget, upload_slot_files};
 pub use storage::{StorageOptions, StorageRoot};
 pub use store::{
-    CheckpointStore, LocalSnapshot, SlotUploadReport, SlotUploadState, UploadPolicy, VerifyProblem,
-    load_metadata,
+    CheckpointStore, FetchedObjects, LocalSnapshot, SlotUploadReport, SlotUploadState,
+    UploadPolicy, VerifyProblem, load_metadata,
 };

@@ -1269,6 +1269,27 @@ impl CheckpointStore {
         parallelism: usize,
         hash_placed: bool,
     ) -> Result<u64> {
+        Self::download_slot_with(
+            storage,
+            handle,
+            dest,
+            parallelism,
+            hash_placed,
+            &FetchedObjects::default(),
+        )
+        .await
+    }
+
+    /// [`CheckpointStore::download_slot`], linking shared objects `fetched` already placed
+    /// (verified) instead of downloading them again, and recording the ones it downloads.
+    pub async fn download_slot_with(
+        storage: &StorageRoot,
+        handle: &SlotHandle,
+        dest: &FsPath,
+        parallelism: usize,
+        hash_placed: bool,
+        fetched: &FetchedObjects,
+    ) -> Result<u64> {
         // Checked before anything is created or written.
         let what = format!("file of slot {}", handle.slot);
         for name in handle
@@ -1299,6 +1320,9 @@ impl CheckpointStore {
         for f in shared {
             let path = root_layout.resolve(&f.object);
             let to = object_layout::local_path(dest, &what, &f.name)?;
+            if fetched.link(&f.object, f.size, &to) {
+                continue;
+            }
             let expected = Expected {
                 sha256: f.sha256.clone(),
                 size: f.size,
@@ -1306,9 +1330,11 @@ impl CheckpointStore {
                 stored_size: None,
                 hash_placed,
             };
+            let object = f.object.clone();
             jobs.push(async move {
                 storage.fail_point(FailPoint::DownloadSharedSst, &path)?;
                 transfer::download_file(storage, &path, &to, &expected).await?;
+                fetched.record(object, expected.size, to);
                 Ok(expected.size)
             });
         }
@@ -1333,6 +1359,37 @@ impl CheckpointStore {
             .iter()
             .sum();
         Ok(shared + private)
+    }
+}
+
+/// Shared objects a restore placed locally, verified: another slot restoring in the same
+/// process from the same checkpoint links them instead of downloading them again (scaling up,
+/// every new slot opens the same old slot's files). Only a file that still exists with the
+/// recorded size is linked; RocksDB never rewrites an SST in place.
+#[derive(Debug, Default)]
+pub struct FetchedObjects(Mutex<HashMap<String, (PathBuf, u64)>>);
+
+impl FetchedObjects {
+    /// Links the local copy of `object` (of `size` bytes) to `to`; `false` when there is none
+    /// (any more) or the link fails (then the caller downloads it).
+    fn link(&self, object: &str, size: u64, to: &FsPath) -> bool {
+        let from = match self.0.lock() {
+            Ok(m) => m.get(object).cloned(),
+            Err(_) => None,
+        };
+        match from {
+            Some((from, recorded)) if recorded == size => {
+                let same = std::fs::metadata(&from).is_ok_and(|m| m.len() == size);
+                same && std::fs::hard_link(&from, to).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    fn record(&self, object: String, size: u64, at: PathBuf) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(object, (at, size));
+        }
     }
 }
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_snapshot::{
-    CheckpointMetadata, CheckpointStore, JobLayout, LeaseOptions, LocalSnapshot, RestoredFrom,
-    SlotHandle, SlotUploadReport, SlotUploadState, SnapshotError, StorageRoot, UploadPolicy,
-    UploadTarget,
+    CheckpointMetadata, CheckpointStore, FetchedObjects, JobLayout, LeaseOptions, LocalSnapshot,
+    RestoredFrom, SlotHandle, SlotUploadReport, SlotUploadState, SnapshotError, StorageRoot,
+    UploadPolicy, UploadTarget,
 };
 use serde::Serialize;
 
@@ -140,6 +140,8 @@ pub struct RestoredCheckpoint {
     /// Where it is.
     pub source: CheckpointLocation,
     storage: StorageRoot,
+    /// Shared objects already downloaded for a slot of this process: a later slot links them.
+    fetched: Arc<FetchedObjects>,
 }
 
 impl RestoredCheckpoint {
@@ -172,6 +174,7 @@ impl RestoredCheckpoint {
             metadata,
             source: source.clone(),
             storage,
+            fetched: Arc::default(),
         })
     }
 }
@@ -940,6 +943,7 @@ impl Checkpointer {
             metadata,
             source: source.clone(),
             storage,
+            fetched: Arc::default(),
         })
     }
 
@@ -1110,12 +1114,13 @@ pub(crate) fn download_slot(
             ))
         })?;
         let verify = cfg.restore_verify == FileVerify::Sha256;
-        let mut bytes = rt.block_on(CheckpointStore::download_slot(
+        let mut bytes = rt.block_on(CheckpointStore::download_slot_with(
             &restored.storage,
             base,
             dest,
             threads,
             verify,
+            &restored.fetched,
         ))?;
         let mut merge = Vec::new();
         for h in others {
@@ -1126,12 +1131,13 @@ pub(crate) fn download_slot(
                     source: e,
                 })?;
             }
-            bytes += rt.block_on(CheckpointStore::download_slot(
+            bytes += rt.block_on(CheckpointStore::download_slot_with(
                 &restored.storage,
                 h,
                 &files,
                 threads,
                 verify,
+                &restored.fetched,
             ))?;
             merge.push(MergeSource {
                 files,
