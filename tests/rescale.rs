@@ -305,7 +305,49 @@ fn the_first_checkpoint_after_a_rescale_uploads_only_what_is_new() -> R {
                 // Copied inside the store, never sent from the slot.
                 ClaimMode::NoClaim => assert!(report.files_copied > 0, "{mode:?} 2 -> {m}"),
             }
+            // The next checkpoint subsumes the first (and, claimed, the restored one): objects
+            // several new slots reference stay until none does, and every retained checkpoint
+            // still reads back whole.
+            checkpoint(&mut cp, &mut slots)?;
+            let url = cp.job_url();
+            let job = url.rsplit('/').next().ok_or("job")?;
+            let ids = support::checkpoints::committed_verified(&cfg.checkpoint.dir, job)?;
+            assert!(!ids.is_empty(), "{mode:?} 2 -> {m}");
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn old_slots_that_registered_a_state_with_two_kinds_are_refused() -> R {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, dir.path());
+    let mut slots = open_slots(&cfg, &dir.path().join("old"), 2)?;
+    // The same name, a value in slot 0 and a list in slot 1: each slot alone is consistent.
+    let k0 = (0u64..)
+        .find(|k| slot_for_key(k, MAX_P, 2).ok() == Some(0))
+        .ok_or("key")?;
+    let k1 = (0u64..)
+        .find(|k| slot_for_key(k, MAX_P, 2).ok() == Some(1))
+        .ok_or("key")?;
+    let v = slots[0].value_state::<u64>("op", "x")?;
+    let scope = slots[0].scope(&k0, &VoidNamespace)?;
+    v.update(&mut slots[0], &scope, &1)?;
+    let l = slots[1].list_state::<u64>("op", "x")?;
+    let scope = slots[1].scope(&k1, &VoidNamespace)?;
+    l.add(&mut slots[1], &scope, &1)?;
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+    checkpoint(&mut cp, &mut slots)?;
+    let url = cp.job_url();
+    drop((cp, slots));
+    match restore(&cfg, &url, &dir.path().join("new"), 1) {
+        Err(e) => {
+            let e = e
+                .downcast::<cairn::EngineError>()
+                .map_err(|e| format!("{e}"))?;
+            assert_eq!(e.kind(), cairn::ErrorKind::Corrupt, "{e}");
+        }
+        Ok(_) => panic!("a state with two kinds was merged"),
     }
     Ok(())
 }
