@@ -22,6 +22,7 @@ pub mod key_format;
 pub mod keygroup;
 pub mod metrics;
 pub mod operator_state;
+pub mod savepoint;
 pub mod slot;
 pub mod state;
 

@@ -30,6 +30,7 @@ pub mod lease;
 pub mod metadata;
 pub mod object_layout;
 pub mod registry;
+pub mod savepoint;
 pub mod slot_upload;
 pub mod storage;
 pub mod store;
@@ -44,6 +45,7 @@ pub use lease::{LeaseOptions, Takeover, WriterLease};
 pub use metadata::{CheckpointMetadata, RestoredFrom, SlotHandle, StateInfo};
 pub use object_layout::{CheckpointId, Epoch, JobLayout};
 pub use registry::SharedRegistry;
+pub use savepoint::{SavepointDir, SavepointKind, SavepointManifest};
 pub use slot_upload::{UploadTarget, upload_slot_files};
 pub use storage::{StorageOptions, StorageRoot};
 pub use store::{

@@ -109,24 +109,7 @@ impl SlotHandle {
             ));
         }
         for st in &self.states {
-            let ok_name = st.name.len() <= 1024
-                && !st.name.chars().any(char::is_control)
-                && st
-                    .name
-                    .split_once('/')
-                    .is_some_and(|(o, n)| !o.is_empty() && !n.is_empty());
-            if !ok_name {
-                return Err(format!(
-                    "state name {:?} is not operator/name (1 KiB, no control characters)",
-                    st.name.escape_debug().to_string()
-                ));
-            }
-            if !matches!(
-                st.kind.as_str(),
-                "value" | "list" | "map" | "reducing" | "aggregating"
-            ) {
-                return Err(format!("state {} has unknown kind {:?}", st.name, st.kind));
-            }
+            st.check()?;
         }
         if self.shared.len() + self.private.len() > MAX_FILES_PER_SLOT {
             return Err(format!(
@@ -196,6 +179,35 @@ pub struct StateInfo {
     pub name: String,
     /// `value`, `list`, `map`, `reducing` or `aggregating`.
     pub kind: String,
+}
+
+impl StateInfo {
+    /// Checks a state read from storage: `operator/name` (both parts non-empty, at most 1 KiB,
+    /// no control characters) and a known kind; the error is the reason.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let ok_name = self.name.len() <= 1024
+            && !self.name.chars().any(char::is_control)
+            && self
+                .name
+                .split_once('/')
+                .is_some_and(|(o, n)| !o.is_empty() && !n.is_empty());
+        if !ok_name {
+            return Err(format!(
+                "state name {:?} is not operator/name (1 KiB, no control characters)",
+                self.name.escape_debug().to_string()
+            ));
+        }
+        if !matches!(
+            self.kind.as_str(),
+            "value" | "list" | "map" | "reducing" | "aggregating"
+        ) {
+            return Err(format!(
+                "state {} has unknown kind {:?}",
+                self.name, self.kind
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How the job that wrote this checkpoint started.

@@ -360,9 +360,20 @@ impl BackendParams<'_> {
     /// Opens the backend `state.backend` names, empty or from `restore`'s files. Returns it
     /// with the states the restore brought, already created in it, in id order, and what
     /// rescaling did when the files were of other key groups (RocksDB). Files of the other
-    /// backend are refused (switching backends takes a savepoint).
+    /// backend are refused (switching backends takes a canonical savepoint, which opens in
+    /// either).
     pub(crate) fn open(self, restore: Option<RestoredFiles>) -> Result<OpenedBackend> {
         match (self.config.state.backend, restore) {
+            // A canonical savepoint fits either backend: open it empty with the states; the
+            // slot then loads the entries.
+            (_, Some(RestoredFiles::Canonical { states, .. })) => {
+                let mut opened = self.open(None)?;
+                for (id, desc) in states.iter().enumerate() {
+                    opened.backend.create_state(id as StateId, desc)?;
+                }
+                opened.states = states;
+                Ok(opened)
+            }
             (BackendKind::Heap, None) => Ok(OpenedBackend {
                 backend: Box::new(heap::HeapBackend::new(self.range, self.max_parallelism)),
                 states: Vec::new(),

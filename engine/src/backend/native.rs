@@ -61,6 +61,15 @@ pub enum RestoredFiles {
         /// The snapshot files.
         files: Vec<PathBuf>,
     },
+    /// Chunks of a canonical savepoint (downloaded and verified): the slot opens empty in
+    /// whichever backend it is configured with, creates `states`, and loads the entries and
+    /// timers of its key groups (see [`crate::savepoint`]).
+    Canonical {
+        /// The chunk files (uncompressed), those overlapping the slot's key groups.
+        chunks: Vec<PathBuf>,
+        /// Every keyed state of the savepoint, in the order its records number them.
+        states: Vec<StateDescriptor>,
+    },
 }
 
 /// An old slot's RocksDB checkpoint, brought into a rescaled slot for the key groups they share.

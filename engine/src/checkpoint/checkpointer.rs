@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_snapshot::savepoint::{SavepointDir, SavepointManifest};
 use cairn_snapshot::{
     CheckpointMetadata, CheckpointStore, FetchedObjects, JobLayout, LeaseOptions, LocalSnapshot,
     RestoredFrom, SlotHandle, SlotUploadReport, SlotUploadState, SnapshotError, StorageRoot,
@@ -132,22 +133,33 @@ impl CheckpointLocation {
     }
 }
 
-/// A checkpoint chosen for restore.
+/// A checkpoint (or savepoint) chosen for restore.
 #[derive(Clone, Debug)]
 pub struct RestoredCheckpoint {
-    /// Its metadata.
+    /// Its metadata. For a canonical savepoint: the savepoint's facts (its source checkpoint's
+    /// id, properties, max parallelism) and no slots; its chunks are in the manifest.
     pub metadata: CheckpointMetadata,
     /// Where it is.
     pub source: CheckpointLocation,
     storage: StorageRoot,
     /// Shared objects already downloaded for a slot of this process: a later slot links them.
     fetched: Arc<FetchedObjects>,
+    /// Set when the location is a savepoint.
+    pub(crate) savepoint: Option<RestoredSavepoint>,
+}
+
+/// A savepoint chosen for restore.
+#[derive(Clone, Debug)]
+pub(crate) struct RestoredSavepoint {
+    pub dir: SavepointDir,
+    pub manifest: Arc<SavepointManifest>,
 }
 
 impl RestoredCheckpoint {
     /// Reads checkpoint `source` (the given id or the latest committed one) without taking
     /// any lease: what a slot in another process restores from, once the job's committer
     /// prepared the restore ([`Checkpointer::resume_from`]) and told it which checkpoint.
+    /// A location naming a savepoint directory reads the savepoint.
     pub fn load(cfg: &CheckpointConfig, source: &CheckpointLocation) -> Result<Self> {
         let storage = StorageRoot::from_url(&source.storage_url, &cfg.storage)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -157,26 +169,73 @@ impl RestoredCheckpoint {
                 op: "start restore runtime".into(),
                 source: e,
             })?;
-        let (metadata, _) = rt.block_on(async {
-            let store = CheckpointStore::open_read_only(storage.clone(), &source.job).await?;
-            let id = match source.checkpoint {
-                Some(id) => id,
-                None => *store.committed_ids().await?.last().ok_or_else(|| {
-                    SnapshotError::NoCheckpoint {
-                        what: "(none committed)".into(),
-                        location: format!("{}/{}", source.storage_url, source.job),
-                    }
-                })?,
-            };
-            Ok::<_, SnapshotError>((store.load(id).await?, id))
-        })?;
-        Ok(Self {
-            metadata,
-            source: source.clone(),
-            storage,
-            fetched: Arc::default(),
-        })
+        rt.block_on(locate(storage, source))
     }
+
+    /// The storage the checkpoint is in.
+    pub(crate) fn storage(&self) -> &StorageRoot {
+        &self.storage
+    }
+
+    /// Whether this is a savepoint (which a job never claims).
+    pub fn is_savepoint(&self) -> bool {
+        self.savepoint.is_some()
+    }
+}
+
+/// Reads what `source` names: a savepoint (a directory with a `_savepoint` manifest, no
+/// `chk-<id>`), else checkpoint `chk-<id>` of job `source.job` or its latest committed one.
+async fn locate(storage: StorageRoot, source: &CheckpointLocation) -> Result<RestoredCheckpoint> {
+    if source.checkpoint.is_none() {
+        let dir = SavepointDir::new(storage.root(), &source.job)?;
+        if let Some(manifest) = dir.read_manifest(&storage).await? {
+            let metadata = match manifest.checkpoint_at(&source.job)? {
+                Some(native) => native,
+                None => CheckpointMetadata {
+                    format: cairn_snapshot::metadata::FORMAT.into(),
+                    version: cairn_snapshot::metadata::VERSION,
+                    checkpoint_id: manifest.source.checkpoint_id,
+                    job: source.job.clone(),
+                    created_at_ms: manifest.created_at_ms,
+                    max_parallelism: manifest.max_parallelism,
+                    slots: Vec::new(),
+                    restored_from: None,
+                    properties: manifest.properties.clone(),
+                    referenced_jobs: Vec::new(),
+                },
+            };
+            return Ok(RestoredCheckpoint {
+                metadata,
+                source: source.clone(),
+                storage,
+                fetched: Arc::default(),
+                savepoint: Some(RestoredSavepoint {
+                    dir,
+                    manifest: Arc::new(manifest),
+                }),
+            });
+        }
+    }
+    let store = CheckpointStore::open_read_only(storage.clone(), &source.job).await?;
+    let id = match source.checkpoint {
+        Some(id) => id,
+        None => *store
+            .committed_ids()
+            .await?
+            .last()
+            .ok_or_else(|| SnapshotError::NoCheckpoint {
+                what: "(none committed, and no savepoint there)".into(),
+                location: format!("{}/{}", source.storage_url, source.job),
+            })?,
+    };
+    let metadata = store.load(id).await?;
+    Ok(RestoredCheckpoint {
+        metadata,
+        source: source.clone(),
+        storage,
+        fetched: Arc::default(),
+        savepoint: None,
+    })
 }
 
 /// The job-level checkpoint coordinator. See the module doc.
@@ -881,30 +940,35 @@ impl Checkpointer {
     /// this job's registry, in `no-claim` mode the first checkpoint copies its files.
     pub fn resume_from(&mut self, source: &CheckpointLocation) -> Result<RestoredCheckpoint> {
         let storage = StorageRoot::from_url(&source.storage_url, &self.cfg.storage)?;
-        let src_store = self.rt.block_on(CheckpointStore::open_read_only(
-            storage.clone(),
-            &source.job,
-        ))?;
-        let id = match source.checkpoint {
-            Some(id) => id,
-            None => *self
-                .rt
-                .block_on(src_store.committed_ids())?
-                .last()
-                .ok_or_else(|| {
-                    EngineError::Checkpoint(SnapshotError::NoCheckpoint {
-                        what: "(none committed)".into(),
-                        location: format!("{}/{}", source.storage_url, source.job),
-                    })
-                })?,
-        };
-        let metadata = self.rt.block_on(src_store.load(id))?;
+        let restored = self.rt.block_on(locate(storage.clone(), source))?;
+        let (metadata, id) = (&restored.metadata, restored.metadata.checkpoint_id);
         if metadata.max_parallelism != self.max_parallelism {
             return Err(EngineError::InvalidArgument(format!(
-                "checkpoint {id} has max parallelism {}, this job {}: max parallelism can't change",
-                metadata.max_parallelism, self.max_parallelism
+                "{} {}/{} has max parallelism {}, this job {}: max parallelism can't change",
+                if restored.is_savepoint() { "savepoint" } else { "checkpoint" },
+                source.job,
+                id,
+                metadata.max_parallelism,
+                self.max_parallelism
             )));
         }
+        if restored.is_savepoint() {
+            // A savepoint is the user's: never claimed, never referenced. The first checkpoint
+            // uploads the job's own copy of everything.
+            if self.cfg.restore_mode == ClaimMode::Claim {
+                tracing::info!("restoring a savepoint: claim mode does not apply (a savepoint is never claimed)");
+            }
+            self.uploads.clear();
+            self.restored_slots = Vec::new();
+            self.next_id = self.next_id.max(id + 1);
+            self.restored_from = Some(RestoredFrom {
+                job: source.job.clone(),
+                checkpoint_id: id,
+                mode: "no-claim".into(),
+            });
+            return Ok(restored);
+        }
+        let metadata = restored.metadata.clone();
         let same_store =
             source.storage_url.trim_end_matches('/') == self.cfg.dir.trim_end_matches('/');
         let mode = self.cfg.restore_mode;
@@ -939,12 +1003,7 @@ impl Checkpointer {
                 ClaimMode::NoClaim => "no-claim".into(),
             },
         });
-        Ok(RestoredCheckpoint {
-            metadata,
-            source: source.clone(),
-            storage,
-            fetched: Arc::default(),
-        })
+        Ok(restored)
     }
 
     /// Restores the files of the slot owning `range` into `dest`: from the slot's local snapshot
@@ -961,7 +1020,7 @@ impl Checkpointer {
         let t = Instant::now();
         let key_groups = format!("{}..={}", range.start, range.end);
         let mut rejected = None;
-        if self.cfg.local_recovery {
+        if self.cfg.local_recovery && !restored.is_savepoint() {
             let overlapping = covering(&restored.metadata, range)?;
             match overlapping.as_slice() {
                 [h] if h.key_groups.start == range.start && h.key_groups.end == range.end => {
@@ -1064,6 +1123,17 @@ pub(crate) fn restore_operator_state(
     parallelism: u32,
     tmp: &Path,
 ) -> Result<OperatorState> {
+    if let Some(sp) = restored.savepoint.as_ref().filter(|s| s.manifest.checkpoint.is_none()) {
+        let old = crate::savepoint::restore::read_operator_states(
+            rt,
+            &restored.storage,
+            &sp.dir,
+            &sp.manifest,
+            tmp,
+        );
+        let _ = std::fs::remove_dir_all(tmp);
+        return OperatorState::redistribute(&old?, index, parallelism);
+    }
     let mut handles: Vec<&SlotHandle> = restored.metadata.slots.iter().collect();
     handles.sort_by_key(|h| h.slot);
     let mut old = Vec::with_capacity(handles.len());
@@ -1093,8 +1163,25 @@ pub(crate) fn download_slot(
     range: KeyGroupRange,
     dest: &Path,
 ) -> Result<(RestoredFiles, u64)> {
-    let handles = covering(&restored.metadata, range)?;
     let threads = cfg.transfer_threads as usize;
+    if let Some(sp) = restored.savepoint.as_ref().filter(|s| s.manifest.checkpoint.is_none()) {
+        if dest.exists() {
+            std::fs::remove_dir_all(dest).map_err(|e| EngineError::Io {
+                op: format!("remove {}", dest.display()),
+                source: e,
+            })?;
+        }
+        return crate::savepoint::restore::download_chunks(
+            rt,
+            &restored.storage,
+            &sp.dir,
+            &sp.manifest,
+            range,
+            dest,
+            threads,
+        );
+    }
+    let handles = covering(&restored.metadata, range)?;
     if dest.exists() {
         std::fs::remove_dir_all(dest).map_err(|e| EngineError::Io {
             op: format!("remove {}", dest.display()),

@@ -3,7 +3,7 @@
 //! [`Checkpointer`] (heap view written to a file, files uploaded incrementally through
 //! `cairn-snapshot`, metadata committed), and restore.
 
-mod checkpointer;
+pub(crate) mod checkpointer;
 mod config;
 mod coordinator;
 mod local;

@@ -106,6 +106,10 @@ impl<'a> SlotBuilder<'a> {
         });
         // Read before the backend opens: RocksDB's restored files move into its directory.
         let restored_timers = read_restored_timers(self.restore.as_ref(), range)?;
+        let canonical_chunks = match &self.restore {
+            Some(RestoredFiles::Canonical { chunks, .. }) => Some(chunks.clone()),
+            _ => None,
+        };
         let opened = BackendParams {
             config,
             dir: &dir,
@@ -137,6 +141,10 @@ impl<'a> SlotBuilder<'a> {
             operator_state: self.operator_state,
         };
         slot.adopt_restored_states(opened.states)?;
+        let restored_timers = match canonical_chunks {
+            Some(chunks) => Some(crate::savepoint::load_chunks(&mut slot, &chunks)?),
+            None => restored_timers,
+        };
         slot.restore_timers(restored_timers)?;
         Ok(slot)
     }
@@ -158,7 +166,7 @@ fn read_restored_timers(
             .chain(merge.iter().map(|m| &m.files))
             .map(|f| f.join(TIMERS_SNAPSHOT_FILE))
             .collect(),
-        None => Vec::new(),
+        Some(RestoredFiles::Canonical { .. }) | None => Vec::new(),
     };
     let mut timers: Option<HeapTimers> = None;
     for f in files.iter().filter(|f| f.exists()) {

@@ -145,6 +145,11 @@ impl Slot {
         &self.states
     }
 
+    /// Bytes of the key-group prefix of this job's keys.
+    pub fn prefix_bytes(&self) -> usize {
+        self.prefix_bytes
+    }
+
     /// The backend, for reports and its native properties ([`StateBackend::native_property`]).
     pub fn backend(&self) -> &dyn StateBackend {
         self.backend.as_ref()
