@@ -91,4 +91,7 @@ pub use cairn_engine::{
     SlotBuilder, StateDescriptor, StateKind, TimeDomain, Timer, TimerServiceKind, ValueState,
     VoidNamespace, key_group_of, slot_for_key,
 };
+pub use cairn_engine::savepoint::{
+    SavepointKind, SavepointLocation, SavepointReport, create_savepoint,
+};
 pub use cairn_snapshot::UploadTarget;

@@ -1,0 +1,451 @@
+//! Savepoints: canonical savepoints switch backends (heap <-> RocksDB, both ways) and slot
+//! counts with every state kind, both timer domains and operator state; native savepoints
+//! restore into the same backend; a savepoint is self-contained (the source job can be gone),
+//! relocatable (its directory can move), never deleted by Cairn, and damaged or hostile
+//! savepoints are refused with typed errors. A savepoint written by an earlier version
+//! (`tests/fixtures/savepoint-v1`) restores exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use cairn::{
+    AggregateFunction, BackendKind, CairnConfig, CheckpointLocation, Checkpointer, ErrorKind,
+    KeyGroupRange, Redistribution, SavepointKind, SavepointLocation, Slot,
+    TimeDomain, Timer, TimerServiceKind, VoidNamespace, create_savepoint, new_job_name,
+    slot_for_key,
+};
+
+mod support;
+
+type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const MAX_P: u32 = 128;
+
+/// Averages inputs: the accumulator is (sum, count).
+struct Average;
+
+impl AggregateFunction for Average {
+    type In = u64;
+    type Acc = (u64, u64);
+    type Out = u64;
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, value: &u64, acc: (u64, u64)) -> (u64, u64) {
+        (acc.0 + value, acc.1 + 1)
+    }
+    fn get_result(&self, acc: &(u64, u64)) -> u64 {
+        acc.0 / acc.1.max(1)
+    }
+}
+
+/// Every kind of state of one key, in two namespaces for the value state, and its timers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KeyState {
+    value: Option<String>,
+    windowed: BTreeMap<u64, u64>,
+    list: Vec<u64>,
+    map: BTreeMap<String, u64>,
+    sum: Option<u64>,
+    average: Option<u64>,
+    event_timers: BTreeSet<i64>,
+    processing_timers: BTreeSet<i64>,
+}
+
+type Model = BTreeMap<u64, KeyState>;
+
+fn config(backend: BackendKind, timers: TimerServiceKind, root: &Path) -> CairnConfig {
+    let mut cfg = support::checkpoints::config(backend, root);
+    cfg.state.max_parallelism = Some(MAX_P);
+    cfg.state.timer_service = timers;
+    cfg.checkpoint.interval = None;
+    cfg
+}
+
+fn open_slots(cfg: &CairnConfig, work: &Path, n: u32) -> R<Vec<Slot>> {
+    (0..n)
+        .map(|i| {
+            let mut c = cfg.clone();
+            c.state.working_dir = work.join(format!("slot-{i}"));
+            Ok(Slot::builder(&c).slot(i, n).open()?)
+        })
+        .collect()
+}
+
+/// Writes round `round` of keys `0..keys` into the slots that own them and into `model`.
+fn write(slots: &mut [Slot], model: &mut Model, keys: u64, round: u64) -> R {
+    let n = slots.len() as u32;
+    for k in 0..keys {
+        let slot = &mut slots[slot_for_key(&k, MAX_P, n)? as usize];
+        let value = slot.value_state::<String>("op", "value")?;
+        let list = slot.list_state::<u64>("op", "list")?;
+        let map = slot.map_state::<String, u64>("op", "map")?;
+        let sum = slot.reducing_state::<u64, _>("op", "sum", |a, b| a + b)?;
+        let average = slot.aggregating_state("op", "average", Average)?;
+        let scope = slot.scope(&k, &VoidNamespace)?;
+        let m = model.entry(k).or_default();
+        let v = k * 1000 + round;
+        value.update(slot, &scope, &format!("key {k} round {round}"))?;
+        m.value = Some(format!("key {k} round {round}"));
+        list.add(slot, &scope, &v)?;
+        m.list.push(v);
+        map.put(slot, &scope, &format!("r{round}"), &v)?;
+        m.map.insert(format!("r{round}"), v);
+        if k % 4 == 0 && m.map.len() > 1 {
+            let oldest = m.map.keys().next().cloned().ok_or("map")?;
+            map.remove(slot, &scope, &oldest)?;
+            m.map.remove(&oldest);
+        }
+        sum.add(slot, &scope, &v)?;
+        *m.sum.get_or_insert(0) += v;
+        average.add(slot, &scope, &v)?;
+        let (total, count) = m.list.iter().fold((0, 0), |(s, c), x| (s + x, c + 1));
+        m.average = Some(total / count);
+        // A value in a window namespace.
+        let window = round % 3;
+        let windowed = slot.scope(&k, &window)?;
+        value.update(slot, &windowed, &format!("w{v}"))?;
+        m.windowed.insert(window, v);
+        let ts = (k * 10 + round) as i64;
+        slot.register_timer(TimeDomain::EventTime, &scope, ts)?;
+        m.event_timers.insert(ts);
+        if k % 2 == 0 {
+            slot.register_timer(TimeDomain::ProcessingTime, &windowed, -ts)?;
+            m.processing_timers.insert(-ts);
+        }
+    }
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let ops = slot.operator_state_mut();
+        ops.set_list_of("offsets", Redistribution::EvenSplit, &[i as u64 * 100 + round])?;
+        ops.broadcast_mut("rules")
+            .insert(b"version".to_vec(), round.to_le_bytes().to_vec());
+    }
+    Ok(())
+}
+
+fn checkpoint(cp: &mut Checkpointer, slots: &mut [Slot]) -> R {
+    let id = cp.trigger_checkpoint();
+    let syncs = slots
+        .iter_mut()
+        .map(|s| s.snapshot_for_checkpoint(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    cp.complete(id, syncs)?;
+    Ok(())
+}
+
+/// A new job of `cfg` restoring `url` (a checkpoint or a savepoint) into `m` slots below
+/// `work`, operator state included.
+fn restore(cfg: &CairnConfig, url: &str, work: &Path, m: u32) -> R<(Checkpointer, Vec<Slot>)> {
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
+    let mut slots = Vec::new();
+    for i in 0..m {
+        let mut c = cfg.clone();
+        c.state.working_dir = work.join(format!("slot-{i}"));
+        let (files, _) = cp.download_slot_files(
+            &restored,
+            KeyGroupRange::for_slot(MAX_P, m, i)?,
+            &c.state.working_dir.join("restore"),
+        )?;
+        let ops = cp.operator_state_for_slot(&restored, i, m, &work.join(format!("ops-{i}")))?;
+        slots.push(
+            Slot::builder(&c)
+                .slot(i, m)
+                .restore(files)
+                .operator_state(ops)
+                .open()?,
+        );
+    }
+    Ok((cp, slots))
+}
+
+/// Every key of `model` reads exactly the model's state from the slot owning it, no slot holds
+/// an entry the model does not place there, the timers are exactly the model's (this fires
+/// them), and the operator state is the old slots' redistributed.
+fn check(slots: &mut [Slot], model: &Model, old_slots: u32, round: u64, what: &str) -> R {
+    let n = slots.len() as u32;
+    for (k, want) in model {
+        let slot = &mut slots[slot_for_key(k, MAX_P, n)? as usize];
+        let value = slot.value_state::<String>("op", "value")?;
+        let list = slot.list_state::<u64>("op", "list")?;
+        let map = slot.map_state::<String, u64>("op", "map")?;
+        let sum = slot.reducing_state::<u64, _>("op", "sum", |a, b| a + b)?;
+        let average = slot.aggregating_state("op", "average", Average)?;
+        let scope = slot.scope(k, &VoidNamespace)?;
+        let mut windowed = BTreeMap::new();
+        for w in 0..3u64 {
+            let ws = slot.scope(k, &w)?;
+            if let Some(s) = value.get(slot, &ws)? {
+                windowed.insert(w, s.trim_start_matches('w').parse()?);
+            }
+        }
+        let got = KeyState {
+            value: value.get(slot, &scope)?,
+            windowed,
+            list: list.get(slot, &scope)?,
+            map: map.entries(slot, &scope)?.into_iter().collect(),
+            sum: sum.get(slot, &scope)?,
+            average: average.get(slot, &scope)?,
+            event_timers: want.event_timers.clone(),
+            processing_timers: want.processing_timers.clone(),
+        };
+        assert_eq!(&got, want, "{what}: key {k}");
+    }
+    for slot in slots.iter_mut() {
+        let range = slot.key_groups();
+        let mut entries = 0usize;
+        for id in 0..slot.states().len() as u32 {
+            if slot.state_name(id).starts_with("_timers") {
+                continue;
+            }
+            for kg in range.start..=range.end {
+                entries += slot.scan_key_group(id, kg as cairn::KeyGroup)?.len();
+            }
+        }
+        let mut want = 0usize;
+        for (k, s) in model {
+            if slot_for_key(k, MAX_P, n)? == slot.index().0 {
+                want += 1 + s.windowed.len() + 1 + s.map.len() + 2;
+            }
+        }
+        assert_eq!(entries, want, "{what}: entries of slot {:?}", slot.index());
+    }
+    for (domain, pick) in [
+        (
+            TimeDomain::EventTime,
+            (|s: &KeyState| s.event_timers.clone()) as fn(&KeyState) -> BTreeSet<i64>,
+        ),
+        (TimeDomain::ProcessingTime, |s: &KeyState| {
+            s.processing_timers.clone()
+        }),
+    ] {
+        let mut fired: BTreeMap<u64, BTreeSet<i64>> = BTreeMap::new();
+        for slot in slots.iter_mut() {
+            let mut t = Timer::default();
+            while slot.poll_timer(domain, i64::MAX, &mut t)? {
+                let key: u64 = cairn::engine::codec::decode(&t.key, "timer key")?;
+                assert_eq!(slot_for_key(&key, MAX_P, n)?, slot.index().0, "{what}");
+                assert!(fired.entry(key).or_default().insert(t.timestamp), "{what}");
+            }
+        }
+        let want: BTreeMap<u64, BTreeSet<i64>> = model
+            .iter()
+            .map(|(k, s)| (*k, pick(s)))
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        assert_eq!(fired, want, "{what}: {domain:?} timers");
+    }
+    // Operator state: the old offsets split over the new slots, the broadcast state everywhere.
+    let mut offsets = Vec::new();
+    for slot in slots.iter() {
+        offsets.extend(slot.operator_state().list_of::<u64>("offsets")?);
+        let rules = slot.operator_state().broadcast("rules").ok_or("rules")?;
+        assert_eq!(rules.get(&b"version"[..]), Some(&round.to_le_bytes().to_vec()));
+    }
+    offsets.sort_unstable();
+    let want: Vec<u64> = (0..old_slots as u64).map(|i| i * 100 + round).collect();
+    assert_eq!(offsets, want, "{what}: operator state");
+    Ok(())
+}
+
+/// A job of `n` slots of `cfg` with two rounds of state checkpointed below `root`: its URL
+/// and model.
+fn job(cfg: &CairnConfig, work: &Path, n: u32, keys: u64) -> R<(String, Model)> {
+    let mut slots = open_slots(cfg, work, n)?;
+    let mut model = Model::new();
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+    write(&mut slots, &mut model, keys, 1)?;
+    checkpoint(&mut cp, &mut slots)?;
+    write(&mut slots, &mut model, keys, 2)?;
+    checkpoint(&mut cp, &mut slots)?;
+    Ok((cp.job_url(), model))
+}
+
+fn savepoint_url(root: &Path, name: &str) -> String {
+    format!("file://{}/{name}", root.join("savepoints").display())
+}
+
+#[test]
+fn canonical_savepoints_switch_backends_both_ways_and_any_slot_count() -> R {
+    let dir = tempfile::tempdir()?;
+    let kinds = [
+        (BackendKind::RocksDb, TimerServiceKind::RocksDb),
+        (BackendKind::RocksDb, TimerServiceKind::Heap),
+        (BackendKind::Heap, TimerServiceKind::Heap),
+    ];
+    for (i, &(from, from_timers)) in kinds.iter().enumerate() {
+        let root = dir.path().join(format!("from-{i}"));
+        let cfg = config(from, from_timers, &root);
+        let (url, model) = job(&cfg, &root.join("job"), 3, 200)?;
+        let sp = savepoint_url(&root, "sp");
+        let report = create_savepoint(
+            &cfg,
+            &CheckpointLocation::parse(&url)?,
+            &SavepointLocation::parse(&sp)?,
+            SavepointKind::Canonical,
+        )?;
+        assert_eq!(report.parallelism, 3);
+        assert!(report.entries > 200 * 5 && report.timers > 200, "{report:?}");
+        for (j, &(to, to_timers)) in kinds.iter().enumerate() {
+            for m in [1, 4] {
+                let cfg = config(to, to_timers, &root);
+                let what = format!("{from:?}/{from_timers:?} x3 -> {to:?}/{to_timers:?} x{m}");
+                let (_cp, mut slots) = restore(&cfg, &sp, &root.join(format!("to-{j}-{m}")), m)?;
+                check(&mut slots, &model, 3, 2, &what)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn native_savepoints_restore_into_the_same_backend_only() -> R {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let cfg = config(BackendKind::RocksDb, TimerServiceKind::RocksDb, root);
+    let (url, model) = job(&cfg, &root.join("job"), 2, 300)?;
+    let sp = savepoint_url(root, "native");
+    let report = create_savepoint(
+        &cfg,
+        &CheckpointLocation::parse(&url)?,
+        &SavepointLocation::parse(&sp)?,
+        SavepointKind::Native,
+    )?;
+    assert!(report.files > 0 && report.stored_bytes > 0, "{report:?}");
+    for m in [2, 3] {
+        let (_cp, mut slots) = restore(&cfg, &sp, &root.join(format!("to-{m}")), m)?;
+        check(&mut slots, &model, 2, 2, &format!("native 2 -> {m}"))?;
+    }
+    let heap = config(BackendKind::Heap, TimerServiceKind::Heap, root);
+    let Err(err) = restore(&heap, &sp, &root.join("heap"), 1) else {
+        panic!("a native RocksDB savepoint opened in the heap backend");
+    };
+    assert!(err.to_string().contains("savepoint"), "{err}");
+    Ok(())
+}
+
+/// Every file below `dir` with its content.
+fn files(dir: &Path) -> R<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir)?.display().to_string(),
+                    std::fs::read(&p)?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn savepoints_are_self_contained_relocatable_and_never_deleted() -> R {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let mut cfg = config(BackendKind::RocksDb, TimerServiceKind::Heap, root);
+    cfg.checkpoint.retained = 1;
+    let (url, model) = job(&cfg, &root.join("job"), 2, 300)?;
+    for kind in [SavepointKind::Canonical, SavepointKind::Native] {
+        create_savepoint(
+            &cfg,
+            &CheckpointLocation::parse(&url)?,
+            &SavepointLocation::parse(&savepoint_url(root, kind.name()))?,
+            kind,
+        )?;
+    }
+    // A second savepoint at the same place is refused; the first is untouched.
+    let before = files(&root.join("savepoints").join("native"))?;
+    let again = create_savepoint(
+        &cfg,
+        &CheckpointLocation::parse(&url)?,
+        &SavepointLocation::parse(&savepoint_url(root, "native"))?,
+        SavepointKind::Native,
+    );
+    assert!(again.is_err());
+    assert_eq!(files(&root.join("savepoints").join("native"))?, before);
+    // The source job is gone; the savepoints move to another directory under new names.
+    std::fs::remove_dir_all(root.join("checkpoints"))?;
+    std::fs::create_dir_all(root.join("moved"))?;
+    for kind in [SavepointKind::Canonical, SavepointKind::Native] {
+        let from = root.join("savepoints").join(kind.name());
+        let to = root.join("moved").join(format!("{}-renamed", kind.name()));
+        std::fs::rename(&from, &to)?;
+        let content = files(&to)?;
+        let url = format!("file://{}", to.display());
+        // Restore, then checkpoint three times with one retained (subsumption and GC run).
+        let (mut cp, mut slots) = restore(&cfg, &url, &root.join(format!("r-{}", kind.name())), 2)?;
+        let mut more = model.clone();
+        write(&mut slots, &mut more, 50, 3)?;
+        for _ in 0..3 {
+            checkpoint(&mut cp, &mut slots)?;
+        }
+        cp.gc(std::time::Duration::ZERO, true)?;
+        let job = cp.job_url();
+        drop((cp, slots));
+        assert_eq!(files(&to)?, content, "{kind:?}: the savepoint changed");
+        // The restored job's checkpoints stand alone too.
+        let (_cp, mut slots) = restore(&cfg, &job, &root.join(format!("c-{}", kind.name())), 3)?;
+        check(&mut slots, &more, 2, 3, &format!("{kind:?} moved, then checkpointed"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn damaged_or_hostile_savepoints_are_refused() -> R {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let cfg = config(BackendKind::Heap, TimerServiceKind::Heap, root);
+    let (url, _) = job(&cfg, &root.join("job"), 1, 100)?;
+    let fresh = |name: &str| -> R<std::path::PathBuf> {
+        create_savepoint(
+            &cfg,
+            &CheckpointLocation::parse(&url)?,
+            &SavepointLocation::parse(&savepoint_url(root, name))?,
+            SavepointKind::Canonical,
+        )?;
+        Ok(root.join("savepoints").join(name))
+    };
+    let open = |name: &str| restore(&cfg, &savepoint_url(root, name), &root.join(name), 1);
+    // A flipped byte in a chunk: its checksum.
+    let sp = fresh("flipped")?;
+    let chunk = std::fs::read_dir(sp.join("canonical"))?
+        .next()
+        .ok_or("no chunk")??
+        .path();
+    let mut bytes = std::fs::read(&chunk)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&chunk, bytes)?;
+    let err = open("flipped").err().ok_or("a damaged chunk restored")?;
+    let kind = err
+        .downcast_ref::<cairn::EngineError>()
+        .map(|e| e.kind())
+        .ok_or("not an engine error")?;
+    assert_eq!(kind, ErrorKind::Corrupt, "{err}");
+    // A missing chunk.
+    let sp = fresh("missing")?;
+    for e in std::fs::read_dir(sp.join("canonical"))? {
+        std::fs::remove_file(e?.path())?;
+    }
+    assert!(open("missing").is_err());
+    // A manifest naming an object outside the savepoint.
+    let sp = fresh("hostile")?;
+    let manifest = std::fs::read_to_string(sp.join("_savepoint"))?;
+    let hostile = manifest.replacen("\"canonical/", "\"canonical/../../", 1);
+    assert_ne!(hostile, manifest);
+    std::fs::write(sp.join("_savepoint"), hostile)?;
+    let err = open("hostile").err().ok_or("a hostile manifest restored")?;
+    let msg = err.to_string();
+    assert!(msg.contains("_savepoint") && msg.contains("../"), "{msg}");
+    // No manifest: not a savepoint (and not a job either).
+    let sp = fresh("uncommitted")?;
+    std::fs::remove_file(sp.join("_savepoint"))?;
+    assert!(open("uncommitted").is_err());
+    Ok(())
+}
