@@ -36,6 +36,8 @@ pub enum Command {
     Run(RunArgs),
     /// List, inspect, verify and garbage-collect checkpoints.
     Checkpoints(crate::checkpoints_cmd::CheckpointsArgs),
+    /// Create savepoints from checkpoints, and inspect them.
+    Savepoint(crate::savepoint_cmd::SavepointArgs),
     /// Benchmarks that write JSON (checkpoint churn, restore speed).
     Bench(crate::bench_cmd::BenchArgs),
     /// Kill -9 rounds against checkpoint storage; verifies every restore and that GC leaks nothing.
@@ -163,9 +165,17 @@ pub struct RunArgs {
     /// Completed checkpoints to keep (checkpoint.retained).
     #[arg(long, value_name = "N")]
     pub retained: Option<u32>,
-    /// Continue from a checkpoint: `<checkpoint dir>/<job>` (its latest) or `.../<job>/chk-<id>`.
+    /// Continue from a checkpoint: `<checkpoint dir>/<job>` (its latest) or `.../<job>/chk-<id>`;
+    /// or from a savepoint: `<storage url>/<savepoint>`.
     #[arg(long, value_name = "URL")]
     pub restore_from: Option<String>,
+    /// Stop with a savepoint: after the final checkpoint, write a savepoint of it here
+    /// (`<storage url>/<name>`, a new directory).
+    #[arg(long, value_name = "URL")]
+    pub savepoint: Option<String>,
+    /// The format of `--savepoint`.
+    #[arg(long, value_enum, default_value_t = crate::savepoint_cmd::FormatArg::Canonical)]
+    pub savepoint_format: crate::savepoint_cmd::FormatArg,
     /// Ownership of the restored checkpoint (checkpoint.restore-mode).
     #[arg(long, value_enum)]
     pub restore_mode: Option<ClaimModeArg>,
@@ -237,6 +247,9 @@ pub enum CliError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The savepoint after the run could not be written.
+    #[error("the run finished, but its savepoint failed: {0}")]
+    Savepoint(Box<EngineError>),
     /// The metrics file could not be written.
     #[error("cannot write the metrics to {path}: {source}")]
     WriteMetrics {
@@ -272,6 +285,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(&args),
         Command::Checkpoints(args) => return crate::checkpoints_cmd::run(args),
+        Command::Savepoint(args) => return crate::savepoint_cmd::run(args),
         Command::Bench(args) => return crate::bench_cmd::run(args),
         Command::Torture(args) => return crate::torture::command(args),
     };
@@ -531,7 +545,10 @@ fn run_command(args: &RunArgs) -> Result<(), CliError> {
         }
     });
     bar.finish_and_clear();
-    let summary = summary?;
+    let mut summary = summary?;
+    if let Some(url) = &args.savepoint {
+        summary.savepoint = Some(savepoint_after_run(&opts, &summary, url, args.savepoint_format)?);
+    }
     print!("{}", summary.render());
     if let Some(path) = &args.json {
         let write_err = |source| CliError::WriteJson {
@@ -549,6 +566,34 @@ fn run_command(args: &RunArgs) -> Result<(), CliError> {
         })?;
     }
     Ok(())
+}
+
+/// Stop-with-savepoint: a savepoint of the run's final checkpoint at `url`.
+fn savepoint_after_run(
+    opts: &RunOptions,
+    summary: &crate::report::RunSummary,
+    url: &str,
+    format: crate::savepoint_cmd::FormatArg,
+) -> Result<cairn_engine::savepoint::SavepointReport, CliError> {
+    let target = cairn_engine::savepoint::SavepointLocation::parse(url).map_err(|e| {
+        CliError::Flag {
+            flag: "--savepoint",
+            value: url.to_string(),
+            allowed: format!("<storage url>/<name> ({e})"),
+        }
+    })?;
+    let (Some(job), Some(last)) = (&summary.job_url, summary.checkpoints.last()) else {
+        return Err(CliError::Flag {
+            flag: "--savepoint",
+            value: url.to_string(),
+            allowed: "only with checkpointing on (the savepoint is of the final checkpoint)".into(),
+        });
+    };
+    let mut source = cairn_engine::checkpoint::CheckpointLocation::parse(job)
+        .map_err(|e| CliError::Savepoint(Box::new(e)))?;
+    source.checkpoint = Some(last.id);
+    cairn_engine::savepoint::create_savepoint(&opts.config, &source, &target, format.into())
+        .map_err(|e| CliError::Savepoint(Box::new(e)))
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.

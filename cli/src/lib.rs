@@ -13,6 +13,7 @@ pub mod rebase_bench;
 pub mod report;
 pub mod rescale_bench;
 pub mod run;
+pub mod savepoint_cmd;
 pub mod stream;
 pub mod torture;
 pub mod wordcount;

@@ -73,6 +73,7 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `job_url` | `<checkpoint dir>/<job>` of this run's checkpoints (`null` with `--checkpoint-interval off`) |
 /// | `checkpoints[]` | per completed checkpoint: `{id, completed_at_ms, incremental_bytes, full_bytes, files_uploaded, files_reused, files_copied, bytes_copied, sync_ms, async_ms, upload_mb_per_s, rebase, files_reuploaded, bytes_reuploaded, space_amplification, compact_slots, kept_locally}`; `rebase` says why the checkpoint rebased (`null` if it did not); the last is the final checkpoint |
 /// | `restored_from` | `{source, checkpoint_id, position, bytes_downloaded, download_s, slots[]}` with `--restore-from`, else `null`; `slots[]`: `{key_groups, path ("local"/"remote"), ms, bytes, local_rejected?, rescale?}`; `rescale` (a RocksDB checkpoint of other key groups): `{parts[]: {old_slot, key_groups, path ("base"/"ingest"/"insert"), ms, files_ingested, entries_inserted}, clip_ms}` |
+/// | `savepoint` | with `--savepoint`: `{location, kind, checkpoint_id, parallelism, files, stored_bytes, entries, timers, seconds}`, else `null` |
 /// | `state_cache` | the RocksDB backend's write-back state cache, all slots ([`CacheSummary`]); `null` when off or heap |
 /// | `state_cache.{hits,misses,hit_rate}` | reads answered from the cache / from RocksDB, and `hits / (hits + misses)` |
 /// | `state_cache.{evictions,evicted_dirty}` | entries evicted, and the dirty ones among them (written to RocksDB) |
@@ -139,6 +140,8 @@ pub struct RunSummary {
     pub checkpoints: Vec<cairn_engine::checkpoint::CheckpointReport>,
     /// The checkpoint this run continued from.
     pub restored_from: Option<RestoreSummary>,
+    /// The savepoint written after the run (`--savepoint`).
+    pub savepoint: Option<cairn_engine::savepoint::SavepointReport>,
     /// The state cache's counters (RocksDB with the cache on).
     pub state_cache: Option<CacheSummary>,
 }
@@ -607,6 +610,22 @@ impl RunSummary {
             ),
         );
         row(w, "working directory", self.working_dir.clone());
+        if let Some(sp) = &self.savepoint {
+            row(
+                w,
+                "savepoint",
+                format!(
+                    "{} ({}, of chk-{}): {} entries, {} timers, {} stored in {:.2} s",
+                    sp.location,
+                    sp.kind.name(),
+                    sp.checkpoint_id,
+                    thousands(sp.entries),
+                    thousands(sp.timers),
+                    size(sp.stored_bytes),
+                    sp.seconds
+                ),
+            );
+        }
         if let Some(r) = &self.restored_from {
             row(
                 w,

@@ -211,10 +211,17 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         }
         opts.metrics.restored(t.elapsed().as_secs_f64(), bytes);
         restore_summary = Some(RestoreSummary {
-            source: format!(
-                "{}/{}/chk-{}",
-                src.storage_url, src.job, restored.metadata.checkpoint_id
-            ),
+            source: if restored.is_savepoint() {
+                format!(
+                    "savepoint {}/{} (of chk-{})",
+                    src.storage_url, src.job, restored.metadata.checkpoint_id
+                )
+            } else {
+                format!(
+                    "{}/{}/chk-{}",
+                    src.storage_url, src.job, restored.metadata.checkpoint_id
+                )
+            },
             checkpoint_id: restored.metadata.checkpoint_id,
             position: start_position,
             bytes_downloaded: bytes,
@@ -650,6 +657,7 @@ fn summarize(
         job_url: None,
         checkpoints: Vec::new(),
         restored_from: None,
+        savepoint: None,
         state_cache: {
             let mut stats = outcomes.iter().filter_map(|o| o.cache.as_ref()).peekable();
             stats.peek().is_some().then(|| {
