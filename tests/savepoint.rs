@@ -73,6 +73,8 @@ fn open_slots(cfg: &CairnConfig, work: &Path, n: u32) -> R<Vec<Slot>> {
 }
 
 /// Writes round `round` of keys `0..keys` into the slots that own them and into `model`.
+/// The version-1 fixture savepoints hold what this wrote: it must not change (add a new
+/// function for new tests).
 fn write(slots: &mut [Slot], model: &mut Model, keys: u64, round: u64) -> R {
     let n = slots.len() as u32;
     for k in 0..keys {
@@ -447,5 +449,79 @@ fn damaged_or_hostile_savepoints_are_refused() -> R {
     let sp = fresh("uncommitted")?;
     std::fs::remove_file(sp.join("_savepoint"))?;
     assert!(open("uncommitted").is_err());
+    Ok(())
+}
+
+/// The fixture savepoints of format version 1 (`tests/fixtures/savepoint-v1/`): written once by
+/// `CAIRN_WRITE_FIXTURES=1 cargo test --release --test savepoint write_fixtures -- --ignored`,
+/// never again. Every later version must restore them exactly.
+const FIXTURE_KEYS: u64 = 40;
+
+fn fixture_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/savepoint-v1")
+}
+
+fn fixture_model() -> R<Model> {
+    // The model is a pure function of keys and rounds: replay it without any slot.
+    let dir = tempfile::tempdir()?;
+    let cfg = config(BackendKind::Heap, TimerServiceKind::Heap, dir.path());
+    let mut slots = open_slots(&cfg, dir.path(), 2)?;
+    let mut model = Model::new();
+    write(&mut slots, &mut model, FIXTURE_KEYS, 1)?;
+    write(&mut slots, &mut model, FIXTURE_KEYS, 2)?;
+    Ok(model)
+}
+
+#[test]
+#[ignore = "writes the format fixtures; run once per format version"]
+fn write_fixtures() -> R {
+    if std::env::var("CAIRN_WRITE_FIXTURES").as_deref() != Ok("1") {
+        return Err("set CAIRN_WRITE_FIXTURES=1 to overwrite tests/fixtures/savepoint-v1".into());
+    }
+    let dir = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, TimerServiceKind::RocksDb, dir.path());
+    let (url, _) = job(&cfg, &dir.path().join("job"), 2, FIXTURE_KEYS)?;
+    let out = fixture_dir();
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    for kind in [SavepointKind::Canonical, SavepointKind::Native] {
+        create_savepoint(
+            &cfg,
+            &CheckpointLocation::parse(&url)?,
+            &SavepointLocation::parse(&format!("file://{}/{}", out.display(), kind.name()))?,
+            kind,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn fixture_savepoints_of_version_1_restore_exactly() -> R {
+    let model = fixture_model()?;
+    let dir = tempfile::tempdir()?;
+    // Copied first: a restore reads a savepoint where it is, and the fixture must stay as is.
+    let copy = dir.path().join("fixtures");
+    for (name, _) in files(&fixture_dir())? {
+        let to = copy.join(&name);
+        std::fs::create_dir_all(to.parent().ok_or("parent")?)?;
+        std::fs::copy(fixture_dir().join(&name), to)?;
+    }
+    let cases = [
+        ("canonical", BackendKind::Heap, TimerServiceKind::Heap, 3),
+        ("canonical", BackendKind::RocksDb, TimerServiceKind::RocksDb, 1),
+        ("native", BackendKind::RocksDb, TimerServiceKind::Heap, 3),
+    ];
+    for (i, (name, backend, timers, m)) in cases.into_iter().enumerate() {
+        let cfg = config(backend, timers, dir.path());
+        let url = format!("file://{}/{name}", copy.display());
+        let (_cp, mut slots) = restore(&cfg, &url, &dir.path().join(format!("r{i}")), m)?;
+        check(
+            &mut slots,
+            &model,
+            2,
+            2,
+            &format!("fixture {name} -> {backend:?} x{m}"),
+        )?;
+    }
     Ok(())
 }
