@@ -236,6 +236,13 @@ impl Job {
                     println!("  chk-{id} aborted ({reason:?}): its output stays staged");
                     self.aborted += 1;
                 }
+                // Asked for with `coord.request_savepoint(..)` (stop-with-savepoint).
+                CheckpointEvent::SavepointWritten { id, report } => {
+                    println!("  savepoint of chk-{id} at {}", report.location);
+                }
+                CheckpointEvent::SavepointFailed { id, reason } => {
+                    println!("  savepoint of chk-{id} failed: {reason}");
+                }
             }
         }
     }

@@ -84,14 +84,14 @@ pub use cairn_engine::checkpoint::{
     CheckpointingMode, ClaimMode, DeclineReason, KIND_PROPERTY, MODE_PROPERTY, RestoredCheckpoint,
     SlotAck, SlotReply, SlotUploader, SyncSnapshot, TriggeredCheckpoint, new_job_name,
 };
+pub use cairn_engine::savepoint::{
+    SavepointKind, SavepointLocation, SavepointReport, create_savepoint,
+};
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
     KeyGroup, KeyGroupRange, ListState, MapState, Metrics, OperatorState, Redistribution,
     ReducingState, RescalePath, RescaleReport, RescaledPart, RestoredFiles, ScopeKey, Slot,
     SlotBuilder, StateDescriptor, StateKind, TimeDomain, Timer, TimerServiceKind, ValueState,
     VoidNamespace, key_group_of, slot_for_key,
-};
-pub use cairn_engine::savepoint::{
-    SavepointKind, SavepointLocation, SavepointReport, create_savepoint,
 };
 pub use cairn_snapshot::UploadTarget;

@@ -458,6 +458,8 @@ fn acks_of_self_uploading_slots_commit_and_bad_ones_are_refused() -> TestResult 
                 match e {
                     CheckpointEvent::Completed { id, .. } => up.checkpoint_completed(*id)?,
                     CheckpointEvent::Aborted { id, .. } => up.checkpoint_aborted(*id),
+                    CheckpointEvent::SavepointWritten { .. }
+                    | CheckpointEvent::SavepointFailed { .. } => {}
                 }
             }
         }

@@ -10,9 +10,8 @@ use std::path::Path;
 
 use cairn::{
     AggregateFunction, BackendKind, CairnConfig, CheckpointLocation, Checkpointer, ErrorKind,
-    KeyGroupRange, Redistribution, SavepointKind, SavepointLocation, Slot,
-    TimeDomain, Timer, TimerServiceKind, VoidNamespace, create_savepoint, new_job_name,
-    slot_for_key,
+    KeyGroupRange, Redistribution, SavepointKind, SavepointLocation, Slot, TimeDomain, Timer,
+    TimerServiceKind, VoidNamespace, create_savepoint, new_job_name, slot_for_key,
 };
 
 mod support;
@@ -118,7 +117,11 @@ fn write(slots: &mut [Slot], model: &mut Model, keys: u64, round: u64) -> R {
     }
     for (i, slot) in slots.iter_mut().enumerate() {
         let ops = slot.operator_state_mut();
-        ops.set_list_of("offsets", Redistribution::EvenSplit, &[i as u64 * 100 + round])?;
+        ops.set_list_of(
+            "offsets",
+            Redistribution::EvenSplit,
+            &[i as u64 * 100 + round],
+        )?;
         ops.broadcast_mut("rules")
             .insert(b"version".to_vec(), round.to_le_bytes().to_vec());
     }
@@ -242,7 +245,10 @@ fn check(slots: &mut [Slot], model: &Model, old_slots: u32, round: u64, what: &s
     for slot in slots.iter() {
         offsets.extend(slot.operator_state().list_of::<u64>("offsets")?);
         let rules = slot.operator_state().broadcast("rules").ok_or("rules")?;
-        assert_eq!(rules.get(&b"version"[..]), Some(&round.to_le_bytes().to_vec()));
+        assert_eq!(
+            rules.get(&b"version"[..]),
+            Some(&round.to_le_bytes().to_vec())
+        );
     }
     offsets.sort_unstable();
     let want: Vec<u64> = (0..old_slots as u64).map(|i| i * 100 + round).collect();
@@ -287,7 +293,10 @@ fn canonical_savepoints_switch_backends_both_ways_and_any_slot_count() -> R {
             SavepointKind::Canonical,
         )?;
         assert_eq!(report.parallelism, 3);
-        assert!(report.entries > 200 * 5 && report.timers > 200, "{report:?}");
+        assert!(
+            report.entries > 200 * 5 && report.timers > 200,
+            "{report:?}"
+        );
         for (j, &(to, to_timers)) in kinds.iter().enumerate() {
             for m in [1, 4] {
                 let cfg = config(to, to_timers, &root);
@@ -393,7 +402,13 @@ fn savepoints_are_self_contained_relocatable_and_never_deleted() -> R {
         assert_eq!(files(&to)?, content, "{kind:?}: the savepoint changed");
         // The restored job's checkpoints stand alone too.
         let (_cp, mut slots) = restore(&cfg, &job, &root.join(format!("c-{}", kind.name())), 3)?;
-        check(&mut slots, &more, 2, 3, &format!("{kind:?} moved, then checkpointed"))?;
+        check(
+            &mut slots,
+            &more,
+            2,
+            3,
+            &format!("{kind:?} moved, then checkpointed"),
+        )?;
     }
     Ok(())
 }
@@ -508,7 +523,12 @@ fn fixture_savepoints_of_version_1_restore_exactly() -> R {
     }
     let cases = [
         ("canonical", BackendKind::Heap, TimerServiceKind::Heap, 3),
-        ("canonical", BackendKind::RocksDb, TimerServiceKind::RocksDb, 1),
+        (
+            "canonical",
+            BackendKind::RocksDb,
+            TimerServiceKind::RocksDb,
+            1,
+        ),
         ("native", BackendKind::RocksDb, TimerServiceKind::Heap, 3),
     ];
     for (i, (name, backend, timers, m)) in cases.into_iter().enumerate() {
@@ -523,5 +543,80 @@ fn fixture_savepoints_of_version_1_restore_exactly() -> R {
             &format!("fixture {name} -> {backend:?} x{m}"),
         )?;
     }
+    Ok(())
+}
+
+#[test]
+fn the_coordinator_writes_a_requested_savepoint_from_its_checkpoint() -> R {
+    use cairn::{CheckpointCoordinator, CheckpointEvent, CheckpointKind, SlotReply};
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let mut cfg = config(BackendKind::RocksDb, TimerServiceKind::RocksDb, root);
+    cfg.checkpoint.retained = 1;
+    let mut slots = open_slots(&cfg, &root.join("job"), 2)?;
+    let mut model = Model::new();
+    let cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+    let mut coord = CheckpointCoordinator::new(cp, 2)?;
+    let mut round =
+        |coord: &mut CheckpointCoordinator, slots: &mut [Slot]| -> R<Vec<CheckpointEvent>> {
+            let t = coord.poll()?.ok_or("a request triggers at the next poll")?;
+            for (i, s) in slots.iter_mut().enumerate() {
+                coord.acknowledge(
+                    t.id,
+                    i as u32,
+                    SlotReply::Snapshot(s.snapshot_for_checkpoint(t.id)?),
+                )?;
+            }
+            Ok(coord.take_events())
+        };
+    write(&mut slots, &mut model, 150, 1)?;
+    let sp = savepoint_url(root, "from-coordinator");
+    coord.request_savepoint(
+        SavepointLocation::parse(&sp)?,
+        SavepointKind::Canonical,
+        &cfg,
+    );
+    let events = round(&mut coord, &mut slots)?;
+    let [
+        CheckpointEvent::Completed {
+            id,
+            kind,
+            properties,
+            ..
+        },
+        CheckpointEvent::SavepointWritten { id: sp_id, report },
+    ] = events.as_slice()
+    else {
+        panic!("expected a completion then the savepoint: {events:?}");
+    };
+    assert_eq!(
+        (*kind, id, properties.get("cairn.kind").map(String::as_str)),
+        (CheckpointKind::Savepoint, sp_id, Some("savepoint"))
+    );
+    assert_eq!(report.location, sp);
+    // Later checkpoints subsume its checkpoint; the savepoint stands alone.
+    write(&mut slots, &mut model.clone(), 150, 2)?;
+    for _ in 0..2 {
+        coord.request(CheckpointKind::Forced);
+        round(&mut coord, &mut slots)?;
+    }
+    // A savepoint at a place already taken fails; its checkpoint still completes, uncounted.
+    coord.request_savepoint(SavepointLocation::parse(&sp)?, SavepointKind::Native, &cfg);
+    let events = round(&mut coord, &mut slots)?;
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                CheckpointEvent::Completed { .. },
+                CheckpointEvent::SavepointFailed { .. }
+            ]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(coord.checkpointer().consecutive_failures(), 0);
+    drop(slots);
+    let heap = config(BackendKind::Heap, TimerServiceKind::Heap, root);
+    let (_cp, mut restored) = restore(&heap, &sp, &root.join("restored"), 3)?;
+    check(&mut restored, &model, 2, 1, "the coordinator's savepoint")?;
     Ok(())
 }

@@ -19,7 +19,8 @@ use cairn_engine::checkpoint::{
     AbortReason, CheckpointCoordinator, CheckpointEvent, CheckpointKind, CheckpointReport,
     CompactionStats, DeclineReason, SlotReply, SyncSnapshot,
 };
-use cairn_engine::{EngineError, Metrics, Slot};
+use cairn_engine::savepoint::{SavepointKind, SavepointLocation, SavepointReport};
+use cairn_engine::{CairnConfig, EngineError, Metrics, Slot};
 
 /// The property holding a checkpoint's stream position.
 pub const POSITION: &str = "position";
@@ -61,6 +62,11 @@ pub struct Barriers {
     compact: Vec<AtomicBool>,
     /// Compactions the slots ran, for the next checkpoint's report.
     compacted: Mutex<Vec<(u32, CompactionStats)>>,
+    /// Stop with a savepoint: where, in which format, and the job's configuration; the final
+    /// checkpoint is then the coordinator's savepoint request.
+    pub final_savepoint: Option<(SavepointLocation, SavepointKind, CairnConfig)>,
+    /// What the final savepoint wrote.
+    pub savepoint: Mutex<Option<SavepointReport>>,
 }
 
 impl Barriers {
@@ -78,6 +84,8 @@ impl Barriers {
                 pre_flush: true,
                 last: Mutex::new(String::new()),
                 replies: Mutex::new(tx),
+                final_savepoint: None,
+                savepoint: Mutex::new(None),
                 compact: (0..slots).map(|_| AtomicBool::new(false)).collect(),
                 compacted: Mutex::new(Vec::new()),
             },
@@ -223,7 +231,12 @@ pub fn coordinate(
         // The final checkpoint, at the end of the stream, is requested; a periodic one is
         // triggered only where the slots still have a record to stop before.
         if all_done {
-            coordinator.request(CheckpointKind::Forced);
+            match &barriers.final_savepoint {
+                Some((target, format, config)) => {
+                    coordinator.request_savepoint(target.clone(), *format, config)
+                }
+                None => coordinator.request(CheckpointKind::Forced),
+            }
         }
         let trigger = if all_done || (pos < records && coordinator.periodic_due()) {
             coordinator.poll()
@@ -273,7 +286,16 @@ pub fn coordinate(
                 CheckpointEvent::Aborted { id, reason, .. } => {
                     metrics.checkpoint_failed();
                     tracing::warn!(?reason, "checkpoint {id} failed");
-                    failure = Some((id, reason));
+                    failure = Some((id, format!("{reason:?}")));
+                }
+                CheckpointEvent::SavepointWritten { report, .. } => {
+                    if let Ok(mut s) = barriers.savepoint.lock() {
+                        *s = Some(report);
+                    }
+                }
+                // The run's result: it must be written.
+                CheckpointEvent::SavepointFailed { id, reason } => {
+                    failure = Some((id, format!("its savepoint failed: {reason}")));
                 }
             }
         }
@@ -285,7 +307,7 @@ pub fn coordinate(
             break match failure {
                 Some((id, reason)) => Err(EngineError::CheckpointFailed {
                     id,
-                    reason: format!("the final checkpoint failed: {reason:?}"),
+                    reason: format!("the final checkpoint failed: {reason}"),
                 }),
                 None => Ok(()),
             };

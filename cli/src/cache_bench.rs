@@ -289,6 +289,7 @@ fn update_run(
         config: cfg,
         checksum: false,
         restore_from: None,
+        savepoint: None,
         metrics: std::sync::Arc::new(cairn_engine::Metrics::new()),
     };
     let s = run(&opts, &|_, _| {})?;

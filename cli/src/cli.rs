@@ -247,9 +247,6 @@ pub enum CliError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The savepoint after the run could not be written.
-    #[error("the run finished, but its savepoint failed: {0}")]
-    Savepoint(Box<EngineError>),
     /// The metrics file could not be written.
     #[error("cannot write the metrics to {path}: {source}")]
     WriteMetrics {
@@ -395,6 +392,19 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         ),
         None => None,
     };
+    let savepoint = match &args.savepoint {
+        Some(u) => {
+            let target = cairn_engine::savepoint::SavepointLocation::parse(u).map_err(|e| {
+                CliError::Flag {
+                    flag: "--savepoint",
+                    value: u.clone(),
+                    allowed: format!("<storage url>/<name> ({e})"),
+                }
+            })?;
+            Some((target, args.savepoint_format.into()))
+        }
+        None => None,
+    };
     config.validate().map_err(|source| {
         let msg = source.to_string();
         let hint = set_by
@@ -412,6 +422,15 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         value: value.to_string(),
         allowed: allowed.to_string(),
     };
+    if savepoint.is_some()
+        && (config.checkpoint.interval.is_none() || args.workload == WorkloadKind::Wordcount)
+    {
+        return Err(flag(
+            "--savepoint",
+            &args.savepoint.as_deref().unwrap_or_default(),
+            "only with checkpointing on (the savepoint is made from the final checkpoint) and not with --workload wordcount",
+        ));
+    }
     if !(1..=MAX_SLOTS).contains(&args.slots) {
         return Err(flag("--slots", &args.slots, &format!("[1, {MAX_SLOTS}]")));
     }
@@ -477,6 +496,7 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         config,
         checksum: !args.no_checksum,
         restore_from,
+        savepoint,
         metrics: Arc::new(Metrics::new()),
     })
 }
@@ -545,10 +565,7 @@ fn run_command(args: &RunArgs) -> Result<(), CliError> {
         }
     });
     bar.finish_and_clear();
-    let mut summary = summary?;
-    if let Some(url) = &args.savepoint {
-        summary.savepoint = Some(savepoint_after_run(&opts, &summary, url, args.savepoint_format)?);
-    }
+    let summary = summary?;
     print!("{}", summary.render());
     if let Some(path) = &args.json {
         let write_err = |source| CliError::WriteJson {
@@ -566,34 +583,6 @@ fn run_command(args: &RunArgs) -> Result<(), CliError> {
         })?;
     }
     Ok(())
-}
-
-/// Stop-with-savepoint: a savepoint of the run's final checkpoint at `url`.
-fn savepoint_after_run(
-    opts: &RunOptions,
-    summary: &crate::report::RunSummary,
-    url: &str,
-    format: crate::savepoint_cmd::FormatArg,
-) -> Result<cairn_engine::savepoint::SavepointReport, CliError> {
-    let target = cairn_engine::savepoint::SavepointLocation::parse(url).map_err(|e| {
-        CliError::Flag {
-            flag: "--savepoint",
-            value: url.to_string(),
-            allowed: format!("<storage url>/<name> ({e})"),
-        }
-    })?;
-    let (Some(job), Some(last)) = (&summary.job_url, summary.checkpoints.last()) else {
-        return Err(CliError::Flag {
-            flag: "--savepoint",
-            value: url.to_string(),
-            allowed: "only with checkpointing on (the savepoint is of the final checkpoint)".into(),
-        });
-    };
-    let mut source = cairn_engine::checkpoint::CheckpointLocation::parse(job)
-        .map_err(|e| CliError::Savepoint(Box::new(e)))?;
-    source.checkpoint = Some(last.id);
-    cairn_engine::savepoint::create_savepoint(&opts.config, &source, &target, format.into())
-        .map_err(|e| CliError::Savepoint(Box::new(e)))
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.

@@ -28,6 +28,7 @@ use cairn_engine::checkpoint::{
     CheckpointCoordinator, CheckpointLocation, Checkpointer, new_job_name,
 };
 use cairn_engine::keygroup::assign_to_key_group;
+use cairn_engine::savepoint::{SavepointKind, SavepointLocation};
 use cairn_engine::{
     BackendKind, CairnConfig, EngineError, KeyGroupRange, Metrics, Slot, StateSize,
 };
@@ -56,8 +57,11 @@ pub struct RunOptions {
     pub config: CairnConfig,
     /// Whether to scan the final state for a checksum.
     pub checksum: bool,
-    /// Continue from this checkpoint (`--restore-from`).
+    /// Continue from this checkpoint or savepoint (`--restore-from`).
     pub restore_from: Option<CheckpointLocation>,
+    /// Stop with a savepoint (`--savepoint`): the final checkpoint is a savepoint request to
+    /// the coordinator, written here in this format.
+    pub savepoint: Option<(SavepointLocation, SavepointKind)>,
     /// Where the run publishes its metrics (records, memory, checkpoints, restore); share it
     /// with a `/metrics` endpoint to watch the run.
     pub metrics: Arc<Metrics>,
@@ -254,6 +258,10 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
     let open_time = open_start.elapsed();
     let (mut barriers, replies) = Barriers::new(n, checkpointing);
     barriers.pre_flush = opts.config.checkpoint.pre_flush;
+    barriers.final_savepoint = opts
+        .savepoint
+        .clone()
+        .map(|(target, format)| (target, format, opts.config.clone()));
     // Restored (above) through the checkpointer; checkpoints are the engine coordinator's.
     let mut coordinator = match checkpointer.take().filter(|_| checkpointing) {
         Some(cp) => {
@@ -374,6 +382,7 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         .unwrap_or_default();
     summary.job_url = job_url;
     summary.restored_from = restore_summary;
+    summary.savepoint = barriers.savepoint.lock().ok().and_then(|mut s| s.take());
     Ok(summary)
 }
 

@@ -106,21 +106,20 @@ fn dispatch(cmd: SavepointCommand) -> CmdResult {
             };
             let source = CheckpointLocation::parse(&checkpoint).map_err(input)?;
             let target = SavepointLocation::parse(&savepoint).map_err(input)?;
-            let report = create_savepoint(&config, &source, &target, format.into()).map_err(|e| {
-                if matches!(
-                    e.kind(),
-                    cairn_engine::ErrorKind::InvalidArgument | cairn_engine::ErrorKind::InvalidConfig
-                ) {
-                    input(e)
-                } else {
-                    failed(e)
-                }
-            })?;
+            let report =
+                create_savepoint(&config, &source, &target, format.into()).map_err(|e| {
+                    if matches!(
+                        e.kind(),
+                        cairn_engine::ErrorKind::InvalidArgument
+                            | cairn_engine::ErrorKind::InvalidConfig
+                    ) {
+                        input(e)
+                    } else {
+                        failed(e)
+                    }
+                })?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(failed)?
-                );
+                println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
             } else {
                 println!(
                     "savepoint {} ({}) of checkpoint {} ({} slots): {} entries, {} timers, {} objects, {} bytes stored, {:.2} s",
@@ -155,7 +154,11 @@ fn dispatch(cmd: SavepointCommand) -> CmdResult {
                 return Ok(());
             }
             println!("savepoint   {}", target.url());
-            println!("format      {} (version {})", manifest.kind.name(), manifest.version);
+            println!(
+                "format      {} (version {})",
+                manifest.kind.name(),
+                manifest.version
+            );
             println!(
                 "taken from  {} chk-{} ({} slots, {} backend, max parallelism {})",
                 manifest.source.job,

@@ -231,7 +231,10 @@ impl SavepointManifest {
             return Err(format!("backend {:?} is not rocksdb or heap", self.backend));
         }
         if self.states.len() > MAX_STATES {
-            return Err(format!("{} states (at most {MAX_STATES})", self.states.len()));
+            return Err(format!(
+                "{} states (at most {MAX_STATES})",
+                self.states.len()
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for st in &self.states {
@@ -267,7 +270,10 @@ impl SavepointManifest {
 
     fn validate_canonical(&self) -> std::result::Result<(), String> {
         if self.chunks.len() > MAX_CHUNKS {
-            return Err(format!("{} chunks (at most {MAX_CHUNKS})", self.chunks.len()));
+            return Err(format!(
+                "{} chunks (at most {MAX_CHUNKS})",
+                self.chunks.len()
+            ));
         }
         let mut objects = std::collections::HashSet::new();
         for c in &self.chunks {
@@ -276,8 +282,7 @@ impl SavepointManifest {
                 return Err(format!("chunk {} is listed twice", c.object));
             }
             check_file(&c.object, &c.sha256, c.size, c.stored_size, MAX_CHUNK_BYTES)?;
-            if c.key_groups.start > c.key_groups.end || c.key_groups.end >= self.max_parallelism
-            {
+            if c.key_groups.start > c.key_groups.end || c.key_groups.end >= self.max_parallelism {
                 return Err(format!(
                     "chunk {} has key groups {}..={} (max parallelism {})",
                     c.object, c.key_groups.start, c.key_groups.end, self.max_parallelism
@@ -415,10 +420,12 @@ impl SavepointDir {
     /// Commits the savepoint: writes its manifest with a create-only put. An existing
     /// savepoint at this place is never overwritten ([`SnapshotError::BadLocation`]).
     pub async fn commit(&self, storage: &StorageRoot, manifest: &SavepointManifest) -> Result<()> {
-        manifest.validate().map_err(|reason| SnapshotError::BadMetadata {
-            path: self.manifest().to_string(),
-            reason,
-        })?;
+        manifest
+            .validate()
+            .map_err(|reason| SnapshotError::BadMetadata {
+                path: self.manifest().to_string(),
+                reason,
+            })?;
         if storage
             .put_create(&self.manifest(), manifest.to_bytes())
             .await?
@@ -471,14 +478,19 @@ mod tests {
     #[test]
     fn a_valid_manifest_round_trips() {
         let m = canonical();
-        assert_eq!(SavepointManifest::from_bytes("sp", &m.to_bytes()).unwrap(), m);
+        assert_eq!(
+            SavepointManifest::from_bytes("sp", &m.to_bytes()).unwrap(),
+            m
+        );
     }
 
     #[test]
     fn hostile_manifests_are_refused() {
         type Mutation = fn(&mut SavepointManifest);
         let cases: [(&str, Mutation); 8] = [
-            ("traversal", |m| m.chunks[0].object = "canonical/../x".into()),
+            ("traversal", |m| {
+                m.chunks[0].object = "canonical/../x".into()
+            }),
             ("other dir", |m| m.chunks[0].object = "shared/x".into()),
             ("nested", |m| m.chunks[0].object = "canonical/a/b".into()),
             ("key groups", |m| m.chunks[0].key_groups.end = 128),

@@ -219,14 +219,16 @@ async fn locate(storage: StorageRoot, source: &CheckpointLocation) -> Result<Res
     let store = CheckpointStore::open_read_only(storage.clone(), &source.job).await?;
     let id = match source.checkpoint {
         Some(id) => id,
-        None => *store
-            .committed_ids()
-            .await?
-            .last()
-            .ok_or_else(|| SnapshotError::NoCheckpoint {
-                what: "(none committed, and no savepoint there)".into(),
-                location: format!("{}/{}", source.storage_url, source.job),
-            })?,
+        None => {
+            *store
+                .committed_ids()
+                .await?
+                .last()
+                .ok_or_else(|| SnapshotError::NoCheckpoint {
+                    what: "(none committed, and no savepoint there)".into(),
+                    location: format!("{}/{}", source.storage_url, source.job),
+                })?
+        }
     };
     let metadata = store.load(id).await?;
     Ok(RestoredCheckpoint {
@@ -945,7 +947,11 @@ impl Checkpointer {
         if metadata.max_parallelism != self.max_parallelism {
             return Err(EngineError::InvalidArgument(format!(
                 "{} {}/{} has max parallelism {}, this job {}: max parallelism can't change",
-                if restored.is_savepoint() { "savepoint" } else { "checkpoint" },
+                if restored.is_savepoint() {
+                    "savepoint"
+                } else {
+                    "checkpoint"
+                },
                 source.job,
                 id,
                 metadata.max_parallelism,
@@ -956,7 +962,9 @@ impl Checkpointer {
             // A savepoint is the user's: never claimed, never referenced. The first checkpoint
             // uploads the job's own copy of everything.
             if self.cfg.restore_mode == ClaimMode::Claim {
-                tracing::info!("restoring a savepoint: claim mode does not apply (a savepoint is never claimed)");
+                tracing::info!(
+                    "restoring a savepoint: claim mode does not apply (a savepoint is never claimed)"
+                );
             }
             self.uploads.clear();
             self.restored_slots = Vec::new();
@@ -1123,7 +1131,11 @@ pub(crate) fn restore_operator_state(
     parallelism: u32,
     tmp: &Path,
 ) -> Result<OperatorState> {
-    if let Some(sp) = restored.savepoint.as_ref().filter(|s| s.manifest.checkpoint.is_none()) {
+    if let Some(sp) = restored
+        .savepoint
+        .as_ref()
+        .filter(|s| s.manifest.checkpoint.is_none())
+    {
         let old = crate::savepoint::restore::read_operator_states(
             rt,
             &restored.storage,
@@ -1164,7 +1176,11 @@ pub(crate) fn download_slot(
     dest: &Path,
 ) -> Result<(RestoredFiles, u64)> {
     let threads = cfg.transfer_threads as usize;
-    if let Some(sp) = restored.savepoint.as_ref().filter(|s| s.manifest.checkpoint.is_none()) {
+    if let Some(sp) = restored
+        .savepoint
+        .as_ref()
+        .filter(|s| s.manifest.checkpoint.is_none())
+    {
         if dest.exists() {
             std::fs::remove_dir_all(dest).map_err(|e| EngineError::Io {
                 op: format!("remove {}", dest.display()),

@@ -40,12 +40,14 @@ use std::sync::Arc;
 
 use cairn_snapshot::{Clock, UploadTarget};
 
-use super::checkpointer::{CheckpointReport, Checkpointer};
+use super::checkpointer::{CheckpointLocation, CheckpointReport, Checkpointer};
 use super::config::CheckpointingMode;
 use super::schedule::CheckpointSchedule;
 use super::slot_uploader::SlotAck;
 use super::sync::SyncSnapshot;
+use crate::config::CairnConfig;
 use crate::error::{EngineError, Result};
+use crate::savepoint::{SavepointKind, SavepointLocation, SavepointReport, create_savepoint};
 
 /// The property naming a checkpoint's kind (`periodic`, `forced`, `savepoint`).
 pub const KIND_PROPERTY: &str = "cairn.kind";
@@ -59,8 +61,9 @@ pub enum CheckpointKind {
     Periodic,
     /// Requested by the host or a user, outside the interval.
     Forced,
-    /// Requested as a savepoint (its portable format is the savepoint issue's; today it is a
-    /// checkpoint marked `savepoint`, triggered with the savepoint's priority).
+    /// Requested as a savepoint ([`CheckpointCoordinator::request_savepoint`]): a checkpoint
+    /// marked `savepoint`, triggered with the savepoint's priority, from which the coordinator
+    /// writes the savepoint once it commits.
     Savepoint,
 }
 
@@ -144,6 +147,22 @@ pub enum CheckpointEvent {
         /// that commits its offset on completion reads it here.
         properties: BTreeMap<String, String>,
     },
+    /// The savepoint requested with [`CheckpointCoordinator::request_savepoint`] was written
+    /// from checkpoint `id` (which completed just before: its `Completed` event comes first).
+    SavepointWritten {
+        /// The checkpoint it was made from.
+        id: u64,
+        /// What was written.
+        report: SavepointReport,
+    },
+    /// The savepoint of checkpoint `id` could not be written. The checkpoint itself committed
+    /// (this is not a checkpoint failure); nothing of the savepoint is left behind.
+    SavepointFailed {
+        /// The checkpoint it was to be made from.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
     /// Not committed, and never will be: a two-phase sink discards what it staged for it;
     /// uploaders forget its files.
     Aborted {
@@ -162,7 +181,10 @@ impl CheckpointEvent {
     /// The checkpoint the event is about.
     pub fn id(&self) -> u64 {
         match self {
-            CheckpointEvent::Completed { id, .. } | CheckpointEvent::Aborted { id, .. } => *id,
+            CheckpointEvent::Completed { id, .. }
+            | CheckpointEvent::Aborted { id, .. }
+            | CheckpointEvent::SavepointWritten { id, .. }
+            | CheckpointEvent::SavepointFailed { id, .. } => *id,
         }
     }
 }
@@ -184,8 +206,17 @@ pub enum CancelOutcome {
     },
 }
 
+/// A savepoint requested and not yet written: where, in which format, and the configuration
+/// its writer opens scratch slots with.
+struct SavepointRequest {
+    target: SavepointLocation,
+    format: SavepointKind,
+    config: Box<CairnConfig>,
+}
+
 struct InFlight {
     kind: CheckpointKind,
+    savepoint: Option<SavepointRequest>,
     replies: BTreeMap<u32, SlotReply>,
     properties: BTreeMap<String, String>,
 }
@@ -198,6 +229,7 @@ pub struct CheckpointCoordinator {
     parallelism: u32,
     mode: CheckpointingMode,
     requests: Vec<CheckpointKind>,
+    savepoints: VecDeque<SavepointRequest>,
     in_flight: BTreeMap<u64, InFlight>,
     events: VecDeque<CheckpointEvent>,
 }
@@ -221,6 +253,7 @@ impl CheckpointCoordinator {
             checkpointer,
             parallelism,
             requests: Vec::new(),
+            savepoints: VecDeque::new(),
             in_flight: BTreeMap::new(),
             events: VecDeque::new(),
         })
@@ -280,6 +313,27 @@ impl CheckpointCoordinator {
         }
     }
 
+    /// Requests a savepoint at `target` in `format`: a [`CheckpointKind::Savepoint`] checkpoint
+    /// is triggered by the next [`CheckpointCoordinator::poll`] (before any other), and when it
+    /// commits the coordinator writes the savepoint from it (on the calling thread, before
+    /// another checkpoint can commit and subsume it) and queues
+    /// [`CheckpointEvent::SavepointWritten`] or [`CheckpointEvent::SavepointFailed`]. `config`
+    /// is the job's (the canonical writer opens scratch slots with it in its working
+    /// directory). If the checkpoint is aborted, the savepoint fails with it.
+    pub fn request_savepoint(
+        &mut self,
+        target: SavepointLocation,
+        format: SavepointKind,
+        config: &CairnConfig,
+    ) {
+        self.savepoints.push_back(SavepointRequest {
+            target,
+            format,
+            config: Box::new(config.clone()),
+        });
+        self.requests.push(CheckpointKind::Savepoint);
+    }
+
     /// Expires checkpoints in flight past their timeout, then triggers the next checkpoint if
     /// one is requested or due. Fails with [`EngineError::CheckpointFailed`] once the
     /// consecutive failures exceed `tolerable-failed` (or another writer took the job): the
@@ -307,10 +361,16 @@ impl CheckpointCoordinator {
             (KIND_PROPERTY.to_string(), kind.to_string()),
             (MODE_PROPERTY.to_string(), self.mode.to_string()),
         ]);
+        let savepoint = if kind == CheckpointKind::Savepoint {
+            self.savepoints.pop_front()
+        } else {
+            None
+        };
         self.in_flight.insert(
             id,
             InFlight {
                 kind,
+                savepoint,
                 replies: BTreeMap::new(),
                 properties,
             },
@@ -501,6 +561,9 @@ impl CheckpointCoordinator {
                     report,
                     properties,
                 });
+                if let Some(request) = c.savepoint {
+                    self.write_savepoint(id, request);
+                }
             }
             Err(e) => {
                 // The checkpointer aborted it and counted the failure.
@@ -511,8 +574,39 @@ impl CheckpointCoordinator {
                     reason: AbortReason::Failed(e.to_string()),
                     counted: true,
                 });
+                if c.savepoint.is_some() {
+                    self.events.push_back(CheckpointEvent::SavepointFailed {
+                        id,
+                        reason: format!("its checkpoint failed: {e}"),
+                    });
+                }
             }
         }
+    }
+
+    /// Writes the savepoint of `request` from checkpoint `id`, just committed.
+    fn write_savepoint(&mut self, id: u64, request: SavepointRequest) {
+        let source = CheckpointLocation {
+            storage_url: self.checkpointer.config().dir.clone(),
+            job: self.checkpointer.job().to_string(),
+            checkpoint: Some(id),
+        };
+        let event = match create_savepoint(
+            &request.config,
+            &source,
+            &request.target,
+            request.format,
+        ) {
+            Ok(report) => CheckpointEvent::SavepointWritten { id, report },
+            Err(e) => {
+                tracing::warn!(id, error = %e, target = %request.target.url(), "savepoint failed");
+                CheckpointEvent::SavepointFailed {
+                    id,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        self.events.push_back(event);
     }
 
     fn abort(&mut self, id: u64, reason: AbortReason, counted: bool) {
@@ -520,6 +614,13 @@ impl CheckpointCoordinator {
             return;
         };
         self.schedule.finished(id, false);
+        let savepoint_failed = c
+            .savepoint
+            .is_some()
+            .then(|| CheckpointEvent::SavepointFailed {
+                id,
+                reason: format!("its checkpoint was aborted: {reason:?}"),
+            });
         let mut handles = Vec::new();
         for (_, r) in c.replies {
             match r {
@@ -550,6 +651,7 @@ impl CheckpointCoordinator {
             reason,
             counted,
         });
+        self.events.extend(savepoint_failed);
     }
 }
 

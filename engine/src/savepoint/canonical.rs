@@ -241,8 +241,8 @@ impl<'a> ChunkReader<'a> {
         match tag {
             TAG_ENTRY => {
                 let state = self.varint("state")?;
-                let state =
-                    u32::try_from(state).map_err(|_| format!("state index {state} is too large"))?;
+                let state = u32::try_from(state)
+                    .map_err(|_| format!("state index {state} is too large"))?;
                 Ok(Some(Record::Entry {
                     state,
                     key_group: self.key_group()?,

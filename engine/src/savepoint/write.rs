@@ -16,8 +16,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use cairn_snapshot::savepoint::{
-    CANONICAL_DIR, ChunkFile, FORMAT, OPERATOR_DIR, OperatorStateFile, SavepointDir,
-    SavepointKind, SavepointManifest, SavepointSource, VERSION,
+    CANONICAL_DIR, ChunkFile, FORMAT, OPERATOR_DIR, OperatorStateFile, SavepointDir, SavepointKind,
+    SavepointManifest, SavepointSource, VERSION,
 };
 use cairn_snapshot::transfer;
 use cairn_snapshot::{CheckpointMetadata, CheckpointStore, StateInfo, StorageRoot};
@@ -121,10 +121,11 @@ pub fn create_savepoint(
             target.url()
         )));
     }
-    let scratch = config
-        .state
-        .working_dir
-        .join(format!("savepoint-{}-{}", std::process::id(), target.name));
+    let scratch =
+        config
+            .state
+            .working_dir
+            .join(format!("savepoint-{}-{}", std::process::id(), target.name));
     let mut out = Output {
         rt: &rt,
         storage: &storage,
@@ -355,8 +356,7 @@ fn write_canonical(
         ))?;
         if let Some(bytes) = bytes {
             let object = format!("{OPERATOR_DIR}/slot-{}.zst", h.slot);
-            let (sha256, size, stored_size) =
-                out.put_compressed(&slot_scratch, &object, &bytes)?;
+            let (sha256, size, stored_size) = out.put_compressed(&slot_scratch, &object, &bytes)?;
             manifest.operator_state.push(OperatorStateFile {
                 slot: h.slot,
                 object,
@@ -379,7 +379,11 @@ struct Chunks<'a> {
 }
 
 impl Chunks<'_> {
-    fn cut_if_full(&mut self, out: &mut Output<'_>, manifest: &mut SavepointManifest) -> Result<()> {
+    fn cut_if_full(
+        &mut self,
+        out: &mut Output<'_>,
+        manifest: &mut SavepointManifest,
+    ) -> Result<()> {
         if self.writer.len() >= CHUNK_TARGET_BYTES {
             self.cut(out, manifest)?;
         }
@@ -393,7 +397,10 @@ impl Chunks<'_> {
         };
         let records = self.writer.records();
         let bytes = self.writer.take();
-        let object = format!("{CANONICAL_DIR}/slot-{}-{:05}.chunk.zst", self.slot, self.next);
+        let object = format!(
+            "{CANONICAL_DIR}/slot-{}-{:05}.chunk.zst",
+            self.slot, self.next
+        );
         self.next += 1;
         let (sha256, size, stored_size) = out.put_compressed(self.scratch, &object, &bytes)?;
         manifest.chunks.push(ChunkFile {
