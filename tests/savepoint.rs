@@ -557,7 +557,7 @@ fn the_coordinator_writes_a_requested_savepoint_from_its_checkpoint() -> R {
     let mut model = Model::new();
     let cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
     let mut coord = CheckpointCoordinator::new(cp, 2)?;
-    let mut round =
+    let round =
         |coord: &mut CheckpointCoordinator, slots: &mut [Slot]| -> R<Vec<CheckpointEvent>> {
             let t = coord.poll()?.ok_or("a request triggers at the next poll")?;
             for (i, s) in slots.iter_mut().enumerate() {

@@ -48,6 +48,9 @@ pub enum BenchCommand {
     /// Restoring a RocksDB checkpoint into another number of slots against the same number
     /// (JSON, CSV, SVG).
     Rescale(crate::rescale_bench::RescaleBenchArgs),
+    /// Writing and restoring savepoints (canonical, native) against a checkpoint of the same
+    /// state (JSON, CSV, SVG).
+    Savepoint(crate::savepoint_bench::SavepointBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -182,6 +185,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
         BenchCommand::Cache(a) => crate::cache_bench::run_cache_bench(&a),
         BenchCommand::Rescale(a) => crate::rescale_bench::run(&a),
+        BenchCommand::Savepoint(a) => crate::savepoint_bench::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

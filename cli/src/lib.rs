@@ -6,6 +6,7 @@
 pub mod barriers;
 pub mod bench_cmd;
 pub mod cache_bench;
+pub mod chart;
 pub mod checkpoints_cmd;
 pub mod cli;
 pub mod metrics_server;
@@ -13,6 +14,7 @@ pub mod rebase_bench;
 pub mod report;
 pub mod rescale_bench;
 pub mod run;
+pub mod savepoint_bench;
 pub mod savepoint_cmd;
 pub mod stream;
 pub mod torture;

@@ -354,68 +354,32 @@ fn write_csv(path: &Path, rows: &[Row]) -> BResult<()> {
 
 /// Per case, the median rescaling restore next to the median same-parallelism restore, ms.
 fn plot(path: &Path, out: &Output) -> BResult<()> {
-    use plotters::prelude::*;
-    let root = SVGBackend::new(path, (800, 450)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let n = out.cases.len().max(1) as f64;
-    let max_y = out
-        .cases
-        .iter()
-        .map(|c| c.rescale_ms_median.max(c.same_parallelism_ms_median))
-        .fold(1.0f64, f64::max)
-        * 1.15;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "restore until every slot is open, ms ({} keys x {} B)",
-                out.keys, out.value_size
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n, 0f64..max_y)?;
-    let labels: Vec<String> = out
+    let groups: Vec<String> = out
         .cases
         .iter()
         .map(|c| format!("{} -> {} (same: {} -> {})", c.from, c.to, c.from, c.from))
         .collect();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(out.cases.len())
-        .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
-        .draw()?;
-    for (i, c) in out.cases.iter().enumerate() {
-        let x = i as f64;
-        chart.draw_series([
-            Rectangle::new(
-                [(x + 0.15, 0.0), (x + 0.48, c.rescale_ms_median)],
-                RED.filled(),
+    crate::chart::grouped_bars(
+        path,
+        &format!(
+            "restore until every slot is open, ms ({} keys x {} B)",
+            out.keys, out.value_size
+        ),
+        &groups,
+        &[
+            (
+                "rescaling restore",
+                out.cases.iter().map(|c| c.rescale_ms_median).collect(),
             ),
-            Rectangle::new(
-                [(x + 0.52, 0.0), (x + 0.85, c.same_parallelism_ms_median)],
-                BLUE.filled(),
+            (
+                "same-parallelism restore",
+                out.cases
+                    .iter()
+                    .map(|c| c.same_parallelism_ms_median)
+                    .collect(),
             ),
-        ])?;
-    }
-    chart
-        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
-        .label("rescaling restore")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RED.filled()));
-    chart
-        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
-        .label("same-parallelism restore")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], BLUE.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -162,6 +162,29 @@ pub async fn compress_file(local: &FsPath) -> Result<(PathBuf, String, u64, u64)
     .map_err(|e| SnapshotError::Invariant(format!("compress task failed: {e}")))?
 }
 
+/// Compresses `bytes` with zstd at `level` (1 is fast; savepoint chunks use it) and hashes
+/// them on a blocking thread, then writes the compressed object `to`. Returns (sha256 of
+/// `bytes`, their size, the stored size). For objects built in memory (savepoint chunks):
+/// files on disk go through [`compress_file`] and [`upload_file`].
+pub async fn upload_compressed(
+    storage: &StorageRoot,
+    bytes: Vec<u8>,
+    to: &Path,
+    level: i32,
+) -> Result<(String, u64, u64)> {
+    let (sha, size, compressed) = tokio::task::spawn_blocking(move || {
+        let sha = hex(&Sha256::digest(&bytes));
+        zstd::bulk::compress(&bytes, level)
+            .map(|c| (sha, bytes.len() as u64, c))
+            .map_err(|e| SnapshotError::Invariant(format!("zstd compression failed: {e}")))
+    })
+    .await
+    .map_err(|e| SnapshotError::Invariant(format!("compress task failed: {e}")))??;
+    let stored = compressed.len() as u64;
+    storage.put(to, Bytes::from(compressed)).await?;
+    Ok((sha, size, stored))
+}
+
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,

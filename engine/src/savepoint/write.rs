@@ -132,6 +132,7 @@ pub fn create_savepoint(
         dir: &dir,
         written: Vec::new(),
         stored_bytes: 0,
+        pending: std::collections::VecDeque::new(),
     };
     let meta = &restored.metadata;
     let mut manifest = SavepointManifest {
@@ -194,34 +195,87 @@ struct Output<'a> {
     dir: &'a SavepointDir,
     written: Vec<object_store::path::Path>,
     stored_bytes: u64,
+    /// Objects being compressed and uploaded, oldest first.
+    pending: std::collections::VecDeque<Pending>,
 }
 
+/// An object in flight: where its facts go once written.
+struct Pending {
+    slot: Target,
+    task: tokio::task::JoinHandle<Result<(String, u64, u64)>>,
+}
+
+/// Which manifest entry a pending object fills.
+enum Target {
+    Chunk(usize),
+    Operator(usize),
+}
+
+/// Objects compressed and uploaded at once, per transfer thread (bounds the memory held:
+/// chunks are [`CHUNK_TARGET_BYTES`]).
+const IN_FLIGHT_PER_THREAD: usize = 2;
+
 impl Output<'_> {
-    /// Compresses `bytes` (through a scratch file in `scratch`) and uploads them as the
-    /// savepoint's `relative` object; returns (sha256 of `bytes`, size, stored size).
-    fn put_compressed(
+    /// Starts compressing `bytes` (zstd level 1) and uploading them as the savepoint's
+    /// `relative` object, for manifest entry `slot`; waits for the oldest object first when
+    /// `limit` are in flight. The scan goes on meanwhile.
+    fn submit(
         &mut self,
-        scratch: &Path,
+        manifest: &mut SavepointManifest,
         relative: &str,
-        bytes: &[u8],
-    ) -> Result<(String, u64, u64)> {
-        std::fs::create_dir_all(scratch).map_err(io("create", scratch))?;
-        let local = scratch.join("upload");
-        std::fs::write(&local, bytes).map_err(io("write", &local))?;
+        bytes: Vec<u8>,
+        slot: Target,
+        limit: usize,
+    ) -> Result<()> {
+        while self.pending.len() >= limit.max(1) {
+            self.finish_one(manifest)?;
+        }
         let to = self.dir.object(relative);
-        let (zst, sha, size, stored) = self.rt.block_on(async {
-            let (zst, sha, size, stored) = transfer::compress_file(&local).await?;
-            self.written.push(to.clone());
-            transfer::upload_file(self.storage, &zst, &to).await?;
-            Ok::<_, EngineError>((zst, sha, size, stored))
-        })?;
-        let _ = std::fs::remove_file(&local);
-        let _ = std::fs::remove_file(&zst);
-        self.stored_bytes += stored;
-        Ok((sha, size, stored))
+        self.written.push(to.clone());
+        let storage = self.storage.clone();
+        let task = self
+            .rt
+            .spawn(async move { Ok(transfer::upload_compressed(&storage, bytes, &to, 1).await?) });
+        self.pending.push_back(Pending { slot, task });
+        Ok(())
     }
 
-    fn remove_written(&self) {
+    /// Waits for the oldest object in flight and records its facts in the manifest.
+    fn finish_one(&mut self, manifest: &mut SavepointManifest) -> Result<()> {
+        let Some(p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let (sha256, size, stored) = self
+            .rt
+            .block_on(p.task)
+            .map_err(|e| EngineError::InvalidArgument(format!("savepoint upload task: {e}")))??;
+        self.stored_bytes += stored;
+        match p.slot {
+            Target::Chunk(i) => {
+                let c = &mut manifest.chunks[i];
+                (c.sha256, c.size, c.stored_size) = (sha256, size, stored);
+            }
+            Target::Operator(i) => {
+                let f = &mut manifest.operator_state[i];
+                (f.sha256, f.size, f.stored_size) = (sha256, size, stored);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every object in flight.
+    fn finish(&mut self, manifest: &mut SavepointManifest) -> Result<()> {
+        while !self.pending.is_empty() {
+            self.finish_one(manifest)?;
+        }
+        Ok(())
+    }
+
+    fn remove_written(&mut self) {
+        for p in self.pending.drain(..) {
+            p.task.abort();
+            let _ = self.rt.block_on(p.task);
+        }
         for p in &self.written {
             if let Err(e) = self.rt.block_on(self.storage.delete(p)) {
                 tracing::warn!(object = %p, error = %e, "removing a failed savepoint's object failed");
@@ -250,6 +304,7 @@ fn write_canonical(
     let mut handles: Vec<_> = meta.slots.iter().collect();
     handles.sort_by_key(|h| h.slot);
     let (mut entries, mut timers) = (0u64, 0u64);
+    let limit = config.checkpoint.transfer_threads as usize * IN_FLIGHT_PER_THREAD;
     for (i, h) in handles.iter().enumerate() {
         if h.slot != i as u32 {
             return Err(EngineError::InvalidArgument(format!(
@@ -323,7 +378,7 @@ fn write_canonical(
             writer: ChunkWriter::new(),
             slot: h.slot,
             next: 0,
-            scratch: &slot_scratch,
+            limit,
         };
         for kg in h.key_groups.iter() {
             for &(id, index) in &ids {
@@ -356,29 +411,32 @@ fn write_canonical(
         ))?;
         if let Some(bytes) = bytes {
             let object = format!("{OPERATOR_DIR}/slot-{}.zst", h.slot);
-            let (sha256, size, stored_size) = out.put_compressed(&slot_scratch, &object, &bytes)?;
             manifest.operator_state.push(OperatorStateFile {
                 slot: h.slot,
-                object,
-                sha256,
-                size,
-                stored_size,
+                object: object.clone(),
+                sha256: String::new(),
+                size: 0,
+                stored_size: 0,
             });
+            let i = manifest.operator_state.len() - 1;
+            out.submit(manifest, &object, bytes, Target::Operator(i), limit)?;
         }
         let _ = std::fs::remove_dir_all(&slot_scratch);
     }
+    out.finish(manifest)?;
     Ok((entries, timers))
 }
 
 /// The chunk being filled for one old slot.
-struct Chunks<'a> {
+struct Chunks {
     writer: ChunkWriter,
     slot: u32,
     next: u32,
-    scratch: &'a Path,
+    /// Objects in flight at most.
+    limit: usize,
 }
 
-impl Chunks<'_> {
+impl Chunks {
     fn cut_if_full(
         &mut self,
         out: &mut Output<'_>,
@@ -390,7 +448,7 @@ impl Chunks<'_> {
         Ok(())
     }
 
-    /// Uploads the chunk (if it has records) and starts the next.
+    /// Hands the chunk (if it has records) to the uploads and starts the next.
     fn cut(&mut self, out: &mut Output<'_>, manifest: &mut SavepointManifest) -> Result<()> {
         let Some((lo, hi)) = self.writer.key_groups() else {
             return Ok(());
@@ -402,16 +460,16 @@ impl Chunks<'_> {
             self.slot, self.next
         );
         self.next += 1;
-        let (sha256, size, stored_size) = out.put_compressed(self.scratch, &object, &bytes)?;
         manifest.chunks.push(ChunkFile {
-            object,
+            object: object.clone(),
             key_groups: cairn_base::KeyGroupRange::new(lo as u32, hi as u32),
             records,
-            sha256,
-            size,
-            stored_size,
+            sha256: String::new(),
+            size: 0,
+            stored_size: 0,
         });
-        Ok(())
+        let i = manifest.chunks.len() - 1;
+        out.submit(manifest, &object, bytes, Target::Chunk(i), self.limit)
     }
 }
 
