@@ -83,6 +83,7 @@ pub use cairn_engine::checkpoint::{
     CheckpointKind, CheckpointLocation, CheckpointReport, CheckpointSchedule, Checkpointer,
     CheckpointingMode, ClaimMode, DeclineReason, KIND_PROPERTY, MODE_PROPERTY, RestoredCheckpoint,
     SlotAck, SlotReply, SlotUploader, SyncSnapshot, TriggeredCheckpoint, new_job_name,
+    recovery_location,
 };
 pub use cairn_engine::savepoint::{
     SavepointKind, SavepointLocation, SavepointReport, create_savepoint,

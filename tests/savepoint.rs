@@ -620,3 +620,55 @@ fn the_coordinator_writes_a_requested_savepoint_from_its_checkpoint() -> R {
     check(&mut restored, &model, 2, 1, "the coordinator's savepoint")?;
     Ok(())
 }
+
+#[test]
+fn recovery_prefers_the_jobs_latest_checkpoint_over_the_savepoint_it_started_from() -> R {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let cfg = config(BackendKind::Heap, TimerServiceKind::Heap, root);
+    let (url, model) = job(&cfg, &root.join("job"), 1, 50)?;
+    let sp = savepoint_url(root, "start");
+    create_savepoint(
+        &cfg,
+        &CheckpointLocation::parse(&url)?,
+        &SavepointLocation::parse(&sp)?,
+        SavepointKind::Canonical,
+    )?;
+    let started = CheckpointLocation::parse(&sp)?;
+    // A job started from the savepoint fails before its first checkpoint: the savepoint.
+    let (mut cp, mut slots) = restore(&cfg, &sp, &root.join("a"), 1)?;
+    let job_url = cp.job_url();
+    assert_eq!(
+        cairn::recovery_location(&cfg.checkpoint, &job_url, Some(&started))?,
+        Some(started.clone())
+    );
+    // After a checkpoint: that checkpoint.
+    let mut more = model.clone();
+    write(&mut slots, &mut more, 50, 3)?;
+    checkpoint(&mut cp, &mut slots)?;
+    let at = cairn::recovery_location(&cfg.checkpoint, &job_url, Some(&started))?
+        .ok_or("no recovery location")?;
+    assert_eq!(at.checkpoint, Some(cp.reports().last().ok_or("report")?.id));
+    drop((cp, slots));
+    let url = format!(
+        "{}/{}/chk-{}",
+        at.storage_url,
+        at.job,
+        at.checkpoint.ok_or("id")?
+    );
+    let (_cp, mut slots) = restore(&cfg, &url, &root.join("b"), 2)?;
+    check(
+        &mut slots,
+        &more,
+        1,
+        3,
+        "recovered from the job's checkpoint",
+    )?;
+    // A job that never started from anything and has no checkpoint: start empty.
+    let empty = format!("{}/job-none", cfg.checkpoint.dir);
+    assert_eq!(
+        cairn::recovery_location(&cfg.checkpoint, &empty, None)?,
+        None
+    );
+    Ok(())
+}

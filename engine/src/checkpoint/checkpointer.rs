@@ -183,6 +183,40 @@ impl RestoredCheckpoint {
     }
 }
 
+/// Where a job restarting after a failure restores from (Flink's priority): its own latest
+/// committed checkpoint (`job_url` is `<checkpoint dir>/<job>`, as
+/// [`Checkpointer::job_url`] gives it) when it has one, else the checkpoint or savepoint it
+/// started from (`started_from`), else nothing (`None`: start empty). A savepoint is never
+/// preferred over a newer checkpoint of the job: the checkpoint holds everything the job did
+/// since, and restoring the savepoint again would replay it.
+pub fn recovery_location(
+    cfg: &CheckpointConfig,
+    job_url: &str,
+    started_from: Option<&CheckpointLocation>,
+) -> Result<Option<CheckpointLocation>> {
+    let job = CheckpointLocation::parse(job_url)?;
+    let storage = StorageRoot::from_url(&job.storage_url, &cfg.storage)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| EngineError::Io {
+            op: "start recovery runtime".into(),
+            source: e,
+        })?;
+    let layout = JobLayout::new(storage.root().clone(), job.job.clone());
+    let latest = rt
+        .block_on(cairn_snapshot::store::committed_ids(&storage, &layout))?
+        .last()
+        .copied();
+    Ok(match latest {
+        Some(id) => Some(CheckpointLocation {
+            checkpoint: Some(id),
+            ..job
+        }),
+        None => started_from.cloned(),
+    })
+}
+
 /// Reads what `source` names: a savepoint (a directory with a `_savepoint` manifest, no
 /// `chk-<id>`), else checkpoint `chk-<id>` of job `source.job` or its latest committed one.
 async fn locate(storage: StorageRoot, source: &CheckpointLocation) -> Result<RestoredCheckpoint> {

@@ -15,6 +15,7 @@ mod sync;
 pub use crate::backend::CompactionStats;
 pub use checkpointer::{
     CheckpointLocation, CheckpointReport, Checkpointer, RestoredCheckpoint, new_job_name,
+    recovery_location,
 };
 pub use config::{CheckpointConfig, CheckpointingMode, ClaimMode, FileVerify, RebaseConfig};
 pub use coordinator::{
