@@ -174,6 +174,17 @@ pub struct StateEntry {
     pub value: Vec<u8>,
 }
 
+/// One entry for [`StateBackend::load_entries`].
+#[derive(Clone, Debug)]
+pub struct LoadEntry {
+    /// Its key group, key and namespace.
+    pub scope: ScopeKey,
+    /// The map user key (empty unless map state).
+    pub user_key: Vec<u8>,
+    /// The value (a list's in the [`list_codec`] encoding).
+    pub value: Vec<u8>,
+}
+
 /// Size of one column family / state table, for the run summary.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StateSize {
@@ -267,6 +278,35 @@ pub trait StateBackend: Send {
     fn map_entries(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Every entry of one key group of one state (map entries one by one).
     fn scan_key_group(&mut self, state: StateId, key_group: KeyGroup) -> Result<Vec<StateEntry>>;
+    /// Loads `entries` of one state of `kind`, in any order, none of whose keys the state holds
+    /// yet (a restore of a canonical savepoint). The default writes them one by one (a list's
+    /// value is its [`list_codec`] encoding); RocksDB sorts them into an SST file and ingests
+    /// it, bypassing memtables and the state cache.
+    fn load_entries(
+        &mut self,
+        state: StateId,
+        kind: StateKind,
+        entries: Vec<LoadEntry>,
+    ) -> Result<()> {
+        for e in entries {
+            match kind {
+                StateKind::List => {
+                    let elements = list_codec::decode(&e.value).ok_or_else(|| {
+                        EngineError::InvalidArgument(format!(
+                            "a loaded list of state {state} is not list-encoded"
+                        ))
+                    })?;
+                    let refs: Vec<&[u8]> = elements.iter().map(Vec::as_slice).collect();
+                    self.list_update(state, &e.scope, &refs)?;
+                }
+                StateKind::Map => self.map_put(state, &e.scope, &e.user_key, &e.value)?,
+                StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
+                    self.put(state, &e.scope, &e.value)?
+                }
+            }
+        }
+        Ok(())
+    }
     /// Per-state sizes.
     fn state_sizes(&self) -> Vec<StateSize>;
     /// Bytes the backend's state takes on disk (0 for heap).
@@ -514,6 +554,21 @@ pub mod list_codec {
         out
     }
 
+    /// Whether `buf` is a valid encoding (what [`decode`] checks, without allocating).
+    pub fn is_valid(mut buf: &[u8]) -> bool {
+        while !buf.is_empty() {
+            let Some((len, n)) = read_varint(buf) else {
+                return false;
+            };
+            let end = usize::try_from(len).ok().and_then(|l| n.checked_add(l));
+            match end {
+                Some(end) if end <= buf.len() => buf = &buf[end..],
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Decodes; `None` when the bytes are not a valid encoding.
     pub fn decode(mut buf: &[u8]) -> Option<Vec<Vec<u8>>> {
         let mut out = Vec::new();
@@ -562,5 +617,6 @@ mod tests {
         );
         assert_eq!(a, [1, b'x', 0]);
         assert!(list_codec::decode(&[5, 1]).is_none());
+        assert!(!list_codec::is_valid(&[5, 1]) && list_codec::is_valid(&ab));
     }
 }

@@ -11,7 +11,7 @@ use cairn_snapshot::{SnapshotError, StorageRoot, object_layout};
 use cairn_timers::{HeapTimers, TimerService};
 
 use super::canonical::{ChunkReader, Record};
-use crate::backend::{RestoredFiles, ScopeKey, StateDescriptor, StateKind, list_codec};
+use crate::backend::{LoadEntry, RestoredFiles, ScopeKey, StateDescriptor, StateKind, list_codec};
 use crate::error::{EngineError, Result};
 use crate::keygroup::{KeyGroup, KeyGroupRange};
 use crate::operator_state::OperatorState;
@@ -145,9 +145,9 @@ pub(crate) fn read_operator_states(
 pub(crate) fn load_chunks(slot: &mut Slot, chunks: &[PathBuf]) -> Result<HeapTimers> {
     let range = slot.key_groups();
     let mut timers = HeapTimers::new(range.start as KeyGroup..=range.end as KeyGroup);
-    let mut scope = ScopeKey::new(0, slot.prefix_bytes(), &[], &[]);
     let kinds: Vec<StateKind> = slot.states().iter().map(|d| d.kind).collect();
     let states = kinds.len();
+    let prefix_bytes = slot.prefix_bytes();
     for path in chunks {
         let corrupt = |reason: String| EngineError::Corrupt {
             state: format!("savepoint chunk {}", path.display()),
@@ -171,6 +171,8 @@ pub(crate) fn load_chunks(slot: &mut Slot, chunks: &[PathBuf]) -> Result<HeapTim
             op: format!("read {}", path.display()),
             source: e,
         })?;
+        // One batch per state per chunk: RocksDB turns each into one ingested SST file.
+        let mut batches: Vec<Vec<LoadEntry>> = (0..states).map(|_| Vec::new()).collect();
         let mut reader = ChunkReader::new(&bytes).map_err(corrupt)?;
         while let Some(record) = reader.next().map_err(corrupt)? {
             let kg = record.key_group();
@@ -186,25 +188,21 @@ pub(crate) fn load_chunks(slot: &mut Slot, chunks: &[PathBuf]) -> Result<HeapTim
                     value,
                     ..
                 } => {
-                    if state as usize >= states {
-                        return Err(corrupt(format!(
+                    let batch = batches.get_mut(state as usize).ok_or_else(|| {
+                        corrupt(format!(
                             "an entry of state {state} (the savepoint has {states})"
+                        ))
+                    })?;
+                    if kinds[state as usize] == StateKind::List && !list_codec::is_valid(value) {
+                        return Err(corrupt(format!(
+                            "a list of state {state} is not list-encoded"
                         )));
                     }
-                    scope.reset(kg, slot.prefix_bytes(), key, namespace);
-                    match kinds[state as usize] {
-                        StateKind::List => {
-                            let elements = list_codec::decode(value).ok_or_else(|| {
-                                corrupt(format!("a list of state {state} is not list-encoded"))
-                            })?;
-                            let refs: Vec<&[u8]> = elements.iter().map(Vec::as_slice).collect();
-                            slot.list_update(state, &scope, &refs)?;
-                        }
-                        StateKind::Map => slot.map_put(state, &scope, user_key, value)?,
-                        StateKind::Value | StateKind::Reducing | StateKind::Aggregating => {
-                            slot.put(state, &scope, value)?
-                        }
-                    }
+                    batch.push(LoadEntry {
+                        scope: ScopeKey::new(kg, prefix_bytes, key, namespace),
+                        user_key: user_key.to_vec(),
+                        value: value.to_vec(),
+                    });
                 }
                 Record::Timer {
                     domain,
@@ -213,6 +211,12 @@ pub(crate) fn load_chunks(slot: &mut Slot, chunks: &[PathBuf]) -> Result<HeapTim
                     namespace,
                     ..
                 } => timers.register(domain, kg, timestamp, key, namespace)?,
+            }
+        }
+        drop(bytes);
+        for (state, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                slot.load_entries(state as u32, batch)?;
             }
         }
         let _ = std::fs::remove_file(path);

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{Slot, Timers};
-use crate::backend::{ScopeKey, StateEntry, StateId, StateKind, StateSize, Update};
+use crate::backend::{LoadEntry, ScopeKey, StateEntry, StateId, StateKind, StateSize, Update};
 use crate::codec;
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroup;
@@ -272,6 +272,21 @@ impl Slot {
         }
         self.check_key_group(key_group)?;
         self.backend.scan_key_group(state, key_group)
+    }
+
+    /// Loads restored entries into a state ([`StateBackend::load_entries`]), after checking
+    /// their key groups and value sizes as a write would.
+    pub(crate) fn load_entries(&mut self, state: StateId, entries: Vec<LoadEntry>) -> Result<()> {
+        let kind = self
+            .states
+            .get(state as usize)
+            .map(|d| d.kind)
+            .ok_or(EngineError::UnknownState(state))?;
+        for e in &entries {
+            self.check_key_group(e.scope.key_group)?;
+            self.check_size(state, e.value.len())?;
+        }
+        self.backend.load_entries(state, kind, entries)
     }
 
     /// Per-state sizes (RocksDB: live SST + memtable bytes per column family).

@@ -142,6 +142,9 @@ pub struct RocksDbRestore {
     pub merge: Vec<crate::backend::MergeSource>,
 }
 
+/// Numbers the SST files [`StateBackend::load_entries`] writes (unique in the process).
+static LOAD_FILES: AtomicU64 = AtomicU64::new(0);
+
 /// Keyed state of one slot in RocksDB. See the module doc.
 pub struct RocksDbBackend {
     // Field order is drop order: the DB closes before the cache and write-buffer manager it uses.
@@ -827,6 +830,69 @@ impl StateBackend for RocksDbBackend {
                 })
             })
             .collect()
+    }
+
+    fn load_entries(
+        &mut self,
+        state: StateId,
+        _kind: StateKind,
+        entries: Vec<crate::backend::LoadEntry>,
+    ) -> Result<()> {
+        self.check_open()?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let name = self
+            .states
+            .get(state as usize)
+            .map(|s| s.0.clone())
+            .ok_or(EngineError::UnknownState(state))?;
+        let mut keyed: Vec<(Vec<u8>, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| {
+                let mut k = e.scope.composite;
+                k.extend_from_slice(&e.user_key);
+                (k, e.value)
+            })
+            .collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // A key given twice keeps its last value (the order given).
+        keyed.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                std::mem::swap(&mut later.1, &mut earlier.1);
+                true
+            } else {
+                false
+            }
+        });
+        let opts = OptionsBuilder {
+            config: &self.config,
+            memory: &self.memory,
+            hook: self.hook.as_ref(),
+        }
+        .cf_options(&name);
+        let path = self.db_path.join(format!(
+            "load-{state}-{}.sst",
+            LOAD_FILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut writer = rocksdb::SstFileWriter::create(&opts);
+        writer
+            .open(&path)
+            .map_err(EngineError::rocks("create an SST file to load"))?;
+        for (k, v) in &keyed {
+            writer
+                .put(k, v)
+                .map_err(EngineError::rocks("write an SST file to load"))?;
+        }
+        writer
+            .finish()
+            .map_err(EngineError::rocks("finish an SST file to load"))?;
+        let cf = self.cf(state)?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(&cf, &ingest, vec![&path])
+            .map_err(EngineError::rocks("ingest a loaded SST file"))
     }
 
     fn state_sizes(&self) -> Vec<StateSize> {
