@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod operator_state;
 pub mod slot;
 pub mod state;
+pub mod ttl;
 
 pub use backend::rocks::rescale::{RescalePath, RescaleReport, RescaledPart};
 pub use backend::{
@@ -39,4 +40,8 @@ pub use operator_state::{OperatorState, Redistribution};
 pub use slot::{Slot, SlotBuilder};
 pub use state::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,
+};
+pub use ttl::{
+    CompactionFilterCleanup, IncrementalCleanup, StateTtlConfig, StateTtlConfigBuilder,
+    TtlUpdateType, TtlVisibility,
 };
