@@ -88,7 +88,8 @@ pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
     KeyGroup, KeyGroupRange, ListState, MapState, Metrics, OperatorState, Redistribution,
     ReducingState, RescalePath, RescaleReport, RescaledPart, RestoredFiles, ScopeKey, Slot,
-    SlotBuilder, StateDescriptor, StateKind, TimeDomain, Timer, TimerServiceKind, ValueState,
-    VoidNamespace, key_group_of, slot_for_key,
+    SlotBuilder, StateDescriptor, StateKind, StateTtlConfig, StateTtlConfigBuilder, TimeDomain,
+    Timer, TimerServiceKind, TtlUpdateType, TtlVisibility, ValueState, VoidNamespace,
+    key_group_of, slot_for_key,
 };
 pub use cairn_snapshot::UploadTarget;
