@@ -48,6 +48,9 @@ pub enum BenchCommand {
     /// Restoring a RocksDB checkpoint into another number of slots against the same number
     /// (JSON, CSV, SVG).
     Rescale(crate::rescale_bench::RescaleBenchArgs),
+    /// A churning keyed state with and without state TTL over many checkpoints: stored and
+    /// uploaded bytes (JSON, CSV, SVG).
+    Ttl(crate::ttl_bench::TtlBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -182,6 +185,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
         BenchCommand::Cache(a) => crate::cache_bench::run_cache_bench(&a),
         BenchCommand::Rescale(a) => crate::rescale_bench::run(&a),
+        BenchCommand::Ttl(a) => crate::ttl_bench::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,5 +15,6 @@ pub mod rescale_bench;
 pub mod run;
 pub mod stream;
 pub mod torture;
+pub mod ttl_bench;
 pub mod wordcount;
 pub mod workload;

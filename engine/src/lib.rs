@@ -8,6 +8,8 @@
 //! namespace ([`ScopeKey`]).
 //!
 //! Timers (`cairn-timers`) are reached through [`Slot::timers`] and checkpointed with the slot.
+//! State can expire: a state registered with a [`StateTtlConfig`] has Flink's state TTL
+//! ([`ttl`]).
 //!
 //! Not here: checkpoint storage (`cairn-snapshot`), the memory budget arithmetic
 //! (`cairn-memory`).
