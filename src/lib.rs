@@ -90,7 +90,7 @@ pub use cairn_engine::{
     KeyGroup, KeyGroupRange, ListState, MapState, Metrics, OperatorState, Redistribution,
     ReducingState, RescalePath, RescaleReport, RescaledPart, RestoredFiles, ScopeKey, Slot,
     SlotBuilder, StateDescriptor, StateKind, StateTtlConfig, StateTtlConfigBuilder, TimeDomain,
-    Timer, TimerServiceKind, TtlUpdateType, TtlVisibility, ValueState, VoidNamespace,
-    key_group_of, slot_for_key,
+    Timer, TimerServiceKind, TtlUpdateType, TtlVisibility, ValueState, VoidNamespace, key_group_of,
+    slot_for_key,
 };
 pub use cairn_snapshot::UploadTarget;

@@ -207,7 +207,8 @@ impl Model {
                 if es.is_empty() {
                     self.lists.remove(s);
                 } else {
-                    self.lists.insert(*s, es.iter().map(|e| (now, *e)).collect());
+                    self.lists
+                        .insert(*s, es.iter().map(|e| (now, *e)).collect());
                 }
                 Read::Done
             }
@@ -480,7 +481,11 @@ fn check_sequence(
     for (name, backend, cache_ratio) in [
         ("heap", BackendKind::Heap, None),
         ("rocksdb", BackendKind::RocksDb, None),
-        ("rocksdb without state cache", BackendKind::RocksDb, Some(0.0)),
+        (
+            "rocksdb without state cache",
+            BackendKind::RocksDb,
+            Some(0.0),
+        ),
     ] {
         let mut cfg = config(backend, &dir.join(name.replace(' ', "-")));
         if let Some(r) = cache_ratio {
@@ -687,14 +692,20 @@ fn rocksdb_compaction_drops_expired_data_from_disk() -> TestResult {
     }
     assert_eq!(after[0].1, keys / 100, "value keys left");
     assert_eq!(after[2].1, keys / 1000, "map entries left");
-    assert!(after[3].0 * 10 > before[3].0 * 9, "the state without TTL keeps its data");
+    assert!(
+        after[3].0 * 10 > before[3].0 * 9,
+        "the state without TTL keeps its data"
+    );
     assert_eq!(after[3].1, before[3].1);
 
     // What is stored is exactly what was written after the expiry, with its timestamp.
     let values = scan_all(&mut slot, value.id())?;
     assert_eq!(values.len() as u64, keys / 100);
     for e in &values {
-        assert_eq!(cairn::engine::ttl::split(&e.value).map(|s| s.0), Some(T0 + 60_000));
+        assert_eq!(
+            cairn::engine::ttl::split(&e.value).map(|s| s.0),
+            Some(T0 + 60_000)
+        );
     }
     let lists = scan_all(&mut slot, list.id())?;
     assert_eq!(lists.len() as u64, keys / 1000, "lists left");
@@ -769,9 +780,17 @@ fn heap_incremental_cleanup_drops_expired_entries() -> TestResult {
         let scope = slot.scope(&1u64, &())?;
         other.update(&mut slot, &scope, &1)?;
     }
-    assert_eq!(size_of(&slot, "accessed").1, 1, "only the list written after the expiry");
+    assert_eq!(
+        size_of(&slot, "accessed").1,
+        1,
+        "only the list written after the expiry"
+    );
     assert_eq!(size_of(&slot, "by-record").1, 0);
-    assert_eq!(size_of(&slot, "never").1, keys, "no background cleanup configured");
+    assert_eq!(
+        size_of(&slot, "never").1,
+        keys,
+        "no background cleanup configured"
+    );
     Ok(())
 }
 
@@ -806,16 +825,28 @@ fn heap_full_snapshot_leaves_expired_entries_out() -> TestResult {
     }
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
     let id = checkpoint(&mut cp, &mut slot)?;
-    assert_eq!(size_of(&slot, "value").1, 100, "the running slot keeps them");
+    assert_eq!(
+        size_of(&slot, "value").1,
+        100,
+        "the running slot keeps them"
+    );
     let url = format!("{}/chk-{id}", cp.job_url());
     drop(slot);
     let mut cfg2 = cfg.clone();
     cfg2.state.working_dir = root.path().join("work2");
     let (_cp, mut restored) = restore_with(&cfg2, &url, |b| b.clock(clock.clone()))?;
     assert_eq!(size_of(&restored, "value").1, 10);
-    assert_eq!(size_of(&restored, "list").1, 10, "lists with an unexpired element");
+    assert_eq!(
+        size_of(&restored, "list").1,
+        10,
+        "lists with an unexpired element"
+    );
     assert_eq!(size_of(&restored, "map").1, 10, "unexpired map entries");
-    assert_eq!(size_of(&restored, "other").1, 100, "no full-snapshot cleanup configured");
+    assert_eq!(
+        size_of(&restored, "other").1,
+        100,
+        "no full-snapshot cleanup configured"
+    );
     let list = restored.list_state_with_ttl::<u64>("op", "list", full)?;
     let scope = restored.scope(&3u64, &())?;
     assert_eq!(list.get(&mut restored, &scope)?, vec![1003]);
@@ -870,23 +901,41 @@ fn timestamps_survive_restore(backend: BackendKind) -> TestResult {
         .into_iter()
         .map(|id| scan_all(&mut restored, id))
         .collect::<Result<_, _>>()?;
-    assert_eq!(again, stored, "stored bytes (with their timestamps) restored unchanged");
+    assert_eq!(
+        again, stored,
+        "stored bytes (with their timestamps) restored unchanged"
+    );
     // +999: nothing expired yet (read without renewing: a fresh OnCreateAndWrite handle).
     let peek = StateTtlConfig::builder(Duration::from_millis(1000)).build()?;
     let value_peek = restored.value_state_with_ttl::<u64>("op", "value", peek)?;
     clock.set(T0 + 999);
     for k in [0u64, 9, 10, 49] {
         let scope = restored.scope(&k, &())?;
-        assert_eq!(value_peek.get(&mut restored, &scope)?, Some(k), "key {k} at +999");
+        assert_eq!(
+            value_peek.get(&mut restored, &scope)?,
+            Some(k),
+            "key {k} at +999"
+        );
     }
     // +1000: the keys not read at +600 expire; the renewed ones live until +1600.
     clock.set(T0 + 1000);
     for k in 0..50u64 {
         let scope = restored.scope(&k, &())?;
         let want = (k < 10).then_some(k);
-        assert_eq!(value_peek.get(&mut restored, &scope)?, want, "value {k} at +1000");
-        assert_eq!(map.get(&mut restored, &scope, &k)?, want, "map {k} at +1000");
-        assert_eq!(list.get(&mut restored, &scope)?, want.into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            value_peek.get(&mut restored, &scope)?,
+            want,
+            "value {k} at +1000"
+        );
+        assert_eq!(
+            map.get(&mut restored, &scope, &k)?,
+            want,
+            "map {k} at +1000"
+        );
+        assert_eq!(
+            list.get(&mut restored, &scope)?,
+            want.into_iter().collect::<Vec<_>>()
+        );
     }
     Ok(())
 }
@@ -935,7 +984,11 @@ fn ttl_switch_is_refused(backend: BackendKind) -> TestResult {
     with.update(&mut slot, &scope, &1)?;
     without.add(&mut slot, &scope, &2)?;
     // Within the run.
-    assert_ttl_mismatch(slot.value_state::<u64>("op", "with-ttl"), "op/with-ttl", true);
+    assert_ttl_mismatch(
+        slot.value_state::<u64>("op", "with-ttl"),
+        "op/with-ttl",
+        true,
+    );
     assert_ttl_mismatch(
         slot.list_state_with_ttl::<u64>("op", "without-ttl", ttl),
         "op/without-ttl",
@@ -1005,4 +1058,146 @@ fn a_changed_ttl_applies_to_stored_timestamps() -> TestResult {
     let v = slot.value_state_with_ttl::<u64>("op", "v", short)?;
     assert_eq!(v.get(&mut slot, &scope)?, None);
     Ok(())
+}
+
+/// Rescaling moves stored bytes, so TTL timestamps and TTL-ness follow their key groups: 2 -> 1
+/// and 2 -> 3 slots. State `op/only-in-1` exists only in old slot 1, which is not the base of
+/// the 2 -> 1 restore (RocksDB brings it in from a merged slot: its TTL-ness comes from that
+/// slot's files). After the restore, reads expire at the original instants and, on RocksDB,
+/// compactions drop the expired data of both states.
+fn rescale_keeps_ttl(backend: BackendKind) -> TestResult {
+    use cairn::{CheckpointLocation, KeyGroupRange, slot_for_key};
+    let root = tempfile::tempdir()?;
+    let cfg = config(backend, root.path());
+    let clock = Arc::new(ManualClock::new(T0));
+    let ttl = StateTtlConfig::builder(Duration::from_millis(1000)).build()?;
+    let open = |n: u32, work: &str| -> cairn::engine::Result<Vec<Slot>> {
+        (0..n)
+            .map(|i| {
+                let mut c = cfg.clone();
+                c.state.working_dir = root.path().join(work).join(format!("slot-{i}"));
+                Slot::builder(&c).slot(i, n).clock(clock.clone()).open()
+            })
+            .collect()
+    };
+    let mut slots = open(2, "old")?;
+    let keys = 400u64;
+    for k in 0..keys {
+        let owner = slot_for_key(&k, 128, 2)?;
+        let slot = &mut slots[owner as usize];
+        let v = slot.value_state_with_ttl::<u64>("op", "v", ttl)?;
+        let scope = slot.scope(&k, &())?;
+        if k % 2 == 1 {
+            clock.set(T0 + 500);
+        }
+        v.update(slot, &scope, &k)?;
+        if owner == 1 {
+            let only = slot.list_state_with_ttl::<u64>("op", "only-in-1", ttl)?;
+            only.add(slot, &scope, &k)?;
+        }
+        clock.set(T0);
+    }
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let id = cp.trigger_checkpoint();
+    let syncs = slots
+        .iter_mut()
+        .map(|s| s.snapshot_for_checkpoint(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    cp.complete(id, syncs)?;
+    let url = format!("{}/chk-{id}", cp.job_url());
+    drop(slots);
+    drop(cp);
+
+    let alive_in_1 = (0..keys)
+        .filter(|k| k % 2 == 1 && slot_for_key(k, 128, 2).is_ok_and(|o| o == 1))
+        .count() as u64;
+    for m in [1u32, 3] {
+        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+        let restored = cp.resume_from(&CheckpointLocation::parse(&url)?)?;
+        let mut slots = Vec::new();
+        for i in 0..m {
+            let mut c = cfg.clone();
+            c.state.working_dir = root
+                .path()
+                .join(format!("new-{m}"))
+                .join(format!("slot-{i}"));
+            let (files, _) = cp.download_slot_files(
+                &restored,
+                KeyGroupRange::for_slot(128, m, i)?,
+                &c.state.working_dir.join("restore"),
+            )?;
+            let b = Slot::builder(&c).slot(i, m).clock(clock.clone());
+            slots.push(b.restore(files).open()?);
+        }
+        for slot in &mut slots {
+            // Only slots with key groups of old slot 1 have the state.
+            if slot
+                .states()
+                .iter()
+                .any(|d| d.full_name() == "op/only-in-1")
+            {
+                let r = slot.list_state::<u64>("op", "only-in-1");
+                assert_ttl_mismatch(r, "op/only-in-1", true);
+            }
+        }
+        let read =
+            |slots: &mut Vec<Slot>, k: u64| -> cairn::engine::Result<(Option<u64>, Vec<u64>)> {
+                let slot = &mut slots[slot_for_key(&k, 128, m)? as usize];
+                let v = slot.value_state_with_ttl::<u64>("op", "v", ttl)?;
+                let only = slot.list_state_with_ttl::<u64>("op", "only-in-1", ttl)?;
+                let scope = slot.scope(&k, &())?;
+                Ok((v.get(slot, &scope)?, only.get(slot, &scope)?))
+            };
+        clock.set(T0 + 999);
+        for k in 0..keys {
+            let (v, only) = read(&mut slots, k)?;
+            assert_eq!(v, Some(k), "{m} slots: key {k} at +999");
+            let in_1 = slot_for_key(&k, 128, 2)? == 1;
+            assert_eq!(
+                only,
+                if in_1 { vec![k] } else { vec![] },
+                "{m} slots: key {k}"
+            );
+        }
+        // +1000: what was written at T0 expired, what was written at +500 not.
+        clock.set(T0 + 1000);
+        for slot in &mut slots {
+            slot.flush()?;
+            // Twice: the first merges appended list elements into values, the second filters.
+            slot.compact_state()?;
+            slot.compact_state()?;
+        }
+        if backend == BackendKind::RocksDb {
+            let v: u64 = slots.iter().map(|s| size_of(s, "v").1).sum();
+            assert_eq!(
+                v,
+                keys / 2,
+                "{m} slots: the compaction left the unexpired values"
+            );
+            let only: u64 = slots.iter().map(|s| size_of(s, "only-in-1").1).sum();
+            assert_eq!(
+                only, alive_in_1,
+                "{m} slots: the compaction left the unexpired lists"
+            );
+        }
+        for k in 0..keys {
+            let (v, only) = read(&mut slots, k)?;
+            let alive = k % 2 == 1;
+            assert_eq!(v, alive.then_some(k), "{m} slots: key {k} at +1000");
+            let in_1 = slot_for_key(&k, 128, 2)? == 1;
+            assert_eq!(only, if in_1 && alive { vec![k] } else { vec![] });
+        }
+        clock.set(T0);
+    }
+    Ok(())
+}
+
+#[test]
+fn rocksdb_rescale_keeps_ttl() -> TestResult {
+    rescale_keeps_ttl(BackendKind::RocksDb)
+}
+
+#[test]
+fn heap_rescale_keeps_ttl() -> TestResult {
+    rescale_keeps_ttl(BackendKind::Heap)
 }

@@ -358,7 +358,12 @@ fn plot(path: &Path, a: &TtlBenchArgs, rows: &[Row]) -> BResult<()> {
     let visible: Series = rows
         .iter()
         .filter(|r| r.variant == "ttl")
-        .map(|r| (r.checkpoint, (r.keys_visible * a.value_size as u64) as f64 / 1e6))
+        .map(|r| {
+            (
+                r.checkpoint,
+                (r.keys_visible * a.value_size as u64) as f64 / 1e6,
+            )
+        })
         .collect();
     let max_x = rows.iter().map(|r| r.checkpoint).max().unwrap_or(1);
     let title = format!(
