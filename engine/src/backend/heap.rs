@@ -929,3 +929,115 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     key_format::write_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use cairn_timers::{Clock, ManualClock};
+
+    /// A backend with one value state (`op/v`, with TTL or not) holding `value` under key `k`.
+    fn one_entry(ttl: Option<StateTtlConfig>, value: &[u8]) -> HeapBackend {
+        let mut b = HeapBackend::new(KeyGroupRange::for_slot(128, 1, 0).unwrap(), 128);
+        let mut desc = StateDescriptor::new("op", "v", StateKind::Value);
+        desc.ttl = ttl;
+        b.create_state(0, &desc).unwrap();
+        b.put(0, &ScopeKey::new(0, 1, b"k", b""), value).unwrap();
+        b
+    }
+
+    fn written(b: &HeapBackend) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HEAP_SNAPSHOT_FILE);
+        b.snapshot_view().write(&path).unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    /// Pinned bytes (## Format on `HeapSnapshotView::write`): a snapshot without TTL states is
+    /// version 1, byte for byte what Cairn wrote before TTL existed; a TTL state makes it
+    /// version 2 with a flags byte per state. Both load, with their TTL-ness.
+    #[test]
+    fn snapshot_format_versions_are_pinned_and_load() {
+        let header = |v: u8| [&b"CAIRNHEAP"[..], &[v, 1, 2, b'o', b'p', 1, b'v', 0]].concat();
+        let block = |value: &[u8]| {
+            let mut b = vec![1, 0, 0, 1, 4, 0, 1, b'k', 0, 0, value.len() as u8];
+            b.extend_from_slice(value);
+            b.push(0);
+            b
+        };
+        let v1 = [header(1), block(b"x")].concat();
+        assert_eq!(written(&one_entry(None, b"x")), v1);
+
+        let ttl = StateTtlConfig::builder(std::time::Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let stamped = ttl::stamped(5, b"x");
+        let mut v2 = header(2);
+        v2.push(STATE_FLAG_TTL);
+        v2.extend(block(&stamped));
+        assert_eq!(written(&one_entry(Some(ttl), &stamped)), v2);
+
+        for (bytes, has_ttl) in [(v1, false), (v2, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(HEAP_SNAPSHOT_FILE);
+            std::fs::write(&path, bytes).unwrap();
+            let range = KeyGroupRange::for_slot(128, 1, 0).unwrap();
+            let (b, states) = HeapBackend::open_restored(range, 128, &[path]).unwrap();
+            assert_eq!(states.len(), 1);
+            assert_eq!(b.states[0].has_ttl, has_ttl);
+        }
+    }
+
+    /// Incremental cleanup walks every key group and removes expired values, list elements and
+    /// map entries, and copies a key group shared with a snapshot only to change it.
+    #[test]
+    fn incremental_cleanup_removes_only_what_expired() {
+        let range = KeyGroupRange::for_slot(128, 1, 0).unwrap();
+        let mut b = HeapBackend::new(range, 128);
+        let ttl = StateTtlConfig::builder(std::time::Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        for (id, kind) in [StateKind::Value, StateKind::List, StateKind::Map]
+            .into_iter()
+            .enumerate()
+        {
+            let desc = StateDescriptor::new("op", format!("s{id}"), kind).with_ttl(ttl);
+            b.create_state(id as StateId, &desc).unwrap();
+            b.configure_ttl(id as StateId, Some(&ttl), &clock).unwrap();
+        }
+        let (old, new) = (ttl::stamped(0, b"o"), ttl::stamped(100, b"n"));
+        for k in 0..300u32 {
+            let kg = (k % 128) as KeyGroup;
+            let s = ScopeKey::new(kg, 1, &k.to_be_bytes(), b"");
+            b.put(0, &s, if k % 2 == 0 { &old } else { &new }).unwrap();
+            b.list_append(1, &s, &[&old, &new]).unwrap();
+            b.map_put(2, &s, b"a", &old).unwrap();
+            if k % 3 == 0 {
+                b.map_put(2, &s, b"b", &new).unwrap();
+            }
+        }
+        let view = b.snapshot_view();
+        // Nothing expired at 9: the walk copies no key group.
+        for id in 0..3 {
+            b.ttl_cleanup_step(id, 9, 10_000).unwrap();
+        }
+        assert!(b.states.iter().zip(&view.states).all(|(s, v)| {
+            s.tables
+                .iter()
+                .zip(&v.tables)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+        }));
+        for id in 0..3 {
+            for _ in 0..100 {
+                b.ttl_cleanup_step(id, 10, 10).unwrap();
+            }
+        }
+        let sizes: Vec<u64> = b.state_sizes().iter().map(|s| s.entries).collect();
+        assert_eq!(sizes, vec![150, 300, 100]);
+        let s = ScopeKey::new(0, 1, &0u32.to_be_bytes(), b"");
+        assert_eq!(b.list_get(1, &s).unwrap(), vec![new.clone()]);
+        drop(view);
+    }
+}
