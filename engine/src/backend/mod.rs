@@ -208,6 +208,9 @@ pub struct StateSize {
 /// - `map_entries` returns entries in ascending byte order of the user key.
 /// - `update_with` behaves exactly like `get_with` followed by `put` / `clear` / nothing.
 /// - `scan_key_group` returns every entry of one key group of one state, and nothing else.
+/// - Bytes are stored as given, TTL timestamps included ([`crate::ttl`]); only a TTL cleanup
+///   (`ttl_cleanup_step`, snapshots, compactions of a state configured with
+///   [`StateBackend::configure_ttl`]) removes anything the caller did not, and only what expired.
 pub trait StateBackend: Send {
     /// The key groups this backend holds.
     fn key_groups(&self) -> KeyGroupRange;
