@@ -10,7 +10,8 @@
 //! 2. **Route records** to the slot that owns their key with [`slot_for_key`]; in the slot,
 //!    [`Slot::scope`] selects the key and typed handles ([`ValueState`], [`ListState`],
 //!    [`MapState`], ...) read and write its state. Timers: [`Slot::register_timer`], fired
-//!    with the key in scope by [`Slot::fire_timers`].
+//!    with the key in scope by [`Slot::fire_timers`]. State that should expire is registered
+//!    with a [`StateTtlConfig`] (`Slot::value_state_with_ttl`, ...: Flink's state TTL).
 //! 3. **Checkpoint with the [`CheckpointCoordinator`]**: [`CheckpointCoordinator::poll`] says
 //!    when to inject a barrier; at the barrier each slot takes its synchronous snapshot and the
 //!    host acknowledges it ([`SlotReply::Snapshot`], or a [`SlotAck`] when the slot uploads
@@ -92,7 +93,8 @@ pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,
     KeyGroup, KeyGroupRange, ListState, MapState, Metrics, OperatorState, Redistribution,
     ReducingState, RescalePath, RescaleReport, RescaledPart, RestoredFiles, ScopeKey, Slot,
-    SlotBuilder, StateDescriptor, StateKind, TimeDomain, Timer, TimerServiceKind, ValueState,
-    VoidNamespace, key_group_of, slot_for_key,
+    SlotBuilder, StateDescriptor, StateKind, StateTtlConfig, StateTtlConfigBuilder, TimeDomain,
+    Timer, TimerServiceKind, TtlUpdateType, TtlVisibility, ValueState, VoidNamespace, key_group_of,
+    slot_for_key,
 };
 pub use cairn_snapshot::UploadTarget;

@@ -51,6 +51,9 @@ pub enum BenchCommand {
     /// Writing and restoring savepoints (canonical, native) against a checkpoint of the same
     /// state (JSON, CSV, SVG).
     Savepoint(crate::savepoint_bench::SavepointBenchArgs),
+    /// A churning keyed state with and without state TTL over many checkpoints: stored and
+    /// uploaded bytes (JSON, CSV, SVG).
+    Ttl(crate::ttl_bench::TtlBenchArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -186,6 +189,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         BenchCommand::Cache(a) => crate::cache_bench::run_cache_bench(&a),
         BenchCommand::Rescale(a) => crate::rescale_bench::run(&a),
         BenchCommand::Savepoint(a) => crate::savepoint_bench::run(&a),
+        BenchCommand::Ttl(a) => crate::ttl_bench::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,5 +18,6 @@ pub mod savepoint_bench;
 pub mod savepoint_cmd;
 pub mod stream;
 pub mod torture;
+pub mod ttl_bench;
 pub mod wordcount;
 pub mod workload;

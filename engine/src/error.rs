@@ -38,6 +38,23 @@ pub enum EngineError {
         /// The kind the caller asked for.
         requested: &'static str,
     },
+    /// A state is registered with a time-to-live when it was stored without one, or the
+    /// reverse (Flink: an incompatible state serializer). Its stored bytes would be read with
+    /// the wrong layout, so the registration is refused: register it as it was stored, or
+    /// move its data into a new state under another name.
+    #[error(
+        "state '{state}' {} but is registered {}: TTL can't be switched on or off for a stored state (register it as it was, or use a new state name)",
+        if *.stored_with_ttl { "holds TTL timestamps" } else { "was stored without TTL" },
+        if *.requested_ttl { "with TTL" } else { "without TTL" }
+    )]
+    StateTtlMismatch {
+        /// Full state name (`operator/state`).
+        state: String,
+        /// Whether the stored state (files, or this run's first registration) has TTL.
+        stored_with_ttl: bool,
+        /// Whether the registration asked for TTL.
+        requested_ttl: bool,
+    },
     /// A state id that this slot never handed out.
     #[error("unknown state id {0}")]
     UnknownState(u32),
@@ -154,6 +171,7 @@ impl EngineError {
             EngineError::Config(_) | EngineError::ConfigFile { .. } => ErrorKind::InvalidConfig,
             EngineError::ValueTooLarge { .. }
             | EngineError::StateKindMismatch { .. }
+            | EngineError::StateTtlMismatch { .. }
             | EngineError::UnknownState(_)
             | EngineError::InvalidArgument(_)
             | EngineError::KeyGroupOutOfRange { .. }

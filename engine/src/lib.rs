@@ -8,6 +8,8 @@
 //! namespace ([`ScopeKey`]).
 //!
 //! Timers (`cairn-timers`) are reached through [`Slot::timers`] and checkpointed with the slot.
+//! State can expire: a state registered with a [`StateTtlConfig`] has Flink's state TTL
+//! ([`ttl`]).
 //!
 //! Not here: checkpoint storage (`cairn-snapshot`), the memory budget arithmetic
 //! (`cairn-memory`).
@@ -25,6 +27,7 @@ pub mod operator_state;
 pub mod savepoint;
 pub mod slot;
 pub mod state;
+pub mod ttl;
 
 pub use backend::rocks::rescale::{RescalePath, RescaleReport, RescaledPart};
 pub use backend::{
@@ -40,4 +43,8 @@ pub use operator_state::{OperatorState, Redistribution};
 pub use slot::{Slot, SlotBuilder};
 pub use state::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,
+};
+pub use ttl::{
+    CompactionFilterCleanup, IncrementalCleanup, StateTtlConfig, StateTtlConfigBuilder,
+    TtlUpdateType, TtlVisibility,
 };

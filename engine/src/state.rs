@@ -1,6 +1,9 @@
 //! Typed state handles over the raw-bytes slot API. A handle is a registered state id plus its
 //! codec; every call takes the slot and the [`ScopeKey`] of the current key and namespace.
 //!
+//! A handle registered with a [`StateTtlConfig`] (the `*_with_ttl` registrations) has Flink's
+//! TTL semantics; its methods are the same (see [`crate::ttl`]).
+//!
 //! Reducing and aggregating state read, fold and write back (as Flink's RocksDB backend does):
 //! a RocksDB merge operator cannot run user functions that capture Rust closures safely across
 //! restores, and the read is served by the block cache for hot keys.
@@ -15,6 +18,7 @@ use crate::backend::{ScopeKey, StateDescriptor, StateId, StateKind, Update};
 use crate::codec;
 use crate::error::Result;
 use crate::slot::Slot;
+use crate::ttl::StateTtlConfig;
 
 /// Bounds of every stored type.
 pub trait StateValue: Serialize + DeserializeOwned {}
@@ -25,8 +29,10 @@ fn register(
     operator: &str,
     name: &str,
     kind: StateKind,
+    ttl: Option<StateTtlConfig>,
 ) -> Result<(StateId, Arc<str>)> {
-    let desc = StateDescriptor::new(operator, name, kind);
+    let mut desc = StateDescriptor::new(operator, name, kind);
+    desc.ttl = ttl;
     let id = slot.register(&desc)?;
     Ok((id, Arc::from(desc.full_name())))
 }
@@ -282,7 +288,26 @@ impl Slot {
         operator: &str,
         name: &str,
     ) -> Result<ValueState<V>> {
-        let (id, name) = register(self, operator, name, StateKind::Value)?;
+        self.value_state_inner(operator, name, None)
+    }
+
+    /// Registers (or looks up) a value state with a time-to-live (see [`crate::ttl`]).
+    pub fn value_state_with_ttl<V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        ttl: StateTtlConfig,
+    ) -> Result<ValueState<V>> {
+        self.value_state_inner(operator, name, Some(ttl))
+    }
+
+    fn value_state_inner<V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> Result<ValueState<V>> {
+        let (id, name) = register(self, operator, name, StateKind::Value, ttl)?;
         Ok(ValueState {
             id,
             name,
@@ -296,7 +321,27 @@ impl Slot {
         operator: &str,
         name: &str,
     ) -> Result<ListState<V>> {
-        let (id, name) = register(self, operator, name, StateKind::List)?;
+        self.list_state_inner(operator, name, None)
+    }
+
+    /// Registers (or looks up) a list state with a time-to-live: each element expires on its
+    /// own (see [`crate::ttl`]).
+    pub fn list_state_with_ttl<V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        ttl: StateTtlConfig,
+    ) -> Result<ListState<V>> {
+        self.list_state_inner(operator, name, Some(ttl))
+    }
+
+    fn list_state_inner<V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> Result<ListState<V>> {
+        let (id, name) = register(self, operator, name, StateKind::List, ttl)?;
         Ok(ListState {
             id,
             name,
@@ -310,7 +355,27 @@ impl Slot {
         operator: &str,
         name: &str,
     ) -> Result<MapState<K, V>> {
-        let (id, name) = register(self, operator, name, StateKind::Map)?;
+        self.map_state_inner(operator, name, None)
+    }
+
+    /// Registers (or looks up) a map state with a time-to-live: each entry expires on its own
+    /// (see [`crate::ttl`]).
+    pub fn map_state_with_ttl<K: StateValue, V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        ttl: StateTtlConfig,
+    ) -> Result<MapState<K, V>> {
+        self.map_state_inner(operator, name, Some(ttl))
+    }
+
+    fn map_state_inner<K: StateValue, V: StateValue>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> Result<MapState<K, V>> {
+        let (id, name) = register(self, operator, name, StateKind::Map, ttl)?;
         Ok(MapState {
             id,
             name,
@@ -325,7 +390,30 @@ impl Slot {
         name: &str,
         reduce: F,
     ) -> Result<ReducingState<V, F>> {
-        let (id, name) = register(self, operator, name, StateKind::Reducing)?;
+        self.reducing_state_inner(operator, name, reduce, None)
+    }
+
+    /// Registers (or looks up) a reducing state with a time-to-live (see [`crate::ttl`]): an
+    /// `add` to an expired value starts from the added value (under
+    /// `ReturnExpiredIfNotCleanedUp` it folds into the expired one, as Flink does).
+    pub fn reducing_state_with_ttl<V: StateValue, F: Fn(&V, &V) -> V>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        reduce: F,
+        ttl: StateTtlConfig,
+    ) -> Result<ReducingState<V, F>> {
+        self.reducing_state_inner(operator, name, reduce, Some(ttl))
+    }
+
+    fn reducing_state_inner<V: StateValue, F: Fn(&V, &V) -> V>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        reduce: F,
+        ttl: Option<StateTtlConfig>,
+    ) -> Result<ReducingState<V, F>> {
+        let (id, name) = register(self, operator, name, StateKind::Reducing, ttl)?;
         Ok(ReducingState {
             id,
             name,
@@ -341,7 +429,30 @@ impl Slot {
         name: &str,
         agg: A,
     ) -> Result<AggregatingState<A>> {
-        let (id, name) = register(self, operator, name, StateKind::Aggregating)?;
+        self.aggregating_state_inner(operator, name, agg, None)
+    }
+
+    /// Registers (or looks up) an aggregating state with a time-to-live (see [`crate::ttl`]):
+    /// an `add` to an expired accumulator starts from a fresh one (under
+    /// `ReturnExpiredIfNotCleanedUp` it folds into the expired one, as Flink does).
+    pub fn aggregating_state_with_ttl<A: AggregateFunction>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        agg: A,
+        ttl: StateTtlConfig,
+    ) -> Result<AggregatingState<A>> {
+        self.aggregating_state_inner(operator, name, agg, Some(ttl))
+    }
+
+    fn aggregating_state_inner<A: AggregateFunction>(
+        &mut self,
+        operator: &str,
+        name: &str,
+        agg: A,
+        ttl: Option<StateTtlConfig>,
+    ) -> Result<AggregatingState<A>> {
+        let (id, name) = register(self, operator, name, StateKind::Aggregating, ttl)?;
         Ok(AggregatingState { id, name, agg })
     }
 }

@@ -5,7 +5,7 @@ use std::error::Error;
 use std::path::Path;
 
 use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
-use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, VoidNamespace};
+use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, SlotBuilder, VoidNamespace};
 use cairn_snapshot::{CheckpointStore, StorageOptions, StorageRoot};
 
 /// A test's result.
@@ -47,6 +47,23 @@ pub fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Resu
     let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync]).map(|_| id)
+}
+
+/// [`restore`] with the slot's builder adjusted by `tune` before it opens (a clock, a hook).
+pub fn restore_with(
+    cfg: &CairnConfig,
+    url: &str,
+    tune: impl FnOnce(SlotBuilder<'_>) -> SlotBuilder<'_>,
+) -> Result<(Checkpointer, Slot), Box<dyn Error>> {
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
+    let (files, _) = cp.download_slot_files(
+        &restored,
+        KeyGroupRange::for_slot(128, 1, 0)?,
+        &cfg.state.working_dir.join("restore"),
+    )?;
+    let slot = tune(Slot::builder(cfg).restore(files)).open()?;
+    Ok((cp, slot))
 }
 
 /// Opens a new job that restores `url` (`<dir>/<job>[/chk-<id>]`) into slot 0 of 1, working in

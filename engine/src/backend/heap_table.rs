@@ -128,6 +128,30 @@ impl Table {
         }
     }
 
+    /// Buckets of the table (occupied or not): the range of [`Table::bucket`]'s index. A
+    /// cursor over bucket indices survives removals (entries do not move) and a copy-on-write
+    /// clone (hashbrown clones a table bucket for bucket); a growth reorders it.
+    pub fn num_buckets(&self) -> usize {
+        self.slots.num_buckets()
+    }
+
+    /// The entry in bucket `index`, if occupied.
+    pub fn bucket(&self, index: usize) -> Option<&HeapEntry> {
+        self.slots.get_bucket(index).map(|s| &s.entry)
+    }
+
+    /// The entry in bucket `index`, to change in place.
+    pub fn bucket_mut(&mut self, index: usize) -> Option<&mut HeapEntry> {
+        self.slots.get_bucket_mut(index).map(|s| &mut s.entry)
+    }
+
+    /// Removes the entry in bucket `index`, if occupied.
+    pub fn remove_bucket(&mut self, index: usize) {
+        if let Ok(o) = self.slots.get_bucket_entry(index) {
+            o.remove();
+        }
+    }
+
     /// Every (composite key, entry), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&HeapKey, &HeapEntry)> {
         self.slots.iter().map(|s| (&s.key, &s.entry))

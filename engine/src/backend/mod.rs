@@ -26,6 +26,8 @@ use crate::config::{BackendKind, CairnConfig};
 use crate::error::{EngineError, Result};
 use crate::key_format;
 use crate::keygroup::{KeyGroup, KeyGroupRange};
+use crate::ttl::StateTtlConfig;
+use cairn_timers::Clock;
 pub use native::{CompactionStats, DeferredSnapshot, MergeSource, NativeSnapshot, RestoredFiles};
 use rocks::{RocksDbBackend, RocksDbOptionsHook, RocksDbParams, WriteBackFault};
 
@@ -71,6 +73,11 @@ pub struct StateDescriptor {
     pub name: String,
     /// The kind.
     pub kind: StateKind,
+    /// Its time-to-live, if any (see [`crate::ttl`]). Backends read it in
+    /// [`StateBackend::create_state`]; a restored state's descriptor has `None` until the state
+    /// is registered in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<StateTtlConfig>,
 }
 
 impl StateDescriptor {
@@ -80,7 +87,15 @@ impl StateDescriptor {
             operator: operator.into(),
             name: name.into(),
             kind,
+            ttl: None,
         }
+    }
+
+    /// The same descriptor with a time-to-live: registering it gives the state TTL semantics
+    /// (the raw-bytes API of the slot applies them too). See [`crate::ttl`].
+    pub fn with_ttl(mut self, ttl: StateTtlConfig) -> Self {
+        self.ttl = Some(ttl);
+        self
     }
 
     /// `operator/name`: the column family name and the name in messages.
@@ -204,6 +219,9 @@ pub struct StateSize {
 /// - `map_entries` returns entries in ascending byte order of the user key.
 /// - `update_with` behaves exactly like `get_with` followed by `put` / `clear` / nothing.
 /// - `scan_key_group` returns every entry of one key group of one state, and nothing else.
+/// - Bytes are stored as given, TTL timestamps included ([`crate::ttl`]); only a TTL cleanup
+///   (`ttl_cleanup_step`, snapshots, compactions of a state configured with
+///   [`StateBackend::configure_ttl`]) removes anything the caller did not, and only what expired.
 pub trait StateBackend: Send {
     /// The key groups this backend holds.
     fn key_groups(&self) -> KeyGroupRange;
@@ -341,6 +359,32 @@ pub trait StateBackend: Send {
         Err(EngineError::InvalidArgument(
             "timers stored in the state backend (state.timer-service = rocksdb) need the RocksDB backend".into(),
         ))
+    }
+    /// Sets the time-to-live of a registered state and the clock its cleanups read (see
+    /// [`crate::ttl`]): the slot calls it after creating a state with TTL, when a restored
+    /// state is registered in this run, and when a registration changes a state's TTL.
+    ///
+    /// # Contract
+    /// - A state whose stored files say it holds TTL timestamps (or none) accepts only a TTL
+    ///   (or none): the other fails with [`EngineError::StateTtlMismatch`] and changes nothing.
+    /// - Whether a state has TTL is fixed when its storage is created; the TTL itself, its
+    ///   update type, visibility and cleanups may change at any call.
+    ///
+    /// Default: accepts anything (a backend without TTL-aware storage or cleanups).
+    fn configure_ttl(
+        &mut self,
+        _state: StateId,
+        _ttl: Option<&StateTtlConfig>,
+        _clock: &Arc<dyn Clock>,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// One step of incremental TTL cleanup of `state` (Flink's `cleanupIncrementally`): checks
+    /// up to `entries` entries after a cursor that walks the state's key groups round and
+    /// round, removing expired values, list elements and map entries. Only the heap backend
+    /// has one. Default: nothing.
+    fn ttl_cleanup_step(&mut self, _state: StateId, _now_ms: i64, _entries: usize) -> Result<()> {
+        Ok(())
     }
     /// Counters of the backend's state cache (`None`: no cache).
     fn cache_stats(&self) -> Option<rocks::cache::CacheStats> {

@@ -13,7 +13,7 @@ use crate::config::CairnConfig;
 use crate::error::{EngineError, Result};
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
 use crate::operator_state::OperatorState;
-use cairn_timers::HeapTimers;
+use cairn_timers::{Clock, HeapTimers};
 
 /// Opens a [`Slot`]: which slot of how many, and the live parts that are not configuration.
 #[must_use]
@@ -26,6 +26,7 @@ pub struct SlotBuilder<'a> {
     restore: Option<RestoredFiles>,
     operator_state: OperatorState,
     write_back_fault: Option<Arc<WriteBackFault>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Slot {
@@ -40,6 +41,7 @@ impl Slot {
             restore: None,
             operator_state: OperatorState::new(),
             write_back_fault: None,
+            clock: None,
         }
     }
 }
@@ -81,6 +83,13 @@ impl<'a> SlotBuilder<'a> {
     /// `fault` is armed for (ignored by the heap backend; see [`WriteBackFault`]).
     pub fn write_back_fault(mut self, fault: Arc<WriteBackFault>) -> Self {
         self.write_back_fault = Some(fault);
+        self
+    }
+
+    /// The processing-time clock of state TTL: timestamps of TTL states and their expiry
+    /// (default: the system clock). Tests pass a `ManualClock`.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -139,6 +148,7 @@ impl<'a> SlotBuilder<'a> {
             ns_buf: Vec::new(),
             value_buf: Vec::new(),
             operator_state: self.operator_state,
+            ttl: super::SlotTtl::new(self.clock),
         };
         slot.adopt_restored_states(opened.states)?;
         let restored_timers = match canonical_chunks {

@@ -27,6 +27,7 @@ mod builder;
 mod checkpoint;
 mod state_access;
 mod timers;
+mod ttl;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ use crate::operator_state::OperatorState;
 use cairn_timers::{HeapTimers, RocksDbTimers, Timer, TimerService};
 
 pub use builder::SlotBuilder;
+pub(crate) use ttl::SlotTtl;
 
 /// Operator name of the timer column families (`_timers/event-time`,
 /// `_timers/processing-time`); reserved: user states can't use it.
@@ -94,6 +96,8 @@ pub struct Slot {
     ns_buf: Vec<u8>,
     value_buf: Vec<u8>,
     operator_state: OperatorState,
+    /// Which states have TTL, the clock, per-record cleanups owed ([`crate::ttl`]).
+    ttl: SlotTtl,
 }
 
 impl Slot {
@@ -179,6 +183,7 @@ impl Slot {
                     requested: desc.kind.name(),
                 });
             }
+            self.reconcile_ttl(id, desc.ttl)?;
             return Ok(id);
         }
         if desc.operator.is_empty() || desc.name.is_empty() || full == "default" {
@@ -186,10 +191,14 @@ impl Slot {
                 "state name '{full}' needs a non-empty operator and name"
             )));
         }
+        if let Some(t) = &desc.ttl {
+            t.validate()?;
+        }
         let id = self.states.len() as StateId;
         self.backend.create_state(id, desc)?;
         self.states.push(desc.clone());
         self.by_name.insert(full, id);
+        self.created_with_ttl(id)?;
         Ok(id)
     }
 
@@ -197,6 +206,7 @@ impl Slot {
     pub fn scope_raw(&self, key: &[u8], namespace: &[u8]) -> Result<ScopeKey> {
         let kg = keygroup::assign_to_key_group(key, self.max_parallelism);
         self.check_key_group(kg)?;
+        self.ttl.record();
         Ok(ScopeKey::new(kg, self.prefix_bytes, key, namespace))
     }
 
@@ -205,6 +215,7 @@ impl Slot {
     pub fn rescope_raw(&self, scope: &mut ScopeKey, key: &[u8], namespace: &[u8]) -> Result<()> {
         let kg = keygroup::assign_to_key_group(key, self.max_parallelism);
         self.check_key_group(kg)?;
+        self.ttl.record();
         scope.reset(kg, self.prefix_bytes, key, namespace);
         Ok(())
     }
@@ -213,6 +224,7 @@ impl Slot {
     /// group, so the key is not hashed again (firing a timer usually reads its key's state).
     pub fn rescope_timer(&self, scope: &mut ScopeKey, timer: &Timer) -> Result<()> {
         self.check_key_group(timer.key_group)?;
+        self.ttl.record();
         scope.reset(
             timer.key_group,
             self.prefix_bytes,
@@ -257,13 +269,23 @@ impl Slot {
         }
     }
 
-    fn check(&self, state: StateId, kinds: &[StateKind], requested: StateKind) -> Result<()> {
+    /// Checks a state access (known id, one of `kinds`) and returns the state's TTL. Runs the
+    /// per-record TTL cleanups owed first (see [`crate::ttl::IncrementalCleanup`]).
+    fn check(
+        &mut self,
+        state: StateId,
+        kinds: &[StateKind],
+        requested: StateKind,
+    ) -> Result<Option<crate::ttl::StateTtlConfig>> {
+        if self.ttl.owes_cleanup() {
+            self.run_owed_cleanups()?;
+        }
         let desc = self
             .states
             .get(state as usize)
             .ok_or(EngineError::UnknownState(state))?;
         if kinds.contains(&desc.kind) {
-            Ok(())
+            Ok(desc.ttl)
         } else {
             Err(EngineError::StateKindMismatch {
                 state: desc.full_name(),

@@ -19,7 +19,9 @@ impl Slot {
 
     /// Raw get of a value, reducing or aggregating state.
     pub fn get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
-        self.check(state, Self::SINGLE, StateKind::Value)?;
+        if let Some(ttl) = self.check(state, Self::SINGLE, StateKind::Value)? {
+            return self.ttl_get_with(state, scope, ttl, |b| b.map(<[u8]>::to_vec));
+        }
         self.backend.get(state, scope)
     }
 
@@ -30,7 +32,9 @@ impl Slot {
         scope: &ScopeKey,
         f: impl FnOnce(Option<&[u8]>) -> T,
     ) -> Result<T> {
-        self.check(state, Self::SINGLE, StateKind::Value)?;
+        if let Some(ttl) = self.check(state, Self::SINGLE, StateKind::Value)? {
+            return self.ttl_get_with(state, scope, ttl, f);
+        }
         let mut f = Some(f);
         let mut out = None;
         self.backend.get_with(state, scope, &mut |v| {
@@ -115,7 +119,9 @@ impl Slot {
         scope: &ScopeKey,
         f: impl FnOnce(Option<&[u8]>, &mut Vec<u8>) -> (Update, T),
     ) -> Result<T> {
-        self.check(state, Self::SINGLE, StateKind::Value)?;
+        if let Some(ttl) = self.check(state, Self::SINGLE, StateKind::Value)? {
+            return self.ttl_update_with(state, scope, ttl, f);
+        }
         let max = self.max_value_size;
         let mut f = Some(f);
         let (mut out, mut too_large) = (None, None);
@@ -163,22 +169,32 @@ impl Slot {
 
     /// Raw put of a value, reducing or aggregating state.
     pub fn put(&mut self, state: StateId, scope: &ScopeKey, value: &[u8]) -> Result<()> {
-        self.check(state, Self::SINGLE, StateKind::Value)?;
+        let ttl = self.check(state, Self::SINGLE, StateKind::Value)?;
         self.check_size(state, value.len())?;
+        if let Some(ttl) = ttl {
+            return self.ttl_put(state, scope, ttl, value);
+        }
         self.backend.put(state, scope, value)
     }
 
     /// Removes the (key, namespace) entry of any state kind.
     pub fn clear(&mut self, state: StateId, scope: &ScopeKey) -> Result<()> {
-        if state as usize >= self.states.len() {
+        let Some(desc) = self.states.get(state as usize) else {
             return Err(EngineError::UnknownState(state));
+        };
+        let ttl = desc.ttl;
+        self.backend.clear(state, scope)?;
+        match ttl {
+            Some(ttl) => self.ttl_removed(state, ttl),
+            None => Ok(()),
         }
-        self.backend.clear(state, scope)
     }
 
     /// Raw list read.
     pub fn list_get(&mut self, state: StateId, scope: &ScopeKey) -> Result<Vec<Vec<u8>>> {
-        self.check(state, &[StateKind::List], StateKind::List)?;
+        if let Some(ttl) = self.check(state, &[StateKind::List], StateKind::List)? {
+            return self.ttl_list_get(state, scope, ttl);
+        }
         self.backend.list_get(state, scope)
     }
 
@@ -189,9 +205,15 @@ impl Slot {
         scope: &ScopeKey,
         elements: &[&[u8]],
     ) -> Result<()> {
-        self.check(state, &[StateKind::List], StateKind::List)?;
+        let ttl = self.check(state, &[StateKind::List], StateKind::List)?;
         for e in elements {
             self.check_size(state, e.len())?;
+        }
+        if let Some(ttl) = ttl {
+            if elements.is_empty() {
+                return self.ttl_removed(state, ttl);
+            }
+            return self.ttl_list_write(state, scope, ttl, elements, false);
         }
         self.backend.list_append(state, scope, elements)
     }
@@ -203,9 +225,12 @@ impl Slot {
         scope: &ScopeKey,
         elements: &[&[u8]],
     ) -> Result<()> {
-        self.check(state, &[StateKind::List], StateKind::List)?;
+        let ttl = self.check(state, &[StateKind::List], StateKind::List)?;
         for e in elements {
             self.check_size(state, e.len())?;
+        }
+        if let Some(ttl) = ttl {
+            return self.ttl_list_write(state, scope, ttl, elements, true);
         }
         self.backend.list_update(state, scope, elements)
     }
@@ -217,7 +242,9 @@ impl Slot {
         scope: &ScopeKey,
         user_key: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        self.check(state, &[StateKind::Map], StateKind::Map)?;
+        if let Some(ttl) = self.check(state, &[StateKind::Map], StateKind::Map)? {
+            return self.ttl_map_get(state, scope, ttl, user_key);
+        }
         self.backend.map_get(state, scope, user_key)
     }
 
@@ -229,16 +256,23 @@ impl Slot {
         user_key: &[u8],
         value: &[u8],
     ) -> Result<()> {
-        self.check(state, &[StateKind::Map], StateKind::Map)?;
+        let ttl = self.check(state, &[StateKind::Map], StateKind::Map)?;
         self.check_size(state, value.len())?;
         self.check_size(state, user_key.len())?;
+        if let Some(ttl) = ttl {
+            return self.ttl_map_put(state, scope, ttl, user_key, value);
+        }
         self.backend.map_put(state, scope, user_key, value)
     }
 
     /// Raw map remove.
     pub fn map_remove(&mut self, state: StateId, scope: &ScopeKey, user_key: &[u8]) -> Result<()> {
-        self.check(state, &[StateKind::Map], StateKind::Map)?;
-        self.backend.map_remove(state, scope, user_key)
+        let ttl = self.check(state, &[StateKind::Map], StateKind::Map)?;
+        self.backend.map_remove(state, scope, user_key)?;
+        match ttl {
+            Some(ttl) => self.ttl_removed(state, ttl),
+            None => Ok(()),
+        }
     }
 
     /// Whether the map has `user_key`.
@@ -257,11 +291,14 @@ impl Slot {
         state: StateId,
         scope: &ScopeKey,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.check(state, &[StateKind::Map], StateKind::Map)?;
+        if let Some(ttl) = self.check(state, &[StateKind::Map], StateKind::Map)? {
+            return self.ttl_map_entries(state, scope, ttl);
+        }
         self.backend.map_entries(state, scope)
     }
 
-    /// Every entry of one key group of one state.
+    /// Every entry of one key group of one state, as stored (a TTL state's values, list
+    /// elements and map values carry their timestamps, see [`crate::ttl`]).
     pub fn scan_key_group(
         &mut self,
         state: StateId,

@@ -37,12 +37,18 @@
 //!   after their merge), where any slip loses a write silently again; the poison flag is one
 //!   branch per call, and every path is covered by `tests/state_cache_write_failure.rs`
 //!   through [`WriteBackFault`].
+//!
+//! A state with TTL ([`crate::ttl`]) gets a compaction filter on its column family that drops
+//! expired entries in compactions; the filter also marks the column family as holding TTL
+//! timestamps across checkpoints (see `ttl_filter`).
 
 pub mod cache;
 mod files;
 mod options;
 pub mod rescale;
+mod ttl_filter;
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,7 +88,8 @@ use crate::error::{EngineError, Result};
 use crate::key_format;
 use crate::keygroup::{self, KeyGroup, KeyGroupRange};
 use cache::{CacheStats, CacheWrite, Cached, StateCache};
-use cairn_timers::RocksDbTimers;
+use cairn_timers::{Clock, RocksDbTimers};
+use ttl_filter::TtlFilterShared;
 
 /// Name of the merge operator that appends encoded list elements.
 pub(crate) const LIST_MERGE_OPERATOR: &str = "cairn.list-append";
@@ -170,6 +177,12 @@ pub struct RocksDbBackend {
     /// Set by a failed write-back commit (the original failure): every later call is refused
     /// (see the module doc).
     poisoned: Option<String>,
+    /// The TTL compaction filter of each state (by id), `None` for a state without TTL.
+    ttl_filters: Vec<Option<Arc<TtlFilterShared>>>,
+    /// Column families the restored files had with the TTL filter, not yet created as states.
+    restored_ttl: HashSet<String>,
+    /// Filters of restored column families opened with the database, taken by `create_state`.
+    opened_filters: HashMap<String, Arc<TtlFilterShared>>,
     _lock: File,
 }
 
@@ -201,11 +214,20 @@ impl RocksDbBackend {
             Err(TryLockError::Error(e)) => return Err(not_writable(e)),
         }
         let db_path = p.dir.join("db");
+        let mut restored_ttl = HashSet::new();
+        if let Some(r) = &p.restore {
+            for m in &r.merge {
+                restored_ttl.extend(ttl_filter::ttl_column_families(&m.files)?);
+            }
+        }
         if db_path.exists() {
             std::fs::remove_dir_all(&db_path).map_err(not_writable)?;
         }
         let restored_states = match &p.restore {
             Some(RocksDbRestore { files, states, .. }) => {
+                // Which states hold TTL timestamps: their column families carry the filter
+                // (read before the files move; merged old slots' too).
+                restored_ttl.extend(ttl_filter::ttl_column_families(files)?);
                 std::fs::rename(files, &db_path).map_err(|e| EngineError::Io {
                     op: format!(
                         "move restored files {} into {}",
@@ -236,10 +258,16 @@ impl RocksDbBackend {
         } else {
             Vec::new()
         };
+        let mut opened_filters = HashMap::new();
         for s in &restored_states {
             let name = s.full_name();
             if existing.contains(&name) {
-                let opts = builder.cf_options(&name);
+                let mut opts = builder.cf_options(&name);
+                if restored_ttl.contains(&name) {
+                    let filter = TtlFilterShared::new(s.kind);
+                    filter.install(&mut opts);
+                    opened_filters.insert(name.clone(), filter);
+                }
                 cfs.push(ColumnFamilyDescriptor::new(name, opts));
             }
         }
@@ -279,6 +307,9 @@ impl RocksDbBackend {
             memtable_flush_pending: false,
             write_back_fault: None,
             poisoned: None,
+            ttl_filters: Vec::new(),
+            restored_ttl,
+            opened_filters,
             _lock: lock,
         };
         // Registering the restored states gives them their ids (and creates the column
@@ -606,14 +637,22 @@ impl StateBackend for RocksDbBackend {
             memory: &self.memory,
             hook: self.hook.as_ref(),
         };
-        // A restored column family already exists (opened with the slot's options).
+        // A restored column family already exists (opened with the slot's options, and the
+        // TTL filter when the files say it had one).
+        let mut filter = self.opened_filters.remove(&name);
         if self.db.cf_handle(&name).is_none() {
-            let opts = builder.cf_options(&name);
+            let mut opts = builder.cf_options(&name);
+            if desc.ttl.is_some() || self.restored_ttl.contains(&name) {
+                let f = TtlFilterShared::new(desc.kind);
+                f.install(&mut opts);
+                filter = Some(f);
+            }
             self.db
                 .create_cf(&name, &opts)
                 .map_err(EngineError::rocks("create column family"))?;
         }
         self.states.push((name.clone(), desc.kind));
+        self.ttl_filters.push(filter);
         if let Some(c) = self.cache.as_mut() {
             c.register_state(id, desc.kind == StateKind::Map);
         }
@@ -632,6 +671,31 @@ impl StateBackend for RocksDbBackend {
             }
         }
         Ok(())
+    }
+
+    fn configure_ttl(
+        &mut self,
+        state: StateId,
+        config: Option<&crate::ttl::StateTtlConfig>,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<()> {
+        self.check_open()?;
+        let filter = self
+            .ttl_filters
+            .get(state as usize)
+            .ok_or(EngineError::UnknownState(state))?;
+        match (filter, config) {
+            (Some(f), Some(c)) => {
+                f.configure(c, clock);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            (f, c) => Err(EngineError::StateTtlMismatch {
+                state: self.states[state as usize].0.clone(),
+                stored_with_ttl: f.is_some(),
+                requested_ttl: c.is_some(),
+            }),
+        }
     }
 
     fn get_with(
