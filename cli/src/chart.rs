@@ -77,3 +77,79 @@ pub fn grouped_bars(
     root.present()?;
     Ok(())
 }
+
+/// One line of a [`line_panels`] panel: points `(x, y)`.
+pub struct Line {
+    /// The legend's name.
+    pub name: String,
+    /// The points, ascending `x`.
+    pub points: Vec<(u64, f64)>,
+    /// Drawn dashed and thin (a reference, not a measured variant).
+    pub dashed: bool,
+}
+
+/// One panel of [`line_panels`].
+pub struct Panel {
+    /// Its caption.
+    pub caption: String,
+    /// Its lines; the first measured line gets the first colour.
+    pub lines: Vec<Line>,
+}
+
+/// Panels stacked one above the other sharing the x axis (`x_desc`, e.g. `checkpoint`), one
+/// line per series: how benchmarks show a quantity over many checkpoints per variant.
+pub fn line_panels(path: &Path, x_desc: &str, panels: &[Panel]) -> CResult {
+    let height = 350 * panels.len().max(1) as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    let max_x = panels
+        .iter()
+        .flat_map(|p| p.lines.iter())
+        .flat_map(|l| l.points.iter().map(|p| p.0))
+        .max()
+        .unwrap_or(1);
+    for (area, panel) in areas.iter().zip(panels) {
+        let max_y = panel
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1))
+            .fold(1.0f64, f64::max)
+            * 1.05;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.caption, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0u64..max_x + 1, 0f64..max_y)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .light_line_style(WHITE)
+            .draw()?;
+        for (i, line) in panel.lines.iter().enumerate() {
+            let points = line.points.iter().copied();
+            if line.dashed {
+                let colour = BLUE.mix(0.6);
+                chart
+                    .draw_series(DashedLineSeries::new(points, 6, 4, colour.stroke_width(1)))?
+                    .label(line.name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            } else {
+                let colour = COLOURS[i % COLOURS.len()];
+                chart
+                    .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+                    .label(line.name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -495,35 +495,27 @@ fn write_csv(path: &Path, rows: &[Row]) -> BResult<()> {
 /// Three panels over the checkpoints, one line per policy: stored MB, cumulative uploaded MB,
 /// restore MB.
 fn plot(path: &Path, policies: &[(String, RebaseConfig)], rows: &[Row]) -> BResult<()> {
-    use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1000, 1050)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((3, 1));
-    let colors = [
-        BLACK,
-        RED,
-        BLUE,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        RGBColor(255, 140, 0),
-    ];
-    type Series = Vec<(u64, f64)>;
-    let series = |f: &dyn Fn(&[&Row]) -> Series| -> Vec<(String, Series)> {
+    use crate::chart::{Line, Panel};
+    type Points = Vec<(u64, f64)>;
+    let lines = |f: &dyn Fn(&[&Row]) -> Points| -> Vec<Line> {
         policies
             .iter()
             .map(|(name, _)| {
                 let rs: Vec<&Row> = rows.iter().filter(|r| &r.policy == name).collect();
-                (name.clone(), f(&rs))
+                Line {
+                    name: name.clone(),
+                    points: f(&rs),
+                    dashed: false,
+                }
             })
             .collect()
     };
-    let stored = series(&|rs| {
+    let stored = lines(&|rs| {
         rs.iter()
             .map(|r| (r.checkpoint, r.stored_bytes as f64 / 1e6))
             .collect()
     });
-    let uploaded = series(&|rs| {
+    let uploaded = lines(&|rs| {
         let mut acc = 0.0;
         rs.iter()
             .map(|r| {
@@ -532,51 +524,29 @@ fn plot(path: &Path, policies: &[(String, RebaseConfig)], rows: &[Row]) -> BResu
             })
             .collect()
     });
-    let restore = series(&|rs| {
+    let restore = lines(&|rs| {
         rs.iter()
             .map(|r| (r.checkpoint, r.restore_bytes as f64 / 1e6))
             .collect()
     });
-    let max_x = rows.iter().map(|r| r.checkpoint).max().unwrap_or(1);
-    for (area, (title, data)) in panels.iter().zip([
-        ("stored in checkpoint storage, MB (listing)", &stored),
-        ("uploaded since start, MB", &uploaded),
-        (
-            "restore size (bytes the checkpoint references), MB",
-            &restore,
-        ),
-    ]) {
-        let max_y = data
-            .iter()
-            .flat_map(|(_, s)| s.iter().map(|p| p.1))
-            .fold(1.0f64, f64::max)
-            * 1.05;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0u64..max_x + 1, 0f64..max_y)?;
-        chart
-            .configure_mesh()
-            .x_desc("checkpoint")
-            .light_line_style(WHITE)
-            .draw()?;
-        for (i, (name, s)) in data.iter().enumerate() {
-            let color = colors[i % colors.len()];
-            chart
-                .draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2)))?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
-    }
-    root.present()?;
+    crate::chart::line_panels(
+        path,
+        "checkpoint",
+        &[
+            Panel {
+                caption: "stored in checkpoint storage, MB (listing)".into(),
+                lines: stored,
+            },
+            Panel {
+                caption: "uploaded since start, MB".into(),
+                lines: uploaded,
+            },
+            Panel {
+                caption: "restore size (bytes the checkpoint references), MB".into(),
+                lines: restore,
+            },
+        ],
+    )?;
     Ok(())
 }
 

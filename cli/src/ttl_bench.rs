@@ -333,99 +333,57 @@ fn write_csv(path: &Path, rows: &[Row]) -> BResult<()> {
 /// references), uploaded bytes per checkpoint, live SST bytes; the visible keys' raw size is a
 /// dashed line in the first panel.
 fn plot(path: &Path, a: &TtlBenchArgs, rows: &[Row]) -> BResult<()> {
-    use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1000, 1050)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((3, 1));
-    let colors = [RED, BLACK];
-    type Series = Vec<(u64, f64)>;
-    let series = |f: &dyn Fn(&Row) -> f64| -> Vec<(String, Series)> {
+    use crate::chart::{Line, Panel};
+    let lines = |f: &dyn Fn(&Row) -> f64| -> Vec<Line> {
         VARIANTS
             .iter()
-            .map(|v| {
-                let s = rows
+            .map(|v| Line {
+                name: v.to_string(),
+                points: rows
                     .iter()
                     .filter(|r| r.variant == *v)
                     .map(|r| (r.checkpoint, f(r) / 1e6))
-                    .collect();
-                (v.to_string(), s)
+                    .collect(),
+                dashed: false,
             })
             .collect()
     };
-    let checkpoint = series(&|r| r.checkpoint_bytes as f64);
-    let uploaded = series(&|r| r.uploaded_bytes as f64);
-    let sst = series(&|r| r.sst_bytes as f64);
-    let visible: Series = rows
-        .iter()
-        .filter(|r| r.variant == "ttl")
-        .map(|r| {
-            (
-                r.checkpoint,
-                (r.keys_visible * a.value_size as u64) as f64 / 1e6,
-            )
-        })
-        .collect();
-    let max_x = rows.iter().map(|r| r.checkpoint).max().unwrap_or(1);
+    let mut checkpoint = lines(&|r| r.checkpoint_bytes as f64);
+    checkpoint.push(Line {
+        name: "unexpired keys x value size (ttl)".into(),
+        points: rows
+            .iter()
+            .filter(|r| r.variant == "ttl")
+            .map(|r| {
+                (
+                    r.checkpoint,
+                    (r.keys_visible * a.value_size as u64) as f64 / 1e6,
+                )
+            })
+            .collect(),
+        dashed: true,
+    });
     let title = format!(
         "{} new keys x {} B per interval, TTL {} intervals",
         a.keys_per_interval, a.value_size, a.ttl_intervals
     );
-    for (i, (area, (caption, data))) in panels
-        .iter()
-        .zip([
-            ("checkpoint size (bytes it references), MB", &checkpoint),
-            ("uploaded per checkpoint, MB", &uploaded),
-            ("live SST bytes of the state, MB", &sst),
-        ])
-        .enumerate()
-    {
-        let max_y = data
-            .iter()
-            .flat_map(|(_, s)| s.iter().map(|p| p.1))
-            .fold(1.0f64, f64::max)
-            * 1.05;
-        let caption = if i == 0 {
-            format!("{title}: {caption}")
-        } else {
-            caption.to_string()
-        };
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0u64..max_x + 1, 0f64..max_y)?;
-        chart
-            .configure_mesh()
-            .x_desc("checkpoint")
-            .light_line_style(WHITE)
-            .draw()?;
-        for (j, (name, s)) in data.iter().enumerate() {
-            let color = colors[j % colors.len()];
-            chart
-                .draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2)))?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        if i == 0 {
-            let blue = BLUE.mix(0.6);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    visible.iter().copied(),
-                    6,
-                    4,
-                    blue.stroke_width(1),
-                ))?
-                .label("unexpired keys x value size (ttl)")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
-    }
-    root.present()?;
+    crate::chart::line_panels(
+        path,
+        "checkpoint",
+        &[
+            Panel {
+                caption: format!("{title}: checkpoint size (bytes it references), MB"),
+                lines: checkpoint,
+            },
+            Panel {
+                caption: "uploaded per checkpoint, MB".into(),
+                lines: lines(&|r| r.uploaded_bytes as f64),
+            },
+            Panel {
+                caption: "live SST bytes of the state, MB".into(),
+                lines: lines(&|r| r.sst_bytes as f64),
+            },
+        ],
+    )?;
     Ok(())
 }
