@@ -7,11 +7,19 @@
 //! The model runs are seeded: `PROPTEST_RNG_SEED` when set, else a fixed seed; a failure prints
 //! the seed and the shrunk operation sequence. `PROPTEST_CASES` overrides the number of cases.
 //!
-//! Which breakages these tests catch (each checked by breaking the code and watching them fail,
-//! see the commit that added them): the RocksDB filter keeping everything, the list filter
-//! keeping expired elements, reads ignoring expiry, `OnReadAndWrite` not renewing, expired
-//! values returned under `NeverReturnExpired`, heap incremental cleanup off, full-snapshot
-//! cleanup off, timestamps rewritten on restore, and a TTL switch accepted on restore.
+//! Breakages checked to fail these tests (each applied alone, the named tests run, reverted):
+//! the RocksDB filter keeping everything (`rocksdb_compaction_*`); the list filter keeping
+//! partially expired lists (`rocksdb_compaction_drops_*`); the filter reading the system clock
+//! (`rocksdb_compaction_keeps_*`); reads ignoring expiry (all `model_*`); `OnReadAndWrite` not
+//! renewing (`model_on_read_*`, `*_timestamps_survive_*`); expired values shown under
+//! `NeverReturnExpired` (`model_*_never_*`); a list read not removing an all-expired list and a
+//! reducing/aggregating add not seeing an expired value under `ReturnExpiredIfNotCleanedUp`
+//! (`model_*_return_*`); heap incremental cleanup off (`heap_incremental_*`); full-snapshot
+//! cleanup off (`heap_full_snapshot_*`); the heap snapshot forgetting TTL flags
+//! (`heap_restore_refuses_*`); RocksDB ignoring the `OPTIONS` mark
+//! (`rocksdb_restore_refuses_*`, `rocksdb_timestamps_*`) or accepting a TTL switch
+//! (`rocksdb_restore_refuses_*`); the filter ignoring a changed TTL (`a_changed_ttl_*`); a
+//! rescale ignoring merged old slots' marks (`rocksdb_rescale_*`).
 
 mod support;
 

@@ -271,6 +271,7 @@ impl Slot {
 
     /// Checks a state access (known id, one of `kinds`) and returns the state's TTL. Runs the
     /// per-record TTL cleanups owed first (see [`crate::ttl::IncrementalCleanup`]).
+    #[inline]
     fn check(
         &mut self,
         state: StateId,

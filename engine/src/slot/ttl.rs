@@ -174,6 +174,8 @@ impl Slot {
     }
 
     /// Runs the per-record incremental cleanup steps owed since the last state access.
+    #[cold]
+    #[inline(never)]
     pub(super) fn run_owed_cleanups(&mut self) -> Result<()> {
         let owed = self.ttl.owed_records.replace(0).min(MAX_OWED_RECORDS) as usize;
         let now = self.ttl.clock.now_ms();
@@ -222,6 +224,7 @@ impl Slot {
     /// [`Slot::get_with`] of a TTL state (Flink's `TtlValueState.value`): an expired value is
     /// removed (and shown only under `ReturnExpiredIfNotCleanedUp`); an unexpired one is renewed
     /// under `OnReadAndWrite`.
+    #[inline(never)]
     pub(super) fn ttl_get_with<T>(
         &mut self,
         state: StateId,
@@ -269,6 +272,7 @@ impl Slot {
     }
 
     /// [`Slot::put`] of a TTL state: stores `[now][value]`.
+    #[inline(never)]
     pub(super) fn ttl_put(
         &mut self,
         state: StateId,
@@ -290,6 +294,7 @@ impl Slot {
     /// under `NeverReturnExpired`); what it puts is stamped with the current time. Keeping an
     /// expired value removes it (it was read expired), and keeping an unexpired one renews it
     /// under `OnReadAndWrite` (it was read).
+    #[inline(never)]
     pub(super) fn ttl_update_with<T>(
         &mut self,
         state: StateId,
@@ -357,6 +362,7 @@ impl Slot {
     /// [`Slot::list_get`] of a TTL state (Flink's `TtlListState.get`): the unexpired elements
     /// (and the expired ones under `ReturnExpiredIfNotCleanedUp`); a list with nothing unexpired
     /// is removed; under `OnReadAndWrite` the stored list becomes its unexpired elements renewed.
+    #[inline(never)]
     pub(super) fn ttl_list_get(
         &mut self,
         state: StateId,
@@ -400,6 +406,7 @@ impl Slot {
     }
 
     /// [`Slot::list_append`] / [`Slot::list_update`] of a TTL state: every element stamped.
+    #[inline(never)]
     pub(super) fn ttl_list_write(
         &mut self,
         state: StateId,
@@ -421,6 +428,7 @@ impl Slot {
 
     /// [`Slot::map_get`] of a TTL state: the value read like a value state's (Flink's
     /// `TtlMapState.get`).
+    #[inline(never)]
     pub(super) fn ttl_map_get(
         &mut self,
         state: StateId,
@@ -456,6 +464,7 @@ impl Slot {
     }
 
     /// [`Slot::map_put`] of a TTL state: the value stamped.
+    #[inline(never)]
     pub(super) fn ttl_map_put(
         &mut self,
         state: StateId,
@@ -472,6 +481,7 @@ impl Slot {
 
     /// [`Slot::map_entries`] of a TTL state: every entry read like [`Slot::map_get`] reads one
     /// (Flink's `TtlMapState.entries`).
+    #[inline(never)]
     pub(super) fn ttl_map_entries(
         &mut self,
         state: StateId,
@@ -504,6 +514,7 @@ impl Slot {
     }
 
     /// [`Slot::clear`] / [`Slot::map_remove`] of a TTL state: nothing to stamp, but an access.
+    #[inline(never)]
     pub(super) fn ttl_removed(&mut self, state: StateId, config: StateTtlConfig) -> Result<()> {
         let now = self.ttl.clock.now_ms();
         self.ttl_accessed(state, &config, now)
