@@ -672,3 +672,98 @@ fn recovery_prefers_the_jobs_latest_checkpoint_over_the_savepoint_it_started_fro
     );
     Ok(())
 }
+
+#[test]
+fn canonical_savepoints_keep_ttl_timestamps_and_refuse_a_ttl_switch() -> R {
+    use cairn::StateTtlConfig;
+    use cairn::timers::ManualClock;
+    use std::sync::Arc;
+    use std::time::Duration;
+    const T0: i64 = 1_000_000;
+    let ttl = StateTtlConfig::builder(Duration::from_secs(60)).build()?;
+    for (from, to) in [
+        (BackendKind::RocksDb, BackendKind::Heap),
+        (BackendKind::Heap, BackendKind::RocksDb),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        let cfg = config(from, TimerServiceKind::Heap, root);
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut c = cfg.clone();
+        c.state.working_dir = root.join("job");
+        let mut slot = Slot::builder(&c).clock(clock.clone()).open()?;
+        let value = slot.value_state_with_ttl::<u64>("op", "value", ttl)?;
+        let list = slot.list_state_with_ttl::<u64>("op", "list", ttl)?;
+        let map = slot.map_state_with_ttl::<u64, u64>("op", "map", ttl)?;
+        // Keys 0..50 written at T0, keys 50..100 written 40 s later.
+        for k in 0..100u64 {
+            if k == 50 {
+                clock.set(T0 + 40_000);
+            }
+            let scope = slot.scope(&k, &VoidNamespace)?;
+            value.update(&mut slot, &scope, &k)?;
+            list.add(&mut slot, &scope, &k)?;
+            map.put(&mut slot, &scope, &k, &k)?;
+        }
+        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+        let id = cp.trigger_checkpoint();
+        let sync = slot.snapshot_for_checkpoint(id)?;
+        cp.complete(id, vec![sync])?;
+        let sp = savepoint_url(root, "ttl");
+        create_savepoint(
+            &cfg,
+            &CheckpointLocation::parse(&cp.job_url())?,
+            &SavepointLocation::parse(&sp)?,
+            SavepointKind::Canonical,
+        )?;
+        drop(slot);
+        let what = format!("{from:?} -> {to:?}");
+        let cfg = config(to, TimerServiceKind::Heap, root);
+        for (i, with_ttl) in [false, true].into_iter().enumerate() {
+            let mut c = cfg.clone();
+            c.state.working_dir = root.join(format!("restored-{i}"));
+            let mut cp = Checkpointer::open(&c.checkpoint, &new_job_name(), MAX_P)?;
+            let restored = cp.resume_from(&CheckpointLocation::parse(&sp)?)?;
+            let (files, _) = cp.download_slot_files(
+                &restored,
+                KeyGroupRange::for_slot(MAX_P, 1, 0)?,
+                &c.state.working_dir.join("restore"),
+            )?;
+            let clock = Arc::new(ManualClock::new(T0 + 70_000));
+            let mut slot = Slot::builder(&c)
+                .clock(clock.clone())
+                .restore(files)
+                .open()?;
+            if !with_ttl {
+                // Registering it without TTL would read timestamps as values: refused.
+                let err = slot.value_state::<u64>("op", "value").err();
+                assert!(
+                    matches!(err, Some(cairn::EngineError::StateTtlMismatch { .. })),
+                    "{what}: {err:?}"
+                );
+                continue;
+            }
+            let value = slot.value_state_with_ttl::<u64>("op", "value", ttl)?;
+            let list = slot.list_state_with_ttl::<u64>("op", "list", ttl)?;
+            let map = slot.map_state_with_ttl::<u64, u64>("op", "map", ttl)?;
+            // At T0 + 70 s the first 50 keys (written at T0) expired; the others did not.
+            for k in 0..100u64 {
+                let scope = slot.scope(&k, &VoidNamespace)?;
+                let live = k >= 50;
+                assert_eq!(
+                    value.get(&mut slot, &scope)?,
+                    live.then_some(k),
+                    "{what}: key {k}"
+                );
+                let want_list: Vec<u64> = if live { vec![k] } else { Vec::new() };
+                assert_eq!(list.get(&mut slot, &scope)?, want_list, "{what}: list {k}");
+                assert_eq!(
+                    map.get(&mut slot, &scope, &k)?,
+                    live.then_some(k),
+                    "{what}: map {k}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

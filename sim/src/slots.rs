@@ -222,6 +222,7 @@ impl SimSlot {
             states: vec![StateInfo {
                 name: "sim/state".into(),
                 kind: "value".into(),
+                ttl: false,
             }],
             dir: dir.to_path_buf(),
             shared: state.shared.keys().cloned().collect(),

@@ -179,6 +179,11 @@ pub struct StateInfo {
     pub name: String,
     /// `value`, `list`, `map`, `reducing` or `aggregating`.
     pub kind: String,
+    /// Whether its stored values carry TTL timestamps (a state registered with a
+    /// time-to-live). Written by canonical savepoints, whose restore must create the state
+    /// with TTL; checkpoints record it in their own files instead. Absent = `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ttl: bool,
 }
 
 impl StateInfo {
@@ -435,6 +440,7 @@ mod tests {
                 states: vec![StateInfo {
                     name: "op/count".into(),
                     kind: "value".into(),
+                    ttl: false,
                 }],
                 shared: vec![SharedFile {
                     name: "000009.sst".into(),

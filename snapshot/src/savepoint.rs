@@ -461,6 +461,7 @@ mod tests {
             states: vec![StateInfo {
                 name: "op/count".into(),
                 kind: "value".into(),
+                ttl: false,
             }],
             chunks: vec![ChunkFile {
                 object: "canonical/slot-0-0.chunk.zst".into(),

@@ -189,6 +189,10 @@ impl StateBackend for HeapBackend {
         Ok(())
     }
 
+    fn state_has_ttl(&self, state: StateId) -> bool {
+        self.states.get(state as usize).is_some_and(|s| s.has_ttl)
+    }
+
     fn configure_ttl(
         &mut self,
         state: StateId,

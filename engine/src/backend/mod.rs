@@ -379,6 +379,11 @@ pub trait StateBackend: Send {
     ) -> Result<()> {
         Ok(())
     }
+    /// Whether `state`'s stored values carry TTL timestamps (created with TTL, or restored from
+    /// files that say so). Default: never.
+    fn state_has_ttl(&self, _state: StateId) -> bool {
+        false
+    }
     /// One step of incremental TTL cleanup of `state` (Flink's `cleanupIncrementally`): checks
     /// up to `entries` entries after a cursor that walks the state's key groups round and
     /// round, removing expired values, list elements and map entries. Only the heap backend

@@ -16,6 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::keygroup::{KeyGroup, KeyGroupRange};
 use crate::operator_state::OperatorState;
 use crate::slot::Slot;
+use crate::ttl::StateTtlConfig;
 
 /// The states of a savepoint's manifest, in record order (names and kinds checked when the
 /// manifest was read).
@@ -38,9 +39,21 @@ pub(crate) fn states_of(manifest: &SavepointManifest) -> Result<Vec<StateDescrip
                     });
                 }
             };
-            Ok(StateDescriptor::new(operator, name, kind))
+            let desc = StateDescriptor::new(operator, name, kind);
+            Ok(if s.ttl {
+                desc.with_ttl(stored_ttl_mark()?)
+            } else {
+                desc
+            })
         })
         .collect()
+}
+
+/// The TTL a state restored from a canonical savepoint with TTL is created with: it marks the
+/// state as holding TTL timestamps (so registering it without TTL is refused, as after a
+/// checkpoint) and expires nothing; the first registration replaces it with the job's TTL.
+fn stored_ttl_mark() -> Result<StateTtlConfig> {
+    Ok(StateTtlConfig::builder(std::time::Duration::from_secs(100 * 365 * 24 * 3600)).build()?)
 }
 
 fn overlaps(c: &ChunkFile, range: KeyGroupRange) -> bool {

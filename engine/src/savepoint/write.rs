@@ -352,7 +352,14 @@ fn write_canonical(
                 continue;
             }
             let name = d.full_name();
+            let ttl = slot.backend().state_has_ttl(id as u32);
             let index = match manifest.states.iter().position(|s| s.name == name) {
+                Some(i) if manifest.states[i].ttl != ttl => {
+                    return Err(EngineError::Corrupt {
+                        state: name,
+                        reason: "old slots stored it with and without TTL".into(),
+                    });
+                }
                 Some(i) if manifest.states[i].kind != d.kind.name() => {
                     return Err(EngineError::Corrupt {
                         state: name,
@@ -367,6 +374,7 @@ fn write_canonical(
                 None => {
                     manifest.states.push(StateInfo {
                         name,
+                        ttl,
                         kind: d.kind.name().into(),
                     });
                     manifest.states.len() - 1

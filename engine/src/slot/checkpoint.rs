@@ -90,6 +90,7 @@ impl Slot {
                 .map(|d| StateInfo {
                     name: d.full_name(),
                     kind: d.kind.name().into(),
+                    ttl: false,
                 })
                 .collect(),
             dir,

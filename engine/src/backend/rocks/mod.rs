@@ -673,6 +673,12 @@ impl StateBackend for RocksDbBackend {
         Ok(())
     }
 
+    fn state_has_ttl(&self, state: StateId) -> bool {
+        self.ttl_filters
+            .get(state as usize)
+            .is_some_and(Option::is_some)
+    }
+
     fn configure_ttl(
         &mut self,
         state: StateId,
