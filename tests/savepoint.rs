@@ -614,6 +614,13 @@ fn the_coordinator_writes_a_requested_savepoint_from_its_checkpoint() -> R {
         "{events:?}"
     );
     assert_eq!(coord.checkpointer().consecutive_failures(), 0);
+    // Its checkpoint stays committed.
+    let CheckpointEvent::Completed { id: last, .. } = &events[0] else {
+        panic!("{events:?}");
+    };
+    let committed =
+        support::checkpoints::committed_verified(&cfg.checkpoint.dir, coord.checkpointer().job())?;
+    assert!(committed.contains(last), "{committed:?}");
     drop(slots);
     let heap = config(BackendKind::Heap, TimerServiceKind::Heap, root);
     let (_cp, mut restored) = restore(&heap, &sp, &root.join("restored"), 3)?;
@@ -765,5 +772,48 @@ fn canonical_savepoints_keep_ttl_timestamps_and_refuse_a_ttl_switch() -> R {
             }
         }
     }
+    Ok(())
+}
+
+#[test]
+fn a_savepoint_never_goes_into_a_job_directory_and_a_native_manifest_cannot_point_outside() -> R {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let cfg = config(BackendKind::RocksDb, TimerServiceKind::RocksDb, root);
+    let (url, model) = job(&cfg, &root.join("job"), 1, 100)?;
+    let job_name = url.rsplit('/').next().ok_or("job")?.to_string();
+    let before = files(&root.join("checkpoints").join(&job_name))?;
+    // Into the job's own directory (its objects would become the savepoint's, and a failed
+    // write's cleanup would delete them): refused before anything is written.
+    for kind in [SavepointKind::Native, SavepointKind::Canonical] {
+        let err = create_savepoint(
+            &cfg,
+            &CheckpointLocation::parse(&url)?,
+            &SavepointLocation::parse(&url)?,
+            kind,
+        )
+        .err()
+        .ok_or("a savepoint went into a job directory")?;
+        assert!(err.to_string().contains("not empty"), "{err}");
+    }
+    assert_eq!(files(&root.join("checkpoints").join(&job_name))?, before);
+    support::checkpoints::committed_verified(&cfg.checkpoint.dir, &job_name)?;
+    // A native manifest whose checkpoint names an object outside the savepoint is refused.
+    let sp = savepoint_url(root, "native");
+    create_savepoint(
+        &cfg,
+        &CheckpointLocation::parse(&url)?,
+        &SavepointLocation::parse(&sp)?,
+        SavepointKind::Native,
+    )?;
+    let path = root.join("savepoints").join("native").join("_savepoint");
+    let manifest = std::fs::read_to_string(&path)?;
+    let hostile = manifest.replacen("\"shared/", &format!("\"../{job_name}/shared/"), 1);
+    assert_ne!(hostile, manifest);
+    std::fs::write(&path, hostile)?;
+    assert!(restore(&cfg, &sp, &root.join("hostile"), 1).is_err());
+    std::fs::write(&path, manifest)?;
+    let (_cp, mut slots) = restore(&cfg, &sp, &root.join("whole"), 1)?;
+    check(&mut slots, &model, 1, 2, "native, manifest restored")?;
     Ok(())
 }

@@ -403,6 +403,13 @@ impl SavepointDir {
             .fold(self.dir.clone(), |p, part| p.join(part))
     }
 
+    /// Whether nothing is stored under the directory yet. A savepoint is only written into an
+    /// empty place: written into a job's directory, its objects would be the job's, deleted by
+    /// the job's subsumption, and a failed write's cleanup would delete the job's files.
+    pub async fn is_empty(&self, storage: &StorageRoot) -> Result<bool> {
+        Ok(storage.list(&self.dir).await?.is_empty())
+    }
+
     /// Reads and validates the manifest; `None` when the directory holds none (not a
     /// savepoint, or one not committed).
     pub async fn read_manifest(&self, storage: &StorageRoot) -> Result<Option<SavepointManifest>> {

@@ -121,6 +121,12 @@ pub fn create_savepoint(
             target.url()
         )));
     }
+    if !rt.block_on(dir.is_empty(&storage))? {
+        return Err(EngineError::InvalidArgument(format!(
+            "{} is not empty: a savepoint goes into a new directory (never into a job's)",
+            target.url()
+        )));
+    }
     let scratch =
         config
             .state
