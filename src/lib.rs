@@ -88,6 +88,7 @@ pub use cairn_engine::checkpoint::{
 };
 pub use cairn_engine::savepoint::{
     SavepointKind, SavepointLocation, SavepointReport, create_savepoint,
+    create_savepoint_with_clock,
 };
 pub use cairn_engine::{
     AggregateFunction, AggregatingState, BackendKind, CairnConfig, EngineError, ErrorKind,

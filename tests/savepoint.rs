@@ -775,6 +775,112 @@ fn canonical_savepoints_keep_ttl_timestamps_and_refuse_a_ttl_switch() -> R {
     Ok(())
 }
 
+/// A canonical savepoint is a full snapshot: entries of states registered with full-snapshot
+/// TTL cleanup that are expired at the savepoint's time are left out (values, list elements,
+/// map entries), whatever the source backend; a TTL state without that cleanup keeps them. The
+/// checkpoint is taken before anything expired, so only the savepoint's cleanup can drop them;
+/// the restored job reads with "return expired if not cleaned up", so anything left in would
+/// be read back.
+#[test]
+fn canonical_savepoints_leave_out_what_expired_in_full_snapshot_cleanup_states() -> R {
+    use cairn::StateTtlConfig;
+    use cairn::TtlVisibility;
+    use cairn::timers::ManualClock;
+    use std::sync::Arc;
+    use std::time::Duration;
+    const T0: i64 = 1_000_000;
+    let builder = || {
+        // No background cleanup: only the savepoint removes anything.
+        StateTtlConfig::builder(Duration::from_secs(60))
+            .visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp)
+            .disable_cleanup_in_background()
+    };
+    let full = builder().cleanup_full_snapshot().build()?;
+    let plain = builder().build()?;
+    for (from, to) in [
+        (BackendKind::RocksDb, BackendKind::Heap),
+        (BackendKind::Heap, BackendKind::RocksDb),
+    ] {
+        let what = format!("{from:?} -> {to:?}");
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        let cfg = config(from, TimerServiceKind::Heap, root);
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut c = cfg.clone();
+        c.state.working_dir = root.join("job");
+        let mut slot = Slot::builder(&c).clock(clock.clone()).open()?;
+        let value = slot.value_state_with_ttl::<u64>("op", "value", full)?;
+        let list = slot.list_state_with_ttl::<u64>("op", "list", full)?;
+        let map = slot.map_state_with_ttl::<u64, u64>("op", "map", full)?;
+        let kept = slot.value_state_with_ttl::<u64>("op", "kept", plain)?;
+        // At T0 every key; 40 s later keys 50..100 again (a new value, list element and map
+        // entry; the T0 element and entry keep their T0 timestamps).
+        for k in 0..100u64 {
+            let scope = slot.scope(&k, &VoidNamespace)?;
+            value.update(&mut slot, &scope, &k)?;
+            list.add(&mut slot, &scope, &k)?;
+            map.put(&mut slot, &scope, &k, &k)?;
+            kept.update(&mut slot, &scope, &k)?;
+        }
+        clock.set(T0 + 40_000);
+        for k in 50..100u64 {
+            let scope = slot.scope(&k, &VoidNamespace)?;
+            value.update(&mut slot, &scope, &(k + 1))?;
+            list.add(&mut slot, &scope, &(k + 1000))?;
+            map.put(&mut slot, &scope, &(k + 1000), &k)?;
+        }
+        // The checkpoint at T0 + 40 s: nothing expired yet (a heap snapshot drops nothing).
+        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
+        checkpoint(&mut cp, std::slice::from_mut(&mut slot))?;
+        drop(slot);
+        // The savepoint at T0 + 70 s: everything written at T0 expired.
+        let sp = savepoint_url(root, "ttl-full");
+        let report = cairn::create_savepoint_with_clock(
+            &cfg,
+            &CheckpointLocation::parse(&cp.job_url())?,
+            &SavepointLocation::parse(&sp)?,
+            SavepointKind::Canonical,
+            Arc::new(cairn::snapshot::ManualClock::new((T0 + 70_000) as u64)),
+        )?;
+        // 50 values, 50 + 50 list elements, 50 + 50 map entries.
+        assert_eq!(report.expired, 250, "{what}: {report:?}");
+        let cfg = config(to, TimerServiceKind::Heap, root);
+        let mut c = cfg.clone();
+        c.state.working_dir = root.join("restored");
+        let mut cp = Checkpointer::open(&c.checkpoint, &new_job_name(), MAX_P)?;
+        let restored = cp.resume_from(&CheckpointLocation::parse(&sp)?)?;
+        let (files, _) = cp.download_slot_files(
+            &restored,
+            KeyGroupRange::for_slot(MAX_P, 1, 0)?,
+            &c.state.working_dir.join("restore"),
+        )?;
+        let mut slot = Slot::builder(&c)
+            .clock(Arc::new(ManualClock::new(T0 + 70_000)))
+            .restore(files)
+            .open()?;
+        let value = slot.value_state_with_ttl::<u64>("op", "value", full)?;
+        let list = slot.list_state_with_ttl::<u64>("op", "list", full)?;
+        let map = slot.map_state_with_ttl::<u64, u64>("op", "map", full)?;
+        let kept = slot.value_state_with_ttl::<u64>("op", "kept", plain)?;
+        for k in 0..100u64 {
+            let scope = slot.scope(&k, &VoidNamespace)?;
+            let renewed = k >= 50;
+            assert_eq!(
+                value.get(&mut slot, &scope)?,
+                renewed.then_some(k + 1),
+                "{what}: value {k}"
+            );
+            let want: Vec<u64> = if renewed { vec![k + 1000] } else { vec![] };
+            assert_eq!(list.get(&mut slot, &scope)?, want, "{what}: list {k}");
+            let want: Vec<(u64, u64)> = if renewed { vec![(k + 1000, k)] } else { vec![] };
+            assert_eq!(map.entries(&mut slot, &scope)?, want, "{what}: map {k}");
+            // Without full-snapshot cleanup the expired value travelled (and is read once).
+            assert_eq!(kept.get(&mut slot, &scope)?, Some(k), "{what}: kept {k}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn a_savepoint_never_goes_into_a_job_directory_and_a_native_manifest_cannot_point_outside() -> R {
     let dir = tempfile::tempdir()?;

@@ -122,13 +122,14 @@ fn dispatch(cmd: SavepointCommand) -> CmdResult {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
             } else {
                 println!(
-                    "savepoint {} ({}) of checkpoint {} ({} slots): {} entries, {} timers, {} objects, {} bytes stored, {:.2} s",
+                    "savepoint {} ({}) of checkpoint {} ({} slots): {} entries, {} timers, {} expired left out, {} objects, {} bytes stored, {:.2} s",
                     report.location,
                     report.kind.name(),
                     report.checkpoint_id,
                     report.parallelism,
                     report.entries,
                     report.timers,
+                    report.expired,
                     report.files,
                     report.stored_bytes,
                     report.seconds

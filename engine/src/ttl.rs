@@ -135,11 +135,14 @@ pub struct StateTtlConfig {
     /// Whether expired entries not yet cleaned up are returned.
     pub visibility: TtlVisibility,
     /// Leave expired entries out of full snapshots (Flink's `cleanupFullSnapshot`). In Cairn
-    /// that is the heap backend's snapshot (every heap checkpoint is a full snapshot): expired
-    /// entries are not written, so a restore does not bring them back, while the running slot
-    /// keeps them until another cleanup removes them. RocksDB checkpoints are incremental
-    /// (RocksDB's files as they are, Flink's incremental checkpoints alike), so this does not
-    /// apply to them: the compaction filter is what keeps expired data out of their files.
+    /// those are the heap backend's snapshots (every heap checkpoint is a full snapshot) and
+    /// canonical savepoints of either backend: expired entries are not written, so a restore
+    /// does not bring them back, while the running slot keeps them until another cleanup
+    /// removes them. A checkpoint records the TTL of such states
+    /// ([`StateInfo::full_snapshot_ttl_ms`](cairn_snapshot::metadata::StateInfo::full_snapshot_ttl_ms))
+    /// so that a savepoint written from it later knows what expired. RocksDB checkpoints are
+    /// incremental (RocksDB's files as they are, Flink's incremental checkpoints alike), so
+    /// this does not apply to them: the compaction filter keeps expired data out of their files.
     pub cleanup_full_snapshot: bool,
     /// Heap backend: incremental cleanup on access; `None` = off.
     pub incremental_cleanup: Option<IncrementalCleanup>,
@@ -338,6 +341,49 @@ pub fn stored_expired(stored: &[u8], ttl_ms: i64, now: i64) -> bool {
     split(stored).is_some_and(|(ts, _)| expired(ts, ttl_ms, now))
 }
 
+/// What TTL cleanup leaves of a stored list ([`clean_stored_list`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListCleanup {
+    /// No element expired (or the bytes are not a list encoding: a read reports them).
+    Keep,
+    /// Every element expired (this many): remove the list.
+    Remove {
+        /// Elements expired.
+        expired: usize,
+    },
+    /// Some elements expired (this many): the list without them was written to `out`.
+    Changed {
+        /// Elements expired.
+        expired: usize,
+    },
+}
+
+/// TTL cleanup of one stored list (a [`list_codec`](crate::backend::list_codec) encoding of
+/// stamped elements) at `now`: what to do with it, and on [`ListCleanup::Changed`] the encoding
+/// of the live elements in `out` (cleared first). One function for every cleanup of lists that
+/// works on stored bytes (RocksDB's compaction filter, canonical savepoints).
+pub fn clean_stored_list(encoded: &[u8], ttl_ms: i64, now: i64, out: &mut Vec<u8>) -> ListCleanup {
+    use crate::backend::list_codec;
+    let (mut total, mut expired) = (0usize, 0usize);
+    let complete = list_codec::for_each(encoded, |e| {
+        total += 1;
+        expired += usize::from(stored_expired(e, ttl_ms, now));
+    });
+    if !complete || expired == 0 {
+        return ListCleanup::Keep;
+    }
+    if expired == total {
+        return ListCleanup::Remove { expired };
+    }
+    out.clear();
+    list_codec::for_each(encoded, |e| {
+        if !stored_expired(e, ttl_ms, now) {
+            list_codec::push(out, e);
+        }
+    });
+    ListCleanup::Changed { expired }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +394,34 @@ mod tests {
         assert!(expired(100, 10, 110));
         assert!(!expired(i64::MAX - 1, 10, i64::MAX - 1));
         assert!(expired(-20, 10, -10));
+    }
+
+    #[test]
+    fn list_cleanup_keeps_live_elements_in_order() {
+        use crate::backend::list_codec;
+        let list = |ts: &[i64]| {
+            let stamped: Vec<Vec<u8>> = ts.iter().map(|&t| stamped(t, &t.to_be_bytes())).collect();
+            list_codec::encode(stamped.iter().map(Vec::as_slice))
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            clean_stored_list(&list(&[5, 6]), 10, 14, &mut out),
+            ListCleanup::Keep
+        );
+        assert_eq!(
+            clean_stored_list(&list(&[1, 2]), 10, 14, &mut out),
+            ListCleanup::Remove { expired: 2 }
+        );
+        assert_eq!(
+            clean_stored_list(&list(&[1, 6, 2, 7]), 10, 14, &mut out),
+            ListCleanup::Changed { expired: 2 }
+        );
+        assert_eq!(out, list(&[6, 7]));
+        // Damaged bytes are kept for a read to report.
+        assert_eq!(
+            clean_stored_list(&[0x05, 1], 10, 14, &mut out),
+            ListCleanup::Keep
+        );
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl SimSlot {
                 name: "sim/state".into(),
                 kind: "value".into(),
                 ttl: false,
+                full_snapshot_ttl_ms: None,
             }],
             dir: dir.to_path_buf(),
             shared: state.shared.keys().cloned().collect(),

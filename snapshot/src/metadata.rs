@@ -184,6 +184,12 @@ pub struct StateInfo {
     /// with TTL; checkpoints record it in their own files instead. Absent = `false`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ttl: bool,
+    /// The time-to-live in ms of a state registered with full-snapshot cleanup (the engine's
+    /// `StateTtlConfig::cleanup_full_snapshot`), as the job had it when it took this
+    /// checkpoint: a canonical savepoint written from the checkpoint leaves out what is expired
+    /// by then. Absent = no such cleanup (every entry is kept). 1 ..= `i64::MAX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_snapshot_ttl_ms: Option<u64>,
 }
 
 impl StateInfo {
@@ -209,6 +215,15 @@ impl StateInfo {
             return Err(format!(
                 "state {} has unknown kind {:?}",
                 self.name, self.kind
+            ));
+        }
+        if let Some(ms) = self.full_snapshot_ttl_ms
+            && (ms == 0 || i64::try_from(ms).is_err())
+        {
+            return Err(format!(
+                "state {} has full_snapshot_ttl_ms {ms} (1 ..= {})",
+                self.name,
+                i64::MAX
             ));
         }
         Ok(())
@@ -441,6 +456,7 @@ mod tests {
                     name: "op/count".into(),
                     kind: "value".into(),
                     ttl: false,
+                    full_snapshot_ttl_ms: None,
                 }],
                 shared: vec![SharedFile {
                     name: "000009.sst".into(),
@@ -577,6 +593,16 @@ mod tests {
                 "state name",
                 |m| m.slots[0].states[0].name = "nameonly".into(),
                 "operator/name",
+            ),
+            (
+                "state ttl",
+                |m| m.slots[0].states[0].full_snapshot_ttl_ms = Some(0),
+                "full_snapshot_ttl_ms",
+            ),
+            (
+                "state ttl beyond i64",
+                |m| m.slots[0].states[0].full_snapshot_ttl_ms = Some(u64::MAX),
+                "full_snapshot_ttl_ms",
             ),
             ("no slots", |m| m.slots.clear(), "slots"),
             (

@@ -469,6 +469,7 @@ mod tests {
                 name: "op/count".into(),
                 kind: "value".into(),
                 ttl: false,
+                full_snapshot_ttl_ms: None,
             }],
             chunks: vec![ChunkFile {
                 object: "canonical/slot-0-0.chunk.zst".into(),

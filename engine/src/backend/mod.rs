@@ -618,6 +618,25 @@ pub mod list_codec {
         true
     }
 
+    /// Calls `f` with each element, in order, without allocating; `false` when the bytes are
+    /// not a valid encoding (`f` has then seen the elements before the damage).
+    pub fn for_each(mut buf: &[u8], mut f: impl FnMut(&[u8])) -> bool {
+        while !buf.is_empty() {
+            let Some((len, n)) = read_varint(buf) else {
+                return false;
+            };
+            let Some(end) = usize::try_from(len).ok().and_then(|l| n.checked_add(l)) else {
+                return false;
+            };
+            let Some(e) = buf.get(n..end) else {
+                return false;
+            };
+            f(e);
+            buf = &buf[end..];
+        }
+        true
+    }
+
     /// Decodes; `None` when the bytes are not a valid encoding.
     pub fn decode(mut buf: &[u8]) -> Option<Vec<Vec<u8>>> {
         let mut out = Vec::new();

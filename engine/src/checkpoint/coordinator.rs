@@ -47,7 +47,9 @@ use super::slot_uploader::SlotAck;
 use super::sync::SyncSnapshot;
 use crate::config::CairnConfig;
 use crate::error::{EngineError, Result};
-use crate::savepoint::{SavepointKind, SavepointLocation, SavepointReport, create_savepoint};
+use crate::savepoint::{
+    SavepointKind, SavepointLocation, SavepointReport, create_savepoint_with_clock,
+};
 
 /// The property naming a checkpoint's kind (`periodic`, `forced`, `savepoint`).
 pub const KIND_PROPERTY: &str = "cairn.kind";
@@ -591,11 +593,12 @@ impl CheckpointCoordinator {
             job: self.checkpointer.job().to_string(),
             checkpoint: Some(id),
         };
-        let event = match create_savepoint(
+        let event = match create_savepoint_with_clock(
             &request.config,
             &source,
             &request.target,
             request.format,
+            self.clock.clone(),
         ) {
             Ok(report) => CheckpointEvent::SavepointWritten { id, report },
             Err(e) => {

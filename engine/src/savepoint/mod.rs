@@ -30,4 +30,7 @@ mod write;
 
 pub use cairn_snapshot::savepoint::{SavepointKind, SavepointManifest};
 pub(crate) use restore::load_chunks;
-pub use write::{CHUNK_TARGET_BYTES, SavepointLocation, SavepointReport, create_savepoint};
+pub use write::{
+    CHUNK_TARGET_BYTES, SavepointLocation, SavepointReport, create_savepoint,
+    create_savepoint_with_clock,
+};

@@ -4,7 +4,10 @@
 //!
 //! - Canonical: each old slot is restored into a scratch slot of its own backend (timers on the
 //!   heap), its key groups scanned state by state into chunks, its timers drained into the
-//!   chunks after its entries; operator state is copied per old slot.
+//!   chunks after its entries; operator state is copied per old slot. A canonical savepoint is
+//!   a full snapshot: entries of states registered with full-snapshot TTL cleanup that are
+//!   expired at the savepoint's time are left out (Flink's `cleanupFullSnapshot`; the
+//!   checkpoint records those TTLs, see `StateInfo::full_snapshot_ttl_ms`).
 //! - Native: every file of the checkpoint is copied as it is (server-side on one store) under
 //!   the savepoint directory, and the manifest records the checkpoint's metadata with names
 //!   relative to it.
@@ -13,6 +16,7 @@
 //! uncommitted savepoint directory is not a savepoint: restore refuses it).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_snapshot::savepoint::{
@@ -20,16 +24,20 @@ use cairn_snapshot::savepoint::{
     SavepointManifest, SavepointSource, VERSION,
 };
 use cairn_snapshot::transfer;
-use cairn_snapshot::{CheckpointMetadata, CheckpointStore, StateInfo, StorageRoot};
+use cairn_snapshot::{
+    CheckpointMetadata, CheckpointStore, Clock, StateInfo, StorageRoot, SystemClock,
+};
 use cairn_timers::{TimeDomain, Timer};
 use serde::Serialize;
 
 use super::canonical::ChunkWriter;
+use crate::backend::StateKind;
 use crate::checkpoint::{CheckpointLocation, RestoredCheckpoint, checkpointer};
 use crate::config::{BackendKind, CairnConfig, TimerServiceKind};
 use crate::error::{EngineError, Result};
 use crate::operator_state::OPERATOR_STATE_FILE;
 use crate::slot::{Slot, TIMER_OPERATOR};
+use crate::ttl::{self, ListCleanup};
 
 /// Chunks are cut at about this many uncompressed bytes (a reader holds one in memory).
 pub const CHUNK_TARGET_BYTES: usize = 8 << 20;
@@ -53,6 +61,9 @@ pub struct SavepointReport {
     pub entries: u64,
     /// Timers written (canonical).
     pub timers: u64,
+    /// State entries and list elements left out because their time-to-live had expired
+    /// (canonical; states with full-snapshot TTL cleanup only).
+    pub expired: u64,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -90,12 +101,26 @@ impl SavepointLocation {
 
 /// Writes a savepoint of `kind` at `target` from the committed checkpoint `source` (the given
 /// id or the job's latest). `config` gives the storage options and a working directory for
-/// scratch files (removed after). The source is only read.
+/// scratch files (removed after). The source is only read. The savepoint's time (its
+/// `created_at_ms`, and "now" for full-snapshot TTL cleanup) is the system clock's; see
+/// [`create_savepoint_with_clock`].
 pub fn create_savepoint(
     config: &CairnConfig,
     source: &CheckpointLocation,
     target: &SavepointLocation,
     kind: SavepointKind,
+) -> Result<SavepointReport> {
+    create_savepoint_with_clock(config, source, target, kind, Arc::new(SystemClock))
+}
+
+/// [`create_savepoint`] reading the savepoint's time from `clock` (a host's processing-time
+/// clock, a test's manual clock).
+pub fn create_savepoint_with_clock(
+    config: &CairnConfig,
+    source: &CheckpointLocation,
+    target: &SavepointLocation,
+    kind: SavepointKind,
+    clock: Arc<dyn Clock>,
 ) -> Result<SavepointReport> {
     let t = Instant::now();
     let restored = RestoredCheckpoint::load(&config.checkpoint, source)?;
@@ -113,7 +138,8 @@ pub fn create_savepoint(
             op: "start savepoint runtime".into(),
             source: e,
         })?;
-    let storage = StorageRoot::from_url(&target.storage_url, &config.checkpoint.storage)?;
+    let storage =
+        StorageRoot::from_url(&target.storage_url, &config.checkpoint.storage)?.with_clock(clock);
     let dir = SavepointDir::new(storage.root(), &target.name)?;
     if rt.block_on(dir.read_manifest(&storage))?.is_some() {
         return Err(EngineError::InvalidArgument(format!(
@@ -174,7 +200,11 @@ pub fn create_savepoint(
         Ok(counts)
     });
     let _ = std::fs::remove_dir_all(&scratch);
-    let (entries, timers) = match result {
+    let Counts {
+        entries,
+        timers,
+        expired,
+    } = match result {
         Ok(c) => c,
         Err(e) => {
             out.remove_written();
@@ -190,6 +220,7 @@ pub fn create_savepoint(
         stored_bytes: out.stored_bytes,
         entries,
         timers,
+        expired,
         seconds: t.elapsed().as_secs_f64(),
     })
 }
@@ -297,19 +328,29 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> En
     }
 }
 
-/// The canonical savepoint's chunks and operator state; returns (entries, timers).
+/// What a savepoint write counted.
+#[derive(Default)]
+struct Counts {
+    entries: u64,
+    timers: u64,
+    expired: u64,
+}
+
+/// The canonical savepoint's chunks and operator state.
 fn write_canonical(
     config: &CairnConfig,
     restored: &RestoredCheckpoint,
     scratch: &Path,
     out: &mut Output<'_>,
     manifest: &mut SavepointManifest,
-) -> Result<(u64, u64)> {
+) -> Result<Counts> {
     let meta = &restored.metadata;
     let parallelism = meta.slots.len() as u32;
     let mut handles: Vec<_> = meta.slots.iter().collect();
     handles.sort_by_key(|h| h.slot);
-    let (mut entries, mut timers) = (0u64, 0u64);
+    let mut counts = Counts::default();
+    // Full-snapshot TTL cleanup reads the time once: every slot's entries expire alike.
+    let now = i64::try_from(manifest.created_at_ms).unwrap_or(i64::MAX);
     let limit = config.checkpoint.transfer_threads as usize * IN_FLIGHT_PER_THREAD;
     for (i, h) in handles.iter().enumerate() {
         if h.slot != i as u32 {
@@ -381,12 +422,22 @@ fn write_canonical(
                     manifest.states.push(StateInfo {
                         name,
                         ttl,
+                        full_snapshot_ttl_ms: None,
                         kind: d.kind.name().into(),
                     });
                     manifest.states.len() - 1
                 }
             };
-            ids.push((id as u32, index as u32));
+            // Full-snapshot TTL cleanup: the TTL the job had for this state, when it stores
+            // timestamps.
+            let cleanup_ttl_ms = h
+                .states
+                .iter()
+                .find(|s| s.name == manifest.states[index].name)
+                .and_then(|s| s.full_snapshot_ttl_ms)
+                .filter(|_| ttl)
+                .and_then(|ms| i64::try_from(ms).ok());
+            ids.push((id as u32, index as u32, d.kind, cleanup_ttl_ms));
         }
         let mut chunks = Chunks {
             writer: ChunkWriter::new(),
@@ -394,13 +445,35 @@ fn write_canonical(
             next: 0,
             limit,
         };
+        let mut live_list = Vec::new();
         for kg in h.key_groups.iter() {
-            for &(id, index) in &ids {
+            for &(id, index, kind, cleanup_ttl_ms) in &ids {
                 for e in slot.scan_key_group(id, kg)? {
+                    let value = match cleanup_ttl_ms {
+                        None => &e.value[..],
+                        Some(ttl_ms) if kind == StateKind::List => {
+                            match ttl::clean_stored_list(&e.value, ttl_ms, now, &mut live_list) {
+                                ListCleanup::Keep => &e.value[..],
+                                ListCleanup::Remove { expired } => {
+                                    counts.expired += expired as u64;
+                                    continue;
+                                }
+                                ListCleanup::Changed { expired } => {
+                                    counts.expired += expired as u64;
+                                    &live_list[..]
+                                }
+                            }
+                        }
+                        Some(ttl_ms) if ttl::stored_expired(&e.value, ttl_ms, now) => {
+                            counts.expired += 1;
+                            continue;
+                        }
+                        Some(_) => &e.value[..],
+                    };
                     chunks
                         .writer
-                        .entry(index, kg, &e.key, &e.namespace, &e.user_key, &e.value);
-                    entries += 1;
+                        .entry(index, kg, &e.key, &e.namespace, &e.user_key, value);
+                    counts.entries += 1;
                     chunks.cut_if_full(out, manifest)?;
                 }
             }
@@ -411,7 +484,7 @@ fn write_canonical(
                 chunks
                     .writer
                     .timer(domain, t.key_group, t.timestamp, &t.key, &t.namespace);
-                timers += 1;
+                counts.timers += 1;
                 chunks.cut_if_full(out, manifest)?;
             }
         }
@@ -438,7 +511,7 @@ fn write_canonical(
         let _ = std::fs::remove_dir_all(&slot_scratch);
     }
     out.finish(manifest)?;
-    Ok((entries, timers))
+    Ok(counts)
 }
 
 /// The chunk being filled for one old slot.
@@ -493,7 +566,7 @@ fn write_native(
     scratch: &Path,
     out: &mut Output<'_>,
     manifest: &mut SavepointManifest,
-) -> Result<(u64, u64)> {
+) -> Result<Counts> {
     let src = restored.storage();
     let same_store = src.identity() == out.storage.identity();
     let mut meta: CheckpointMetadata = restored.metadata.clone();
@@ -541,5 +614,5 @@ fn write_native(
     meta.referenced_jobs.clear();
     meta.restored_from = None;
     manifest.checkpoint = Some(meta);
-    Ok((0, 0))
+    Ok(Counts::default())
 }

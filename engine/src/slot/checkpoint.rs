@@ -91,6 +91,10 @@ impl Slot {
                     name: d.full_name(),
                     kind: d.kind.name().into(),
                     ttl: false,
+                    full_snapshot_ttl_ms: d
+                        .ttl
+                        .filter(|t| t.cleanup_full_snapshot)
+                        .and_then(|t| u64::try_from(t.ttl_ms()).ok()),
                 })
                 .collect(),
             dir,

@@ -30,8 +30,7 @@ use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilt
 
 use crate::backend::StateKind;
 use crate::error::{EngineError, Result};
-use crate::key_format::read_varint;
-use crate::ttl::{self, StateTtlConfig};
+use crate::ttl::{self, ListCleanup, StateTtlConfig};
 
 /// Name of the filter factory, as RocksDB records it in `OPTIONS` (`compaction_filter_factory=`).
 pub(crate) const TTL_FILTER_FACTORY: &CStr = c"cairn.ttl-filter";
@@ -136,27 +135,11 @@ impl TtlFilter {
     }
 
     fn filter_list(&mut self, value: &[u8], now: i64) -> Decision {
-        let (mut total, mut expired) = (0usize, 0usize);
-        let complete = for_each_element(value, |e| {
-            total += 1;
-            if ttl::stored_expired(e, self.ttl_ms, now) {
-                expired += 1;
-            }
-        });
-        // Bytes that are not a list encoding are left for a read to report.
-        if !complete || expired == 0 {
-            return Decision::Keep;
+        match ttl::clean_stored_list(value, self.ttl_ms, now, &mut self.changed) {
+            ListCleanup::Keep => return Decision::Keep,
+            ListCleanup::Remove { .. } => return Decision::Remove,
+            ListCleanup::Changed { .. } => {}
         }
-        if expired == total {
-            return Decision::Remove;
-        }
-        self.changed.clear();
-        let (ttl_ms, changed) = (self.ttl_ms, &mut self.changed);
-        for_each_element(value, |e| {
-            if !ttl::stored_expired(e, ttl_ms, now) {
-                crate::backend::list_codec::push(changed, e);
-            }
-        });
         // SAFETY: `Decision::Change` takes a `&'static [u8]` (rust-rocksdb 0.54), but RocksDB
         // only copies the bytes before the filter callback returns: its C API's
         // `rocksdb_compactionfilter_t::Filter` (db/c.cc) does `new_value->assign(c_new_value,
@@ -188,24 +171,6 @@ impl CompactionFilter for TtlFilter {
     fn name(&self) -> &CStr {
         TTL_FILTER_FACTORY
     }
-}
-
-/// Calls `f` with each element of a list encoding; `false` when the bytes are not one.
-fn for_each_element(mut buf: &[u8], mut f: impl FnMut(&[u8])) -> bool {
-    while !buf.is_empty() {
-        let Some((len, n)) = read_varint(buf) else {
-            return false;
-        };
-        let Some(end) = usize::try_from(len).ok().and_then(|l| n.checked_add(l)) else {
-            return false;
-        };
-        let Some(e) = buf.get(n..end) else {
-            return false;
-        };
-        f(e);
-        buf = &buf[end..];
-    }
-    true
 }
 
 /// Names of the column families that carry the TTL filter in the newest `OPTIONS-<n>` file of
