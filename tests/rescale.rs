@@ -9,11 +9,13 @@ use std::path::Path;
 
 use cairn::engine::checkpoint::CheckpointReport;
 use cairn::{
-    BackendKind, CairnConfig, CheckpointLocation, Checkpointer, ClaimMode, KeyGroupRange, Slot,
-    TimeDomain, Timer, TimerServiceKind, VoidNamespace, new_job_name, slot_for_key,
+    BackendKind, CairnConfig, Checkpointer, ClaimMode, Slot, TimeDomain, Timer, TimerServiceKind,
+    VoidNamespace, new_job_name, slot_for_key,
 };
 
 mod support;
+
+use support::checkpoints::{checkpoint_slots, open_slots, restore_slots};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -36,17 +38,6 @@ fn config(backend: BackendKind, root: &Path) -> CairnConfig {
     cfg.state.timer_service = TimerServiceKind::RocksDb;
     cfg.checkpoint.interval = None;
     cfg
-}
-
-/// `n` slots of `cfg`'s job, each in its own working directory below `work`.
-fn open_slots(cfg: &CairnConfig, work: &Path, n: u32) -> R<Vec<Slot>> {
-    (0..n)
-        .map(|i| {
-            let mut c = cfg.clone();
-            c.state.working_dir = work.join(format!("slot-{i}"));
-            Ok(Slot::builder(&c).slot(i, n).open()?)
-        })
-        .collect()
 }
 
 /// Writes round `round` of keys `0..keys` into the slots that own them, and into `model`:
@@ -80,34 +71,6 @@ fn write(slots: &mut [Slot], model: &mut Model, keys: u64, round: u64) -> R {
         m.timers.insert(ts);
     }
     Ok(())
-}
-
-/// One checkpoint of every slot through `cp`; its report.
-fn checkpoint(cp: &mut Checkpointer, slots: &mut [Slot]) -> R<CheckpointReport> {
-    let id = cp.trigger_checkpoint();
-    let syncs = slots
-        .iter_mut()
-        .map(|s| s.snapshot_for_checkpoint(id))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(cp.complete(id, syncs)?)
-}
-
-/// A new job restoring `url` into `m` slots below `work`: its checkpointer and slots.
-fn restore(cfg: &CairnConfig, url: &str, work: &Path, m: u32) -> R<(Checkpointer, Vec<Slot>)> {
-    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
-    let mut slots = Vec::new();
-    for i in 0..m {
-        let mut c = cfg.clone();
-        c.state.working_dir = work.join(format!("slot-{i}"));
-        let (files, _) = cp.download_slot_files(
-            &restored,
-            KeyGroupRange::for_slot(MAX_P, m, i)?,
-            &c.state.working_dir.join("restore"),
-        )?;
-        slots.push(Slot::builder(&c).slot(i, m).restore(files).open()?);
-    }
-    Ok((cp, slots))
 }
 
 /// Reads every key of `model` from the slot owning it and checks it is exactly the model's,
@@ -189,18 +152,19 @@ fn every_key_lands_in_exactly_one_slot_for_every_n_and_m() -> R {
         let cfg = config(backend, dir.path());
         for n in 1..=8u32 {
             let work = dir.path().join(format!("{backend:?}-{n}"));
-            let mut slots = open_slots(&cfg, &work.join("old"), n)?;
+            let mut slots = open_slots(&cfg, &work.join("old"), n, |b| b)?;
             let mut model = Model::new();
             let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
             let url = cp.job_url();
             write(&mut slots, &mut model, 300, 1)?;
-            checkpoint(&mut cp, &mut slots)?;
+            checkpoint_slots(&mut cp, &mut slots)?;
             // A second round: files of two checkpoints, deletions of map entries.
             write(&mut slots, &mut model, 300, 2)?;
-            checkpoint(&mut cp, &mut slots)?;
+            checkpoint_slots(&mut cp, &mut slots)?;
             drop(slots);
             for m in 1..=8u32 {
-                let (_cp, mut restored) = restore(&cfg, &url, &work.join(format!("new-{m}")), m)?;
+                let (_cp, mut restored) =
+                    restore_slots(&cfg, &url, &work.join(format!("new-{m}")), m, |b| b)?;
                 check(&mut restored, &model, &format!("{backend:?} {n} -> {m}"))?;
             }
         }
@@ -213,29 +177,29 @@ fn rescale_twice_then_checkpoint_crash_and_restore() -> R {
     let dir = tempfile::tempdir()?;
     let cfg = config(BackendKind::RocksDb, dir.path());
     let mut model = Model::new();
-    let mut slots = open_slots(&cfg, &dir.path().join("a"), 2)?;
+    let mut slots = open_slots(&cfg, &dir.path().join("a"), 2, |b| b)?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
     write(&mut slots, &mut model, 500, 1)?;
-    checkpoint(&mut cp, &mut slots)?;
+    checkpoint_slots(&mut cp, &mut slots)?;
     let url = cp.job_url();
     drop((cp, slots));
     // 2 -> 5: write, checkpoint.
-    let (mut cp, mut slots) = restore(&cfg, &url, &dir.path().join("b"), 5)?;
+    let (mut cp, mut slots) = restore_slots(&cfg, &url, &dir.path().join("b"), 5, |b| b)?;
     write(&mut slots, &mut model, 500, 2)?;
-    checkpoint(&mut cp, &mut slots)?;
+    checkpoint_slots(&mut cp, &mut slots)?;
     let url = cp.job_url();
     drop((cp, slots));
     // 5 -> 3 (old slots that were themselves rescaled and not compacted): write, checkpoint.
-    let (mut cp, mut slots) = restore(&cfg, &url, &dir.path().join("c"), 3)?;
+    let (mut cp, mut slots) = restore_slots(&cfg, &url, &dir.path().join("c"), 3, |b| b)?;
     write(&mut slots, &mut model, 500, 3)?;
-    checkpoint(&mut cp, &mut slots)?;
+    checkpoint_slots(&mut cp, &mut slots)?;
     // Writes after the checkpoint are lost in the crash.
     let mut lost = model.clone();
     write(&mut slots, &mut lost, 500, 4)?;
     let url = cp.job_url();
     cp.abandon();
     drop(slots);
-    let (_cp, mut slots) = restore(&cfg, &url, &dir.path().join("d"), 3)?;
+    let (_cp, mut slots) = restore_slots(&cfg, &url, &dir.path().join("d"), 3, |b| b)?;
     check(&mut slots, &model, "2 -> 5 -> 3, crash, restore")?;
     let ids = support::checkpoints::committed_verified(
         &cfg.checkpoint.dir,
@@ -248,7 +212,7 @@ fn rescale_twice_then_checkpoint_crash_and_restore() -> R {
 /// A job of 2 RocksDB slots holding ~6 MB of incompressible state, checkpointed once: its URL
 /// and the checkpoint's report.
 fn two_slots_of_random_state(cfg: &CairnConfig, work: &Path) -> R<(String, CheckpointReport)> {
-    let mut slots = open_slots(cfg, work, 2)?;
+    let mut slots = open_slots(cfg, work, 2, |b| b)?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for k in 0..30_000u64 {
@@ -265,7 +229,7 @@ fn two_slots_of_random_state(cfg: &CairnConfig, work: &Path) -> R<(String, Check
         let scope = slot.scope(&k, &VoidNamespace)?;
         v.update(slot, &scope, &payload)?;
     }
-    let report = checkpoint(&mut cp, &mut slots)?;
+    let report = checkpoint_slots(&mut cp, &mut slots)?;
     Ok((cp.job_url(), report))
 }
 
@@ -280,8 +244,8 @@ fn the_first_checkpoint_after_a_rescale_uploads_only_what_is_new() -> R {
             let work = dir.path().join(format!("{mode:?}-{m}"));
             // A job of its own each time: a claimed checkpoint goes with its first subsumption.
             let (url, first) = two_slots_of_random_state(&cfg, &work.join("old"))?;
-            let (mut cp, mut slots) = restore(&cfg, &url, &work.join("new"), m)?;
-            let report = checkpoint(&mut cp, &mut slots)?;
+            let (mut cp, mut slots) = restore_slots(&cfg, &url, &work.join("new"), m, |b| b)?;
+            let report = checkpoint_slots(&mut cp, &mut slots)?;
             let share = report.incremental_bytes as f64 / first.full_bytes as f64;
             println!(
                 "{mode:?} 2 -> {m}: the first checkpoint uploaded {} of {} bytes ({:.2} %); files reused {}, copied in storage {}",
@@ -308,7 +272,7 @@ fn the_first_checkpoint_after_a_rescale_uploads_only_what_is_new() -> R {
             // The next checkpoint subsumes the first (and, claimed, the restored one): objects
             // several new slots reference stay until none does, and every retained checkpoint
             // still reads back whole.
-            checkpoint(&mut cp, &mut slots)?;
+            checkpoint_slots(&mut cp, &mut slots)?;
             let url = cp.job_url();
             let job = url.rsplit('/').next().ok_or("job")?;
             let ids = support::checkpoints::committed_verified(&cfg.checkpoint.dir, job)?;
@@ -322,7 +286,7 @@ fn the_first_checkpoint_after_a_rescale_uploads_only_what_is_new() -> R {
 fn old_slots_that_registered_a_state_with_two_kinds_are_refused() -> R {
     let dir = tempfile::tempdir()?;
     let cfg = config(BackendKind::RocksDb, dir.path());
-    let mut slots = open_slots(&cfg, &dir.path().join("old"), 2)?;
+    let mut slots = open_slots(&cfg, &dir.path().join("old"), 2, |b| b)?;
     // The same name, a value in slot 0 and a list in slot 1: each slot alone is consistent.
     let k0 = (0u64..)
         .find(|k| slot_for_key(k, MAX_P, 2).ok() == Some(0))
@@ -337,10 +301,10 @@ fn old_slots_that_registered_a_state_with_two_kinds_are_refused() -> R {
     let scope = slots[1].scope(&k1, &VoidNamespace)?;
     l.add(&mut slots[1], &scope, &1)?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-    checkpoint(&mut cp, &mut slots)?;
+    checkpoint_slots(&mut cp, &mut slots)?;
     let url = cp.job_url();
     drop((cp, slots));
-    match restore(&cfg, &url, &dir.path().join("new"), 1) {
+    match restore_slots(&cfg, &url, &dir.path().join("new"), 1, |b| b) {
         Err(e) => {
             let e = e
                 .downcast::<cairn::EngineError>()

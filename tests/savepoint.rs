@@ -10,11 +10,13 @@ use std::path::Path;
 
 use cairn::{
     AggregateFunction, BackendKind, CairnConfig, CheckpointLocation, Checkpointer, ErrorKind,
-    KeyGroupRange, Redistribution, SavepointKind, SavepointLocation, Slot, TimeDomain, Timer,
-    TimerServiceKind, VoidNamespace, create_savepoint, new_job_name, slot_for_key,
+    Redistribution, SavepointKind, SavepointLocation, Slot, TimeDomain, Timer, TimerServiceKind,
+    VoidNamespace, create_savepoint, new_job_name, slot_for_key,
 };
 
 mod support;
+
+use support::checkpoints::{checkpoint_slots, open_slots, restore_slots};
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -59,16 +61,6 @@ fn config(backend: BackendKind, timers: TimerServiceKind, root: &Path) -> CairnC
     cfg.state.timer_service = timers;
     cfg.checkpoint.interval = None;
     cfg
-}
-
-fn open_slots(cfg: &CairnConfig, work: &Path, n: u32) -> R<Vec<Slot>> {
-    (0..n)
-        .map(|i| {
-            let mut c = cfg.clone();
-            c.state.working_dir = work.join(format!("slot-{i}"));
-            Ok(Slot::builder(&c).slot(i, n).open()?)
-        })
-        .collect()
 }
 
 /// Writes round `round` of keys `0..keys` into the slots that own them and into `model`.
@@ -126,42 +118,6 @@ fn write(slots: &mut [Slot], model: &mut Model, keys: u64, round: u64) -> R {
             .insert(b"version".to_vec(), round.to_le_bytes().to_vec());
     }
     Ok(())
-}
-
-fn checkpoint(cp: &mut Checkpointer, slots: &mut [Slot]) -> R {
-    let id = cp.trigger_checkpoint();
-    let syncs = slots
-        .iter_mut()
-        .map(|s| s.snapshot_for_checkpoint(id))
-        .collect::<Result<Vec<_>, _>>()?;
-    cp.complete(id, syncs)?;
-    Ok(())
-}
-
-/// A new job of `cfg` restoring `url` (a checkpoint or a savepoint) into `m` slots below
-/// `work`, operator state included.
-fn restore(cfg: &CairnConfig, url: &str, work: &Path, m: u32) -> R<(Checkpointer, Vec<Slot>)> {
-    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
-    let mut slots = Vec::new();
-    for i in 0..m {
-        let mut c = cfg.clone();
-        c.state.working_dir = work.join(format!("slot-{i}"));
-        let (files, _) = cp.download_slot_files(
-            &restored,
-            KeyGroupRange::for_slot(MAX_P, m, i)?,
-            &c.state.working_dir.join("restore"),
-        )?;
-        let ops = cp.operator_state_for_slot(&restored, i, m, &work.join(format!("ops-{i}")))?;
-        slots.push(
-            Slot::builder(&c)
-                .slot(i, m)
-                .restore(files)
-                .operator_state(ops)
-                .open()?,
-        );
-    }
-    Ok((cp, slots))
 }
 
 /// Every key of `model` reads exactly the model's state from the slot owning it, no slot holds
@@ -259,13 +215,13 @@ fn check(slots: &mut [Slot], model: &Model, old_slots: u32, round: u64, what: &s
 /// A job of `n` slots of `cfg` with two rounds of state checkpointed below `root`: its URL
 /// and model.
 fn job(cfg: &CairnConfig, work: &Path, n: u32, keys: u64) -> R<(String, Model)> {
-    let mut slots = open_slots(cfg, work, n)?;
+    let mut slots = open_slots(cfg, work, n, |b| b)?;
     let mut model = Model::new();
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
     write(&mut slots, &mut model, keys, 1)?;
-    checkpoint(&mut cp, &mut slots)?;
+    checkpoint_slots(&mut cp, &mut slots)?;
     write(&mut slots, &mut model, keys, 2)?;
-    checkpoint(&mut cp, &mut slots)?;
+    checkpoint_slots(&mut cp, &mut slots)?;
     Ok((cp.job_url(), model))
 }
 
@@ -301,7 +257,8 @@ fn canonical_savepoints_switch_backends_both_ways_and_any_slot_count() -> R {
             for m in [1, 4] {
                 let cfg = config(to, to_timers, &root);
                 let what = format!("{from:?}/{from_timers:?} x3 -> {to:?}/{to_timers:?} x{m}");
-                let (_cp, mut slots) = restore(&cfg, &sp, &root.join(format!("to-{j}-{m}")), m)?;
+                let (_cp, mut slots) =
+                    restore_slots(&cfg, &sp, &root.join(format!("to-{j}-{m}")), m, |b| b)?;
                 check(&mut slots, &model, 3, 2, &what)?;
             }
         }
@@ -324,11 +281,11 @@ fn native_savepoints_restore_into_the_same_backend_only() -> R {
     )?;
     assert!(report.files > 0 && report.stored_bytes > 0, "{report:?}");
     for m in [2, 3] {
-        let (_cp, mut slots) = restore(&cfg, &sp, &root.join(format!("to-{m}")), m)?;
+        let (_cp, mut slots) = restore_slots(&cfg, &sp, &root.join(format!("to-{m}")), m, |b| b)?;
         check(&mut slots, &model, 2, 2, &format!("native 2 -> {m}"))?;
     }
     let heap = config(BackendKind::Heap, TimerServiceKind::Heap, root);
-    let Err(err) = restore(&heap, &sp, &root.join("heap"), 1) else {
+    let Err(err) = restore_slots(&heap, &sp, &root.join("heap"), 1, |b| b) else {
         panic!("a native RocksDB savepoint opened in the heap backend");
     };
     assert!(err.to_string().contains("savepoint"), "{err}");
@@ -390,18 +347,30 @@ fn savepoints_are_self_contained_relocatable_and_never_deleted() -> R {
         let content = files(&to)?;
         let url = format!("file://{}", to.display());
         // Restore, then checkpoint three times with one retained (subsumption and GC run).
-        let (mut cp, mut slots) = restore(&cfg, &url, &root.join(format!("r-{}", kind.name())), 2)?;
+        let (mut cp, mut slots) = restore_slots(
+            &cfg,
+            &url,
+            &root.join(format!("r-{}", kind.name())),
+            2,
+            |b| b,
+        )?;
         let mut more = model.clone();
         write(&mut slots, &mut more, 50, 3)?;
         for _ in 0..3 {
-            checkpoint(&mut cp, &mut slots)?;
+            checkpoint_slots(&mut cp, &mut slots)?;
         }
         cp.gc(std::time::Duration::ZERO, true)?;
         let job = cp.job_url();
         drop((cp, slots));
         assert_eq!(files(&to)?, content, "{kind:?}: the savepoint changed");
         // The restored job's checkpoints stand alone too.
-        let (_cp, mut slots) = restore(&cfg, &job, &root.join(format!("c-{}", kind.name())), 3)?;
+        let (_cp, mut slots) = restore_slots(
+            &cfg,
+            &job,
+            &root.join(format!("c-{}", kind.name())),
+            3,
+            |b| b,
+        )?;
         check(
             &mut slots,
             &more,
@@ -428,7 +397,8 @@ fn damaged_or_hostile_savepoints_are_refused() -> R {
         )?;
         Ok(root.join("savepoints").join(name))
     };
-    let open = |name: &str| restore(&cfg, &savepoint_url(root, name), &root.join(name), 1);
+    let open =
+        |name: &str| restore_slots(&cfg, &savepoint_url(root, name), &root.join(name), 1, |b| b);
     // A flipped byte in a chunk: its checksum.
     let sp = fresh("flipped")?;
     let chunk = std::fs::read_dir(sp.join("canonical"))?
@@ -480,7 +450,7 @@ fn fixture_model() -> R<Model> {
     // The model is a pure function of keys and rounds: replay it without any slot.
     let dir = tempfile::tempdir()?;
     let cfg = config(BackendKind::Heap, TimerServiceKind::Heap, dir.path());
-    let mut slots = open_slots(&cfg, dir.path(), 2)?;
+    let mut slots = open_slots(&cfg, dir.path(), 2, |b| b)?;
     let mut model = Model::new();
     write(&mut slots, &mut model, FIXTURE_KEYS, 1)?;
     write(&mut slots, &mut model, FIXTURE_KEYS, 2)?;
@@ -534,7 +504,8 @@ fn fixture_savepoints_of_version_1_restore_exactly() -> R {
     for (i, (name, backend, timers, m)) in cases.into_iter().enumerate() {
         let cfg = config(backend, timers, dir.path());
         let url = format!("file://{}/{name}", copy.display());
-        let (_cp, mut slots) = restore(&cfg, &url, &dir.path().join(format!("r{i}")), m)?;
+        let (_cp, mut slots) =
+            restore_slots(&cfg, &url, &dir.path().join(format!("r{i}")), m, |b| b)?;
         check(
             &mut slots,
             &model,
@@ -553,7 +524,7 @@ fn the_coordinator_writes_a_requested_savepoint_from_its_checkpoint() -> R {
     let root = dir.path();
     let mut cfg = config(BackendKind::RocksDb, TimerServiceKind::RocksDb, root);
     cfg.checkpoint.retained = 1;
-    let mut slots = open_slots(&cfg, &root.join("job"), 2)?;
+    let mut slots = open_slots(&cfg, &root.join("job"), 2, |b| b)?;
     let mut model = Model::new();
     let cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
     let mut coord = CheckpointCoordinator::new(cp, 2)?;
@@ -623,7 +594,7 @@ fn the_coordinator_writes_a_requested_savepoint_from_its_checkpoint() -> R {
     assert!(committed.contains(last), "{committed:?}");
     drop(slots);
     let heap = config(BackendKind::Heap, TimerServiceKind::Heap, root);
-    let (_cp, mut restored) = restore(&heap, &sp, &root.join("restored"), 3)?;
+    let (_cp, mut restored) = restore_slots(&heap, &sp, &root.join("restored"), 3, |b| b)?;
     check(&mut restored, &model, 2, 1, "the coordinator's savepoint")?;
     Ok(())
 }
@@ -643,7 +614,7 @@ fn recovery_prefers_the_jobs_latest_checkpoint_over_the_savepoint_it_started_fro
     )?;
     let started = CheckpointLocation::parse(&sp)?;
     // A job started from the savepoint fails before its first checkpoint: the savepoint.
-    let (mut cp, mut slots) = restore(&cfg, &sp, &root.join("a"), 1)?;
+    let (mut cp, mut slots) = restore_slots(&cfg, &sp, &root.join("a"), 1, |b| b)?;
     let job_url = cp.job_url();
     assert_eq!(
         cairn::recovery_location(&cfg.checkpoint, &job_url, Some(&started))?,
@@ -652,7 +623,7 @@ fn recovery_prefers_the_jobs_latest_checkpoint_over_the_savepoint_it_started_fro
     // After a checkpoint: that checkpoint.
     let mut more = model.clone();
     write(&mut slots, &mut more, 50, 3)?;
-    checkpoint(&mut cp, &mut slots)?;
+    checkpoint_slots(&mut cp, &mut slots)?;
     let at = cairn::recovery_location(&cfg.checkpoint, &job_url, Some(&started))?
         .ok_or("no recovery location")?;
     assert_eq!(at.checkpoint, Some(cp.reports().last().ok_or("report")?.id));
@@ -663,7 +634,7 @@ fn recovery_prefers_the_jobs_latest_checkpoint_over_the_savepoint_it_started_fro
         at.job,
         at.checkpoint.ok_or("id")?
     );
-    let (_cp, mut slots) = restore(&cfg, &url, &root.join("b"), 2)?;
+    let (_cp, mut slots) = restore_slots(&cfg, &url, &root.join("b"), 2, |b| b)?;
     check(
         &mut slots,
         &more,
@@ -713,9 +684,7 @@ fn canonical_savepoints_keep_ttl_timestamps_and_refuse_a_ttl_switch() -> R {
             map.put(&mut slot, &scope, &k, &k)?;
         }
         let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-        let id = cp.trigger_checkpoint();
-        let sync = slot.snapshot_for_checkpoint(id)?;
-        cp.complete(id, vec![sync])?;
+        checkpoint_slots(&mut cp, std::slice::from_mut(&mut slot))?;
         let sp = savepoint_url(root, "ttl");
         create_savepoint(
             &cfg,
@@ -727,20 +696,10 @@ fn canonical_savepoints_keep_ttl_timestamps_and_refuse_a_ttl_switch() -> R {
         let what = format!("{from:?} -> {to:?}");
         let cfg = config(to, TimerServiceKind::Heap, root);
         for (i, with_ttl) in [false, true].into_iter().enumerate() {
-            let mut c = cfg.clone();
-            c.state.working_dir = root.join(format!("restored-{i}"));
-            let mut cp = Checkpointer::open(&c.checkpoint, &new_job_name(), MAX_P)?;
-            let restored = cp.resume_from(&CheckpointLocation::parse(&sp)?)?;
-            let (files, _) = cp.download_slot_files(
-                &restored,
-                KeyGroupRange::for_slot(MAX_P, 1, 0)?,
-                &c.state.working_dir.join("restore"),
-            )?;
             let clock = Arc::new(ManualClock::new(T0 + 70_000));
-            let mut slot = Slot::builder(&c)
-                .clock(clock.clone())
-                .restore(files)
-                .open()?;
+            let work = root.join(format!("restored-{i}"));
+            let (_cp, mut slots) = restore_slots(&cfg, &sp, &work, 1, |b| b.clock(clock.clone()))?;
+            let mut slot = slots.remove(0);
             if !with_ttl {
                 // Registering it without TTL would read timestamps as values: refused.
                 let err = slot.value_state::<u64>("op", "value").err();
@@ -831,7 +790,7 @@ fn canonical_savepoints_leave_out_what_expired_in_full_snapshot_cleanup_states()
         }
         // The checkpoint at T0 + 40 s: nothing expired yet (a heap snapshot drops nothing).
         let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
-        checkpoint(&mut cp, std::slice::from_mut(&mut slot))?;
+        checkpoint_slots(&mut cp, std::slice::from_mut(&mut slot))?;
         drop(slot);
         // The savepoint at T0 + 70 s: everything written at T0 expired.
         let sp = savepoint_url(root, "ttl-full");
@@ -845,19 +804,10 @@ fn canonical_savepoints_leave_out_what_expired_in_full_snapshot_cleanup_states()
         // 50 values, 50 + 50 list elements, 50 + 50 map entries.
         assert_eq!(report.expired, 250, "{what}: {report:?}");
         let cfg = config(to, TimerServiceKind::Heap, root);
-        let mut c = cfg.clone();
-        c.state.working_dir = root.join("restored");
-        let mut cp = Checkpointer::open(&c.checkpoint, &new_job_name(), MAX_P)?;
-        let restored = cp.resume_from(&CheckpointLocation::parse(&sp)?)?;
-        let (files, _) = cp.download_slot_files(
-            &restored,
-            KeyGroupRange::for_slot(MAX_P, 1, 0)?,
-            &c.state.working_dir.join("restore"),
-        )?;
-        let mut slot = Slot::builder(&c)
-            .clock(Arc::new(ManualClock::new(T0 + 70_000)))
-            .restore(files)
-            .open()?;
+        let clock = Arc::new(ManualClock::new(T0 + 70_000));
+        let work = root.join("restored");
+        let (_cp, mut slots) = restore_slots(&cfg, &sp, &work, 1, |b| b.clock(clock.clone()))?;
+        let mut slot = slots.remove(0);
         let value = slot.value_state_with_ttl::<u64>("op", "value", full)?;
         let list = slot.list_state_with_ttl::<u64>("op", "list", full)?;
         let map = slot.map_state_with_ttl::<u64, u64>("op", "map", full)?;
@@ -917,9 +867,9 @@ fn a_savepoint_never_goes_into_a_job_directory_and_a_native_manifest_cannot_poin
     let hostile = manifest.replacen("\"shared/", &format!("\"../{job_name}/shared/"), 1);
     assert_ne!(hostile, manifest);
     std::fs::write(&path, hostile)?;
-    assert!(restore(&cfg, &sp, &root.join("hostile"), 1).is_err());
+    assert!(restore_slots(&cfg, &sp, &root.join("hostile"), 1, |b| b).is_err());
     std::fs::write(&path, manifest)?;
-    let (_cp, mut slots) = restore(&cfg, &sp, &root.join("whole"), 1)?;
+    let (_cp, mut slots) = restore_slots(&cfg, &sp, &root.join("whole"), 1, |b| b)?;
     check(&mut slots, &model, 1, 2, "native, manifest restored")?;
     Ok(())
 }

@@ -39,7 +39,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{
     Config as ProptestConfig, RngSeed, TestCaseError, TestError, TestRunner,
 };
-use support::checkpoints::{TestResult, checkpoint, config, restore_with};
+use support::checkpoints::{
+    TestResult, checkpoint, checkpoint_slots, config, open_slots, restore_slots, restore_with,
+};
 
 /// Seed used when `PROPTEST_RNG_SEED` is not set.
 const DEFAULT_SEED: u64 = 0x00ca_1a5e_0077_0001;
@@ -1074,21 +1076,13 @@ fn a_changed_ttl_applies_to_stored_timestamps() -> TestResult {
 /// slot's files). After the restore, reads expire at the original instants and, on RocksDB,
 /// compactions drop the expired data of both states.
 fn rescale_keeps_ttl(backend: BackendKind) -> TestResult {
-    use cairn::{CheckpointLocation, KeyGroupRange, slot_for_key};
+    use cairn::slot_for_key;
     let root = tempfile::tempdir()?;
     let cfg = config(backend, root.path());
     let clock = Arc::new(ManualClock::new(T0));
     let ttl = StateTtlConfig::builder(Duration::from_millis(1000)).build()?;
-    let open = |n: u32, work: &str| -> cairn::engine::Result<Vec<Slot>> {
-        (0..n)
-            .map(|i| {
-                let mut c = cfg.clone();
-                c.state.working_dir = root.path().join(work).join(format!("slot-{i}"));
-                Slot::builder(&c).slot(i, n).clock(clock.clone()).open()
-            })
-            .collect()
-    };
-    let mut slots = open(2, "old")?;
+    let old = root.path().join("old");
+    let mut slots = open_slots(&cfg, &old, 2, |b| b.clock(clock.clone()))?;
     let keys = 400u64;
     for k in 0..keys {
         let owner = slot_for_key(&k, 128, 2)?;
@@ -1106,12 +1100,7 @@ fn rescale_keeps_ttl(backend: BackendKind) -> TestResult {
         clock.set(T0);
     }
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-    let id = cp.trigger_checkpoint();
-    let syncs = slots
-        .iter_mut()
-        .map(|s| s.snapshot_for_checkpoint(id))
-        .collect::<Result<Vec<_>, _>>()?;
-    cp.complete(id, syncs)?;
+    let id = checkpoint_slots(&mut cp, &mut slots)?.id;
     let url = format!("{}/chk-{id}", cp.job_url());
     drop(slots);
     drop(cp);
@@ -1120,23 +1109,8 @@ fn rescale_keeps_ttl(backend: BackendKind) -> TestResult {
         .filter(|k| k % 2 == 1 && slot_for_key(k, 128, 2).is_ok_and(|o| o == 1))
         .count() as u64;
     for m in [1u32, 3] {
-        let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
-        let restored = cp.resume_from(&CheckpointLocation::parse(&url)?)?;
-        let mut slots = Vec::new();
-        for i in 0..m {
-            let mut c = cfg.clone();
-            c.state.working_dir = root
-                .path()
-                .join(format!("new-{m}"))
-                .join(format!("slot-{i}"));
-            let (files, _) = cp.download_slot_files(
-                &restored,
-                KeyGroupRange::for_slot(128, m, i)?,
-                &c.state.working_dir.join("restore"),
-            )?;
-            let b = Slot::builder(&c).slot(i, m).clock(clock.clone());
-            slots.push(b.restore(files).open()?);
-        }
+        let work = root.path().join(format!("new-{m}"));
+        let (_cp, mut slots) = restore_slots(&cfg, &url, &work, m, |b| b.clock(clock.clone()))?;
         for slot in &mut slots {
             // Only slots with key groups of old slot 1 have the state.
             if slot

@@ -4,7 +4,7 @@
 use std::error::Error;
 use std::path::Path;
 
-use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
+use cairn::engine::checkpoint::{CheckpointLocation, CheckpointReport, Checkpointer, new_job_name};
 use cairn::{BackendKind, CairnConfig, KeyGroupRange, Slot, SlotBuilder, VoidNamespace};
 use cairn_snapshot::{CheckpointStore, StorageOptions, StorageRoot};
 
@@ -47,6 +47,70 @@ pub fn checkpoint(cp: &mut Checkpointer, slot: &mut Slot) -> cairn::engine::Resu
     let id = cp.trigger_checkpoint();
     let sync = slot.snapshot_for_checkpoint(id)?;
     cp.complete(id, vec![sync]).map(|_| id)
+}
+
+/// `n` slots of `cfg`'s job, slot `i` working in `<work>/slot-<i>`, each builder adjusted by
+/// `tune` before it opens (a clock; `|b| b` for none).
+pub fn open_slots(
+    cfg: &CairnConfig,
+    work: &Path,
+    n: u32,
+    tune: impl Fn(SlotBuilder<'_>) -> SlotBuilder<'_>,
+) -> Result<Vec<Slot>, Box<dyn Error>> {
+    (0..n)
+        .map(|i| {
+            let mut c = cfg.clone();
+            c.state.working_dir = work.join(format!("slot-{i}"));
+            Ok(tune(Slot::builder(&c).slot(i, n)).open()?)
+        })
+        .collect()
+}
+
+/// One checkpoint of every slot through `cp` (each slot's synchronous snapshot, then the
+/// uploads and the commit); its report.
+pub fn checkpoint_slots(
+    cp: &mut Checkpointer,
+    slots: &mut [Slot],
+) -> cairn::engine::Result<CheckpointReport> {
+    let id = cp.trigger_checkpoint();
+    let syncs = slots
+        .iter_mut()
+        .map(|s| s.snapshot_for_checkpoint(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    cp.complete(id, syncs)
+}
+
+/// A new job restoring `url` (a checkpoint or a savepoint) into `m` slots of `cfg` (its max
+/// parallelism, 128 if unset), slot `i` working in `<work>/slot-<i>` with its share of the
+/// operator state, each builder adjusted by `tune` before it opens (a clock; `|b| b` for
+/// none); the job's checkpointer and the slots.
+pub fn restore_slots(
+    cfg: &CairnConfig,
+    url: &str,
+    work: &Path,
+    m: u32,
+    tune: impl Fn(SlotBuilder<'_>) -> SlotBuilder<'_>,
+) -> Result<(Checkpointer, Vec<Slot>), Box<dyn Error>> {
+    let max_p = cfg.state.max_parallelism.unwrap_or(128);
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
+    let restored = cp.resume_from(&CheckpointLocation::parse(url)?)?;
+    let mut slots = Vec::new();
+    for i in 0..m {
+        let mut c = cfg.clone();
+        c.state.working_dir = work.join(format!("slot-{i}"));
+        let (files, _) = cp.download_slot_files(
+            &restored,
+            KeyGroupRange::for_slot(max_p, m, i)?,
+            &c.state.working_dir.join("restore"),
+        )?;
+        let ops = cp.operator_state_for_slot(&restored, i, m, &work.join(format!("ops-{i}")))?;
+        let builder = Slot::builder(&c)
+            .slot(i, m)
+            .restore(files)
+            .operator_state(ops);
+        slots.push(tune(builder).open()?);
+    }
+    Ok((cp, slots))
 }
 
 /// [`restore`] with the slot's builder adjusted by `tune` before it opens (a clock, a hook).
