@@ -758,6 +758,107 @@ fn rocksdb_compaction_keeps_unexpired_data() -> TestResult {
     Ok(())
 }
 
+/// `periodic_compaction_seconds` of a column family in the newest RocksDB `OPTIONS-<n>` file
+/// below `dir`.
+fn periodic_compaction_of(dir: &Path, state: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut newest: Option<(u64, std::path::PathBuf)> = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let path = e?.path();
+            let n = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("OPTIONS-"))
+                .and_then(|n| n.parse::<u64>().ok());
+            match n {
+                _ if path.is_dir() => stack.push(path),
+                Some(n) if newest.as_ref().is_none_or(|(m, _)| n > *m) => {
+                    newest = Some((n, path));
+                }
+                _ => {}
+            }
+        }
+    }
+    let (_, path) = newest.ok_or("no OPTIONS file")?;
+    let text = std::fs::read_to_string(path)?;
+    let section = format!("[CFOptions \"{state}\"]");
+    let value = text
+        .split(&section)
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .and_then(|body| {
+            body.lines()
+                .find_map(|l| l.trim().strip_prefix("periodic_compaction_seconds="))
+        })
+        .ok_or_else(|| format!("no periodic_compaction_seconds for {state}"))?;
+    Ok(value.parse()?)
+}
+
+/// A TTL state's column family compacts files older than the configured age (RocksDB's
+/// periodic compaction), so the filter reaches files no write-driven compaction touches:
+/// Flink's 30-day default, a configured age, and off with the filter off (RocksDB would
+/// otherwise turn it on for any column family with a filter). Also after a restore, where the
+/// column family comes back with the stored options.
+#[test]
+fn rocksdb_periodic_compaction_follows_the_ttl_config() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let cfg = config(BackendKind::RocksDb, root.path());
+    let ttl = |age: Option<Duration>| {
+        let b = StateTtlConfig::builder(Duration::from_secs(60));
+        match age {
+            Some(age) => b.periodic_compaction(age).build(),
+            None => b.disable_cleanup_in_background().build(),
+        }
+    };
+    let default = StateTtlConfig::builder(Duration::from_secs(60)).build()?;
+    let states = [
+        ("default", default),
+        ("hourly", ttl(Some(Duration::from_secs(3600)))?),
+        ("no-filter", ttl(None)?),
+    ];
+    let want = [
+        ("default", 30 * 24 * 3600),
+        ("hourly", 3600),
+        ("no-filter", 0),
+    ];
+    let mut slot = Slot::builder(&cfg).open()?;
+    for (name, t) in states {
+        let v = slot.value_state_with_ttl::<u64>("op", name, t)?;
+        let scope = slot.scope(&1u64, &())?;
+        v.update(&mut slot, &scope, &1)?;
+    }
+    for (name, secs) in want {
+        let got = periodic_compaction_of(&cfg.state.working_dir, &format!("op/{name}"))?;
+        assert_eq!(got, secs, "{name}");
+    }
+    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
+    let id = checkpoint(&mut cp, &mut slot)?;
+    drop(slot);
+    // Restored with the ages swapped: the new run's configuration applies.
+    let mut c = cfg.clone();
+    c.state.working_dir = root.path().join("restored");
+    let (_cp, mut slot) = restore_with(&c, &format!("{}/chk-{id}", cp.job_url()), |b| b)?;
+    let swapped = [
+        ("default", ttl(None)?),
+        ("hourly", default),
+        ("no-filter", ttl(Some(Duration::from_secs(60)))?),
+    ];
+    for (name, t) in swapped {
+        slot.value_state_with_ttl::<u64>("op", name, t)?;
+    }
+    let want = [
+        ("default", 0),
+        ("hourly", 30 * 24 * 3600),
+        ("no-filter", 60),
+    ];
+    for (name, secs) in want {
+        let got = periodic_compaction_of(&c.state.working_dir, &format!("op/{name}"))?;
+        assert_eq!(got, secs, "restored {name}");
+    }
+    Ok(())
+}
+
 /// Heap incremental cleanup: accesses to a TTL state walk its entries and drop the expired ones
 /// (entries the state never reads again leave memory); with `run_for_every_record`, records that
 /// touch other states clean it too.

@@ -113,6 +113,19 @@ pub struct CompactionFilterCleanup {
     /// threads; reading the clock per entry costs). Default 1000 (Flink's). Fewer = more
     /// precise expiry during long compactions, more clock reads.
     pub query_time_after_num_entries: u64,
+    /// SST files older than this are compacted even when no write leads RocksDB to them
+    /// (RocksDB's `periodic_compaction_seconds` of the state's column family), so the filter
+    /// also reaches data of a state that stopped changing. Default 30 days (Flink's); zero =
+    /// off; otherwise at least one second (whole seconds).
+    #[serde(default = "default_periodic_compaction", with = "humantime_serde")]
+    pub periodic_compaction: Duration,
+}
+
+/// Flink's default periodic compaction time for the compaction filter: 30 days.
+pub const DEFAULT_PERIODIC_COMPACTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn default_periodic_compaction() -> Duration {
+    DEFAULT_PERIODIC_COMPACTION
 }
 
 /// The time-to-live of one state (Flink's `StateTtlConfig`); see the [module doc](self).
@@ -181,6 +194,7 @@ impl StateTtlConfig {
                 }),
                 compaction_filter_cleanup: Some(CompactionFilterCleanup {
                     query_time_after_num_entries: 1000,
+                    periodic_compaction: DEFAULT_PERIODIC_COMPACTION,
                 }),
             },
         }
@@ -226,6 +240,17 @@ impl StateTtlConfig {
                 "ttl.compaction-filter-cleanup.query-time-after-num-entries",
                 0,
                 ">= 1",
+            ));
+        }
+        // RocksDB counts whole seconds: a non-zero age under a second would silently be 0 (off).
+        if let Some(c) = self.compaction_filter_cleanup
+            && !c.periodic_compaction.is_zero()
+            && c.periodic_compaction < Duration::from_secs(1)
+        {
+            return Err(ConfigError::out_of_range(
+                "ttl.compaction-filter-cleanup.periodic-compaction",
+                format!("{:?}", c.periodic_compaction),
+                "0 (off) or >= 1 s",
             ));
         }
         Ok(())
@@ -280,7 +305,21 @@ impl StateTtlConfigBuilder {
     ) -> Self {
         self.config.compaction_filter_cleanup = Some(CompactionFilterCleanup {
             query_time_after_num_entries,
+            periodic_compaction: self
+                .config
+                .compaction_filter_cleanup
+                .map_or(DEFAULT_PERIODIC_COMPACTION, |c| c.periodic_compaction),
         });
+        self
+    }
+
+    /// RocksDB backend, with the compaction filter on: compact SST files older than `age`
+    /// (default 30 days, Flink's `periodicCompactionTime`; zero = off), so expired data in files
+    /// no write-driven compaction reaches is dropped too. No effect with the filter off.
+    pub fn periodic_compaction(mut self, age: Duration) -> Self {
+        if let Some(c) = self.config.compaction_filter_cleanup.as_mut() {
+            c.periodic_compaction = age;
+        }
         self
     }
 
@@ -443,12 +482,17 @@ mod tests {
         assert_eq!(ok.update_type, TtlUpdateType::OnCreateAndWrite);
         assert_eq!(ok.visibility, TtlVisibility::NeverReturnExpired);
         assert_eq!(ok.incremental_cleanup.unwrap().check_entries, 5);
+        let filter = ok.compaction_filter_cleanup.unwrap();
+        assert_eq!(filter.query_time_after_num_entries, 1000);
         assert_eq!(
-            ok.compaction_filter_cleanup
-                .unwrap()
-                .query_time_after_num_entries,
-            1000
+            filter.periodic_compaction,
+            Duration::from_secs(30 * 24 * 3600)
         );
+        let e = StateTtlConfig::builder(Duration::from_secs(1))
+            .periodic_compaction(Duration::from_millis(500))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("periodic-compaction"), "{e}");
         let e = StateTtlConfig::builder(Duration::from_micros(999))
             .build()
             .unwrap_err();

@@ -693,7 +693,16 @@ impl StateBackend for RocksDbBackend {
         match (filter, config) {
             (Some(f), Some(c)) => {
                 f.configure(c, clock);
-                Ok(())
+                // Periodic compaction brings the filter to files no write-driven compaction
+                // reaches; without the filter it would rewrite files for nothing (RocksDB
+                // turns it on by itself for a column family with a filter: 0 turns it off).
+                let age = c
+                    .compaction_filter_cleanup
+                    .map_or(0, |f| f.periodic_compaction.as_secs());
+                let cf = self.cf(state)?;
+                self.db
+                    .set_options_cf(&cf, &[("periodic_compaction_seconds", &age.to_string())])
+                    .map_err(EngineError::rocks("set periodic_compaction_seconds"))
             }
             (None, None) => Ok(()),
             (f, c) => Err(EngineError::StateTtlMismatch {
