@@ -5,6 +5,7 @@
 
 pub mod barriers;
 pub mod bench_cmd;
+pub mod bench_files;
 pub mod cache_bench;
 pub mod chart;
 pub mod checkpoints_cmd;

@@ -23,6 +23,7 @@ use cairn_engine::{BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescripto
 use clap::Args;
 use serde::Serialize;
 
+use crate::bench_files::BenchFiles;
 use crate::stream::payload_into;
 
 /// `cairn bench rebase` flags.
@@ -229,20 +230,11 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
         summary,
         rows: &rows,
     };
-    let with_ext = |ext: &str| {
-        let mut p = a.out.clone().into_os_string();
-        p.push(ext);
-        PathBuf::from(p)
-    };
-    std::fs::write(with_ext(".json"), serde_json::to_string_pretty(&out)?)?;
-    write_csv(&with_ext(".csv"), &rows)?;
-    plot(&with_ext(".svg"), &policies, &rows)?;
-    println!(
-        "wrote {}, {}, {}",
-        with_ext(".json").display(),
-        with_ext(".csv").display(),
-        with_ext(".svg").display()
-    );
+    let files = BenchFiles::new(&a.out)?;
+    files.write_json(&out)?;
+    files.write_csv(&rows)?;
+    plot(&files.svg(), &policies, &rows)?;
+    files.announce();
     Ok(())
 }
 
@@ -461,35 +453,6 @@ fn print_summary(a: &RebaseBenchArgs, summary: &[PolicySummary]) {
             s.wall_s
         );
     }
-}
-
-fn write_csv(path: &Path, rows: &[Row]) -> BResult<()> {
-    let mut s = String::from(
-        "policy,checkpoint,uploaded_bytes,restore_bytes,referenced_bytes,stored_bytes,stored_objects,space_amplification,files_reuploaded,compaction_ms,sync_ms,async_ms,restore_remote_ms,restore_local_ms,rebase\n",
-    );
-    let opt = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_default();
-    for r in rows {
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{},{:.3},{},{:.1},{:.2},{:.1},{},{},\"{}\"\n",
-            r.policy,
-            r.checkpoint,
-            r.uploaded_bytes,
-            r.restore_bytes,
-            r.referenced_bytes,
-            r.stored_bytes,
-            r.stored_objects,
-            r.space_amplification,
-            r.files_reuploaded,
-            r.compaction_ms,
-            r.sync_ms,
-            r.async_ms,
-            opt(r.restore_remote_ms),
-            opt(r.restore_local_ms),
-            r.rebase.replace('"', "'")
-        ));
-    }
-    std::fs::write(path, s)?;
-    Ok(())
 }
 
 /// Three panels over the checkpoints, one line per policy: stored MB, cumulative uploaded MB,

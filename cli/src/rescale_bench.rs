@@ -22,6 +22,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::bench_files::BenchFiles;
 use crate::stream::payload_into;
 
 type BResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -200,11 +201,6 @@ pub fn run(a: &RescaleBenchArgs) -> BResult<()> {
             c.first_checkpoint_upload_share * 100.0
         );
     }
-    let with_ext = |ext: &str| {
-        let mut p = a.out.clone().into_os_string();
-        p.push(ext);
-        PathBuf::from(p)
-    };
     let output = Output {
         keys: a.keys,
         value_size: a.value_size,
@@ -212,15 +208,11 @@ pub fn run(a: &RescaleBenchArgs) -> BResult<()> {
         cases: out_cases,
         rows,
     };
-    std::fs::write(with_ext(".json"), serde_json::to_string_pretty(&output)?)?;
-    write_csv(&with_ext(".csv"), &output.rows)?;
-    plot(&with_ext(".svg"), &output)?;
-    println!(
-        "wrote {}, {}, {}",
-        with_ext(".json").display(),
-        with_ext(".csv").display(),
-        with_ext(".svg").display()
-    );
+    let files = BenchFiles::new(&a.out)?;
+    files.write_json(&output)?;
+    files.write_csv(&output.rows)?;
+    plot(&files.svg(), &output)?;
+    files.announce();
     Ok(())
 }
 
@@ -328,28 +320,6 @@ fn checkpoint(
         .map(|s| s.snapshot_for_checkpoint(id))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(cp.complete(id, syncs)?)
-}
-
-fn write_csv(path: &Path, rows: &[Row]) -> BResult<()> {
-    let mut s = String::from(
-        "from,to,round,restore_ms,downloaded_bytes,first_checkpoint_uploaded_bytes,parts_base,parts_ingest,parts_insert\n",
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "{},{},{},{:.1},{},{},{},{},{}\n",
-            r.from,
-            r.to,
-            r.round,
-            r.restore_ms,
-            r.downloaded_bytes,
-            r.first_checkpoint_uploaded_bytes,
-            r.parts_base,
-            r.parts_ingest,
-            r.parts_insert
-        ));
-    }
-    std::fs::write(path, s)?;
-    Ok(())
 }
 
 /// Per case, the median rescaling restore next to the median same-parallelism restore, ms.

@@ -25,6 +25,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::bench_files::BenchFiles;
 use crate::stream::payload_into;
 
 type BResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -222,11 +223,6 @@ pub fn run(a: &SavepointBenchArgs) -> BResult<()> {
             m.stored_bytes as f64 / (1 << 20) as f64
         );
     }
-    let with_ext = |ext: &str| {
-        let mut p = a.out.clone().into_os_string();
-        p.push(ext);
-        PathBuf::from(p)
-    };
     let output = Output {
         keys: a.keys,
         value_size: a.value_size,
@@ -235,17 +231,11 @@ pub fn run(a: &SavepointBenchArgs) -> BResult<()> {
         medians,
         rows,
     };
-    std::fs::write(with_ext(".json"), serde_json::to_string_pretty(&output)?)?;
-    let mut csv = String::from("format,round,write_ms,stored_bytes,restore_ms\n");
-    for r in &output.rows {
-        csv.push_str(&format!(
-            "{},{},{:.1},{},{:.1}\n",
-            r.format, r.round, r.write_ms, r.stored_bytes, r.restore_ms
-        ));
-    }
-    std::fs::write(with_ext(".csv"), csv)?;
+    let files = BenchFiles::new(&a.out)?;
+    files.write_json(&output)?;
+    files.write_csv(&output.rows)?;
     crate::chart::grouped_bars(
-        &with_ext(".svg"),
+        &files.svg(),
         &format!(
             "median ms ({} keys x {} B, {} slots, {} rounds)",
             a.keys, a.value_size, a.slots, a.rounds
@@ -259,12 +249,7 @@ pub fn run(a: &SavepointBenchArgs) -> BResult<()> {
             ),
         ],
     )?;
-    println!(
-        "wrote {}, {}, {}",
-        with_ext(".json").display(),
-        with_ext(".csv").display(),
-        with_ext(".svg").display()
-    );
+    files.announce();
     Ok(())
 }
 

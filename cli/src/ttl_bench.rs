@@ -28,6 +28,7 @@ use cairn_timers::ManualClock;
 use clap::Args;
 use serde::Serialize;
 
+use crate::bench_files::BenchFiles;
 use crate::stream::payload_into;
 
 /// `cairn bench ttl` flags.
@@ -145,23 +146,11 @@ pub fn run(a: &TtlBenchArgs) -> BResult<()> {
         summary,
         rows: &rows,
     };
-    let with_ext = |ext: &str| {
-        let mut p = a.out.clone().into_os_string();
-        p.push(ext);
-        PathBuf::from(p)
-    };
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(with_ext(".json"), serde_json::to_string_pretty(&out)?)?;
-    write_csv(&with_ext(".csv"), &rows)?;
-    plot(&with_ext(".svg"), a, &rows)?;
-    println!(
-        "wrote {}, {}, {}",
-        with_ext(".json").display(),
-        with_ext(".csv").display(),
-        with_ext(".svg").display()
-    );
+    let files = BenchFiles::new(&a.out)?;
+    files.write_json(&out)?;
+    files.write_csv(&rows)?;
+    plot(&files.svg(), a, &rows)?;
+    files.announce();
     Ok(())
 }
 
@@ -303,30 +292,6 @@ fn print_summary(a: &TtlBenchArgs, summary: &[Summary]) {
             s.wall_s
         );
     }
-}
-
-fn write_csv(path: &Path, rows: &[Row]) -> BResult<()> {
-    let mut s = String::from(
-        "variant,checkpoint,keys_written,keys_visible,uploaded_bytes,checkpoint_bytes,stored_bytes,sst_bytes,estimate_keys,sync_ms,async_ms\n",
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{:.2},{:.1}\n",
-            r.variant,
-            r.checkpoint,
-            r.keys_written,
-            r.keys_visible,
-            r.uploaded_bytes,
-            r.checkpoint_bytes,
-            r.stored_bytes,
-            r.sst_bytes,
-            r.estimate_keys,
-            r.sync_ms,
-            r.async_ms
-        ));
-    }
-    std::fs::write(path, s)?;
-    Ok(())
 }
 
 /// Three panels over the checkpoints, one line per variant: checkpoint size (what it
