@@ -166,19 +166,7 @@ pub fn read_counters_from(
     keys: u64,
 ) -> Result<Vec<Option<u64>>, Box<dyn Error>> {
     let max_p = cfg.state.max_parallelism.unwrap_or(128);
-    let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), max_p)?;
-    let restored = cp.resume_from(&CheckpointLocation::parse(job_url)?)?;
-    let mut opened = Vec::new();
-    for i in 0..slots {
-        let mut cfg = cfg.clone();
-        cfg.state.working_dir = work.join(format!("slot-{i}"));
-        let (files, _) = cp.download_slot_files(
-            &restored,
-            KeyGroupRange::for_slot(max_p, slots, i)?,
-            &cfg.state.working_dir.join("restore"),
-        )?;
-        opened.push(Slot::builder(&cfg).slot(i, slots).restore(files).open()?);
-    }
+    let (_cp, mut opened) = restore_slots(cfg, job_url, work, slots, |b| b)?;
     let mut out = Vec::new();
     for k in 0..keys {
         let slot = &mut opened[cairn::slot_for_key(&k, max_p, slots)? as usize];
