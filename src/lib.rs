@@ -79,6 +79,9 @@ pub use cairn_timers as timers;
 
 /// Bytes sizes in the configuration (`max-value-size`, memory budgets).
 pub use bytesize::ByteSize;
+pub use cairn_engine::backend::rocks::native_metrics::{
+    HistogramSummary, NativeMetrics, NativeMetricsConfig, NativeProperty,
+};
 pub use cairn_engine::checkpoint::{
     AbortReason, CancelOutcome, CheckpointConfig, CheckpointCoordinator, CheckpointEvent,
     CheckpointKind, CheckpointLocation, CheckpointReport, CheckpointSchedule, Checkpointer,

@@ -457,6 +457,9 @@ fn run_slot(
             if let Some(c) = slot.cache_stats() {
                 shared.metrics.observe_cache(index, &c);
             }
+            if let Some(m) = slot.native_metrics() {
+                shared.metrics.observe_native(index, &m);
+            }
         }
     }
     shared.processed.fetch_add(unreported, Ordering::Relaxed);
@@ -467,6 +470,9 @@ fn run_slot(
     let end_memory = slot.memory_report();
     if let Some(c) = slot.cache_stats() {
         shared.metrics.observe_cache(index, &c);
+    }
+    if let Some(m) = slot.native_metrics() {
+        shared.metrics.observe_native(index, &m);
     }
     peak_total = peak_total.max(shared.sample(index as usize, &end_memory));
     // After the final checkpoint, before the flush below empties the dirty set.

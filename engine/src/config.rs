@@ -18,6 +18,7 @@
 //! cfg.validate().unwrap();
 //! ```
 
+use crate::backend::rocks::native_metrics::NativeMetricsConfig;
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
@@ -338,6 +339,9 @@ pub struct RocksDbConfig {
     /// +65 % on the mixed job (most of its reads look for keys that do not exist yet). Flink:
     /// `state.backend.rocksdb.use-bloom-filter` (false) + `state.backend.rocksdb.bloom-filter.bits-per-key` (10).
     pub bloom_filter_bits_per_key: Option<f64>,
+    /// RocksDB's own metrics to export (native properties per state, statistics), all off by
+    /// default as in Flink: see [`NativeMetricsConfig`].
+    pub metrics: NativeMetricsConfig,
 }
 
 impl Default for RocksDbConfig {
@@ -359,6 +363,7 @@ impl Default for RocksDbConfig {
             universal_max_merge_width: None,
             universal_max_size_amplification_percent: None,
             bloom_filter_bits_per_key: None,
+            metrics: NativeMetricsConfig::default(),
         }
     }
 }

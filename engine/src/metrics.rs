@@ -1,5 +1,6 @@
 //! Prometheus metrics of a Cairn job: records processed, RocksDB memory against the budget,
-//! checkpoints (sizes, durations, failures) and restores.
+//! checkpoints (sizes, durations, failures) and restores, and RocksDB's own metrics when
+//! configured ([`Metrics::observe_native`]).
 //!
 //! One [`Metrics`] per job, shared by its slots and its checkpoint coordinator. It owns its own
 //! [`Registry`] (prefix `cairn_`) instead of the process-global one, so a host engine that
@@ -23,6 +24,7 @@ use prometheus::{
 };
 
 use crate::backend::rocks::cache::CacheStats;
+use crate::backend::rocks::native_metrics::{NativeMetrics, NativeProperty};
 use crate::checkpoint::CheckpointReport;
 
 /// Buckets for checkpoint phase durations, in seconds: 1 ms (an idle sync phase) to 5 min (an
@@ -62,6 +64,11 @@ pub struct Metrics {
     cache_counters: IntCounterVec,
     cache_gauges: IntGaugeVec,
     cache_flush_seconds: HistogramVec,
+    /// One gauge family per native property (`rocksdb_<property>`), in
+    /// [`NativeProperty::ALL`]'s order.
+    native_properties: Vec<IntGaugeVec>,
+    native_tickers: IntCounterVec,
+    native_histograms: prometheus::GaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -250,6 +257,49 @@ impl Metrics {
                 )
                 .expect("valid histogram vec"),
             ),
+            native_properties: NativeProperty::ALL
+                .iter()
+                .map(|p| {
+                    reg(
+                        &registry,
+                        IntGaugeVec::new(
+                            Opts::new(
+                                format!("rocksdb_{}", p.name().replace('-', "_")),
+                                format!(
+                                    "RocksDB property rocksdb.{} per slot and state.",
+                                    p.name()
+                                ),
+                            ),
+                            &["slot", "state"],
+                        )
+                        .expect("valid gauge vec"),
+                    )
+                })
+                .collect(),
+            native_tickers: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rocksdb_ticker_total",
+                        "RocksDB statistics tickers per slot (rocksdb.metrics.statistics), \
+                         ticker = RocksDB's name without `rocksdb.`.",
+                    ),
+                    &["slot", "ticker"],
+                )
+                .expect("valid counter vec"),
+            ),
+            native_histograms: reg(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "rocksdb_histogram",
+                        "RocksDB statistics histograms per slot since it opened \
+                         (rocksdb.metrics.statistics): stat = count, sum, p50, p95, p99, max.",
+                    ),
+                    &["slot", "histogram", "stat"],
+                )
+                .expect("valid gauge vec"),
+            ),
             registry,
         }
     }
@@ -350,6 +400,43 @@ impl Metrics {
         let seen = usize::try_from(h.get_sample_count()).unwrap_or(usize::MAX);
         for us in c.checkpoint_flush_us.iter().skip(seen) {
             h.observe(*us as f64 / 1e6);
+        }
+    }
+
+    /// Publishes a slot's RocksDB metrics ([`Slot::native_metrics`](crate::Slot::native_metrics)):
+    /// properties as gauges, tickers as counters (cumulative, as RocksDB counts them; only what
+    /// is new since the last call is added), histogram summaries as gauges.
+    pub fn observe_native(&self, slot: u32, m: &NativeMetrics) {
+        let slot = slot.to_string();
+        for (state, p, v) in &m.properties {
+            if let Some(i) = NativeProperty::ALL.iter().position(|q| q == p) {
+                self.native_properties[i]
+                    .with_label_values(&[slot.as_str(), state.as_str()])
+                    .set(saturating_i64(*v));
+            }
+        }
+        for &(ticker, total) in &m.tickers {
+            let counter = self
+                .native_tickers
+                .with_label_values(&[slot.as_str(), ticker]);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+        for h in &m.histograms {
+            for (stat, v) in [
+                ("count", h.count as f64),
+                ("sum", h.sum as f64),
+                ("p50", h.p50),
+                ("p95", h.p95),
+                ("p99", h.p99),
+                ("max", h.max),
+            ] {
+                self.native_histograms
+                    .with_label_values(&[slot.as_str(), h.name, stat])
+                    .set(v);
+            }
         }
     }
 

@@ -395,6 +395,11 @@ pub trait StateBackend: Send {
     fn cache_stats(&self) -> Option<rocks::cache::CacheStats> {
         None
     }
+    /// RocksDB's own metrics as `rocksdb.metrics` configures them (`None`: not RocksDB, or
+    /// nothing configured). Reads them now; see [`rocks::native_metrics`].
+    fn native_metrics(&self) -> Option<rocks::native_metrics::NativeMetrics> {
+        None
+    }
     /// Writes every buffered (cached, dirty) write into the backend's store; the checkpoint's
     /// sync phase calls it before taking the snapshot. Returns the entries written.
     fn flush_cache(&mut self) -> Result<u64> {

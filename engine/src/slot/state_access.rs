@@ -350,6 +350,13 @@ impl Slot {
         self.backend.cache_stats()
     }
 
+    /// RocksDB's own metrics of this slot as `rocksdb.metrics` configures them, read now
+    /// (`None` on the heap backend or with nothing configured); publish them with
+    /// [`Metrics::observe_native`](crate::Metrics::observe_native).
+    pub fn native_metrics(&self) -> Option<crate::backend::rocks::native_metrics::NativeMetrics> {
+        self.backend.native_metrics()
+    }
+
     /// Flushes buffered writes (the state cache's and timers' included) into the backend's
     /// files.
     pub fn flush(&mut self) -> Result<()> {

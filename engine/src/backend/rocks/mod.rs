@@ -44,6 +44,7 @@
 
 pub mod cache;
 mod files;
+pub mod native_metrics;
 mod options;
 pub mod rescale;
 mod ttl_filter;
@@ -56,7 +57,7 @@ use std::sync::{Arc, Mutex};
 
 use cairn_memory::{MemoryReport, SlotMemory};
 use rocksdb::{
-    ColumnFamilyDescriptor, DBWithThreadMode, MergeOperands, MultiThreaded, ReadOptions,
+    ColumnFamilyDescriptor, DBWithThreadMode, MergeOperands, MultiThreaded, Options, ReadOptions,
     WriteBatch, WriteOptions,
 };
 
@@ -183,6 +184,9 @@ pub struct RocksDbBackend {
     restored_ttl: HashSet<String>,
     /// Filters of restored column families opened with the database, taken by `create_state`.
     opened_filters: HashMap<String, Arc<TtlFilterShared>>,
+    /// The options the database was opened with: they hold its statistics (when
+    /// `rocksdb.metrics.statistics` is on).
+    db_opts: Options,
     _lock: File,
 }
 
@@ -310,6 +314,7 @@ impl RocksDbBackend {
             ttl_filters: Vec::new(),
             restored_ttl,
             opened_filters,
+            db_opts,
             _lock: lock,
         };
         // Registering the restored states gives them their ids (and creates the column
@@ -1007,6 +1012,14 @@ impl StateBackend for RocksDbBackend {
 
     fn cache_stats(&self) -> Option<CacheStats> {
         RocksDbBackend::cache_stats(self)
+    }
+
+    fn native_metrics(&self) -> Option<native_metrics::NativeMetrics> {
+        let config = &self.config.metrics;
+        config.is_enabled().then(|| {
+            let names: Vec<&str> = self.states.iter().map(|(n, _)| n.as_str()).collect();
+            native_metrics::collect(&self.db, &names, config, &self.db_opts)
+        })
     }
 
     fn flush_cache(&mut self) -> Result<u64> {

@@ -71,6 +71,9 @@ impl OptionsBuilder<'_> {
         db.set_log_level(LogLevel::Header);
         db.set_keep_log_file_num(2);
         db.set_max_log_file_size(8 << 20);
+        if self.config.metrics.statistics {
+            db.enable_statistics();
+        }
         match self.config.predefined_options {
             PredefinedOptions::Default => {}
             PredefinedOptions::SpinningDiskOptimized
