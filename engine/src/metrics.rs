@@ -528,6 +528,66 @@ mod tests {
         );
     }
 
+    /// Every metric `benches/grafana/cairn-rocksdb.json` queries is one Cairn publishes (a
+    /// renamed metric would leave a panel silently empty).
+    #[test]
+    fn the_grafana_dashboard_queries_published_metrics() {
+        use crate::backend::rocks::native_metrics::{
+            HistogramSummary, NativeMetrics, NativeProperty,
+        };
+        let m = Metrics::new();
+        m.add_records(0, 1);
+        let mut memory = cairn_memory::MemoryReport::default();
+        memory.budget_bytes = Some(1);
+        m.observe_memory(0, &memory);
+        m.observe_cache(0, &Default::default());
+        m.checkpoint_completed(&CheckpointReport::default());
+        m.observe_native(
+            0,
+            &NativeMetrics {
+                properties: NativeProperty::ALL
+                    .iter()
+                    .map(|&p| ("op/s".to_string(), p, 1))
+                    .collect(),
+                tickers: vec![("block.cache.hit", 1)],
+                histograms: vec![HistogramSummary {
+                    name: "db.get.micros",
+                    count: 1,
+                    sum: 1,
+                    p50: 1.0,
+                    p95: 1.0,
+                    p99: 1.0,
+                    max: 1.0,
+                }],
+            },
+        );
+        let published: std::collections::HashSet<String> = m
+            .registry()
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../benches/grafana/cairn-rocksdb.json"
+        );
+        let dashboard = std::fs::read_to_string(path).expect("the dashboard is in the repository");
+        let mut queried = 0;
+        for (i, _) in dashboard.match_indices("cairn_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(published.contains(family), "the dashboard queries {name}");
+            queried += 1;
+        }
+        assert!(queried > 20, "{queried} queries");
+    }
+
     #[test]
     fn cache_counters_add_only_what_is_new() {
         let m = Metrics::new();
