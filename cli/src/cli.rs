@@ -125,6 +125,10 @@ pub struct RunArgs {
     /// Fraction of the state cache that may be dirty (state-cache.max-dirty-ratio).
     #[arg(long, value_name = "RATIO", allow_negative_numbers = true)]
     pub max_dirty_ratio: Option<f64>,
+    /// Dirty bound of the state cache in bytes, e.g. `8MiB`; replaces the ratio
+    /// (state-cache.max-dirty-bytes).
+    #[arg(long, value_name = "SIZE")]
+    pub max_dirty_bytes: Option<ByteSize>,
     /// Seed of the record stream.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -347,6 +351,10 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     if let Some(r) = args.max_dirty_ratio {
         config.state_cache.max_dirty_ratio = r;
         set_by.push(("state-cache.max-dirty-ratio", "--max-dirty-ratio"));
+    }
+    if let Some(b) = args.max_dirty_bytes {
+        config.state_cache.max_dirty_bytes = Some(b);
+        set_by.push(("state-cache.max-dirty-bytes", "--max-dirty-bytes"));
     }
     if let Some(d) = &args.checkpoint_dir {
         config.checkpoint.dir = d.clone();

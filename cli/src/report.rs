@@ -77,7 +77,7 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `state_cache` | the RocksDB backend's write-back state cache, all slots ([`CacheSummary`]); `null` when off or heap |
 /// | `state_cache.{hits,misses,hit_rate}` | reads answered from the cache / from RocksDB, and `hits / (hits + misses)` |
 /// | `state_cache.{evictions,evicted_dirty}` | entries evicted, and the dirty ones among them (written to RocksDB) |
-/// | `state_cache.{dirty_flushes,dirty_flushed_entries}` | rounds of write-back because the dirty bound (`state-cache.max-dirty-ratio`) was passed, and the entries they wrote |
+/// | `state_cache.{dirty_flushes,dirty_flushed_entries}` | rounds of write-back because the dirty bound (`state-cache.max-dirty-bytes`, else `max-dirty-ratio`) was passed, and the entries they wrote |
 /// | `state_cache.writes_cancelled` | pending writes dropped because their key was deleted before the write-back while RocksDB held nothing for it |
 /// | `state_cache.checkpoint_flush_ms.{count,p50,p99,max,mean}` | the sync-phase cache flush of each (slot, checkpoint), in ms; `checkpoint_flushed_entries` entries in all |
 /// | `state_cache.checkpoint_flush_ms_each[]` | every one of those flushes in ms, slot after slot, in checkpoint order |

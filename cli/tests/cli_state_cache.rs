@@ -112,6 +112,29 @@ fn run_reports_the_cache_and_keeps_the_same_state_without_it() -> TestResult {
     Ok(())
 }
 
+/// A dirty bound in bytes replaces the ratio: 3,000 dirty counters (~300 KB with their overhead)
+/// stay under the default bound (0.1 of a 12.8 MiB cache) and are written back only at
+/// checkpoints, while an 8 KiB bound writes them back many times in between; the final state is
+/// the same.
+#[test]
+fn a_dirty_bound_in_bytes_replaces_the_ratio() -> TestResult {
+    let ratio_dir = tempfile::tempdir()?;
+    let (ratio, _) = run(ratio_dir.path(), &[])?;
+    let bytes_dir = tempfile::tempdir()?;
+    let (bytes, _) = run(bytes_dir.path(), &["--max-dirty-bytes", "8KiB"])?;
+    assert_eq!(
+        f64_at(&ratio, "/state_cache/dirty_flushes"),
+        0.0,
+        "{ratio:#}"
+    );
+    assert!(
+        f64_at(&bytes, "/state_cache/dirty_flushes") > 10.0,
+        "{bytes:#}"
+    );
+    assert_eq!(ratio["checksum"], bytes["checksum"], "same final state");
+    Ok(())
+}
+
 #[test]
 fn bad_cache_ratios_are_usage_errors_naming_the_setting() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -120,6 +143,7 @@ fn bad_cache_ratios_are_usage_errors_naming_the_setting() -> TestResult {
         ("--state-cache-ratio", "0.95", "memory.state-cache-ratio"),
         ("--state-cache-ratio", "-0.1", "memory.state-cache-ratio"),
         ("--max-dirty-ratio", "0", "state-cache.max-dirty-ratio"),
+        ("--max-dirty-bytes", "1KiB", "state-cache.max-dirty-bytes"),
     ] {
         let out = cairn(&[
             "--records",

@@ -82,12 +82,18 @@ pub struct StateCacheConfig {
     /// `statestore.uncommitted.max.bytes` is the closest); RisingWave: the 64 MiB dirty-groups
     /// limit of its hash aggregation.
     pub max_dirty_ratio: f64,
+    /// The dirty bound in bytes; when set it replaces `max-dirty-ratio` (capped at the cache's
+    /// capacity). The checkpoint pause grows with the dirty bytes, not with the cache: a bound
+    /// in bytes keeps the pause where it is when a larger budget makes the cache larger.
+    /// Default: unset (the ratio applies). At least 4 KiB.
+    pub max_dirty_bytes: Option<ByteSize>,
 }
 
 impl Default for StateCacheConfig {
     fn default() -> Self {
         Self {
             max_dirty_ratio: DEFAULT_MAX_DIRTY_RATIO,
+            max_dirty_bytes: None,
         }
     }
 }
@@ -104,9 +110,40 @@ impl StateCacheConfig {
                 "(0, 1]",
             ));
         }
+        if let Some(b) = self.max_dirty_bytes
+            && b.as_u64() < MIN_MAX_DIRTY_BYTES
+        {
+            return Err(EngineError::config(
+                "state-cache.max-dirty-bytes",
+                b,
+                format!(">= {}", ByteSize::b(MIN_MAX_DIRTY_BYTES)),
+            ));
+        }
         Ok(())
     }
+
+    /// The dirty bound, bytes, of a cache of `capacity` bytes: `max-dirty-bytes` if set
+    /// (at most the capacity), else `max-dirty-ratio` of the capacity.
+    ///
+    /// ```
+    /// use bytesize::ByteSize;
+    /// use cairn_engine::config::StateCacheConfig;
+    /// let mut c = StateCacheConfig::default();
+    /// assert_eq!(c.dirty_bound(100 << 20), 10 << 20); // the default ratio, 0.1
+    /// c.max_dirty_bytes = Some(ByteSize::mib(4));
+    /// assert_eq!(c.dirty_bound(100 << 20), 4 << 20);
+    /// assert_eq!(c.dirty_bound(1 << 20), 1 << 20); // capped at the capacity
+    /// ```
+    pub fn dirty_bound(&self, capacity: u64) -> u64 {
+        match self.max_dirty_bytes {
+            Some(b) => b.as_u64().min(capacity),
+            None => (capacity as f64 * self.max_dirty_ratio) as u64,
+        }
+    }
 }
+
+/// Smallest `state-cache.max-dirty-bytes`: a few entries; below it every write would flush.
+pub const MIN_MAX_DIRTY_BYTES: u64 = 4096;
 
 /// Which state backend a slot uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

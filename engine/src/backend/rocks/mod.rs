@@ -292,7 +292,7 @@ impl RocksDbBackend {
         write_opts.disable_wal(true);
         let capacity = p.memory.state_cache_bytes();
         let cache = (capacity > 0).then(|| {
-            let max_dirty = (capacity as f64 * p.state_cache.max_dirty_ratio) as u64;
+            let max_dirty = p.state_cache.dirty_bound(capacity);
             StateCache::new(capacity, max_dirty)
         });
         let mut backend = Self {
