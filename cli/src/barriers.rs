@@ -67,6 +67,8 @@ pub struct Barriers {
     pub final_savepoint: Option<(SavepointLocation, SavepointKind, CairnConfig)>,
     /// What the final savepoint wrote.
     pub savepoint: Mutex<Option<SavepointReport>>,
+    /// Every barrier published: (checkpoint id, position).
+    published: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Barriers {
@@ -86,6 +88,7 @@ impl Barriers {
                 replies: Mutex::new(tx),
                 final_savepoint: None,
                 savepoint: Mutex::new(None),
+                published: Mutex::new(Vec::new()),
                 compact: (0..slots).map(|_| AtomicBool::new(false)).collect(),
                 compacted: Mutex::new(Vec::new()),
             },
@@ -94,8 +97,16 @@ impl Barriers {
     }
 
     fn publish(&self, pos: u64, id: u64) {
+        if let Ok(mut p) = self.published.lock() {
+            p.push((id, pos));
+        }
         self.pos.store(pos, Ordering::Release);
         self.id.store(id, Ordering::Release);
+    }
+
+    /// Every barrier published: (checkpoint id, stream position).
+    pub fn positions_by_id(&self) -> Vec<(u64, u64)> {
+        self.published.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Called by a slot before record `g` (and at the end of the stream with `g = records`):

@@ -71,6 +71,7 @@ use crate::workload::{Checksum, OpCounts, Skew, WorkloadKind};
 /// | `checksum` | `{digest, entries, counter_total}` of the final state (see `workload::checksum`); `null` with `--no-checksum`. `update`: `counter_total == records`; `mixed`: `counter_total == ops.value_rmw` |
 /// | `per_slot[]` | `{index, key_groups, records, working_dir, state_bytes_on_disk, memory_peak_bytes, memory}` with the slot's `MemoryReport` at the end of the run |
 /// | `job_url` | `<checkpoint dir>/<job>` of this run's checkpoints (`null` with `--checkpoint-interval off`) |
+/// | `upload_floor` | per checkpoint `{id, position, changed_keys, changed_bytes, uploaded_bytes, amplification}` and `median_amplification`: uploads against the serialized bytes of the entries changed since the previous checkpoint (`update`/`load` with checkpoints, else `null`) |
 /// | `checkpoints[]` | per completed checkpoint: `{id, completed_at_ms, incremental_bytes, full_bytes, files_uploaded, files_reused, files_copied, bytes_copied, sync_ms, async_ms, upload_mb_per_s, rebase, files_reuploaded, bytes_reuploaded, space_amplification, compact_slots, kept_locally}`; `rebase` says why the checkpoint rebased (`null` if it did not); the last is the final checkpoint |
 /// | `restored_from` | `{source, checkpoint_id, position, bytes_downloaded, download_s, slots[]}` with `--restore-from`, else `null`; `slots[]`: `{key_groups, path ("local"/"remote"), ms, bytes, local_rejected?, rescale?}`; `rescale` (a RocksDB checkpoint of other key groups): `{parts[]: {old_slot, key_groups, path ("base"/"ingest"/"insert"), ms, files_ingested, entries_inserted}, clip_ms}` |
 /// | `savepoint` | with `--savepoint`: `{location, kind, checkpoint_id, parallelism, files, stored_bytes, entries, timers, seconds}`, else `null` |
@@ -144,6 +145,9 @@ pub struct RunSummary {
     pub savepoint: Option<cairn_engine::savepoint::SavepointReport>,
     /// The state cache's counters (RocksDB with the cache on).
     pub state_cache: Option<CacheSummary>,
+    /// Each checkpoint's upload against the bytes that changed since the previous one
+    /// (`update` and `load` with checkpoints; see [`crate::upload_floor`]).
+    pub upload_floor: Option<crate::upload_floor::UploadFloor>,
 }
 
 /// The write-back state caches of a run, all slots (see [`RunSummary`] for each field).
@@ -762,6 +766,19 @@ impl RunSummary {
                     let _ = writeln!(w, "  chk-{} rebased: {why}", c.id);
                 }
             }
+        }
+        if let Some(a) = self
+            .upload_floor
+            .as_ref()
+            .and_then(|f| f.median_amplification)
+        {
+            row(
+                w,
+                "upload amplification",
+                format!(
+                    "{a:.2}x the changed entries' bytes (median over the checkpoints after the first)"
+                ),
+            );
         }
         o
     }

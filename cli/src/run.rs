@@ -37,6 +37,7 @@ use hdrhistogram::Histogram;
 
 use crate::barriers::{self, BarrierCursor, Barriers};
 use crate::report::{LatencySummary, MemorySummary, RestoreSummary, RunSummary, SlotSummary};
+use crate::upload_floor;
 use crate::workload::{self, Checksum, Driver, OpCounts, WorkloadKind, WorkloadSpec};
 
 /// One record in this many (per slot) has its latency timed.
@@ -380,6 +381,19 @@ pub fn run(opts: &RunOptions, on_progress: &dyn Fn(u64, &str)) -> Result<RunSumm
         .as_ref()
         .map(|c| c.checkpointer().reports().to_vec())
         .unwrap_or_default();
+    let positions = barriers.positions_by_id();
+    let completed: Vec<(u64, u64, u64)> = summary
+        .checkpoints
+        .iter()
+        .filter_map(|r| {
+            let pos = positions.iter().find(|(id, _)| *id == r.id)?.1;
+            Some((r.id, pos.min(opts.spec.records), r.incremental_bytes))
+        })
+        .collect();
+    if !completed.is_empty() {
+        summary.upload_floor =
+            upload_floor::compute(&opts.spec, start_position, max_parallelism, &completed);
+    }
     summary.job_url = job_url;
     summary.restored_from = restore_summary;
     summary.savepoint = barriers.savepoint.lock().ok().and_then(|mut s| s.take());
@@ -673,6 +687,7 @@ fn summarize(
         checkpoints: Vec::new(),
         restored_from: None,
         savepoint: None,
+        upload_floor: None,
         state_cache: {
             let mut stats = outcomes.iter().filter_map(|o| o.cache.as_ref()).peekable();
             stats.peek().is_some().then(|| {

@@ -124,6 +124,16 @@ fn update_workload_on_both_backends_counts_every_record() -> TestResult {
         let entries = u64_at(&v, "/checksum/entries");
         assert!((KEYS * 9 / 10..=KEYS).contains(&entries), "{entries}");
         assert_eq!(u64_at(&v, "/ops/value_rmw"), RECORDS);
+        // The final checkpoint covers every record since the run's start (the only one at
+        // this size, or the last): its changed keys are the distinct keys of its interval.
+        let floor = &v["upload_floor"]["checkpoints"];
+        let last = floor
+            .as_array()
+            .and_then(|a| a.last())
+            .ok_or("upload_floor.checkpoints")?;
+        assert_eq!(u64_at(last, "/position"), RECORDS);
+        assert!(u64_at(last, "/changed_keys") <= KEYS, "{last}");
+        assert!(u64_at(last, "/changed_bytes") > 0, "{last}");
         digests.push(v["checksum"]["digest"].clone());
     }
     assert_eq!(
