@@ -54,6 +54,9 @@ pub enum BenchCommand {
     /// A churning keyed state with and without state TTL over many checkpoints: stored and
     /// uploaded bytes (JSON, CSV, SVG).
     Ttl(crate::ttl_bench::TtlBenchArgs),
+    /// The keyed counter on the heap backend and on RocksDB with the state cache against a
+    /// plain hash map fed the same stream (JSON, CSV, SVG).
+    MemorySpeed(crate::memspeed_bench::MemorySpeedArgs),
 }
 
 /// `cairn bench checkpoint` flags.
@@ -190,6 +193,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         BenchCommand::Rescale(a) => crate::rescale_bench::run(&a),
         BenchCommand::Savepoint(a) => crate::savepoint_bench::run(&a),
         BenchCommand::Ttl(a) => crate::ttl_bench::run(&a),
+        BenchCommand::MemorySpeed(a) => crate::memspeed_bench::run(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ pub mod cache_bench;
 pub mod chart;
 pub mod checkpoints_cmd;
 pub mod cli;
+pub mod memspeed_bench;
 pub mod metrics_server;
 pub mod rebase_bench;
 pub mod report;
