@@ -3,6 +3,7 @@
 //! other host; nothing here is part of that API.
 #![deny(missing_docs)]
 
+pub mod allocator;
 pub mod barriers;
 pub mod bench_cmd;
 pub mod bench_files;
