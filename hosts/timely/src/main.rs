@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use cairn::snapshot::SystemClock;
 use cairn::{BackendKind, CairnConfig, CheckpointConfig, TimerServiceKind};
@@ -60,6 +61,9 @@ struct JobArgs {
     /// another shape; default: the stream's end.
     #[arg(long)]
     stop_after_epoch: Option<u64>,
+    /// Emit at most one epoch per this many ms (a live source's pace; 0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    epoch_ms: u64,
 }
 
 impl JobArgs {
@@ -85,6 +89,9 @@ impl JobArgs {
             format!("--vocab={}", self.vocab),
             format!("--checkpoint-every={}", self.checkpoint_every),
         ];
+        if self.epoch_ms > 0 {
+            a.push(format!("--epoch-ms={}", self.epoch_ms));
+        }
         if let Some(s) = self.stop_after_epoch {
             a.push(format!("--stop-after-epoch={s}"));
         }
@@ -219,6 +226,7 @@ fn run(a: RunArgs) -> Result<()> {
         last_epoch: last,
         progress: a.progress,
     };
+    let pace = (a.job_args.epoch_ms > 0).then(|| Duration::from_millis(a.job_args.epoch_ms));
     let communication = if a.processes <= 1 {
         timely::CommunicationConfig::Process(a.workers)
     } else {
@@ -251,7 +259,7 @@ fn run(a: RunArgs) -> Result<()> {
     let guards = timely::execute(config, move |worker| {
         // An error in one worker fails the process (see the panic hook in main): its peers
         // would otherwise wait for it forever.
-        if let Err(e) = run_worker(worker, &spec, params) {
+        if let Err(e) = run_worker(worker, &spec, params, pace) {
             panic!("worker {}: {e}", worker.index());
         }
         Ok::<(), String>(())

@@ -103,6 +103,9 @@ pub struct SourceSpec<G> {
     pub last_epoch: u64,
     /// How many epochs past the committed frontier the source may run.
     pub max_ahead: u64,
+    /// At most one epoch per this interval (a live source's pace; timely's scheduler times
+    /// it); `None`: as fast as the committed frontier allows.
+    pub pace: Option<Duration>,
     /// The record at `(split, offset)`.
     pub generate: G,
 }
@@ -125,6 +128,7 @@ where
         start_epoch,
         last_epoch,
         max_ahead,
+        pace,
         generate,
     } = spec;
     let expected = start_epoch * per_epoch;
@@ -141,8 +145,9 @@ where
         let mut next = start_epoch;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
-            // A few epochs per activation at most, so the worker gets to its other operators.
-            for _ in 0..4 {
+            // A few epochs per activation at most, so the worker gets to its other operators;
+            // one when paced.
+            for _ in 0..if pace.is_some() { 1 } else { 4 } {
                 if next > last_epoch || committed.less_than(&next.saturating_sub(max_ahead)) {
                     break;
                 }
@@ -163,6 +168,8 @@ where
             }
             if next > last_epoch {
                 cap = None;
+            } else if let Some(p) = pace {
+                activator.activate_after(p);
             } else if committed.less_than(&next.saturating_sub(max_ahead)) {
                 activator.activate_after(Duration::from_millis(1));
             } else {

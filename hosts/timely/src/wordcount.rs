@@ -172,6 +172,7 @@ pub fn run_worker(
     worker: &mut timely::worker::Worker,
     spec: &RunSpec,
     params: WordCountParams,
+    pace: Option<std::time::Duration>,
 ) -> Result<()> {
     let run: WorkerRun = crate::run::open_worker(worker, spec)?;
     if !run.plan.has_work() {
@@ -206,6 +207,7 @@ pub fn run_worker(
                 start_epoch: plan.start_epoch(),
                 last_epoch: plan.last_epoch(),
                 max_ahead: MAX_AHEAD,
+                pace,
                 generate: move |split, offset| word_at(&params, split, offset),
             },
             shared.clone(),

@@ -20,7 +20,7 @@ type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 const EXE: &str = env!("CARGO_BIN_EXE_cairn-timely");
 
 /// The job of these tests: 8 splits x 250 records x 60 epochs = 120,000 words, windows of 5
-/// epochs, a checkpoint every 4 epochs.
+/// epochs, a checkpoint every 4 epochs, an epoch every 50 ms at most.
 const PARAMS: WordCountParams = WordCountParams {
     seed: 11,
     splits: 8,
@@ -40,6 +40,8 @@ fn job_args(extra: &[&str]) -> Vec<String> {
         format!("--window={}", p.window),
         format!("--vocab={}", p.vocab),
         "--checkpoint-every=4".into(),
+        // A live source's pace: the run lasts about 3 s, so a kill lands in it.
+        "--epoch-ms=50".into(),
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -137,8 +139,8 @@ fn failover_2x2_sigkill_restores_exact_output() -> R {
         "--shape=2x2".to_string(),
         "--kills=1".into(),
         format!("--kill-seed={seed}"),
-        "--kill-min-ms=1000".into(),
-        "--kill-max-ms=4000".into(),
+        "--kill-min-ms=700".into(),
+        "--kill-max-ms=2500".into(),
     ];
     args.extend(job_args(&[]));
     let report = supervise(&run_dir, &storage, &args)?;
