@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use cairn::snapshot::{Clock, SystemClock};
 use cairn::{CheckpointCoordinator, CheckpointEvent, CheckpointKind, SlotAck, SlotReply};
 use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use crate::error::{HostError, Result};
 use crate::messages::{Committed, Control};
@@ -77,47 +77,53 @@ pub fn committer<'scope>(
         attempt,
         progress,
     } = setup;
-    control.unary_frontier(Exchange::new(|_: &Control| 0), "CairnCommitter", move |_cap, _info| {
-        let mut acks: BTreeMap<u64, BTreeMap<u32, String>> = BTreeMap::new();
-        let mut staged: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each(|c, data| {
-                let Some(&t) = c.least() else { return };
-                held.entry(t).or_insert_with(|| c.delayed(&t, 0));
-                for m in data.drain(..) {
-                    match m {
-                        Control::SlotAck(a) => {
-                            acks.entry(a.epoch).or_default().insert(a.slot, a.ack_json);
-                        }
-                        Control::SinkStaged { epoch, worker } => {
-                            staged.entry(epoch).or_default().insert(worker);
-                        }
-                    }
-                }
-            });
-            while let Some((&e, _)) = held.first_key_value() {
-                if frontier.less_equal(&e) {
-                    break;
-                }
-                let Some((e, cap)) = held.pop_first() else { break };
-                let Some(coordinator) = coordinator.as_mut() else {
-                    panic!("committer: messages for epoch {e} reached a worker other than 0");
-                };
-                let acks = acks.remove(&e).unwrap_or_default();
-                let staged = staged.remove(&e).unwrap_or_default();
-                match commit(coordinator, &plan, peers, e, acks, staged) {
-                    Ok((committed, record)) => {
-                        output.session(&cap).give(committed);
-                        if let Some(p) = &progress {
-                            log_commit(p, &CommitRecord { attempt, ..record });
+    control.unary_frontier(
+        Exchange::new(|_: &Control| 0),
+        "CairnCommitter",
+        move |_cap, _info| {
+            let mut acks: BTreeMap<u64, BTreeMap<u32, String>> = BTreeMap::new();
+            let mut staged: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+            let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|c, data| {
+                    let Some(&t) = c.least() else { return };
+                    held.entry(t).or_insert_with(|| c.delayed(&t, 0));
+                    for m in data.drain(..) {
+                        match m {
+                            Control::SlotAck(a) => {
+                                acks.entry(a.epoch).or_default().insert(a.slot, a.ack_json);
+                            }
+                            Control::SinkStaged { epoch, worker } => {
+                                staged.entry(epoch).or_default().insert(worker);
+                            }
                         }
                     }
-                    Err(err) => panic!("committer, checkpoint epoch {e}: {err}"),
+                });
+                while let Some((&e, _)) = held.first_key_value() {
+                    if frontier.less_equal(&e) {
+                        break;
+                    }
+                    let Some((e, cap)) = held.pop_first() else {
+                        break;
+                    };
+                    let Some(coordinator) = coordinator.as_mut() else {
+                        panic!("committer: messages for epoch {e} reached a worker other than 0");
+                    };
+                    let acks = acks.remove(&e).unwrap_or_default();
+                    let staged = staged.remove(&e).unwrap_or_default();
+                    match commit(coordinator, &plan, peers, e, acks, staged) {
+                        Ok((committed, record)) => {
+                            output.session(&cap).give(committed);
+                            if let Some(p) = &progress {
+                                log_commit(p, &CommitRecord { attempt, ..record });
+                            }
+                        }
+                        Err(err) => panic!("committer, checkpoint epoch {e}: {err}"),
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Commits checkpoint epoch `e` from every slot's ack.
@@ -129,9 +135,9 @@ fn commit(
     acks: BTreeMap<u32, String>,
     staged: BTreeSet<u32>,
 ) -> Result<(Committed, CommitRecord)> {
-    let expected = plan
-        .id_for(e)
-        .ok_or_else(|| HostError::Protocol(format!("acks for epoch {e}, which is no checkpoint")))?;
+    let expected = plan.id_for(e).ok_or_else(|| {
+        HostError::Protocol(format!("acks for epoch {e}, which is no checkpoint"))
+    })?;
     if acks.len() != peers as usize || staged.len() != peers as usize {
         return Err(HostError::Protocol(format!(
             "{} of {peers} slot acks and {} of {peers} sinks staged when the frontier passed the epoch",

@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use cairn::{ScopeKey, Slot, TimeDomain, Timer};
 use serde::Serialize;
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::{StreamVec};
 
 use crate::messages::{AckMsg, Keyed};
 use crate::plan::CheckpointPlan;
@@ -113,7 +113,8 @@ where
         let key = self.key;
         // An unserializable key can't be routed; it goes to worker 0, whose slot then refuses
         // it (the key group is not its own) and the job fails with Cairn's error.
-        let route = move |r: &L::In| cairn::slot_for_key(&key(r), max_p, peers).map_or(0, u64::from);
+        let route =
+            move |r: &L::In| cairn::slot_for_key(&key(r), max_p, peers).map_or(0, u64::from);
         let scope = input.scope();
         input.unary_frontier(Exchange::new(route), &self.name, move |cap, info| {
             let activator = scope.activator_for(info.address.clone());
@@ -138,20 +139,25 @@ where
                             panic!("keyed operator, epoch {t}: {e}");
                         }
                     }
-                    let fired = slot.fire_timers(TimeDomain::EventTime, t as i64, |s, scope, timer| {
-                        logic.on_timer(s, scope, timer, &mut rows)
-                    });
+                    let fired =
+                        slot.fire_timers(TimeDomain::EventTime, t as i64, |s, scope, timer| {
+                            logic.on_timer(s, scope, timer, &mut rows)
+                        });
                     if let Err(e) = fired {
                         panic!("keyed operator, timers of epoch {t}: {e}");
                     }
                     if !rows.is_empty() {
-                        output.session(&*c).give_iterator(rows.drain(..).map(Keyed::Row));
+                        output
+                            .session(&*c)
+                            .give_iterator(rows.drain(..).map(Keyed::Row));
                     }
                     if let Some(id) = plan.id_for(t) {
                         let at = positions.borrow_mut().take(t).unwrap_or_default();
                         let snapshot = store_positions(slot.operator_state_mut(), &at)
                             .map_err(|e| e.to_string())
-                            .and_then(|()| slot.snapshot_for_checkpoint(id).map_err(|e| e.to_string()));
+                            .and_then(|()| {
+                                slot.snapshot_for_checkpoint(id).map_err(|e| e.to_string())
+                            });
                         match snapshot.map(|s| uploads.upload(t, s)) {
                             Ok(Ok(())) => {
                                 pending.insert(t, c.clone());
@@ -170,12 +176,15 @@ where
                 match uploads.finished() {
                     Ok(done) => {
                         for (epoch, ack) in done {
-                            let ack = ack.unwrap_or_else(|e| panic!("upload of checkpoint epoch {epoch}: {e}"));
+                            let ack = ack.unwrap_or_else(|e| {
+                                panic!("upload of checkpoint epoch {epoch}: {e}")
+                            });
                             let Some(c) = pending.remove(&epoch) else {
                                 panic!("an upload of epoch {epoch} this operator never started");
                             };
-                            let ack_json = serde_json::to_string(&ack)
-                                .unwrap_or_else(|e| panic!("encoding the ack of epoch {epoch}: {e}"));
+                            let ack_json = serde_json::to_string(&ack).unwrap_or_else(|e| {
+                                panic!("encoding the ack of epoch {epoch}: {e}")
+                            });
                             output.session(&c).give(Keyed::Ack(AckMsg {
                                 epoch,
                                 slot: ack.handle.slot,

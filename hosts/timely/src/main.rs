@@ -10,12 +10,15 @@ use cairn::snapshot::SystemClock;
 use cairn::{BackendKind, CairnConfig, CheckpointConfig, TimerServiceKind};
 use cairn_timely::run::RunSpec;
 use cairn_timely::supervisor::{Kills, Shape, SupervisorConfig, supervise};
-use cairn_timely::wordcount::{WordCountParams, check_output, run_worker};
+use cairn_timely::wordcount::{SourcePace, WordCountParams, check_output, run_worker};
 use cairn_timely::{HostError, Result};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cairn-timely", about = "Cairn under timely-dataflow: the windowed word count across processes")]
+#[command(
+    name = "cairn-timely",
+    about = "Cairn under timely-dataflow: the windowed word count across processes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -61,6 +64,9 @@ struct JobArgs {
     /// another shape; default: the stream's end.
     #[arg(long)]
     stop_after_epoch: Option<u64>,
+    /// How many epochs the source may run ahead of the committed frontier.
+    #[arg(long, default_value_t = 8)]
+    max_ahead: u64,
     /// Emit at most one epoch per this many ms (a live source's pace; 0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     epoch_ms: u64,
@@ -89,6 +95,7 @@ impl JobArgs {
             format!("--vocab={}", self.vocab),
             format!("--checkpoint-every={}", self.checkpoint_every),
         ];
+        a.push(format!("--max-ahead={}", self.max_ahead));
         if self.epoch_ms > 0 {
             a.push(format!("--epoch-ms={}", self.epoch_ms));
         }
@@ -226,7 +233,10 @@ fn run(a: RunArgs) -> Result<()> {
         last_epoch: last,
         progress: a.progress,
     };
-    let pace = (a.job_args.epoch_ms > 0).then(|| Duration::from_millis(a.job_args.epoch_ms));
+    let pace = SourcePace {
+        max_ahead: a.job_args.max_ahead,
+        pace: (a.job_args.epoch_ms > 0).then(|| Duration::from_millis(a.job_args.epoch_ms)),
+    };
     let communication = if a.processes <= 1 {
         timely::CommunicationConfig::Process(a.workers)
     } else {
@@ -235,7 +245,11 @@ fn run(a: RunArgs) -> Result<()> {
         })?;
         let text = std::fs::read_to_string(&hostfile)
             .map_err(|e| HostError::InvalidArgument(format!("{}: {e}", hostfile.display())))?;
-        let addresses: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+        let addresses: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect();
         if addresses.len() != a.processes {
             return Err(HostError::InvalidArgument(format!(
                 "{}: {} addresses for --processes {}",
@@ -310,12 +324,15 @@ fn supervise_cmd(a: SuperviseArgs) -> Result<bool> {
     if a.verify {
         let check = check_output(&run_dir.join("sink").join("committed"), &params)?;
         ok &= check.exact();
-        out["output"] = serde_json::to_value(&check).map_err(|e| HostError::Protocol(e.to_string()))?;
+        out["output"] =
+            serde_json::to_value(&check).map_err(|e| HostError::Protocol(e.to_string()))?;
     }
-    let text = serde_json::to_string_pretty(&out).map_err(|e| HostError::Protocol(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&out).map_err(|e| HostError::Protocol(e.to_string()))?;
     println!("{text}");
     if let Some(p) = a.report {
-        std::fs::write(&p, &text).map_err(|e| HostError::InvalidArgument(format!("{}: {e}", p.display())))?;
+        std::fs::write(&p, &text)
+            .map_err(|e| HostError::InvalidArgument(format!("{}: {e}", p.display())))?;
     }
     Ok(ok)
 }
@@ -324,7 +341,8 @@ fn verify(a: VerifyArgs) -> Result<bool> {
     let params = a.job_args.params();
     params.validate()?;
     let check = check_output(&a.sink_dir.join("committed"), &params)?;
-    let text = serde_json::to_string_pretty(&check).map_err(|e| HostError::Protocol(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&check).map_err(|e| HostError::Protocol(e.to_string()))?;
     println!("{text}");
     Ok(check.exact())
 }

@@ -64,7 +64,9 @@ impl CheckpointPlan {
 
     /// Whether epoch `e` of this run is a checkpoint.
     pub fn is_checkpoint(&self, e: u64) -> bool {
-        e >= self.start_epoch && e <= self.last_epoch && ((e + 1) % self.every == 0 || e == self.last_epoch)
+        e >= self.start_epoch
+            && e <= self.last_epoch
+            && ((e + 1) % self.every == 0 || e == self.last_epoch)
     }
 
     /// The checkpoint id of checkpoint epoch `e` (`None` if `e` is not one).
@@ -86,7 +88,9 @@ mod tests {
     /// Every checkpoint epoch gets the next id, in order, with the last epoch included.
     #[test]
     fn ids_are_consecutive_in_epoch_order() -> Result<()> {
-        for (every, start, last, first) in [(3, 0, 20, 1), (4, 5, 30, 9), (1, 2, 9, 3), (5, 7, 7, 2)] {
+        for (every, start, last, first) in
+            [(3, 0, 20, 1), (4, 5, 30, 9), (1, 2, 9, 3), (5, 7, 7, 2)]
+        {
             let plan = CheckpointPlan::new(every, start, last, first)?;
             let ids: Vec<u64> = (0..=last + 3).filter_map(|e| plan.id_for(e)).collect();
             let expected: Vec<u64> = (first..first + ids.len() as u64).collect();

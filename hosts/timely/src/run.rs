@@ -118,7 +118,12 @@ pub fn open_worker(worker: &mut Worker, spec: &RunSpec) -> Result<WorkerRun> {
         .as_ref()
         .map_or(1, |r| r.metadata.checkpoint_id + 1);
     let start_epoch = restored_epoch.map_or(0, |e| e + 1);
-    let plan = CheckpointPlan::new(spec.checkpoint_every, start_epoch, spec.last_epoch, first_id)?;
+    let plan = CheckpointPlan::new(
+        spec.checkpoint_every,
+        start_epoch,
+        spec.last_epoch,
+        first_id,
+    )?;
     let sink = SinkDir::create(&spec.sink_dir)?;
 
     let mut coordinator = None;
@@ -128,7 +133,8 @@ pub fn open_worker(worker: &mut Worker, spec: &RunSpec) -> Result<WorkerRun> {
         let mut checkpointer = Checkpointer::open(&cfg.checkpoint, &spec.job, max_p)?;
         if let Some(l) = &location {
             let r = checkpointer.resume_from(l)?;
-            if Some(r.metadata.checkpoint_id) != restored.as_ref().map(|r| r.metadata.checkpoint_id) {
+            if Some(r.metadata.checkpoint_id) != restored.as_ref().map(|r| r.metadata.checkpoint_id)
+            {
                 return Err(HostError::Protocol(format!(
                     "the committer resumed checkpoint {}, the workers read another",
                     r.metadata.checkpoint_id
@@ -156,8 +162,12 @@ pub fn open_worker(worker: &mut Worker, spec: &RunSpec) -> Result<WorkerRun> {
         Some(r) => {
             let range = KeyGroupRange::for_slot(max_p, peers, index)
                 .map_err(|e| HostError::InvalidArgument(e.to_string()))?;
-            let files =
-                uploader.restore(&cfg.checkpoint, r, range, &wcfg.state.working_dir.join("restore"))?;
+            let files = uploader.restore(
+                &cfg.checkpoint,
+                r,
+                range,
+                &wcfg.state.working_dir.join("restore"),
+            )?;
             let ops: OperatorState = uploader.operator_state(
                 r,
                 index,

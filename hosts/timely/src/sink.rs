@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use crate::error::{HostError, Result, io};
 use crate::messages::{Committed, Control, Keyed};
@@ -163,7 +163,8 @@ where
 {
     input.unary_frontier(Pipeline, "CairnSinkStage", move |_cap, _info| {
         let mut open: BTreeMap<u64, BufWriter<File>> = BTreeMap::new();
-        let mut held: BTreeMap<u64, (Capability<u64>, Vec<crate::messages::AckMsg>)> = BTreeMap::new();
+        let mut held: BTreeMap<u64, (Capability<u64>, Vec<crate::messages::AckMsg>)> =
+            BTreeMap::new();
         let mut line = String::new();
         move |(input, frontier), output| {
             input.for_each(|c, data| {
@@ -197,7 +198,8 @@ where
                     }
                 }
                 if plan.is_checkpoint(t) {
-                    held.entry(t).or_insert_with(|| (c.delayed(&t, 0), Vec::new()));
+                    held.entry(t)
+                        .or_insert_with(|| (c.delayed(&t, 0), Vec::new()));
                 }
             });
             // Sync every file the frontier has passed (in epoch order), then forward.
@@ -212,7 +214,10 @@ where
                     if let Err(e) = f.sync_all() {
                         panic!("sink: sync epoch {t}: {e}");
                     }
-                    files.borrow_mut().synced.insert(t, dir.staged(attempt, worker, t));
+                    files
+                        .borrow_mut()
+                        .synced
+                        .insert(t, dir.staged(attempt, worker, t));
                 }
             }
             if !held.is_empty() {
@@ -248,36 +253,40 @@ pub fn publish<'scope>(
     files: Rc<RefCell<StagedFiles>>,
     uploads: Rc<UploadWorker>,
 ) -> StreamVec<'scope, u64, ()> {
-    committed.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "CairnSinkPublish", move |_cap, _info| {
-        move |(input, _frontier), _output| {
-            let mut latest: Option<Committed> = None;
-            input.for_each(|_c, data| {
-                for c in data.drain(..) {
-                    if latest.is_none_or(|l| c.epoch > l.epoch) {
-                        latest = Some(c);
+    committed.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "CairnSinkPublish",
+        move |_cap, _info| {
+            move |(input, _frontier), _output| {
+                let mut latest: Option<Committed> = None;
+                input.for_each(|_c, data| {
+                    for c in data.drain(..) {
+                        if latest.is_none_or(|l| c.epoch > l.epoch) {
+                            latest = Some(c);
+                        }
+                        if let Err(e) = uploads.completed(c.id) {
+                            panic!("sink: {e}");
+                        }
                     }
-                    if let Err(e) = uploads.completed(c.id) {
+                });
+                let Some(c) = latest else { return };
+                let mut files = files.borrow_mut();
+                let later = files.synced.split_off(&(c.epoch + 1));
+                let ready = std::mem::replace(&mut files.synced, later);
+                for (t, from) in &ready {
+                    let to = dir.committed(attempt, worker, *t);
+                    if let Err(e) = std::fs::rename(from, &to) {
+                        panic!("sink: publish {}: {e}", to.display());
+                    }
+                }
+                if !ready.is_empty() {
+                    if let Err(e) = sync_dir(&dir.committed_dir()) {
                         panic!("sink: {e}");
                     }
                 }
-            });
-            let Some(c) = latest else { return };
-            let mut files = files.borrow_mut();
-            let later = files.synced.split_off(&(c.epoch + 1));
-            let ready = std::mem::replace(&mut files.synced, later);
-            for (t, from) in &ready {
-                let to = dir.committed(attempt, worker, *t);
-                if let Err(e) = std::fs::rename(from, &to) {
-                    panic!("sink: publish {}: {e}", to.display());
-                }
             }
-            if !ready.is_empty() {
-                if let Err(e) = sync_dir(&dir.committed_dir()) {
-                    panic!("sink: {e}");
-                }
-            }
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -293,7 +302,13 @@ mod tests {
             std::fs::write(dir.staged(a, w, e), "row\n").map_err(io("write"))?;
         }
         let r = recover(&dir, 3, Some(6))?;
-        assert_eq!(r, Recovered { published: 3, discarded: 1 });
+        assert_eq!(
+            r,
+            Recovered {
+                published: 3,
+                discarded: 1
+            }
+        );
         let mut names: Vec<String> = std::fs::read_dir(dir.committed_dir())
             .map_err(io("list"))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -302,7 +317,10 @@ mod tests {
         assert_eq!(names, ["e3-a1-w0.txt", "e5-a1-w1.txt", "e6-a2-w0.txt"]);
         assert!(recover(&dir, 2, Some(6)).is_ok(), "nothing staged any more");
         std::fs::write(dir.staged(4, 0, 1), "row\n").map_err(io("write"))?;
-        assert!(recover(&dir, 4, None).is_err(), "a staged file of this run or a later one");
+        assert!(
+            recover(&dir, 4, None).is_err(),
+            "a staged file of this run or a later one"
+        );
         Ok(())
     }
 

@@ -208,7 +208,16 @@ pub fn supervise(cfg: &SupervisorConfig, clock: &dyn Clock) -> Result<Supervisor
         });
         let mut children = Children(Vec::new());
         for p in 0..shape.processes {
-            children.0.push(spawn(cfg, &job, attempt, shape, p, &hostfile, restore.as_deref(), &logs)?);
+            children.0.push(spawn(
+                cfg,
+                &job,
+                attempt,
+                shape,
+                p,
+                &hostfile,
+                restore.as_deref(),
+                &logs,
+            )?);
         }
         let mut killed = None;
         let outcome = loop {
@@ -228,7 +237,9 @@ pub fn supervise(cfg: &SupervisorConfig, clock: &dyn Clock) -> Result<Supervisor
             for (p, c) in children.0.iter_mut().enumerate() {
                 match c.try_wait().map_err(io("poll a process"))? {
                     None => running += 1,
-                    Some(s) if !s.success() => failed = failed.or(Some(format!("process {p}: {s}"))),
+                    Some(s) if !s.success() => {
+                        failed = failed.or(Some(format!("process {p}: {s}")))
+                    }
                     Some(_) => {}
                 }
             }
@@ -254,7 +265,10 @@ pub fn supervise(cfg: &SupervisorConfig, clock: &dyn Clock) -> Result<Supervisor
             outcome,
         });
         let job_url = format!("{}/{job}", cfg.checkpoint_dir.trim_end_matches('/'));
-        let started_from = restore.as_deref().map(CheckpointLocation::parse).transpose()?;
+        let started_from = restore
+            .as_deref()
+            .map(CheckpointLocation::parse)
+            .transpose()?;
         restore = recovery_location(&cfg.checkpoint, &job_url, started_from.as_ref())?
             .map(|l| location_url(&l));
         report.final_checkpoint = restore.clone();
@@ -267,7 +281,10 @@ pub fn supervise(cfg: &SupervisorConfig, clock: &dyn Clock) -> Result<Supervisor
     Ok(report)
 }
 
-#[expect(clippy::too_many_arguments, reason = "one process's command line, spelled out")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one process's command line, spelled out"
+)]
 fn spawn(
     cfg: &SupervisorConfig,
     job: &str,
@@ -279,7 +296,8 @@ fn spawn(
     logs: &Path,
 ) -> Result<Child> {
     let log_path = logs.join(format!("a{attempt}-p{process}.log"));
-    let log = std::fs::File::create(&log_path).map_err(io(format!("create {}", log_path.display())))?;
+    let log =
+        std::fs::File::create(&log_path).map_err(io(format!("create {}", log_path.display())))?;
     let err = log.try_clone().map_err(io("clone a log handle"))?;
     let mut cmd = Command::new(&cfg.exe);
     cmd.arg("run")
@@ -304,7 +322,8 @@ fn spawn(
     if let Some(r) = restore {
         cmd.args(["--restore-from", r]);
     }
-    cmd.spawn().map_err(io(format!("start {}", cfg.exe.display())))
+    cmd.spawn()
+        .map_err(io(format!("start {}", cfg.exe.display())))
 }
 
 #[cfg(test)]

@@ -60,7 +60,9 @@ impl UploadWorker {
                         }
                     }
                     while unconfirmed.is_none() {
-                        let Some((epoch, snapshot)) = queued.pop_front() else { break };
+                        let Some((epoch, snapshot)) = queued.pop_front() else {
+                            break;
+                        };
                         unconfirmed = Some(snapshot.id);
                         let r = uploader.upload(snapshot).map_err(|e| e.to_string());
                         if rtx.send((epoch, r)).is_err() {

@@ -17,8 +17,8 @@ use std::rc::Rc;
 use cairn::engine::codec;
 use cairn::{ScopeKey, Slot, TimeDomain, Timer, ValueState};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{ProbeHandle, Scope};
 
 use crate::committer::{CommitterSetup, committer};
@@ -26,7 +26,9 @@ use crate::error::{HostError, Result, io};
 use crate::keyed::{KeyedLogic, KeyedOperatorBuilder, KeyedWorker};
 use crate::run::{RunSpec, WorkerRun};
 use crate::sink::{StagedFiles, publish, stage};
-use crate::source::{SourcePositions, SourceSpec, epoch_source, initial_positions, restored_positions};
+use crate::source::{
+    SourcePositions, SourceSpec, epoch_source, initial_positions, restored_positions,
+};
 
 /// The word count's input and windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +142,11 @@ impl KeyedLogic for WindowedCount {
         let n = self.count.get(slot, &scope)?.unwrap_or(0) + 1;
         self.count.update(slot, &scope, &n)?;
         // One timer per (word, window): registering it again is a no-op.
-        slot.register_timer(TimeDomain::EventTime, &scope, ((w + 1) * self.window - 1) as i64)
+        slot.register_timer(
+            TimeDomain::EventTime,
+            &scope,
+            ((w + 1) * self.window - 1) as i64,
+        )
     }
 
     fn on_timer(
@@ -163,8 +169,14 @@ impl KeyedLogic for WindowedCount {
     }
 }
 
-/// How far the source may run ahead of the committed frontier, epochs.
-pub const MAX_AHEAD: u64 = 8;
+/// How fast the word count's source reads.
+#[derive(Clone, Copy, Debug)]
+pub struct SourcePace {
+    /// How far the source may run ahead of the committed frontier, epochs.
+    pub max_ahead: u64,
+    /// At most one epoch per this interval (`None`: unpaced).
+    pub pace: Option<std::time::Duration>,
+}
 
 /// Runs one worker of the word count: builds the dataflow on `worker` and steps it until the
 /// run's last epoch is committed.
@@ -172,7 +184,7 @@ pub fn run_worker(
     worker: &mut timely::worker::Worker,
     spec: &RunSpec,
     params: WordCountParams,
-    pace: Option<std::time::Duration>,
+    source: SourcePace,
 ) -> Result<()> {
     let run: WorkerRun = crate::run::open_worker(worker, spec)?;
     if !run.plan.has_work() {
@@ -206,8 +218,8 @@ pub fn run_worker(
                 per_epoch: params.per_epoch,
                 start_epoch: plan.start_epoch(),
                 last_epoch: plan.last_epoch(),
-                max_ahead: MAX_AHEAD,
-                pace,
+                max_ahead: source.max_ahead,
+                pace: source.pace,
                 generate: move |split, offset| word_at(&params, split, offset),
             },
             shared.clone(),
@@ -243,8 +255,7 @@ pub fn run_worker(
             },
         )
         .broadcast();
-        publish(committed, sink, attempt, index, files, uploads)
-            .probe_with(&committed_probe);
+        publish(committed, sink, attempt, index, files, uploads).probe_with(&committed_probe);
         Ok(())
     });
     built?;
@@ -290,12 +301,17 @@ pub struct OutputCheck {
 impl OutputCheck {
     /// Whether the output is exactly the reference.
     pub fn exact(&self) -> bool {
-        self.duplicates == 0 && self.missing == 0 && self.wrong == 0 && self.checksum == self.expected_checksum
+        self.duplicates == 0
+            && self.missing == 0
+            && self.wrong == 0
+            && self.checksum == self.expected_checksum
     }
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn checksum<'a>(rows: impl Iterator<Item = &'a WindowCount>) -> u64 {
@@ -327,9 +343,8 @@ pub fn check_output(committed_dir: &Path, p: &WordCountParams) -> Result<OutputC
         let text = std::fs::read_to_string(entry.path())
             .map_err(io(format!("read {}", entry.path().display())))?;
         for line in text.lines() {
-            let row = WindowCount::parse(line).ok_or_else(|| {
-                HostError::Protocol(format!("{name}: unreadable row {line:?}"))
-            })?;
+            let row = WindowCount::parse(line)
+                .ok_or_else(|| HostError::Protocol(format!("{name}: unreadable row {line:?}")))?;
             check.rows += 1;
             let n = seen.entry((row.window, row.word.clone())).or_insert(0);
             *n += 1;
