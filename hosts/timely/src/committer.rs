@@ -165,36 +165,31 @@ fn commit(
         upload_ms_max = upload_ms_max.max(ack.upload_ms);
         coordinator.acknowledge(triggered.id, slot, SlotReply::Uploaded(ack))?;
     }
-    for event in coordinator.take_events() {
-        match event {
-            CheckpointEvent::Completed { id, report, .. } if id == triggered.id => {
-                return Ok((
-                    Committed { epoch: e, id },
-                    CommitRecord {
-                        attempt: 0,
-                        epoch: e,
-                        id,
-                        at_ms: SystemClock.now_ms(),
-                        sync_ms_max,
-                        upload_ms_max,
-                        commit_ms: t.elapsed().as_secs_f64() * 1000.0,
-                        incremental_bytes: report.incremental_bytes,
-                        full_bytes: report.full_bytes,
-                    },
-                ));
-            }
-            other => {
-                return Err(HostError::Protocol(format!(
-                    "checkpoint {}: {other:?}",
-                    triggered.id
-                )));
-            }
-        }
+    let events = coordinator.take_events();
+    match events.as_slice() {
+        [CheckpointEvent::Completed { id, report, .. }] if *id == triggered.id => Ok((
+            Committed { epoch: e, id: *id },
+            CommitRecord {
+                attempt: 0,
+                epoch: e,
+                id: *id,
+                at_ms: SystemClock.now_ms(),
+                sync_ms_max,
+                upload_ms_max,
+                commit_ms: t.elapsed().as_secs_f64() * 1000.0,
+                incremental_bytes: report.incremental_bytes,
+                full_bytes: report.full_bytes,
+            },
+        )),
+        [] => Err(HostError::Protocol(format!(
+            "checkpoint {} did not complete with every slot's ack",
+            triggered.id
+        ))),
+        other => Err(HostError::Protocol(format!(
+            "checkpoint {}: {other:?}",
+            triggered.id
+        ))),
     }
-    Err(HostError::Protocol(format!(
-        "checkpoint {} did not complete with every slot's ack",
-        triggered.id
-    )))
 }
 
 /// Appends `record` as a JSON line (a lost log line loses a measurement, not a commit).

@@ -66,7 +66,7 @@ impl CheckpointPlan {
     pub fn is_checkpoint(&self, e: u64) -> bool {
         e >= self.start_epoch
             && e <= self.last_epoch
-            && ((e + 1) % self.every == 0 || e == self.last_epoch)
+            && ((e + 1).is_multiple_of(self.every) || e == self.last_epoch)
     }
 
     /// The checkpoint id of checkpoint epoch `e` (`None` if `e` is not one).

@@ -220,10 +220,10 @@ where
                         .insert(t, dir.staged(attempt, worker, t));
                 }
             }
-            if !held.is_empty() {
-                if let Err(e) = sync_dir(&dir.staged_dir()) {
-                    panic!("sink: {e}");
-                }
+            if !held.is_empty()
+                && let Err(e) = sync_dir(&dir.staged_dir())
+            {
+                panic!("sink: {e}");
             }
             while let Some((&t, _)) = held.first_key_value() {
                 if frontier.less_equal(&t) {
@@ -279,10 +279,10 @@ pub fn publish<'scope>(
                         panic!("sink: publish {}: {e}", to.display());
                     }
                 }
-                if !ready.is_empty() {
-                    if let Err(e) = sync_dir(&dir.committed_dir()) {
-                        panic!("sink: {e}");
-                    }
+                if !ready.is_empty()
+                    && let Err(e) = sync_dir(&dir.committed_dir())
+                {
+                    panic!("sink: {e}");
                 }
             }
         },

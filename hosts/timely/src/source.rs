@@ -138,7 +138,7 @@ where
             p.split, p.offset
         )));
     }
-    let activator_scope = scope.clone();
+    let activator_scope = scope;
     Ok(source(scope, "CairnSource", move |cap, info| {
         let activator = activator_scope.activator_for(info.address.clone());
         let mut cap = Some(cap.delayed(&start_epoch));

@@ -20,8 +20,13 @@ use cairn::{SlotAck, SlotUploader, SyncSnapshot};
 use crate::error::{HostError, Result};
 
 enum Command {
-    Upload { epoch: u64, snapshot: SyncSnapshot },
-    Completed { id: u64 },
+    Upload {
+        epoch: u64,
+        snapshot: Box<SyncSnapshot>,
+    },
+    Completed {
+        id: u64,
+    },
 }
 
 /// An upload that finished: its epoch and the ack (or the error, which fails the job over).
@@ -42,7 +47,7 @@ impl UploadWorker {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let mut queued: VecDeque<(u64, SyncSnapshot)> = VecDeque::new();
+                let mut queued: VecDeque<(u64, Box<SyncSnapshot>)> = VecDeque::new();
                 // The checkpoint uploaded last, until its commit is confirmed.
                 let mut unconfirmed: Option<u64> = None;
                 for cmd in crx {
@@ -64,7 +69,7 @@ impl UploadWorker {
                             break;
                         };
                         unconfirmed = Some(snapshot.id);
-                        let r = uploader.upload(snapshot).map_err(|e| e.to_string());
+                        let r = uploader.upload(*snapshot).map_err(|e| e.to_string());
                         if rtx.send((epoch, r)).is_err() {
                             return;
                         }
@@ -81,7 +86,10 @@ impl UploadWorker {
 
     /// Queues the upload of `snapshot` (checkpoint epoch `epoch`).
     pub fn upload(&self, epoch: u64, snapshot: SyncSnapshot) -> Result<()> {
-        self.send(Command::Upload { epoch, snapshot })
+        self.send(Command::Upload {
+            epoch,
+            snapshot: Box::new(snapshot),
+        })
     }
 
     /// Checkpoint `id` committed: its files become the next upload's base.

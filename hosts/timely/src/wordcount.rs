@@ -7,7 +7,7 @@
 //! epochs in a RocksDB `ValueState<u64>` (namespace: the window), with one RocksDB event-time
 //! timer per word and window at the window's last epoch; the timer emits
 //! `window word count` and clears the count. The sink publishes rows exactly once
-//! ([`crate::sink`]). [`reference`] computes the same output directly, for checks.
+//! ([`crate::sink`]). [`reference()`] computes the same output directly, for checks.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -56,7 +56,7 @@ impl WordCountParams {
             ));
         }
         // Every window closes inside the stream, so the output is complete at its end.
-        if self.epochs == 0 || self.epochs % self.window != 0 {
+        if self.epochs == 0 || !self.epochs.is_multiple_of(self.window) {
             return Err(HostError::InvalidArgument(format!(
                 "epochs = {}: must be a positive multiple of window = {}",
                 self.epochs, self.window
@@ -277,7 +277,7 @@ pub fn reference(p: &WordCountParams) -> BTreeMap<(u64, String), u64> {
     out
 }
 
-/// What the committed output holds against [`reference`].
+/// What the committed output holds against [`reference()`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputCheck {
     /// Rows read from committed files.
@@ -323,7 +323,7 @@ fn checksum<'a>(rows: impl Iterator<Item = &'a WindowCount>) -> u64 {
     })
 }
 
-/// Reads every committed file under `committed_dir` and compares with [`reference`]`(p)`.
+/// Reads every committed file under `committed_dir` and compares with [`reference()`]`(p)`.
 pub fn check_output(committed_dir: &Path, p: &WordCountParams) -> Result<OutputCheck> {
     let expected = reference(p);
     let mut seen: BTreeMap<(u64, String), u64> = BTreeMap::new();
