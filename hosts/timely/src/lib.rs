@@ -24,6 +24,7 @@
 //! (`verify`).
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod committer;
 pub mod error;
 pub mod keyed;

@@ -10,7 +10,7 @@ use cairn::snapshot::SystemClock;
 use cairn::{BackendKind, CairnConfig, CheckpointConfig, TimerServiceKind};
 use cairn_timely::run::RunSpec;
 use cairn_timely::supervisor::{Kills, Shape, SupervisorConfig, supervise};
-use cairn_timely::wordcount::{SourcePace, WordCountParams, check_output, run_worker};
+use cairn_timely::wordcount::{JobKind, SourcePace, WordCountParams, check_output, run_worker};
 use cairn_timely::{HostError, Result};
 use clap::{Args, Parser, Subcommand};
 
@@ -34,6 +34,49 @@ enum Cmd {
     /// Compares the committed output with the word count computed directly; exit 1 on any
     /// difference.
     Verify(VerifyArgs),
+    /// Throughput per shape, checkpoint durations, recovery time against state size (JSON and
+    /// CSV under --out).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Where bench.json and the CSV files go.
+    #[arg(long, default_value = "benches/timely")]
+    out: PathBuf,
+    /// Scratch directory for the runs.
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Shapes of the throughput runs.
+    #[arg(long, value_delimiter = ',', default_value = "1x1,1x2,2x1,2x2")]
+    shapes: Vec<Shape>,
+    /// Records per split and epoch (8 splits).
+    #[arg(long, default_value_t = 2500)]
+    per_epoch: u64,
+    /// Epochs of the throughput runs.
+    #[arg(long, default_value_t = 100)]
+    epochs: u64,
+    /// Words of the word count.
+    #[arg(long, default_value_t = 10_000)]
+    vocab: u64,
+    /// Keys of the keyed counter.
+    #[arg(long, default_value_t = 100_000)]
+    counter_keys: u64,
+    /// Key counts of the recovery runs (keyed counter, 2x2).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    recovery_keys: Vec<u64>,
+    /// When the recovery runs' SIGKILL comes, ms after the start.
+    #[arg(long, default_value_t = 4000)]
+    kill_ms: u64,
+}
+
+/// `--kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    /// The windowed word count.
+    Wordcount,
+    /// The keyed counter.
+    Counter,
 }
 
 /// The job's parameters (the same for every process and every run of a job).
@@ -64,6 +107,9 @@ struct JobArgs {
     /// another shape; default: the stream's end.
     #[arg(long)]
     stop_after_epoch: Option<u64>,
+    /// The keyed logic: the windowed word count, or the keyed counter (benchmarks).
+    #[arg(long, value_enum, default_value_t = Kind::Wordcount)]
+    kind: Kind,
     /// How many epochs the source may run ahead of the committed frontier.
     #[arg(long, default_value_t = 8)]
     max_ahead: u64,
@@ -96,6 +142,9 @@ impl JobArgs {
             format!("--checkpoint-every={}", self.checkpoint_every),
         ];
         a.push(format!("--max-ahead={}", self.max_ahead));
+        if self.kind == Kind::Counter {
+            a.push("--kind=counter".into());
+        }
         if self.epoch_ms > 0 {
             a.push(format!("--epoch-ms={}", self.epoch_ms));
         }
@@ -233,6 +282,10 @@ fn run(a: RunArgs) -> Result<()> {
         last_epoch: last,
         progress: a.progress,
     };
+    let kind = match a.job_args.kind {
+        Kind::Wordcount => JobKind::Wordcount,
+        Kind::Counter => JobKind::Counter,
+    };
     let pace = SourcePace {
         max_ahead: a.job_args.max_ahead,
         pace: (a.job_args.epoch_ms > 0).then(|| Duration::from_millis(a.job_args.epoch_ms)),
@@ -273,7 +326,7 @@ fn run(a: RunArgs) -> Result<()> {
     let guards = timely::execute(config, move |worker| {
         // An error in one worker fails the process (see the panic hook in main): its peers
         // would otherwise wait for it forever.
-        if let Err(e) = run_worker(worker, &spec, params, pace) {
+        if let Err(e) = run_worker(worker, &spec, params, pace, kind) {
             panic!("worker {}: {e}", worker.index());
         }
         Ok::<(), String>(())
@@ -347,6 +400,83 @@ fn verify(a: VerifyArgs) -> Result<bool> {
     Ok(check.exact())
 }
 
+fn bench(a: BenchArgs) -> Result<()> {
+    use cairn_timely::bench::{BenchJob, BenchReport, recovery, throughput, write};
+    let exe = std::env::current_exe()
+        .map_err(|e| HostError::InvalidArgument(format!("this executable: {e}")))?;
+    let scratch = match a.scratch {
+        Some(s) => s,
+        None => std::env::temp_dir().join(format!("cairn-timely-bench-{}", std::process::id())),
+    };
+    let mut report = BenchReport::default();
+    for (kind, keys) in [("wordcount", a.vocab), ("counter", a.counter_keys)] {
+        let job = BenchJob {
+            kind: kind.into(),
+            splits: 8,
+            per_epoch: a.per_epoch,
+            epochs: a.epochs,
+            keys,
+            checkpoint_every: 10,
+        };
+        for shape in &a.shapes {
+            let (row, commits) = throughput(
+                &exe,
+                &scratch.join(format!("{kind}-{shape}")),
+                &job,
+                *shape,
+                &SystemClock,
+            )?;
+            eprintln!(
+                "{kind} {shape}: {:.0} records/s steady, {:.0} end to end, {} checkpoints (median sync {:.1} ms, upload {:.1} ms, commit {:.1} ms)",
+                row.steady_records_per_sec,
+                row.end_to_end_records_per_sec,
+                row.checkpoints,
+                row.median_sync_ms,
+                row.median_upload_ms,
+                row.median_commit_ms
+            );
+            report.throughput.push(row);
+            report.checkpoints.extend(
+                commits
+                    .into_iter()
+                    .map(|c| (kind.to_string(), shape.to_string(), c)),
+            );
+        }
+    }
+    for keys in a.recovery_keys {
+        let job = BenchJob {
+            kind: "counter".into(),
+            splits: 8,
+            per_epoch: a.per_epoch,
+            epochs: a.epochs * 3,
+            keys,
+            checkpoint_every: 10,
+        };
+        let shape = Shape {
+            processes: 2,
+            workers: 2,
+        };
+        let row = recovery(
+            &exe,
+            &scratch.join(format!("recovery-{keys}")),
+            &job,
+            shape,
+            a.kill_ms,
+            &SystemClock,
+        )?;
+        eprintln!(
+            "recovery 2x2, {keys} keys: checkpoint {} bytes, restart {} ms, caught up {} ms after the kill",
+            row.restored_checkpoint_bytes, row.restart_ms, row.recovery_ms
+        );
+        report.recovery.push(row);
+    }
+    for p in write(&a.out, &report)? {
+        eprintln!("wrote {}", p.display());
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -363,6 +493,7 @@ fn main() -> ExitCode {
         }
         Cmd::Supervise(a) => supervise_cmd(a),
         Cmd::Verify(a) => verify(a),
+        Cmd::Bench(a) => bench(a).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

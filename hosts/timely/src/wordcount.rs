@@ -185,6 +185,80 @@ pub fn run_worker(
     spec: &RunSpec,
     params: WordCountParams,
     source: SourcePace,
+    kind: JobKind,
+) -> Result<()> {
+    match kind {
+        JobKind::Wordcount => run_keyed(
+            worker,
+            spec,
+            params,
+            source,
+            |slot| WindowedCount::new(slot, params.window),
+            WindowCount::render,
+        ),
+        JobKind::Counter => run_keyed(worker, spec, params, source, KeyedCounter::new, |_, _| {}),
+    }
+}
+
+/// Which keyed logic a job runs on the word stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// [`WindowedCount`]: counts per word and window, rows when windows close.
+    Wordcount,
+    /// [`KeyedCounter`]: the keyed counter (one get and one put of a `u64` per record, no
+    /// timers, no output): the Flink comparison's `update` workload on the word stream.
+    Counter,
+}
+
+/// The keyed counter: a running count per word, nothing emitted.
+pub struct KeyedCounter {
+    count: ValueState<u64>,
+}
+
+impl KeyedCounter {
+    /// Registers its state on `slot`.
+    pub fn new(slot: &mut Slot) -> cairn::engine::Result<Self> {
+        Ok(Self {
+            count: slot.value_state::<u64>("counter", "count")?,
+        })
+    }
+}
+
+impl KeyedLogic for KeyedCounter {
+    type In = String;
+    type Out = WindowCount;
+
+    fn on_record(
+        &mut self,
+        slot: &mut Slot,
+        _epoch: u64,
+        word: String,
+        _out: &mut Vec<WindowCount>,
+    ) -> cairn::engine::Result<()> {
+        let scope = slot.scope(&word, &cairn::VoidNamespace)?;
+        let n = self.count.get(slot, &scope)?.unwrap_or(0) + 1;
+        self.count.update(slot, &scope, &n)
+    }
+
+    fn on_timer(
+        &mut self,
+        _slot: &mut Slot,
+        _scope: &ScopeKey,
+        _timer: &Timer,
+        _out: &mut Vec<WindowCount>,
+    ) -> cairn::engine::Result<()> {
+        Ok(())
+    }
+}
+
+/// [`run_worker`] for keyed logic `L` on the word stream.
+fn run_keyed<L: KeyedLogic<In = String>>(
+    worker: &mut timely::worker::Worker,
+    spec: &RunSpec,
+    params: WordCountParams,
+    source: SourcePace,
+    make_logic: impl FnOnce(&mut Slot) -> cairn::engine::Result<L>,
+    render: fn(&L::Out, &mut String),
 ) -> Result<()> {
     let run: WorkerRun = crate::run::open_worker(worker, spec)?;
     if !run.plan.has_work() {
@@ -204,7 +278,7 @@ pub fn run_worker(
         Some(_) => restored_positions(slot.operator_state())?,
         None => initial_positions(params.splits, index, peers),
     };
-    let logic = WindowedCount::new(&mut slot, params.window)?;
+    let logic = make_logic(&mut slot)?;
     let committed_probe: ProbeHandle<u64> = ProbeHandle::new();
     let shared = Rc::new(RefCell::new(SourcePositions::default()));
     let files = Rc::new(RefCell::new(StagedFiles::default()));
@@ -242,7 +316,7 @@ pub fn run_worker(
             index,
             plan,
             files.clone(),
-            |row: &WindowCount, out: &mut String| row.render(out),
+            render,
         );
         let committed = committer(
             control,
