@@ -25,7 +25,8 @@ for round in $(seq 1 "$ROUNDS"); do
   restart="${shapes[$((RANDOM % ${#shapes[@]}))]}"
   seed=$RANDOM
   if "$BIN" supervise --run-dir "$dir" --shape "$shape" --restart-as "$restart" --kills "$kills" \
-      --kill-seed "$seed" --kill-min-ms 300 --kill-max-ms 5000 --per-epoch 250 --epochs 60 \
+      --kill-seed "$seed" --kill-min-ms 300 --kill-max-ms 4000 --per-epoch 500 --epochs 120 \
+      --checkpoint-every 3 \
       --verify --report "$OUT/round-$round.json" >/dev/null 2>"$OUT/round-$round.err"; then
     ok=1
   else
