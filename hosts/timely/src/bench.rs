@@ -321,3 +321,125 @@ pub fn write(out: &Path, report: &BenchReport) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+/// One in-process `cairn run` figure (from the bench script's `baseline.csv`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BaselineRow {
+    /// `wordcount` or `update` (the keyed counter).
+    pub workload: String,
+    /// Slots (threads) of the run.
+    pub slots: u32,
+    /// Records/s.
+    pub records_per_sec: f64,
+}
+
+/// Reads `workload,slots,records,keys,records_per_sec` lines.
+pub fn read_baseline(path: &Path) -> Result<Vec<BaselineRow>> {
+    let text = std::fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?;
+    let mut rows = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || HostError::InvalidArgument(format!("{}: bad line {line:?}", path.display()));
+        if f.len() != 5 {
+            return Err(bad());
+        }
+        rows.push(BaselineRow {
+            workload: f[0].to_string(),
+            slots: f[1].parse().map_err(|_| bad())?,
+            records_per_sec: f[4].parse().map_err(|_| bad())?,
+        });
+    }
+    Ok(rows)
+}
+
+/// `throughput.svg`: records/s per shape for both jobs, then the in-process baselines.
+pub fn chart(out: &Path, report: &BenchReport, baseline: &[BaselineRow]) -> Result<PathBuf> {
+    use plotters::prelude::*;
+    let path = out.join("throughput.svg");
+    let mut groups: Vec<String> = Vec::new();
+    for r in &report.throughput {
+        if !groups.contains(&r.shape) {
+            groups.push(r.shape.clone());
+        }
+    }
+    let mut slots: Vec<u32> = baseline.iter().map(|b| b.slots).collect();
+    slots.dedup();
+    groups.extend(slots.iter().map(|s| format!("in-process {s}")));
+    let value = |kind: &str, workload: &str, g: &str| -> f64 {
+        report
+            .throughput
+            .iter()
+            .find(|r| r.kind == kind && r.shape == g)
+            .map(|r| r.steady_records_per_sec)
+            .or_else(|| {
+                baseline
+                    .iter()
+                    .find(|b| b.workload == workload && format!("in-process {}", b.slots) == g)
+                    .map(|b| b.records_per_sec)
+            })
+            .unwrap_or(0.0)
+    };
+    let series: Vec<(&str, Vec<f64>)> = vec![
+        (
+            "word count",
+            groups
+                .iter()
+                .map(|g| value("wordcount", "wordcount", g))
+                .collect(),
+        ),
+        (
+            "keyed counter",
+            groups
+                .iter()
+                .map(|g| value("counter", "update", g))
+                .collect(),
+        ),
+    ];
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(&path, (900, 450)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let max_y = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .fold(1.0f64, f64::max)
+            * 1.15;
+        let n = groups.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "records/s: timely processes x workers vs in-process cairn run (2-core VM)",
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..n, 0f64..max_y)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups.len())
+            .x_label_formatter(&|x| groups.get(x.floor() as usize).cloned().unwrap_or_default())
+            .draw()?;
+        let colours = [RGBColor(0xd6, 0x27, 0x28), RGBColor(0x1f, 0x77, 0xb4)];
+        let width = 0.35;
+        for (s, (name, values)) in series.iter().enumerate() {
+            let colour = colours[s % colours.len()];
+            let bars = values.iter().enumerate().map(|(g, &v)| {
+                let x = g as f64 + 0.15 + s as f64 * width;
+                Rectangle::new([(x, 0.0), (x + width * 0.95, v)], colour.filled())
+            });
+            chart.draw_series(bars)?.label(*name).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled())
+            });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| HostError::Protocol(format!("chart {}: {e}", path.display())))?;
+    Ok(path)
+}

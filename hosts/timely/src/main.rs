@@ -65,6 +65,10 @@ struct BenchArgs {
     /// Key counts of the recovery runs (keyed counter, 2x2).
     #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     recovery_keys: Vec<u64>,
+    /// The in-process baseline (`workload,slots,records,keys,records_per_sec`, from
+    /// scripts/timely-bench.sh) drawn next to the timely figures in throughput.svg.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// When the recovery runs' SIGKILL comes, ms after the start.
     #[arg(long, default_value_t = 4000)]
     kill_ms: u64,
@@ -401,7 +405,9 @@ fn verify(a: VerifyArgs) -> Result<bool> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    use cairn_timely::bench::{BenchJob, BenchReport, recovery, throughput, write};
+    use cairn_timely::bench::{
+        BenchJob, BenchReport, chart, read_baseline, recovery, throughput, write,
+    };
     let exe = std::env::current_exe()
         .map_err(|e| HostError::InvalidArgument(format!("this executable: {e}")))?;
     let scratch = match a.scratch {
@@ -470,7 +476,15 @@ fn bench(a: BenchArgs) -> Result<()> {
         );
         report.recovery.push(row);
     }
-    for p in write(&a.out, &report)? {
+    let mut written = write(&a.out, &report)?;
+    let baseline = a
+        .baseline
+        .as_deref()
+        .map(read_baseline)
+        .transpose()?
+        .unwrap_or_default();
+    written.push(chart(&a.out, &report, &baseline)?);
+    for p in written {
         eprintln!("wrote {}", p.display());
     }
     let _ = std::fs::remove_dir_all(&scratch);
