@@ -32,8 +32,9 @@ use crate::plan::CheckpointPlan;
 use crate::source::{SourcePositions, store_positions};
 use crate::upload::UploadWorker;
 
-/// What user code of a keyed operator implements. Both calls run with the slot's key (and
-/// namespace) in scope handling; `out` collects rows emitted at the current epoch.
+/// What user code of a keyed operator implements. Every record it gets is of a key its slot
+/// owns; it selects the key's state with [`Slot::scope`]. `out` collects the rows emitted at the
+/// epoch being processed.
 pub trait KeyedLogic: 'static {
     /// The input record.
     type In: timely::ExchangeData;
