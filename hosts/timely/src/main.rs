@@ -117,7 +117,8 @@ struct JobArgs {
     /// How many epochs the source may run ahead of the committed frontier.
     #[arg(long, default_value_t = 8)]
     max_ahead: u64,
-    /// Emit at most one epoch per this many ms (a live source's pace; 0: as fast as possible).
+    /// Emit one epoch per this many ms on average, in bursts of 4 (a live source's pace; 0: as
+    /// fast as possible).
     #[arg(long, default_value_t = 0)]
     epoch_ms: u64,
 }

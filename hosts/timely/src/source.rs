@@ -27,6 +27,10 @@ use crate::error::{HostError, Result};
 /// The operator-state list holding the source's split positions.
 pub const SPLITS_STATE: &str = "source.splits";
 
+/// Epochs a source emits per activation at most (a burst): the keyed operators downstream then
+/// hold records of several epochs at once, as with a real source's batches.
+pub const BURST: u32 = 4;
+
 /// Where a worker's reader of one split is: the next offset it reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitPosition {
@@ -103,8 +107,9 @@ pub struct SourceSpec<G> {
     pub last_epoch: u64,
     /// How many epochs past the committed frontier the source may run.
     pub max_ahead: u64,
-    /// At most one epoch per this interval (a live source's pace; timely's scheduler times
-    /// it); `None`: as fast as the committed frontier allows.
+    /// One epoch per this interval on average (a live source's pace, in bursts of up to
+    /// [`BURST`] epochs; timely's scheduler times it); `None`: as fast as the committed
+    /// frontier allows.
     pub pace: Option<Duration>,
     /// The record at `(split, offset)`.
     pub generate: G,
@@ -145,9 +150,9 @@ where
         let mut next = start_epoch;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
-            // A few epochs per activation at most, so the worker gets to its other operators;
-            // one when paced.
-            for _ in 0..if pace.is_some() { 1 } else { 4 } {
+            // A few epochs per activation at most, so the worker gets to its other operators.
+            let mut emitted = 0u32;
+            for _ in 0..BURST {
                 if next > last_epoch || committed.less_than(&next.saturating_sub(max_ahead)) {
                     break;
                 }
@@ -161,6 +166,7 @@ where
                     }
                 }
                 shared.borrow_mut().record(next, positions.clone());
+                emitted += 1;
                 next += 1;
                 if next <= last_epoch {
                     c.downgrade(&next);
@@ -169,7 +175,7 @@ where
             if next > last_epoch {
                 cap = None;
             } else if let Some(p) = pace {
-                activator.activate_after(p);
+                activator.activate_after(p * emitted.max(1));
             } else if committed.less_than(&next.saturating_sub(max_ahead)) {
                 activator.activate_after(Duration::from_millis(1));
             } else {
