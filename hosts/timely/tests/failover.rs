@@ -1,10 +1,11 @@
 //! The word count across real processes: 2 processes x 2 workers with RocksDB state and
 //! RocksDB timers, checkpointing to S3 on loopback (when `scripts/test.sh` started the server;
 //! a local directory otherwise, with a `SKIPPED:` notice), one process SIGKILLed at a random
-//! moment by the supervisor, every process restarted from the latest committed checkpoint; the
-//! committed output must be exactly the word count computed directly (no duplicate, no gap,
-//! same checksum). And a job stopped at a checkpoint taken as 2 x 2, restarted as 1 x 3 and as
-//! 3 x 1 (key groups and source splits move with their state): the same output.
+//! moment by the supervisor in each of the first two runs, every process restarted from the
+//! latest committed checkpoint; the committed output must be exactly the word count computed
+//! directly (no duplicate, no gap, same checksum). And a job stopped at a checkpoint taken as
+//! 2 x 2, restarted as 1 x 3 and as 3 x 1 (key groups and source splits move with their state):
+//! the same output.
 //!
 //! The kill moment is seeded from the clock and printed; `CAIRN_TIMELY_KILL_SEED` replays one.
 
@@ -152,7 +153,10 @@ fn failover_2x2_sigkill_restores_exact_output() -> R {
     eprintln!("kill seed {seed} (CAIRN_TIMELY_KILL_SEED={seed} replays it)");
     let mut args = vec![
         "--shape=2x2".to_string(),
-        "--kills=1".into(),
+        // A kill in each of the first two runs: two restores, each from whichever checkpoint
+        // was the latest (a restore from a checkpoint whose keyed operators held no later epoch
+        // can't tell whether they were kept out of the snapshot).
+        "--kills=2".into(),
         format!("--kill-seed={seed}"),
         "--kill-min-ms=700".into(),
         "--kill-max-ms=3500".into(),
