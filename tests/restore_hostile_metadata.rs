@@ -317,3 +317,46 @@ fn oversized_metadata_is_refused() -> TestResult {
     expect_refused(&c, c.id, "larger than", "oversized _metadata")?;
     Ok(())
 }
+
+/// A stored full-snapshot TTL (`full_snapshot_ttl_ms`, read by canonical savepoints as a loop's
+/// expiry bound) of 0 or beyond `i64::MAX` is refused on restore and by a savepoint written from
+/// the checkpoint, before either uses it; the checkpoint stays as committed.
+#[test]
+fn hostile_full_snapshot_ttls_are_refused() -> TestResult {
+    use cairn::{SavepointKind, SavepointLocation, create_savepoint};
+    let c = Committed::new(BackendKind::RocksDb, 1)?;
+    let original = c.metadata()?;
+    for bad in [0u64, u64::MAX] {
+        let mut m = original.clone();
+        m["slots"][0]["states"][0]["full_snapshot_ttl_ms"] = Value::from(bad);
+        c.write_metadata(c.id, &m)?;
+        expect_refused(&c, c.id, "full_snapshot_ttl_ms", &format!("ttl {bad}"))?;
+        let before = tree(c.root.path(), &c.job);
+        let target = format!("file://{}/sp-{bad}", c.path("savepoints").display());
+        let source = CheckpointLocation::parse(&format!(
+            "file://{}/{}/chk-{}",
+            c.path("checkpoints").display(),
+            c.job,
+            c.id
+        ))?;
+        let e = create_savepoint(
+            &c.cfg,
+            &source,
+            &SavepointLocation::parse(&target)?,
+            SavepointKind::Canonical,
+        )
+        .err()
+        .ok_or("a savepoint of hostile metadata was written")?;
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("full_snapshot_ttl_ms"), "{e}");
+        assert_eq!(
+            before,
+            tree(c.root.path(), &c.job),
+            "ttl {bad}: the job changed"
+        );
+    }
+    // The checkpoint as committed still restores.
+    c.write_metadata(c.id, &original)?;
+    c.restore(c.id)?;
+    Ok(())
+}

@@ -6,8 +6,8 @@
 //! Each round, in an order that rotates: the plain map in this process, then `cairn run` of
 //! each backend as a child process (this binary, checkpoints on at the run's default interval,
 //! one slot). Reported: records/s per variant (medians), the ratios the state-at-memory-speed
-//! goals are stated in (heap / plain map, RocksDB / heap, heap / Flink's HashMap backend from
-//! `/work/shared/reference/flink-anchor.md`), and each backend's synchronous checkpoint pause
+//! goals are stated in (heap / plain map, RocksDB / heap, heap / Flink's HashMap backend, see
+//! [`FLINK_HASHMAP_RECORDS_PER_SEC`]), and each backend's synchronous checkpoint pause
 //! (p99 over the run's checkpoints). Writes `<out>.json`, `<out>.csv` and `<out>.svg`.
 
 use std::collections::HashMap;
@@ -23,8 +23,9 @@ use crate::stream;
 
 type BResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Flink 2.3's HashMapStateBackend on the keyed counter (10M records over 1M keys, parallelism
-/// 1) on these machines: `/work/shared/reference/flink-anchor.md`.
+/// Flink 2.3.0's HashMapStateBackend on the keyed counter (10M records over 1M keys,
+/// parallelism 1, incremental checkpoints every 3 s, a local MiniCluster) measured on this
+/// project's 2-core machines; recorded with the other Flink figures in `benches/RESULTS.md`.
 pub const FLINK_HASHMAP_RECORDS_PER_SEC: f64 = 1_386_885.0;
 
 /// The variants, in the first round's order.
