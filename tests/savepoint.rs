@@ -667,9 +667,8 @@ fn canonical_savepoints_keep_ttl_timestamps_and_refuse_a_ttl_switch() -> R {
         let root = dir.path();
         let cfg = config(from, TimerServiceKind::Heap, root);
         let clock = Arc::new(ManualClock::new(T0));
-        let mut c = cfg.clone();
-        c.state.working_dir = root.join("job");
-        let mut slot = Slot::builder(&c).clock(clock.clone()).open()?;
+        let mut slot =
+            open_slots(&cfg, &root.join("job"), 1, |b| b.clock(clock.clone()))?.remove(0);
         let value = slot.value_state_with_ttl::<u64>("op", "value", ttl)?;
         let list = slot.list_state_with_ttl::<u64>("op", "list", ttl)?;
         let map = slot.map_state_with_ttl::<u64, u64>("op", "map", ttl)?;
@@ -765,9 +764,8 @@ fn canonical_savepoints_leave_out_what_expired_in_full_snapshot_cleanup_states()
         let root = dir.path();
         let cfg = config(from, TimerServiceKind::Heap, root);
         let clock = Arc::new(ManualClock::new(T0));
-        let mut c = cfg.clone();
-        c.state.working_dir = root.join("job");
-        let mut slot = Slot::builder(&c).clock(clock.clone()).open()?;
+        let mut slot =
+            open_slots(&cfg, &root.join("job"), 1, |b| b.clock(clock.clone()))?.remove(0);
         let value = slot.value_state_with_ttl::<u64>("op", "value", full)?;
         let list = slot.list_state_with_ttl::<u64>("op", "list", full)?;
         let map = slot.map_state_with_ttl::<u64, u64>("op", "map", full)?;

@@ -9,7 +9,7 @@
 //! record path), for the workloads whose entries are one value per key: `update` (a counter,
 //! postcard `u64`) and `load` (a payload of `--value-size` bytes). Other workloads report none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cairn_engine::ScopeKey;
 use cairn_engine::keygroup::{assign_to_key_group, prefix_bytes};
@@ -66,7 +66,7 @@ pub fn compute(
     let mut value_bytes = Vec::new();
     // Composite key length per key (computed once) and the count so far (update).
     let mut keys: HashMap<u64, (u32, u64)> = HashMap::new();
-    let mut changed: HashMap<u64, ()> = HashMap::new();
+    let mut changed: HashSet<u64> = HashSet::new();
     let mut g = 0u64;
     let mut rows = Vec::new();
     let mut sorted = checkpoints.to_vec();
@@ -83,12 +83,12 @@ pub fn compute(
             });
             entry.1 += 1;
             if g >= start {
-                changed.insert(key, ());
+                changed.insert(key);
             }
             g += 1;
         }
         let mut changed_bytes = 0u64;
-        for key in changed.keys() {
+        for key in &changed {
             let (composite, count) = keys.get(key).copied().unwrap_or_default();
             let value = match spec.kind {
                 WorkloadKind::Update => {

@@ -60,6 +60,13 @@ macro_rules! native_properties {
                     $(NativeProperty::$variant => $name,)+
                 }
             }
+
+            /// RocksDB's property name (`rocksdb.estimate-num-keys`).
+            pub fn rocksdb_name(self) -> &'static str {
+                match self {
+                    $(NativeProperty::$variant => concat!("rocksdb.", $name),)+
+                }
+            }
         }
     };
 }
@@ -183,8 +190,7 @@ pub(crate) fn collect(
             continue;
         };
         for &p in &config.properties {
-            let name = format!("rocksdb.{}", p.name());
-            if let Ok(Some(v)) = db.property_int_value_cf(&cf, name.as_str()) {
+            if let Ok(Some(v)) = db.property_int_value_cf(&cf, p.rocksdb_name()) {
                 out.properties.push((state.to_string(), p, v));
             }
         }
@@ -222,6 +228,7 @@ mod tests {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{}\"", p.name()));
             assert_eq!(serde_json::from_str::<NativeProperty>(&json).unwrap(), p);
+            assert_eq!(p.rocksdb_name(), format!("rocksdb.{}", p.name()));
         }
         let c: NativeMetricsConfig =
             toml::from_str("properties = [\"estimate-num-keys\"]\nstatistics = true").unwrap();
