@@ -153,3 +153,89 @@ pub fn line_panels(path: &Path, x_desc: &str, panels: &[Panel]) -> CResult {
     root.present()?;
     Ok(())
 }
+
+/// One panel of [`bar_panels`]: a bar per point at its median, with a whisker from its
+/// smallest to its largest repetition.
+pub struct BarPanel {
+    /// Its caption.
+    pub caption: String,
+    /// `(median, min, max)` per point; `None` for a point not measured.
+    pub bars: Vec<Option<(f64, f64, f64)>>,
+    /// The point drawn in the highlight colour (the sweep's best for its objective).
+    pub highlight: Option<usize>,
+}
+
+/// Bar panels in a grid of two columns sharing the points on their x axes (`labels[i]` under
+/// bar `i`): how a sweep shows several figures per point and their noise.
+///
+/// ```no_run
+/// use cairn_cli::chart::{BarPanel, bar_panels};
+/// bar_panels(
+///     std::path::Path::new("tune.svg"),
+///     &["64MiB".into(), "128MiB".into()],
+///     &[BarPanel {
+///         caption: "records/s".into(),
+///         bars: vec![Some((9e5, 8.8e5, 9.1e5)), Some((1.1e6, 1.0e6, 1.2e6))],
+///         highlight: Some(1),
+///     }],
+/// )?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn bar_panels(path: &Path, labels: &[String], panels: &[BarPanel]) -> CResult {
+    let rows = panels.len().div_ceil(2).max(1);
+    let root = SVGBackend::new(path, (1200, 320 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let areas = root.split_evenly((rows, 2));
+    let n = labels.len().max(1) as f64;
+    for (area, panel) in areas.iter().zip(panels) {
+        let max_y = panel
+            .bars
+            .iter()
+            .flatten()
+            .map(|b| b.2)
+            .fold(0.0f64, f64::max)
+            .max(1e-9)
+            * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.caption, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..n, 0f64..max_y)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(labels.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                // Labels sit under the bars' centres (i + 0.5).
+                let i = (x - 0.5).round();
+                if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .draw()?;
+        for (i, bar) in panel.bars.iter().enumerate() {
+            let Some((median, lo, hi)) = *bar else {
+                continue;
+            };
+            let colour = if panel.highlight == Some(i) {
+                COLOURS[0]
+            } else {
+                COLOURS[1]
+            };
+            let x = i as f64;
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x + 0.2, 0.0), (x + 0.8, median)],
+                colour.filled(),
+            )))?;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x + 0.5, lo), (x + 0.5, hi)],
+                BLACK.stroke_width(2),
+            )))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

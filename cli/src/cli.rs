@@ -42,6 +42,10 @@ pub enum Command {
     Bench(crate::bench_cmd::BenchArgs),
     /// Kill -9 rounds against checkpoint storage; verifies every restore and that GC leaks nothing.
     Torture(crate::torture::TortureArgs),
+    /// Sweep config keys over a workload, repetitions alternated: the best point for an
+    /// objective and its distance to the runner-up in units of the noise (JSON, CSV, SVG;
+    /// resumable). `--guide` prints the knobs that matter.
+    Tune(crate::tune::TuneArgs),
 }
 
 /// Which backend the slots use (`state.backend`).
@@ -289,6 +293,7 @@ pub fn main() -> ExitCode {
         Command::Savepoint(args) => return crate::savepoint_cmd::run(args),
         Command::Bench(args) => return crate::bench_cmd::run(args),
         Command::Torture(args) => return crate::torture::command(args),
+        Command::Tune(args) => return crate::tune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -310,6 +315,75 @@ fn init_tracing() {
         .try_init();
 }
 
+/// The config keys that `args`' flags set, each with its flag: flags override the config file,
+/// so a `cairn tune` sweep of one of these keys would be overridden (it refuses), and a config
+/// error on one of them names the flag.
+pub fn keys_set_by_flags(args: &RunArgs) -> Vec<(&'static str, &'static str)> {
+    let flags = [
+        (args.backend.is_some(), "state.backend", "--backend"),
+        (
+            args.working_dir.is_some(),
+            "state.working-dir",
+            "--working-dir",
+        ),
+        (args.memory.is_some(), "memory.managed-size", "--memory"),
+        (args.memory.is_some(), "memory.managed", "--memory"),
+        (args.memory.is_some(), "memory.fixed-per-slot", "--memory"),
+        (args.unmanaged, "memory.managed", "--unmanaged"),
+        (
+            args.state_cache_ratio.is_some(),
+            "memory.state-cache-ratio",
+            "--state-cache-ratio",
+        ),
+        (
+            args.timer_buffer_ratio.is_some(),
+            "memory.timer-buffer-ratio",
+            "--timer-buffer-ratio",
+        ),
+        (
+            args.max_dirty_ratio.is_some(),
+            "state-cache.max-dirty-ratio",
+            "--max-dirty-ratio",
+        ),
+        (
+            args.max_dirty_bytes.is_some(),
+            "state-cache.max-dirty-bytes",
+            "--max-dirty-bytes",
+        ),
+        (
+            args.checkpoint_dir.is_some(),
+            "checkpoint.dir",
+            "--checkpoint-dir",
+        ),
+        (
+            args.checkpoint_interval.is_some(),
+            "checkpoint.interval",
+            "--checkpoint-interval",
+        ),
+        (args.retained.is_some(), "checkpoint.retained", "--retained"),
+        (
+            args.local_recovery,
+            "checkpoint.local-recovery",
+            "--local-recovery",
+        ),
+        (
+            args.timer_service.is_some(),
+            "state.timer-service",
+            "--timer-service",
+        ),
+        (
+            args.restore_mode.is_some(),
+            "checkpoint.restore-mode",
+            "--restore-mode",
+        ),
+    ];
+    flags
+        .into_iter()
+        .filter(|(set, _, _)| *set)
+        .map(|(_, key, flag)| (key, flag))
+        .collect()
+}
+
 /// Builds the run's options from the flags and the config file, checking every value.
 pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
     let mut config = match &args.config {
@@ -319,14 +393,12 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         })?,
         None => CairnConfig::default(),
     };
-    let mut set_by: Vec<(&str, &str)> = Vec::new();
+    let set_by = keys_set_by_flags(args);
     if let Some(b) = args.backend {
         config.state.backend = b.into();
-        set_by.push(("state.backend", "--backend"));
     }
     if let Some(dir) = &args.working_dir {
         config.state.working_dir = dir.clone();
-        set_by.push(("state.working-dir", "--working-dir"));
     }
     if let Some(m) = args.memory {
         config.memory.managed = true;
@@ -334,31 +406,24 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
         if config.memory.fixed_per_slot.take().is_some() {
             tracing::warn!("--memory overrides memory.fixed-per-slot from the config file");
         }
-        set_by.push(("memory.managed-size", "--memory"));
     }
     if args.unmanaged {
         config.memory.managed = false;
-        set_by.push(("memory.managed", "--unmanaged"));
     }
     if let Some(r) = args.state_cache_ratio {
         config.memory.state_cache_ratio = r;
-        set_by.push(("memory.state-cache-ratio", "--state-cache-ratio"));
     }
     if let Some(r) = args.timer_buffer_ratio {
         config.memory.timer_buffer_ratio = r;
-        set_by.push(("memory.timer-buffer-ratio", "--timer-buffer-ratio"));
     }
     if let Some(r) = args.max_dirty_ratio {
         config.state_cache.max_dirty_ratio = r;
-        set_by.push(("state-cache.max-dirty-ratio", "--max-dirty-ratio"));
     }
     if let Some(b) = args.max_dirty_bytes {
         config.state_cache.max_dirty_bytes = Some(b);
-        set_by.push(("state-cache.max-dirty-bytes", "--max-dirty-bytes"));
     }
     if let Some(d) = &args.checkpoint_dir {
         config.checkpoint.dir = d.clone();
-        set_by.push(("checkpoint.dir", "--checkpoint-dir"));
     }
     if let Some(i) = &args.checkpoint_interval {
         config.checkpoint.interval = if i == "off" {
@@ -370,19 +435,15 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
                 allowed: format!("a duration like 2s or 200ms, or off ({e})"),
             })?)
         };
-        set_by.push(("checkpoint.interval", "--checkpoint-interval"));
     }
     if let Some(r) = args.retained {
         config.checkpoint.retained = r;
-        set_by.push(("checkpoint.retained", "--retained"));
     }
     if args.local_recovery {
         config.checkpoint.local_recovery = true;
-        set_by.push(("checkpoint.local-recovery", "--local-recovery"));
     }
     if let Some(t) = args.timer_service {
         config.state.timer_service = t.into();
-        set_by.push(("state.timer-service", "--timer-service"));
     }
     if let Some(m) = args.restore_mode {
         config.checkpoint.restore_mode = match m {

@@ -22,6 +22,7 @@ pub mod savepoint_cmd;
 pub mod stream;
 pub mod torture;
 pub mod ttl_bench;
+pub mod tune;
 pub mod upload_floor;
 pub mod wordcount;
 pub mod workload;
