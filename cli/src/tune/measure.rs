@@ -151,13 +151,14 @@ pub fn run_once(
         source,
     };
     let log = std::fs::File::create(stderr_log).map_err(spawn_err)?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(spawn_err)?;
+        .stderr(log);
+    die_with_parent(&mut command);
+    let child = command.spawn().map_err(spawn_err)?;
     let (status, rss_peak_bytes) = wait_with_peak_rss(child).map_err(spawn_err)?;
     if let Some(status) = status {
         let text = std::fs::read_to_string(stderr_log).unwrap_or_default();
@@ -173,6 +174,25 @@ pub fn run_once(
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| json_err(e.to_string()))?;
     from_run_json(&value, rss_peak_bytes).map_err(json_err)
+}
+
+/// A sweep killed mid-run (Ctrl-C, SIGKILL) takes its running repetition with it, so a resumed
+/// sweep never shares the machine, or the scratch directory, with an orphan.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
+        // is async-signal-safe; it allocates nothing and touches no lock.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// Waits for `child` and returns `(None, peak RSS)` when it exited with 0, else
