@@ -2,6 +2,10 @@
 //! (`memory.write-buffer-ratio`, `rocksdb.compaction-style`, ...), their cartesian product, and
 //! each point's configuration as a TOML document (the base config with the point's keys set).
 //!
+//! A key `env.NAME` sets the environment variable `NAME` of the runs instead of a config key
+//! (`--sweep env.MALLOC_ARENA_MAX=1,2,8`, or an allocator through `env.LD_PRELOAD`; `""` is
+//! the empty value).
+//!
 //! A value is read as a TOML value when it parses as one (`0.25`, `true`, `4`, `"level"`,
 //! `[1, 2]`), else as a string (`128MiB`, `level`), so sizes and names need no quoting. Commas
 //! inside `[...]` or quotes do not split values.
@@ -45,6 +49,9 @@ pub enum GridError {
     TooLarge(usize),
 }
 
+/// Prefix of the keys that set an environment variable of the runs.
+pub const ENV_PREFIX: &str = "env.";
+
 /// The most points one sweep may have (each runs the workload `--reps` times).
 pub const MAX_POINTS: usize = 256;
 
@@ -64,7 +71,11 @@ impl FromStr for Sweep {
         let malformed = || GridError::Malformed(s.to_string());
         let (key, values) = s.split_once('=').ok_or_else(malformed)?;
         let key = key.trim();
-        let key_ok = !key.is_empty()
+        let env_ok = key.strip_prefix(ENV_PREFIX).is_none_or(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        let key_ok = env_ok
+            && !key.is_empty()
             && key.split('.').all(|part| {
                 !part.is_empty()
                     && part
@@ -166,11 +177,21 @@ impl Point {
         self.settings.iter().map(|(_, v)| show(v)).collect()
     }
 
-    /// `base` with this point's keys set, as a TOML document.
+    /// The environment variables this point sets (its `env.NAME` keys), values as shown.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.settings
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(ENV_PREFIX)?.to_string(), show(v))))
+            .collect()
+    }
+
+    /// `base` with this point's config keys set (not its `env.` keys), as a TOML document.
     pub fn apply(&self, base: &toml::Table) -> Result<String, GridError> {
         let mut doc = base.clone();
         for (key, value) in &self.settings {
-            set(&mut doc, key, value.clone())?;
+            if !key.starts_with(ENV_PREFIX) {
+                set(&mut doc, key, value.clone())?;
+            }
         }
         Ok(toml::to_string(&doc).unwrap_or_default())
     }
@@ -263,6 +284,8 @@ mod tests {
             "memory.x=",
             "memory.x= , ",
             "a b=1",
+            "env.=1",
+            "env.A-B=1",
         ] {
             assert!(
                 matches!(bad.parse::<Sweep>(), Err(GridError::Malformed(_))),
@@ -309,6 +332,21 @@ mod tests {
             Some("universal")
         );
         assert_eq!(points(&[]).len(), 1);
+    }
+
+    #[test]
+    fn env_keys_set_the_environment_not_the_config() {
+        let s: Sweep = "env.LD_PRELOAD=\"\",/usr/lib/libjemalloc.so.2"
+            .parse()
+            .expect("ok");
+        let grid = points(&[s, "memory.managed-size=64MiB".parse().expect("ok")]);
+        assert_eq!(grid[0].env(), [("LD_PRELOAD".to_string(), String::new())]);
+        assert_eq!(grid[1].env()[0].1, "/usr/lib/libjemalloc.so.2");
+        let doc = grid[1].apply(&toml::Table::new()).expect("apply");
+        assert!(
+            !doc.contains("LD_PRELOAD") && doc.contains("managed-size"),
+            "{doc}"
+        );
     }
 
     #[test]

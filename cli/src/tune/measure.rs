@@ -138,11 +138,12 @@ pub enum MeasureError {
     },
 }
 
-/// Runs `exe args...` (a `cairn run` that writes its JSON to `json`), waits for it, and reads
-/// the figures; the child's stderr goes to `stderr_log` (its tail is in the error on failure).
+/// Runs `exe args...` with `env` added to its environment (a `cairn run` that writes its JSON
+/// to `json`), waits for it, and reads the figures; the child's stderr goes to `stderr_log` (its tail is in the error on failure).
 pub fn run_once(
     exe: &Path,
     args: &[OsString],
+    env: &[(String, String)],
     json: &Path,
     stderr_log: &Path,
 ) -> Result<Measurement, MeasureError> {
@@ -154,6 +155,7 @@ pub fn run_once(
     let mut command = Command::new(exe);
     command
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -319,6 +321,7 @@ mod tests {
         let e = run_once(
             Path::new("/bin/sh"),
             &["-c".into(), "echo boom >&2; exit 3".into()],
+            &[],
             &dir.path().join("x.json"),
             &dir.path().join("log"),
         )
@@ -340,6 +343,7 @@ mod tests {
         let m = run_once(
             Path::new("/bin/bash"),
             &["-c".into(), script.into()],
+            &[],
             &json,
             &dir.path().join("log"),
         )

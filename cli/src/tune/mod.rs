@@ -9,7 +9,9 @@
 //!     -- --workload update --records 10000000 --keys 1000000
 //! ```
 //!
-//! Everything after `--` is `cairn run`'s flags: the workload. Each point of the grid (the
+//! Everything after `--` is `cairn run`'s flags: the workload. A key `env.NAME` sweeps an
+//! environment variable of the runs instead (`--sweep env.MALLOC_ARENA_MAX=1,2,8`; allocators
+//! side by side through `env.LD_PRELOAD`). Each point of the grid (the
 //! cartesian product of the `--sweep` flags, applied to the `--config` file) runs `--reps`
 //! times as its own `cairn run` process ([`measure`]); repetitions are alternated (round `r`
 //! runs every point once, starting at point `r`) so a machine that slows down or speeds up
@@ -51,8 +53,9 @@ pub const GUIDE: &str = include_str!("guide.md");
 /// `cairn tune` flags.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
-    /// A config key and its values, e.g. `memory.write-buffer-ratio=0.25,0.5` (repeat the flag
-    /// to sweep several keys; the grid is their product).
+    /// A config key and its values, e.g. `memory.write-buffer-ratio=0.25,0.5`, or
+    /// `env.NAME=...` for an environment variable of the runs (repeat the flag to sweep several
+    /// keys; the grid is their product).
     #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
     pub sweeps: Vec<Sweep>,
     /// Repetitions per point (alternated across points).
@@ -257,7 +260,7 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
                 run_dir.join("checkpoints").into_os_string(),
             ]);
         }
-        let measured = measure::run_once(&exe, &argv, &json, &scratch.join("run.stderr"));
+        let measured = measure::run_once(&exe, &argv, &p.env(), &json, &scratch.join("run.stderr"));
         wipe(&run_dir).map_err(|e| files(&run_dir, &e))?;
         let measurement = measured.map_err(|source| TuneError::Run {
             point,

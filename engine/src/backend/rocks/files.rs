@@ -20,9 +20,21 @@ impl RocksDbBackend {
     /// hard-links the live files. SSTs are shared, everything else private (Flink's rule).
     pub(super) fn checkpoint_into(&self, dir: &Path) -> Result<NativeSnapshot> {
         self.check_open()?;
+        // The memtables are flushed here, not inside `create_checkpoint` (which then finds them
+        // empty), so the pause's two parts are timed apart: waiting for the flush (writing and
+        // syncing the SSTs on a background thread) and the checkpoint itself (links, MANIFEST
+        // copy, directory syncs).
+        let t = Instant::now();
+        self.flush_memtables(true)?;
+        let flush = t.elapsed();
         rocksdb::checkpoint::Checkpoint::new(self.db())
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(EngineError::rocks("native checkpoint"))?;
+        tracing::debug!(
+            flush_ms = flush.as_secs_f64() * 1e3,
+            checkpoint_ms = (t.elapsed() - flush).as_secs_f64() * 1e3,
+            "native checkpoint"
+        );
         let list = |e| EngineError::Io {
             op: format!("list {}", dir.display()),
             source: e,

@@ -482,7 +482,7 @@ impl RocksDbBackend {
     }
 
     /// Flushes every state's memtables, waiting for the SSTs or not.
-    fn flush_memtables(&mut self, wait: bool) -> Result<()> {
+    pub(super) fn flush_memtables(&self, wait: bool) -> Result<()> {
         // `flush()` alone flushes only the default column family.
         let cfs: Vec<_> = self
             .states
