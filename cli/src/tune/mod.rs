@@ -72,7 +72,7 @@ pub struct TuneArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the runs keep their working directory and checkpoints (wiped after each run)
-    /// [default: ./cairn-data/tune].
+    /// [default: ./cairn-data/tune/<the sweep's fingerprint>].
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
     /// Print the guide to the knobs that matter, and exit.
@@ -187,10 +187,11 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
     let points = grid::points(&args.sweeps);
     let (base_text, base) = read_base(args.config.as_deref())?;
     let run_args = check_run_args(args)?;
+    let fingerprint = fingerprint(&args.sweeps, &run_args, base_text.as_deref());
     let scratch = args
         .scratch
         .clone()
-        .unwrap_or_else(|| PathBuf::from("cairn-data/tune"));
+        .unwrap_or_else(|| PathBuf::from("cairn-data/tune").join(&fingerprint));
     let files = |what: &Path, e: &dyn std::fmt::Display| TuneError::Files {
         what: what.display().to_string(),
         reason: e.to_string(),
@@ -213,7 +214,6 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         configs.push(path);
     }
 
-    let fingerprint = fingerprint(&args.sweeps, &run_args, base_text.as_deref());
     let bench = BenchFiles::new(out).map_err(|e| files(out, &e))?;
     let mut log = RunLog::open(&bench.path(".runs.jsonl"), &fingerprint, points.len())?;
     let order = alternated_order(points.len(), args.reps);

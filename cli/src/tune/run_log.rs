@@ -53,6 +53,12 @@ pub enum RunLogError {
         /// What is wrong.
         reason: String,
     },
+    /// Another `cairn tune` has the file open (the same sweep runs twice).
+    #[error("results file {path} is in use by another cairn tune of this sweep")]
+    Busy {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file holds another sweep's results.
     #[error(
         "results file {path} belongs to another sweep (fingerprint {found}, this sweep's is {expected}): \
@@ -121,6 +127,14 @@ impl RunLog {
             .append(true)
             .open(path)
             .map_err(io)?;
+        // Held until the sweep ends (the lock goes with the file): a second run of the same
+        // sweep would measure beside the first and share its scratch directory.
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => RunLogError::Busy {
+                path: path.to_path_buf(),
+            },
+            std::fs::TryLockError::Error(e) => io(e),
+        })?;
         if complete < text.len() {
             tracing::warn!(
                 path = %path.display(),
@@ -212,6 +226,10 @@ mod tests {
         let path = dir.path().join("runs.jsonl");
         let mut log = RunLog::open(&path, "f", 4).expect("new");
         log.append(record("f", 2, 0)).expect("append");
+        assert!(matches!(
+            RunLog::open(&path, "f", 4),
+            Err(RunLogError::Busy { .. })
+        ));
         drop(log);
         assert!(matches!(
             RunLog::open(&path, "g", 4),
