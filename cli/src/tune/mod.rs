@@ -199,20 +199,7 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
     std::fs::create_dir_all(&scratch).map_err(|e| files(&scratch, &e))?;
     let scratch = scratch.canonicalize().map_err(|e| files(&scratch, &e))?;
 
-    // Every point's config is written and checked before anything runs.
-    let mut configs = Vec::with_capacity(points.len());
-    for (i, p) in points.iter().enumerate() {
-        let point_err = |reason: String| TuneError::Point {
-            point: i,
-            settings: p.describe(),
-            reason,
-        };
-        let text = p.apply(&base).map_err(|e| point_err(e.to_string()))?;
-        let path = scratch.join(format!("point-{i}.toml"));
-        std::fs::write(&path, &text).map_err(|e| files(&path, &e))?;
-        validate_point(&path, &run_args).map_err(point_err)?;
-        configs.push(path);
-    }
+    let configs = point_configs(&points, &base, &scratch, &run_args)?;
 
     let bench = BenchFiles::new(out).map_err(|e| files(out, &e))?;
     let mut log = RunLog::open(&bench.path(".runs.jsonl"), &fingerprint, points.len())?;
@@ -244,22 +231,7 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         wipe(&run_dir).map_err(|e| files(&run_dir, &e))?;
         std::fs::create_dir_all(&run_dir).map_err(|e| files(&run_dir, &e))?;
         let json = run_dir.join("run.json");
-        let mut argv: Vec<OsString> = vec!["run".into()];
-        argv.extend(run_args.iter().map(OsString::from));
-        argv.extend([
-            "--config".into(),
-            configs[point].clone().into_os_string(),
-            "--json".into(),
-            json.clone().into_os_string(),
-            "--working-dir".into(),
-            run_dir.join("work").into_os_string(),
-        ]);
-        if own_checkpoints {
-            argv.extend([
-                "--checkpoint-dir".into(),
-                run_dir.join("checkpoints").into_os_string(),
-            ]);
-        }
+        let argv = child_argv(&run_args, &configs[point], &run_dir, own_checkpoints);
         let measured = measure::run_once(&exe, &argv, &p.env(), &json, &scratch.join("run.stderr"));
         wipe(&run_dir).map_err(|e| files(&run_dir, &e))?;
         let measurement = measured.map_err(|source| TuneError::Run {
@@ -304,6 +276,60 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
     print!("{}", render(args, &stats, best.as_ref()));
     bench.announce();
     Ok(())
+}
+
+/// Writes every point's config into `scratch` and checks it as `cairn run` will, before
+/// anything runs: a bad value fails the sweep at once, naming its point.
+fn point_configs(
+    points: &[Point],
+    base: &toml::Table,
+    scratch: &Path,
+    run_args: &[String],
+) -> Result<Vec<PathBuf>, TuneError> {
+    let mut configs = Vec::with_capacity(points.len());
+    for (i, p) in points.iter().enumerate() {
+        let point_err = |reason: String| TuneError::Point {
+            point: i,
+            settings: p.describe(),
+            reason,
+        };
+        let text = p.apply(base).map_err(|e| point_err(e.to_string()))?;
+        let path = scratch.join(format!("point-{i}.toml"));
+        std::fs::write(&path, &text).map_err(|e| TuneError::Files {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        validate_point(&path, run_args).map_err(point_err)?;
+        configs.push(path);
+    }
+    Ok(configs)
+}
+
+/// `cairn run` with the workload's flags, the point's config, and this run's JSON, working
+/// directory and (unless the sweep's own) checkpoint storage under `run_dir`.
+fn child_argv(
+    run_args: &[String],
+    config: &Path,
+    run_dir: &Path,
+    own_checkpoints: bool,
+) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = vec!["run".into()];
+    argv.extend(run_args.iter().map(OsString::from));
+    argv.extend([
+        "--config".into(),
+        config.as_os_str().to_owned(),
+        "--json".into(),
+        run_dir.join("run.json").into_os_string(),
+        "--working-dir".into(),
+        run_dir.join("work").into_os_string(),
+    ]);
+    if own_checkpoints {
+        argv.extend([
+            "--checkpoint-dir".into(),
+            run_dir.join("checkpoints").into_os_string(),
+        ]);
+    }
+    argv
 }
 
 /// The base config's text (canonical TOML) and table; Cairn's defaults without a file.
