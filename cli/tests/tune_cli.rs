@@ -138,3 +138,45 @@ fn an_invalid_point_is_refused_before_anything_runs() -> TestResult {
     assert!(!dir.path().join("out/t.runs.jsonl").exists());
     Ok(())
 }
+
+#[test]
+fn a_failed_repetition_stops_the_sweep_and_keeps_what_was_measured() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display();
+    // Point 1's checkpoint storage cannot be created: it is valid config, and fails at run time.
+    let out = tune(&[
+        "tune".into(),
+        "--out".into(),
+        format!("{d}/out/t"),
+        "--scratch".into(),
+        format!("{d}/scratch"),
+        "--reps".into(),
+        "1".into(),
+        "--sweep".into(),
+        format!("checkpoint.dir={d}/checkpoints,/proc/cairn-no-such-dir"),
+        "--".into(),
+        "--workload".into(),
+        "update".into(),
+        "--records".into(),
+        "20000".into(),
+        "--keys".into(),
+        "2000".into(),
+        "--no-checksum".into(),
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("point 1") && stderr.contains("repetition 0"),
+        "{stderr}"
+    );
+    assert_eq!(
+        complete_lines(&dir.path().join("out/t.runs.jsonl")).len(),
+        1
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/t.json"))?)?;
+    assert_eq!(report["points"][0]["reps"], 1);
+    assert_eq!(report["points"][1]["reps"], 0);
+    assert_eq!(report["answer"]["best"], 0);
+    Ok(())
+}

@@ -224,6 +224,8 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
             .is_some_and(|t| t.contains_key("dir"))
         && !args.sweeps.iter().any(|s| s.key == "checkpoint.dir");
     let bar = progress_bar(todo.len() as u64);
+    // A failed repetition stops the sweep, but what was measured is still written out.
+    let mut failed = None;
     for (point, rep) in todo {
         let p = &points[point];
         bar.set_message(p.describe());
@@ -234,12 +236,18 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         let argv = child_argv(&run_args, &configs[point], &run_dir, own_checkpoints);
         let measured = measure::run_once(&exe, &argv, &p.env(), &json, &scratch.join("run.stderr"));
         wipe(&run_dir).map_err(|e| files(&run_dir, &e))?;
-        let measurement = measured.map_err(|source| TuneError::Run {
-            point,
-            settings: p.describe(),
-            rep,
-            source,
-        })?;
+        let measurement = match measured {
+            Ok(m) => m,
+            Err(source) => {
+                failed = Some(TuneError::Run {
+                    point,
+                    settings: p.describe(),
+                    rep,
+                    source,
+                });
+                break;
+            }
+        };
         bar.suspend(|| {
             eprintln!(
                 "  {} rep {rep}: {} records/s, peak RSS {} MiB",
@@ -275,7 +283,10 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
     write_outputs(&bench, args, &points, &report).map_err(|e| files(out, &e))?;
     print!("{}", render(args, &stats, best.as_ref()));
     bench.announce();
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Writes every point's config into `scratch` and checks it as `cairn run` will, before
