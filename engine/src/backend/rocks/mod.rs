@@ -47,6 +47,7 @@ mod files;
 pub mod native_metrics;
 mod options;
 pub mod rescale;
+mod stall_guard;
 mod ttl_filter;
 
 use std::collections::{HashMap, HashSet};
@@ -155,7 +156,11 @@ static LOAD_FILES: AtomicU64 = AtomicU64::new(0);
 
 /// Keyed state of one slot in RocksDB. See the module doc.
 pub struct RocksDbBackend {
-    // Field order is drop order: the DB closes before the cache and write-buffer manager it uses.
+    // Field order is drop order: the stall guard stops before the DB closes, and the DB closes
+    // before the cache and write-buffer manager it uses.
+    /// Wakes writers the write-buffer manager would stall forever once flushes fail
+    /// (`None` without a manager).
+    _stall_guard: Option<stall_guard::StallGuard>,
     // Shared (`Arc`) with the slot's RocksDB timer service, which the slot drops first.
     db: Arc<Db>,
     memory: SlotMemory,
@@ -295,9 +300,22 @@ impl RocksDbBackend {
             let max_dirty = p.state_cache.dirty_bound(capacity);
             StateCache::new(capacity, max_dirty)
         });
+        let db = Arc::new(db);
+        let stall_guard = match p.memory.write_buffer_manager() {
+            Some(wbm) => Some(
+                stall_guard::StallGuard::start(&db, wbm.clone(), &db_path).map_err(|e| {
+                    EngineError::Io {
+                        op: "start the write-stall guard thread".into(),
+                        source: e,
+                    }
+                })?,
+            ),
+            None => None,
+        };
         let mut backend = Self {
+            _stall_guard: stall_guard,
             cache,
-            db: Arc::new(db),
+            db,
             memory: p.memory,
             config: p.config.clone(),
             hook: p.hook,
