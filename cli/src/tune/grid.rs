@@ -138,9 +138,12 @@ fn parse_value(text: &str) -> toml::Value {
     }
 }
 
-/// How a value is shown in labels and tables: strings bare, everything else as TOML.
+/// How a value is shown in labels and tables: strings bare (the empty one as `""`), everything
+/// else as TOML.
 fn show(v: &toml::Value) -> String {
     match v {
+        // The empty string shown as itself, so a label or a CSV cell never comes out blank.
+        toml::Value::String(s) if s.is_empty() => "\"\"".into(),
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -177,11 +180,17 @@ impl Point {
         self.settings.iter().map(|(_, v)| show(v)).collect()
     }
 
-    /// The environment variables this point sets (its `env.NAME` keys), values as shown.
+    /// The environment variables this point sets (its `env.NAME` keys), with their values as the runs get them.
     pub fn env(&self) -> Vec<(String, String)> {
         self.settings
             .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix(ENV_PREFIX)?.to_string(), show(v))))
+            .filter_map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Some((k.strip_prefix(ENV_PREFIX)?.to_string(), value))
+            })
             .collect()
     }
 
@@ -341,6 +350,7 @@ mod tests {
             .expect("ok");
         let grid = points(&[s, "memory.managed-size=64MiB".parse().expect("ok")]);
         assert_eq!(grid[0].env(), [("LD_PRELOAD".to_string(), String::new())]);
+        assert_eq!(grid[0].label(), "\"\" / 64MiB");
         assert_eq!(grid[1].env()[0].1, "/usr/lib/libjemalloc.so.2");
         let doc = grid[1].apply(&toml::Table::new()).expect("apply");
         assert!(
