@@ -180,7 +180,8 @@ impl Point {
         self.settings.iter().map(|(_, v)| show(v)).collect()
     }
 
-    /// The environment variables this point sets (its `env.NAME` keys), with their values as the runs get them.
+    /// The environment variables this point sets (its `env.NAME` keys), with their values as
+    /// the runs get them.
     pub fn env(&self) -> Vec<(String, String)> {
         self.settings
             .iter()
