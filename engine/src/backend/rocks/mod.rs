@@ -44,6 +44,7 @@
 
 pub mod cache;
 mod files;
+pub mod lazy;
 pub mod native_metrics;
 mod options;
 pub mod rescale;
@@ -148,6 +149,8 @@ pub struct RocksDbRestore {
     pub key_groups: KeyGroupRange,
     /// The other old slots with key groups of this slot.
     pub merge: Vec<crate::backend::MergeSource>,
+    /// The base's SSTs to fetch lazily ([`lazy`]); `None` when they are all in `files`.
+    pub lazy: Option<lazy::LazyRestore>,
 }
 
 /// Numbers the SST files [`StateBackend::load_entries`] writes (unique in the process).
@@ -158,6 +161,8 @@ pub struct RocksDbBackend {
     // Field order is drop order: the DB closes before the cache and write-buffer manager it uses.
     // Shared (`Arc`) with the slot's RocksDB timer service, which the slot drops first.
     db: Arc<Db>,
+    /// The lazily restored files still fetched (after `db`: stops once RocksDB closed).
+    lazy: Option<lazy::LazyFiles>,
     memory: SlotMemory,
     config: RocksDbConfig,
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
@@ -249,7 +254,16 @@ impl RocksDbBackend {
             memory: &p.memory,
             hook: p.hook.as_ref(),
         };
-        let db_opts = builder.db_options();
+        let mut db_opts = builder.db_options();
+        // Lazy restore: RocksDB opens through the lazy file system (see `lazy`).
+        let mut lazy_files = match p.restore.as_ref().and_then(|r| r.lazy.as_ref()) {
+            Some(l) => {
+                let files = lazy::LazyFiles::new(&db_path, &p.dir.join("lazy-fetch"), l)?;
+                lazy::tune_options(&mut db_opts, &files.env()?, p.config.max_open_files);
+                Some((files, l.threads))
+            }
+            None => None,
+        };
         // Always pass "default" with the shared options: without it RocksDB opens the default
         // column family with its own cache, outside the budget.
         let mut cfs = vec![ColumnFamilyDescriptor::new(
@@ -288,6 +302,10 @@ impl RocksDbBackend {
                 }
             }
         })?;
+        let lazy = lazy_files.take().map(|(mut files, threads)| {
+            files.start(threads);
+            files
+        });
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         let capacity = p.memory.state_cache_bytes();
@@ -298,6 +316,7 @@ impl RocksDbBackend {
         let mut backend = Self {
             cache,
             db: Arc::new(db),
+            lazy,
             memory: p.memory,
             config: p.config.clone(),
             hook: p.hook,
@@ -1036,6 +1055,14 @@ impl StateBackend for RocksDbBackend {
 
     fn compact(&mut self) -> Result<CompactionStats> {
         self.compact_all()
+    }
+
+    fn lazy_progress(&self) -> Option<lazy::LazyProgress> {
+        self.lazy.as_ref().map(|l| l.progress())
+    }
+
+    fn wait_local(&self) -> Result<()> {
+        self.lazy.as_ref().map_or(Ok(()), |l| l.wait_local())
     }
 
     fn native_property(&self, name: &str) -> Option<u64> {
