@@ -133,6 +133,8 @@ fn restore_equivalence_with(backend: BackendKind, tune: impl Fn(&mut CairnConfig
         // fetched after open).
         let p = restored.lazy_progress().ok_or("a lazily restored slot")?;
         assert!(p.pending_files > 0 || p.fetched_bytes > 0, "{p:?}");
+        // The database's open waited for no SST (RocksDB read none synchronously).
+        assert_eq!(p.open_fetches, 0, "{p:?}");
     }
     assert_eq!(read_back(&mut restored, keys)?, at_checkpoint);
     if cfg.checkpoint.restore_fetch == RestoreFetch::Lazy {

@@ -35,6 +35,7 @@ fn kill_rounds(
     url: String,
     storage: StorageOptions,
     child_env: Vec<(String, String)>,
+    child_args: Vec<String>,
 ) -> Result<TortureReport, Box<dyn std::error::Error>> {
     let work = tempfile::tempdir()?;
     let rounds = rounds();
@@ -44,6 +45,7 @@ fn kill_rounds(
             url,
             storage,
             child_env,
+            child_args,
             rounds,
             keys: 5000,
             work_dir: work.path().to_path_buf(),
@@ -76,8 +78,23 @@ fn kill_rounds(
 fn kill_9_during_checkpoints_never_loses_committed_state() -> TestResult {
     let dir = tempfile::tempdir()?;
     let url = format!("file://{}", dir.path().join("checkpoints").display());
-    kill_rounds(url, StorageOptions::default(), Vec::new())?;
+    kill_rounds(url, StorageOptions::default(), Vec::new(), Vec::new())?;
     Ok(())
+}
+
+/// The same rounds with every child restoring lazily (`--restore-fetch lazy`): each child
+/// opens from the previous round's checkpoint metadata, is killed while its SSTs may still
+/// be fetching, and its checkpoints (taken while fetching) restore exactly.
+#[test]
+fn kill_9_with_lazy_restore_never_loses_committed_state() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let url = format!("file://{}", dir.path().join("checkpoints").display());
+    kill_rounds(url, StorageOptions::default(), Vec::new(), lazy_args())?;
+    Ok(())
+}
+
+fn lazy_args() -> Vec<String> {
+    vec!["--restore-fetch".into(), "lazy".into()]
 }
 
 #[test]
@@ -90,7 +107,21 @@ fn kill_9_during_checkpoints_on_s3_never_loses_committed_state() -> TestResult {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    kill_rounds(t.url, t.options, env)?;
+    kill_rounds(t.url, t.options, env, Vec::new())?;
+    Ok(())
+}
+
+#[test]
+fn kill_9_with_lazy_restore_on_s3_never_loses_committed_state() -> TestResult {
+    let Some(t) = support::s3_target("crash_restore_lazy") else {
+        return Ok(());
+    };
+    let env = t
+        .child_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    kill_rounds(t.url, t.options, env, lazy_args())?;
     Ok(())
 }
 

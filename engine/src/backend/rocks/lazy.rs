@@ -38,7 +38,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -95,6 +94,10 @@ pub struct LazyProgress {
     pub fetched_bytes: u64,
     /// Fetches a RocksDB access waited for.
     pub demand_fetches: u64,
+    /// Of those, the fetches the thread opening the database waited for before the open
+    /// returned (0 is the point of the mode; RocksDB's own background opening of table
+    /// readers after the open is not counted).
+    pub open_fetches: u64,
     /// The first failed fetch, if any (the slot must be restored again).
     pub failure: Option<String>,
     /// Milliseconds from the open until nothing was pending, once that happened.
@@ -123,6 +126,9 @@ struct State {
     closed: bool,
     fetched_bytes: u64,
     demand_fetches: u64,
+    /// The thread opening the database, until it is open.
+    opener: Option<std::thread::ThreadId>,
+    open_fetches: u64,
     failure: Option<String>,
     local_after_ms: Option<f64>,
 }
@@ -138,8 +144,6 @@ struct Inner {
     state: Mutex<State>,
     changed: Condvar,
     opened: Instant,
-    /// Set once the shim's file system is gone (the Env was dropped).
-    released: AtomicBool,
 }
 
 /// The lazily restored files of one slot: the fetch threads and the state the shim asks.
@@ -225,8 +229,7 @@ unsafe extern "C" fn callback(
 /// `ctx` is the pointer `Arc::into_raw` gave `cairn_lazy_env_create`, released once.
 unsafe extern "C" fn release(ctx: *mut c_void) {
     // SAFETY: see the function's contract.
-    let inner = unsafe { Arc::from_raw(ctx as *const Inner) };
-    inner.released.store(true, Ordering::Release);
+    drop(unsafe { Arc::from_raw(ctx as *const Inner) });
 }
 
 enum Answer {
@@ -292,6 +295,9 @@ impl Inner {
             if !asked && e.status == Status::Pending {
                 st.demands.push_back(name.to_owned());
                 st.demand_fetches += 1;
+                if st.opener == Some(std::thread::current().id()) {
+                    st.open_fetches += 1;
+                }
                 asked = true;
                 self.changed.notify_all();
             }
@@ -442,12 +448,13 @@ impl LazyFiles {
                 closed: false,
                 fetched_bytes: 0,
                 demand_fetches: 0,
+                opener: None,
+                open_fetches: 0,
                 failure: None,
                 local_after_ms: None,
             }),
             changed: Condvar::new(),
             opened: Instant::now(),
-            released: AtomicBool::new(false),
         });
         Ok(Self {
             inner,
@@ -471,10 +478,22 @@ impl LazyFiles {
         Ok(unsafe { rocksdb::Env::from_raw(raw) })
     }
 
-    /// Starts `threads` fetch threads (at least 2): the first fetches only what RocksDB waits
-    /// for, the others that first and then the largest pending file.
-    pub(crate) fn start(&mut self, threads: usize) {
-        for i in 0..threads.max(2) {
+    /// Starts the thread that fetches only what RocksDB waits for (before the database opens,
+    /// so an open that needs a file gets it).
+    pub(crate) fn start_demand(&mut self) {
+        self.inner.lock().opener = Some(std::thread::current().id());
+        self.spawn(0..1);
+    }
+
+    /// Starts `threads - 1` more fetch threads (at least 1), once the database is open: they
+    /// fetch what RocksDB waits for first and then the largest pending file.
+    pub(crate) fn start_background(&mut self, threads: usize) {
+        self.inner.lock().opener = None;
+        self.spawn(1..threads.max(2));
+    }
+
+    fn spawn(&mut self, ids: std::ops::Range<usize>) {
+        for i in ids {
             let inner = self.inner.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("cairn-lazy-{i}"))
@@ -504,6 +523,7 @@ impl LazyFiles {
             pending_bytes: pending.iter().sum(),
             fetched_bytes: st.fetched_bytes,
             demand_fetches: st.demand_fetches,
+            open_fetches: st.open_fetches,
             failure: st.failure.clone(),
             local_after_ms: st.local_after_ms,
         }

@@ -258,7 +258,8 @@ impl RocksDbBackend {
         // Lazy restore: RocksDB opens through the lazy file system (see `lazy`).
         let mut lazy_files = match p.restore.as_ref().and_then(|r| r.lazy.as_ref()) {
             Some(l) => {
-                let files = lazy::LazyFiles::new(&db_path, &p.dir.join("lazy-fetch"), l)?;
+                let mut files = lazy::LazyFiles::new(&db_path, &p.dir.join("lazy-fetch"), l)?;
+                files.start_demand();
                 lazy::tune_options(&mut db_opts, &files.env()?, p.config.max_open_files);
                 Some((files, l.threads))
             }
@@ -303,7 +304,7 @@ impl RocksDbBackend {
             }
         })?;
         let lazy = lazy_files.take().map(|(mut files, threads)| {
-            files.start(threads);
+            files.start_background(threads);
             files
         });
         let mut write_opts = WriteOptions::default();
