@@ -147,7 +147,10 @@ fn check(slots: &mut [Slot], model: &Model, what: &str) -> R {
 
 #[test]
 fn every_key_lands_in_exactly_one_slot_for_every_n_and_m() -> R {
-    every_key_lands(&[BackendKind::RocksDb, BackendKind::Heap], RestoreFetch::Eager)
+    every_key_lands(
+        &[BackendKind::RocksDb, BackendKind::Heap],
+        RestoreFetch::Eager,
+    )
 }
 
 /// The same with lazy restore: each new slot's base opens from its metadata and fetches its

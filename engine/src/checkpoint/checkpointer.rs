@@ -17,11 +17,11 @@ use serde::Serialize;
 
 use super::config::{CheckpointConfig, ClaimMode, FileVerify, RestoreFetch};
 use super::lazy_source::StoreSource;
-use crate::backend::rocks::lazy::LazyRestore;
 use super::local::{self, RestoredVia, SlotRestoreReport};
 use super::rebase::{self, RebaseState};
 use super::slot_uploader::SlotAck;
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
+use crate::backend::rocks::lazy::LazyRestore;
 use crate::backend::{CompactionStats, MergeSource, RestoredFiles, StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;

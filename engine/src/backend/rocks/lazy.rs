@@ -196,10 +196,8 @@ unsafe extern "C" fn callback(
     let inner = unsafe { &*(ctx as *const Inner) };
     // SAFETY: RocksDB's std::string data and size.
     let path = unsafe { std::slice::from_raw_parts(path as *const u8, len) };
-    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        inner.answer(path, op)
-    }))
-    .unwrap_or_else(|_| Answer::Failed("Internal|panic in the lazy-restore callback".into()));
+    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.answer(path, op)))
+        .unwrap_or_else(|_| Answer::Failed("Internal|panic in the lazy-restore callback".into()));
     match answer {
         Answer::Local => 0,
         Answer::Pending(s) => {
@@ -580,7 +578,11 @@ pub(crate) fn tune_options(
     }
     // -1 (RocksDB's default) opens every table at start, i.e. fetches the whole state on the
     // flush thread pool.
-    db.set_max_open_files(max_open_files.filter(|n| *n > 0).unwrap_or(LAZY_MAX_OPEN_FILES));
+    db.set_max_open_files(
+        max_open_files
+            .filter(|n| *n > 0)
+            .unwrap_or(LAZY_MAX_OPEN_FILES),
+    );
 }
 
 /// `max_open_files` of a lazy slot whose configuration leaves it unbounded: enough table
