@@ -19,7 +19,7 @@
 //!   it from the fetch list.
 //!
 //! ## Why DB::Open does not read every SST
-//! The slot's options for a lazy open ([`tune_options`]): `skip_stats_update_on_db_open`
+//! The slot's options for a lazy open (`tune_options`): `skip_stats_update_on_db_open`
 //! (otherwise Open reads the table properties of up to 20 files), `open_files_async` (otherwise
 //! Open loads up to 16 table readers before returning; async, RocksDB loads them on a
 //! background thread after Open, where the fetch is only a wait for that thread), and a bounded
