@@ -60,6 +60,13 @@ pub struct RestoreBenchArgs {
     /// checkpoints`); nothing written there is removed afterwards.
     #[arg(long)]
     pub s3_url: Option<String>,
+    /// Skip the `file://` storage (with `--s3-url`: S3 only).
+    #[arg(long)]
+    pub no_file: bool,
+    /// `checkpoint.transfer-threads` of the restores (eager: parallel downloads; lazy: fetch
+    /// threads, one of them only for files RocksDB waits for).
+    #[arg(long, default_value_t = 4)]
+    pub transfer_threads: u32,
     /// Output prefix: writes `<out>.json`, `<out>.csv` and `<out>.svg`.
     #[arg(long, default_value = "restore-bench")]
     pub out: PathBuf,
@@ -104,6 +111,7 @@ struct Median {
 
 #[derive(Debug, Serialize)]
 struct Output {
+    transfer_threads: u32,
     value_size: usize,
     records: u64,
     rounds: u32,
@@ -111,7 +119,7 @@ struct Output {
     rows: Vec<Row>,
 }
 
-fn config(work: &Path, storage: &str, fetch: RestoreFetch) -> CairnConfig {
+fn config(work: &Path, storage: &str, fetch: RestoreFetch, threads: u32) -> CairnConfig {
     let mut cfg = CairnConfig::default();
     cfg.state.backend = BackendKind::RocksDb;
     cfg.state.max_parallelism = Some(MAX_P);
@@ -119,6 +127,7 @@ fn config(work: &Path, storage: &str, fetch: RestoreFetch) -> CairnConfig {
     cfg.checkpoint.dir = storage.to_string();
     cfg.checkpoint.interval = None;
     cfg.checkpoint.restore_fetch = fetch;
+    cfg.checkpoint.transfer_threads = threads;
     cfg.checkpoint.storage = crate::checkpoints_cmd::storage_options();
     cfg
 }
@@ -147,10 +156,13 @@ pub fn run(a: &RestoreBenchArgs) -> BResult<()> {
     }
     std::fs::create_dir_all(&a.dir)?;
     let tmp = tempfile::tempdir_in(&a.dir)?;
-    let mut storages = vec![(
-        "file".to_string(),
-        format!("file://{}", tmp.path().join("checkpoints").display()),
-    )];
+    let mut storages = Vec::new();
+    if !a.no_file {
+        storages.push((
+            "file".to_string(),
+            format!("file://{}", tmp.path().join("checkpoints").display()),
+        ));
+    }
     if let Some(u) = &a.s3_url {
         storages.push((
             "s3".into(),
@@ -232,6 +244,7 @@ pub fn run(a: &RestoreBenchArgs) -> BResult<()> {
         );
     }
     let output = Output {
+        transfer_threads: a.transfer_threads,
         value_size: a.value_size,
         records: a.records,
         rounds: a.rounds,
@@ -249,7 +262,7 @@ pub fn run(a: &RestoreBenchArgs) -> BResult<()> {
 /// Loads `keys` values into one slot working below `work`, checkpoints it into `storage`,
 /// and removes the slot: the job's URL and the checkpoint's full size.
 fn load(work: &Path, storage: &str, keys: u64, value_size: usize) -> BResult<(String, u64)> {
-    let cfg = config(work, storage, RestoreFetch::Eager);
+    let cfg = config(work, storage, RestoreFetch::Eager, 4);
     let mut slot = Slot::builder(&cfg).open()?;
     let id = slot.register(&desc())?;
     let mut buf = Vec::new();
@@ -299,7 +312,7 @@ fn restore_once(
     keys: u64,
     a: &RestoreBenchArgs,
 ) -> BResult<Row> {
-    let cfg = config(work, storage, fetch);
+    let cfg = config(work, storage, fetch, a.transfer_threads);
     let t = Instant::now();
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;
     let restored = cp.resume_from(&CheckpointLocation::parse(job_url)?)?;
