@@ -185,7 +185,8 @@ pub enum RestoreFetch {
     /// largest-first until the slot is fully local (`backend::rocks::lazy`). Time to the first
     /// record no longer grows with the state; reads of a file not yet local wait for that
     /// file, and a failed fetch fails the access that needed it (the slot must be restored
-    /// again). Applies to the slot's base (the old slot it opens as it is); old slots merged
+    /// again). Fetched files are always hashed (`restore-verify` does not apply: RocksDB reads
+    /// them next). Applies to the slot's base (the old slot it opens as it is); old slots merged
     /// in by a rescale, local-recovery snapshots and heap or canonical restores stay eager.
     /// Flink: none (ForSt, experimental, reads state from remote storage directly).
     Lazy,

@@ -588,3 +588,133 @@ pub(crate) fn tune_options(
 /// `max_open_files` of a lazy slot whose configuration leaves it unbounded: enough table
 /// readers for 256 GiB of 64 MiB files, so none is closed again in practice.
 const LAZY_MAX_OPEN_FILES: i32 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves files of `size` zero bytes, failing those named in `fail` (as a mismatch).
+    struct Fake {
+        size: u64,
+        fail: Vec<String>,
+        fetched: Mutex<Vec<String>>,
+    }
+
+    impl FetchSource for Fake {
+        fn fetch(&self, name: &str, to: &Path) -> Result<u64> {
+            self.fetched.lock().unwrap().push(name.to_owned());
+            if self.fail.iter().any(|f| f == name) {
+                return Err(EngineError::Corrupt {
+                    state: name.to_owned(),
+                    reason: "sha256 mismatch".into(),
+                });
+            }
+            std::fs::write(to, vec![0u8; self.size as usize]).map_err(|e| EngineError::Io {
+                op: "write".into(),
+                source: e,
+            })?;
+            Ok(self.size)
+        }
+    }
+
+    fn files(dir: &Path, fail: &[&str]) -> (LazyFiles, Arc<Fake>) {
+        let db = dir.join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        let fake = Arc::new(Fake {
+            size: 10,
+            fail: fail.iter().map(|s| s.to_string()).collect(),
+            fetched: Mutex::new(Vec::new()),
+        });
+        let restore = LazyRestore {
+            files: ["000010.sst", "000011.sst", "000012.sst"]
+                .iter()
+                .map(|n| LazyFile {
+                    name: n.to_string(),
+                    size: 10,
+                })
+                .collect(),
+            source: fake.clone(),
+            threads: 2,
+        };
+        (
+            LazyFiles::new(&db, &dir.join("lazy-fetch"), &restore).unwrap(),
+            fake,
+        )
+    }
+
+    fn path(l: &LazyFiles, name: &str) -> Vec<u8> {
+        format!("{}/{name}", l.inner.db_dir).into_bytes()
+    }
+
+    #[test]
+    fn pending_files_are_sized_from_the_metadata_and_fetched_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut l, fake) = files(dir.path(), &[]);
+        assert!(matches!(
+            l.inner.answer(&path(&l, "000010.sst"), OP_QUERY),
+            Answer::Pending(10)
+        ));
+        // Not ours: the local file system answers.
+        assert!(matches!(
+            l.inner.answer(b"/elsewhere/000010.sst", OP_NEED),
+            Answer::Local
+        ));
+        l.start_demand();
+        assert!(matches!(
+            l.inner.answer(&path(&l, "000011.sst"), OP_NEED),
+            Answer::Local
+        ));
+        assert!(dir.path().join("db/000011.sst").exists());
+        assert_eq!(*fake.fetched.lock().unwrap(), vec!["000011.sst"]);
+        // The thread opening the database was this one: it waited for one fetch.
+        assert_eq!(l.progress().open_fetches, 1);
+        l.start_background(2);
+        l.wait_local().unwrap();
+        let p = l.progress();
+        assert_eq!((p.pending_files, p.fetched_bytes), (0, 30));
+        assert!(p.local_after_ms.is_some() || p.pending_files == 0);
+    }
+
+    #[test]
+    fn a_forgotten_file_is_never_fetched_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut l, fake) = files(dir.path(), &[]);
+        assert!(matches!(
+            l.inner.answer(&path(&l, "000012.sst"), OP_FORGET),
+            Answer::Pending(_)
+        ));
+        l.start_demand();
+        l.start_background(3);
+        l.wait_local().unwrap();
+        assert!(!dir.path().join("db/000012.sst").exists());
+        assert!(
+            !fake
+                .fetched
+                .lock()
+                .unwrap()
+                .contains(&"000012.sst".to_string())
+        );
+        // A local file's delete goes to the local file system.
+        assert!(matches!(
+            l.inner.answer(&path(&l, "000010.sst"), OP_FORGET),
+            Answer::Local
+        ));
+    }
+
+    #[test]
+    fn a_failed_fetch_fails_every_access_with_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut l, _) = files(dir.path(), &["000010.sst"]);
+        l.start_demand();
+        for _ in 0..2 {
+            match l.inner.answer(&path(&l, "000010.sst"), OP_NEED) {
+                Answer::Failed(msg) => assert!(msg.starts_with("Corrupt|000010.sst"), "{msg}"),
+                _ => panic!("a failed fetch answered as local"),
+            }
+        }
+        assert!(!dir.path().join("db/000010.sst").exists());
+        let e = l.wait_local().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("000010.sst"), "{e}");
+    }
+}
