@@ -120,7 +120,11 @@ class LazyFs : public FileSystemWrapper {
     uint64_t size = 0;
     if (cb_(ctx_, f.data(), f.size(), kNeed, &size, err, sizeof(err)) < 0) {
       err[sizeof(err) - 1] = 0;
-      return IOStatus::IOError("cairn lazy restore: fetching " + f + " failed", err);
+      // Corruption, not IOError: RocksDB's error handler makes a failed background open
+      // (open_files_async) or compaction with it an unrecoverable error that stops the
+      // database. An IOError there is a soft error whose automatic recovery waits for a
+      // flush that never comes, and DB close then waits for that recovery forever.
+      return IOStatus::Corruption("cairn lazy restore: fetching " + f + " failed", err);
     }
     return IOStatus::OK();
   }

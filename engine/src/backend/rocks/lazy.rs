@@ -30,10 +30,14 @@
 //! Every fetched file lands in `<slot dir>/lazy-fetch/`, is checked against its recorded size
 //! and sha256 there ([`FetchSource`]), and is renamed into the database directory only then:
 //! RocksDB never sees an unverified byte. A failed fetch (after the storage layer's retries)
-//! is sticky: every access that needs the file fails with an I/O error naming it, which the
-//! backend reports as [`EngineError::LazyFetch`] (kind `Unavailable`, or `Corrupt` for a
+//! is sticky: every access that needs the file fails with a RocksDB status naming it, which
+//! the backend reports as [`EngineError::LazyFetch`] (kind `Unavailable`, or `Corrupt` for a
 //! checksum or size mismatch): the slot must be restored again, never answering with data
-//! it does not have.
+//! it does not have. The status is a `Corruption` whatever the cause: RocksDB's error handler
+//! then makes a failed background open or compaction an unrecoverable error that stops the
+//! database. With an `IOError`, a failed `open_files_async` open was a soft error whose
+//! automatic recovery waits for a flush that never comes, and closing the database hung
+//! (found by the damaged-file test, about one run in four).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void};
