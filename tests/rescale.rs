@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use cairn::engine::checkpoint::CheckpointReport;
+use cairn::engine::checkpoint::{CheckpointReport, RestoreFetch};
 use cairn::{
     BackendKind, CairnConfig, Checkpointer, ClaimMode, Slot, TimeDomain, Timer, TimerServiceKind,
     VoidNamespace, new_job_name, slot_for_key,
@@ -147,9 +147,24 @@ fn check(slots: &mut [Slot], model: &Model, what: &str) -> R {
 
 #[test]
 fn every_key_lands_in_exactly_one_slot_for_every_n_and_m() -> R {
+    every_key_lands(
+        &[BackendKind::RocksDb, BackendKind::Heap],
+        RestoreFetch::Eager,
+    )
+}
+
+/// The same with lazy restore: each new slot's base opens from its metadata and fetches its
+/// SSTs as read (merged old slots are downloaded before they are ingested).
+#[test]
+fn every_key_lands_in_exactly_one_slot_for_every_n_and_m_lazy() -> R {
+    every_key_lands(&[BackendKind::RocksDb], RestoreFetch::Lazy)
+}
+
+fn every_key_lands(backends: &[BackendKind], fetch: RestoreFetch) -> R {
     let dir = tempfile::tempdir()?;
-    for backend in [BackendKind::RocksDb, BackendKind::Heap] {
-        let cfg = config(backend, dir.path());
+    for &backend in backends {
+        let mut cfg = config(backend, dir.path());
+        cfg.checkpoint.restore_fetch = fetch;
         for n in 1..=8u32 {
             let work = dir.path().join(format!("{backend:?}-{n}"));
             let mut slots = open_slots(&cfg, &work.join("old"), n, |b| b)?;
@@ -174,8 +189,18 @@ fn every_key_lands_in_exactly_one_slot_for_every_n_and_m() -> R {
 
 #[test]
 fn rescale_twice_then_checkpoint_crash_and_restore() -> R {
+    rescale_twice_crash_restore(RestoreFetch::Eager)
+}
+
+#[test]
+fn rescale_twice_then_checkpoint_crash_and_restore_lazy() -> R {
+    rescale_twice_crash_restore(RestoreFetch::Lazy)
+}
+
+fn rescale_twice_crash_restore(fetch: RestoreFetch) -> R {
     let dir = tempfile::tempdir()?;
-    let cfg = config(BackendKind::RocksDb, dir.path());
+    let mut cfg = config(BackendKind::RocksDb, dir.path());
+    cfg.checkpoint.restore_fetch = fetch;
     let mut model = Model::new();
     let mut slots = open_slots(&cfg, &dir.path().join("a"), 2, |b| b)?;
     let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), MAX_P)?;

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, new_job_name};
+use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, RestoreFetch, new_job_name};
 use cairn::{BackendKind, CairnConfig, ErrorKind, KeyGroupRange, Slot, VoidNamespace};
 use serde_json::Value;
 
@@ -104,6 +104,8 @@ impl Committed {
                 .slot(i, self.slots)
                 .restore(files)
                 .open()?;
+            // A lazily restored slot fetches its SSTs now (a no-op when eager).
+            slot.wait_local()?;
             drop(slot);
         }
         Ok(())
@@ -182,7 +184,12 @@ fn first_file(m: &mut Value, backend: BackendKind) -> &mut Value {
 }
 
 fn hostile_names(backend: BackendKind) -> TestResult {
-    let c = Committed::new(backend, 1)?;
+    hostile_names_with(backend, RestoreFetch::Eager)
+}
+
+fn hostile_names_with(backend: BackendKind, fetch: RestoreFetch) -> TestResult {
+    let mut c = Committed::new(backend, 1)?;
+    c.cfg.checkpoint.restore_fetch = fetch;
     let original = c.metadata()?;
     // From the restore directory (`restore-work/restore-slot-0`, heap snapshots one level
     // deeper) up to the root, then into `outside/`.
@@ -240,6 +247,13 @@ fn hostile_file_names_are_refused_and_touch_nothing_outside_heap() -> TestResult
 #[test]
 fn hostile_file_names_are_refused_and_touch_nothing_outside_rocksdb() -> TestResult {
     hostile_names(BackendKind::RocksDb)
+}
+
+/// Lazily, the same names and objects are refused before anything is created, and the
+/// untouched metadata restores and fetches every file.
+#[test]
+fn hostile_file_names_are_refused_and_touch_nothing_outside_rocksdb_lazy() -> TestResult {
+    hostile_names_with(BackendKind::RocksDb, RestoreFetch::Lazy)
 }
 
 #[test]

@@ -49,6 +49,10 @@ pub enum BenchCommand {
     /// Restoring a RocksDB checkpoint into another number of slots against the same number
     /// (JSON, CSV, SVG).
     Rescale(crate::rescale_bench::RescaleBenchArgs),
+    /// Eager against lazy restore (`checkpoint.restore-fetch`): time until the slot accepts
+    /// records, to the first records, until fully local, per state size and storage (JSON,
+    /// CSV, SVG).
+    Restore(crate::restore_bench::RestoreBenchArgs),
     /// Writing and restoring savepoints (canonical, native) against a checkpoint of the same
     /// state (JSON, CSV, SVG).
     Savepoint(crate::savepoint_bench::SavepointBenchArgs),
@@ -195,6 +199,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
         BenchCommand::Cache(a) => crate::cache_bench::run_cache_bench(&a),
         BenchCommand::Rescale(a) => crate::rescale_bench::run(&a),
+        BenchCommand::Restore(a) => crate::restore_bench::run(&a),
         BenchCommand::Savepoint(a) => crate::savepoint_bench::run(&a),
         BenchCommand::Ttl(a) => crate::ttl_bench::run(&a),
         BenchCommand::MemorySpeed(a) => crate::memspeed_bench::run(&a),

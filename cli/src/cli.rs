@@ -187,6 +187,10 @@ pub struct RunArgs {
     /// Ownership of the restored checkpoint (checkpoint.restore-mode).
     #[arg(long, value_enum)]
     pub restore_mode: Option<ClaimModeArg>,
+    /// When a restored RocksDB slot fetches its SSTs: all before it opens, or as RocksDB needs
+    /// them and in the background (checkpoint.restore-fetch).
+    #[arg(long, value_enum)]
+    pub restore_fetch: Option<RestoreFetchArg>,
     /// Keep each slot's last checkpoint locally and restore from it when it verifies
     /// (checkpoint.local-recovery).
     #[arg(long)]
@@ -217,6 +221,15 @@ pub enum ClaimModeArg {
     NoClaim,
     /// Adopt the restored checkpoint; delete it when subsumed.
     Claim,
+}
+
+/// `--restore-fetch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestoreFetchArg {
+    /// Download every file before the slot opens.
+    Eager,
+    /// Open from the metadata; fetch each SST when first needed and in the background.
+    Lazy,
 }
 
 /// The largest `--slots` (one thread each).
@@ -450,6 +463,13 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
             ClaimModeArg::NoClaim => cairn_engine::checkpoint::ClaimMode::NoClaim,
             ClaimModeArg::Claim => cairn_engine::checkpoint::ClaimMode::Claim,
         };
+    }
+    if let Some(f) = args.restore_fetch {
+        config.checkpoint.restore_fetch = match f {
+            RestoreFetchArg::Eager => cairn_engine::checkpoint::RestoreFetch::Eager,
+            RestoreFetchArg::Lazy => cairn_engine::checkpoint::RestoreFetch::Lazy,
+        };
+        set_by.push(("checkpoint.restore-fetch", "--restore-fetch"));
     }
     let restore_from = match &args.restore_from {
         Some(u) => Some(

@@ -16,6 +16,7 @@ pub mod metrics_server;
 pub mod rebase_bench;
 pub mod report;
 pub mod rescale_bench;
+pub mod restore_bench;
 pub mod run;
 pub mod savepoint_bench;
 pub mod savepoint_cmd;

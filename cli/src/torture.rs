@@ -58,6 +58,8 @@ pub struct TortureOptions {
     pub storage: StorageOptions,
     /// Extra environment of the children (e.g. the S3 endpoint).
     pub child_env: Vec<(String, String)>,
+    /// Extra arguments of the children's `cairn run` (e.g. `--restore-fetch lazy`).
+    pub child_args: Vec<String>,
     /// Rounds.
     pub rounds: u32,
     /// Keys of the update workload.
@@ -334,6 +336,7 @@ fn child_command(
         .args(["--checkpoint-interval", "200ms", "--checkpoint-dir", &o.url])
         .arg("--working-dir")
         .arg(o.work_dir.join("work"))
+        .args(&o.child_args)
         .env("RUST_LOG", "info")
         .envs(o.child_env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
@@ -642,6 +645,7 @@ pub fn command(args: TortureArgs) -> std::process::ExitCode {
         url: args.checkpoint_dir.trim_end_matches('/').to_string(),
         storage: StorageOptions::default(),
         child_env: Vec::new(),
+        child_args: Vec::new(),
         rounds: args.rounds,
         keys: args.keys,
         work_dir,

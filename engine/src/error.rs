@@ -109,6 +109,18 @@ pub enum EngineError {
         /// RocksDB's status.
         source: rocksdb::Error,
     },
+    /// A lazily restored slot could not fetch a file RocksDB needed (storage unavailable after
+    /// retries, the object missing, or its size or sha256 not the recorded one): the access
+    /// failed instead of answering without the data. Restore the slot again.
+    #[error("{op} failed: lazy restore could not fetch {detail}")]
+    LazyFetch {
+        /// What Cairn was doing.
+        op: &'static str,
+        /// The file and the cause.
+        detail: String,
+        /// `Corrupt` for a size or checksum mismatch, else `Unavailable`.
+        kind: ErrorKind,
+    },
     /// Checkpoint storage failed (missing or corrupt file, storage unavailable, ...).
     #[error(transparent)]
     Checkpoint(#[from] cairn_snapshot::SnapshotError),
@@ -161,7 +173,33 @@ impl EngineError {
 
     /// Wraps a RocksDB error with the operation that failed.
     pub fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> Self {
-        move |source| EngineError::RocksDb { op, source }
+        move |source| {
+            let msg = source.to_string();
+            match msg.find(crate::backend::rocks::lazy::FETCH_FAILED) {
+                // The lazy-restore file system's status: "... fetching <path> failed:
+                // <kind>|<file>: <cause>".
+                Some(at) => {
+                    let rest = &msg[at..];
+                    let detail = rest.split_once(" failed: ").map_or(rest, |(_, d)| d);
+                    Self::from_fetch_failure(op, detail)
+                }
+                None => EngineError::RocksDb { op, source },
+            }
+        }
+    }
+
+    /// The error of a failed lazy fetch recorded as `<kind>|<file>: <cause>`.
+    pub(crate) fn from_fetch_failure(op: &'static str, recorded: &str) -> Self {
+        let (kind, detail) = match recorded.split_once('|') {
+            Some(("Corrupt", d)) => (ErrorKind::Corrupt, d),
+            Some((_, d)) => (ErrorKind::Unavailable, d),
+            None => (ErrorKind::Unavailable, recorded),
+        };
+        EngineError::LazyFetch {
+            op,
+            detail: detail.to_owned(),
+            kind,
+        }
     }
 
     /// The kind of the error: what the caller must do.
@@ -183,6 +221,7 @@ impl EngineError {
             | EngineError::CheckpointFailed { .. }
             | EngineError::Io { .. } => ErrorKind::Unavailable,
             EngineError::Checkpoint(e) => e.kind(),
+            EngineError::LazyFetch { kind, .. } => *kind,
             EngineError::Timers(e) => match e {
                 cairn_timers::TimerError::KeyGroupOutOfRange { .. } => ErrorKind::InvalidArgument,
                 cairn_timers::TimerError::Corrupt { .. } => ErrorKind::Corrupt,

@@ -49,6 +49,6 @@ pub use savepoint::{SavepointDir, SavepointKind, SavepointManifest};
 pub use slot_upload::{UploadTarget, upload_slot_files};
 pub use storage::{StorageOptions, StorageRoot};
 pub use store::{
-    CheckpointStore, FetchedObjects, LocalSnapshot, SlotUploadReport, SlotUploadState,
-    UploadPolicy, VerifyProblem, load_metadata,
+    CheckpointStore, FetchedObjects, LazySharedFile, LocalSnapshot, SlotUploadReport,
+    SlotUploadState, UploadPolicy, VerifyProblem, load_metadata,
 };

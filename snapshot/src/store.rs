@@ -1362,6 +1362,96 @@ impl CheckpointStore {
     }
 }
 
+/// A shared file (SST) of a slot restored lazily: the slot opens without it, and it is fetched
+/// ([`CheckpointStore::fetch_lazy`]) when RocksDB first needs it or in the background. Built
+/// only by [`CheckpointStore::download_slot_lazy`], after its name and object were checked.
+#[derive(Clone, Debug)]
+pub struct LazySharedFile {
+    /// The file's name in the slot's directory (one plain component).
+    pub name: String,
+    /// Its recorded size, bytes.
+    pub size: u64,
+    object: Path,
+    sha256: String,
+}
+
+impl CheckpointStore {
+    /// The lazy counterpart of [`CheckpointStore::download_slot_with`]: checks every name and
+    /// object of `handle` the same way, downloads only its private files (MANIFEST, CURRENT,
+    /// OPTIONS: small) into `dest`, and returns the shared files for fetching on demand.
+    pub async fn download_slot_lazy(
+        storage: &StorageRoot,
+        handle: &SlotHandle,
+        dest: &FsPath,
+        parallelism: usize,
+    ) -> Result<(u64, Vec<LazySharedFile>)> {
+        let what = format!("file of slot {}", handle.slot);
+        for name in handle
+            .shared
+            .iter()
+            .map(|f| &f.name)
+            .chain(handle.private.iter().map(|f| &f.name))
+        {
+            object_layout::check_file_name(&what, name)?;
+        }
+        for object in handle
+            .shared
+            .iter()
+            .map(|f| &f.object)
+            .chain(handle.private.iter().map(|f| &f.object))
+        {
+            ObjectRef::parse(object)?;
+        }
+        tokio::fs::create_dir_all(dest)
+            .await
+            .map_err(SnapshotError::io("create", dest))?;
+        let root_layout = JobLayout::new(storage.root().clone(), "");
+        let mut shared = Vec::with_capacity(handle.shared.len());
+        for f in &handle.shared {
+            // Checked as the eager path checks it, though nothing is written there yet.
+            object_layout::local_path(dest, &what, &f.name)?;
+            shared.push(LazySharedFile {
+                name: f.name.clone(),
+                size: f.size,
+                object: root_layout.resolve(&f.object),
+                sha256: f.sha256.clone(),
+            });
+        }
+        let mut jobs = Vec::new();
+        for f in &handle.private {
+            let path = root_layout.resolve(&f.object);
+            let to = object_layout::local_path(dest, &what, &f.name)?;
+            let expected = Expected::private(f);
+            let stored = f.stored_size;
+            jobs.push(async move {
+                storage.fail_point(FailPoint::DownloadPrivateFile, &path)?;
+                transfer::download_file(storage, &path, &to, &expected).await?;
+                Ok(stored)
+            });
+        }
+        let private: u64 = transfer::run_parallel(jobs, parallelism)
+            .await?
+            .iter()
+            .sum();
+        Ok((private, shared))
+    }
+
+    /// Downloads a lazily restored shared file into `to`, its size and sha256 verified whatever
+    /// the storage (a local object is hashed too: RocksDB reads it next).
+    pub async fn fetch_lazy(storage: &StorageRoot, f: &LazySharedFile, to: &FsPath) -> Result<u64> {
+        storage.fail_point(FailPoint::DownloadSharedSst, &f.object)?;
+        let expected = Expected {
+            sha256: f.sha256.clone(),
+            size: f.size,
+            compressed: false,
+            stored_size: None,
+            hash_placed: true,
+        };
+        transfer::download_file(storage, &f.object, to, &expected).await?;
+        Ok(f.size)
+    }
+}
+
 /// Shared objects a restore placed locally, verified: another slot restoring in the same
 /// process from the same checkpoint links them instead of downloading them again (scaling up,
 /// every new slot opens the same old slot's files). Only a file that still exists with the

@@ -353,6 +353,16 @@ pub trait StateBackend: Send {
     fn native_property(&self, _name: &str) -> Option<u64> {
         None
     }
+    /// Progress of a lazy restore (`checkpoint.restore-fetch = "lazy"`): files and bytes still
+    /// to fetch, the first failure. `None` when the backend was not restored lazily.
+    fn lazy_progress(&self) -> Option<rocks::lazy::LazyProgress> {
+        None
+    }
+    /// Blocks until a lazily restored backend is fully local (Ok at once otherwise); the
+    /// first failed fetch if one failed.
+    fn wait_local(&self) -> Result<()> {
+        Ok(())
+    }
     /// Opens a timer service that keeps its timers in the backend's own files (two states the
     /// caller created with [`StateBackend::create_state`]). Default: this backend can't.
     fn open_stored_timers(&mut self, _spec: StoredTimers<'_>) -> Result<RocksDbTimers> {
@@ -490,12 +500,14 @@ impl BackendParams<'_> {
                         slot,
                         key_groups,
                         merge,
+                        lazy,
                     }) => Some(rocks::RocksDbRestore {
                         files,
                         states: union_of_states(states, &merge)?,
                         slot,
                         key_groups,
                         merge,
+                        lazy,
                     }),
                     _ => None,
                 };

@@ -54,6 +54,9 @@ pub enum RestoredFiles {
         key_groups: KeyGroupRange,
         /// The other old slots overlapping this slot's key groups (empty unless rescaling).
         merge: Vec<MergeSource>,
+        /// The base's SSTs not yet in `files`, fetched as RocksDB needs them
+        /// (`checkpoint.restore-fetch = "lazy"`); `None` when every file is there.
+        lazy: Option<crate::backend::rocks::lazy::LazyRestore>,
     },
     /// Heap snapshot files; entries of key groups outside the slot's range are skipped, so
     /// snapshots of any number of slots restore into any other number.

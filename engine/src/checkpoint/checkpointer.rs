@@ -15,11 +15,13 @@ use cairn_snapshot::{
 };
 use serde::Serialize;
 
-use super::config::{CheckpointConfig, ClaimMode, FileVerify};
+use super::config::{CheckpointConfig, ClaimMode, FileVerify, RestoreFetch};
+use super::lazy_source::StoreSource;
 use super::local::{self, RestoredVia, SlotRestoreReport};
 use super::rebase::{self, RebaseState};
 use super::slot_uploader::SlotAck;
 use super::sync::{HEAP_SNAPSHOT_FILE, SyncSnapshot};
+use crate::backend::rocks::lazy::LazyRestore;
 use crate::backend::{CompactionStats, MergeSource, RestoredFiles, StateDescriptor, StateKind};
 use crate::error::{EngineError, Result};
 use crate::keygroup::KeyGroupRange;
@@ -1085,6 +1087,7 @@ impl Checkpointer {
                                     slot: h.slot,
                                     key_groups: h.key_groups,
                                     merge: Vec::new(),
+                                    lazy: None,
                                 }
                             } else {
                                 RestoredFiles::Heap {
@@ -1251,14 +1254,35 @@ pub(crate) fn download_slot(
             ))
         })?;
         let verify = cfg.restore_verify == FileVerify::Sha256;
-        let mut bytes = rt.block_on(CheckpointStore::download_slot_with(
-            &restored.storage,
-            base,
-            dest,
-            threads,
-            verify,
-            &restored.fetched,
-        ))?;
+        let (mut bytes, lazy) = match cfg.restore_fetch {
+            RestoreFetch::Eager => {
+                let bytes = rt.block_on(CheckpointStore::download_slot_with(
+                    &restored.storage,
+                    base,
+                    dest,
+                    threads,
+                    verify,
+                    &restored.fetched,
+                ))?;
+                (bytes, None)
+            }
+            // Private files now; SSTs when RocksDB needs them (`backend::rocks::lazy`).
+            RestoreFetch::Lazy => {
+                let (bytes, shared) = rt.block_on(CheckpointStore::download_slot_lazy(
+                    &restored.storage,
+                    base,
+                    dest,
+                    threads,
+                ))?;
+                let (source, files) = StoreSource::new(restored.storage.clone(), shared)?;
+                let lazy = LazyRestore {
+                    files,
+                    source: Arc::new(source),
+                    threads: threads.max(2),
+                };
+                (bytes, Some(lazy))
+            }
+        };
         let mut merge = Vec::new();
         for h in others {
             let files = merge_dir(dest, h.slot);
@@ -1290,6 +1314,7 @@ pub(crate) fn download_slot(
                 slot: base.slot,
                 key_groups: base.key_groups,
                 merge,
+                lazy,
             },
             bytes,
         ));

@@ -172,6 +172,26 @@ pub enum FileVerify {
     Size,
 }
 
+/// When a restored RocksDB slot's SST files are fetched (`checkpoint.restore-fetch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreFetch {
+    /// Every file is downloaded and verified before the slot opens (default): restore time
+    /// grows with the state.
+    #[default]
+    Eager,
+    /// The slot opens from the checkpoint's private files (MANIFEST, OPTIONS, CURRENT) alone;
+    /// each SST is fetched, sha256-verified, when RocksDB first opens it, and in the background
+    /// largest-first until the slot is fully local (`backend::rocks::lazy`). Time to the first
+    /// record no longer grows with the state; reads of a file not yet local wait for that
+    /// file, and a failed fetch fails the access that needed it (the slot must be restored
+    /// again). Fetched files are always hashed (`restore-verify` does not apply: RocksDB reads
+    /// them next). Applies to the slot's base (the old slot it opens as it is); old slots merged
+    /// in by a rescale, local-recovery snapshots and heap or canonical restores stay eager.
+    /// Flink: none (ForSt, experimental, reads state from remote storage directly).
+    Lazy,
+}
+
 /// Checkpoint settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -257,6 +277,9 @@ pub struct CheckpointConfig {
     /// Objects streamed from S3 or memory are always hashed (nearly free next to the transfer).
     /// Flink: none (it verifies nothing).
     pub restore_verify: FileVerify,
+    /// When a restored RocksDB slot fetches its SST files: all before it opens (`eager`,
+    /// default) or as RocksDB needs them and in the background (`lazy`; see [`RestoreFetch`]).
+    pub restore_fetch: RestoreFetch,
     /// One writer per job: a writer holds the job's lease (`<job>/_writers/`) and renews it
     /// every third of this; another writer may take the job only after the lease went this
     /// long without renewal (a crashed holder) or was released (a clean stop). A second writer
@@ -290,6 +313,7 @@ impl Default for CheckpointConfig {
             local_recovery: false,
             local_recovery_verify: FileVerify::Sha256,
             restore_verify: FileVerify::Sha256,
+            restore_fetch: RestoreFetch::Eager,
             writer_lease_timeout: Duration::from_secs(30),
         }
     }

@@ -6,6 +6,7 @@
 pub(crate) mod checkpointer;
 mod config;
 mod coordinator;
+mod lazy_source;
 mod local;
 mod rebase;
 mod schedule;
@@ -17,7 +18,9 @@ pub use checkpointer::{
     CheckpointLocation, CheckpointReport, Checkpointer, RestoredCheckpoint, new_job_name,
     recovery_location,
 };
-pub use config::{CheckpointConfig, CheckpointingMode, ClaimMode, FileVerify, RebaseConfig};
+pub use config::{
+    CheckpointConfig, CheckpointingMode, ClaimMode, FileVerify, RebaseConfig, RestoreFetch,
+};
 pub use coordinator::{
     AbortReason, CancelOutcome, CheckpointCoordinator, CheckpointEvent, CheckpointKind,
     DeclineReason, KIND_PROPERTY, MODE_PROPERTY, SlotReply, TriggeredCheckpoint,

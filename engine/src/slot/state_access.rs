@@ -345,6 +345,18 @@ impl Slot {
         report
     }
 
+    /// Progress of a lazy restore (`None` unless the slot was restored with
+    /// `checkpoint.restore-fetch = "lazy"`).
+    pub fn lazy_progress(&self) -> Option<crate::backend::rocks::lazy::LazyProgress> {
+        self.backend.lazy_progress()
+    }
+
+    /// Blocks until a lazily restored slot has every file locally (at once otherwise); the
+    /// first failed fetch, if any, as [`crate::EngineError::LazyFetch`].
+    pub fn wait_local(&self) -> crate::Result<()> {
+        self.backend.wait_local()
+    }
+
     /// Counters of the RocksDB backend's state cache (`None` when off or heap).
     pub fn cache_stats(&self) -> Option<crate::backend::rocks::cache::CacheStats> {
         self.backend.cache_stats()

@@ -44,6 +44,7 @@
 
 pub mod cache;
 mod files;
+pub mod lazy;
 pub mod native_metrics;
 mod options;
 pub mod rescale;
@@ -149,6 +150,8 @@ pub struct RocksDbRestore {
     pub key_groups: KeyGroupRange,
     /// The other old slots with key groups of this slot.
     pub merge: Vec<crate::backend::MergeSource>,
+    /// The base's SSTs to fetch lazily ([`lazy`]); `None` when they are all in `files`.
+    pub lazy: Option<lazy::LazyRestore>,
 }
 
 /// Numbers the SST files [`StateBackend::load_entries`] writes (unique in the process).
@@ -163,6 +166,8 @@ pub struct RocksDbBackend {
     _stall_guard: Option<stall_guard::StallGuard>,
     // Shared (`Arc`) with the slot's RocksDB timer service, which the slot drops first.
     db: Arc<Db>,
+    /// The lazily restored files still fetched (after `db`: stops once RocksDB closed).
+    lazy: Option<lazy::LazyFiles>,
     memory: SlotMemory,
     config: RocksDbConfig,
     hook: Option<Arc<dyn RocksDbOptionsHook>>,
@@ -254,7 +259,17 @@ impl RocksDbBackend {
             memory: &p.memory,
             hook: p.hook.as_ref(),
         };
-        let db_opts = builder.db_options();
+        let mut db_opts = builder.db_options();
+        // Lazy restore: RocksDB opens through the lazy file system (see `lazy`).
+        let mut lazy_files = match p.restore.as_ref().and_then(|r| r.lazy.as_ref()) {
+            Some(l) => {
+                let mut files = lazy::LazyFiles::new(&db_path, &p.dir.join("lazy-fetch"), l)?;
+                files.start_demand();
+                lazy::tune_options(&mut db_opts, &files.env()?, p.config.max_open_files);
+                Some((files, l.threads))
+            }
+            None => None,
+        };
         // Always pass "default" with the shared options: without it RocksDB opens the default
         // column family with its own cache, outside the budget.
         let mut cfs = vec![ColumnFamilyDescriptor::new(
@@ -293,6 +308,10 @@ impl RocksDbBackend {
                 }
             }
         })?;
+        let lazy = lazy_files.take().map(|(mut files, threads)| {
+            files.start_background(threads);
+            files
+        });
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         let capacity = p.memory.state_cache_bytes();
@@ -316,6 +335,7 @@ impl RocksDbBackend {
             _stall_guard: stall_guard,
             cache,
             db,
+            lazy,
             memory: p.memory,
             config: p.config.clone(),
             hook: p.hook,
@@ -1054,6 +1074,14 @@ impl StateBackend for RocksDbBackend {
 
     fn compact(&mut self) -> Result<CompactionStats> {
         self.compact_all()
+    }
+
+    fn lazy_progress(&self) -> Option<lazy::LazyProgress> {
+        self.lazy.as_ref().map(|l| l.progress())
+    }
+
+    fn wait_local(&self) -> Result<()> {
+        self.lazy.as_ref().map_or(Ok(()), |l| l.wait_local())
     }
 
     fn native_property(&self, name: &str) -> Option<u64> {
