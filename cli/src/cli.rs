@@ -389,6 +389,11 @@ pub fn keys_set_by_flags(args: &RunArgs) -> Vec<(&'static str, &'static str)> {
             "checkpoint.restore-mode",
             "--restore-mode",
         ),
+        (
+            args.restore_fetch.is_some(),
+            "checkpoint.restore-fetch",
+            "--restore-fetch",
+        ),
     ];
     flags
         .into_iter()
@@ -469,7 +474,6 @@ pub fn resolve(args: &RunArgs) -> Result<RunOptions, CliError> {
             RestoreFetchArg::Eager => cairn_engine::checkpoint::RestoreFetch::Eager,
             RestoreFetchArg::Lazy => cairn_engine::checkpoint::RestoreFetch::Lazy,
         };
-        set_by.push(("checkpoint.restore-fetch", "--restore-fetch"));
     }
     let restore_from = match &args.restore_from {
         Some(u) => Some(
