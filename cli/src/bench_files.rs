@@ -73,6 +73,21 @@ impl BenchFiles {
         Ok(())
     }
 
+    /// Writes all three files (`value` as JSON, `rows` as CSV, the plot `draw` makes at the
+    /// SVG's path) and prints where they are: how a benchmark ends.
+    pub fn write_all<T: Serialize + ?Sized, R: Serialize>(
+        &self,
+        value: &T,
+        rows: &[R],
+        draw: impl FnOnce(&Path) -> BResult<()>,
+    ) -> BResult<()> {
+        self.write_json(value)?;
+        self.write_csv(rows)?;
+        draw(&self.svg())?;
+        self.announce();
+        Ok(())
+    }
+
     /// Prints where the three files are.
     pub fn announce(&self) {
         println!(

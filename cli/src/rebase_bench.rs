@@ -231,10 +231,7 @@ pub fn run(a: &RebaseBenchArgs) -> BResult<()> {
         rows: &rows,
     };
     let files = BenchFiles::new(&a.out)?;
-    files.write_json(&out)?;
-    files.write_csv(&rows)?;
-    plot(&files.svg(), &policies, &rows)?;
-    files.announce();
+    files.write_all(&out, &rows, |svg| plot(svg, &policies, &rows))?;
     Ok(())
 }
 

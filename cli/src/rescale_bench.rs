@@ -209,10 +209,7 @@ pub fn run(a: &RescaleBenchArgs) -> BResult<()> {
         rows,
     };
     let files = BenchFiles::new(&a.out)?;
-    files.write_json(&output)?;
-    files.write_csv(&output.rows)?;
-    plot(&files.svg(), &output)?;
-    files.announce();
+    files.write_all(&output, &output.rows, |svg| plot(svg, &output))?;
     Ok(())
 }
 

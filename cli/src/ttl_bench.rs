@@ -147,10 +147,7 @@ pub fn run(a: &TtlBenchArgs) -> BResult<()> {
         rows: &rows,
     };
     let files = BenchFiles::new(&a.out)?;
-    files.write_json(&out)?;
-    files.write_csv(&rows)?;
-    plot(&files.svg(), a, &rows)?;
-    files.announce();
+    files.write_all(&out, &rows, |svg| plot(svg, a, &rows))?;
     Ok(())
 }
 

@@ -1291,23 +1291,7 @@ impl CheckpointStore {
         fetched: &FetchedObjects,
     ) -> Result<u64> {
         // Checked before anything is created or written.
-        let what = format!("file of slot {}", handle.slot);
-        for name in handle
-            .shared
-            .iter()
-            .map(|f| &f.name)
-            .chain(handle.private.iter().map(|f| &f.name))
-        {
-            object_layout::check_file_name(&what, name)?;
-        }
-        for object in handle
-            .shared
-            .iter()
-            .map(|f| &f.object)
-            .chain(handle.private.iter().map(|f| &f.object))
-        {
-            ObjectRef::parse(object)?;
-        }
+        let what = check_slot_files(handle)?;
         tokio::fs::create_dir_all(dest)
             .await
             .map_err(SnapshotError::io("create", dest))?;
@@ -1385,23 +1369,7 @@ impl CheckpointStore {
         dest: &FsPath,
         parallelism: usize,
     ) -> Result<(u64, Vec<LazySharedFile>)> {
-        let what = format!("file of slot {}", handle.slot);
-        for name in handle
-            .shared
-            .iter()
-            .map(|f| &f.name)
-            .chain(handle.private.iter().map(|f| &f.name))
-        {
-            object_layout::check_file_name(&what, name)?;
-        }
-        for object in handle
-            .shared
-            .iter()
-            .map(|f| &f.object)
-            .chain(handle.private.iter().map(|f| &f.object))
-        {
-            ObjectRef::parse(object)?;
-        }
+        let what = check_slot_files(handle)?;
         tokio::fs::create_dir_all(dest)
             .await
             .map_err(SnapshotError::io("create", dest))?;
@@ -1450,6 +1418,29 @@ impl CheckpointStore {
         transfer::download_file(storage, &f.object, to, &expected).await?;
         Ok(f.size)
     }
+}
+
+/// Checks every file name and object reference of a slot's stored handle (untrusted input)
+/// before a restore creates or writes anything; returns the `what` its errors name.
+fn check_slot_files(handle: &SlotHandle) -> Result<String> {
+    let what = format!("file of slot {}", handle.slot);
+    for name in handle
+        .shared
+        .iter()
+        .map(|f| &f.name)
+        .chain(handle.private.iter().map(|f| &f.name))
+    {
+        object_layout::check_file_name(&what, name)?;
+    }
+    for object in handle
+        .shared
+        .iter()
+        .map(|f| &f.object)
+        .chain(handle.private.iter().map(|f| &f.object))
+    {
+        ObjectRef::parse(object)?;
+    }
+    Ok(what)
 }
 
 /// Shared objects a restore placed locally, verified: another slot restoring in the same
