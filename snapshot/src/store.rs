@@ -1326,22 +1326,8 @@ impl CheckpointStore {
             .await?
             .iter()
             .sum();
-        let mut jobs = Vec::new();
-        for f in &handle.private {
-            let path = root_layout.resolve(&f.object);
-            let to = object_layout::local_path(dest, &what, &f.name)?;
-            let expected = Expected::private(f);
-            let stored = f.stored_size;
-            jobs.push(async move {
-                storage.fail_point(FailPoint::DownloadPrivateFile, &path)?;
-                transfer::download_file(storage, &path, &to, &expected).await?;
-                Ok(stored)
-            });
-        }
-        let private: u64 = transfer::run_parallel(jobs, parallelism)
-            .await?
-            .iter()
-            .sum();
+        let private =
+            download_private(storage, handle, &root_layout, dest, &what, parallelism).await?;
         Ok(shared + private)
     }
 }
@@ -1385,22 +1371,8 @@ impl CheckpointStore {
                 sha256: f.sha256.clone(),
             });
         }
-        let mut jobs = Vec::new();
-        for f in &handle.private {
-            let path = root_layout.resolve(&f.object);
-            let to = object_layout::local_path(dest, &what, &f.name)?;
-            let expected = Expected::private(f);
-            let stored = f.stored_size;
-            jobs.push(async move {
-                storage.fail_point(FailPoint::DownloadPrivateFile, &path)?;
-                transfer::download_file(storage, &path, &to, &expected).await?;
-                Ok(stored)
-            });
-        }
-        let private: u64 = transfer::run_parallel(jobs, parallelism)
-            .await?
-            .iter()
-            .sum();
+        let private =
+            download_private(storage, handle, &root_layout, dest, &what, parallelism).await?;
         Ok((private, shared))
     }
 
@@ -1418,6 +1390,34 @@ impl CheckpointStore {
         transfer::download_file(storage, &f.object, to, &expected).await?;
         Ok(f.size)
     }
+}
+
+/// Downloads and verifies a slot's private files into `dest` (eager and lazy restore alike);
+/// returns their stored bytes.
+async fn download_private(
+    storage: &StorageRoot,
+    handle: &SlotHandle,
+    root_layout: &JobLayout,
+    dest: &FsPath,
+    what: &str,
+    parallelism: usize,
+) -> Result<u64> {
+    let mut jobs = Vec::new();
+    for f in &handle.private {
+        let path = root_layout.resolve(&f.object);
+        let to = object_layout::local_path(dest, what, &f.name)?;
+        let expected = Expected::private(f);
+        let stored = f.stored_size;
+        jobs.push(async move {
+            storage.fail_point(FailPoint::DownloadPrivateFile, &path)?;
+            transfer::download_file(storage, &path, &to, &expected).await?;
+            Ok(stored)
+        });
+    }
+    Ok(transfer::run_parallel(jobs, parallelism)
+        .await?
+        .iter()
+        .sum())
 }
 
 /// Checks every file name and object reference of a slot's stored handle (untrusted input)
