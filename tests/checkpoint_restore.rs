@@ -446,12 +446,20 @@ fn size_only_restore_of_a_damaged_sst_fails_on_read_not_silently() -> TestResult
 }
 
 /// A claim-mode restore adopts the checkpoint and deletes it once subsumed; no-claim never
-/// touches it, and its first checkpoint copies the files into the new job.
+/// touches it, and its first checkpoint copies the files into the new job. Both with eager and
+/// lazy fetch: a lazily restored slot whose claimed checkpoint was just deleted still reads
+/// every key (its first checkpoint fetched what it links before the old one went).
 #[test]
 fn claim_and_no_claim_ownership() -> TestResult {
-    for mode in [ClaimMode::NoClaim, ClaimMode::Claim] {
+    for (mode, fetch) in [
+        (ClaimMode::NoClaim, RestoreFetch::Eager),
+        (ClaimMode::Claim, RestoreFetch::Eager),
+        (ClaimMode::NoClaim, RestoreFetch::Lazy),
+        (ClaimMode::Claim, RestoreFetch::Lazy),
+    ] {
         let root = tempfile::tempdir()?;
         let mut cfg = config(BackendKind::RocksDb, root.path());
+        cfg.checkpoint.restore_fetch = fetch;
         let mut slot = Slot::builder(&cfg).open()?;
         let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;
         let mut model = Model::default();
@@ -463,6 +471,12 @@ fn claim_and_no_claim_ownership() -> TestResult {
         drop(cp);
         cfg.checkpoint.restore_mode = mode;
         let (mut cp2, mut slot2) = restore(&cfg, &url)?;
+        // The lazy legs really restore lazily.
+        assert_eq!(
+            slot2.lazy_progress().is_some(),
+            fetch == RestoreFetch::Lazy,
+            "{fetch:?}"
+        );
         apply(&mut slot2, &mut model, 5000, 6000, 500)?;
         let id2 = checkpoint(&mut cp2, &mut slot2)?;
         assert_eq!(id2, id + 1);
@@ -492,6 +506,8 @@ fn claim_and_no_claim_ownership() -> TestResult {
                 assert!(!old_meta.exists(), "claimed checkpoint was not subsumed");
             }
         }
+        // Nothing the restored slot reads was in what the claim deleted.
+        assert_eq!(read_back(&mut slot2, 500)?, model, "{mode:?} {fetch:?}");
         drop(slot2);
         // The restoring job must be stopped first: a claim refuses a job whose writer is live.
         let url2 = format!("{}/chk-{id2}", cp2.job_url());
