@@ -8,7 +8,8 @@
 //! checkpointer, `resume_from`, the slot's files, the open, the state registered) until:
 //! - `open_ms`: the slot accepts records (open, state registered);
 //! - `first_record_ms`: the first record is processed (a read-modify-write of a random key: for
-//!   a lazy slot this includes fetching the file its read needs);
+//!   a lazy slot this includes the range reads of files not yet local its read needs; the
+//!   rows count them: `first_record_range_reads`, `_bytes`, `_ms`);
 //! - `records_ms`: `--records` records are processed (default 100,000), from which the records
 //!   per second after the first one (`records_per_s`; the lazy figure while the background
 //!   fetch runs, when `pending_bytes_at_records` > 0);
@@ -92,6 +93,16 @@ struct Row {
     demand_fetches: u64,
     /// Fetches the database's open waited for (lazy; the mode's point is 0).
     open_fetches: u64,
+    /// Lazy: reads served from storage (ranges of files not yet local) until the first
+    /// record was done (RocksDB's background opening of table readers included).
+    first_record_range_reads: u64,
+    /// Their bytes.
+    first_record_range_bytes: u64,
+    /// Their summed latency, ms (reads on several threads overlap).
+    first_record_range_ms: f64,
+    /// Lazy: range reads in the whole restore, and their bytes.
+    range_reads: u64,
+    range_read_bytes: u64,
 }
 
 /// Medians of one size, storage and mode.
@@ -202,10 +213,13 @@ pub fn run(a: &RestoreBenchArgs) -> BResult<()> {
                     row.round = round;
                     row.state_bytes = state_bytes;
                     eprintln!(
-                        "  round {round} {:5}: open {:>8.1} ms, first record {:>8.1} ms, {} records {:>8.0} ms ({:>7.0}/s), local {:>8.0} ms",
+                        "  round {round} {:5}: open {:>8.1} ms, first record {:>8.1} ms ({} range reads, {} B, {:.1} ms), {} records {:>8.0} ms ({:>7.0}/s), local {:>8.0} ms",
                         row.mode,
                         row.open_ms,
                         row.first_record_ms,
+                        row.first_record_range_reads,
+                        row.first_record_range_bytes,
+                        row.first_record_range_ms,
                         a.records,
                         row.records_ms,
                         row.records_per_s,
@@ -320,6 +334,7 @@ fn restore_once(
     let open_ms = ms(t);
     record(&mut slot, id, key(0, keys))?;
     let first_record_ms = ms(t);
+    let first = slot.lazy_progress();
     // Lazy: when the background fetch finished, if it did while the records ran (checked
     // every 1000 records).
     let mut local_at = (fetch == RestoreFetch::Eager).then_some(open_ms);
@@ -356,6 +371,11 @@ fn restore_once(
         pending_bytes_at_records: progress.as_ref().map_or(0, |p| p.pending_bytes),
         demand_fetches: done.as_ref().map_or(0, |p| p.demand_fetches),
         open_fetches: done.as_ref().map_or(0, |p| p.open_fetches),
+        first_record_range_reads: first.as_ref().map_or(0, |p| p.range_reads),
+        first_record_range_bytes: first.as_ref().map_or(0, |p| p.range_read_bytes),
+        first_record_range_ms: first.as_ref().map_or(0.0, |p| p.range_read_ms),
+        range_reads: done.as_ref().map_or(0, |p| p.range_reads),
+        range_read_bytes: done.as_ref().map_or(0, |p| p.range_read_bytes),
     })
 }
 

@@ -1390,6 +1390,64 @@ impl CheckpointStore {
         transfer::download_file(storage, &f.object, to, &expected).await?;
         Ok(f.size)
     }
+
+    /// Reads bytes `offset..` of a lazily restored shared file into `buf` straight from
+    /// storage (a ranged GET; a pread for `file://`), for a RocksDB read of a file not yet
+    /// local. Returns the bytes read: `buf.len()` within the recorded size, fewer only at its
+    /// end (0 at or past it), as a local file answers. Storage returning any other length is a
+    /// `SizeMismatch`. Not checked against the sha256 (a range cannot be): RocksDB's block
+    /// checksums check what it reads, and the whole file is verified before it becomes local.
+    pub async fn read_lazy_range(
+        storage: &StorageRoot,
+        f: &LazySharedFile,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        // Bounded by the recorded size (checked metadata) and by the caller's buffer.
+        let want = f.size.saturating_sub(offset).min(buf.len() as u64);
+        if want == 0 {
+            return Ok(0);
+        }
+        use object_store::ObjectStoreExt;
+        let range = offset..offset + want;
+        let bytes = storage
+            .retrying("get range", &f.object, |_| {
+                let range = range.clone();
+                async move {
+                    storage
+                        .store()
+                        .get_range(&f.object, range)
+                        .await
+                        .map_err(SnapshotError::storage("get range", &f.object))
+                }
+            })
+            .await;
+        let bytes = match bytes {
+            Ok(b) => b,
+            // A range outside a shorter object is an error of the store, not a short answer:
+            // name what is wrong with the object when it is its size.
+            Err(e) => {
+                return Err(match storage.size(&f.object).await {
+                    Ok(Some(actual)) if actual != f.size => SnapshotError::SizeMismatch {
+                        path: f.object.to_string(),
+                        expected: f.size,
+                        actual,
+                    },
+                    _ => e,
+                });
+            }
+        };
+        if bytes.len() as u64 != want {
+            return Err(SnapshotError::SizeMismatch {
+                path: format!("{} (bytes {offset}..{})", f.object, offset + want),
+                expected: want,
+                actual: bytes.len() as u64,
+            });
+        }
+        let n = bytes.len();
+        buf[..n].copy_from_slice(&bytes);
+        Ok(n)
+    }
 }
 
 /// Downloads and verifies a slot's private files into `dest` (eager and lazy restore alike);

@@ -1,7 +1,8 @@
 //! The checkpoint storage as the source of a lazily restored slot's SSTs
 //! ([`crate::backend::rocks::lazy::FetchSource`]): each file is downloaded with the storage
 //! layer's retries and verified against the metadata's size and sha256
-//! ([`CheckpointStore::fetch_lazy`]). The restore path itself stays in `checkpointer.rs`
+//! ([`CheckpointStore::fetch_lazy`]); a RocksDB read of a file not yet local is a ranged read
+//! of its object ([`CheckpointStore::read_lazy_range`]). The restore path itself stays in `checkpointer.rs`
 //! (`download_slot`), which builds this source.
 
 use std::collections::HashMap;
@@ -55,15 +56,34 @@ impl StoreSource {
     }
 }
 
-impl FetchSource for StoreSource {
-    fn fetch(&self, name: &str, to: &Path) -> Result<u64> {
+impl StoreSource {
+    /// The file `name` and the runtime to reach storage on.
+    fn file(&self, name: &str) -> Result<(&LazySharedFile, &tokio::runtime::Runtime)> {
         let f = self.files.get(name).ok_or_else(|| {
             EngineError::InvalidArgument(format!("{name} is not a file of the restored slot"))
         })?;
         let rt = self.rt.as_ref().ok_or_else(|| {
             EngineError::InvalidArgument("the lazy restore's runtime is shut down".into())
         })?;
+        Ok((f, rt))
+    }
+}
+
+impl FetchSource for StoreSource {
+    fn fetch(&self, name: &str, to: &Path) -> Result<u64> {
+        let (f, rt) = self.file(name)?;
         Ok(rt.block_on(CheckpointStore::fetch_lazy(&self.storage, f, to))?)
+    }
+
+    fn read_range(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let (f, rt) = self.file(name)?;
+        // The caller is a RocksDB read on the record path, possibly inside the host's own
+        // runtime, where `Runtime::block_on` would panic: block this thread on the future
+        // with this source's runtime entered (its worker drives the I/O and timers).
+        let _entered = rt.enter();
+        Ok(futures::executor::block_on(
+            CheckpointStore::read_lazy_range(&self.storage, f, offset, buf),
+        )?)
     }
 }
 

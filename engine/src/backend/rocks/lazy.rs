@@ -7,12 +7,22 @@
 //! compiled by `engine/build.rs` against the headers of the RocksDB that `rust-librocksdb-sys`
 //! builds) wraps RocksDB's default `FileSystem` in a `FileSystemWrapper` and an Env
 //! (`NewCompositeEnv`, so thread pools stay the default Env's), handed to rust-rocksdb with
-//! `Env::from_raw`. The wrapper calls back into [`LazyFiles`] (an `extern "C"` function):
-//! - before RocksDB opens, links or counts the links of a file (`NewRandomAccessFile`,
-//!   `NewSequentialFile`, `NewRandomRWFile`, `LinkFile`, `NumFileLinks`,
+//! `Env::from_raw`. The wrapper calls back into [`LazyFiles`] (`extern "C"` functions):
+//! - `NewRandomAccessFile` of a pending SST (how table readers open files: a read of the
+//!   record path, and compactions, which read through the same table cache) does not wait: it
+//!   moves the file to the front of the fetch queue and returns a reader whose every `Read`
+//!   comes back to Rust ([`FetchSource::read_range`]): a positional read of the local copy once
+//!   the file is fetched, verified and renamed into place (the open `File` is then kept, so a
+//!   read costs one callback and one `pread`), else a range of the stored object (a ranged GET;
+//!   a pread of the object for `file://`). Table readers stay open for the life of the database
+//!   (bounded `max_open_files`), which is why the switch to the local copy is made per read;
+//! - before RocksDB opens sequentially, for writing, links or counts the links of a file
+//!   (`NewSequentialFile`, `NewRandomRWFile`, `LinkFile`, `NumFileLinks`,
 //!   `GetFileModificationTime`): a pending SST is fetched and verified, and only then does the
 //!   call reach the local file system; the caller waits for that file only (one fetch thread
-//!   serves such demands alone, the others serve them first);
+//!   serves such demands alone, the others serve them first). These are background and
+//!   checkpoint paths (a checkpoint links every file, so it waits until the slot is local:
+//!   uploading reads whole files anyway, and a link to a file not there cannot be made);
 //! - `FileExists` and `GetFileSize` of a pending SST answer from the checkpoint's metadata
 //!   without fetching;
 //! - `DeleteFile` of a pending SST (a compaction made it obsolete before it was fetched) drops
@@ -28,8 +38,23 @@
 //!
 //! ## Integrity and failures
 //! Every fetched file lands in `<slot dir>/lazy-fetch/`, is checked against its recorded size
-//! and sha256 there ([`FetchSource`]), and is renamed into the database directory only then:
-//! RocksDB never sees an unverified byte. A failed fetch (after the storage layer's retries)
+//! and sha256 there ([`FetchSource`]), and is renamed into the database directory only then.
+//!
+//! A range read cannot be checked against the file's sha256. What checks it instead:
+//! - its length: a read within the recorded size must return every byte asked (a read past the
+//!   end returns what is left, as a local file does); any other count is a `Corrupt` error on
+//!   that read, never a short answer RocksDB would take for the end of the file;
+//! - RocksDB's block checksums: every block it reads (data, index, filter, metaindex,
+//!   properties) carries a checksum that `ReadOptions::verify_checksums` (RocksDB's default,
+//!   which Cairn keeps for every read; compactions always verify) checks on read. The slot's
+//!   tables use RocksDB's default `format_version` (7 in the RocksDB built here), in which the
+//!   footer is checksummed too (since version 6) and block checksums are mixed with the
+//!   block's offset, so a block from another file or another offset fails like random
+//!   corruption. A damaged range is a `Corruption` status on that read, not wrong data (up to
+//!   the strength of a 32-bit checksum, RocksDB's own guarantee for a local file).
+//!
+//! So bytes RocksDB takes from a range read are checked per block, and the whole file is
+//! still sha256-checked before it replaces the ranges. A failed fetch (after the storage layer's retries)
 //! is sticky: every access that needs the file fails with a RocksDB status naming it, which
 //! the backend reports as [`EngineError::LazyFetch`] (kind `Unavailable`, or `Corrupt` for a
 //! checksum or size mismatch): the slot must be restored again, never answering with data
@@ -37,7 +62,9 @@
 //! then makes a failed background open or compaction an unrecoverable error that stops the
 //! database. With an `IOError`, a failed `open_files_async` open was a soft error whose
 //! automatic recovery waits for a flush that never comes, and closing the database hung
-//! (found by the damaged-file test, about one run in four).
+//! (found by the damaged-file test, about one run in four). A failed range read (after the
+//! storage layer's retries) fails that read the same way ([`EngineError::LazyFetch`], through
+//! the same status), without marking the file failed: its whole fetch may still succeed.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void};
@@ -56,6 +83,12 @@ pub trait FetchSource: Send + Sync {
     /// Downloads SST `name` into `to` (absent), verified against its recorded size and sha256;
     /// returns its size. Called from the fetch threads only, never from an async context.
     fn fetch(&self, name: &str, to: &Path) -> Result<u64>;
+
+    /// Reads bytes `offset..` of SST `name` into `buf` from where it is stored (not verified
+    /// against its sha256: see the module doc). Returns the count: `buf.len()` within the
+    /// recorded size, what is left at its end (0 past it); the caller checks it. Called from
+    /// RocksDB's reading threads (the record path), which may be inside an async context.
+    fn read_range(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<usize>;
 }
 
 /// An SST a lazily restored slot opens without.
@@ -96,7 +129,8 @@ pub struct LazyProgress {
     pub pending_bytes: u64,
     /// Bytes fetched so far.
     pub fetched_bytes: u64,
-    /// Fetches a RocksDB access waited for.
+    /// Files moved to the front of the fetch queue because RocksDB opened (range reads) or
+    /// needed (waits) them.
     pub demand_fetches: u64,
     /// Of those, the fetches the thread opening the database waited for before the open
     /// returned (0 is the point of the mode; RocksDB's own background opening of table
@@ -106,6 +140,14 @@ pub struct LazyProgress {
     pub failure: Option<String>,
     /// Milliseconds from the open until nothing was pending, once that happened.
     pub local_after_ms: Option<f64>,
+    /// Reads of files not yet local served from storage (ranges).
+    pub range_reads: u64,
+    /// Their bytes.
+    pub range_read_bytes: u64,
+    /// Their summed latency, milliseconds (reads on several threads overlap).
+    pub range_read_ms: f64,
+    /// Range reads that failed (each failed the RocksDB read that asked).
+    pub range_read_errors: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -135,6 +177,10 @@ struct State {
     open_fetches: u64,
     failure: Option<String>,
     local_after_ms: Option<f64>,
+    range_reads: u64,
+    range_read_bytes: u64,
+    range_read_nanos: u64,
+    range_read_errors: u64,
 }
 
 /// Shared by the fetch threads, the C++ file system (through the callback) and the backend.
@@ -178,8 +224,253 @@ unsafe extern "C" {
             usize,
         ) -> c_int,
         release: unsafe extern "C" fn(*mut c_void),
+        open: unsafe extern "C" fn(
+            *mut c_void,
+            *const c_char,
+            usize,
+            *mut u64,
+            *mut *mut c_void,
+            *mut c_char,
+            usize,
+        ) -> c_int,
+        read: unsafe extern "C" fn(
+            *mut c_void,
+            u64,
+            *mut c_char,
+            usize,
+            *mut usize,
+            *mut c_char,
+            usize,
+        ) -> c_int,
+        file_release: unsafe extern "C" fn(*mut c_void),
         ctx: *mut c_void,
     ) -> *mut rust_librocksdb_sys::rocksdb_env_t;
+}
+
+/// Copies `msg` (truncated) into the shim's `err` buffer of `cap` bytes, NUL-terminated.
+///
+/// # Safety
+/// `err` is null or points at `cap` writable bytes.
+unsafe fn write_err(msg: &str, err: *mut c_char, cap: usize) {
+    if !err.is_null() && cap > 0 {
+        let n = msg.len().min(cap - 1);
+        // SAFETY: `err` has `cap` bytes; `n + 1 <= cap`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(msg.as_ptr(), err as *mut u8, n);
+            *err.add(n) = 0;
+        }
+    }
+}
+
+/// A pending SST RocksDB opened for random reads (the shim's `LazyRandomAccessFile` holds it
+/// until RocksDB closes the table).
+struct Reader {
+    inner: Arc<Inner>,
+    name: String,
+    size: u64,
+    /// The local copy, once it is there (opened by the first read after that).
+    local: std::sync::OnceLock<std::fs::File>,
+}
+
+/// The shim's `NewRandomAccessFile` of a file of ours: see `cairn_lazy_open` in `lazy_fs.cc`.
+///
+/// # Safety
+/// `ctx` is the `Arc<Inner>` given to `cairn_lazy_env_create` (alive until `release`), `path`
+/// points at `len` bytes, `size` and `file` are valid out pointers, `err` has `cap` bytes.
+unsafe extern "C" fn open_callback(
+    ctx: *mut c_void,
+    path: *const c_char,
+    len: usize,
+    size: *mut u64,
+    file: *mut *mut c_void,
+    err: *mut c_char,
+    cap: usize,
+) -> c_int {
+    // SAFETY: see the function's contract.
+    let inner = unsafe { &*(ctx as *const Inner) };
+    // SAFETY: RocksDB's std::string data and size.
+    let path = unsafe { std::slice::from_raw_parts(path as *const u8, len) };
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.open(path)))
+        .unwrap_or_else(|_| Err("Internal|panic in the lazy-restore open".into()));
+    match opened {
+        Ok(None) => 0,
+        Ok(Some((name, recorded))) => {
+            // The reader holds its own reference to `Inner`: tables may outlive the file
+            // system object in RocksDB's teardown order.
+            // SAFETY: `ctx` is a live `Arc<Inner>` pointer (see above).
+            let inner = unsafe {
+                Arc::increment_strong_count(ctx as *const Inner);
+                Arc::from_raw(ctx as *const Inner)
+            };
+            let reader = Box::new(Reader {
+                inner,
+                name,
+                size: recorded,
+                local: std::sync::OnceLock::new(),
+            });
+            // SAFETY: valid out pointers (the shim's locals).
+            unsafe {
+                *size = recorded;
+                *file = Box::into_raw(reader) as *mut c_void;
+            }
+            1
+        }
+        Err(msg) => {
+            // SAFETY: `err` has `cap` bytes.
+            unsafe { write_err(&msg, err, cap) };
+            -1
+        }
+    }
+}
+
+/// A read of a pending file RocksDB opened: see `cairn_lazy_read` in `lazy_fs.cc`.
+///
+/// # Safety
+/// `file` is a pointer `open_callback` returned, not yet released; `buf` has `n` writable
+/// bytes; `read` is a valid out pointer; `err` has `cap` bytes.
+unsafe extern "C" fn read_callback(
+    file: *mut c_void,
+    offset: u64,
+    buf: *mut c_char,
+    n: usize,
+    read: *mut usize,
+    err: *mut c_char,
+    cap: usize,
+) -> c_int {
+    // SAFETY: see the function's contract.
+    let reader = unsafe { &*(file as *const Reader) };
+    let buf: &mut [u8] = if n == 0 || buf.is_null() {
+        &mut []
+    } else {
+        // SAFETY: RocksDB's scratch buffer of `n` bytes, ours until Read returns.
+        unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, n) }
+    };
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.read(offset, buf)))
+        .unwrap_or_else(|_| Err("Internal|panic in the lazy-restore read".into()));
+    match got {
+        Ok(count) => {
+            // SAFETY: valid out pointer.
+            unsafe { *read = count };
+            0
+        }
+        Err(msg) => {
+            // SAFETY: `err` has `cap` bytes.
+            unsafe { write_err(&msg, err, cap) };
+            -1
+        }
+    }
+}
+
+/// Drops a reader when RocksDB closes the table.
+///
+/// # Safety
+/// `file` is a pointer `open_callback` returned, released once.
+unsafe extern "C" fn file_release(file: *mut c_void) {
+    // SAFETY: see the function's contract.
+    drop(unsafe { Box::from_raw(file as *mut Reader) });
+}
+
+impl Reader {
+    /// Reads at `offset` into `buf` from the local copy, or from storage while there is none.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<usize, String> {
+        if let Some(f) = self.local.get() {
+            return self.read_local(f, offset, buf);
+        }
+        let status = {
+            let st = self.inner.lock();
+            if st.closed {
+                return Err(format!("Unavailable|{}: the slot is closing", self.name));
+            }
+            st.files.get(&self.name).map(|e| e.status.clone())
+        };
+        match status {
+            Some(Status::Failed(msg)) => return Err(msg),
+            Some(Status::Local) => {
+                let path = self.inner.db_path.join(&self.name);
+                match std::fs::File::open(&path) {
+                    Ok(f) => {
+                        let f = self.local.get_or_init(|| f);
+                        return self.read_local(f, offset, buf);
+                    }
+                    // Deleted since (RocksDB dropped it): the stored object still has it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("Unavailable|{}: open: {e}", self.name)),
+                }
+            }
+            _ => {}
+        }
+        self.read_stored(offset, buf)
+    }
+
+    /// The count a read at `offset` of `len` bytes must return: all of it within the
+    /// recorded size, what is left at its end.
+    fn expected(&self, offset: u64, len: usize) -> usize {
+        // `min` with `len` first: the result fits a usize.
+        self.size.saturating_sub(offset).min(len as u64) as usize
+    }
+
+    fn read_local(
+        &self,
+        f: &std::fs::File,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<usize, String> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(k) => done += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("Unavailable|{}: read: {e}", self.name)),
+            }
+        }
+        Ok(done)
+    }
+
+    fn read_stored(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<usize, String> {
+        let want = self.expected(offset, buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let t = Instant::now();
+        let got = self
+            .inner
+            .source
+            .read_range(&self.name, offset, &mut buf[..want]);
+        let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let result = match got {
+            Ok(k) if k == want => Ok(k),
+            Ok(k) => Err(format!(
+                "Corrupt|{}: a range read at {offset} returned {k} bytes, not {want} (recorded size {})",
+                self.name, self.size
+            )),
+            Err(e) => {
+                let kind = match e.kind() {
+                    ErrorKind::Corrupt => "Corrupt",
+                    _ => "Unavailable",
+                };
+                Err(format!(
+                    "{kind}|{}: range read of {want} bytes at {offset}: {e}",
+                    self.name
+                ))
+            }
+        };
+        let mut st = self.inner.lock();
+        match &result {
+            Ok(k) => {
+                st.range_reads += 1;
+                st.range_read_bytes += *k as u64;
+                st.range_read_nanos = st.range_read_nanos.saturating_add(nanos);
+            }
+            Err(msg) => {
+                st.range_read_errors += 1;
+                drop(st);
+                tracing::error!(file = %self.name, error = %msg, "lazy restore: range read failed");
+            }
+        }
+        result
+    }
 }
 
 /// The callback of the C++ file system (see `lazy_fs.cc` for the protocol).
@@ -212,14 +503,8 @@ unsafe extern "C" fn callback(
             1
         }
         Answer::Failed(msg) => {
-            if !err.is_null() && cap > 0 {
-                let n = msg.len().min(cap - 1);
-                // SAFETY: `err` has `cap` bytes; `n + 1 <= cap`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(msg.as_ptr(), err as *mut u8, n);
-                    *err.add(n) = 0;
-                }
-            }
+            // SAFETY: `err` has `cap` bytes.
+            unsafe { write_err(&msg, err, cap) };
             -1
         }
     }
@@ -276,6 +561,33 @@ impl Inner {
             }
             OP_NEED => self.need(st, name),
             _ => Answer::Local,
+        }
+    }
+
+    /// `NewRandomAccessFile` of `path`: `None` when the local file system opens it, else its
+    /// name and recorded size (it is pending; moved to the front of the fetch queue, not
+    /// waited for).
+    fn open(&self, path: &[u8]) -> std::result::Result<Option<(String, u64)>, String> {
+        let Some(name) = self.name_of(path) else {
+            return Ok(None);
+        };
+        let mut st = self.lock();
+        let closed = st.closed;
+        let Some(e) = st.files.get(name) else {
+            return Ok(None);
+        };
+        let (status, size) = (e.status.clone(), e.size);
+        match status {
+            Status::Local | Status::Forgotten => Ok(None),
+            Status::Failed(msg) => Err(msg),
+            _ if closed => Err(format!("Unavailable|{name}: the slot is closing")),
+            Status::Fetching => Ok(Some((name.to_owned(), size))),
+            Status::Pending => {
+                st.demands.push_back(name.to_owned());
+                st.demand_fetches += 1;
+                self.changed.notify_all();
+                Ok(Some((name.to_owned(), size)))
+            }
         }
     }
 
@@ -454,6 +766,10 @@ impl LazyFiles {
                 open_fetches: 0,
                 failure: None,
                 local_after_ms: None,
+                range_reads: 0,
+                range_read_bytes: 0,
+                range_read_nanos: 0,
+                range_read_errors: 0,
             }),
             changed: Condvar::new(),
             opened: Instant::now(),
@@ -469,7 +785,16 @@ impl LazyFiles {
         let ctx = Arc::into_raw(self.inner.clone()) as *mut c_void;
         // SAFETY: the callbacks match the shim's typedefs; `ctx` is released by the shim's
         // file system destructor (or at once when creation fails).
-        let raw = unsafe { cairn_lazy_env_create(callback, release, ctx) };
+        let raw = unsafe {
+            cairn_lazy_env_create(
+                callback,
+                release,
+                open_callback,
+                read_callback,
+                file_release,
+                ctx,
+            )
+        };
         if raw.is_null() {
             return Err(EngineError::InvalidArgument(
                 "lazy restore: the RocksDB Env could not be created".into(),
@@ -528,6 +853,10 @@ impl LazyFiles {
             open_fetches: st.open_fetches,
             failure: st.failure.clone(),
             local_after_ms: st.local_after_ms,
+            range_reads: st.range_reads,
+            range_read_bytes: st.range_read_bytes,
+            range_read_ms: st.range_read_nanos as f64 / 1e6,
+            range_read_errors: st.range_read_errors,
         }
     }
 
@@ -618,6 +947,18 @@ mod tests {
                 source: e,
             })?;
             Ok(self.size)
+        }
+
+        fn read_range(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+            if self.fail.iter().any(|f| f == name) {
+                return Err(EngineError::Corrupt {
+                    state: name.to_owned(),
+                    reason: "range read failed".into(),
+                });
+            }
+            let n = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+            buf[..n].fill(0);
+            Ok(n)
         }
     }
 

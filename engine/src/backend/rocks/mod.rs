@@ -45,6 +45,8 @@
 pub mod cache;
 mod files;
 pub mod lazy;
+#[cfg(test)]
+mod lazy_range_tests;
 pub mod native_metrics;
 mod options;
 pub mod rescale;
