@@ -1,6 +1,7 @@
-//! Lazy restore: a RocksDB slot that opens from its checkpoint's private files alone and
-//! fetches each SST when RocksDB first needs it, and in the background (largest first) until
-//! the slot is fully local (`checkpoint.restore-fetch = "lazy"`).
+//! Lazy restore: a RocksDB slot that opens from its checkpoint's private files alone, reads
+//! the SSTs not yet local as ranges of their stored objects, and fetches each whole SST first
+//! when RocksDB opens it, and in the background (largest first) until the slot is fully local
+//! (`checkpoint.restore-fetch = "lazy"`).
 //!
 //! ## How RocksDB is hooked
 //! rust-rocksdb has no custom `FileSystem`, so a small C++ shim (`engine/native/lazy_fs.cc`,
@@ -15,7 +16,9 @@
 //!   the file is fetched, verified and renamed into place (the open `File` is then kept, so a
 //!   read costs one callback and one `pread`), else a range of the stored object (a ranged GET;
 //!   a pread of the object for `file://`). Table readers stay open for the life of the database
-//!   (bounded `max_open_files`), which is why the switch to the local copy is made per read;
+//!   (bounded `max_open_files`), which is why the switch to the local copy is made per read.
+//!   A compaction reading a file not yet local therefore reads ranges too (RocksDB's
+//!   `compaction_readahead_size`, 2 MiB by default, sizes them) rather than waiting for it;
 //! - before RocksDB opens sequentially, for writing, links or counts the links of a file
 //!   (`NewSequentialFile`, `NewRandomRWFile`, `LinkFile`, `NumFileLinks`,
 //!   `GetFileModificationTime`): a pending SST is fetched and verified, and only then does the
@@ -32,7 +35,9 @@
 //! The slot's options for a lazy open (`tune_options`): `skip_stats_update_on_db_open`
 //! (otherwise Open reads the table properties of up to 20 files), `open_files_async` (otherwise
 //! Open loads up to 16 table readers before returning; async, RocksDB loads them on a
-//! background thread after Open, where the fetch is only a wait for that thread), and a bounded
+//! background thread after Open, which reads their footers and indexes as ranges, on one
+//! thread: `max_file_opening_threads` 1, so that at most one such range is in flight beside
+//! the first records' own, instead of 16), and a bounded
 //! `max_open_files` (with -1 RocksDB opens every table at start). The sizes RocksDB checks come
 //! from the metadata through `GetFileSize`.
 //!
@@ -50,12 +55,14 @@
 //!   tables use RocksDB's default `format_version` (7 in the RocksDB built here), in which the
 //!   footer is checksummed too (since version 6) and block checksums are mixed with the
 //!   block's offset, so a block from another file or another offset fails like random
-//!   corruption. A damaged range is a `Corruption` status on that read, not wrong data (up to
-//!   the strength of a 32-bit checksum, RocksDB's own guarantee for a local file).
+//!   corruption. A damaged range is RocksDB's `Corruption` status on that read (`block checksum
+//!   mismatch ... in <db>/<file>.sst`, an [`EngineError::RocksDb`] of kind `Corrupt`), not
+//!   wrong data, up to the strength of a 32-bit checksum: RocksDB's own guarantee for a local
+//!   file, weaker than the sha256 the whole file gets.
 //!
 //! So bytes RocksDB takes from a range read are checked per block, and the whole file is
-//! still sha256-checked before it replaces the ranges. A failed fetch (after the storage layer's retries)
-//! is sticky: every access that needs the file fails with a RocksDB status naming it, which
+//! still sha256-checked before it replaces the ranges. A failed fetch (after the storage
+//! layer's retries) is sticky: every access that needs the file fails with a RocksDB status naming it, which
 //! the backend reports as [`EngineError::LazyFetch`] (kind `Unavailable`, or `Corrupt` for a
 //! checksum or size mismatch): the slot must be restored again, never answering with data
 //! it does not have. The status is a `Corruption` whatever the cause: RocksDB's error handler
@@ -64,7 +71,9 @@
 //! automatic recovery waits for a flush that never comes, and closing the database hung
 //! (found by the damaged-file test, about one run in four). A failed range read (after the
 //! storage layer's retries) fails that read the same way ([`EngineError::LazyFetch`], through
-//! the same status), without marking the file failed: its whole fetch may still succeed.
+//! the same status), without marking the file failed: its whole fetch may still succeed. On
+//! the record path that is an error of that access; in a background job (the table loading
+//! after Open, a compaction) it stops the database, as a failed fetch does.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void};
@@ -906,6 +915,9 @@ pub(crate) fn tune_options(
 ) {
     db.set_env(env);
     db.set_skip_stats_update_on_db_open(true);
+    // The table loading after Open reads each table's tail (footer, indexes) as a range from
+    // storage: with RocksDB's 16 opening threads, 16 ranges go ahead of the first record's.
+    db.set_max_file_opening_threads(1);
     if let Err(e) = db.set_open_files_async(true) {
         tracing::warn!(error = %e, "lazy restore: open_files_async unavailable; Open loads some tables");
     }
