@@ -183,9 +183,9 @@ pub enum RestoreFetch {
     /// The slot opens from the checkpoint's private files (MANIFEST, OPTIONS, CURRENT) alone;
     /// each SST is fetched, sha256-verified, when RocksDB first opens it, and in the background
     /// largest-first until the slot is fully local (`backend::rocks::lazy`). Time to the first
-    /// record no longer grows with the state; reads of a file not yet local wait for that
-    /// file, and a failed fetch fails the access that needed it (the slot must be restored
-    /// again). Fetched files are always hashed (`restore-verify` does not apply: RocksDB reads
+    /// record no longer grows with the state; reads of a file not yet local read ranges of the
+    /// stored object (checked by length and RocksDB's block checksums) until it is local, and
+    /// a failed fetch fails the access that needed it (the slot must be restored again). Fetched files are always hashed (`restore-verify` does not apply: RocksDB reads
     /// them next). Applies to the slot's base (the old slot it opens as it is); old slots merged
     /// in by a rescale, local-recovery snapshots and heap or canonical restores stay eager.
     /// Flink: none (ForSt, experimental, reads state from remote storage directly).
