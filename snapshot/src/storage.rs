@@ -187,6 +187,30 @@ pub struct StorageRoot {
     clock: Arc<dyn Clock>,
     /// The directory behind `file://` storage (its crash leftovers are found by walking it).
     local_dir: Option<std::path::PathBuf>,
+    /// Set for `file://` storage opened by [`StorageRoot::from_url`]: uploads copy straight
+    /// into the directory (see [`StorageRoot::direct_local`]).
+    direct: Option<DirectLocal>,
+}
+
+/// `file://` storage that uploads write without going through the object store.
+#[derive(Clone, Debug)]
+pub struct DirectLocal {
+    /// The directory the store is rooted at: object `a/b` is the file `<dir>/a/b`.
+    pub dir: std::path::PathBuf,
+    /// [`StorageOptions::fsync`].
+    pub fsync: bool,
+}
+
+impl DirectLocal {
+    /// The file of object `path`. `object_store`'s `Path` has no empty, `.` or `..` part, so
+    /// the file is inside `dir`.
+    pub fn path_of(&self, path: &Path) -> std::path::PathBuf {
+        let mut p = self.dir.clone();
+        for part in path.parts() {
+            p.push(part.as_ref());
+        }
+        p
+    }
 }
 
 impl StorageRoot {
@@ -220,10 +244,13 @@ impl StorageRoot {
         let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
         let store = Arc::new(store.with_automatic_cleanup(true).with_fsync(options.fsync));
         let mut s = Self::with_options(store, Path::default(), url, options);
-        s.local_dir = Some(
-            std::fs::canonicalize(&dir)
-                .map_err(|e| bad(format!("cannot resolve directory: {e}")))?,
-        );
+        let dir = std::fs::canonicalize(&dir)
+            .map_err(|e| bad(format!("cannot resolve directory: {e}")))?;
+        s.direct = Some(DirectLocal {
+            dir: dir.clone(),
+            fsync: options.fsync,
+        });
+        s.local_dir = Some(dir);
         Ok(s)
     }
 
@@ -252,6 +279,7 @@ impl StorageRoot {
             fail_points: None,
             clock: Arc::new(SystemClock),
             local_dir: None,
+            direct: None,
         }
     }
 
@@ -295,6 +323,14 @@ impl StorageRoot {
     /// For `file://` storage, the local directory behind it.
     pub fn local_dir(&self) -> Option<&std::path::Path> {
         self.local_dir.as_deref()
+    }
+
+    /// For `file://` storage opened from its URL, the directory that file uploads copy into
+    /// directly (a kernel copy, no buffer in the process: see `transfer::upload_file`).
+    /// `None` for every store built by the caller, e.g. a fault injector over a local
+    /// directory, so that every write of those goes through the store they wrap.
+    pub fn direct_local(&self) -> Option<&DirectLocal> {
+        self.direct.as_ref()
     }
 
     /// The same storage reading the local directory `dir` behind the store (a store built by

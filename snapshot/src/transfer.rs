@@ -4,6 +4,10 @@
 //! download at most 4 received chunks plus a 1 MiB write buffer), hashed, verified, and retried
 //! as a whole on transient storage errors.
 //!
+//! Upload to local (`file://`) storage opened from its URL does not go through the object
+//! store: the kernel copies the file into a staging name that is then renamed into place (see
+//! [`copy_into_place`]), so uploads hold no buffer in the process at all.
+//!
 //! Restore from local (`file://`) storage does not copy shared files at all: it hard-links
 //! them (see [`place_local`]) and hashes the result, so it costs one sha256 pass per byte,
 //! which is the floor of any verified restore (sha256 at ~1.8 GB/s per core with SHA-NI).
@@ -66,7 +70,8 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Uploads a local file to `to`, streaming: one PUT up to the storage's part size, else a
+/// Uploads a local file to `to`: a kernel copy into `file://` storage opened from its URL
+/// ([`copy_into_place`]); otherwise streaming, one PUT up to the storage's part size, else a
 /// multipart upload with that part size. A transient failure uploads the file again (see
 /// [`StorageRoot::retrying`]); a failed multipart upload is aborted so S3 keeps no parts.
 pub async fn upload_file(storage: &StorageRoot, local: &FsPath, to: &Path) -> Result<u64> {
@@ -81,6 +86,11 @@ pub async fn upload_file(storage: &StorageRoot, local: &FsPath, to: &Path) -> Re
 }
 
 async fn upload_once(storage: &StorageRoot, local: &FsPath, to: &Path, size: u64) -> Result<u64> {
+    if let Some(direct) = storage.direct_local() {
+        let (local, target, fsync) = (local.to_path_buf(), direct.path_of(to), direct.fsync);
+        blocking(move || copy_into_place(&local, &target, fsync)).await?;
+        return Ok(size);
+    }
     let store = storage.store();
     let part_size = storage.part_size();
     if size <= part_size as u64 {
@@ -133,6 +143,72 @@ async fn upload_once(storage: &StorageRoot, local: &FsPath, to: &Path, size: u64
     Ok(size)
 }
 
+/// Tells this process's staging files apart (with its pid).
+static STAGING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes the object at `target` (a file of `file://` storage) as a copy of `local`, the way
+/// `LocalFileSystem::put` writes one: into a staging file `<target>#<digits>` beside it (the
+/// name checkpoint GC collects as a crash leftover), synced when `fsync`, then renamed over
+/// `target`, so a reader sees the whole object or none.
+///
+/// Why not through the store: a multipart upload holds up to 3 parts of
+/// `multipart-part-size-bytes` (8 MiB) per transfer thread, and a smaller file is read
+/// whole, so 4 transfer threads added up to 45 MiB of peak RSS to a 64 MiB slot budget
+/// (benches/RESULTS.md, "Where the write-heavy run's memory goes"). `std::fs::copy` copies in
+/// the kernel (`copy_file_range`; a reflink on file systems that have them): no buffer here.
+fn copy_into_place(local: &FsPath, target: &FsPath, fsync: bool) -> Result<()> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(SnapshotError::Invariant(format!(
+            "object path {} has no directory",
+            target.display()
+        )));
+    };
+    let created = create_dirs(parent)?;
+    let seq = STAGING_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut staging_name = name.to_os_string();
+    staging_name.push(format!("#{}{seq:06}", std::process::id()));
+    let staging = parent.join(staging_name);
+    let written = (|| {
+        std::fs::copy(local, &staging).map_err(SnapshotError::io("copy", local))?;
+        if fsync {
+            std::fs::File::open(&staging)
+                .and_then(|f| f.sync_all())
+                .map_err(SnapshotError::io("sync", &staging))?;
+        }
+        std::fs::rename(&staging, target).map_err(SnapshotError::io("rename", &staging))
+    })();
+    if let Err(e) = written {
+        // Best effort: GC collects a staging file a failed cleanup leaves.
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
+    if fsync {
+        // The rename, and the entries of directories created for it, reach the disk.
+        for dir in std::iter::once(parent).chain(created.iter().filter_map(|d| d.parent())) {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing ancestors; returns the ones it created.
+fn create_dirs(dir: &FsPath) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.exists()) {
+        missing.push(p.to_path_buf());
+        d = p.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(SnapshotError::io("create directory", dir))?;
+    Ok(missing)
+}
+
+fn sync_dir(dir: &FsPath) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(SnapshotError::io("sync directory", dir))
+}
+
 /// Compresses `local` with zstd into `<local>.zst` while hashing the uncompressed bytes.
 /// Returns (compressed path, sha256 of the original, original size, compressed size).
 pub async fn compress_file(local: &FsPath) -> Result<(PathBuf, String, u64, u64)> {
@@ -142,6 +218,10 @@ pub async fn compress_file(local: &FsPath) -> Result<(PathBuf, String, u64, u64)
         dst.push(".zst");
         let dst = PathBuf::from(dst);
         let input = std::fs::File::open(&src).map_err(SnapshotError::io("open", &src))?;
+        let len = input
+            .metadata()
+            .map_err(SnapshotError::io("stat", &src))?
+            .len();
         let mut reader = HashingReader {
             inner: std::io::BufReader::new(input),
             hasher: Sha256::new(),
@@ -150,6 +230,12 @@ pub async fn compress_file(local: &FsPath) -> Result<(PathBuf, String, u64, u64)
         let out = std::fs::File::create(&dst).map_err(SnapshotError::io("create", &dst))?;
         let mut enc =
             zstd::Encoder::new(out, ZSTD_LEVEL).map_err(SnapshotError::io("compress", &dst))?;
+        // The size up front lets zstd size its window and tables to the file: a MANIFEST of
+        // a few KiB then needs a context of tens of KiB instead of ~3 MiB (window 2 MiB at
+        // level 3), and the private files of a checkpoint compress in parallel. A file that
+        // changes size while read fails the compression (a checkpoint's files never do).
+        enc.set_pledged_src_size(Some(len))
+            .map_err(SnapshotError::io("compress", &dst))?;
         std::io::copy(&mut reader, &mut enc).map_err(SnapshotError::io("compress", &src))?;
         let mut out = enc.finish().map_err(SnapshotError::io("compress", &dst))?;
         out.flush().map_err(SnapshotError::io("write", &dst))?;
@@ -718,6 +804,39 @@ mod tests {
             .worker_threads(2)
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn upload_to_local_storage_is_a_copy_renamed_into_place() -> TestResult {
+        let (dir, storage, _) = setup(&[]);
+        // Larger than a multipart part: through the store it would be a multipart upload.
+        let content: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let local = dir.path().join("000042.sst");
+        std::fs::write(&local, &content)?;
+        let to = Path::from("job/shared/ab/000042.sst");
+        let rt = rt();
+        assert_eq!(
+            rt.block_on(upload_file(&storage, &local, &to))?,
+            content.len() as u64
+        );
+        // Readable through the store, as a copy (not a link to the local file).
+        assert_eq!(rt.block_on(storage.get(&to))?, content.as_slice());
+        let stored = dir.path().join("store/job/shared/ab/000042.sst");
+        assert_eq!(std::fs::metadata(&stored)?.nlink(), 1);
+        // An object uploaded again is replaced whole, and no staging file stays behind.
+        std::fs::write(&local, b"second")?;
+        rt.block_on(upload_file(&storage, &local, &to))?;
+        assert_eq!(std::fs::read(&stored)?, b"second");
+        let names: Vec<_> = std::fs::read_dir(stored.parent().ok_or("no parent")?)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        assert_eq!(names, ["000042.sst"]);
+        // A failed copy leaves neither the object nor a staging file.
+        let missing = dir.path().join("missing.sst");
+        let to2 = Path::from("job/shared/cd/000043.sst");
+        assert!(rt.block_on(upload_file(&storage, &missing, &to2)).is_err());
+        assert!(!dir.path().join("store/job/shared/cd/000043.sst").exists());
+        Ok(())
     }
 
     #[test]

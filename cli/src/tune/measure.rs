@@ -10,7 +10,10 @@
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
+use cairn_timers::Clock;
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +131,12 @@ pub enum MeasureError {
         /// The last lines of its stderr.
         stderr: String,
     },
+    /// The child ran longer than the sweep's `--run-timeout` and was killed (SIGKILL).
+    #[error("cairn run took longer than {}: killed", humantime::format_duration(*.limit))]
+    TimedOut {
+        /// The limit.
+        limit: Duration,
+    },
     /// Its JSON is missing or lacks a figure.
     #[error("cairn run's JSON {path}: {reason}")]
     Json {
@@ -138,14 +147,30 @@ pub enum MeasureError {
     },
 }
 
+/// How long a repetition may run: a run that hangs (the full-disk hang of issue 19 was found
+/// by a sweep that then waited for ever) is killed and reported, and the sweep stops with what
+/// it measured. The time is read from `clock` (tests drive it).
+#[derive(Clone)]
+pub struct RunLimit {
+    /// The longest a repetition may take.
+    pub timeout: Duration,
+    /// Where the time comes from.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// How often a limited wait looks at its child and the clock.
+const POLL: Duration = Duration::from_millis(20);
+
 /// Runs `exe args...` with `env` added to its environment (a `cairn run` that writes its JSON
-/// to `json`), waits for it, and reads the figures; the child's stderr goes to `stderr_log` (its tail is in the error on failure).
+/// to `json`), waits for it (at most `limit`), and reads the figures; the child's stderr goes
+/// to `stderr_log` (its tail is in the error on failure).
 pub fn run_once(
     exe: &Path,
     args: &[OsString],
     env: &[(String, String)],
     json: &Path,
     stderr_log: &Path,
+    limit: Option<&RunLimit>,
 ) -> Result<Measurement, MeasureError> {
     let spawn_err = |source| MeasureError::Spawn {
         exe: exe.display().to_string(),
@@ -161,7 +186,16 @@ pub fn run_once(
         .stderr(log);
     die_with_parent(&mut command);
     let child = command.spawn().map_err(spawn_err)?;
-    let (status, rss_peak_bytes) = wait_with_peak_rss(child).map_err(spawn_err)?;
+    let (status, rss_peak_bytes) = wait_with_peak_rss(child, limit).map_err(spawn_err)?;
+    let status = match status {
+        Ended::Ok => None,
+        Ended::Failed(status) => Some(status),
+        Ended::Killed => {
+            return Err(MeasureError::TimedOut {
+                limit: limit.map_or(Duration::ZERO, |l| l.timeout),
+            });
+        }
+    };
     if let Some(status) = status {
         let text = std::fs::read_to_string(stderr_log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(8).collect();
@@ -197,20 +231,52 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// Waits for `child` and returns `(None, peak RSS)` when it exited with 0, else
-/// `(Some(how it ended), peak RSS)`.
-fn wait_with_peak_rss(child: std::process::Child) -> std::io::Result<(Option<String>, u64)> {
+/// How a child ended.
+enum Ended {
+    /// Exit code 0.
+    Ok,
+    /// Another exit code or a signal, described.
+    Failed(String),
+    /// Killed by [`wait_with_peak_rss`] at its limit.
+    Killed,
+}
+
+/// Waits for `child` and returns how it ended and its peak RSS. With a `limit`, the child is
+/// polled (`WNOHANG`) and killed once the limit's clock says it has run too long; the kill
+/// happens before the child is reaped, so its pid cannot have been reused.
+fn wait_with_peak_rss(
+    child: std::process::Child,
+    limit: Option<&RunLimit>,
+) -> std::io::Result<(Ended, u64)> {
     let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
     let mut status: libc::c_int = 0;
     // SAFETY: `rusage` is plain data that wait4 fills in; zeroed is a valid value of it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let started = limit.map(|l| l.clock.now_ms());
+    let mut killed = false;
+    let flags = if limit.is_some() { libc::WNOHANG } else { 0 };
     loop {
         // SAFETY: waits for our own child `pid` with valid pointers to `status` and `usage`.
         // std's `Child` is not waited for afterwards (it is dropped, which neither waits nor
         // kills), so the pid is reaped exactly once.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
         if r == pid {
             break;
+        }
+        if r == 0 {
+            // Still running (WNOHANG).
+            if let (Some(l), Some(t0)) = (limit, started)
+                && !killed
+                && l.clock.now_ms().saturating_sub(t0)
+                    >= i64::try_from(l.timeout.as_millis()).unwrap_or(i64::MAX)
+            {
+                // SAFETY: `pid` is our unreaped child: a live process or a zombie, never a
+                // reused pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed = true;
+            }
+            std::thread::sleep(POLL);
+            continue;
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {
@@ -220,15 +286,17 @@ fn wait_with_peak_rss(child: std::process::Child) -> std::io::Result<(Option<Str
     drop(child);
     // Linux reports ru_maxrss in KiB.
     let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
-    let ended = if libc::WIFEXITED(status) {
+    let ended = if killed {
+        Ended::Killed
+    } else if libc::WIFEXITED(status) {
         match libc::WEXITSTATUS(status) {
-            0 => None,
-            code => Some(format!("exit code {code}")),
+            0 => Ended::Ok,
+            code => Ended::Failed(format!("exit code {code}")),
         }
     } else if libc::WIFSIGNALED(status) {
-        Some(format!("signal {}", libc::WTERMSIG(status)))
+        Ended::Failed(format!("signal {}", libc::WTERMSIG(status)))
     } else {
-        Some(format!("wait status {status}"))
+        Ended::Failed(format!("wait status {status}"))
     };
     Ok((ended, peak))
 }
@@ -324,6 +392,7 @@ mod tests {
             &[],
             &dir.path().join("x.json"),
             &dir.path().join("log"),
+            None,
         )
         .expect_err("fails");
         let m = e.to_string();
@@ -346,8 +415,58 @@ mod tests {
             &[],
             &json,
             &dir.path().join("log"),
+            None,
         )
         .expect("runs");
         assert!(m.rss_peak_bytes > 64 << 20, "{}", m.rss_peak_bytes);
+    }
+
+    #[test]
+    fn a_run_past_its_limit_is_killed_when_the_clock_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(cairn_timers::ManualClock::new(1_000));
+        let limit = RunLimit {
+            timeout: Duration::from_secs(600),
+            clock: clock.clone(),
+        };
+        // The clock, not the wall, decides: 10 minutes pass on it 300 ms into a child that
+        // would otherwise sleep for 20 s of real time (and then fail for want of its JSON).
+        let advance = std::thread::spawn({
+            let clock = clock.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(300));
+                clock.set(1_000 + 600_000);
+            }
+        });
+        let t = std::time::Instant::now();
+        let e = run_once(
+            Path::new("/bin/sleep"),
+            &["20".into()],
+            &[],
+            &dir.path().join("x.json"),
+            &dir.path().join("log"),
+            Some(&limit),
+        )
+        .expect_err("killed");
+        advance.join().expect("clock thread");
+        assert!(matches!(e, MeasureError::TimedOut { .. }), "{e}");
+        assert!(e.to_string().contains("10m"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        // A run inside its limit is measured as without one.
+        let json = dir.path().join("ok.json");
+        let script = format!(
+            "echo '{{\"records_per_sec\":1,\"latency_us\":{{\"p99\":1}},\"state_bytes_on_disk\":0}}' > {}",
+            json.display()
+        );
+        let m = run_once(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &[],
+            &json,
+            &dir.path().join("log"),
+            Some(&limit),
+        )
+        .expect("runs");
+        assert_eq!(m.records_per_sec, 1.0);
     }
 }

@@ -33,6 +33,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -75,6 +76,10 @@ pub struct TuneArgs {
     /// [default: ./cairn-data/tune/<the sweep's fingerprint>].
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
+    /// Kill a repetition that runs longer than this (e.g. `30m`), report it as failed and stop
+    /// the sweep with what was measured [default: no limit].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub run_timeout: Option<std::time::Duration>,
     /// Print the guide to the knobs that matter, and exit.
     #[arg(long)]
     pub guide: bool,
@@ -223,6 +228,10 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
             .and_then(toml::Value::as_table)
             .is_some_and(|t| t.contains_key("dir"))
         && !args.sweeps.iter().any(|s| s.key == "checkpoint.dir");
+    let limit = args.run_timeout.map(|timeout| measure::RunLimit {
+        timeout,
+        clock: Arc::new(cairn_timers::SystemClock),
+    });
     let bar = progress_bar(todo.len() as u64);
     // A failed repetition stops the sweep, but what was measured is still written out.
     let mut failed = None;
@@ -234,7 +243,14 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         std::fs::create_dir_all(&run_dir).map_err(|e| files(&run_dir, &e))?;
         let json = run_dir.join("run.json");
         let argv = child_argv(&run_args, &configs[point], &run_dir, own_checkpoints);
-        let measured = measure::run_once(&exe, &argv, &p.env(), &json, &scratch.join("run.stderr"));
+        let measured = measure::run_once(
+            &exe,
+            &argv,
+            &p.env(),
+            &json,
+            &scratch.join("run.stderr"),
+            limit.as_ref(),
+        );
         wipe(&run_dir).map_err(|e| files(&run_dir, &e))?;
         let measurement = match measured {
             Ok(m) => m,
