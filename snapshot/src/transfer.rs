@@ -6,7 +6,7 @@
 //!
 //! Upload to local (`file://`) storage opened from its URL does not go through the object
 //! store: the kernel copies the file into a staging name that is then renamed into place (see
-//! [`copy_into_place`]), so uploads hold no buffer in the process at all.
+//! `copy_into_place`), so uploads hold no buffer in the process at all.
 //!
 //! Restore from local (`file://`) storage does not copy shared files at all: it hard-links
 //! them (see [`place_local`]) and hashes the result, so it costs one sha256 pass per byte,
@@ -71,7 +71,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Uploads a local file to `to`: a kernel copy into `file://` storage opened from its URL
-/// ([`copy_into_place`]); otherwise streaming, one PUT up to the storage's part size, else a
+/// (`copy_into_place`); otherwise streaming, one PUT up to the storage's part size, else a
 /// multipart upload with that part size. A transient failure uploads the file again (see
 /// [`StorageRoot::retrying`]); a failed multipart upload is aborted so S3 keeps no parts.
 pub async fn upload_file(storage: &StorageRoot, local: &FsPath, to: &Path) -> Result<u64> {
