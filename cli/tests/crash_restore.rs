@@ -99,25 +99,21 @@ fn lazy_args() -> Vec<String> {
 
 #[test]
 fn kill_9_during_checkpoints_on_s3_never_loses_committed_state() -> TestResult {
-    let Some(t) = support::s3_target("crash_restore") else {
-        return Ok(());
-    };
-    let env = t
-        .child_env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    kill_rounds(t.url, t.options, env, Vec::new())?;
-    // Lazily restoring children, after the eager rounds (see the local directory's test).
-    let Some(t) = support::s3_target("crash_restore_lazy") else {
-        return Ok(());
-    };
-    let env = t
-        .child_env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    kill_rounds(t.url, t.options, env, lazy_args())?;
+    // Lazily restoring children run after the eager rounds (see the local directory's test).
+    for (name, args) in [
+        ("crash_restore", Vec::new()),
+        ("crash_restore_lazy", lazy_args()),
+    ] {
+        let Some(t) = support::s3_target(name) else {
+            return Ok(());
+        };
+        let env = t
+            .child_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        kill_rounds(t.url, t.options, env, args)?;
+    }
     Ok(())
 }
 

@@ -831,11 +831,18 @@ mod tests {
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<std::io::Result<_>>()?;
         assert_eq!(names, ["000042.sst"]);
-        // A failed copy leaves neither the object nor a staging file.
+        // A failed copy leaves neither the object nor a staging file, and a failed copy over
+        // an existing (committed) object leaves that object as it was.
         let missing = dir.path().join("missing.sst");
         let to2 = Path::from("job/shared/cd/000043.sst");
         assert!(rt.block_on(upload_file(&storage, &missing, &to2)).is_err());
         assert!(!dir.path().join("store/job/shared/cd/000043.sst").exists());
+        assert!(rt.block_on(upload_file(&storage, &missing, &to)).is_err());
+        assert_eq!(std::fs::read(&stored)?, b"second");
+        let names: Vec<_> = std::fs::read_dir(stored.parent().ok_or("no parent")?)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        assert_eq!(names, ["000042.sst"]);
         Ok(())
     }
 

@@ -15,13 +15,24 @@ use crate::backend::{ScopeKey, StateBackend, StateDescriptor, StateKind};
 /// code which waits for whole files fails instead of hanging.
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the SSTs of `from`: whole files once `open` is set, ranges at any time (or never,
-/// with `fail_ranges`).
+/// How [`Gated`] answers range reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Ranges {
+    /// The bytes asked for.
+    Serve,
+    /// An error.
+    Fail,
+    /// One byte fewer than asked (storage answering short: a truncated or misbehaving object).
+    Short,
+}
+
+/// Serves the SSTs of `from`: whole files once `open` is set, ranges at any time as `ranges`
+/// says.
 struct Gated {
     from: PathBuf,
     open: Mutex<bool>,
     opened: Condvar,
-    fail_ranges: bool,
+    ranges: Ranges,
 }
 
 impl Gated {
@@ -51,7 +62,7 @@ impl FetchSource for Gated {
 
     fn read_range(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
         use std::os::unix::fs::FileExt;
-        if self.fail_ranges {
+        if self.ranges == Ranges::Fail {
             return Err(EngineError::Corrupt {
                 state: name.to_owned(),
                 reason: "injected range-read failure".into(),
@@ -71,6 +82,9 @@ impl FetchSource for Gated {
                 0 => break,
                 k => done += k,
             }
+        }
+        if self.ranges == Ranges::Short {
+            done = done.saturating_sub(1);
         }
         Ok(done)
     }
@@ -148,11 +162,7 @@ fn private_files(db: &Path, to: &Path) {
 }
 
 /// Restores the slot written under `src` lazily under `dst` from `source`.
-fn restore_lazily(
-    src: &Path,
-    dst: &Path,
-    fail_ranges: bool,
-) -> (RocksDbBackend, Arc<Gated>, usize) {
+fn restore_lazily(src: &Path, dst: &Path, ranges: Ranges) -> (RocksDbBackend, Arc<Gated>, usize) {
     let (db, ssts) = written_slot(src);
     let files = dst.join("restore-files");
     private_files(&db, &files);
@@ -160,7 +170,7 @@ fn restore_lazily(
         from: db,
         open: Mutex::new(false),
         opened: Condvar::new(),
-        fail_ranges,
+        ranges,
     });
     let n = ssts.len();
     let restore = RocksDbRestore {
@@ -189,8 +199,11 @@ fn restore_lazily(
 #[test]
 fn a_lazily_restored_slot_reads_before_any_file_is_fetched() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut b, source, n) =
-        restore_lazily(&dir.path().join("src"), &dir.path().join("dst"), false);
+    let (mut b, source, n) = restore_lazily(
+        &dir.path().join("src"),
+        &dir.path().join("dst"),
+        Ranges::Serve,
+    );
     let t = std::time::Instant::now();
     for i in [0, KEYS / 2, KEYS - 1] {
         assert_eq!(b.get(0, &scope(i)).unwrap(), Some(value(i)), "key {i}");
@@ -225,13 +238,39 @@ fn a_lazily_restored_slot_reads_before_any_file_is_fetched() {
 #[test]
 fn a_failed_range_read_is_a_typed_error_not_wrong_data() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut b, source, _) = restore_lazily(&dir.path().join("src"), &dir.path().join("dst"), true);
+    let (mut b, source, _) = restore_lazily(
+        &dir.path().join("src"),
+        &dir.path().join("dst"),
+        Ranges::Fail,
+    );
     let e = b.get(0, &scope(1)).unwrap_err();
     assert!(matches!(e, EngineError::LazyFetch { .. }), "{e:?}");
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains(".sst"), "{e}");
     assert!(e.to_string().contains("range read"), "{e}");
     assert!(b.lazy_progress().unwrap().range_read_errors > 0);
+    source.open_gate();
+    b.lazy.as_ref().unwrap().wait_local().unwrap();
+    for i in 0..KEYS {
+        assert_eq!(b.get(0, &scope(i)).unwrap(), Some(value(i)), "key {i}");
+    }
+}
+
+/// Storage answering a range read with fewer bytes than the recorded size promises is a typed
+/// `Corrupt` error on that read, never a short answer RocksDB would take for the end of the
+/// file; once the file is fetched (sha256-verified) every value reads back.
+#[test]
+fn a_short_range_read_is_corrupt_not_a_short_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, source, _) = restore_lazily(
+        &dir.path().join("src"),
+        &dir.path().join("dst"),
+        Ranges::Short,
+    );
+    let e = b.get(0, &scope(1)).unwrap_err();
+    assert!(matches!(e, EngineError::LazyFetch { .. }), "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("returned"), "{e}");
     source.open_gate();
     b.lazy.as_ref().unwrap().wait_local().unwrap();
     for i in 0..KEYS {
