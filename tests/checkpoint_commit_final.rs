@@ -43,6 +43,7 @@ impl Rig {
         cfg.state.working_dir = root.path().join("work");
         cfg.checkpoint.dir = format!("file://{}", root.path().join("cp").display());
         cfg.checkpoint.retained = 1;
+        cfg.checkpoint.restore_fetch = support::restore_fetch();
         cfg.checkpoint.timeout = Duration::from_millis(500);
         let plain = StorageRoot::from_url(&cfg.checkpoint.dir, &StorageOptions::default())?;
         let faults = FaultStore::new(plain.store().clone());

@@ -43,6 +43,7 @@ impl Rig {
         cfg.checkpoint.dir = format!("file://{}", root.path().join("cp").display());
         cfg.checkpoint.interval = Some(Duration::from_secs(10));
         cfg.checkpoint.timeout = Duration::from_secs(60);
+        cfg.checkpoint.restore_fetch = support::restore_fetch();
         tune(&mut cfg);
         let slots = (0..slots)
             .map(|i| Slot::builder(&cfg).slot(i, slots).open())

@@ -48,6 +48,7 @@ fn config(checkpoint_dir: &str, working_dir: &Path) -> CairnConfig {
     cfg.state.working_dir = working_dir.to_path_buf();
     cfg.checkpoint.dir = checkpoint_dir.to_string();
     cfg.checkpoint.interval = None;
+    cfg.checkpoint.restore_fetch = support::restore_fetch();
     cfg
 }
 

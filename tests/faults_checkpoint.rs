@@ -429,6 +429,7 @@ fn the_coordinator_counts_failures_against_tolerable_failed() -> TestResult {
         cfg.state.working_dir = root.path().join("work");
         cfg.checkpoint.dir = url.clone();
         cfg.checkpoint.tolerable_failed = 1;
+        cfg.checkpoint.restore_fetch = support::restore_fetch();
         cfg.checkpoint.storage = base;
         let points = FailPoints::new();
         let storage =

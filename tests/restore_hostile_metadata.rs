@@ -17,6 +17,8 @@ use cairn::engine::checkpoint::{CheckpointLocation, Checkpointer, RestoreFetch, 
 use cairn::{BackendKind, CairnConfig, ErrorKind, KeyGroupRange, Slot, VoidNamespace};
 use serde_json::Value;
 
+mod support;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const VICTIM: &str = "precious bytes outside the slot directory";
@@ -37,6 +39,7 @@ impl Committed {
         cfg.state.backend = backend;
         cfg.state.working_dir = root.path().join("work");
         cfg.checkpoint.dir = format!("file://{}", root.path().join("checkpoints").display());
+        cfg.checkpoint.restore_fetch = support::restore_fetch();
         std::fs::create_dir_all(root.path().join("outside"))?;
         std::fs::write(root.path().join("outside/victim.txt"), VICTIM)?;
         let mut cp = Checkpointer::open(&cfg.checkpoint, &new_job_name(), 128)?;

@@ -6,7 +6,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use cairn::engine::checkpoint::RestoreFetch;
 use serde_json::Value;
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -37,6 +41,8 @@ fn run(dir: &Path, name: &str, extra: &[&str]) -> Result<Value, Box<dyn std::err
         .arg("--json")
         .arg(&json)
         .args(extra)
+        // Restores fetch in the mode under test (see `tests/support/mod.rs`).
+        .args(support::restore_fetch_args())
         .env_remove("RUST_LOG")
         .output()?;
     assert!(
@@ -92,6 +98,11 @@ fn run_restores_locally_and_falls_back_per_slot() -> TestResult {
         .as_str()
         .unwrap_or_default();
     assert!(why.contains("no complete local snapshot"), "{why}");
+    // A local snapshot is placed whole; the download is lazy in the lazy mode.
+    let lazy = support::restore_fetch() == RestoreFetch::Lazy;
+    let slots = &third["restored_from"]["slots"];
+    assert_eq!(slots[0]["lazy"], false, "{slots}");
+    assert_eq!(slots[1]["lazy"], lazy, "{slots}");
     assert_eq!(third["checksum"]["digest"], digest);
     Ok(())
 }

@@ -6,7 +6,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use cairn::engine::checkpoint::RestoreFetch;
 use serde_json::Value;
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -43,6 +47,8 @@ fn run(
         .arg("--json")
         .arg(&json)
         .args(extra)
+        // Restores fetch in the mode under test (see `tests/support/mod.rs`).
+        .args(support::restore_fetch_args())
         .env_remove("RUST_LOG")
         .output()?;
     assert!(
@@ -70,7 +76,10 @@ fn run_rescales_a_rocksdb_checkpoint_and_reports_each_slots_path() -> TestResult
         assert_eq!(v["checksum"]["digest"], digest, "2 -> {slots}: final state");
         let restored = v["restored_from"]["slots"].as_array().ok_or("no restore")?;
         assert_eq!(restored.len().to_string(), slots);
+        let lazy = support::restore_fetch() == RestoreFetch::Lazy;
         for (i, s) in restored.iter().enumerate() {
+            // Each new slot opens its base as the mode under test says.
+            assert_eq!(s["lazy"], lazy, "2 -> {slots}: slot {i}: {s}");
             let parts = s["rescale"]["parts"]
                 .as_array()
                 .ok_or_else(|| format!("2 -> {slots}: slot {i} has no rescale report: {s}"))?;

@@ -9,6 +9,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn cairn(args: &[&str]) -> std::io::Result<Output> {
@@ -50,6 +53,9 @@ fn run(dir: &Path, name: &str, extra: &[&str]) -> Result<Value, Box<dyn std::err
         &json_s,
     ]);
     args.extend(extra);
+    // Restores fetch in the mode under test (see `tests/support/mod.rs`).
+    let fetch = support::restore_fetch_args();
+    args.extend(fetch.iter().map(String::as_str));
     let out = cairn(&args)?;
     assert!(
         out.status.success(),

@@ -1448,6 +1448,80 @@ impl CheckpointStore {
         buf[..n].copy_from_slice(&bytes);
         Ok(n)
     }
+
+    /// For `file://` storage opened from its URL ([`StorageRoot::direct_local`]), the stored
+    /// object of `f` opened for [`CheckpointStore::pread_lazy_range`]: a range read is then one
+    /// `pread`, with no runtime, file open or buffer in between (through the object store each
+    /// read opened the file on a blocking thread, several times a local read's cost). `None`
+    /// for other storage. An object whose size is not the recorded one is a `SizeMismatch`.
+    pub fn open_lazy_local(
+        storage: &StorageRoot,
+        f: &LazySharedFile,
+    ) -> Result<Option<std::fs::File>> {
+        let Some(direct) = storage.direct_local() else {
+            return Ok(None);
+        };
+        let path = direct.path_of(&f.object);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::MissingFile {
+                    path: f.object.to_string(),
+                });
+            }
+            Err(e) => return Err(SnapshotError::io("open", &path)(e)),
+        };
+        let actual = file
+            .metadata()
+            .map_err(SnapshotError::io("stat", &path))?
+            .len();
+        if actual != f.size {
+            return Err(SnapshotError::SizeMismatch {
+                path: f.object.to_string(),
+                expected: f.size,
+                actual,
+            });
+        }
+        Ok(Some(file))
+    }
+
+    /// [`CheckpointStore::read_lazy_range`] from the object `file` opened by
+    /// [`CheckpointStore::open_lazy_local`]: the same answer (`buf.len()` bytes within the
+    /// recorded size, fewer only at its end), and a file that ends early (truncated since it
+    /// was opened) is a `SizeMismatch`.
+    pub fn pread_lazy_range(
+        f: &LazySharedFile,
+        file: &std::fs::File,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        // Bounded by the recorded size (checked metadata) and by the caller's buffer.
+        let want = f.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let mut done = 0;
+        while done < want {
+            match file.read_at(&mut buf[done..want], offset + done as u64) {
+                Ok(0) => break,
+                Ok(k) => done += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        op: "pread",
+                        path: f.object.to_string(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        if done != want {
+            return Err(SnapshotError::SizeMismatch {
+                path: format!("{} (bytes {offset}..{})", f.object, offset + want as u64),
+                expected: want as u64,
+                actual: done as u64,
+            });
+        }
+        Ok(done)
+    }
 }
 
 /// Downloads and verifies a slot's private files into `dest` (eager and lazy restore alike);
@@ -1572,3 +1646,7 @@ fn files_of(meta: &CheckpointMetadata) -> Vec<(String, Expected, u64)> {
     }
     out
 }
+
+#[cfg(test)]
+#[path = "store_lazy_tests.rs"]
+mod lazy_tests;

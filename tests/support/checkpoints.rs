@@ -12,9 +12,11 @@ use cairn_snapshot::{CheckpointStore, StorageOptions, StorageRoot};
 pub type TestResult = Result<(), Box<dyn Error>>;
 
 /// The configuration tests start from: `backend`, the working directory `<root>/work`,
-/// checkpoints in `<root>/checkpoints` (file://); everything else default.
+/// checkpoints in `<root>/checkpoints` (file://), restores fetching in the mode under test
+/// ([`super::restore_fetch`]); everything else default.
 pub fn config(backend: BackendKind, root: &Path) -> CairnConfig {
     let mut cfg = CairnConfig::default();
+    cfg.checkpoint.restore_fetch = super::restore_fetch();
     cfg.state.backend = backend;
     cfg.state.working_dir = root.join("work");
     cfg.checkpoint.dir = format!("file://{}", root.join("checkpoints").display());

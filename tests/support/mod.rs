@@ -14,6 +14,14 @@
 //!   written to the process's stderr handle directly (`std::io::stderr()`), which libtest does
 //!   not capture. Count skips with `cargo test 2>&1 | grep ^SKIPPED:`.
 //! - An endpoint that is set but unreachable fails in both cases.
+//!
+//! ## Eager and lazy restore
+//! `CAIRN_TEST_RESTORE_FETCH` = `eager` (unset: the default) or `lazy` is the
+//! `checkpoint.restore-fetch` of the configurations the tests start from
+//! ([`checkpoints::config`], [`restore_fetch`]) and of the `cairn run` children that restore
+//! ([`restore_fetch_args`]). `scripts/test.sh` runs the restore, rescale and crash suites a
+//! second time with `lazy`, so a lazy restore passes every test an eager one passes. Tests
+//! about one mode (the lazy-only and eager-versus-lazy tests) set the mode themselves.
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
@@ -23,6 +31,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cairn::engine::checkpoint::RestoreFetch;
 use cairn_snapshot::{Clock, StorageOptions, SystemClock};
 
 /// Where an S3 leg stores its objects: a fresh prefix in the test bucket.
@@ -55,6 +64,24 @@ fn key_id() -> String {
 
 fn secret() -> String {
     std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "cairn-test".into())
+}
+
+/// The restore fetch mode under test: `CAIRN_TEST_RESTORE_FETCH` (see the module doc). Panics
+/// on a value other than `eager` or `lazy`, so a typo cannot quietly test the default.
+pub fn restore_fetch() -> RestoreFetch {
+    match std::env::var("CAIRN_TEST_RESTORE_FETCH").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("eager") => RestoreFetch::Eager,
+        Ok("lazy") => RestoreFetch::Lazy,
+        other => panic!("CAIRN_TEST_RESTORE_FETCH must be eager or lazy, not {other:?}"),
+    }
+}
+
+/// The `cairn run` arguments that restore in the mode under test ([`restore_fetch`]).
+pub fn restore_fetch_args() -> Vec<String> {
+    match restore_fetch() {
+        RestoreFetch::Lazy => vec!["--restore-fetch=lazy".into()],
+        _ => Vec::new(),
+    }
 }
 
 /// Prints `SKIPPED: <what>` where `cargo test` shows it for a passing test too: straight to

@@ -1099,6 +1099,7 @@ impl Checkpointer {
                                 path: RestoredVia::Local,
                                 ms: t.elapsed().as_secs_f64() * 1000.0,
                                 bytes,
+                                lazy: false,
                                 local_rejected: None,
                                 rescale: None,
                             };
@@ -1118,6 +1119,7 @@ impl Checkpointer {
             }
         }
         let (restore, bytes) = self.download_slot_files(restored, range, dest)?;
+        let lazy = matches!(restore, RestoredFiles::RocksDb { lazy: Some(_), .. });
         Ok((
             restore,
             SlotRestoreReport {
@@ -1125,6 +1127,7 @@ impl Checkpointer {
                 path: RestoredVia::Remote,
                 ms: t.elapsed().as_secs_f64() * 1000.0,
                 bytes,
+                lazy,
                 local_rejected: rejected,
                 rescale: None,
             },

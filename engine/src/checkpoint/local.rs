@@ -80,6 +80,10 @@ pub struct SlotRestoreReport {
     pub ms: f64,
     /// Bytes placed: downloaded (remote) or checked (local).
     pub bytes: u64,
+    /// Whether the slot's SSTs are fetched after it opens (`checkpoint.restore-fetch = lazy`
+    /// restoring a RocksDB slot from storage); `ms` and `bytes` then cover its private files
+    /// only.
+    pub lazy: bool,
     /// With local recovery on: why the local snapshot was not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_rejected: Option<String>,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cairn::engine::checkpoint::RestoreFetch;
 use cairn::snapshot::SystemClock;
 use cairn::{BackendKind, CairnConfig, CheckpointConfig, TimerServiceKind};
 use cairn_timely::run::RunSpec;
@@ -84,6 +85,15 @@ enum Kind {
 }
 
 /// The job's parameters (the same for every process and every run of a job).
+/// `checkpoint.restore-fetch` of the slots a run restores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Fetch {
+    /// Every SST is downloaded before the slot opens.
+    Eager,
+    /// The slot opens from the metadata; SSTs are fetched as needed and in the background.
+    Lazy,
+}
+
 #[derive(Args, Clone, Debug)]
 struct JobArgs {
     /// Seeds the word stream.
@@ -121,6 +131,9 @@ struct JobArgs {
     /// fast as possible).
     #[arg(long, default_value_t = 0)]
     epoch_ms: u64,
+    /// When a restored slot fetches its SST files (`checkpoint.restore-fetch`).
+    #[arg(long, value_enum, default_value_t = Fetch::Eager)]
+    restore_fetch: Fetch,
 }
 
 impl JobArgs {
@@ -155,6 +168,9 @@ impl JobArgs {
         }
         if let Some(s) = self.stop_after_epoch {
             a.push(format!("--stop-after-epoch={s}"));
+        }
+        if self.restore_fetch == Fetch::Lazy {
+            a.push("--restore-fetch=lazy".into());
         }
         a
     }
@@ -257,8 +273,8 @@ struct VerifyArgs {
 }
 
 /// The state and checkpoint configuration of every run: RocksDB with RocksDB timers, 128 key
-/// groups, checkpoints triggered by the host only.
-fn cairn_config(checkpoint_dir: &str, work_dir: &std::path::Path) -> CairnConfig {
+/// groups, checkpoints triggered by the host only, restores fetching as `fetch` says.
+fn cairn_config(checkpoint_dir: &str, work_dir: &std::path::Path, fetch: Fetch) -> CairnConfig {
     let mut cfg = CairnConfig::default();
     cfg.state.backend = BackendKind::RocksDb;
     cfg.state.timer_service = TimerServiceKind::RocksDb;
@@ -267,6 +283,10 @@ fn cairn_config(checkpoint_dir: &str, work_dir: &std::path::Path) -> CairnConfig
     cfg.checkpoint.dir = checkpoint_dir.to_string();
     // The committer triggers on epochs, never on a clock.
     cfg.checkpoint.interval = None;
+    cfg.checkpoint.restore_fetch = match fetch {
+        Fetch::Eager => RestoreFetch::Eager,
+        Fetch::Lazy => RestoreFetch::Lazy,
+    };
     cfg
 }
 
@@ -278,7 +298,7 @@ fn run(a: RunArgs) -> Result<()> {
         .stop_after_epoch
         .map_or(params.epochs - 1, |s| s.min(params.epochs - 1));
     let spec = RunSpec {
-        cfg: cairn_config(&a.checkpoint_dir, &a.work_dir),
+        cfg: cairn_config(&a.checkpoint_dir, &a.work_dir, a.job_args.restore_fetch),
         job: a.job,
         attempt: a.attempt,
         restore_from: a.restore_from,

@@ -48,6 +48,11 @@ fn job_args(extra: &[&str]) -> Vec<String> {
         // before the snapshot makes the restored counts wrong).
         "--checkpoint-every=3".into(),
     ];
+    // Restores fetch in the mode under test (`CAIRN_TEST_RESTORE_FETCH`: see
+    // `tests/support/mod.rs`); the binary refuses a value other than eager or lazy.
+    if let Ok(fetch) = std::env::var("CAIRN_TEST_RESTORE_FETCH") {
+        a.push(format!("--restore-fetch={fetch}"));
+    }
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
