@@ -20,8 +20,9 @@ use cairn_snapshot::{CheckpointStore, LazySharedFile, StorageRoot};
 use crate::backend::rocks::lazy::{FetchSource, LazyFile, lower_this_threads_priority};
 use crate::error::{EngineError, Result};
 
-/// Fetches one slot's shared files from `storage` on a runtime of its own (the fetch threads
-/// are plain threads that block on it; the job's runtime may be gone before the slot is).
+/// Fetches one slot's shared files from `storage` on runtimes of its own (the fetch threads
+/// and RocksDB's reading threads are plain threads that block on them; the job's runtime may
+/// be gone before the slot is).
 pub(crate) struct StoreSource {
     /// Range reads' runtime (normal priority).
     rt: Option<tokio::runtime::Runtime>,
