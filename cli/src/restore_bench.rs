@@ -30,7 +30,7 @@ use cairn_engine::{
     BackendKind, CairnConfig, KeyGroupRange, Slot, StateDescriptor, StateKind, VoidNamespace,
 };
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bench_files::BenchFiles;
 use crate::stream::payload_into;
@@ -73,10 +73,13 @@ pub struct RestoreBenchArgs {
     /// Output prefix: writes `<out>.json`, `<out>.csv` and `<out>.svg`.
     #[arg(long, default_value = "restore-bench")]
     pub out: PathBuf,
+    /// Measure nothing: redraw `<out>.svg` from the `<out>.json` of an earlier run.
+    #[arg(long)]
+    pub replot: bool,
 }
 
 /// One timed restore.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Row {
     size_gb: f64,
     storage: String,
@@ -90,6 +93,7 @@ struct Row {
     records_per_s: f64,
     /// Lazy: records done after the first one before the slot was fully local (checked every
     /// 1000 records), and their rate: the throughput while the background fetch runs.
+    #[serde(default)]
     records_while_fetching: u64,
     records_per_s_while_fetching: Option<f64>,
     local_ms: f64,
@@ -112,7 +116,7 @@ struct Row {
 }
 
 /// Medians of one size, storage and mode.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Median {
     size_gb: f64,
     storage: String,
@@ -128,7 +132,7 @@ struct Median {
     fetching_vs_eager: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Output {
     transfer_threads: u32,
     value_size: usize,
@@ -169,6 +173,16 @@ fn parse_sizes(s: &str) -> BResult<Vec<f64>> {
 
 /// Runs `cairn bench restore`.
 pub fn run(a: &RestoreBenchArgs) -> BResult<()> {
+    if a.replot {
+        let files = BenchFiles::new(&a.out)?;
+        let json = files.path(".json");
+        let bytes = std::fs::read(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+        let output: Output =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", json.display()))?;
+        plot(&files.svg(), &output)?;
+        println!("wrote {}", files.svg().display());
+        return Ok(());
+    }
     let sizes = parse_sizes(&a.sizes)?;
     if a.value_size < 16 || a.records == 0 {
         return Err("--value-size must be >= 16 and --records > 0".into());
